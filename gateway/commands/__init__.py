@@ -1,0 +1,1 @@
+"""Sub-commands of ``egw``; see ``gateway.cli.COMMAND_MODULES``."""

@@ -1,0 +1,226 @@
+"""The gateway's state: one SQLite database in WAL mode, versioned by migrations.
+
+Every transition that gates deleting data from a device is committed with
+``synchronous=FULL`` before the caller acts on it. Connections are opened per
+thread/process by the caller; SQLite serialises writers.
+
+Evidence state machine::
+
+    ingested ──► queued ──► uploading ──► receipted ──► released
+                   ▲            │
+                   └────────────┘  (upload interrupted: back to the queue)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import NotFoundError, StateError, TransitionError
+
+__all__ = ["State", "EvidenceRow", "STATES", "TRANSITIONS", "MIGRATIONS"]
+
+STATES = ("ingested", "queued", "uploading", "receipted", "released")
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "ingested": frozenset({"queued"}),
+    "queued": frozenset({"uploading", "receipted"}),
+    "uploading": frozenset({"queued", "receipted"}),
+    "receipted": frozenset({"released"}),
+    "released": frozenset(),
+}
+
+MIGRATIONS: list[str] = [
+    # 1: the evidence core
+    """
+    CREATE TABLE evidence (
+        id            TEXT PRIMARY KEY,
+        sha256        TEXT NOT NULL,
+        sm3           TEXT,
+        size          INTEGER NOT NULL,
+        kind          TEXT NOT NULL,
+        media_type    TEXT NOT NULL,
+        device_id     TEXT,
+        officer_id    TEXT,
+        source_path   TEXT NOT NULL,
+        source_mtime  REAL,
+        priority      INTEGER NOT NULL DEFAULT 0,
+        state         TEXT NOT NULL,
+        manifest      BLOB NOT NULL,
+        receipt       BLOB,
+        upload_offset INTEGER NOT NULL DEFAULT 0,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        last_error    TEXT,
+        created_at    REAL NOT NULL,
+        updated_at    REAL NOT NULL
+    );
+    CREATE INDEX evidence_state ON evidence(state, priority DESC, size, created_at);
+    CREATE UNIQUE INDEX evidence_source ON evidence(COALESCE(device_id, ''), source_path, sha256);
+    CREATE TABLE custody (
+        seq         INTEGER PRIMARY KEY,
+        evidence_id TEXT,
+        event       TEXT NOT NULL,
+        entry       BLOB NOT NULL,
+        leaf_hash   BLOB NOT NULL,
+        at          REAL NOT NULL
+    );
+    CREATE INDEX custody_evidence ON custody(evidence_id, seq);
+    CREATE TABLE custody_frontier (
+        height INTEGER PRIMARY KEY,
+        hash   BLOB NOT NULL
+    );
+    CREATE TABLE tree_heads (
+        tree_size INTEGER PRIMARY KEY,
+        root_hash BLOB NOT NULL,
+        envelope  BLOB NOT NULL,
+        at        REAL NOT NULL
+    );
+    CREATE TABLE outbox (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        lane       TEXT NOT NULL,
+        topic      TEXT NOT NULL,
+        payload    BLOB NOT NULL,
+        qos        INTEGER NOT NULL DEFAULT 1,
+        retain     INTEGER NOT NULL DEFAULT 0,
+        dedupe_key TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX outbox_lane ON outbox(lane, id);
+    CREATE UNIQUE INDEX outbox_dedupe ON outbox(dedupe_key) WHERE dedupe_key IS NOT NULL;
+    """,
+]
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    id: str
+    sha256: str
+    sm3: str | None
+    size: int
+    kind: str
+    media_type: str
+    device_id: str | None
+    officer_id: str | None
+    source_path: str
+    source_mtime: float | None
+    priority: int
+    state: str
+    manifest: bytes
+    receipt: bytes | None
+    upload_offset: int
+    attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+class State:
+    """A connection to ``DATA_DIR/state.db`` with the schema brought up to date."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "state.db"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "State":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise StateError(
+                f"{self.path} has schema version {current}, newer than this egw knows ({len(MIGRATIONS)})",
+                "upgrade egw; never open a newer data directory with an older release",
+            )
+        for version in range(current, len(MIGRATIONS)):
+            with self.transaction():
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={version + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT: one writer at a time, all or nothing."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ---- evidence ------------------------------------------------------
+    def insert_evidence(self, row: dict[str, Any]) -> None:
+        now = time.time()
+        values = {"created_at": now, "updated_at": now, "priority": 0, "state": "ingested", **row}
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        self.db.execute(f"INSERT INTO evidence ({columns}) VALUES ({marks})", tuple(values.values()))
+
+    def get(self, evidence_id: str) -> EvidenceRow:
+        cur = self.db.execute("SELECT * FROM evidence WHERE id = ?", (evidence_id,))
+        found = cur.fetchone()
+        if found is None:
+            raise NotFoundError(f"no evidence with id {evidence_id!r} in {self.path}")
+        return EvidenceRow(*found)
+
+    def find_by_source(self, device_id: str | None, source_path: str, sha256: str) -> EvidenceRow | None:
+        cur = self.db.execute(
+            "SELECT * FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? AND sha256 = ?",
+            (device_id or "", source_path, sha256),
+        )
+        found = cur.fetchone()
+        return EvidenceRow(*found) if found else None
+
+    def transition(self, evidence_id: str, to_state: str, **fields: Any) -> str:
+        """Move one item along the state machine; returns the state it left."""
+        current = self.db.execute("SELECT state FROM evidence WHERE id = ?", (evidence_id,)).fetchone()
+        if current is None:
+            raise NotFoundError(f"no evidence with id {evidence_id!r}")
+        from_state = current[0]
+        if to_state not in TRANSITIONS.get(from_state, frozenset()):
+            raise TransitionError(f"evidence {evidence_id} cannot go from {from_state!r} to {to_state!r}")
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        extra = f", {assignments}" if assignments else ""
+        self.db.execute(
+            f"UPDATE evidence SET state = ?, updated_at = ?{extra} WHERE id = ?",
+            (to_state, time.time(), *fields.values(), evidence_id),
+        )
+        return str(from_state)
+
+    def counts_by_state(self) -> dict[str, int]:
+        counts = {s: 0 for s in STATES}
+        for state, n in self.db.execute("SELECT state, COUNT(*) FROM evidence GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def oldest_unreceipted(self) -> EvidenceRow | None:
+        found = self.db.execute(
+            "SELECT * FROM evidence WHERE state IN ('ingested', 'queued', 'uploading') ORDER BY created_at LIMIT 1"
+        ).fetchone()
+        return EvidenceRow(*found) if found else None
+
+    def all_evidence(self) -> list[EvidenceRow]:
+        return [EvidenceRow(*r) for r in self.db.execute("SELECT * FROM evidence ORDER BY created_at, id")]

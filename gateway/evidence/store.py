@@ -1,0 +1,269 @@
+"""Content-addressed blob store with a pipelined one-pass copy.
+
+Layout: ``DATA_DIR/blobs/sha256/ab/cdef…`` (first two hex digits as the
+directory, the other 62 as the file name) and ``DATA_DIR/blobs/tmp/`` for
+copies in progress. A blob becomes visible only by ``rename`` after its bytes
+and its directory entry are on disk, so a kill -9 leaves either nothing or a
+complete blob (plus a temp file that ``recover()`` removes).
+
+Why a pipeline: a plain read → hash → write loop on one thread reaches about
+half of what SHA-256 alone can do on this class of machine. Reading (the
+caller's thread), hashing and writing each run in their own thread over a
+small ring of reusable buffers; hashlib and os.write release the GIL on
+large buffers, so the three stages overlap. The hash is computed over the
+very buffers that are written — exactly the bytes stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from gateway.errors import SourceError, StoreError, StoreFullError
+
+__all__ = ["BlobStore", "StoredBlob", "ProgressCallback", "sm3_available"]
+
+CHUNK_SIZE = 4 * 1024 * 1024
+RING_BUFFERS = 6  # 24 MiB in flight at most, whatever the file size
+SYNC_EVERY = 64 * 1024 * 1024  # fdatasync as we go so the final fsync is short and memory stays clean
+DEFAULT_RESERVE = 64 * 1024 * 1024  # keep this much free for the database and logs
+
+ProgressCallback = Callable[[int], None]
+
+
+class Readable(Protocol):
+    def readinto(self, buffer: bytearray | memoryview, /) -> int | None: ...
+
+
+def sm3_available() -> bool:
+    return "sm3" in hashlib.algorithms_available
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    size: int
+    sm3: str | None
+    path: Path
+    newly_stored: bool
+
+
+class _Stage(threading.Thread):
+    """A pipeline stage: applies ``work`` to each (buffer, length) until told to stop."""
+
+    def __init__(self, name: str, work: Callable[[memoryview], None], release: Callable[[int], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.inbox: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        self.work = work
+        self.release = release
+        self.error: BaseException | None = None
+        self.buffers: list[bytearray] = []
+
+    def run(self) -> None:
+        while True:
+            item = self.inbox.get()
+            if item is None:
+                return
+            index, length = item
+            try:
+                if self.error is None:
+                    self.work(memoryview(self.buffers[index])[:length])
+            except BaseException as exc:  # reported to the reader, which stops the copy
+                self.error = exc
+            finally:
+                self.release(index)
+
+
+class BlobStore:
+    def __init__(self, data_dir: Path, reserve_bytes: int = DEFAULT_RESERVE) -> None:
+        self.root = data_dir / "blobs"
+        self.objects = self.root / "sha256"
+        self.tmp = self.root / "tmp"
+        self.reserve_bytes = reserve_bytes
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    # ---- lookup -------------------------------------------------------
+    def path_for(self, sha256_hex: str) -> Path:
+        if len(sha256_hex) != 64 or any(c not in "0123456789abcdef" for c in sha256_hex):
+            raise StoreError(f"not a lowercase hex SHA-256: {sha256_hex!r}")
+        return self.objects / sha256_hex[:2] / sha256_hex[2:]
+
+    def exists(self, sha256_hex: str) -> bool:
+        return self.path_for(sha256_hex).is_file()
+
+    def open(self, sha256_hex: str) -> BinaryIO:
+        try:
+            return open(self.path_for(sha256_hex), "rb")
+        except FileNotFoundError as exc:
+            raise StoreError(f"blob {sha256_hex} is missing from the store", "restore the data directory from backup") from exc
+
+    def recover(self) -> int:
+        """Delete copies left half-done by a crash; returns how many were removed."""
+        removed = 0
+        for leftover in self.tmp.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes in blobs, bytes free on the store's file system)."""
+        total = sum(p.stat().st_size for p in self.objects.glob("??/*") if p.is_file())
+        return total, shutil.disk_usage(self.root).free
+
+    def check_space(self, needed: int) -> None:
+        free = shutil.disk_usage(self.root).free
+        if needed + self.reserve_bytes > free:
+            raise StoreFullError(
+                f"not enough disk for {needed} bytes: {free} free in {self.root}, {self.reserve_bytes} kept in reserve"
+            )
+
+    # ---- writing ------------------------------------------------------
+    def put_file(self, path: Path, with_sm3: bool = False, progress: ProgressCallback | None = None) -> StoredBlob:
+        """Copy a regular file without following a symlink at its last component."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise SourceError(f"cannot open {path!s}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb", buffering=0) as src:
+            st = os.fstat(fd)
+            if not _is_regular(st.st_mode):
+                raise SourceError(f"{path!s} is not a regular file")
+            return self.put_stream(src, expected_size=st.st_size, with_sm3=with_sm3, progress=progress)
+
+    def put_stream(
+        self,
+        src: Readable,
+        expected_size: int | None = None,
+        with_sm3: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> StoredBlob:
+        """One pass: read, hash (SHA-256, optionally SM3) and write; publish by rename.
+
+        ``expected_size``, when given, is checked before (free space) and after
+        (the source must not have grown or shrunk while read).
+        """
+        if expected_size is not None:
+            self.check_space(expected_size)
+        if with_sm3 and not sm3_available():
+            raise StoreError("SM3 was requested but this OpenSSL has no SM3", "install an OpenSSL build with SM3 or turn SM3 off")
+        tmp_path = self.tmp / f"{uuid.uuid4().hex}.part"
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
+        try:
+            sha, sm3, size = self._pipeline(src, fd, with_sm3, progress)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp_path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        if expected_size is not None and size != expected_size:
+            tmp_path.unlink(missing_ok=True)
+            raise SourceError(f"source changed while it was read: expected {expected_size} bytes, read {size}")
+        return self._publish(tmp_path, sha, sm3, size)
+
+    def _publish(self, tmp_path: Path, sha: str, sm3: str | None, size: int) -> StoredBlob:
+        final = self.path_for(sha)
+        if final.is_file() and final.stat().st_size == size:
+            tmp_path.unlink(missing_ok=True)  # identical content is stored once
+            return StoredBlob(sha, size, sm3, final, newly_stored=False)
+        final.parent.mkdir(exist_ok=True)
+        _fsync_dir(self.objects)
+        os.replace(tmp_path, final)
+        _fsync_dir(final.parent)
+        return StoredBlob(sha, size, sm3, final, newly_stored=True)
+
+    def _pipeline(self, src: Readable, fd: int, with_sm3: bool, progress: ProgressCallback | None) -> tuple[str, str | None, int]:
+        sha = hashlib.sha256()
+        sm3 = hashlib.new("sm3") if with_sm3 else None
+        buffers = [bytearray(CHUNK_SIZE) for _ in range(RING_BUFFERS)]
+        free: queue.Queue[int] = queue.Queue()
+        pending = [0] * RING_BUFFERS
+        lock = threading.Lock()
+
+        def release(index: int) -> None:
+            with lock:
+                pending[index] -= 1
+                done = pending[index] == 0
+            if done:
+                free.put(index)
+
+        written = [0, 0]  # bytes written, bytes at the last fdatasync
+
+        def write(view: memoryview) -> None:
+            while view:
+                try:
+                    n = os.write(fd, view)
+                except OSError as exc:
+                    if exc.errno == 28:  # ENOSPC
+                        raise StoreFullError(f"disk full while writing to {self.tmp}") from exc
+                    raise StoreError(f"write to the store failed: {exc.strerror}") from exc
+                view = view[n:]
+                written[0] += n
+            if written[0] - written[1] >= SYNC_EVERY:
+                os.fdatasync(fd)
+                written[1] = written[0]
+
+        def digest(view: memoryview) -> None:
+            sha.update(view)
+            if sm3 is not None:
+                sm3.update(view)
+
+        stages = [_Stage("blob-hash", digest, release), _Stage("blob-write", write, release)]
+        for stage in stages:
+            stage.buffers = buffers
+            stage.start()
+        for i in range(RING_BUFFERS):
+            free.put(i)
+        size = 0
+        try:
+            while True:
+                index = free.get()
+                failed = next((s.error for s in stages if s.error is not None), None)
+                if failed is not None:
+                    raise failed
+                try:
+                    n = src.readinto(buffers[index])
+                except OSError as exc:
+                    raise SourceError(f"reading the source failed after {size} bytes: {exc.strerror or exc}") from exc
+                if not n:
+                    free.put(index)
+                    break
+                size += n
+                with lock:
+                    pending[index] = len(stages)
+                for stage in stages:
+                    stage.inbox.put((index, n))
+                if progress is not None:
+                    progress(n)
+        finally:
+            for stage in stages:
+                stage.inbox.put(None)
+            for stage in stages:
+                stage.join()
+        failed = next((s.error for s in stages if s.error is not None), None)
+        if failed is not None:
+            raise failed
+        return sha.hexdigest(), (sm3.hexdigest() if sm3 is not None else None), size
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

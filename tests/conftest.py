@@ -1,0 +1,60 @@
+"""Shared fixtures: run ``egw`` as a real subprocess from this checkout, thread-leak guard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def egw_env(**extra: str) -> dict[str, str]:
+    """The environment for a child ``egw``: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("EGW_KEY_PASSPHRASE", None)
+    env.update(extra)
+    return env
+
+
+def run_egw(*args: str, env: dict[str, str] | None = None, timeout: float = 120, check: bool = False,
+            input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m gateway ARGS`` and capture text output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=REPO, env=env or egw_env(), capture_output=True, text=True, timeout=timeout,
+        input=input.decode() if input is not None else None,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"egw {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def spawn_egw(*args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[str]:
+    """Start ``egw`` in the background (servers, simulators); the caller stops it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args], cwd=REPO, env=env or egw_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def egw():
+    return run_egw
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Fail a test that leaves non-daemon threads running (pymodbus's guard, adapted)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+    for t in leaked:
+        t.join(timeout=5)
+    still = [t.name for t in leaked if t.is_alive()]
+    assert not still, f"test leaked threads: {still}"
