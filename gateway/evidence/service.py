@@ -1,0 +1,164 @@
+"""The evidence service: the one place that turns bytes into evidence.
+
+``ingest_*`` stores the bytes (one pass, hashed), builds and signs the
+manifest, and commits the evidence row, its custody event and its move to the
+upload queue in ONE transaction. A kill -9 before the commit leaves at most an
+unreferenced blob (harmless, content-addressed); a re-run finds the blob,
+commits the row, and never creates a second item for the same source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gateway.errors import SourceError
+from gateway.evidence import identity as identity_mod
+from gateway.evidence.custody import CustodyLog, TreeHead
+from gateway.evidence.ids import uuid7
+from gateway.evidence.manifest import ManifestInput, build_manifest, sign_manifest
+from gateway.evidence.state import EvidenceRow, State
+from gateway.evidence.store import DEFAULT_RESERVE, BlobStore, ProgressCallback, StoredBlob
+
+__all__ = ["EvidenceService", "IngestResult", "TransitionHook", "path_as_data"]
+
+# Called inside the transaction of every state change: (db, evidence row after the change, custody details).
+TransitionHook = Callable[[sqlite3.Connection, EvidenceRow, dict[str, Any]], None]
+
+
+def path_as_data(path: str | bytes | os.PathLike[str]) -> str:
+    """A file name from a device or the command line, as text that is safe to store.
+
+    Undecodable bytes become ``\\xNN`` escapes so SQLite and JSON accept them;
+    the result is data for the manifest, never a path to open.
+    """
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    evidence_id: str
+    sha256: str
+    size: int
+    duplicate: bool  # True: this source was already evidence; nothing new was created
+    state: str
+
+
+class EvidenceService:
+    def __init__(self, data_dir: Path, *, reserve_bytes: int = DEFAULT_RESERVE, with_sm3: bool = False) -> None:
+        self.data_dir = Path(data_dir)
+        self.identity = identity_mod.load_identity(self.data_dir)
+        self.state = State(self.data_dir)
+        self.store = BlobStore(self.data_dir, reserve_bytes=reserve_bytes)
+        self.store.recover()
+        self.custody = CustodyLog(self.state, self.identity)
+        self.with_sm3 = with_sm3
+        self.transition_hooks: list[TransitionHook] = []
+
+    def close(self) -> None:
+        self.state.close()
+
+    def __enter__(self) -> "EvidenceService":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- ingest ------------------------------------------------------------
+    def ingest_file(self, path: Path, item: ManifestInput, *, priority: int = 0, progress: ProgressCallback | None = None) -> IngestResult:
+        """Ingest a regular file (no symlink followed at its last component)."""
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise SourceError(f"cannot read {path_as_data(path)}: {exc.strerror}") from exc
+        blob = self.store.put_file(path, with_sm3=self.with_sm3, progress=progress)
+        return self._commit(blob, item, priority, source_mtime=st.st_mtime)
+
+    def ingest_stream(
+        self, stream: BinaryIO, item: ManifestInput, *, expected_size: int | None = None, priority: int = 0,
+        source_mtime: float | None = None, progress: ProgressCallback | None = None,
+    ) -> IngestResult:
+        blob = self.store.put_stream(stream, expected_size=expected_size, with_sm3=self.with_sm3, progress=progress)  # type: ignore[arg-type]
+        return self._commit(blob, item, priority, source_mtime=source_mtime)
+
+    def ingest_bytes(self, data: bytes, item: ManifestInput, *, priority: int = 0) -> IngestResult:
+        return self.ingest_stream(io.BytesIO(data), item, expected_size=len(data), priority=priority)
+
+    def _commit(self, blob: StoredBlob, item: ManifestInput, priority: int, source_mtime: float | None) -> IngestResult:
+        existing = self.state.find_by_source(item.device_id, item.source_path, blob.sha256)
+        if existing is not None:
+            return IngestResult(existing.id, existing.sha256, existing.size, True, existing.state)
+        evidence_id = str(uuid7())
+        manifest = build_manifest(
+            item, evidence_id=evidence_id, sha256=blob.sha256, sm3=blob.sm3, size=blob.size,
+            gateway_id=self.identity.gateway_id,
+        )
+        envelope = sign_manifest(manifest, self.identity.private_key)
+        manifest_sha = hashlib.sha256(envelope.payload).hexdigest()
+        with self.state.transaction() as db:
+            self.state.insert_evidence({
+                "id": evidence_id, "sha256": blob.sha256, "sm3": blob.sm3, "size": blob.size,
+                "kind": manifest["kind"], "media_type": manifest["media_type"], "device_id": item.device_id,
+                "officer_id": item.officer_id, "source_path": item.source_path, "source_mtime": source_mtime,
+                "priority": priority, "state": "ingested", "manifest": envelope.to_bytes(),
+            })
+            self.custody.append(db, "ingested", evidence_id, {
+                "sha256": blob.sha256, "size": blob.size, "manifest_sha256": manifest_sha,
+                "source_path": item.source_path, "device_id": item.device_id,
+            })
+            self._run_hooks(db, evidence_id, {"event": "ingested"})
+            self.state.transition(evidence_id, "queued")
+            self._run_hooks(db, evidence_id, {"event": "queued"})
+        return IngestResult(evidence_id, blob.sha256, blob.size, False, "queued")
+
+    # ---- state changes -----------------------------------------------------
+    def transition(self, evidence_id: str, to_state: str, *, custody_event: str | None = None,
+                   details: dict[str, Any] | None = None, **fields: Any) -> None:
+        """Change state, optionally with a custody event, in one durable transaction."""
+        with self.state.transaction() as db:
+            self.state.transition(evidence_id, to_state, **fields)
+            if custody_event:
+                self.custody.append(db, custody_event, evidence_id, details or {})
+            self._run_hooks(db, evidence_id, {"event": custody_event or to_state, **(details or {})})
+
+    def record_event(self, evidence_id: str | None, event: str, details: dict[str, Any]) -> int:
+        with self.state.transaction() as db:
+            return self.custody.append(db, event, evidence_id, details)
+
+    def _run_hooks(self, db: sqlite3.Connection, evidence_id: str, details: dict[str, Any]) -> None:
+        if not self.transition_hooks:
+            return
+        row = self.state.get(evidence_id)
+        for hook in self.transition_hooks:
+            hook(db, row, details)
+
+    def sign_tree_head(self) -> TreeHead:
+        return self.custody.sign_tree_head()
+
+    # ---- reporting ---------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        counts = self.state.counts_by_state()
+        stored, free = self.store.usage()
+        oldest = self.state.oldest_unreceipted()
+        return {
+            "gateway_id": self.identity.gateway_id,
+            "enrolled": self.identity.enrolled,
+            "data_dir": str(self.data_dir),
+            "counts": counts,
+            "total": sum(counts.values()),
+            "disk": {"blob_bytes": stored, "free_bytes": free},
+            "custody_entries": self.custody.size,
+            "oldest_unreceipted": None if oldest is None else {
+                "evidence_id": oldest.id, "state": oldest.state, "age_s": round(time.time() - oldest.created_at, 1),
+                "source_path": oldest.source_path, "last_error": oldest.last_error,
+            },
+        }
+
