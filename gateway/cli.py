@@ -18,7 +18,14 @@ from gateway.errors import ConfigError, GatewayError
 __all__ = ["main", "build_parser"]
 
 COMMAND_MODULES = [
+    "gateway.commands.keys",
+    "gateway.commands.ingest",
+    "gateway.commands.export",
+    "gateway.commands.verify",
+    "gateway.commands.status",
+    "gateway.commands.custody",
     "gateway.commands.simulate",
+    "gateway.commands.demo",
 ]
 
 

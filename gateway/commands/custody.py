@@ -1,0 +1,34 @@
+"""``egw custody verify``: recompute the whole custody log and name the first entry that fails."""
+
+from __future__ import annotations
+
+import argparse
+
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.evidence.service import EvidenceService
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("custody", help="the tamper-evident custody log")
+    actions = p.add_subparsers(dest="custody_command", metavar="ACTION")
+    actions.required = True
+    verify = actions.add_parser("verify", help="recompute every entry and every signed tree head")
+    add_data_dir(verify)
+    add_json(verify)
+    verify.set_defaults(func=run_verify)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    with EvidenceService(data_dir_of(args)) as service:
+        entries, problems = service.custody.verify()
+    first = next((p.seq for p in problems if p.seq is not None), None)
+    if args.json:
+        print_json({"ok": not problems, "entries": entries, "first_bad_entry": first,
+                    "problems": [{"seq": p.seq, "message": p.message} for p in problems]})
+    elif problems:
+        for p in problems:
+            print(f"FAIL {p.message}")
+        print(f"custody log NOT verified: first failing entry {first}" if first is not None else "custody log NOT verified")
+    else:
+        print(f"custody log verified: {entries} entries")
+    return 1 if problems else 0

@@ -1,0 +1,29 @@
+"""``egw export EVIDENCE_ID DIR``: write a self-contained, offline-verifiable bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.evidence.bundle import export_bundle
+from gateway.evidence.service import EvidenceService
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("export", help="write an evidence bundle for offline verification")
+    p.add_argument("evidence_id")
+    p.add_argument("directory", type=Path)
+    add_data_dir(p)
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with EvidenceService(data_dir_of(args)) as service:
+        index = export_bundle(service, args.evidence_id, args.directory)
+    if args.json:
+        print_json({"directory": str(args.directory), **index})
+    else:
+        print(f"exported {args.evidence_id} to {args.directory}")
+    return 0

@@ -1,0 +1,68 @@
+"""``egw ingest PATH…``: import files (e.g. from a card reader) as evidence."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.errors import GatewayError
+from gateway.evidence.manifest import KINDS, ManifestInput
+from gateway.evidence.service import EvidenceService, path_as_data
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("ingest", help="store, sign and queue files as evidence")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories (walked; symlinks are not followed)")
+    p.add_argument("--device-id", help="the device the files came from")
+    p.add_argument("--officer-id", help="the officer they belong to")
+    p.add_argument("--unit", help="the officer's unit")
+    p.add_argument("--kind", choices=KINDS, help="evidence kind (default: from the media type)")
+    p.add_argument("--important", action="store_true", help="officer-flagged: uploaded first")
+    p.add_argument("--sm3", action="store_true", help="also compute the SM3 digest")
+    add_data_dir(p)
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def _walk(path: Path) -> Iterator[Path]:
+    if path.is_symlink():
+        yield path  # reported as "not a regular file" by the store, never followed
+    elif path.is_dir():
+        for root, dirs, files in os.walk(path, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                yield Path(root) / name
+    else:
+        yield path
+
+
+def run(args: argparse.Namespace) -> int:
+    results: list[dict[str, object]] = []
+    failures = 0
+    with EvidenceService(data_dir_of(args), with_sm3=args.sm3) as service:
+        for given in args.paths:
+            for path in _walk(given):
+                item = ManifestInput(
+                    source_path=path_as_data(path.absolute()), kind=args.kind, device_id=args.device_id,
+                    officer_id=args.officer_id, unit=args.unit, important=args.important,
+                )
+                try:
+                    result = service.ingest_file(path, item, priority=1 if args.important else 0)
+                except GatewayError as exc:
+                    failures += 1
+                    results.append({"path": path_as_data(path), "error": str(exc), "hint": exc.hint})
+                    if not args.json:
+                        print(f"error: {path_as_data(path)}: {exc}\nhint: {exc.hint}", file=sys.stderr)
+                    continue
+                results.append({"path": path_as_data(path), "evidence_id": result.evidence_id, "sha256": result.sha256,
+                                "size": result.size, "duplicate": result.duplicate, "state": result.state})
+                if not args.json:
+                    print(result.evidence_id)
+        service.sign_tree_head()
+    if args.json:
+        print_json({"items": results, "failed": failures})
+    return 1 if failures else 0

@@ -1,0 +1,49 @@
+"""``egw status``: what the operator needs at a glance, from the local state."""
+
+from __future__ import annotations
+
+import argparse
+
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.evidence.service import EvidenceService
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("status", help="counts per state, disk use, oldest undelivered item")
+    add_data_dir(p)
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{n} B"
+
+
+def run(args: argparse.Namespace) -> int:
+    with EvidenceService(data_dir_of(args)) as service:
+        info = service.status()
+    if args.json:
+        print_json(info)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"gateway [bold]{info['gateway_id']}[/] ({'enrolled' if info['enrolled'] else 'not enrolled'}), data {info['data_dir']}")
+    table = Table("state", "items")
+    for state, count in info["counts"].items():
+        table.add_row(state, str(count))
+    console.print(table)
+    console.print(f"store {_human(info['disk']['blob_bytes'])}, free {_human(info['disk']['free_bytes'])}, custody entries {info['custody_entries']}")
+    oldest = info["oldest_unreceipted"]
+    if oldest:
+        console.print(f"oldest unreceipted: {oldest['evidence_id']} ({oldest['state']}, {oldest['age_s']:.0f} s old)"
+                      + (f" last error: {oldest['last_error']}" if oldest["last_error"] else ""))
+    else:
+        console.print("everything is receipted")
+    return 0
