@@ -21,6 +21,17 @@ from tests.conftest import run_egw, spawn_egw
 _KEY = ec.generate_private_key(ec.SECP256R1())
 
 
+def _evidence_count(data) -> int:
+    try:
+        db = sqlite3.connect(f"file:{data / 'state.db'}?mode=ro", uri=True, timeout=1)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
 def test_sigkill_at_random_moments_then_rerun(tmp_path):
     data = tmp_path / "data"
     run_egw("keys", "init", "--data-dir", str(data), check=True)
@@ -29,19 +40,21 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path):
     rng = random.Random(7)
     expected = {}
     for i in range(30):
-        blob = os.urandom(rng.randint(200_000, 3_000_000))
+        blob = os.urandom(rng.randint(1_000_000, 5_000_000))
         path = card / f"REC{i:04d}.mp4"
         path.write_bytes(blob)
         expected[str(path)] = hashlib.sha256(blob).hexdigest()
     kills = 0
-    for delay in (0.4, 0.7, 0.9, 1.2, 1.5):
+    for threshold in (2, 8, 15, 22, 27):
         proc = spawn_egw("ingest", "--data-dir", str(data), str(card))
-        time.sleep(delay)
+        while proc.poll() is None and _evidence_count(data) < threshold:
+            time.sleep(0.005)
+        time.sleep(rng.random() * 0.02)  # somewhere inside the next file's copy or commit
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.communicate(timeout=30)
-    assert kills >= 2, "ingest finished before it could be killed: make the files larger"
+    assert kills >= 3, "ingest finished before it could be killed: make the files larger"
     final = run_egw("ingest", "--data-dir", str(data), "--json", str(card))
     assert final.returncode == 0, final.stderr
     out = json.loads(final.stdout)

@@ -79,6 +79,10 @@ class EvidenceService:
             st = os.lstat(path)
         except OSError as exc:
             raise SourceError(f"cannot read {path_as_data(path)}: {exc.strerror}") from exc
+        known = self.state.find_unchanged(item.device_id, item.source_path, st.st_size, st.st_mtime)
+        if known is not None and self.store.hash_file(path) == known.sha256:
+            # Re-docking or re-running after an interruption: confirmed by digest, not copied again.
+            return IngestResult(known.id, known.sha256, known.size, True, known.state)
         blob = self.store.put_file(path, with_sm3=self.with_sm3, progress=progress)
         return self._commit(blob, item, priority, source_mtime=st.st_mtime)
 

@@ -194,6 +194,15 @@ class State:
         found = cur.fetchone()
         return EvidenceRow(*found) if found else None
 
+    def find_unchanged(self, device_id: str | None, source_path: str, size: int, mtime: float) -> EvidenceRow | None:
+        """An item already ingested from this source with the same size and mtime (digest still to confirm)."""
+        cur = self.db.execute(
+            "SELECT * FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? AND size = ? AND source_mtime = ?",
+            (device_id or "", source_path, size, mtime),
+        )
+        found = cur.fetchone()
+        return EvidenceRow(*found) if found else None
+
     def transition(self, evidence_id: str, to_state: str, **fields: Any) -> str:
         """Move one item along the state machine; returns the state it left."""
         current = self.db.execute("SELECT state FROM evidence WHERE id = ?", (evidence_id,)).fetchone()

@@ -126,6 +126,19 @@ class BlobStore:
                 f"not enough disk for {needed} bytes: {free} free in {self.root}, {self.reserve_bytes} kept in reserve"
             )
 
+    def hash_file(self, path: Path) -> str:
+        """SHA-256 of a source without storing it (to confirm an earlier copy)."""
+        digest = hashlib.sha256()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise SourceError(f"cannot open {path!s}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb", buffering=0) as src:
+            buffer = bytearray(CHUNK_SIZE)
+            while n := src.readinto(buffer):
+                digest.update(memoryview(buffer)[:n])
+        return digest.hexdigest()
+
     # ---- writing ------------------------------------------------------
     def put_file(self, path: Path, with_sm3: bool = False, progress: ProgressCallback | None = None) -> StoredBlob:
         """Copy a regular file without following a symlink at its last component."""
