@@ -13,7 +13,9 @@ Evidence state machine::
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,10 +120,26 @@ class EvidenceRow:
     updated_at: float
 
 
+def _locked(method: Any) -> Any:
+    """Serialise use of the one connection across the service's threads."""
+
+    @functools.wraps(method)
+    def wrapper(self: "State", *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class State:
-    """A connection to ``DATA_DIR/state.db`` with the schema brought up to date."""
+    """A connection to ``DATA_DIR/state.db`` with the schema brought up to date.
+
+    The connection is shared by the service's threads (copy workers, uplinks);
+    ``lock`` makes each transaction and each read atomic with respect to them.
+    """
 
     def __init__(self, data_dir: Path) -> None:
+        self.lock = threading.RLock()
         self.path = data_dir / "state.db"
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -163,15 +181,17 @@ class State:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT: one writer at a time, all or nothing."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     # ---- evidence ------------------------------------------------------
+    @_locked
     def insert_evidence(self, row: dict[str, Any]) -> None:
         now = time.time()
         values = {"created_at": now, "updated_at": now, "priority": 0, "state": "ingested", **row}
@@ -179,6 +199,7 @@ class State:
         marks = ", ".join("?" for _ in values)
         self.db.execute(f"INSERT INTO evidence ({columns}) VALUES ({marks})", tuple(values.values()))
 
+    @_locked
     def get(self, evidence_id: str) -> EvidenceRow:
         cur = self.db.execute("SELECT * FROM evidence WHERE id = ?", (evidence_id,))
         found = cur.fetchone()
@@ -186,6 +207,7 @@ class State:
             raise NotFoundError(f"no evidence with id {evidence_id!r} in {self.path}")
         return EvidenceRow(*found)
 
+    @_locked
     def find_by_source(self, device_id: str | None, source_path: str, sha256: str) -> EvidenceRow | None:
         cur = self.db.execute(
             "SELECT * FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? AND sha256 = ?",
@@ -194,6 +216,7 @@ class State:
         found = cur.fetchone()
         return EvidenceRow(*found) if found else None
 
+    @_locked
     def find_unchanged(self, device_id: str | None, source_path: str, size: int, mtime: float) -> EvidenceRow | None:
         """An item already ingested from this source with the same size and mtime (digest still to confirm)."""
         cur = self.db.execute(
@@ -203,6 +226,7 @@ class State:
         found = cur.fetchone()
         return EvidenceRow(*found) if found else None
 
+    @_locked
     def transition(self, evidence_id: str, to_state: str, **fields: Any) -> str:
         """Move one item along the state machine; returns the state it left."""
         current = self.db.execute("SELECT state FROM evidence WHERE id = ?", (evidence_id,)).fetchone()
@@ -219,17 +243,20 @@ class State:
         )
         return str(from_state)
 
+    @_locked
     def counts_by_state(self) -> dict[str, int]:
         counts = {s: 0 for s in STATES}
         for state, n in self.db.execute("SELECT state, COUNT(*) FROM evidence GROUP BY state"):
             counts[state] = n
         return counts
 
+    @_locked
     def oldest_unreceipted(self) -> EvidenceRow | None:
         found = self.db.execute(
             "SELECT * FROM evidence WHERE state IN ('ingested', 'queued', 'uploading') ORDER BY created_at LIMIT 1"
         ).fetchone()
         return EvidenceRow(*found) if found else None
 
+    @_locked
     def all_evidence(self) -> list[EvidenceRow]:
         return [EvidenceRow(*r) for r in self.db.execute("SELECT * FROM evidence ORDER BY created_at, id")]
