@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "gateway.commands.verify",
     "gateway.commands.status",
     "gateway.commands.custody",
+    "gateway.commands.run",
     "gateway.commands.simulate",
     "gateway.commands.demo",
 ]

@@ -1,0 +1,38 @@
+"""``egw run -c gateway.toml``: the station service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from gateway.config import load_config
+from gateway.service.logs import setup_logging
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("run", help="run the station service from a config file")
+    p.add_argument("-c", "--config", type=Path, required=True, help="gateway.toml (see gateway.example.toml)")
+    p.add_argument("--data-dir", type=Path, help="override data_dir from the config")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, data_dir_override=args.data_dir)
+    setup_logging(config.log_format)
+    from gateway.service.runtime import Runtime
+
+    async def main() -> int:
+        runtime = Runtime(config, args.config)
+
+        def ready(info: dict[str, object]) -> None:
+            # First line of stdout: where to look. Tests and scripts read it.
+            print(json.dumps({"event": "ready", **info}), flush=True)
+
+        return await runtime.run(ready)
+
+    code = asyncio.run(main())
+    sys.stdout.flush()
+    return code

@@ -1,0 +1,1 @@
+"""``egw run``: the long-running station service (supervision, uplinks, screen, metrics)."""

@@ -1,0 +1,175 @@
+"""The station service: everything ``egw run`` keeps running on one event loop.
+
+Blocking work (file copies, device I/O) runs in threads; the loop only
+coordinates. SIGTERM/SIGINT stop the service gracefully (in-flight work is
+given up to ``STOP_GRACE_S`` to finish, state is flushed) and exit 0; SIGHUP
+reloads the device list from the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.config import DeviceConfig, GatewayConfig, load_config
+from gateway.errors import ConfigError
+from gateway.evidence.service import EvidenceService
+from gateway.service.metrics import Metrics
+from gateway.service.station import Station
+from gateway.service.supervisor import Supervisor
+
+__all__ = ["Runtime", "Component", "DEVICE_WATCHERS", "STOP_GRACE_S"]
+
+log = logging.getLogger("egw.run")
+STOP_GRACE_S = 8.0
+
+
+class Component(Protocol):
+    """A long-lived part of the service (an uplink, a watcher) with a clean stop."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# kind -> factory(runtime, device config) returning the coroutine that watches/serves that device entry
+DeviceWatcherFactory = Callable[["Runtime", DeviceConfig], Awaitable[None]]
+DEVICE_WATCHERS: dict[str, str] = {
+    # kind: "module:function"; filled as device workflows land
+}
+
+
+def _split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+class Runtime:
+    def __init__(self, config: GatewayConfig, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.service = EvidenceService(config.data_dir, reserve_bytes=config.reserve_mb << 20, with_sm3=config.sm3)
+        self.station = Station(self.service.identity.gateway_id)
+        self.metrics = Metrics()
+        self.supervisor = Supervisor(on_error=lambda name, exc: self.metrics.errors.labels(kind="device").inc())
+        self.components: list[Component] = []
+        self.stopping = asyncio.Event()
+        self.copy_slots = asyncio.Semaphore(config.parallel_copies)
+        self.screen_url = ""
+        self.metrics_url = ""
+        self._reload_requested = False
+
+    # ---- lifecycle -------------------------------------------------------------
+    async def run(self, ready: Callable[[dict[str, Any]], None] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        await self._start_outputs()
+        for component in self.components:
+            await component.start()
+        self._start_devices(self.config.devices)
+        refresher = asyncio.create_task(self._refresh_counts(), name="counts")
+        info = {"gateway_id": self.station.gateway_id, "screen": self.screen_url, "metrics": self.metrics_url,
+                "devices": [d.name for d in self.config.devices]}
+        log.info("egw running", extra={"fields": info})
+        if ready:
+            ready(info)
+        while not self.stopping.is_set():
+            await asyncio.wait([asyncio.create_task(self.stopping.wait())], timeout=0.5)
+            if self._reload_requested:
+                self._reload_requested = False
+                await self.reload_devices()
+        log.info("stopping: finishing work in flight")
+        refresher.cancel()
+        await self._stop_everything()
+        return 0
+
+    async def _start_outputs(self) -> None:
+        if self.config.metrics_listen:
+            host, port = _split_host_port(self.config.metrics_listen)
+            bound = self.metrics.serve(host, port)
+            self.metrics_url = f"http://{host}:{bound}/metrics"
+        if self.config.screen_listen:
+            from gateway.web.screen import ScreenServer
+
+            host, port = _split_host_port(self.config.screen_listen)
+            self.screen = ScreenServer(self.station, host, port)
+            self.screen_url = await self.screen.start()
+
+    async def _stop_everything(self) -> None:
+        async def stop_all() -> None:
+            await self.supervisor.stop_all()
+            for component in reversed(self.components):
+                await component.stop()
+
+        try:
+            await asyncio.wait_for(stop_all(), STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            log.warning("some work did not stop within %.0f s; it resumes at the next start", STOP_GRACE_S)
+        if self.config.screen_listen:
+            await self.screen.stop()
+        self.metrics.stop()
+        self.service.sign_tree_head()
+        self.service.close()
+
+    # ---- devices ---------------------------------------------------------------
+    def _start_devices(self, devices: tuple[DeviceConfig, ...]) -> None:
+        import importlib
+
+        for device in devices:
+            target = DEVICE_WATCHERS.get(device.kind)
+            if target is None:
+                raise ConfigError(f"device {device.name!r}: this build has no workflow for {device.kind!r} devices",
+                                  "remove the entry or upgrade egw")
+            module_name, _, function = target.partition(":")
+            factory: DeviceWatcherFactory = getattr(importlib.import_module(module_name), function)
+            self.supervisor.start(f"{device.kind}:{device.name}", lambda d=device, f=factory: f(self, d))
+
+    def _request_reload(self) -> None:
+        self._reload_requested = True
+
+    async def reload_devices(self) -> None:
+        if self.config_path is None:
+            return
+        try:
+            fresh = load_config(self.config_path, data_dir_override=self.config.data_dir)
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            return
+        old = {f"{d.kind}:{d.name}": d for d in self.config.devices}
+        new = {f"{d.kind}:{d.name}": d for d in fresh.devices}
+        for name in old.keys() - new.keys() | {n for n in old.keys() & new.keys() if old[n] != new[n]}:
+            await self.supervisor.stop(name)
+        self.config = GatewayConfig(**{**self.config.__dict__, "devices": fresh.devices})
+        self._start_devices(tuple(d for n, d in new.items() if n not in self.supervisor.units))
+        log.info("SIGHUP: device list reloaded", extra={"fields": {"devices": sorted(new)}})
+
+    # ---- periodic --------------------------------------------------------------
+    async def _refresh_counts(self) -> None:
+        while True:
+            try:
+                status = await asyncio.to_thread(self.service.status)
+                self.station.set_counts(status["counts"])
+                for state, n in status["counts"].items():
+                    self.metrics.items_by_state.labels(state=state).set(n)
+                pending = sum(status["counts"][s] for s in ("ingested", "queued", "uploading"))
+                self.metrics.queue_depth.set(pending)
+                oldest = status["oldest_unreceipted"]
+                self.metrics.queue_oldest_age.set(oldest["age_s"] if oldest else 0)
+                self.metrics.devices.clear()
+                for card in self.station.snapshot()["devices"]:
+                    if card["state"] != "undocked":
+                        self.metrics.devices.labels(kind=card["kind"]).inc()
+                self.station.set_alarm("disk", None if status["disk"]["free_bytes"] > (self.config.reserve_mb << 20)
+                                       else f"Disk nearly full ({status['disk']['free_bytes'] >> 20} MB free): ingest stopped, data stays on the devices")
+            except Exception:  # noqa: BLE001 - the refresher must never take the service down
+                log.exception("status refresh failed")
+            await asyncio.sleep(1.0)
+
+

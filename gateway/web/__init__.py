@@ -1,0 +1,1 @@
+"""The station screen: a local web page officers look at instead of logs."""
