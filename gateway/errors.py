@@ -12,6 +12,7 @@ prints ``error: <message>`` and, on the next line, ``hint: <hint>``.
     ├── StateError             the SQLite state database
     │   └── TransitionError    an evidence state change the state machine forbids
     ├── NotFoundError          no such evidence id
+    ├── DeviceError            a device could not be reached or failed mid-way (wraps driver errors)
     └── VerificationError      a signature, proof or digest does not hold
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "StateError",
     "TransitionError",
     "NotFoundError",
+    "DeviceError",
     "VerificationError",
 ]
 
@@ -71,6 +73,10 @@ class TransitionError(StateError):
 
 class NotFoundError(GatewayError):
     default_hint = "list known evidence with `egw status --json` or check the --data-dir"
+
+
+class DeviceError(GatewayError):
+    default_hint = "check the cable / URL and that the device is switched on; nothing it sent before the failure was lost"
 
 
 class VerificationError(GatewayError):
