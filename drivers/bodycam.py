@@ -101,6 +101,10 @@ class CommandRejected(BodyCamError):
         self.sense = sense
 
 
+class _CommandAborted(CommandRejected):
+    """Sense key ABORTED COMMAND: the command may simply be retried."""
+
+
 class EndpointStalled(BodyCamError):
     pass
 
@@ -417,6 +421,13 @@ class BodyCamera:
         return f9.build_cdb(function, self.password, self.model.opcode)
 
     def _call_in(self, function: f9.Function) -> f9.Response:
+        """An IN function; retried once when the recorder aborted it (a stalled data phase)."""
+        try:
+            return self._call_in_once(function)
+        except _CommandAborted:
+            return self._call_in_once(function)
+
+    def _call_in_once(self, function: f9.Function) -> f9.Response:
         length = f9.response_length(function, self.model.layout)
         data, csw = self._command(self._cdb(function), True, length)
         meaningful = data[: max(0, length - csw.residue)] if csw.residue <= length else data
@@ -442,6 +453,8 @@ class BodyCamera:
 
     def _raise_failure(self, function: f9.Function, iret_hint: int | None) -> None:
         sense = self._request_sense()
+        if sense.key == SenseKey.ABORTED_COMMAND:
+            raise _CommandAborted(f"recorder {self._who()} aborted {function.name}; retry it", sense=sense)
         if sense.key == SenseKey.ILLEGAL_REQUEST and sense.asc == f9.ASC_BODYCAM:
             if sense.ascq == f9.ASCQ_LOCKED:
                 raise DeviceLocked(
@@ -824,7 +837,7 @@ class RecorderVolume:
         try:
             self._fd = os.open(self.root, _OPEN_DIR)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and self.root.is_symlink()):
                 raise HostileEntryError(f"volume root {self.root} is a symbolic link; refusing to follow it") from exc
             raise DeviceGone(f"volume of recorder {serial} at {self.root} cannot be opened: {exc}") from exc
 
@@ -924,10 +937,13 @@ class RecorderVolume:
             for part in item.parts[:-1]:
                 fd = os.open(part, _OPEN_DIR, dir_fd=fd)
                 opened.append(fd)
-            file_fd = os.open(item.parts[-1], _OPEN_FILE, dir_fd=fd)
+            part = item.parts[-1]
+            file_fd = os.open(part, _OPEN_FILE, dir_fd=fd)
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
+                raise HostileEntryError(f"{_display(item.device_path)} goes through a symbolic link; not followed") from exc
             if exc.errno == errno.ELOOP:
-                raise HostileEntryError(f"{item.device_path} became a symbolic link; not followed") from exc
+                raise HostileEntryError(f"{_display(item.device_path)} is a symbolic link; not followed") from exc
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EIO, errno.ENODEV):
                 raise DeviceGone(f"{item.device_path} is no longer on recorder {self.serial}'s volume ({exc})") from exc
             raise BodyCamError(f"cannot open {item.device_path}: {exc}") from exc
@@ -975,6 +991,13 @@ class RecorderVolume:
                     offset += length
                 return ContainerCheck("ok", "MP4 boxes complete")
             return ContainerCheck("unknown", "not a RIFF, JPEG or MP4 container")
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _kind(mode: int) -> str:

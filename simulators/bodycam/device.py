@@ -199,6 +199,7 @@ class BodyCamSimulator(UsbDeviceBase):
         self.halted = set()
         self._parser = BotDeviceParser(max_data_out=4096)
         self._in_queue: deque[bytes] = deque()
+        self._data_phase_tag: int | None = None  # tag of the CBW whose data-IN bytes head the queue
         self._pending_out: CommandBlockWrapper | None = None
         self._sense = SenseData(SenseKey.NO_SENSE)
         self._mount_after_csw = False
@@ -297,6 +298,7 @@ class BodyCamSimulator(UsbDeviceBase):
         if setup.request_type == 0x21 and setup.request == _BOT_RESET:
             self._parser.reset()
             self._in_queue.clear()
+            self._data_phase_tag = None
             self._pending_out = None
             return b""
         if setup.request_type == 0xA1 and setup.request == _GET_MAX_LUN:
@@ -327,7 +329,11 @@ class BodyCamSimulator(UsbDeviceBase):
     def bulk_in(self, endpoint: int, length: int) -> bytes | None:
         with self._lock:
             self._check_attached()
-            self._check_endpoint(endpoint, EP_IN)
+            try:
+                self._check_endpoint(endpoint, EP_IN)
+            except UsbStall:
+                self._abort_data_phase()
+                raise
             if not self._in_queue:
                 return None
             head = self._in_queue[0]
@@ -336,6 +342,7 @@ class BodyCamSimulator(UsbDeviceBase):
                 self._in_queue[0] = rest
             else:
                 self._in_queue.popleft()
+                self._data_phase_tag = None if len(self._in_queue) <= 1 else self._data_phase_tag
             self._account(len(chunk))
             if not self._in_queue and self._mount_after_csw:
                 self._mount_after_csw = False
@@ -386,9 +393,20 @@ class BodyCamSimulator(UsbDeviceBase):
             # BOT case 5 (host expects more than the device has): pad, and say so in the residue,
             # so the host never reads the CSW where it expected data.
             self._in_queue.append(sent.ljust(cbw.data_length, b"\0"))
+            self._data_phase_tag = cbw.tag
         elif not cbw.data_in and cbw.data_length:
             residue = 0  # we consumed every OUT byte
         self._in_queue.append(CommandStatusWrapper(cbw.tag, residue, status).to_bytes())
+
+    def _abort_data_phase(self) -> None:
+        """A stall on bulk IN ends the data phase (BOT 6.7.2): drop the data, fail the command."""
+        if self._data_phase_tag is None or len(self._in_queue) < 2:
+            return
+        data = self._in_queue.popleft()
+        self._in_queue.popleft()  # the CSW that claimed success
+        self._in_queue.appendleft(CommandStatusWrapper(self._data_phase_tag, len(data), CswStatus.FAILED).to_bytes())
+        self._sense = SenseData(SenseKey.ABORTED_COMMAND)
+        self._data_phase_tag = None
 
     def _fail(self, key: int, asc: int, ascq: int = 0, data: bytes = b"") -> tuple[bytes, CswStatus]:
         self._sense = SenseData(key, asc, ascq)
