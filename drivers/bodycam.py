@@ -611,9 +611,11 @@ class BodyCamera:
                 self._closed = number in (errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN, -4)
                 raise DeviceGone(f"USB transfer to recorder {self._who()} failed ({exc}); re-plug it and retry") from exc
             raise
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            return bytes(result)
         if isinstance(result, int):
             return b""
-        return bytes(result)  # type: ignore[call-overload]
+        return bytes(result)  # type: ignore[call-overload, no-any-return]  # pyusb's array('B')
 
 
 def _valid_password(password: str) -> bool:

@@ -21,11 +21,12 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from .device import BodyCamFaults, BodyCamSimulator
 
-__all__ = ["main", "build_parser", "build_recorders", "OFFICERS"]
+__all__ = ["main", "serve", "build_parser", "build_recorders", "OFFICERS"]
 
 OFFICERS = ["张三", "李四", "王五", "赵六", "陈七", "刘八", "周九", "吴十"]
 
@@ -93,25 +94,35 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"error: the USB/IP server (firmware_bridge.usbip_server) is not available: {exc}", file=sys.stderr)
         return 2
+    stop = threading.Event()
 
-    own_volumes = args.volumes is None
-    volumes = Path(args.volumes) if args.volumes else Path(tempfile.mkdtemp(prefix="egw-bodycam-volumes-"))
-    volumes.mkdir(parents=True, exist_ok=True)
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            print(line, flush=True)
+
     try:
-        recorders = build_recorders(args, volumes)
+        return serve(args, UsbIpServer(host=host or "127.0.0.1", port=port), stop, sys.stdin, say)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out_lock = threading.Lock()
 
-    def say(line: str) -> None:
-        with out_lock:
-            print(line, flush=True)
 
-    stop = threading.Event()
-    server: Any = UsbIpServer(host=host or "127.0.0.1", port=port)
-    by_busid = dict(recorders)
+def serve(args: argparse.Namespace, server: Any, stop: threading.Event, commands: TextIO | None,
+          say: Callable[[str], None]) -> int:
+    """Populate ``server`` with the recorders, announce them, obey ``commands`` until ``stop``."""
+    own_volumes = args.volumes is None
+    volumes = Path(args.volumes) if args.volumes else Path(tempfile.mkdtemp(prefix="egw-bodycam-volumes-"))
+    volumes.mkdir(parents=True, exist_ok=True)
+    recorders: list[tuple[str, BodyCamSimulator]] = []
     try:
+        recorders = build_recorders(args, volumes)
         for busid, sim in recorders:
             sim.prepare()
 
@@ -129,14 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             d = sim.describe()
             say(f"{busid} serial={d['serial']} police={d['user_no']} password={d['password']} "
                 f"volume={sim.volume_path} drift={d['drift_s']}")
-
-        def on_signal(signum: int, frame: object) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        threading.Thread(target=_commands, args=(server, by_busid, say, stop), daemon=True, name="bodycam-stdin").start()
-        while not stop.wait(0.2):
+        if commands is not None:
+            threading.Thread(target=_commands, args=(commands, server, dict(recorders), say, stop), daemon=True,
+                             name="bodycam-commands").start()
+        while not stop.wait(0.1):
             pass
         return 0
     finally:
@@ -156,9 +163,10 @@ def _remove(server: Any, busid: str) -> None:
         pass
 
 
-def _commands(server: Any, recorders: dict[str, BodyCamSimulator], say: Any, stop: threading.Event) -> None:
+def _commands(commands: TextIO, server: Any, recorders: dict[str, BodyCamSimulator], say: Callable[[str], None],
+              stop: threading.Event) -> None:
     """Fault control from stdin. EOF just ends control; the simulator keeps serving."""
-    for line in sys.stdin:
+    for line in commands:
         words = line.split()
         if not words:
             continue
@@ -171,21 +179,29 @@ def _commands(server: Any, recorders: dict[str, BodyCamSimulator], say: Any, sto
             say(f"error unknown recorder in {line.strip()!r}")
             continue
         busid = rest[0]
-        if verb == "unplug":
-            sim.unplug()
-            _remove(server, busid)
-        elif verb == "replug":
-            sim.replug()
-            _remove(server, busid)
-            server.add_device(busid, sim)
-        elif verb == "eject":
-            sim.eject()
-        elif verb == "halt" and len(rest) == 2:
-            sim.halt(int(rest[1], 0))
-        else:
-            say(f"error unknown command {line.strip()!r}")
+        try:
+            _apply(verb, rest, sim, server)
+        except (ValueError, OSError) as exc:
+            say(f"error {line.strip()!r}: {exc}")
             continue
         say(f"ok {verb} {busid}")
+
+
+def _apply(verb: str, rest: list[str], sim: BodyCamSimulator, server: Any) -> None:
+    busid = rest[0]
+    if verb == "unplug":
+        sim.unplug()
+        _remove(server, busid)
+    elif verb == "replug":
+        sim.replug()
+        _remove(server, busid)
+        server.add_device(busid, sim)
+    elif verb == "eject":
+        sim.eject()
+    elif verb == "halt" and len(rest) == 2:
+        sim.halt(int(rest[1], 0))
+    else:
+        raise ValueError("unknown command (unplug|replug|eject BUSID, halt BUSID EP, quit)")
 
 
 if __name__ == "__main__":

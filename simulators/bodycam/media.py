@@ -70,7 +70,7 @@ def _scene(width: int, height: int, t: float) -> np.ndarray:
 
 def write_video(path: Path, start: datetime, seconds: float, size: tuple[int, int], fps: float,
                 user_no: str, serial: str, container: str = "avi") -> None:
-    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if container == "avi" else "mp4v"))
+    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if container == "avi" else "mp4v"))  # type: ignore[attr-defined]
     writer = cv2.VideoWriter(str(path), fourcc, fps, size)
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {container} video to {path}")
