@@ -370,3 +370,33 @@ def test_mp4_container(make, tmp_path):
         assert item.recording.ext == "mp4"
         assert volume.check_container(item).status == "ok"
         assert stat.S_ISREG(os.stat(volume.root / item.device_path).st_mode)
+
+
+def test_readinto_and_timed_unplug(make, tmp_path):
+    sim, cam = make(recordings=1, fill_mb=2, faults=BodyCamFaults(unplug_after_mount_seconds=0.3))
+    with _switch(sim, cam, tmp_path) as volume:
+        big = max(volume.scan().recordings, key=lambda f: f.size)
+        buffer = bytearray(1 << 16)
+        with volume.open(big) as fh:
+            got = bytearray()
+            while count := fh.readinto(buffer):
+                got += buffer[:count]
+        assert bytes(got) == (sim.media_dir / big.device_path).read_bytes()
+        deadline = time.monotonic() + 5
+        while volume.present() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not volume.present() and not sim.mounted
+        with pytest.raises(bc.DeviceGone):
+            volume.open(big)
+
+
+def test_eject_is_clean(make, tmp_path):
+    sim, cam = make(recordings=1)
+    with _switch(sim, cam, tmp_path) as volume:
+        item = volume.scan().recordings[0]
+        with volume.open(item) as fh:
+            sim.eject()  # a reader holding the file keeps what it was promised
+            assert len(b"".join(fh.chunks())) == item.size
+    assert not (tmp_path / "volumes" / sim.serial).exists()
+    with pytest.raises(bc.DeviceGone):
+        BodyCamera(LoopbackUsbDevice(sim, sim.serial)).battery()

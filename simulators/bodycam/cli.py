@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--stall-endpoint", type=lambda s: int(s, 0))
     faults.add_argument("--slow", type=float, metavar="BYTES_PER_S", help="throttle USB bulk transfers")
     faults.add_argument("--unplug-after-usb-bytes", type=int)
+    faults.add_argument("--unplug-after-mount-seconds", type=float, help="yank the volume this long after it appears")
     return p
 
 
@@ -70,6 +71,7 @@ def build_recorders(args: argparse.Namespace, volumes: Path) -> list[tuple[str, 
             stall_endpoint=args.stall_endpoint, unplug_after_usb_bytes=args.unplug_after_usb_bytes,
             slow_bytes_per_s=args.slow, locked=args.locked, hostile_names=args.hostile_names,
             truncated_video=args.truncated_video, changing_file=args.changing_file,
+            unplug_after_mount_seconds=args.unplug_after_mount_seconds,
         )
         sim = BodyCamSimulator(
             serial, user_no=f"{100001 + i:06d}", user_name=OFFICERS[i % len(OFFICERS)], password=args.password,

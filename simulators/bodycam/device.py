@@ -37,6 +37,9 @@ Faults (constructor ``faults=`` and methods for tests):
 * ``truncated_video`` — one video is cut to 60 % of its bytes.
 * ``changing_file`` — while mounted, the newest video keeps growing (a
   thread appends 4 KiB every 20 ms), like a file still being written.
+* ``unplug_after_mount_seconds`` — ``unplug()`` fires that long after the volume
+  appears (with a big ``fill_mb`` file this lands mid-copy; for an exact byte
+  position call ``unplug()`` yourself between reads).
 * ``unplug()`` — yank the cable: every volume file is truncated to 0 bytes
   (a reader holding it open sees EOF before the size it was promised, as the
   kernel would give EIO), the volume directory disappears, USB calls raise
@@ -86,6 +89,7 @@ class BodyCamFaults:
     hostile_names: bool = False
     truncated_video: bool = False
     changing_file: bool = False
+    unplug_after_mount_seconds: float | None = None
 
 
 def default_plan(count: int, end: datetime, video_seconds: float, fill_mb: float = 0) -> list[RecordingSpec]:
@@ -185,6 +189,7 @@ class BodyCamSimulator(UsbDeviceBase):
         self._prepared = False
         self._grower: threading.Thread | None = None
         self._grower_stop = threading.Event()
+        self._yank_timer: threading.Timer | None = None
         self._plug_in()
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -263,6 +268,9 @@ class BodyCamSimulator(UsbDeviceBase):
     def eject(self) -> None:
         """The host unmounted the volume cleanly; the recorder stays off the bus until re-plugged."""
         with self._lock:
+            timer, self._yank_timer = self._yank_timer, None
+            if timer is not None:
+                timer.cancel()
             self._stop_grower()
             if self.mounted and self.volume_path is not None:
                 gone = self.volume_path.with_name(f".{self.serial}.ejected")
@@ -536,6 +544,11 @@ class BodyCamSimulator(UsbDeviceBase):
             self._detach_inode(self.changing_file)
             self._grower = threading.Thread(target=self._grow, args=(target,), name=f"bodycam-{self.serial}-grow", daemon=True)
             self._grower.start()
+        delay = self.faults.unplug_after_mount_seconds
+        if delay is not None:
+            self._yank_timer = threading.Timer(delay, self.unplug)
+            self._yank_timer.daemon = True
+            self._yank_timer.start()
         if self.on_mass_storage is not None:
             self.on_mass_storage(self.serial)
 
@@ -593,6 +606,9 @@ class BodyCamSimulator(UsbDeviceBase):
             self._grower = None
 
     def _yank(self) -> None:
+        timer, self._yank_timer = self._yank_timer, None
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()
         self._stop_grower()
         self.attached = False
         if self.mounted and self.volume_path is not None and self.volume_path.is_dir():
