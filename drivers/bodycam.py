@@ -962,6 +962,37 @@ class RecorderVolume:
         os.set_blocking(file_fd, True)
         return RecordingReader(file_fd, item, st, self)
 
+    def delete(self, item: VolumeFile) -> None:
+        """Remove one recording from the recorder: the dock's "release", the only write this
+        class makes. Call it only after the platform's receipt for this exact file verified.
+        Refuses when the entry is no longer the file listed (inode, size, mtime)."""
+        for part in item.parts:
+            reason = unsafe_name_reason(part)
+            if reason is not None:
+                raise HostileEntryError(f"refusing to delete {_display('/'.join(item.parts))}: {reason}")
+        fd = self._fd
+        opened: list[int] = []
+        try:
+            for part in item.parts[:-1]:
+                fd = os.open(part, _OPEN_DIR, dir_fd=fd)
+                opened.append(fd)
+            st = os.stat(item.parts[-1], dir_fd=fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise HostileEntryError(f"{item.device_path} is now a {_kind(st.st_mode)}; not deleted")
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (item.dev, item.ino, item.size, item.mtime_ns):
+                raise RecordingChanged(f"{item.device_path} changed since it was listed; not deleted")
+            os.unlink(item.parts[-1], dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise BodyCamError(f"recorder {self.serial} does not let the host delete {item.device_path} ({exc}); "
+                                   "leave the file on the device") from exc
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EIO, errno.ENODEV):
+                raise DeviceGone(f"{item.device_path} is no longer on recorder {self.serial}'s volume ({exc})") from exc
+            raise BodyCamError(f"cannot delete {item.device_path}: {exc}") from exc
+        finally:
+            for d in opened:
+                os.close(d)
+
     def check_container(self, item: VolumeFile) -> ContainerCheck:
         """Cheap structural check of the container (RIFF size, JPEG end marker, MP4 boxes).
         Truncated media is still evidence: this informs, it does not filter."""

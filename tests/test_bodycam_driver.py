@@ -372,8 +372,8 @@ def test_mp4_container(make, tmp_path):
         assert stat.S_ISREG(os.stat(volume.root / item.device_path).st_mode)
 
 
-def test_readinto_and_timed_unplug(make, tmp_path):
-    sim, cam = make(recordings=1, fill_mb=2, faults=BodyCamFaults(unplug_after_mount_seconds=0.3))
+def test_readinto(make, tmp_path):
+    sim, cam = make(recordings=1, fill_mb=2)
     with _switch(sim, cam, tmp_path) as volume:
         big = max(volume.scan().recordings, key=lambda f: f.size)
         buffer = bytearray(1 << 16)
@@ -382,12 +382,18 @@ def test_readinto_and_timed_unplug(make, tmp_path):
             while count := fh.readinto(buffer):
                 got += buffer[:count]
         assert bytes(got) == (sim.media_dir / big.device_path).read_bytes()
-        deadline = time.monotonic() + 5
+
+
+def test_timed_unplug(make, tmp_path):
+    sim, cam = make(recordings=1, faults=BodyCamFaults(unplug_after_mount_seconds=0.2))
+    with _switch(sim, cam, tmp_path) as volume:
+        item = volume.scan().recordings[0]
+        deadline = time.monotonic() + 10
         while volume.present() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not volume.present() and not sim.mounted
         with pytest.raises(bc.DeviceGone):
-            volume.open(big)
+            volume.open(item)
 
 
 def test_eject_is_clean(make, tmp_path):
@@ -400,3 +406,21 @@ def test_eject_is_clean(make, tmp_path):
     assert not (tmp_path / "volumes" / sim.serial).exists()
     with pytest.raises(bc.DeviceGone):
         BodyCamera(LoopbackUsbDevice(sim, sim.serial)).battery()
+
+
+def test_delete_after_receipt_survives_replug(make, tmp_path):
+    sim, cam = make(recordings=3)
+    with _switch(sim, cam, tmp_path) as volume:
+        first, second, third = volume.scan().recordings
+        volume.delete(first)
+        changed = bc.VolumeFile(second.parts, second.size + 1, second.mtime_ns, second.dev, second.ino, second.recording)
+        with pytest.raises(bc.RecordingChanged):
+            volume.delete(changed)
+        with pytest.raises(bc.DeviceGone):
+            volume.delete(first)
+        assert [f.device_path for f in volume.scan().recordings] == [second.device_path, third.device_path]
+    sim.eject()
+    sim.replug()
+    assert cam.device is not None and len(sim.files) == 2
+    cam2 = BodyCamera(LoopbackUsbDevice(sim, sim.serial))
+    assert cam2.storage().file_count == 2

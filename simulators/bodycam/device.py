@@ -273,6 +273,7 @@ class BodyCamSimulator(UsbDeviceBase):
                 timer.cancel()
             self._stop_grower()
             if self.mounted and self.volume_path is not None:
+                self._sync_deletions()
                 gone = self.volume_path.with_name(f".{self.serial}.ejected")
                 os.replace(self.volume_path, gone)
                 shutil.rmtree(gone, ignore_errors=True)
@@ -580,6 +581,17 @@ class BodyCamSimulator(UsbDeviceBase):
         planted.append(rel(fifo))
         self.hostile_entries = planted
 
+    def _sync_deletions(self) -> None:
+        """Recordings the host deleted from the volume are gone from the recorder too."""
+        assert self.volume_path is not None
+        for name in list(self.files):
+            if not os.path.lexists(self.volume_path / name):
+                self.files.remove(name)
+                try:
+                    os.unlink(self.media_dir / name)
+                except FileNotFoundError:
+                    pass
+
     def _detach_inode(self, name: str) -> None:
         """Give the staging copy its own inode so damage done to the volume copy stays there."""
         src = self.media_dir / name
@@ -612,6 +624,7 @@ class BodyCamSimulator(UsbDeviceBase):
         self._stop_grower()
         self.attached = False
         if self.mounted and self.volume_path is not None and self.volume_path.is_dir():
+            self._sync_deletions()
             for dirpath, _dirs, names in os.walk(self.volume_path, followlinks=False):
                 for name in names:
                     path = os.path.join(dirpath, name)
