@@ -247,12 +247,14 @@ class BodyCamera:
     """
 
     def __init__(self, device: UsbDevice, password: str | None = None, model: BodyCamModel | None = None,
-                 timeout_ms: int = 5000) -> None:
+                 timeout_ms: int = 5000, layout: f9.ZfyLayout | None = None) -> None:
         found = model or lookup_model(device.idVendor, device.idProduct)
         if found is None:
             raise UnsupportedDevice(
                 f"USB device {device.idVendor:04x}:{device.idProduct:04x} is not in the body-camera device table; "
                 "add a BodyCamModel with register_model() or pass model=")
+        if layout is not None:
+            found = replace(found, layout=layout)
         self.device = device
         self.model = found
         self.password = password if password is not None else found.default_password
@@ -265,7 +267,7 @@ class BodyCamera:
 
     @classmethod
     def open(cls, url: str, password: str | None = None, model: BodyCamModel | None = None,
-             timeout_ms: int = 5000) -> "BodyCamera":
+             timeout_ms: int = 5000, layout: f9.ZfyLayout | None = None) -> "BodyCamera":
         """Open ``usbip://host:port/busid`` or ``usb://VID:PID[/serial]``."""
         try:
             from firmware_bridge.usb_transport import open_usb_device
@@ -280,7 +282,7 @@ class BodyCamera:
         except OSError as exc:
             raise BodyCamError(f"cannot open {url}: {exc}") from exc
         try:
-            return cls(device, password=password, model=model, timeout_ms=timeout_ms)
+            return cls(device, password=password, model=model, timeout_ms=timeout_ms, layout=layout)
         except BaseException:
             device.close()
             raise

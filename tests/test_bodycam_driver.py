@@ -23,6 +23,12 @@ from firmware_bridge.usb import LoopbackUsbDevice
 from simulators.bodycam import EP_IN, EP_OUT, BodyCamFaults, BodyCamSimulator
 
 
+def connect(sim, **kwargs):
+    """The one place the transport is chosen: loopback here; usbip:// runs the same suite
+    once firmware_bridge.usbip_server serves the model (BodyCamera.open(server.url(busid)))."""
+    return BodyCamera(LoopbackUsbDevice(sim, sim.serial), **kwargs)
+
+
 @pytest.fixture
 def make(tmp_path):
     made = []
@@ -35,7 +41,7 @@ def make(tmp_path):
         kwargs.setdefault("media_dir", tmp_path / f"media{len(made)}")
         sim = BodyCamSimulator(**kwargs)
         made.append(sim)
-        return sim, BodyCamera(LoopbackUsbDevice(sim, sim.serial), **_driver_kwargs(kwargs))
+        return sim, connect(sim, **_driver_kwargs(kwargs))
 
     yield factory
     for sim in made:
@@ -89,7 +95,7 @@ def test_sync_to_explicit_time_and_zone(make):
 
 def test_wrong_password_five_times_locks_until_replug(make):
     sim, cam = make(password="135790")
-    bad = BodyCamera(LoopbackUsbDevice(sim, sim.serial), password="000000")
+    bad = connect(sim, password="000000")
     for _ in range(4):
         with pytest.raises(bc.WrongPassword, match="rejected the password"):
             bad.battery()
@@ -104,7 +110,7 @@ def test_wrong_password_five_times_locks_until_replug(make):
     with pytest.raises(bc.DeviceLocked):
         bad.info()
     sim.replug()
-    cam = BodyCamera(LoopbackUsbDevice(sim, sim.serial), password="135790")
+    cam = connect(sim, password="135790")
     assert cam.battery() == 87
 
 
@@ -124,8 +130,8 @@ def test_locked_fault_and_unknown_function(make):
 @pytest.mark.parametrize("layout", [f9.ZFY_LAYOUT_94, f9.ZFY_LAYOUT_89])
 def test_write_info_round_trip_gbk(make, layout):
     sim, _ = make(layout=layout)
-    model = BodyCamModel(0x1209, 0x0001, "test", layout=layout)
-    cam = BodyCamera(LoopbackUsbDevice(sim, sim.serial), model=model)
+    cam = connect(sim, layout=layout)
+    assert cam.model.layout is layout
     stored = cam.write_info(user_no="330001", user_name="欧阳娜娜", unit_no="330106000000", unit_name="西湖区市场监管所")
     assert stored == f9.ZfyInfo(sim.serial, "330001", "欧阳娜娜", "330106000000", "西湖区市场监管所")
     assert sim.info == stored
@@ -142,7 +148,7 @@ def test_set_password(make):
     assert sim.password == "a1b2c3" and cam.password == "a1b2c3"
     assert cam.battery() == 87
     with pytest.raises(bc.WrongPassword):
-        BodyCamera(LoopbackUsbDevice(sim, sim.serial)).battery()
+        connect(sim).battery()
     with pytest.raises(bc.BodyCamError):
         cam.set_password("short")
 
@@ -254,7 +260,7 @@ def test_unplug_mid_read_raises_device_gone(make, tmp_path):
             volume.scan()
     # the recorder's own copy survived the yank: after a re-plug the file is whole again
     sim.replug()
-    cam2 = BodyCamera(LoopbackUsbDevice(sim, sim.serial))
+    cam2 = connect(sim)
     with _switch(sim, cam2, tmp_path) as volume:
         again = max(volume.scan().recordings, key=lambda f: f.size)
         assert again.size == big.size == 1_000_000
@@ -314,7 +320,7 @@ def test_unsupported_device_and_table(make):
     sim, _ = make()
     sim.product_id = 0x0042
     with pytest.raises(bc.UnsupportedDevice, match="register_model"):
-        BodyCamera(LoopbackUsbDevice(sim, sim.serial))
+        connect(sim)
     entry = BodyCamModel(0x1209, 0x0042, "some real model", layout=f9.ZFY_LAYOUT_89)
     bc.register_model(entry)
     try:
@@ -405,7 +411,7 @@ def test_eject_is_clean(make, tmp_path):
             assert len(b"".join(fh.chunks())) == item.size
     assert not (tmp_path / "volumes" / sim.serial).exists()
     with pytest.raises(bc.DeviceGone):
-        BodyCamera(LoopbackUsbDevice(sim, sim.serial)).battery()
+        connect(sim).battery()
 
 
 def test_delete_after_receipt_survives_replug(make, tmp_path):
@@ -422,5 +428,5 @@ def test_delete_after_receipt_survives_replug(make, tmp_path):
     sim.eject()
     sim.replug()
     assert cam.device is not None and len(sim.files) == 2
-    cam2 = BodyCamera(LoopbackUsbDevice(sim, sim.serial))
+    cam2 = connect(sim)
     assert cam2.storage().file_count == 2
