@@ -120,3 +120,11 @@ def test_serve_loop_announces_mounts_and_obeys_commands(tmp_path):
         writer.close()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_server_url_accepts_tuple_or_text():
+    class S:
+        address = ("127.0.0.1", 40123)
+    assert cli.server_url(S) == "usbip://127.0.0.1:40123"
+    S.address = "127.0.0.1:40123"
+    assert cli.server_url(S) == "usbip://127.0.0.1:40123"

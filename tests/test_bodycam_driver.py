@@ -430,3 +430,10 @@ def test_delete_after_receipt_survives_replug(make, tmp_path):
     assert cam.device is not None and len(sim.files) == 2
     cam2 = connect(sim)
     assert cam2.storage().file_count == 2
+
+
+def test_mass_storage_refused_without_a_host_volume(make):
+    sim, cam = make(volumes_dir=None)
+    with pytest.raises(bc.CommandRejected, match="MSC_FAILED") as info:
+        cam.switch_to_mass_storage()
+    assert info.value.iret is f9.IRet.MSC_FAILED and sim.attached

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from .device import BodyCamFaults, BodyCamSimulator
 
-__all__ = ["main", "serve", "build_parser", "build_recorders", "OFFICERS"]
+__all__ = ["main", "serve", "server_url", "build_parser", "build_recorders", "OFFICERS"]
 
 OFFICERS = ["张三", "李四", "王五", "赵六", "陈七", "刘八", "周九", "吴十"]
 
@@ -136,8 +136,7 @@ def serve(args: argparse.Namespace, server: Any, stop: threading.Event, commands
             sim.on_mass_storage = mounted
             server.add_device(busid, sim)
         server.start()
-        address = server.address
-        say(f"usbip://{address[0]}:{address[1]}")
+        say(server_url(server))
         for busid, sim in recorders:
             d = sim.describe()
             say(f"{busid} serial={d['serial']} police={d['user_no']} password={d['password']} "
@@ -156,6 +155,14 @@ def serve(args: argparse.Namespace, server: Any, stop: threading.Event, commands
                 sim.close()
             if own_volumes:
                 shutil.rmtree(volumes, ignore_errors=True)
+
+
+def server_url(server: Any) -> str:
+    """``usbip://host:port`` from the server's ``address`` ((host, port) or "host:port")."""
+    address = server.address
+    if isinstance(address, str):
+        return "usbip://" + address.removeprefix("usbip://").rstrip("/")
+    return f"usbip://{address[0]}:{address[1]}"
 
 
 def _remove(server: Any, busid: str) -> None:
