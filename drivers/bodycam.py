@@ -605,7 +605,7 @@ class BodyCamera:
         except Exception as exc:  # pyusb's USBError / USBTimeoutError and OSError, classified by errno
             number = getattr(exc, "errno", None) or getattr(exc, "backend_error_code", None)
             name = type(exc).__name__
-            if number == errno.EPIPE:
+            if number in (errno.EPIPE, -9):  # -9: LIBUSB_ERROR_PIPE
                 raise UsbStall(str(exc)) from exc
             if "Timeout" in name or number in (errno.ETIMEDOUT, -7):
                 raise DeviceNotResponding(f"recorder {self._who()} did not answer in {self.timeout_ms} ms ({exc})") from exc
