@@ -272,7 +272,10 @@ def test_changing_file_detected(make, tmp_path):
         item = next(f for f in volume.scan().recordings if f.device_path == sim.changing_file)
         with volume.open(item) as fh:
             fh.read(10)
-            time.sleep(0.1)
+            deadline = time.monotonic() + 10
+            while os.stat(volume.root / item.device_path).st_size == item.size:  # the recorder writes on
+                assert time.monotonic() < deadline, "the changing-file fault never changed the file"
+                time.sleep(0.01)
             with pytest.raises(bc.RecordingChanged, match="changed while being read"):
                 while fh.read(4096):
                     pass
@@ -395,7 +398,7 @@ def test_timed_unplug(make, tmp_path):
     with _switch(sim, cam, tmp_path) as volume:
         item = volume.scan().recordings[0]
         deadline = time.monotonic() + 10
-        while volume.present() and time.monotonic() < deadline:
+        while (volume.present() or sim.mounted) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not volume.present() and not sim.mounted
         with pytest.raises(bc.DeviceGone):
