@@ -504,7 +504,8 @@ class BodyCamera:
     def _command(self, cb: bytes, data_in: bool, length: int, out: bytes = b"") -> tuple[bytes, CommandStatusWrapper]:
         """One BOT command: CBW, data phase, CSW (BOT 5.3). Returns (data-IN bytes, CSW)."""
         if self._closed:
-            raise DeviceGone("this recorder handle is closed (after SetMSDC the recorder is a volume); open it again")
+            raise DeviceGone("this recorder handle is closed (the recorder was unplugged or switched to mass "
+                             "storage); open it again once it is back in vendor mode")
         self._tag = (self._tag + 1) & 0xFFFFFFFF
         tag = self._tag
         cbw = CommandBlockWrapper(tag=tag, data_length=length, data_in=data_in, lun=self.model.lun, cb=cb)

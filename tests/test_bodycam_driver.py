@@ -185,6 +185,8 @@ def test_mass_storage_volume_with_recordings(make, tmp_path):
         ok, frame = cap.read()
         cap.release()
         assert ok and frame.shape == (180, 320, 3)
+        osd = frame[6:20, 6:200]  # the burned-in overlay: white text on a black box, top left
+        assert (osd.max(axis=2) < 60).mean() > 0.3 and (osd.min(axis=2) > 150).mean() > 0.03
     # the vendor handle is gone with the switch
     with pytest.raises(bc.DeviceGone):
         cam.battery()
