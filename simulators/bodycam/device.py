@@ -1,0 +1,653 @@
+"""A simulated body-worn camera: the USB device model and its mass-storage volume.
+
+The recorder speaks bodycam-usb.md: Bulk-Only Transport on bulk IN 0x81 /
+OUT 0x02, the SCSI basics, and the vendor ``F9`` GA/T 947.4 functions. It
+is served to hosts by the USB/IP server (``usbip://``) or driven in-process
+through ``LoopbackUsbDevice`` in tests.
+
+State machine of one plug-in (a re-plug starts a fresh one)::
+
+    plugged (vendor mode) ──SetMSDC, CSW read──► mounted (volume at <volumes>/<serial>)
+        │  5 wrong passwords                        │ eject() / unplug() / replug()
+        ▼                                           ▼
+    locked (every F9 fails) ──replug()──► plugged   unplugged (every USB call → TransportClosed)
+
+BOT per command: CBW → (data OUT | data IN | none) → CSW. The data-IN bytes
+and the CSW are queued as separate transfers so a host never gets both in
+one read (a real device ends the data phase with a short packet).
+
+The volume: recordings are generated once into a private staging directory
+(``media_dir``) and hard-linked (or copied) into ``<volumes>/.<serial>.mounting``,
+which is then renamed to ``<volumes>/<serial>`` so a host never sees a half
+populated volume. Faults that damage files on "unplug" first give the
+staging copy a fresh inode, so the recorder's own copy survives a yank.
+
+Faults (constructor ``faults=`` and methods for tests):
+
+* ``stall_endpoint`` — that endpoint stalls every transfer, even after
+  CLEAR_FEATURE(HALT) (a wedged device); ``halt(ep)`` stalls it once, clearable.
+* ``unplug_after_usb_bytes`` — the device vanishes once that many bulk bytes
+  moved (mid-command when K falls inside one).
+* ``slow_bytes_per_s`` — bulk transfers take len/rate seconds.
+* ``locked`` — starts locked out, as after five wrong passwords.
+* ``hostile_names`` — the volume also holds a symlink posing as a recording
+  that points outside, a symlinked directory pointing at ``/``, names with
+  control characters, backslash/drive-letter paths, a name that is not valid
+  UTF-8, a 250-byte name and a FIFO (opening it would block a naive reader).
+* ``truncated_video`` — one video is cut to 60 % of its bytes.
+* ``changing_file`` — while mounted, the newest video keeps growing (a
+  thread appends 4 KiB every 20 ms), like a file still being written.
+* ``unplug_after_mount_seconds`` — ``unplug()`` fires that long after the volume
+  appears (with a big ``fill_mb`` file this lands mid-copy; for an exact byte
+  position call ``unplug()`` yourself between reads).
+* ``unplug()`` — yank the cable: every volume file is truncated to 0 bytes
+  (a reader holding it open sees EOF before the size it was promised, as the
+  kernel would give EIO), the volume directory disappears, USB calls raise
+  ``TransportClosed``. Call it between reads to simulate "unplugged after K
+  bytes of file transfer"; the CLI accepts ``unplug BUSID`` on stdin.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from firmware_bridge import bodycam_usb as f9
+from firmware_bridge.bot import (
+    NEED_DATA, BotDeviceParser, CommandBlock, CommandBlockWrapper, CommandStatusWrapper, CswStatus,
+    DataOut, InquiryData, ScsiOpcode, SENSE_LENGTH, SenseData, SenseKey,
+)
+from firmware_bridge.errors import ProtocolError, TransportClosed, UsbStall
+from firmware_bridge.usb import EndpointSpec, InterfaceSpec, SetupPacket, UsbDeviceBase
+
+from .media import RecordingSpec, recording_name, write_audio, write_fill, write_photo, write_video
+
+__all__ = ["BodyCamSimulator", "BodyCamFaults", "EP_IN", "EP_OUT", "default_plan"]
+
+EP_IN = 0x81
+EP_OUT = 0x02
+LOCKOUT_AFTER = 5
+_BOT_RESET = 0xFF
+_GET_MAX_LUN = 0xFE
+
+
+@dataclass
+class BodyCamFaults:
+    stall_endpoint: int | None = None
+    unplug_after_usb_bytes: int | None = None
+    slow_bytes_per_s: float | None = None
+    locked: bool = False
+    hostile_names: bool = False
+    truncated_video: bool = False
+    changing_file: bool = False
+    unplug_after_mount_seconds: float | None = None
+
+
+def default_plan(count: int, end: datetime, video_seconds: float, fill_mb: float = 0) -> list[RecordingSpec]:
+    """``count`` recordings ending before ``end`` (device local time): video, video, audio, photo, …;
+    every third one flagged important; plus one fill file of ``fill_mb`` MB if asked."""
+    kinds = ["video", "video", "audio", "photo"]
+    plan = []
+    start = end.replace(microsecond=0) - timedelta(seconds=count * (video_seconds + 90) + 60)
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        seconds = video_seconds if kind != "photo" else 0.0
+        plan.append(RecordingSpec(kind=kind, start=start, seconds=seconds, important=(i % 3 == 2)))
+        start += timedelta(seconds=video_seconds + 90)
+    if fill_mb > 0:
+        plan.append(RecordingSpec(kind="fill", start=start, size_bytes=int(fill_mb * 1_000_000)))
+    return plan
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class BodyCamSimulator(UsbDeviceBase):
+    """One recorder. Thread-safe: the USB/IP server may call it from its own threads."""
+
+    vendor_id = 0x1209
+    product_id = 0x0001
+    speed = 3
+    manufacturer = "egw"
+    product = "EGW simulated body camera"
+    interface_specs = (InterfaceSpec(0x08, 0x06, 0x50, (EndpointSpec(EP_IN, 2, 512), EndpointSpec(EP_OUT, 2, 512))),)
+
+    def __init__(
+        self,
+        serial: str = "1000001",
+        *,
+        user_no: str = "100001",
+        user_name: str = "张三",
+        unit_no: str = "330100000000",
+        unit_name: str = "杭州市市场监督管理局",
+        password: str = f9.DEFAULT_PASSWORD,
+        battery: int = 87,
+        id_code: str = "EGW01",
+        drift_seconds: float = 0.0,
+        zone_minutes: int = 480,
+        frame_size: tuple[int, int] = (1280, 720),
+        fps: float = 10.0,
+        video_seconds: float = 2.0,
+        recordings: int | Sequence[RecordingSpec] = 4,
+        fill_mb: float = 0,
+        video_container: str = "avi",
+        layout: f9.ZfyLayout = f9.ZFY_LAYOUT_94,
+        opcode: int = f9.VENDOR_OPCODE,
+        volumes_dir: str | os.PathLike[str] | None = None,
+        media_dir: str | os.PathLike[str] | None = None,
+        storage_total_mib: int = 32768,
+        faults: BodyCamFaults | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        on_mass_storage: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        info = f9.ZfyInfo(serial, user_no, user_name, unit_no, unit_name)
+        problems = info.problems()
+        if problems:
+            raise ValueError("invalid recorder identity: " + "; ".join(problems))
+        f9.encode_zfy_info(info, layout)  # fits the layout, or raises now rather than on the wire
+        f9.encode_password_payload(password)
+        self.serial = serial
+        self.info = info
+        self.password = password
+        self.battery = battery
+        self.id_code = id_code
+        self.zone_minutes = zone_minutes
+        self.frame_size = frame_size
+        self.fps = fps
+        self.video_seconds = video_seconds
+        self.video_container = video_container
+        self.layout = layout
+        self.opcode = opcode
+        self.storage_total_mib = storage_total_mib
+        self.faults = faults or BodyCamFaults()
+        self.clock = clock
+        self.on_mass_storage = on_mass_storage
+        # device local time = host UTC + offset (zone plus the recorder's drift)
+        self._offset = timedelta(minutes=zone_minutes, seconds=drift_seconds)
+        self._lock = threading.RLock()
+        self._own_media = media_dir is None
+        self.media_dir = Path(media_dir) if media_dir is not None else Path(tempfile.mkdtemp(prefix=f"egw-bodycam-{serial}-"))
+        self.volumes_dir = Path(volumes_dir) if volumes_dir is not None else None
+        self._plan = list(recordings) if not isinstance(recordings, int) else None
+        self._plan_count = recordings if isinstance(recordings, int) else 0
+        self._fill_mb = fill_mb
+        self.files: list[str] = []  # recorder-relative names, POSIX separators
+        self.truncated_file: str | None = None
+        self.changing_file: str | None = None
+        self.hostile_entries: list[str] = []
+        self._prepared = False
+        self._grower: threading.Thread | None = None
+        self._grower_stop = threading.Event()
+        self._yank_timer: threading.Timer | None = None
+        self._plug_in()
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def _plug_in(self) -> None:
+        self.attached = True
+        self.mounted = False
+        self.locked = self.faults.locked
+        self.wrong_passwords = 0
+        self.usb_bytes = 0
+        self.configuration = 0
+        self.halted = set()
+        self._parser = BotDeviceParser(max_data_out=4096)
+        self._in_queue: deque[bytes] = deque()
+        self._data_phase_tag: int | None = None  # tag of the CBW whose data-IN bytes head the queue
+        self._pending_out: CommandBlockWrapper | None = None
+        self._sense = SenseData(SenseKey.NO_SENSE)
+        self._mount_after_csw = False
+
+    def device_time(self) -> datetime:
+        """The recorder's wall clock (naive local time), drift included."""
+        return (self.clock() + self._offset).replace(tzinfo=None, microsecond=0)
+
+    def set_device_time(self, local: datetime, zone_minutes: int | None = None) -> None:
+        with self._lock:
+            now = self.clock().replace(tzinfo=None)
+            self._offset = local - now
+            if zone_minutes is not None:
+                self.zone_minutes = zone_minutes
+
+    def prepare(self) -> None:
+        """Generate the recordings into the staging directory (idempotent; slow for big media)."""
+        with self._lock:
+            if self._prepared:
+                return
+            plan = self._plan if self._plan is not None else default_plan(
+                self._plan_count, self.device_time(), self.video_seconds, self._fill_mb)
+            if self.video_container == "mp4":
+                plan = [RecordingSpec("video_mp4", s.start, s.seconds, s.important) if s.kind == "video" else s for s in plan]
+            for seq, spec in enumerate(plan, start=1):
+                name = recording_name(self.info.serial, self.info.user_no or "000000", spec, seq)
+                path = self.media_dir / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if spec.kind in ("video", "video_mp4"):
+                    write_video(path, spec.start, spec.seconds, self.frame_size, self.fps, self.info.user_no,
+                                self.info.serial, "avi" if spec.kind == "video" else "mp4")
+                elif spec.kind == "audio":
+                    write_audio(path, spec.seconds)
+                elif spec.kind == "photo":
+                    write_photo(path, spec.start, self.frame_size, self.info.user_no, self.info.serial)
+                elif spec.kind == "fill":
+                    write_fill(path, spec.size_bytes, seed=int(self.info.serial) + seq)
+                else:
+                    raise ValueError(f"unknown recording kind {spec.kind!r}")
+                self.files.append(name)
+            videos = [n for n, s in zip(self.files, plan) if s.kind in ("video", "video_mp4")]
+            if self.faults.truncated_video and videos:
+                self.truncated_file = videos[0]
+                path = self.media_dir / videos[0]
+                os.truncate(path, max(1, path.stat().st_size * 6 // 10))
+            if self.faults.changing_file and videos:
+                self.changing_file = videos[-1]
+            self._prepared = True
+
+    def replug(self) -> None:
+        """Pull the cable and plug it back: volume gone, lockout cleared, vendor mode again."""
+        with self._lock:
+            self._yank()
+            self._plug_in()
+
+    def unplug(self) -> None:
+        """Yank the cable (a fault): open volume files go short, the volume vanishes, USB calls fail."""
+        with self._lock:
+            self._yank()
+
+    def eject(self) -> None:
+        """The host unmounted the volume cleanly; the recorder stays off the bus until re-plugged."""
+        with self._lock:
+            timer, self._yank_timer = self._yank_timer, None
+            if timer is not None:
+                timer.cancel()
+            self._stop_grower()
+            if self.mounted and self.volume_path is not None:
+                self._sync_deletions()
+                gone = self.volume_path.with_name(f".{self.serial}.ejected")
+                os.replace(self.volume_path, gone)
+                shutil.rmtree(gone, ignore_errors=True)
+            self.mounted = False
+            self.attached = False
+
+    def close(self) -> None:
+        """Stop threads, remove the volume and (if we made it) the staging directory."""
+        with self._lock:
+            self._yank()
+            if self._own_media:
+                shutil.rmtree(self.media_dir, ignore_errors=True)
+
+    def halt(self, endpoint: int) -> None:
+        """Stall ``endpoint`` until the host sends CLEAR_FEATURE(ENDPOINT_HALT)."""
+        with self._lock:
+            self.halted.add(endpoint)
+
+    @property
+    def volume_path(self) -> Path | None:
+        return self.volumes_dir / self.serial if self.volumes_dir is not None else None
+
+    # ---- USB entry points ---------------------------------------------------------------
+
+    def control(self, setup: SetupPacket, data: bytes) -> bytes:
+        with self._lock:
+            self._check_attached()
+            return super().control(setup, data)
+
+    def class_control(self, setup: SetupPacket, data: bytes) -> bytes:
+        if setup.request_type == 0x21 and setup.request == _BOT_RESET:
+            self._parser.reset()
+            self._in_queue.clear()
+            self._data_phase_tag = None
+            self._pending_out = None
+            return b""
+        if setup.request_type == 0xA1 and setup.request == _GET_MAX_LUN:
+            return b"\x00"[: setup.length]
+        return super().class_control(setup, data)
+
+    def bulk_out(self, endpoint: int, data: bytes) -> None:
+        with self._lock:
+            self._check_attached()
+            self._check_endpoint(endpoint, EP_OUT)
+            self._account(len(data))
+            self._parser.receive_data(data)
+            while True:
+                try:
+                    event = self._parser.next_event()
+                except ProtocolError as exc:
+                    self.halted.update({EP_IN, EP_OUT})
+                    raise UsbStall(f"invalid CBW, stalling until a mass-storage reset: {exc}") from None
+                if event is NEED_DATA:
+                    return
+                if isinstance(event, CommandBlock):
+                    self._on_cbw(event.cbw)
+                elif isinstance(event, DataOut):
+                    cbw, self._pending_out = self._pending_out, None
+                    assert cbw is not None
+                    self._finish(cbw, self._execute(cbw, event.data))
+
+    def bulk_in(self, endpoint: int, length: int) -> bytes | None:
+        with self._lock:
+            self._check_attached()
+            try:
+                self._check_endpoint(endpoint, EP_IN)
+            except UsbStall:
+                self._abort_data_phase()
+                raise
+            if not self._in_queue:
+                return None
+            head = self._in_queue[0]
+            chunk, rest = head[:length], head[length:]
+            if rest:
+                self._in_queue[0] = rest
+            else:
+                self._in_queue.popleft()
+                self._data_phase_tag = None if len(self._in_queue) <= 1 else self._data_phase_tag
+            self._account(len(chunk))
+            if not self._in_queue and self._mount_after_csw:
+                self._mount_after_csw = False
+                self._mount()
+            return chunk
+
+    def interrupt_in(self, endpoint: int, length: int) -> bytes | None:
+        with self._lock:
+            self._check_attached()
+            raise UsbStall(f"the recorder has no interrupt endpoint 0x{endpoint:02x}")
+
+    def _check_attached(self) -> None:
+        if not self.attached:
+            raise TransportClosed(f"recorder {self.serial} is not on the bus (unplugged or in mass-storage mode)")
+
+    def _check_endpoint(self, endpoint: int, expected: int) -> None:
+        if endpoint != expected:
+            raise UsbStall(f"the recorder has no endpoint 0x{endpoint:02x} in that direction")
+        if endpoint in self.halted or endpoint == self.faults.stall_endpoint:
+            raise UsbStall(f"endpoint 0x{endpoint:02x} is halted")
+
+    def _account(self, count: int) -> None:
+        rate = self.faults.slow_bytes_per_s
+        if rate:
+            time.sleep(count / rate)
+        self.usb_bytes += count
+        budget = self.faults.unplug_after_usb_bytes
+        if budget is not None and self.usb_bytes > budget:
+            self._yank()
+            raise TransportClosed(f"recorder {self.serial} unplugged after {budget} bytes")
+
+    # ---- BOT ------------------------------------------------------------------------------
+
+    def _on_cbw(self, cbw: CommandBlockWrapper) -> None:
+        if not cbw.data_in and cbw.data_length:
+            self._pending_out = cbw
+            return
+        self._finish(cbw, self._execute(cbw, None))
+
+    def _finish(self, cbw: CommandBlockWrapper, result: tuple[bytes, CswStatus]) -> None:
+        data, status = result
+        residue = cbw.data_length
+        if cbw.data_in and cbw.data_length:
+            sent = data[: cbw.data_length]
+            if len(data) > cbw.data_length:
+                status = CswStatus.PHASE_ERROR  # BOT case 7: the device has more than the host asked for
+            residue = cbw.data_length - len(sent)
+            # BOT case 5 (host expects more than the device has): pad, and say so in the residue,
+            # so the host never reads the CSW where it expected data.
+            self._in_queue.append(sent.ljust(cbw.data_length, b"\0"))
+            self._data_phase_tag = cbw.tag
+        elif not cbw.data_in and cbw.data_length:
+            residue = 0  # we consumed every OUT byte
+        self._in_queue.append(CommandStatusWrapper(cbw.tag, residue, status).to_bytes())
+
+    def _abort_data_phase(self) -> None:
+        """A stall on bulk IN ends the data phase (BOT 6.7.2): drop the data, fail the command."""
+        if self._data_phase_tag is None or len(self._in_queue) < 2:
+            return
+        data = self._in_queue.popleft()
+        self._in_queue.popleft()  # the CSW that claimed success
+        self._in_queue.appendleft(CommandStatusWrapper(self._data_phase_tag, len(data), CswStatus.FAILED).to_bytes())
+        self._sense = SenseData(SenseKey.ABORTED_COMMAND)
+        self._data_phase_tag = None
+
+    def _fail(self, key: int, asc: int, ascq: int = 0, data: bytes = b"") -> tuple[bytes, CswStatus]:
+        self._sense = SenseData(key, asc, ascq)
+        return data, CswStatus.FAILED
+
+    def _execute(self, cbw: CommandBlockWrapper, out: bytes | None) -> tuple[bytes, CswStatus]:
+        cb = cbw.cb
+        op = cb[0]
+        if op == ScsiOpcode.REQUEST_SENSE:
+            sense, self._sense = self._sense, SenseData(SenseKey.NO_SENSE)
+            return sense.to_bytes()[: cb[4] if len(cb) > 4 else SENSE_LENGTH], CswStatus.PASSED
+        self._sense = SenseData(SenseKey.NO_SENSE)
+        if op == ScsiOpcode.TEST_UNIT_READY:
+            return b"", CswStatus.PASSED
+        if op == ScsiOpcode.INQUIRY:
+            alloc = int.from_bytes(cb[3:5], "big") if len(cb) >= 5 else 36
+            data = InquiryData("EGW", "BodyCam " + self.serial, "0100").to_bytes()
+            return data[:alloc], CswStatus.PASSED
+        if op == self.opcode:
+            return self._vendor(cbw, out)
+        return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_INVALID_OPCODE)
+
+    def _vendor(self, cbw: CommandBlockWrapper, out: bytes | None) -> tuple[bytes, CswStatus]:
+        try:
+            cmd = f9.parse_cdb(cbw.cb, self.opcode)
+        except ProtocolError:
+            return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_INVALID_FIELD_IN_CDB)
+        try:
+            function = f9.Function(cmd.function)
+        except ValueError:
+            return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_INVALID_FIELD_IN_CDB)
+        spec = f9.FUNCTION_SPECS[function]
+        length = f9.response_length(function, self.layout)
+        want_in = spec.direction is f9.Direction.IN
+        if (spec.direction is f9.Direction.NONE and cbw.data_length) or \
+                (spec.direction is not f9.Direction.NONE and (cbw.data_in != want_in or cbw.data_length != length)):
+            return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_INVALID_FIELD_IN_CDB)
+        pad = bytes(length) if want_in else b""
+        if self.locked:
+            return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_BODYCAM, f9.ASCQ_LOCKED, pad)
+        if not f9.check_password(cmd.password, self.password):
+            self.wrong_passwords += 1
+            if self.wrong_passwords >= LOCKOUT_AFTER:
+                self.locked = True
+            refusal = f9.encode_refusal(function, f9.IRet.PASSWORD_WRONG, self.layout) if want_in else b""
+            return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_BODYCAM, f9.IRet.PASSWORD_WRONG, refusal)
+        self.wrong_passwords = 0
+        return self._run(function, out)
+
+    def _run(self, function: f9.Function, out: bytes | None) -> tuple[bytes, CswStatus]:
+        F = f9.Function
+        ok = f9.IRet.NONE
+        if function in (F.INIT_DEVICE, F.GET_ID_CODE):
+            code = f9.IRet.CONNECT_OK if function is F.INIT_DEVICE else ok
+            return f9.encode_response(function, f9.IdCodeResponse(code, self.id_code)), CswStatus.PASSED
+        if function is F.GET_ZFY_INFO:
+            return f9.encode_response(function, f9.ZfyInfoResponse(ok, self.info), self.layout), CswStatus.PASSED
+        if function is F.GET_DEV_TIME:
+            return f9.encode_response(function, f9.DeviceTimeResponse(ok, self.device_time())), CswStatus.PASSED
+        if function is F.READ_RESOLUTION:
+            w, h = self.frame_size
+            return f9.encode_response(function, f9.ResolutionResponse(ok, w, h)), CswStatus.PASSED
+        if function is F.READ_BATTERY:
+            return f9.encode_response(function, f9.BatteryResponse(ok, self.battery)), CswStatus.PASSED
+        if function is F.GET_STORAGE:
+            self.prepare()
+            used = sum((self.media_dir / n).stat().st_size for n in self.files)
+            used_mib = -(-used // (1 << 20))
+            total = max(self.storage_total_mib, used_mib)
+            response = f9.StorageResponse(ok, total, total - used_mib, len(self.files))
+            return f9.encode_response(function, response), CswStatus.PASSED
+        assert out is not None or function is F.SET_MSDC
+        if function is F.WRITE_ZFY_INFO:
+            try:
+                info = f9.decode_zfy_info(out or b"", self.layout)
+            except ProtocolError:
+                return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_INVALID_PARAMETER)
+            if info.serial != self.info.serial or info.problems():
+                return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_INVALID_PARAMETER)
+            self.info = info
+            return b"", CswStatus.PASSED
+        if function is F.SYNC_DEV_TIME:
+            try:
+                when, zone = f9.decode_sync_time(out or b"")
+            except ProtocolError:
+                return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_BODYCAM, f9.IRet.TIME_SET_FAILED)
+            self.set_device_time(when, zone)
+            return b"", CswStatus.PASSED
+        if function is F.SET_PASSWORD:
+            try:
+                self.password = f9.decode_password_payload(out or b"")
+            except ProtocolError:
+                return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_INVALID_PARAMETER)
+            return b"", CswStatus.PASSED
+        # SetMSDC: answer first; the switch happens once the host has read the CSW.
+        if self.volumes_dir is None:
+            return self._fail(SenseKey.ILLEGAL_REQUEST, f9.ASC_BODYCAM, f9.IRet.MSC_FAILED)
+        self._mount_after_csw = True
+        return b"", CswStatus.PASSED
+
+    # ---- the volume ------------------------------------------------------------------------
+
+    def _mount(self) -> None:
+        """Drop off the bus and expose the recordings under <volumes>/<serial>, atomically."""
+        assert self.volumes_dir is not None and self.volume_path is not None
+        self.prepare()
+        self.attached = False
+        self.volumes_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.volumes_dir / f".{self.serial}.mounting"
+        shutil.rmtree(staging, ignore_errors=True)
+        for name in self.files:
+            src, dst = self.media_dir / name, staging / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+        if self.faults.hostile_names:
+            self._plant_hostile(staging)
+        if self.volume_path.exists() or self.volume_path.is_symlink():
+            shutil.rmtree(self.volume_path, ignore_errors=True)
+        os.replace(staging, self.volume_path)
+        self.mounted = True
+        if self.changing_file is not None:
+            self._grower_stop.clear()
+            target = self.volume_path / self.changing_file
+            self._detach_inode(self.changing_file)
+            self._grower = threading.Thread(target=self._grow, args=(target,), name=f"bodycam-{self.serial}-grow", daemon=True)
+            self._grower.start()
+        delay = self.faults.unplug_after_mount_seconds
+        if delay is not None:
+            self._yank_timer = threading.Timer(delay, self.unplug)
+            self._yank_timer.daemon = True
+            self._yank_timer.start()
+        if self.on_mass_storage is not None:
+            self.on_mass_storage(self.serial)
+
+    def _plant_hostile(self, root: Path) -> None:
+        day = root / "DCIM" / self.device_time().strftime("%Y%m%d")
+        day.mkdir(parents=True, exist_ok=True)
+        stamp = self.device_time().strftime("%Y%m%d%H%M%S")
+        planted: list[str] = []
+
+        def rel(p: Path) -> str:
+            return p.relative_to(root).as_posix()
+
+        link = day / f"{self.serial}_{self.info.user_no}_{stamp}_9001.avi"
+        os.symlink("/etc/passwd", link)
+        planted.append(rel(link))
+        escape = root / "DCIM" / "escape"
+        os.symlink("/", escape, target_is_directory=True)
+        planted.append(rel(escape))
+        for name in ("evil\x1b[2J\n.avi", "C:\\Windows\\evil.avi", "..\\..\\etc\\passwd.avi", "A" * 246 + ".avi"):
+            path = day / name
+            path.write_bytes(b"hostile")
+            planted.append(rel(path))
+        raw = os.fsencode(str(day)) + b"/" + b"\xff\xfe_bad_utf8.avi"
+        with open(raw, "wb") as fh:
+            fh.write(b"hostile")
+        planted.append(rel(day) + "/" + os.fsdecode(b"\xff\xfe_bad_utf8.avi"))
+        fifo = day / f"{self.serial}_{self.info.user_no}_{stamp}_9002.avi"
+        os.mkfifo(fifo)
+        planted.append(rel(fifo))
+        self.hostile_entries = planted
+
+    def _sync_deletions(self) -> None:
+        """Recordings the host deleted from the volume are gone from the recorder too."""
+        assert self.volume_path is not None
+        for name in list(self.files):
+            if not os.path.lexists(self.volume_path / name):
+                self.files.remove(name)
+                try:
+                    os.unlink(self.media_dir / name)
+                except FileNotFoundError:
+                    pass
+
+    def _detach_inode(self, name: str) -> None:
+        """Give the staging copy its own inode so damage done to the volume copy stays there."""
+        src = self.media_dir / name
+        tmp = src.with_name(src.name + ".detach")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, src)
+
+    def _grow(self, target: Path) -> None:
+        chunk = b"\0" * 4096
+        while not self._grower_stop.wait(0.02):
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+            except OSError:
+                return
+            try:
+                os.write(fd, chunk)
+            finally:
+                os.close(fd)
+
+    def _stop_grower(self) -> None:
+        self._grower_stop.set()
+        if self._grower is not None:
+            self._grower.join(timeout=5)
+            self._grower = None
+
+    def _yank(self) -> None:
+        timer, self._yank_timer = self._yank_timer, None
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()
+        self._stop_grower()
+        self.attached = False
+        if self.mounted and self.volume_path is not None and self.volume_path.is_dir():
+            self._sync_deletions()
+            for dirpath, _dirs, names in os.walk(self.volume_path, followlinks=False):
+                for name in names:
+                    path = os.path.join(dirpath, name)
+                    st = os.lstat(path)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    rel = os.path.relpath(path, self.volume_path)
+                    staged = self.media_dir / rel
+                    try:
+                        if staged.exists() and os.stat(staged).st_ino == st.st_ino:
+                            self._detach_inode(rel)
+                    except OSError:
+                        pass
+                    os.truncate(path, 0)
+            gone = self.volume_path.with_name(f".{self.serial}.yanked")
+            shutil.rmtree(gone, ignore_errors=True)
+            os.replace(self.volume_path, gone)
+            shutil.rmtree(gone, ignore_errors=True)
+        self.mounted = False
+
+    # ---- for tests and the CLI --------------------------------------------------------------
+
+    def describe(self) -> dict[str, str]:
+        return {"serial": self.serial, "user_no": self.info.user_no, "password": self.password,
+                "drift_s": f"{(self._offset - timedelta(minutes=self.zone_minutes)).total_seconds():+.0f}"}
+

@@ -1,0 +1,444 @@
+"""Contract suite: the BodyCamera driver against the simulated recorder, in-process (LoopbackUsbDevice).
+
+The same driver code runs over usbip:// once the USB/IP server serves the model;
+only the device handle differs.
+"""
+
+import os
+import stat
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import cv2
+import pytest
+
+from drivers import bodycam as bc
+from drivers.bodycam import BodyCamera, BodyCamModel
+from firmware_bridge import bodycam_usb as f9
+from firmware_bridge.bot import CommandBlockWrapper
+from firmware_bridge.errors import UsbStall
+from firmware_bridge.usb import LoopbackUsbDevice
+from simulators.bodycam import EP_IN, EP_OUT, BodyCamFaults, BodyCamSimulator
+
+
+def connect(sim, **kwargs):
+    """The one place the transport is chosen: loopback here; usbip:// runs the same suite
+    once firmware_bridge.usbip_server serves the model (BodyCamera.open(server.url(busid)))."""
+    return BodyCamera(LoopbackUsbDevice(sim, sim.serial), **kwargs)
+
+
+@pytest.fixture
+def make(tmp_path):
+    made = []
+
+    def factory(**kwargs):
+        kwargs.setdefault("frame_size", (320, 180))
+        kwargs.setdefault("fps", 5.0)
+        kwargs.setdefault("video_seconds", 1.0)
+        kwargs.setdefault("volumes_dir", tmp_path / "volumes")
+        kwargs.setdefault("media_dir", tmp_path / f"media{len(made)}")
+        sim = BodyCamSimulator(**kwargs)
+        made.append(sim)
+        return sim, connect(sim, **_driver_kwargs(kwargs))
+
+    yield factory
+    for sim in made:
+        sim.close()
+
+
+def _driver_kwargs(kwargs):
+    out = {}
+    if "password" in kwargs:
+        out["password"] = kwargs["password"]
+    return out
+
+
+def test_info(make):
+    sim, cam = make(serial="2000001", user_no="200001", battery=64)
+    info = cam.info()
+    assert info.id_code == "EGW01"
+    assert info.zfy == f9.ZfyInfo("2000001", "200001", "张三", "330100000000", "杭州市市场监督管理局")
+    assert info.serial == info.usb_serial == "2000001" and info.serial_consistent
+    assert info.battery_percent == 64
+    assert info.resolution == (320, 180)
+    assert info.storage.file_count == 4 and info.storage.free_mib <= info.storage.total_mib
+    assert cam.scsi_inquiry().product == "BodyCam 2000001"
+    assert cam.test_unit_ready()
+
+
+def test_drift_measured_then_synced(make):
+    sim, cam = make(drift_seconds=47)
+    reading = cam.device_time()
+    assert abs(reading.offset.total_seconds() - 47) < 2
+    assert reading.round_trip < timedelta(seconds=1)
+    sync = cam.sync_time()
+    assert abs(sync.before.offset.total_seconds() - 47) < 2
+    assert abs(sync.after.offset.total_seconds()) < 2
+    assert sim.zone_minutes == 480
+    # a recording time stamped by the drifting clock maps back to true UTC
+    device_local = datetime(2026, 1, 1, 8, 0, 47)
+    assert reading.to_host_utc(device_local) - datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc) < timedelta(seconds=2)
+
+
+def test_sync_to_explicit_time_and_zone(make):
+    fixed = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+    sim, cam = make(clock=lambda: fixed)
+    sync = cam.sync_time(now=fixed + timedelta(hours=1), zone_minutes=-300)
+    assert sync.set_to == datetime(2026, 6, 1, 8, 0, 0)
+    assert sim.device_time() == datetime(2026, 6, 1, 8, 0, 0)
+    assert sim.zone_minutes == -300
+    with pytest.raises(bc.BodyCamError):
+        cam.sync_time(now=datetime(2026, 1, 1))  # naive: ambiguous
+
+
+def test_wrong_password_five_times_locks_until_replug(make):
+    sim, cam = make(password="135790")
+    bad = connect(sim, password="000000")
+    for _ in range(4):
+        with pytest.raises(bc.WrongPassword, match="rejected the password"):
+            bad.battery()
+    cam.battery()  # a right password resets the count
+    for _ in range(4):
+        with pytest.raises(bc.WrongPassword):
+            bad.zfy_info()
+    with pytest.raises(bc.WrongPassword):
+        bad.set_password("999999")  # OUT function: reported through CSW + sense
+    with pytest.raises(bc.DeviceLocked, match="re-plug|plug it back"):
+        cam.battery()  # locked: even the right password fails
+    with pytest.raises(bc.DeviceLocked):
+        bad.info()
+    sim.replug()
+    cam = connect(sim, password="135790")
+    assert cam.battery() == 87
+
+
+def test_locked_fault_and_unknown_function(make):
+    sim, cam = make(faults=BodyCamFaults(locked=True))
+    with pytest.raises(bc.DeviceLocked):
+        cam.device_time()
+    sim.replug()  # the fault flag means "locked at plug-in": it stays a recorder that starts locked
+    sim.faults.locked = False
+    sim.replug()
+    data, csw = cam._command(bytes([0xF9, 0x7F]) + b"000000" + bytes(8), True, 4)
+    assert csw.status == 1
+    with pytest.raises(bc.CommandRejected, match="does not support"):
+        cam._raise_failure(f9.Function.GET_ID_CODE, None)
+
+
+@pytest.mark.parametrize("layout", [f9.ZFY_LAYOUT_94, f9.ZFY_LAYOUT_89])
+def test_write_info_round_trip_gbk(make, layout):
+    sim, _ = make(layout=layout)
+    cam = connect(sim, layout=layout)
+    assert cam.model.layout is layout
+    stored = cam.write_info(user_no="330001", user_name="欧阳娜娜", unit_no="330106000000", unit_name="西湖区市场监管所")
+    assert stored == f9.ZfyInfo(sim.serial, "330001", "欧阳娜娜", "330106000000", "西湖区市场监管所")
+    assert sim.info == stored
+    assert cam.zfy_info() == stored
+    with pytest.raises(bc.BodyCamError, match="GBK"):
+        cam.write_info(user_name="🙂")
+    with pytest.raises(bc.CommandRejected, match="refused the data"):
+        cam.write_info(f9.ZfyInfo("7654321", "330001"))  # the product serial cannot be rewritten
+
+
+def test_set_password(make):
+    sim, cam = make()
+    cam.set_password("a1b2c3")
+    assert sim.password == "a1b2c3" and cam.password == "a1b2c3"
+    assert cam.battery() == 87
+    with pytest.raises(bc.WrongPassword):
+        connect(sim).battery()
+    with pytest.raises(bc.BodyCamError):
+        cam.set_password("short")
+
+
+def _switch(sim, cam, tmp_path, timeout=2.0):
+    events = []
+    sim.on_mass_storage = events.append
+    serial = cam.switch_to_mass_storage()
+    assert events == [sim.serial] and serial == sim.serial
+    return bc.open_storage(str(tmp_path / "volumes" / "{serial}"), serial, timeout=timeout)
+
+
+def test_mass_storage_volume_with_recordings(make, tmp_path):
+    sim, cam = make(serial="3000001", user_no="300001", recordings=5)
+    with pytest.raises(bc.VolumeNotFound, match="did not appear"):
+        cam.open_storage(str(tmp_path / "volumes" / "{serial}"), timeout=0.1)
+    with _switch(sim, cam, tmp_path) as volume:
+        scan = volume.scan()
+        assert not scan.hostile and not scan.unparsed
+        assert [f.device_path for f in scan.recordings] == sorted(sim.files)
+        kinds = [f.recording.media_kind for f in scan.recordings]
+        assert sorted(kinds) == sorted(["video", "video", "audio", "photo", "video"])
+        assert sum(f.recording.important for f in scan.recordings) == 1
+        for item in scan.recordings:
+            rec = item.recording
+            assert rec.serial == "3000001" and rec.user_no == "300001"
+            assert item.parts[0] == "DCIM" and item.parts[1] == rec.start.strftime("%Y%m%d")
+            with volume.open(item) as fh:
+                data = b"".join(fh.chunks(4096))
+            assert data == (sim.media_dir / item.device_path).read_bytes() and len(data) == item.size
+            assert volume.check_container(item).status == "ok"
+        video = next(f for f in scan.recordings if f.recording.ext == "avi")
+        cap = cv2.VideoCapture(str(volume.root / video.device_path))
+        ok, frame = cap.read()
+        cap.release()
+        assert ok and frame.shape == (180, 320, 3)
+        osd = frame[6:20, 6:200]  # the burned-in overlay: white text on a black box, top left
+        assert (osd.max(axis=2) < 60).mean() > 0.3 and (osd.min(axis=2) > 150).mean() > 0.03
+    # the vendor handle is gone with the switch
+    with pytest.raises(bc.DeviceGone):
+        cam.battery()
+    assert not sim.attached
+
+
+def test_unparsed_files_are_kept(make, tmp_path):
+    sim, cam = make(recordings=1)
+    sim.prepare()
+    for name in ("DCIM/notes.txt", "DCIM/20260101/1234567_000001_20261399000000_0001.avi", ".Trashes/x"):
+        (sim.media_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (sim.media_dir / name).write_bytes(b"x")
+        sim.files.append(name)
+    with _switch(sim, cam, tmp_path) as volume:
+        scan = volume.scan()
+    assert len(scan.recordings) == 1
+    assert sorted(f.device_path for f in scan.unparsed) == sorted(sim.files[1:])
+    bad_date = next(f for f in scan.unparsed if f.name.startswith("1234567"))
+    assert "calendar" in bad_date.parse_error
+
+
+def test_hostile_entries_reported_never_followed(make, tmp_path):
+    sim, cam = make(faults=BodyCamFaults(hostile_names=True))
+    with _switch(sim, cam, tmp_path) as volume:
+        done = []
+        t = threading.Thread(target=lambda: done.append(volume.scan()), daemon=True)
+        t.start()
+        t.join(10)  # a FIFO opened naively would block forever
+        assert done, "scan hung (FIFO opened?)"
+        scan = done[0]
+        reported = {"/".join((*h.parent, os.fsdecode(h.raw_name))) for h in scan.hostile}
+        assert reported == set(sim.hostile_entries)
+        assert len(scan.recordings) == 4 and not scan.unparsed  # the planted entries are in neither list
+        kinds = {h.kind for h in scan.hostile}
+        assert kinds == {"symlink", "name", "special"}
+        link = next(h for h in scan.hostile if h.link_target == b"/etc/passwd")
+        assert "not followed" in link.reason
+        assert any("\\x1b" in h.display for h in scan.hostile)  # printable rendering for operators
+        # a listing entry naming the link cannot be opened through it
+        st = os.lstat(volume.root / "DCIM" / "escape")
+        fake = bc.VolumeFile(("DCIM", "escape", "etc", "passwd"), 1, 0, st.st_dev, st.st_ino, None)
+        with pytest.raises(bc.HostileEntryError):
+            volume.open(fake)
+        for parts in (("..", "x"), ("DCIM", "/etc/passwd"), ("C:evil",), ("a\nb",)):
+            with pytest.raises(bc.HostileEntryError):
+                volume.open(bc.VolumeFile(parts, 1, 0, 0, 0, None))
+    assert Path("/etc/passwd").stat().st_size > 0  # the simulator's yank never touched the link target
+
+
+def test_truncated_video_is_listed_and_flagged(make, tmp_path):
+    sim, cam = make(faults=BodyCamFaults(truncated_video=True))
+    with _switch(sim, cam, tmp_path) as volume:
+        scan = volume.scan()
+        item = next(f for f in scan.recordings if f.device_path == sim.truncated_file)
+        check = volume.check_container(item)
+        assert check.status == "truncated" and "RIFF declares" in check.detail
+        with volume.open(item) as fh:
+            assert len(b"".join(fh.chunks())) == item.size  # readable as it is: it is still evidence
+
+
+def test_unplug_mid_read_raises_device_gone(make, tmp_path):
+    sim, cam = make(recordings=1, fill_mb=1)
+    with _switch(sim, cam, tmp_path) as volume:
+        big = max(volume.scan().recordings, key=lambda f: f.size)
+        with volume.open(big) as fh:
+            assert len(fh.read(100_000)) == 100_000
+            sim.unplug()  # "unplugged after 100 000 bytes of file transfer"
+            with pytest.raises(bc.DeviceGone, match="went away mid-read"):
+                while fh.read(65536):
+                    pass
+        assert not volume.present()
+        with pytest.raises(bc.DeviceGone):
+            volume.scan()
+    # the recorder's own copy survived the yank: after a re-plug the file is whole again
+    sim.replug()
+    cam2 = connect(sim)
+    with _switch(sim, cam2, tmp_path) as volume:
+        again = max(volume.scan().recordings, key=lambda f: f.size)
+        assert again.size == big.size == 1_000_000
+
+
+def test_changing_file_detected(make, tmp_path):
+    sim, cam = make(faults=BodyCamFaults(changing_file=True))
+    with _switch(sim, cam, tmp_path) as volume:
+        item = next(f for f in volume.scan().recordings if f.device_path == sim.changing_file)
+        with volume.open(item) as fh:
+            fh.read(10)
+            deadline = time.monotonic() + 10
+            while os.stat(volume.root / item.device_path).st_size == item.size:  # the recorder writes on
+                assert time.monotonic() < deadline, "the changing-file fault never changed the file"
+                time.sleep(0.01)
+            with pytest.raises(bc.RecordingChanged, match="changed while being read"):
+                while fh.read(4096):
+                    pass
+
+
+def test_stalled_endpoint(make):
+    sim, cam = make()
+    sim.halt(EP_IN)  # one stall in the data phase: cleared with CLEAR_FEATURE(HALT), command retried
+    assert cam.battery() == 87
+    sim.halt(EP_OUT)  # one stall on the CBW: cleared, CBW sent again
+    assert cam.zfy_info().serial == sim.serial
+    assert not sim.halted
+    sim.faults.stall_endpoint = EP_IN  # wedged
+    with pytest.raises(bc.EndpointStalled, match="stays stalled"):
+        cam.battery()
+
+
+def test_device_gone_mid_command(make):
+    sim, cam = make(faults=BodyCamFaults(unplug_after_usb_bytes=31 + 10))
+    with pytest.raises(bc.DeviceGone, match="went away mid-command"):
+        cam.zfy_info()  # the CBW passes, the 95-byte data phase does not
+    with pytest.raises(bc.DeviceGone):
+        cam.battery()
+
+
+def test_slow_device(make):
+    sim, cam = make(faults=BodyCamFaults(slow_bytes_per_s=1000))
+    t0 = time.monotonic()
+    cam.battery()  # 31 + 2 + 13 bytes at 1000 B/s
+    assert time.monotonic() - t0 >= 0.04
+
+
+def test_invalid_cbw_stalls_then_reset_recovers(make):
+    sim, cam = make()
+    dev = cam.device
+    with pytest.raises(UsbStall):
+        dev.write(0x02, b"garbage that is not a CBW.....!")
+    with pytest.raises(UsbStall):
+        dev.read(0x81, 13)
+    cam._reset_recovery()
+    assert cam.battery() == 87
+
+
+def test_unsupported_device_and_table(make):
+    sim, _ = make()
+    sim.product_id = 0x0042
+    with pytest.raises(bc.UnsupportedDevice, match="register_model"):
+        connect(sim)
+    entry = BodyCamModel(0x1209, 0x0042, "some real model", layout=f9.ZFY_LAYOUT_89)
+    bc.register_model(entry)
+    try:
+        assert bc.lookup_model(0x1209, 0x0042) is entry
+    finally:
+        bc.DEVICE_TABLE.pop((0x1209, 0x0042))
+
+
+def test_linux_mount_locator(tmp_path):
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    (tmp_path / "sdb1").write_bytes(b"")
+    os.symlink(tmp_path / "sdb1", by_id / "usb-EGW_BodyCam_4000001-0:0-part1")
+    os.symlink(tmp_path / "sdc", by_id / "usb-Other_Disk_999-0:0")
+    mount_point = tmp_path / "media" / "REC 4000001"
+    mount_point.mkdir(parents=True)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\n{tmp_path}/sdb1 {str(mount_point).replace(' ', chr(92) + '040')} vfat ro 0 0\n")
+    loc = bc.LinuxMountLocator(str(by_id), str(mounts))
+    assert loc.locate("4000001") == mount_point
+    assert loc.locate("4000002") is None
+    with bc.open_storage(loc, "4000001", timeout=0.1) as volume:
+        assert volume.scan().files == []
+
+
+def test_template_locator_refuses_unsafe_serial(tmp_path):
+    with pytest.raises(bc.HostileEntryError):
+        bc.TemplateLocator(str(tmp_path / "{serial}")).locate("../etc")
+    os.symlink("/", tmp_path / "5000001")
+    assert bc.TemplateLocator(str(tmp_path / "{serial}")).locate("5000001") is None  # a link is not a volume
+
+
+def test_name_rules():
+    assert bc.unsafe_name_reason("1000001_100001_20260101080000_0001_IMP.avi") is None
+    assert bc.unsafe_name_reason("执法记录.mp4") is None
+    for bad in ("..", ".", "", "a/b", "a\\b", "C:x", "a\x00b", "a\x7fb", "\u202eiva.exe", "x" * 201, "\udcff.avi"):
+        assert bc.unsafe_name_reason(bad) is not None, bad
+    parsed = bc.parse_recording_name("1000001_100001_20260101080000_0042_IMP.MP4")
+    assert parsed == bc.RecordingName("1000001", "100001", datetime(2026, 1, 1, 8), 42, True, "mp4")
+    assert isinstance(bc.parse_recording_name("1000001_100001_20260101080000_42.avi"), str)
+
+
+def test_volume_root_symlink_refused(tmp_path):
+    os.symlink("/", tmp_path / "vol")
+    with pytest.raises(bc.HostileEntryError):
+        bc.RecorderVolume(tmp_path / "vol", "1")
+
+
+def test_mp4_container(make, tmp_path):
+    sim, cam = make(video_container="mp4", recordings=1)
+    with _switch(sim, cam, tmp_path) as volume:
+        item = volume.scan().recordings[0]
+        assert item.recording.ext == "mp4"
+        assert volume.check_container(item).status == "ok"
+        assert stat.S_ISREG(os.stat(volume.root / item.device_path).st_mode)
+
+
+def test_readinto(make, tmp_path):
+    sim, cam = make(recordings=1, fill_mb=2)
+    with _switch(sim, cam, tmp_path) as volume:
+        big = max(volume.scan().recordings, key=lambda f: f.size)
+        buffer = bytearray(1 << 16)
+        with volume.open(big) as fh:
+            got = bytearray()
+            while count := fh.readinto(buffer):
+                got += buffer[:count]
+        assert bytes(got) == (sim.media_dir / big.device_path).read_bytes()
+
+
+def test_timed_unplug(make, tmp_path):
+    sim, cam = make(recordings=1, faults=BodyCamFaults(unplug_after_mount_seconds=0.2))
+    with _switch(sim, cam, tmp_path) as volume:
+        item = volume.scan().recordings[0]
+        deadline = time.monotonic() + 10
+        while (volume.present() or sim.mounted) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not volume.present() and not sim.mounted
+        with pytest.raises(bc.DeviceGone):
+            volume.open(item)
+
+
+def test_eject_is_clean(make, tmp_path):
+    sim, cam = make(recordings=1)
+    with _switch(sim, cam, tmp_path) as volume:
+        item = volume.scan().recordings[0]
+        with volume.open(item) as fh:
+            sim.eject()  # a reader holding the file keeps what it was promised
+            assert len(b"".join(fh.chunks())) == item.size
+    assert not (tmp_path / "volumes" / sim.serial).exists()
+    with pytest.raises(bc.DeviceGone):
+        connect(sim).battery()
+
+
+def test_delete_after_receipt_survives_replug(make, tmp_path):
+    sim, cam = make(recordings=3)
+    with _switch(sim, cam, tmp_path) as volume:
+        first, second, third = volume.scan().recordings
+        volume.delete(first)
+        changed = bc.VolumeFile(second.parts, second.size + 1, second.mtime_ns, second.dev, second.ino, second.recording)
+        with pytest.raises(bc.RecordingChanged):
+            volume.delete(changed)
+        with pytest.raises(bc.DeviceGone):
+            volume.delete(first)
+        assert [f.device_path for f in volume.scan().recordings] == [second.device_path, third.device_path]
+    sim.eject()
+    sim.replug()
+    assert cam.device is not None and len(sim.files) == 2
+    cam2 = connect(sim)
+    assert cam2.storage().file_count == 2
+
+
+def test_mass_storage_refused_without_a_host_volume(make):
+    sim, cam = make(volumes_dir=None)
+    with pytest.raises(bc.CommandRejected, match="MSC_FAILED") as info:
+        cam.switch_to_mass_storage()
+    assert info.value.iret is f9.IRet.MSC_FAILED and sim.attached
