@@ -31,6 +31,8 @@ __all__ = ["EvidenceService", "IngestResult", "TransitionHook", "path_as_data"]
 
 # Called inside the transaction of every state change: (db, evidence row after the change, custody details).
 TransitionHook = Callable[[sqlite3.Connection, EvidenceRow, dict[str, Any]], None]
+# Called once the bytes are stored and before the manifest is signed: may add derived artefacts / metadata to the item.
+Enricher = Callable[[StoredBlob, ManifestInput], None]
 
 
 def path_as_data(path: str | bytes | os.PathLike[str]) -> str:
@@ -73,7 +75,8 @@ class EvidenceService:
         self.close()
 
     # ---- ingest ------------------------------------------------------------
-    def ingest_file(self, path: Path, item: ManifestInput, *, priority: int = 0, progress: ProgressCallback | None = None) -> IngestResult:
+    def ingest_file(self, path: Path, item: ManifestInput, *, priority: int = 0, progress: ProgressCallback | None = None,
+                    enrich: Enricher | None = None) -> IngestResult:
         """Ingest a regular file (no symlink followed at its last component)."""
         try:
             st = os.lstat(path)
@@ -84,22 +87,29 @@ class EvidenceService:
             # Re-docking or re-running after an interruption: confirmed by digest, not copied again.
             return IngestResult(known.id, known.sha256, known.size, True, known.state)
         blob = self.store.put_file(path, with_sm3=self.with_sm3, progress=progress)
-        return self._commit(blob, item, priority, source_mtime=st.st_mtime)
+        return self._commit(blob, item, priority, source_mtime=st.st_mtime, enrich=enrich)
 
     def ingest_stream(
         self, stream: BinaryIO, item: ManifestInput, *, expected_size: int | None = None, priority: int = 0,
-        source_mtime: float | None = None, progress: ProgressCallback | None = None,
+        source_mtime: float | None = None, progress: ProgressCallback | None = None, enrich: Enricher | None = None,
     ) -> IngestResult:
         blob = self.store.put_stream(stream, expected_size=expected_size, with_sm3=self.with_sm3, progress=progress)  # type: ignore[arg-type]
-        return self._commit(blob, item, priority, source_mtime=source_mtime)
+        return self._commit(blob, item, priority, source_mtime=source_mtime, enrich=enrich)
 
     def ingest_bytes(self, data: bytes, item: ManifestInput, *, priority: int = 0) -> IngestResult:
         return self.ingest_stream(io.BytesIO(data), item, expected_size=len(data), priority=priority)
 
-    def _commit(self, blob: StoredBlob, item: ManifestInput, priority: int, source_mtime: float | None) -> IngestResult:
+    def store_artefact(self, data: bytes) -> StoredBlob:
+        """Store a derived artefact (thumbnail, rendered image): content-addressed, named in a manifest."""
+        return self.store.put_stream(io.BytesIO(data), expected_size=len(data))
+
+    def _commit(self, blob: StoredBlob, item: ManifestInput, priority: int, source_mtime: float | None,
+                enrich: Enricher | None = None) -> IngestResult:
         existing = self.state.find_by_source(item.device_id, item.source_path, blob.sha256)
         if existing is not None:
             return IngestResult(existing.id, existing.sha256, existing.size, True, existing.state)
+        if enrich is not None:
+            enrich(blob, item)
         evidence_id = str(uuid7())
         manifest = build_manifest(
             item, evidence_id=evidence_id, sha256=blob.sha256, sm3=blob.sm3, size=blob.size,
