@@ -251,7 +251,7 @@ class SignaturePad:
                                "update the gateway") from exc
         try:
             device = open_usb_device(url)
-        except BridgeError as exc:
+        except (BridgeError, OSError) as exc:
             raise SignPadUnplugged(f"cannot open signature pad {url}: {exc}; check the cable / USB/IP server") from exc
         try:
             return cls(device, **kwargs)

@@ -27,6 +27,7 @@ model vanish — every later request raises ``TransportClosed`` and the
 
 from __future__ import annotations
 
+import math
 import struct
 import threading
 import time
@@ -98,6 +99,7 @@ class StuPadModel(UsbDeviceBase):
         uid2: str = "5SIM000001",
         serial: str = "SIM540-0001",
         reaction_s: float = 0.25,
+        repeat: bool = False,
     ) -> None:
         super().__init__()
         self.serial = serial
@@ -106,14 +108,15 @@ class StuPadModel(UsbDeviceBase):
         self.information = stu.Information(model_name, firmware[0], firmware[1], 0, b"\x00\x00\x00\x00")
         self.uid2 = uid2
         self.reaction_s = reaction_s
-        self.period = 1.0 / capability.max_report_rate
+        self.repeat = repeat  # play the script again for the next session (standalone simulator)
+        self.period_ms = max(1, round(1000 / capability.max_report_rate))
         self._lock = threading.RLock()
         self._boot = clock()
         self.script: list[dict[str, Any]] = list(script or [])
         self._step = 0
         self._waiting_for_screen = True
         self._events: deque[Any] = deque()
-        self._next_due = 0.0
+        self._next_ms = 0  # pad time (ms since power-up) of the next report slot
         self._sequence = 0
         self._last_touch: tuple[int, int] | None = None
         self.option_mode = stu.PEN_OPTION_NONE
@@ -279,11 +282,13 @@ class StuPadModel(UsbDeviceBase):
         self.uploaded_image = image
         self.screen = image.copy()
         self.uploads += 1
+        if self.repeat and self.script and not self._events and self._step >= len(self.script):
+            self._step, self._waiting_for_screen = 0, True
         if self._waiting_for_screen and self._step < len(self.script):
             events, self._step = build_phase(self.script, self._step, image, self.signer_problems)
             self._events.extend(events)
             self._waiting_for_screen = self._step < len(self.script)
-            self._next_due = self.clock() + self.reaction_s
+            self._next_ms = math.ceil((self.clock() - self._boot + self.reaction_s) * 1000)
 
     # ---- pen data -------------------------------------------------------------------
 
@@ -293,11 +298,11 @@ class StuPadModel(UsbDeviceBase):
             raise UsbStall(f"no interrupt IN endpoint 0x{endpoint:02x}")
         unplug_now = False
         with self._lock:
-            now = self.clock()
-            while self._events and now >= self._next_due:
+            now_ms = (self.clock() - self._boot) * 1000
+            while self._events and now_ms >= self._next_ms:
                 event = self._events.popleft()
-                due = self._next_due
-                self._next_due += self.period
+                due = self._next_ms
+                self._next_ms += self.period_ms
                 if event is UNPLUG:
                     unplug_now = True
                     break
@@ -309,14 +314,14 @@ class StuPadModel(UsbDeviceBase):
             raise TransportClosed("the STU pad was unplugged mid-signature")
         return None
 
-    def _pen_report(self, sample: PenSample, due: float) -> bytes:
+    def _pen_report(self, sample: PenSample, due_ms: int) -> bytes:
         caps = self.capability
         x = min(caps.tablet_max_x, max(0, round(sample.x * caps.tablet_max_x / caps.screen_width)))
         y = min(caps.tablet_max_y, max(0, round(sample.y * caps.tablet_max_y / caps.screen_height)))
         pressure = round(sample.pressure * caps.tablet_max_pressure) if sample.touching else 0
         sw = 1 if sample.touching else 0
         self._ink(sample)
-        time_count = int((due - self._boot) * 1000) & 0xFFFF
+        time_count = due_ms & 0xFFFF
         sequence = self._sequence
         self._sequence = (self._sequence + 1) & 0xFFFF
         self.reports_sent += 1
