@@ -282,7 +282,10 @@ class StuPadModel(UsbDeviceBase):
         self.uploaded_image = image
         self.screen = image.copy()
         self.uploads += 1
-        if self.repeat and self.script and not self._events and self._step >= len(self.script):
+        if self.repeat and self.script and self._step >= len(self.script):
+            # A fresh prompt after the whole script ran is a new session: the
+            # person steps up again (any trailing hover of the last one is dropped).
+            self._events.clear()
             self._step, self._waiting_for_screen = 0, True
         if self._waiting_for_screen and self._step < len(self.script):
             events, self._step = build_phase(self.script, self._step, image, self.signer_problems)
