@@ -251,6 +251,9 @@ class SignaturePad:
                                "update the gateway") from exc
         try:
             device = open_usb_device(url)
+        except ValueError as exc:
+            raise SignPadError(f"{url!r} is not a signature pad URL ({exc}); use usbip://HOST:PORT/BUSID or "
+                               "usb://056a:00a8") from exc
         except (BridgeError, OSError) as exc:
             raise SignPadUnplugged(f"cannot open signature pad {url}: {exc}; check the cable / USB/IP server") from exc
         try:

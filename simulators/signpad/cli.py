@@ -78,8 +78,13 @@ def main(argv: list[str]) -> int:
     server.add_device(BUSID, model)
 
     def drop_device() -> None:
-        # Called from the server's request thread; remove the device from another one.
-        threading.Thread(target=server.remove_device, args=(BUSID,), name="signpad-unplug", daemon=True).start()
+        # Runs on the server's connection thread, inside the model call: the
+        # server's per-device lock is re-entrant, so the device is removed before
+        # the URB is answered and the host sees -ENODEV (a clean unplug).
+        try:
+            server.remove_device(BUSID)
+        except KeyError:
+            pass
         print("signpad: unplugged (fault injected)", file=sys.stderr, flush=True)
 
     model.on_unplug.append(drop_device)
