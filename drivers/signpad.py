@@ -32,6 +32,7 @@ import errno
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import cv2
@@ -113,10 +114,31 @@ class SignatureCapture:
     capability: stu.Capability
     timestamps: str  # "pad" (report 0x34 time count) or "host"
     clears: int  # how often the signer tapped Clear first
+    title: str  # what the prompt on the pad said
+    signer: str
+    started_at: datetime  # UTC, when the prompt went up
+    finished_at: datetime  # UTC, when OK was tapped
 
     @property
     def duration_ms(self) -> float:
         return float(self.samples["t_ms"][-1]) if len(self.samples) else 0.0
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-ready description for an evidence manifest (no pen data, no image)."""
+        return {
+            "device": self.identity.to_dict(),
+            "capability": asdict(self.capability),
+            "title": self.title,
+            "signer": self.signer,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "samples": int(len(self.samples)),
+            "strokes": self.stroke_count,
+            "duration_ms": self.duration_ms,
+            "timestamps": self.timestamps,
+            "clears": self.clears,
+            "iso_19794_7": {"version": "2007", "channels": ["X", "Y", "T", "F"]},
+        }
 
     @property
     def stroke_count(self) -> int:
@@ -290,7 +312,7 @@ class SignaturePad:
         try:
             raw = self.device.ctrl_transfer(stu.HID_REQ_TYPE_GET, stu.HID_GET_REPORT, stu.feature_value(report_id),
                                             self._interface, size, 1000)
-            return cls.decode(bytes(raw))  # type: ignore[arg-type]
+            return cls.decode(bytes(raw))
         except Exception as exc:
             raise self._wrap(exc, f"reading report 0x{report_id:02x}") from exc
 
@@ -396,6 +418,7 @@ class SignaturePad:
         partial result.
         """
         deadline = self._clock() + timeout
+        started_at = datetime.now(timezone.utc)
         pad_time = self._enable_time_count()
         try:
             self.show_prompt(title, signer)
@@ -405,6 +428,7 @@ class SignaturePad:
         except BaseException:
             self._tidy_up()
             raise
+        finished_at = datetime.now(timezone.utc)
         self._tidy_up()
         caps = self.capability
         samples = np.array(points, dtype=SAMPLE_DTYPE)
@@ -417,6 +441,10 @@ class SignaturePad:
             capability=caps,
             timestamps="pad" if pad_time else "host",
             clears=clears,
+            title=title,
+            signer=signer,
+            started_at=started_at,
+            finished_at=finished_at,
         )
 
     def _tidy_up(self) -> None:

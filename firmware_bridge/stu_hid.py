@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import Any, ClassVar, Union
 
 import numpy as np
 
@@ -595,7 +595,7 @@ class ImageDataBlock:
 FeatureReport = Union[Status, Reset, Information, Capability, Uid2, StartCapture, EndCapture, ClearScreen,
                       InkingMode, StartImageData, ImageDataBlock, EndImageData, PenDataOptionMode]
 
-_FEATURE_CLASSES: dict[int, type] = {
+_FEATURE_CLASSES: dict[int, Any] = {
     REPORT_STATUS: Status, REPORT_RESET: Reset, REPORT_INFORMATION: Information,
     REPORT_CAPABILITY: Capability, REPORT_UID2: Uid2, REPORT_START_CAPTURE: StartCapture,
     REPORT_END_CAPTURE: EndCapture, REPORT_CLEAR_SCREEN: ClearScreen, REPORT_INKING_MODE: InkingMode,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -47,6 +49,11 @@ def test_full_signature_then_ok():
     # the pad was left tidy: inking off, screen blank
     assert not model.inking and (model.screen == 255).all()
     assert model.uploads == 1 and not model.signer_problems
+    meta = capture.metadata()
+    json.dumps(meta)  # JSON-ready
+    assert meta["device"]["uid2"] == model.uid2 and meta["samples"] == len(samples)
+    assert meta["title"] == "Notice 2026-0042" and meta["signer"] == "Jane Doe" and meta["timestamps"] == "pad"
+    assert capture.started_at <= capture.finished_at
 
 
 def test_iso_record_of_a_capture():
