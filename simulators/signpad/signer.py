@@ -181,11 +181,37 @@ def _ascii(name: str) -> str:
     return text.strip() or "X"
 
 
+def _thin(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning of a 0/1 image to 1-pixel-wide lines (vectorised, few iterations)."""
+    img = np.pad(mask.astype(np.uint8), 1)
+    while True:
+        changed = False
+        for step in (0, 1):
+            p2, p3, p4 = img[:-2, 1:-1], img[:-2, 2:], img[1:-1, 2:]
+            p5, p6, p7 = img[2:, 2:], img[2:, 1:-1], img[2:, :-2]
+            p8, p9 = img[1:-1, :-2], img[:-2, :-2]
+            ring = [p2, p3, p4, p5, p6, p7, p8, p9, p2]
+            neighbours = sum(ring[:8])
+            transitions = sum(((a == 0) & (b == 1)).astype(np.uint8) for a, b in zip(ring, ring[1:]))
+            if step == 0:
+                cond = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
+            else:
+                cond = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
+            core = img[1:-1, 1:-1]
+            remove = (core == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & cond
+            if remove.any():
+                core[remove] = 0
+                changed = True
+        if not changed:
+            return img[1:-1, 1:-1]
+
+
 def name_strokes(name: str, box: tuple[int, int, int, int]) -> list[list[tuple[float, float]]]:
     """The name in OpenCV's script font, fitted into ``box``, as pen paths (one per glyph blob).
 
-    The outline of each 1-pixel-wide glyph is traced, so the pen goes along a
-    stroke and back over it, which renders like the glyph itself.
+    The glyphs are thinned to 1-pixel lines and each line's outline is traced,
+    so the pen goes along a stroke and back over it, which renders like the
+    glyph itself.
     """
     x0, y0, x1, y1 = box
     text = _ascii(name)
@@ -196,7 +222,8 @@ def name_strokes(name: str, box: tuple[int, int, int, int]) -> list[list[tuple[f
     canvas = np.zeros((y1 + 8, x1 + 8), np.uint8)
     org = (int(x0 + ((x1 - x0) - tw) / 2), int(y0 + ((y1 - y0) + th) / 2))
     cv2.putText(canvas, text, org, font, scale, 255, 1, cv2.LINE_8)
-    contours, _ = cv2.findContours(canvas, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    skeleton = _thin(canvas > 0) * np.uint8(255)
+    contours, _ = cv2.findContours(skeleton, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     strokes = []
     for contour in sorted(contours, key=lambda c: int(c[:, 0, 0].min())):
         points = contour[:, 0, :].astype(float)
