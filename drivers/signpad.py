@@ -301,6 +301,9 @@ class SignaturePad:
             return SignPadProtocolError(f"the pad refused {doing} (stall): {exc}")
         if isinstance(exc, ProtocolError):
             return SignPadProtocolError(f"the pad sent a malformed report while {doing}: {exc}")
+        if isinstance(exc, TransportTimeout):
+            return SignPadTimeout(f"the pad did not answer in time while {doing}: {exc}; check the cable or "
+                                  "USB/IP server and try again")
         if isinstance(exc, (TransportClosed, UsbError, BridgeError)) or _pyusb_errno(exc) in (errno.ENODEV, errno.EIO,
                                                                                               errno.EPIPE):
             return SignPadUnplugged(

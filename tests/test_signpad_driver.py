@@ -14,7 +14,7 @@ from drivers.signpad import (
     SigningCancelled, button_layout, render_prompt,
 )
 from firmware_bridge import stu_hid as stu
-from firmware_bridge.errors import UsbStall
+from firmware_bridge.errors import TransportClosed, TransportTimeout, UsbError, UsbStall
 from firmware_bridge.usb import LoopbackUsbDevice
 from simulators.signpad import STU540_CAPABILITY, StuPadModel, name_script
 from tests.signpad_helpers import FakeClock, pad_and_model
@@ -215,3 +215,59 @@ def test_repeating_signer_serves_consecutive_sessions():
     second = pad.capture(60)
     assert first.clears == second.clears == 1 and model.uploads == 4
     assert len(first.samples) == len(second.samples)
+
+
+class GarbagePad(StuPadModel):
+    """Sends whatever the test gives it on the interrupt endpoint, once the prompt is up."""
+
+    def __init__(self, reports: list[bytes], **kwargs) -> None:
+        super().__init__(None, **kwargs)
+        self.garbage = list(reports)
+
+    def interrupt_in(self, endpoint: int, length: int) -> bytes | None:
+        if self.uploads and self.garbage:
+            return self.garbage.pop(0)
+        return None
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=16),
+                          st.tuples(st.sampled_from([0x01, 0x34]), st.binary(min_size=6, max_size=10)).map(
+                              lambda a: bytes([a[0]]) + a[1])), max_size=30))
+def test_any_pen_bytes_end_in_a_signpad_error(reports):
+    clock = FakeClock()
+    small = stu.Capability(9600, 6000, 1023, 320, 200, 200, 2540, stu.ENCODING_FLAG_1BIT)  # tiny uploads
+    model = GarbagePad(reports, clock=clock, capability=small)
+    pad = SignaturePad(LoopbackUsbDevice(model), clock=clock, sleep=clock.sleep)
+    try:
+        capture = pad.capture(1)
+    except SignPadError:
+        return
+    assert len(capture.samples) > 0  # random bytes that happen to sign and tap OK are a signature
+
+
+class FlakyLink(LoopbackUsbDevice):
+    """A link that fails control transfers with a given transport error."""
+
+    def __init__(self, model, error):
+        super().__init__(model)
+        self.error = error
+
+    def ctrl_transfer(self, *args, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize("error,expected", [
+    (TransportTimeout("no answer in 1000 ms"), SignPadTimeout),
+    (TransportClosed("device gone"), SignPadUnplugged),
+    (UsbError("status -71 (EPROTO)"), SignPadUnplugged),
+    (UsbStall("stalled"), SignPadProtocolError),
+])
+def test_link_failures_map_to_the_driver_tree(error, expected):
+    with pytest.raises(expected) as info:
+        SignaturePad(FlakyLink(StuPadModel(), error))
+    assert info.value.__cause__ is error
