@@ -46,11 +46,12 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from firmware_bridge.errors import LocalProtocolError
+from firmware_bridge.errors import FrameError, LengthError, LocalProtocolError
 
 __all__ = [
     "MAGIC", "VERSION_2007", "CHANNEL_BITS", "SIGNED_CHANNELS",
     "encode_scaling", "decode_scaling", "channel_mask", "SignatureTimeSeries", "encode_record",
+    "ChannelDescription", "DecodedRecord", "decode_record",
 ]
 
 MAGIC = b"SDI\x00"
@@ -60,7 +61,8 @@ CHANNEL_ORDER = ("X", "Y", "Z", "VX", "VY", "AX", "AY", "T", "DT", "F", "S", "TX
 CHANNEL_BITS: dict[str, int] = {name: 0x8000 >> i for i, name in enumerate(CHANNEL_ORDER)}
 SIGNED_CHANNELS = frozenset({"X", "Y", "VX", "VY", "AX", "AY", "TX", "TY"})
 
-PRE_SCALING, PRE_MIN, PRE_MAX = 0x80, 0x40, 0x20
+PRE_SCALING, PRE_MIN, PRE_MAX, PRE_MEAN, PRE_STD = 0x80, 0x40, 0x20, 0x10, 0x08
+PRE_CONSTANT, PRE_LINEAR_REMOVED = 0x04, 0x02
 
 
 def channel_mask(channels: Sequence[str]) -> int:
@@ -145,3 +147,94 @@ def encode_record(series: SignatureTimeSeries, *, t_units_per_second: int = 1000
     for i in range(n):
         out += struct.pack(">HHHH", xs[i], ys[i], t_units[i], fs[i])
     return bytes(out)
+
+
+# ---- decoding (for verification and tests) ----------------------------------------------
+
+@dataclass(frozen=True)
+class ChannelDescription:
+    name: str
+    scaling: float | None
+    minimum: int | None
+    maximum: int | None
+    mean: int | None
+    std_dev: int | None
+    constant: bool
+    linear_component_removed: bool
+
+
+@dataclass(frozen=True)
+class DecodedRecord:
+    """A parsed record: channel descriptions in mask order and raw sample values (offsets kept)."""
+
+    mask: int
+    channels: tuple[ChannelDescription, ...]
+    samples: tuple[tuple[int, ...], ...]
+
+    def column(self, name: str) -> list[int]:
+        """One channel's raw values; signed channels still carry the +32768 offset."""
+        names = [c.name for c in self.channels]
+        if name not in names:
+            raise KeyError(f"channel {name} is not in this record (has {', '.join(names)})")
+        i = names.index(name)
+        return [row[i] for row in self.samples]
+
+
+def _sample_width(name: str) -> int:
+    return 1 if name == "S" else 2  # the pen-switch channel is one byte in Wacom's export (M)
+
+
+def decode_record(raw: bytes, *, count_bytes: int = 4) -> DecodedRecord:
+    """Parse a 2007-format record as ``encode_record`` writes it. Raises ProtocolError subclasses."""
+    raw = bytes(raw)
+    pos = 0
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal pos
+        if pos + n > len(raw):
+            raise LengthError(f"record truncated in {what}: needs {pos + n} bytes, has {len(raw)}")
+        chunk = raw[pos:pos + n]
+        pos += n
+        return chunk
+
+    if take(4, "magic") != MAGIC:
+        raise FrameError("not an ISO/IEC 19794-7 record: it does not start with 'SDI\\0'")
+    version = take(4, "version")
+    if version != VERSION_2007:
+        raise FrameError(f"record version {version!r} is not the 2007 edition ' 10\\0'")
+    mask = int.from_bytes(take(2, "inclusion mask"), "big")
+    if mask & 0xC000 != 0xC000:
+        raise FrameError(f"inclusion mask 0x{mask:04x} lacks the mandatory X and Y channels")
+    channels = []
+    for name in CHANNEL_ORDER:
+        if not mask & CHANNEL_BITS[name]:
+            continue
+        pre = take(1, f"{name} preamble")[0]
+        if pre & 0x01:
+            raise FrameError(f"{name} preamble 0x{pre:02x} sets the reserved bit")
+
+        def field(bit: int, what: str) -> int | None:
+            return int.from_bytes(take(2, f"{name} {what}"), "big") if pre & bit else None
+
+        scale_code = field(PRE_SCALING, "scaling")
+        channels.append(ChannelDescription(
+            name=name, scaling=decode_scaling(scale_code) if scale_code is not None else None,
+            minimum=field(PRE_MIN, "minimum"), maximum=field(PRE_MAX, "maximum"), mean=field(PRE_MEAN, "mean"),
+            std_dev=field(PRE_STD, "standard deviation"), constant=bool(pre & PRE_CONSTANT),
+            linear_component_removed=bool(pre & PRE_LINEAR_REMOVED),
+        ))
+    if take(1, "reserved byte") != b"\x00":
+        raise FrameError("the reserved byte after the channel descriptions is not 0")
+    count = int.from_bytes(take(count_bytes, "sample count"), "big")
+    widths = [_sample_width(c.name) for c in channels]
+    size = sum(widths)
+    if len(raw) - pos != count * size:
+        raise LengthError(f"record announces {count} samples of {size} bytes but holds {len(raw) - pos} bytes")
+    samples = []
+    for _ in range(count):
+        row = []
+        for w in widths:
+            row.append(int.from_bytes(raw[pos:pos + w], "big"))
+            pos += w
+        samples.append(tuple(row))
+    return DecodedRecord(mask, tuple(channels), tuple(samples))

@@ -14,6 +14,7 @@ from drivers.signpad import (
     SigningCancelled, button_layout, render_prompt,
 )
 from firmware_bridge import stu_hid as stu
+from firmware_bridge.iso19794_7 import decode_record
 from firmware_bridge.errors import TransportClosed, TransportTimeout, UsbError, UsbStall
 from firmware_bridge.usb import LoopbackUsbDevice
 from simulators.signpad import STU540_CAPABILITY, StuPadModel, name_script
@@ -68,6 +69,11 @@ def test_iso_record_of_a_capture():
     assert int.from_bytes(first[4:6], "big") == 0  # T starts at 0
     last_t = int.from_bytes(record[-4:-2], "big")
     assert last_t == round(capture.duration_ms * 10)  # 10000 units per second
+    decoded = decode_record(record)
+    assert [v - 32768 for v in decoded.column("X")] == capture.samples["x"].tolist()
+    assert [v - 32768 for v in decoded.column("Y")] == capture.samples["y"].tolist()
+    assert decoded.column("F") == capture.samples["pressure"].tolist()
+    assert decoded.channels[0].scaling == 100.0  # 2540 lpi
 
 
 def test_rendered_png_has_ink_and_width_from_pressure():
