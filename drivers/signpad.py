@@ -237,6 +237,15 @@ def _pyusb_errno(exc: BaseException) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _serial_of(device: UsbDevice) -> str | None:
+    """The USB serial string; pyusb raises when it cannot read string descriptors (permissions)."""
+    try:
+        value = getattr(device, "serial_number", None)
+    except Exception:
+        return None
+    return str(value) if value is not None else None
+
+
 class SignaturePad:
     """One STU pad. Not thread-safe: one thread drives it (the gateway's per-device thread)."""
 
@@ -256,7 +265,7 @@ class SignaturePad:
         self.identity = PadIdentity(
             vendor_id=int(device.idVendor), product_id=int(device.idProduct),
             model_name=self.information.model_name, firmware=self.information.firmware,
-            uid2=uid2, serial_number=getattr(device, "serial_number", None),
+            uid2=uid2, serial_number=_serial_of(device),
         )
         caps = self.capability
         if not caps.tablet_max_x or not caps.tablet_max_y or not caps.screen_width or not caps.screen_height:
@@ -301,11 +310,12 @@ class SignaturePad:
             return SignPadProtocolError(f"the pad refused {doing} (stall): {exc}")
         if isinstance(exc, ProtocolError):
             return SignPadProtocolError(f"the pad sent a malformed report while {doing}: {exc}")
+        if _pyusb_errno(exc) == errno.EPIPE:
+            return SignPadProtocolError(f"the pad refused {doing} (stall): {exc}")
         if isinstance(exc, TransportTimeout):
             return SignPadTimeout(f"the pad did not answer in time while {doing}: {exc}; check the cable or "
                                   "USB/IP server and try again")
-        if isinstance(exc, (TransportClosed, UsbError, BridgeError)) or _pyusb_errno(exc) in (errno.ENODEV, errno.EIO,
-                                                                                              errno.EPIPE):
+        if isinstance(exc, (TransportClosed, UsbError, BridgeError)) or _pyusb_errno(exc) in (errno.ENODEV, errno.EIO):
             return SignPadUnplugged(
                 f"lost the signature pad while {doing}: {exc}; reconnect it and start the signature again")
         return SignPadError(f"unexpected failure while {doing}: {exc!r}")
