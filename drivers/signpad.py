@@ -490,6 +490,7 @@ class SignaturePad:
         clears = 0
         t_pad = 0.0
         last_count: int | None = None
+        last_host = 0.0
         all_pad_time = pad_time
         t_host0 = self._clock()
         while True:
@@ -505,9 +506,16 @@ class SignaturePad:
             except ProtocolError as exc:
                 raise SignPadProtocolError(f"the pad sent a malformed pen report {raw.hex()}: {exc}") from exc
             if isinstance(report, stu.PenDataTimeCountSequence):
+                now = self._clock()
                 if last_count is not None:
-                    t_pad += (report.time_count - last_count) & 0xFFFF
-                last_count = report.time_count
+                    delta = (report.time_count - last_count) & 0xFFFF
+                    # The count wraps every 65.536 s; a pause that long (pen away)
+                    # is only visible on the host clock, so add the lost wraps.
+                    host_gap_ms = (now - last_host) * 1000.0
+                    if host_gap_ms > 30000:
+                        delta += round((host_gap_ms - delta) / 65536) * 65536
+                    t_pad += delta
+                last_count, last_host = report.time_count, now
                 t_ms = t_pad
             else:
                 all_pad_time = False
@@ -549,14 +557,16 @@ class SignaturePad:
             was_touching = touching
 
     def iso_record(self, samples: np.ndarray) -> bytes:
-        """ISO/IEC 19794-7:2007 record; T in 1/10000 s when it fits 16 bits, else 1/1000 s."""
-        duration = float(samples["t_ms"][-1] - samples["t_ms"][0]) if len(samples) else 0.0
+        """ISO/IEC 19794-7:2007 record; T in 1/10000 s when it fits 16 bits, else coarser (see T scaling)."""
+        duration_ms = float(samples["t_ms"][-1] - samples["t_ms"][0]) if len(samples) else 0.0
+        # T is 16 bits: the finest of 1/10000 … 1 s that holds the whole signature.
+        units = next((u for u in (10000, 1000, 100, 10, 1) if round(duration_ms * u / 1000) <= 0xFFFF), 1)
         series = SignatureTimeSeries(
             t_ms=samples["t_ms"].tolist(), x=samples["x"].tolist(), y=samples["y"].tolist(),
             f=samples["pressure"].tolist(), xy_units_per_mm=self.capability.resolution / 25.4,
             f_max=self.capability.tablet_max_pressure,
         )
         try:
-            return encode_record(series, t_units_per_second=10000 if duration <= 6553.5 else 1000)
+            return encode_record(series, t_units_per_second=units)
         except BridgeError as exc:
             raise SignPadError(f"cannot encode the ISO/IEC 19794-7 record: {exc}") from exc

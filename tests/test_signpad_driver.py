@@ -277,3 +277,17 @@ def test_link_failures_map_to_the_driver_tree(error, expected):
     with pytest.raises(expected) as info:
         SignaturePad(FlakyLink(StuPadModel(), error))
     assert info.value.__cause__ is error
+
+
+def test_pause_longer_than_the_time_count_wrap_keeps_true_time():
+    # the signer writes a stroke, walks away for 70 s (pen out of range), writes another, taps OK
+    stroke = lambda y: {"strokes": [{"points": [[100, y, 0.5], [500, y, 0.5]], "duration_ms": 500}]}  # noqa: E731
+    pad, _, _ = pad_and_model([stroke(150), {"pause_ms": 70000}, stroke(250), {"tap": "ok"}])
+    capture = pad.capture(120)
+    t = capture.samples["t_ms"]
+    gap = np.diff(t).max()
+    assert 70000 < gap < 71000  # not 70000 - 65536
+    assert 70500 < capture.duration_ms < 72000
+    decoded = decode_record(capture.iso_record)
+    assert decoded.channels[2].scaling == pytest.approx(100.0)  # T coarsened to 1/100 s for a 71 s record
+    assert decoded.column("T")[-1] == round(capture.duration_ms / 10)
