@@ -15,6 +15,7 @@ from gateway.errors import ConfigError
 SIMULATORS: dict[str, str] = {
     # kind: module with main(argv) -> int
     "bodycam": "simulators.bodycam.cli",
+    "signpad": "simulators.signpad.cli",
 }
 
 
