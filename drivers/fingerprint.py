@@ -499,7 +499,7 @@ class FingerprintReader:
             if event is not NEED_DATA:
                 continue  # a Command cannot reach a host codec; be safe anyway
             try:
-                chunk = self._serial.read(max(1, self._serial.in_waiting))
+                chunk = self._serial.read(max(self.codec.bytes_wanted, self._serial.in_waiting))
             except (serial.SerialException, OSError) as exc:
                 raise DeviceGoneError(
                     f"the fingerprint reader at {self.url!r} went away: {exc}; reconnect it and retry"

@@ -431,6 +431,21 @@ class R30xCodec:
         """Bytes held back waiting for the rest of a packet."""
         return len(self._buf)
 
+    @property
+    def bytes_wanted(self) -> int:
+        """How many more bytes would complete the packet being assembled (at least 1).
+
+        Why: transports such as pyserial's ``socket://`` cannot report how much
+        is waiting, and ``read(n)`` blocks until n bytes or the timeout; asking
+        for exactly what completes the packet is both fast and never over-waits.
+        Call after next_event() returned NEED_DATA.
+        """
+        buf = self._buf
+        if len(buf) < 9 or buf[:2] != HEADER:
+            return max(1, MIN_PACKET_LEN - len(buf))
+        length = int.from_bytes(buf[7:9], "big")
+        return max(1, 9 + length - len(buf))
+
     def clear(self) -> None:
         """Forget buffered bytes, e.g. after a timeout, so stale halves do not glue to new packets."""
         self.discarded += len(self._buf)
