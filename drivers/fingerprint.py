@@ -198,8 +198,8 @@ def quality_score(image: npt.NDArray[np.uint8], block: int = 16) -> int:
     gyy = blocks(gy * gy).sum(axis=(1, 3), dtype=np.float64)
     gxy = blocks(gx * gy).sum(axis=(1, 3), dtype=np.float64)
     coherence = np.sqrt((gxx - gyy) ** 2 + 4 * gxy ** 2) / (gxx + gyy + 1e-9)
-    contrast = blocks(smooth).std(axis=(1, 3))
-    noise = blocks(grey - smooth).std(axis=(1, 3))
+    contrast = blocks(np.asarray(smooth, dtype=np.float32)).std(axis=(1, 3))
+    noise = blocks((grey - smooth).astype(np.float32)).std(axis=(1, 3))
     fg = contrast >= 8.0
     if not fg.any():
         return 0
@@ -304,7 +304,7 @@ def iso_19794_4_record(
         view_len.to_bytes(4, "big") + bytes([finger_position, 1, 1, q, impression_type])
         + width.to_bytes(2, "big") + height.to_bytes(2, "big") + bytes(1)
     )
-    return header + view + data
+    return bytes(header + view + data)
 
 
 @dataclass(frozen=True)
@@ -343,7 +343,7 @@ def parse_iso_19794_4(record: bytes) -> IsoFingerImage:
         decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if decoded is None:
             raise ImageEncodingError("the record's PNG stream does not decode")
-        image = decoded
+        image = np.asarray(decoded, dtype=np.uint8)
     else:
         raise ImageEncodingError(f"compression {compression} is not raw (0) or PNG (5)")
     return IsoFingerImage(
@@ -488,7 +488,9 @@ class FingerprintReader:
             self._serial.write(data)
             self._serial.flush()
         except (serial.SerialException, OSError) as exc:
-            raise DeviceGoneError(f"writing to the fingerprint reader at {self.url!r} failed: {exc}") from exc
+            raise DeviceGoneError(
+                f"the fingerprint reader at {self.url!r} went away (writing failed: {exc}); reconnect it and retry"
+            ) from exc
 
     def _read_event(self) -> Ack | DataPacket:
         """Next packet from the module; TimeoutError on silence, ProtocolError on garbage."""

@@ -160,9 +160,10 @@ def master_print(finger_id: int) -> npt.NDArray[np.float32]:
     for k in range(n_orient):
         # Gabor kernel whose wave runs across the ridges (perpendicular to ridge direction)
         ang = k * math.pi / n_orient + math.pi / 2
-        kern = cv2.getGaborKernel((ksize, ksize), period * 0.45, ang, period, 1.0, 0, ktype=cv2.CV_32F)
-        kern -= kern.mean()
-        kern /= np.abs(kern).sum()
+        gabor = np.asarray(cv2.getGaborKernel((ksize, ksize), period * 0.45, ang, period, 1.0, 0,
+                                              ktype=cv2.CV_32F), dtype=np.float32)
+        gabor = gabor - gabor.mean()
+        kern = (gabor / np.abs(gabor).sum()).astype(np.float32)
         kernels.append(kern)
     for _ in range(6):
         out = np.zeros_like(img)
@@ -172,7 +173,7 @@ def master_print(finger_id: int) -> npt.NDArray[np.float32]:
         std = float(out.std()) or 1.0
         img = np.tanh(2.5 * out / std).astype(np.float32)
     big = cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
-    return np.tanh(2.0 * big).astype(np.float32)
+    return np.asarray(np.tanh(2.0 * big), dtype=np.float32)
 
 
 def blank_sensor(seed: int = 0) -> npt.NDArray[np.uint8]:
@@ -214,14 +215,14 @@ def render_press(finger_id: int, quality: float = 0.9, press: int = 0) -> npt.ND
     if blur > 0.3:
         ridges = cv2.GaussianBlur(ridges, (0, 0), blur)
     if q < 0.8:  # dry / smudged blotches where ridges vanish
-        blot = cv2.GaussianBlur(rng.standard_normal((IMAGE_HEIGHT, IMAGE_WIDTH)).astype(np.float32), (0, 0), 14)
-        blot = blot / (float(np.abs(blot).max()) or 1.0)
+        blur_noise = cv2.GaussianBlur(rng.standard_normal((IMAGE_HEIGHT, IMAGE_WIDTH)).astype(np.float32), (0, 0), 14)
+        blot = np.asarray(blur_noise, dtype=np.float32) / (float(np.abs(blur_noise).max()) or 1.0)
         ridges = ridges * np.clip(1.0 - (0.8 - q) * 3.0 * np.maximum(blot, 0) * 2.0, 0.0, 1.0)
     contrast = 0.35 + 0.65 * q
     grey = _BACKGROUND - contact * (95.0 + 85.0 * contrast * ridges)
     noise_sigma = 3.0 + (1.0 - q) * 70.0
     grey = grey + rng.normal(0, noise_sigma, grey.shape)
-    return np.clip(grey, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(grey, 0, 255), dtype=np.uint8)
 
 
 # -- templates ------------------------------------------------------------------
@@ -235,7 +236,7 @@ def _block_orientation(image: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.flo
         return a.reshape(IMAGE_HEIGHT // size, size, IMAGE_WIDTH // size, size)
 
     def blocksum(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        return blocks(a, BLOCK).sum(axis=(1, 3)).astype(np.float64)
+        return np.asarray(blocks(a, BLOCK).sum(axis=(1, 3)), dtype=np.float64)
 
     gxx, gyy, gxy = blocksum(gx * gx), blocksum(gy * gy), blocksum(gx * gy)
     coherence = np.sqrt((gxx - gyy) ** 2 + 4 * gxy ** 2) / (gxx + gyy + 1e-9)
