@@ -30,6 +30,7 @@ Errors::
         ├── PoorQualityError            image quality below the threshold: press again
         ├── EnrollmentError             the presses did not match, or the library is full
         ├── ImageEncodingError          PNG / ISO record could not be produced
+        ├── CaptureCancelled            the caller's cancel event was set while waiting
         └── ModuleError                 any other confirmation code; ``.code`` says which
 """
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -90,6 +92,7 @@ __all__ = [
     "PoorQualityError",
     "EnrollmentError",
     "ImageEncodingError",
+    "CaptureCancelled",
     "ModuleError",
 ]
 
@@ -139,6 +142,10 @@ class EnrollmentError(FingerprintError):
 
 class ImageEncodingError(FingerprintError):
     """The image could not be encoded (PNG) or did not fit an ISO record."""
+
+
+class CaptureCancelled(FingerprintError):
+    """The caller cancelled a wait for a finger (its ``cancel`` event was set)."""
 
 
 class ModuleError(FingerprintError):
@@ -427,6 +434,9 @@ class FingerprintReader:
     ``retries`` how often a command is re-sent after a garbled or missing
     reply (every R30x command may be repeated safely). ``quality_threshold``
     (0..100) decides :attr:`FingerCapture.acceptable`.
+
+    One thread at a time: the gateway runs each device's blocking I/O in a
+    thread of its own; to abort a wait from elsewhere pass a ``cancel`` event.
     """
 
     def __init__(
@@ -680,23 +690,41 @@ class FingerprintReader:
         self._check(Instruction.GEN_IMG, ack, "taking a finger image")
         return True
 
-    def wait_for_finger(self, timeout: float = 10.0, poll_interval: float = 0.05) -> None:
-        """Poll GenImg until a finger is imaged; NoFingerError after ``timeout`` seconds."""
+    def wait_for_finger(self, timeout: float = 10.0, poll_interval: float = 0.05,
+                        cancel: threading.Event | None = None) -> None:
+        """Poll GenImg until a finger is imaged; NoFingerError after ``timeout`` seconds.
+
+        ``cancel`` (set from another thread) ends the wait with CaptureCancelled,
+        e.g. when the officer aborts a signing session.
+        """
         deadline = time.monotonic() + timeout
         while True:
+            self._check_cancel(cancel)
             if self.read_image():
                 return
             if time.monotonic() >= deadline:
                 raise NoFingerError(f"no finger on the sensor within {timeout:g} s; ask the person to press again")
-            time.sleep(poll_interval)
+            self._pause(poll_interval, cancel)
 
-    def wait_for_lift(self, timeout: float = 10.0, poll_interval: float = 0.05) -> None:
+    def wait_for_lift(self, timeout: float = 10.0, poll_interval: float = 0.05,
+                      cancel: threading.Event | None = None) -> None:
         """Poll until the sensor is empty again (between enrolment presses)."""
         deadline = time.monotonic() + timeout
         while self.read_image():
             if time.monotonic() >= deadline:
                 raise FingerprintError(f"the finger stayed on the sensor for {timeout:g} s; ask the person to lift it")
-            time.sleep(poll_interval)
+            self._pause(poll_interval, cancel)
+
+    @staticmethod
+    def _check_cancel(cancel: threading.Event | None) -> None:
+        if cancel is not None and cancel.is_set():
+            raise CaptureCancelled("the capture was cancelled while waiting for a finger")
+
+    def _pause(self, seconds: float, cancel: threading.Event | None) -> None:
+        if cancel is None:
+            time.sleep(seconds)
+        elif cancel.wait(seconds):
+            self._check_cancel(cancel)
 
     def download_image(self) -> npt.NDArray[np.uint8]:
         """UpImage: the module's image buffer as a 288 × 256 uint8 array (4-bit grey × 17)."""
@@ -711,20 +739,24 @@ class FingerprintReader:
             f" expected {IMAGE_BYTES}); check the module type (R503 images are 192x192)"
         )
 
-    def capture_image(self, timeout: float = 10.0) -> npt.NDArray[np.uint8]:
-        """Wait for a finger (GenImg), then upload the image (UpImage): a 288 × 256 uint8 array."""
-        self.wait_for_finger(timeout)
+    def capture_image(self, timeout: float = 10.0, *, cancel: threading.Event | None = None) -> npt.NDArray[np.uint8]:
+        """Wait for a finger (GenImg), then upload the image (UpImage).
+
+        Returns a uint8 array of shape (288, 256): 288 rows (height) by 256
+        columns (width), 0 = black ridge, grey levels multiples of 17.
+        """
+        self.wait_for_finger(timeout, cancel=cancel)
         return self.download_image()
 
     def capture(self, timeout: float = 10.0, *, min_quality: int | None = None,
-                raise_on_poor: bool = True) -> FingerCapture:
+                raise_on_poor: bool = True, cancel: threading.Event | None = None) -> FingerCapture:
         """Capture an image and judge its quality.
 
         Below the threshold (``min_quality`` or the reader's
         ``quality_threshold``) this raises PoorQualityError carrying the
         capture, unless ``raise_on_poor`` is False (then check ``.acceptable``).
         """
-        image = self.capture_image(timeout)
+        image = self.capture_image(timeout, cancel=cancel)
         return self._judge(image, min_quality, raise_on_poor)
 
     def _judge(self, image: npt.NDArray[np.uint8], min_quality: int | None, raise_on_poor: bool) -> FingerCapture:
@@ -792,14 +824,15 @@ class FingerprintReader:
 
     # -- officer identification ----------------------------------------------------------
     def search(self, timeout: float = 10.0, *, start: int = 0, count: int | None = None,
-               with_image: bool = False, min_quality: int | None = None) -> SearchResult:
+               with_image: bool = False, min_quality: int | None = None,
+               cancel: threading.Event | None = None) -> SearchResult:
         """Identify a finger: wait for it, extract features, search the library.
 
         With ``with_image`` the image is uploaded too (about 7 s at 57600
         baud), judged for quality (PoorQualityError below the threshold) and
         returned in ``.capture`` — the evidence of who signed.
         """
-        self.wait_for_finger(timeout)
+        self.wait_for_finger(timeout, cancel=cancel)
         capture = None
         if with_image:
             capture = self._judge(self.download_image(), min_quality, True)
@@ -809,7 +842,7 @@ class FingerprintReader:
 
     def enroll(self, page: int | None = None, *, timeout: float = 10.0, presses: int = 2,
                wait_for_lift: bool = True, with_images: bool = False,
-               min_quality: int | None = None) -> Enrollment:
+               min_quality: int | None = None, cancel: threading.Event | None = None) -> Enrollment:
         """Enrol a finger: ``presses`` (2) images → RegModel → Store at ``page`` (first free if None).
 
         Between presses the person must lift the finger (``wait_for_lift``).
@@ -822,8 +855,8 @@ class FingerprintReader:
         captures: list[FingerCapture] = []
         for press in range(1, presses + 1):
             if press > 1 and wait_for_lift:
-                self.wait_for_lift(timeout)
-            self.wait_for_finger(timeout)
+                self.wait_for_lift(timeout, cancel=cancel)
+            self.wait_for_finger(timeout, cancel=cancel)
             if with_images:
                 captures.append(self._judge(self.download_image(), min_quality, True))
             self.convert_image(press)

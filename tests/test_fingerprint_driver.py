@@ -13,6 +13,7 @@ import pytest
 
 from drivers.errors import DriverError
 from drivers.fingerprint import (
+    CaptureCancelled,
     DeviceGoneError,
     DeviceNotRespondingError,
     EnrollmentError,
@@ -131,14 +132,14 @@ def test_enrol_then_identify(serve: Serve, reader_for: Callable[..., Fingerprint
 def test_enrol_waits_for_the_lift_and_rejects_two_fingers(serve: Serve, reader_for: Callable[..., FingerprintReader]) -> None:
     sim, url = serve()
     reader = reader_for(url)
+    start = time.monotonic()
     sim.press_finger(30, duration=0.3)
     second = threading.Timer(0.6, sim.press_finger, args=(31,))  # another finger: the merge must fail
     second.start()
     try:
-        start = time.monotonic()
         with pytest.raises(EnrollmentError, match="same finger"):
             reader.enroll(page=5, timeout=3)
-        assert time.monotonic() - start >= 0.55  # it really waited for the lift and the second press
+        assert time.monotonic() - start >= 0.6  # it really waited for the lift and the second press
     finally:
         second.join()
     assert reader.template_count() == 0
@@ -171,11 +172,12 @@ def test_no_finger_times_out(serve: Serve, reader_for: Callable[..., Fingerprint
 
 
 def test_finger_after_n_seconds(serve: Serve, reader_for: Callable[..., FingerprintReader]) -> None:
+    start = time.monotonic()  # before the simulator exists: its 0.8 s count from later
     sim, url = serve(finger=0.8)
     reader = reader_for(url)
-    start = time.monotonic()
+    assert not reader.read_image()
     reader.wait_for_finger(timeout=5)
-    assert time.monotonic() - start >= 0.75
+    assert time.monotonic() - start >= 0.8
     assert reader.download_image().shape == (288, 256)
 
 
@@ -280,3 +282,19 @@ def test_upload_is_paced_at_the_configured_baud(reader_for: Callable[..., Finger
         assert image.shape == (288, 256)
         assert wire_bytes == 12 + 288 * (11 + 128)  # ack + 288 data packets of 128 bytes
         assert elapsed >= wire_bytes * 10 / baud  # 10 bits per byte on a UART: ≥ 0.434 s
+
+
+def test_waiting_can_be_cancelled(serve: Serve, reader_for: Callable[..., FingerprintReader]) -> None:
+    sim, url = serve(finger="absent")
+    reader = reader_for(url)
+    cancel = threading.Event()
+    timer = threading.Timer(0.2, cancel.set)
+    timer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(CaptureCancelled):
+            reader.capture(timeout=10, cancel=cancel)
+    finally:
+        timer.join()
+    assert time.monotonic() - start < 5
+    assert reader.template_count() == 0  # the link is still in step afterwards
