@@ -98,6 +98,7 @@ __all__ = [
 
 DEFAULT_QUALITY_THRESHOLD: Final = 40
 SENSOR_PPI: Final = 500  # R307/ZFM optical sensors: about 500 dpi
+_IMAGE_SIZES: Final = {IMAGE_BYTES: (IMAGE_WIDTH, IMAGE_HEIGHT), 192 * 192 // 2: (192, 192)}  # bytes → (w, h)
 
 
 # -- errors -------------------------------------------------------------------------
@@ -727,16 +728,23 @@ class FingerprintReader:
             self._check_cancel(cancel)
 
     def download_image(self) -> npt.NDArray[np.uint8]:
-        """UpImage: the module's image buffer as a 288 × 256 uint8 array (4-bit grey × 17)."""
+        """UpImage: the module's image buffer as a uint8 array (4-bit grey × 17).
+
+        R307/ZFM/AS608 send 256 × 288 (array shape (288, 256)); an upload of
+        18,432 bytes is taken as the R503's 192 × 192 with the same packing
+        (protocol file §5: assumed, not verified on hardware).
+        """
         for _ in range(self.retries + 1):
             ack, data = self._transact(Instruction.UP_IMAGE, data_reply=True)
             self._check(Instruction.UP_IMAGE, ack, "uploading the finger image")
-            if len(data) == IMAGE_BYTES:
-                return unpack_image(data, IMAGE_WIDTH, IMAGE_HEIGHT)
+            if len(data) in _IMAGE_SIZES:
+                width, height = _IMAGE_SIZES[len(data)]
+                return unpack_image(data, width, height)
             self.packet_errors += 1
         raise PacketError(
             f"the image upload from {self.url!r} kept arriving with the wrong size ({len(data)} bytes,"
-            f" expected {IMAGE_BYTES}); check the module type (R503 images are 192x192)"
+            f" expected {IMAGE_BYTES} for 256x288 or 18432 for the R503's 192x192); a packet was lost,"
+            " or this module uses another sensor size"
         )
 
     def capture_image(self, timeout: float = 10.0, *, cancel: threading.Event | None = None) -> npt.NDArray[np.uint8]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_bridge.r30x import (
     IMAGE_BYTES,
@@ -199,3 +201,20 @@ def test_templates_are_deterministic_and_discriminate() -> None:
         t_b, _ = extract_template(render_press(other, 0.9, 2))
         assert match_score(t_a1, t_b) < MATCH_THRESHOLD
     assert match_score(t_a1, bytes(512)) == 0  # not a template at all
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(I)), st.binary(max_size=40)), max_size=6), st.binary(max_size=64))
+def test_module_never_raises_whatever_the_host_sends(commands: list[tuple[I, bytes]], junk: bytes) -> None:
+    module = FingerprintModule(lambda: None, library_size=20)
+    codec = R30xCodec(Role.HOST)
+    wire = junk + b"".join(codec.send(Command(ins, params)) for ins, params in commands)
+    replies = module.receive(wire)
+    for packet in replies:
+        codec.receive_data(packet)
+    while True:
+        try:
+            if codec.next_event() is NEED_DATA:
+                break
+        except Exception as exc:  # the module's own replies must always decode
+            raise AssertionError(f"module sent an undecodable reply: {exc}") from exc
