@@ -528,7 +528,7 @@ class FingerprintReader:
         try:
             self._serial.timeout = quiet_for
             for _ in range(10_000):
-                if not self._serial.read(max(1, self._serial.in_waiting)):
+                if not self._serial.read(max(4096, self._serial.in_waiting)):
                     break
         except (serial.SerialException, OSError) as exc:
             raise DeviceGoneError(f"the fingerprint reader at {self.url!r} went away: {exc}") from exc

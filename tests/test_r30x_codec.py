@@ -313,3 +313,15 @@ def test_a_packet_amid_random_noise_is_found(before: bytes, event: object, after
     host.receive_data(before + wire + after + bytes(300))  # trailing zeros end any false length
     found = [e for e in drain(host) if not isinstance(e, ProtocolError)]
     assert any(_same(e, event) for e in found)
+
+
+def test_bytes_wanted_completes_exactly_one_packet() -> None:
+    codec = R30xCodec(Role.HOST)
+    assert codec.bytes_wanted == 12  # nothing yet: the smallest packet
+    wire = R30xCodec(Role.MODULE).send(DataPacket(bytes(128), final=True))
+    codec.receive_data(wire[:5])
+    assert codec.next_event() is NEED_DATA and codec.bytes_wanted == 7
+    codec.receive_data(wire[5:20])
+    assert codec.next_event() is NEED_DATA and codec.bytes_wanted == len(wire) - 20
+    codec.receive_data(wire[20:])
+    assert codec.next_event() == DataPacket(bytes(128), True, 0xFFFFFFFF) and codec.bytes_wanted == 12
