@@ -36,7 +36,7 @@ from firmware_bridge.r30x import (
     Command,
     ConfirmationCode as CC,
     DataPacket,
-    Instruction as I,
+    Instruction as Ins,
     R30xCodec,
     Role,
     SystemParameters,
@@ -50,7 +50,6 @@ from simulators.fingerprint.images import (
     extract_template,
     match_score,
     merge_templates,
-    parse_template,
     render_press,
 )
 
@@ -120,7 +119,7 @@ class FingerprintModule:
         # faults requested by tests: answer the next commands with this code, or not at all
         self.injected: list[CC] = []
         self.silent_commands = 0
-        self.commands_seen: list[I] = []
+        self.commands_seen: list[Ins] = []
 
     # -- wire -----------------------------------------------------------
     def power_cycle(self) -> None:
@@ -183,7 +182,7 @@ class FingerprintModule:
             return []
         if self.injected:
             return [self._ack(self.injected.pop(0))]
-        if not self.verified and cmd.instruction not in (I.VFY_PWD, I.HANDSHAKE, I.GET_ECHO):
+        if not self.verified and cmd.instruction not in (Ins.VFY_PWD, Ins.HANDSHAKE, Ins.GET_ECHO):
             return [self._ack(CC.PASSWORD_NOT_VERIFIED)]
         handler = getattr(self, "_cmd_" + cmd.instruction.name.lower(), None)
         if handler is None:
