@@ -218,3 +218,17 @@ def test_module_never_raises_whatever_the_host_sends(commands: list[tuple[Ins, b
                 break
         except Exception as exc:  # the module's own replies must always decode
             raise AssertionError(f"module sent an undecodable reply: {exc}") from exc
+
+
+def test_press_quality_varies_within_the_spread() -> None:
+    from simulators.fingerprint import FingerprintSimulator
+
+    sim = FingerprintSimulator(baud=0, quality=0.6, quality_spread=0.3, seed=4)
+    seen = set()
+    for _ in range(20):
+        sim.press_finger()
+        press = sim._finger_now()
+        assert press is not None and 0.3 <= press.quality <= 0.9
+        seen.add(round(press.quality, 3))
+    sim.lift_finger()
+    assert sim._finger_now() is None and len(seen) > 10

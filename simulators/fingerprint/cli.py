@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finger", type=_finger, default="absent", help="present | absent | after:SECONDS (default absent)")
     p.add_argument("--finger-id", type=int, default=1, help="which synthetic finger is pressed (default 1)")
     p.add_argument("--quality", type=float, default=0.9, help="press quality 0..1 (default 0.9)")
+    p.add_argument("--quality-spread", type=float, default=0.0, help="each press varies by up to ± this much")
     p.add_argument("--password", type=_hex32, default=0, help="module password as hex (default 00000000)")
     p.add_argument("--address", type=_hex32, default=0xFFFFFFFF, help="module address as hex (default FFFFFFFF)")
     p.add_argument("--noise", type=_rate, default=0.0, help="chance of garbage bytes before a reply packet")
@@ -80,7 +81,8 @@ def main(argv: list[str]) -> int:
         return 2
     sim = FingerprintSimulator(
         baud=args.baud, password=args.password, address=args.address, finger=args.finger,
-        finger_id=args.finger_id, quality=args.quality, noise=args.noise, corrupt=args.corrupt,
+        finger_id=args.finger_id, quality=args.quality, quality_spread=args.quality_spread,
+        noise=args.noise, corrupt=args.corrupt,
         library_size=args.library_size, packet_size=args.packet_size, enrolled=args.enrolled,
         lenient_checksum=args.lenient_checksum, seed=args.seed,
     )

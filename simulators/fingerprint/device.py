@@ -19,6 +19,7 @@ are line noise to this module: it stays silent.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -119,7 +120,7 @@ class FingerprintModule:
         # faults requested by tests: answer the next commands with this code, or not at all
         self.injected: list[CC] = []
         self.silent_commands = 0
-        self.commands_seen: list[Ins] = []
+        self.commands_seen: deque[Ins] = deque(maxlen=10_000)  # recent commands, for tests
 
     # -- wire -----------------------------------------------------------
     def power_cycle(self) -> None:

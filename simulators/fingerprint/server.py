@@ -54,6 +54,7 @@ class FingerprintSimulator:
         finger: str | float = "absent",
         finger_id: int = 1,
         quality: float = 0.9,
+        quality_spread: float = 0.0,
         noise: float = 0.0,
         corrupt: float = 0.0,
         library_size: int = 200,
@@ -72,6 +73,8 @@ class FingerprintSimulator:
         self._lock = threading.RLock()
         self._finger_id = finger_id
         self._quality = quality
+        self.quality_spread = quality_spread
+        self._press_quality = quality
         self._press_no = 0
         self._finger_at: float | None = None
         self._lift_at: float | None = None
@@ -112,13 +115,20 @@ class FingerprintSimulator:
         after: float = 0.0,
         duration: float | None = None,
     ) -> None:
-        """Put a finger on the sensor (``after`` seconds from now, for ``duration`` seconds)."""
+        """Put a finger on the sensor (``after`` seconds from now, for ``duration`` seconds).
+
+        ``quality`` 0..1 (1 = perfect) sets this and later presses; with
+        ``quality_spread`` each press varies by up to ± that much.
+        """
         with self._lock:
             if finger_id is not None:
                 self._finger_id = finger_id
             if quality is not None:
                 self._quality = quality
             self._press_no += 1
+            # each placement is a little better or worse, as with real people
+            spread = self.quality_spread * (2 * self.rng.random() - 1) if self.quality_spread else 0.0
+            self._press_quality = min(1.0, max(0.0, self._quality + spread))
             self._finger_at = time.monotonic() + after
             self._lift_at = None if duration is None else self._finger_at + duration
 
@@ -134,7 +144,7 @@ class FingerprintSimulator:
                 return None
             if self._lift_at is not None and now >= self._lift_at:
                 return None
-            return Press(self._finger_id, self._quality, self._press_no)
+            return Press(self._finger_id, self._press_quality, self._press_no)
 
     @property
     def finger_present(self) -> bool:
