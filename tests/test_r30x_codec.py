@@ -266,6 +266,7 @@ def _same(a: object, b: object) -> bool:
     return replace(a, address=None) == replace(b, address=None)  # type: ignore[type-var]
 
 
+@settings(deadline=None)
 @given(st.lists(events_to_module, max_size=5), st.integers(0, 0xFFFFFFFF), st.integers(1, 64))
 def test_round_trip_host_to_module(events: list, address: int, chunk: int) -> None:
     host = R30xCodec(Role.HOST, address)
@@ -279,6 +280,7 @@ def test_round_trip_host_to_module(events: list, address: int, chunk: int) -> No
     assert all(g.address == address for g in got)  # type: ignore[attr-defined]
 
 
+@settings(deadline=None)
 @given(st.lists(events_to_host, max_size=5), st.integers(1, 64))
 def test_round_trip_module_to_host(events: list, chunk: int) -> None:
     module, host = R30xCodec(Role.MODULE), R30xCodec(Role.HOST)
@@ -290,7 +292,7 @@ def test_round_trip_module_to_host(events: list, chunk: int) -> None:
     assert len(got) == len(events) and all(_same(a, b) for a, b in zip(got, events))
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
 @given(st.binary(max_size=600), st.sampled_from(list(Role)), st.sampled_from([0xFFFFFFFF, None]))
 def test_any_bytes_decode_or_raise_protocol_error(data: bytes, role: Role, address: int | None) -> None:
     codec = R30xCodec(role, address)
@@ -306,6 +308,7 @@ def test_any_bytes_decode_or_raise_protocol_error(data: bytes, role: Role, addre
     assert codec.buffered <= 9 + 258
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=80), events_to_host, st.binary(max_size=80))
 def test_a_packet_amid_random_noise_is_found(before: bytes, event: object, after: bytes) -> None:
     wire = R30xCodec(Role.MODULE).send(event)  # type: ignore[arg-type]
