@@ -297,6 +297,12 @@ def iso_19794_4_record(
     height, width = img.shape
     if width > 0xFFFF or height > 0xFFFF:
         raise ImageEncodingError(f"image {width}x{height} is too large for a 16-bit size field")
+    for name, value in (("capture_device_id", capture_device_id), ("acquisition_level", acquisition_level),
+                        ("resolution_ppi", resolution_ppi)):
+        if not 0 <= value <= 0xFFFF:
+            raise ImageEncodingError(f"{name} {value} does not fit the record's 16-bit field")
+    if not 0 <= impression_type <= 0xFF:
+        raise ImageEncodingError(f"impression type {impression_type} does not fit in one byte")
     q = 254 if quality is None else max(0, min(100, int(quality)))
     data = img.tobytes() if compression == "raw" else encode_png(img)
     view_len = 14 + len(data)
