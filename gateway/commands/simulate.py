@@ -16,6 +16,7 @@ SIMULATORS: dict[str, str] = {
     # kind: module with main(argv) -> int
     "bodycam": "simulators.bodycam.cli",
     "signpad": "simulators.signpad.cli",
+    "fingerprint": "simulators.fingerprint.cli",
 }
 
 
