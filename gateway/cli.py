@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "gateway.commands.status",
     "gateway.commands.custody",
     "gateway.commands.run",
+    "gateway.commands.sign",
     "gateway.commands.simulate",
     "gateway.commands.demo",
 ]

@@ -1,0 +1,66 @@
+"""Signing sessions end to end through ``egw sign``, against the simulators."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_egw, spawn_egw
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(d), check=True)
+    return d
+
+
+@pytest.fixture
+def fingerprint_url():
+    proc = spawn_egw("simulate", "fingerprint", "--tcp", "0", "--baud", "0", "--finger", "present", "--quality", "0.9")
+    url = proc.stdout.readline().strip()
+    assert url.startswith("socket://"), proc.stderr.read()
+    yield url
+    proc.terminate()
+    proc.communicate(timeout=10)
+
+
+def test_fingerprint_session_binds_the_document_and_verifies(tmp_path, data_dir, fingerprint_url):
+    document = tmp_path / "inspection-record.pdf"
+    document.write_bytes(b"%PDF-1.4 on-site inspection record, stall 17\n")
+    proc = run_egw("sign", "--document", str(document), "--signer", "Li Wei", "--role", "party",
+                   "--fingerprint", fingerprint_url, "--place", "Market hall 3", "--data-dir", str(data_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    record = out["record"]
+    assert record["signer"] == {"name": "Li Wei", "role": "party"} and record["place"] == "Market hall 3"
+    assert 0 <= record["fingerprint"]["quality"] <= 100 and "fingerprint.png" in out["items"]
+
+    bundle = tmp_path / "bundle"
+    run_egw("export", out["evidence_id"], str(bundle), "--data-dir", str(data_dir), check=True)
+    good = run_egw("verify", str(bundle), "--document", str(document))
+    assert good.returncode == 0 and "binds inspection-record.pdf" in good.stdout, good.stdout
+    other = tmp_path / "forged.pdf"
+    other.write_bytes(b"%PDF-1.4 a different record\n")
+    bad = run_egw("verify", str(bundle), "--document", str(other))
+    assert bad.returncode == 1
+    assert f"binds document SHA-256 {record['document']['sha256']}" in bad.stdout and "FAIL document" in bad.stdout
+
+
+def test_missing_devices_and_bad_role_are_refused(tmp_path, data_dir):
+    document = tmp_path / "d.txt"
+    document.write_text("x")
+    proc = run_egw("sign", "--document", str(document), "--signer", "A", "--data-dir", str(data_dir))
+    assert proc.returncode == 1 and "needs a signature pad, a fingerprint reader, or both" in proc.stderr
+    proc = run_egw("sign", "--document", str(tmp_path / "nope.txt"), "--signer", "A", "--fingerprint", "socket://127.0.0.1:1",
+                   "--data-dir", str(data_dir))
+    assert proc.returncode == 1 and "cannot read the document" in proc.stderr
+
+
+def test_unreachable_reader_makes_no_record(tmp_path, data_dir):
+    document = tmp_path / "d.txt"
+    document.write_text("x")
+    proc = run_egw("sign", "--document", str(document), "--signer", "A", "--fingerprint", "socket://127.0.0.1:9",
+                   "--data-dir", str(data_dir))
+    assert proc.returncode == 1 and "fingerprint reader at socket://127.0.0.1:9" in proc.stderr
+    status = json.loads(run_egw("status", "--data-dir", str(data_dir), "--json", check=True).stdout)
+    assert status["total"] == 0
