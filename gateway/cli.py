@@ -19,6 +19,9 @@ __all__ = ["main", "build_parser"]
 
 COMMAND_MODULES = [
     "gateway.commands.simulate",
+    "gateway.commands.enroll",  # grpc branch: merge-resolve
+    "gateway.commands.sync",  # grpc branch
+    "gateway.commands.platform",  # grpc branch
 ]
 
 
