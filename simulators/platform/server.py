@@ -461,8 +461,8 @@ class PlatformServer:
         self.servicer = IngestServicer(self.data_dir, self.pki, self.index, insecure=insecure,
                                        receipt_fault=receipt_fault, reserve_bytes=reserve_bytes)
         self.listen, self.enroll_listen, self.insecure = listen, enroll_listen, insecure
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="platform"),
-                                  options=SERVER_OPTIONS)
+        self.executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="platform")
+        self.server = grpc.server(self.executor, options=SERVER_OPTIONS)
         ingest_pb2_grpc.add_EvidenceIngestServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -496,4 +496,5 @@ class PlatformServer:
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.server.stop(grace).wait()
+        self.executor.shutdown(wait=True, cancel_futures=True)
         self.index.close()
