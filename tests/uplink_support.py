@@ -38,18 +38,20 @@ def platform_server(data: Path, **kwargs: object) -> Iterator[PlatformServer]:
 
 def spawn_platform(data: Path, *extra: str, listen: str = "127.0.0.1:0") -> tuple[subprocess.Popen[str], str, str]:
     proc = spawn_egw("simulate", "platform", "--data", str(data), "--listen", listen, *extra)
-    lines: list[str] = []
+    buffered = b""
     deadline = time.monotonic() + 20
     assert proc.stdout is not None
-    while len(lines) < 2:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+    fd = proc.stdout.fileno()  # raw reads: a buffered readline could hide the second line from select()
+    while buffered.count(b"\n") < 2:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             stop_process(proc)
             raise AssertionError("platform did not print its addresses within 20 s")
-        line = proc.stdout.readline()
-        if not line:
+        data = os.read(fd, 4096)
+        if not data:
             raise AssertionError(f"platform exited: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
-        lines.append(line.strip())
+        buffered += data
+    lines = buffered.decode().splitlines()
     assert lines[1].startswith("enroll ")
     return proc, lines[0], lines[1].split()[1]
 
