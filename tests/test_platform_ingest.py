@@ -177,3 +177,21 @@ def test_storage_full_is_resource_exhausted_and_stores_nothing(tmp_path: Path) -
             stub.Upload(iter([_header(gw, item)]), timeout=5)
         assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "storage full" in full.value.details()
         assert list_received(tmp_path / "p") == []
+
+
+def test_insecure_platform_enrols_and_receipts_only_when_asked(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.uplink.uploader import Uploader
+
+    with platform_server(tmp_path / "p", insecure=True) as server:
+        init_identity(tmp_path / "g")
+        token = issue_token(tmp_path / "p")["token"]
+        enroll(tmp_path / "g", server.address, token, insecure=True)
+        from tests.uplink_support import LinkedGateway
+        gw = LinkedGateway(tmp_path / "g")
+        assert gw.link.insecure
+        item = ingest_random(gw, 70_000, "x.bin")
+        outcomes = asyncio.run(Uploader(gw.data_dir).run_once())
+        assert [o.status for o in outcomes] == ["receipted"]
+        assert [r["evidence_id"] for r in list_received(tmp_path / "p")] == [item.evidence_id]

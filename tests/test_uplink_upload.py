@@ -18,7 +18,7 @@ from gateway.evidence.service import EvidenceService
 from gateway.evidence.state import EvidenceRow
 from gateway.uplink.uploader import CHUNK_SIZE, TokenBucket, Uploader, UploadSettings, parse_rate
 from simulators.platform.cli import list_received
-from tests.conftest import run_egw
+from tests.conftest import run_egw, spawn_egw
 from tests.uplink_support import ingest_random, make_gateway, platform_server, spawn_platform, stop_process
 
 pytestmark = pytest.mark.timeout(60)
@@ -215,3 +215,25 @@ def test_token_bucket_and_rate_parsing() -> None:
 
     elapsed = asyncio.run(measure())
     assert 0.4 < elapsed < 0.8  # 2 MB at 4 MB/s after a 100 kB burst
+
+
+def test_gateway_killed_mid_upload_resumes_on_next_sync(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        size = 16 * CHUNK_SIZE
+        item = ingest_random(gw, size, "cam.mp4")
+        proc = spawn_egw("sync", "--once", "--data-dir", str(gw.data_dir), "--bandwidth", str(8 * CHUNK_SIZE))
+        partial = tmp_path / "p" / "partial" / gw.link.identity.gateway_id / item.sha256
+        try:
+            deadline = time.monotonic() + 20
+            while not (partial.exists() and partial.stat().st_size >= 4 * CHUNK_SIZE):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+        finally:
+            stop_process(proc, signal.SIGKILL)
+        assert _row(gw.data_dir, item.evidence_id).state == "uploading"  # what a kill -9 leaves behind
+        (outcome,) = _run(gw.data_dir)
+        assert outcome.status == "receipted"
+        assert outcome.resumed_from[0] >= 4 * CHUNK_SIZE  # never from zero after a break
+        assert outcome.bytes_sent == size - outcome.resumed_from[0]
+        assert _row(gw.data_dir, item.evidence_id).state == "receipted"
