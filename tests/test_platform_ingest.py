@@ -195,3 +195,29 @@ def test_insecure_platform_enrols_and_receipts_only_when_asked(tmp_path: Path) -
         outcomes = asyncio.run(Uploader(gw.data_dir).run_once())
         assert [o.status for o in outcomes] == ["receipted"]
         assert [r["evidence_id"] for r in list_received(tmp_path / "p")] == [item.evidence_id]
+
+
+def test_cli_end_to_end_platform_tokens_enroll_sync_ls(tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import run_egw
+    from tests.uplink_support import LinkedGateway, spawn_platform, stop_process
+
+    proc, address, enroll_address = spawn_platform(tmp_path / "p")
+    try:
+        token = run_egw("platform", "tokens", "--data", str(tmp_path / "p"), check=True).stdout.strip()
+        assert token.startswith(f"egw1.{enroll_address.rsplit(':', 1)[1]}.")
+        init_identity(tmp_path / "g")
+        enrolled = run_egw("enroll", "--platform", address, "--token", token, "--data-dir", str(tmp_path / "g"), check=True)
+        assert "enrolled gateway" in enrolled.stdout
+        again = run_egw("enroll", "--platform", address, "--token", token, "--data-dir", str(tmp_path / "g"))
+        assert again.returncode == 1 and "single-use" in again.stderr and "hint:" in again.stderr
+        item = ingest_random(LinkedGateway(tmp_path / "g"), 123_456, "clip.mp4")
+        synced = run_egw("sync", "--once", "--data-dir", str(tmp_path / "g"), check=True)
+        assert f"receipted {item.evidence_id}" in synced.stdout and "0 left undelivered" in synced.stdout
+        listed = json.loads(run_egw("platform", "ls", "--data", str(tmp_path / "p"), "--json", check=True).stdout)
+        assert [(r["evidence_id"], r["sha256"], r["size"]) for r in listed] == [(item.evidence_id, item.sha256, item.size)]
+        assert Path(listed[0]["blob"]).stat().st_size == item.size
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0  # SIGTERM: a clean stop

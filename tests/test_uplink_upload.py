@@ -152,9 +152,9 @@ def test_platform_killed_mid_upload_resumes_at_committed_offset(tmp_path: Path) 
 def test_small_items_overtake_a_large_upload_in_progress(tmp_path: Path) -> None:
     with platform_server(tmp_path / "p") as server:
         gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
-        large = ingest_random(gw, 96 * CHUNK_SIZE, "shift.mp4")
-        # one general slot (busy with the video all along) + the reserved express slot
-        uploader = Uploader(gw.data_dir, UploadSettings(concurrency=1, express_slots=1, bandwidth=16 * CHUNK_SIZE))
+        large = ingest_random(gw, 128 * CHUNK_SIZE, "shift.mp4")  # 8 s at the cap: a stand-in for 1 GiB at a real uplink rate
+        # one general slot (busy with the video all along) + the reserved express slots
+        uploader = Uploader(gw.data_dir, UploadSettings(concurrency=1, express_slots=2, bandwidth=16 * CHUNK_SIZE))
         result: list = []  # type: ignore[type-arg]
         thread = threading.Thread(target=lambda: result.extend(asyncio.run(uploader.run_once())))
         thread.start()
@@ -171,7 +171,9 @@ def test_small_items_overtake_a_large_upload_in_progress(tmp_path: Path) -> None
         assert not thread.is_alive()
         finished = {o.evidence_id: o.finished_at for o in result}
         assert all(o.status == "receipted" for o in result) and set(finished) == smalls | {large.evidence_id}
-        assert max(finished[s] for s in smalls) < finished[large.evidence_id]
+        last_small = max(finished[s] for s in smalls)
+        print(f"200 small items done {finished[large.evidence_id] - last_small:.1f} s before the large one")
+        assert last_small < finished[large.evidence_id]
 
 
 def test_flagged_and_small_items_go_first(tmp_path: Path) -> None:
