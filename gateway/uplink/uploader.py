@@ -270,6 +270,9 @@ class Uploader:
                     break
             except (OSError, GatewayError) as exc:
                 error = f"{exc.__class__.__name__}: {exc}"
+            except Exception as exc:  # a bug must not leave the item 'uploading' nor stop the other workers
+                error = f"unexpected {exc.__class__.__name__}: {exc} (please report this)"
+                break
             else:
                 await self._db(self.service.transition, item.id, "receipted", custody_event="receipted",
                                details={"receipt_id": receipt.receipt_id, "platform_id": receipt.platform_id,

@@ -75,6 +75,9 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.http2.lookahead_bytes", 16 * 1024 * 1024),
     ("grpc.so_reuseport", 0),
+    # gateways ping every 20 s during long capped uploads; do not answer that with GOAWAY too_many_pings
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 
