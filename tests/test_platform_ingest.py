@@ -221,3 +221,35 @@ def test_cli_end_to_end_platform_tokens_enroll_sync_ls(tmp_path: Path) -> None:
     finally:
         stop_process(proc)
     assert proc.returncode == 0  # SIGTERM: a clean stop
+
+
+def test_enroll_rejects_bad_gateway_ids_and_csrs_without_burning_the_token(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    def csr_for(key) -> bytes:  # type: ignore[no-untyped-def]
+        return x509.CertificateSigningRequestBuilder().subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")])).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    with platform_server(tmp_path / "p") as server:
+        secret = issue_token(tmp_path / "p")["token"].rsplit(".", 1)[1]
+        channel = grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(server.pki.ca_pem()))
+        try:
+            from protos.egw.v1 import ingest_pb2_grpc
+            stub = ingest_pb2_grpc.EvidenceIngestStub(channel)
+            good_csr = csr_for(ec.generate_private_key(ec.SECP256R1()))
+            for gateway_id, csr, fragment in [
+                ("..", good_csr, "gateway_id"),
+                ("gw-1", b"not a csr", "not valid PEM"),
+                ("gw-1", csr_for(rsa.generate_private_key(65537, 2048)), "P-256"),
+            ]:
+                with pytest.raises(grpc.RpcError) as bad:
+                    stub.Enroll(ingest_pb2.EnrollRequest(csr_pem=csr, token=secret, gateway_id=gateway_id), timeout=5)
+                assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in bad.value.details()
+            reply = stub.Enroll(ingest_pb2.EnrollRequest(csr_pem=good_csr, token=secret, gateway_id="gw-1"), timeout=5)
+            issued = x509.load_pem_x509_certificate(reply.certificate_pem)
+            issued.verify_directly_issued_by(server.pki.ca_cert)
+            assert reply.platform_id == server.pki.platform_id
+        finally:
+            channel.close()
