@@ -239,3 +239,33 @@ def test_gateway_killed_mid_upload_resumes_on_next_sync(tmp_path: Path) -> None:
         assert outcome.resumed_from[0] >= 4 * CHUNK_SIZE  # never from zero after a break
         assert outcome.bytes_sent == size - outcome.resumed_from[0]
         assert _row(gw.data_dir, item.evidence_id).state == "receipted"
+
+
+def test_continuous_mode_delivers_new_items_and_stops_promptly(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        big = ingest_random(gw, 64 * CHUNK_SIZE, "long.mp4")
+        delivered: list[str] = []
+
+        async def scenario() -> float:
+            stop = asyncio.Event()
+            uploader = Uploader(gw.data_dir, UploadSettings(bandwidth=8 * CHUNK_SIZE),
+                                on_outcome=lambda o: delivered.append(o.evidence_id))
+            task = asyncio.ensure_future(uploader.run(stop, idle_poll_s=0.05))
+            await asyncio.sleep(0.3)
+            item = await asyncio.to_thread(ingest_random, gw, 500, "late.json")
+            for _ in range(200):
+                if item.evidence_id in delivered:
+                    break
+                await asyncio.sleep(0.05)
+            assert delivered == [item.evidence_id]  # the big one is still uploading at 8 MiB/s
+            stop.set()
+            started = time.monotonic()
+            await asyncio.wait_for(task, 10)
+            return time.monotonic() - started
+
+        assert asyncio.run(scenario()) < 2.0
+        row = _row(gw.data_dir, big.evidence_id)
+        assert row.state == "queued" and "stopped" in (row.last_error or "")
+        (outcome,) = _run(gw.data_dir)  # and it resumes where the platform committed
+        assert outcome.status == "receipted" and outcome.resumed_from[0] > 0

@@ -168,6 +168,8 @@ class Uploader:
         self._service: EvidenceService | None = None
         self._claimed: set[str] = set()
         self._given_up: set[str] = set()
+        self._given_up_at: dict[str, float] = {}
+        self._retry_after_s = 60.0
         self._busy = 0
         self.outcomes: list[UploadOutcome] = []
 
@@ -215,30 +217,56 @@ class Uploader:
     # ---- running -----------------------------------------------------------
     async def run_once(self) -> list[UploadOutcome]:
         """Drain the queue (including items queued while running) and return what happened per item."""
+        await self._serve(None)
+        return self.outcomes
+
+    async def run(self, stop: asyncio.Event, *, idle_poll_s: float = 1.0, retry_after_s: float = 60.0) -> None:
+        """Deliver continuously until ``stop`` is set (for ``egw run``).
+
+        Items that failed are tried again after ``retry_after_s``; a stop
+        interrupts uploads in flight, which go back to the queue and resume
+        from the platform's committed offset next time.
+        """
+        self._retry_after_s = retry_after_s
+        await self._serve(stop, idle_poll_s)
+
+    async def _serve(self, stop: asyncio.Event | None, idle_poll_s: float = POLL_S) -> None:
         await self._db(self._open_service)
         try:
             await self._db(self._requeue_interrupted)
             channel = self.link.aio_channel()
             try:
                 self._stub = ingest_pb2_grpc.EvidenceIngestStub(channel)
-                workers = [self._worker(False) for _ in range(self.settings.concurrency)]
-                workers += [self._worker(True) for _ in range(self.settings.express_slots)]
-                await asyncio.gather(*workers)
+                tasks = [asyncio.ensure_future(self._worker(False, stop, idle_poll_s)) for _ in range(self.settings.concurrency)]
+                tasks += [asyncio.ensure_future(self._worker(True, stop, idle_poll_s)) for _ in range(self.settings.express_slots)]
+                if stop is None:
+                    await asyncio.gather(*tasks)
+                else:
+                    stopper = asyncio.ensure_future(stop.wait())
+                    await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                    for task in [stopper, *tasks]:
+                        task.cancel()
+                    await asyncio.gather(stopper, *tasks, return_exceptions=True)
             finally:
                 await channel.close()
         finally:
             await self._db(self.service.close)
             self._db_pool.shutdown(wait=True)
             self._io_pool.shutdown(wait=True)
-        return self.outcomes
 
-    async def _worker(self, express_only: bool) -> None:
-        while True:
+    async def _worker(self, express_only: bool, stop: asyncio.Event | None = None, idle_poll_s: float = POLL_S) -> None:
+        while stop is None or not stop.is_set():
+            if stop is not None:  # continuous mode: failed items become eligible again after a while
+                now = time.monotonic()
+                for eid in [e for e, t in self._given_up_at.items() if now - t >= self._retry_after_s]:
+                    self._given_up.discard(eid)
+                    del self._given_up_at[eid]
             item = await self._db(self._claim, express_only)
             if item is None:
-                if self._busy == 0:
+                if stop is None and self._busy == 0:
                     return
-                await asyncio.sleep(POLL_S)  # others are busy: something new may be queued meanwhile
+                # others are busy (or we run continuously): something new may be queued meanwhile
+                await asyncio.sleep(POLL_S if self._busy else idle_poll_s)
                 continue
             self._busy += 1
             try:
@@ -248,14 +276,31 @@ class Uploader:
                 self._claimed.discard(item.id)
             if outcome.status != "receipted":
                 self._given_up.add(item.id)
+                self._given_up_at[item.id] = time.monotonic()
             self.outcomes.append(outcome)
+            if stop is not None and len(self.outcomes) > 1000:
+                del self.outcomes[:500]
             if self.on_outcome:
                 self.on_outcome(outcome)
 
     async def _deliver(self, item: EvidenceRow, express: bool) -> UploadOutcome:
-        s = self.settings
         out = UploadOutcome(item.id, item.sha256, item.size, "failed", started_at=time.time(), express=express)
         await self._db(self.service.transition, item.id, "uploading", attempts=item.attempts + 1)
+        try:
+            return await self._attempts(item, out, express)
+        except asyncio.CancelledError:
+            # stopping: the item goes back to the queue; the platform keeps what it committed
+            await asyncio.shield(self._db(self._requeue_if_uploading, item.id))
+            raise
+
+    def _requeue_if_uploading(self, evidence_id: str) -> None:
+        # runs on the DB thread after any transition already submitted (e.g. a receipt that just arrived)
+        if self.service.state.get(evidence_id).state == "uploading":
+            self.service.transition(evidence_id, "queued",
+                                    last_error="interrupted: the uploader was stopped; resumes at the committed offset")
+
+    async def _attempts(self, item: EvidenceRow, out: UploadOutcome, express: bool) -> UploadOutcome:
+        s = self.settings
         error = "not attempted"
         for attempt in range(1, s.max_attempts + 1):
             out.attempts = attempt

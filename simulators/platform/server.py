@@ -66,7 +66,7 @@ SYNC_EVERY = 64 * 1024 * 1024
 DEFAULT_RESERVE = 64 * 1024 * 1024
 RECEIPT_FAULTS = ("wrong-key", "alter")  # test variants: a forged or an altered receipt
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_GW_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_GW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # also a directory name: no "." or ".."
 
 # Measured (PERFORMANCE-NOTES): disabling BDP probing costs 30 %, a 16 MiB
 # lookahead wins it back; messages up to 8 MiB so 1 MiB chunks never hit the limit.
@@ -172,7 +172,7 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
     # ---- Enroll ----------------------------------------------------------
     def Enroll(self, request: ingest_pb2.EnrollRequest, context: grpc.ServicerContext) -> ingest_pb2.EnrollResponse:
         if not _GW_RE.match(request.gateway_id):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "gateway_id must be 1–64 characters of A–Z a–z 0–9 . _ -")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "gateway_id must be 1–64 characters of A–Z a–z 0–9 . _ -, starting with a letter or digit")
         try:
             cert = self.pki.issue(request.csr_pem, request.gateway_id)
         except PKIError as exc:
