@@ -53,6 +53,15 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _cpu_s(pid: int | None = None) -> float:
+    """User + system CPU seconds of this process (None) or of a child, from /proc."""
+    if pid is None:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_utime + ru.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _read_lines(proc: subprocess.Popen[bytes], n: int, timeout: float = 30) -> list[str]:
     assert proc.stdout is not None
     fd, buf, deadline = proc.stdout.fileno(), b"", time.monotonic() + timeout
@@ -179,16 +188,23 @@ def main(argv: list[str]) -> int:
                 item = svc.ingest_file(src, ManifestInput(source_path=src.name))
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             uploader = Uploader(gw_dir, UploadSettings(concurrency=1, express_slots=0, chunk_size=chunk))
+            cpu_gw, cpu_pf = _cpu_s(), _cpu_s(platform.pid)
             start = time.perf_counter()
             outcomes = asyncio.run(uploader.run_once())
             elapsed = time.perf_counter() - start
+            cpu_gw, cpu_pf = _cpu_s() - cpu_gw, _cpu_s(platform.pid) - cpu_pf
             if [o.status for o in outcomes] != ["receipted"]:
                 raise RuntimeError(f"upload failed: {outcomes}")
             grpc_rates.append(size / elapsed)
+            cpu_raw_c, cpu_raw_s = _cpu_s(), _cpu_s(raw_server.pid)
             raw_rates.append(raw_tls_client(raw_port, src, size, chunk, gw_dir / "identity"))
+            cpu_raw_c, cpu_raw_s = _cpu_s() - cpu_raw_c, _cpu_s(raw_server.pid) - cpu_raw_s
             rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"run {run + 1}: gRPC {grpc_rates[-1] / MB:8.1f} MB/s   raw TLS {raw_rates[-1] / MB:8.1f} MB/s   "
                   f"(peak RSS {rss_before:.0f} MB before the upload, {rss_after:.0f} MB after)", flush=True)
+            gb = size / 1e9
+            print(f"       CPU s/GB: gRPC gateway {cpu_gw / gb:.2f} + platform {cpu_pf / gb:.2f}; "
+                  f"raw TLS client {cpu_raw_c / gb:.2f} + server {cpu_raw_s / gb:.2f}", flush=True)
             src.unlink()
             blob = gw_dir / "blobs" / "sha256" / item.sha256[:2] / item.sha256[2:]
             blob.unlink(missing_ok=True)  # keep disk use at one copy; the receipt is already stored
