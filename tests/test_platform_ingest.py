@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import grpc
@@ -17,7 +16,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gateway.errors import IdentityError, VerificationError
 from gateway.evidence import dsse
 from gateway.evidence.identity import init_identity, self_signed_certificate
-from gateway.evidence.manifest import ManifestInput, build_manifest, sign_manifest
 from gateway.uplink.enroll import enroll
 from protos.egw.v1 import evidence_pb2, ingest_pb2
 from simulators.platform.cli import issue_token, list_received

@@ -29,6 +29,7 @@ the same transaction. Nothing half-received ever becomes "stored".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -54,8 +55,6 @@ from protos import dsse
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
 from simulators.platform.index import Index, TokenError
 from simulators.platform.pki import PKIError, PlatformPKI, fingerprint, pem
-
-import hashlib
 
 __all__ = ["PlatformServer", "IngestServicer", "RECEIPT_TYPE", "MANIFEST_TYPE", "SERVER_OPTIONS", "RECEIPT_FAULTS", "boot_id"]
 
