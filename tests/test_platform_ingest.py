@@ -251,3 +251,26 @@ def test_enroll_rejects_bad_gateway_ids_and_csrs_without_burning_the_token(tmp_p
             assert reply.platform_id == server.pki.platform_id
         finally:
             channel.close()
+
+
+def test_restarted_platform_keeps_its_addresses_and_drops_stale_partials(tmp_path: Path) -> None:
+    data = (bytes(range(256)) * 2000)
+    with platform_server(tmp_path / "p") as server:
+        first = (server.address, server.enroll_address)
+        gw_a = make_gateway(tmp_path, "a", tmp_path / "p", server.address)
+        gw_b = make_gateway(tmp_path, "b", tmp_path / "p", server.address)
+        item_a = ingest_random(gw_a, 0, "same.bin", data=data)
+        item_b = ingest_random(gw_b, 0, "same.bin", data=data)
+        with stub_for(gw_b.link) as stub:  # B leaves a partial copy behind
+            stub.Upload(iter([_header(gw_b, item_b), ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=0, data=data[:1000]))]), timeout=5)
+        partial_b = tmp_path / "p" / "partial" / gw_b.link.identity.gateway_id / item_b.sha256
+        assert partial_b.stat().st_size == 1000
+    with platform_server(tmp_path / "p") as server:
+        assert (server.address, server.enroll_address) == first  # enrolled gateways and open tokens still work
+        with stub_for(gw_a.link) as stub:
+            reply = stub.Upload(iter([_header(gw_a, item_a), ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=0, data=data))]), timeout=5)
+            assert reply.HasField("receipt")
+        with stub_for(gw_b.link) as stub:
+            query = stub.QueryUpload(ingest_pb2.QueryUploadRequest(sha256=item_b.sha256, evidence_id=item_b.evidence_id), timeout=5)
+        assert query.committed_offset == len(data) and not query.complete
+        assert not partial_b.exists()

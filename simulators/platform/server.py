@@ -29,6 +29,7 @@ the same transaction. Nothing half-received ever becomes "stored".
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -199,6 +200,7 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
             return ingest_pb2.QueryUploadResponse(committed_offset=found.size, complete=True, receipt=_to_proto(found.envelope))
         stored = self.index.blob_size(sha)
         if stored is not None:
+            self._discard_stale_partial(peer.gateway_id, sha)
             return ingest_pb2.QueryUploadResponse(committed_offset=stored)
         return ingest_pb2.QueryUploadResponse(committed_offset=self._recover_partial(peer.gateway_id, sha))
 
@@ -293,6 +295,24 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
             return row.synced_offset
         return length
 
+    def _discard_stale_partial(self, gateway_id: str, sha: str) -> None:
+        """Another gateway completed this content first: this gateway's partial copy is not needed."""
+        path = self._partial_path(gateway_id, sha)
+        if not path.exists():
+            return
+        key = (gateway_id, sha)
+        with self._mutex:
+            lock = self._locks.setdefault(key, threading.Lock())
+        if not lock.acquire(blocking=False):
+            return  # an upload of it is running; it ends with the stored blob anyway
+        try:
+            path.unlink(missing_ok=True)
+            with self.index.tx() as db:
+                self.index.drop_partial(db, gateway_id, sha)
+            self._drop_hasher(key)
+        finally:
+            lock.release()
+
     def _drop_hasher(self, key: tuple[str, str]) -> None:
         with self._mutex:
             old = self._hashers.pop(key, None)
@@ -355,9 +375,18 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                   f"size mismatch: chunk at {chunk.offset} with {len(data)} bytes runs past the declared size {size}")
                 view = memoryview(data)
-                while view:
-                    written = os.pwrite(fd, view, committed + (len(data) - len(view)))
-                    view = view[written:]
+                try:
+                    while view:
+                        written = os.pwrite(fd, view, committed + (len(data) - len(view)))
+                        view = view[written:]
+                except OSError as exc:
+                    os.ftruncate(fd, committed)  # the committed offset stays exactly what was fed to the hash
+                    if exc.errno == errno.ENOSPC:
+                        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"platform storage full while writing {sha} at {committed}; retry later "
+                                      "(the operator must free space); the committed part is kept")
+                    context.abort(grpc.StatusCode.INTERNAL,
+                                  f"platform storage error writing {sha} at {committed}: {exc.strerror}; retry later")
                 hasher.feed(data)
                 committed += len(data)
                 if committed - synced >= SYNC_EVERY:
@@ -440,6 +469,10 @@ def _to_proto(raw: bytes) -> evidence_pb2.Envelope:
                                  signatures=[evidence_pb2.Signature(keyid=k, sig=s) for k, s in env.signatures])
 
 
+def _host(address: str) -> str:
+    return address.rsplit(":", 1)[0]
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -475,18 +508,25 @@ class PlatformServer:
         self.enroll_address = ""
 
     def start(self) -> tuple[str, str]:
-        host = self.listen.rsplit(":", 1)[0]
+        """Bind and serve. With port 0, a restarted platform first tries the ports it had before,
+        so enrolled gateways (which stored the ingest address) and outstanding tokens (which name
+        the enrolment port) keep working."""
+        previous: dict[str, Any] = {}
+        try:
+            previous = json.loads((self.data_dir / "platform.json").read_text())
+        except (OSError, ValueError):
+            pass
         if self.insecure:
-            port = self.server.add_insecure_port(self.listen)
-            self.address = self.enroll_address = f"{host}:{port}"
+            port = self._bind(self.listen, previous.get("address"), None)
+            self.address = self.enroll_address = f"{_host(self.listen)}:{port}"
         else:
             mtls = grpc.ssl_server_credentials([(self.pki.server_key_pem(), self.pki.server_chain_pem())],
                                                root_certificates=self.pki.ca_pem(), require_client_auth=True)
             tls = grpc.ssl_server_credentials([(self.pki.server_key_pem(), self.pki.server_chain_pem())])
-            port = self.server.add_secure_port(self.listen, mtls)
-            eport = self.server.add_secure_port(self.enroll_listen, tls)
-            self.address = f"{host}:{port}"
-            self.enroll_address = f"{self.enroll_listen.rsplit(':', 1)[0]}:{eport}"
+            port = self._bind(self.listen, previous.get("address"), mtls)
+            eport = self._bind(self.enroll_listen, previous.get("enroll_address"), tls)
+            self.address = f"{_host(self.listen)}:{port}"
+            self.enroll_address = f"{_host(self.enroll_listen)}:{eport}"
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set("egw.v1.EvidenceIngest", health_pb2.HealthCheckResponse.SERVING)
@@ -495,6 +535,19 @@ class PlatformServer:
             "platform_id": self.pki.platform_id, "ca_sha256": fingerprint(self.pki.ca_cert), "pid": os.getpid(),
         }, indent=2))
         return self.address, self.enroll_address
+
+    def _bind(self, listen: str, previous: str | None, credentials: grpc.ServerCredentials | None) -> int:
+        def add(address: str) -> int:
+            if credentials is None:
+                return int(self.server.add_insecure_port(address))
+            return int(self.server.add_secure_port(address, credentials))
+
+        if listen.endswith(":0") and previous and _host(previous) == _host(listen):
+            try:
+                return add(previous)
+            except RuntimeError:
+                pass  # taken by now: any free port, the caller prints it
+        return add(listen)
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.server.stop(grace).wait()
