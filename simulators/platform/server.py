@@ -54,6 +54,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import dsse
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
+from protos.upload_wire import ChunkView, decode_upload_request
 from simulators.platform.index import Index, TokenError
 from simulators.platform.pki import PKIError, PlatformPKI, fingerprint, pem
 
@@ -94,7 +95,7 @@ class _Hasher:
     def __init__(self, offset: int = 0, initial: Any = None) -> None:
         self.h = initial or hashlib.sha256()
         self.offset = offset  # bytes fed so far (not necessarily digested yet)
-        self.inbox: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self.inbox: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=16)
         self.thread = threading.Thread(target=self._run, name="platform-hash", daemon=True)
         self.thread.start()
 
@@ -105,7 +106,7 @@ class _Hasher:
                 return
             self.h.update(data)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         self.inbox.put(data)
         self.offset += len(data)
 
@@ -205,10 +206,10 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
         return ingest_pb2.QueryUploadResponse(committed_offset=self._recover_partial(peer.gateway_id, sha))
 
     # ---- Upload ------------------------------------------------------------
-    def Upload(self, request_iterator: Iterator[ingest_pb2.UploadRequest], context: grpc.ServicerContext) -> ingest_pb2.UploadResponse:
+    def Upload(self, request_iterator: Iterator[ingest_pb2.UploadRequest | ChunkView], context: grpc.ServicerContext) -> ingest_pb2.UploadResponse:
         peer = self._peer(context)
         first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
+        if first is None or isinstance(first, ChunkView) or first.WhichOneof("part") != "header":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first Upload message must be a header (manifest, sha256, size, start_offset)")
         header = first.header
         sha, size = header.sha256, header.size
@@ -338,7 +339,7 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
                 remaining -= len(block)
         return _Hasher(offset, h)
 
-    def _receive(self, peer: _Peer, header: ingest_pb2.UploadHeader, requests: Iterator[ingest_pb2.UploadRequest],
+    def _receive(self, peer: _Peer, header: ingest_pb2.UploadHeader, requests: Iterator[ingest_pb2.UploadRequest | ChunkView],
                  context: grpc.ServicerContext) -> bool:
         """Receive chunks; True when the blob is complete, verified and stored."""
         gateway_id, sha, size = peer.gateway_id, header.sha256, header.size
@@ -363,9 +364,12 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
         completed = False
         try:
             for request in requests:
-                if request.WhichOneof("part") != "chunk":
+                if isinstance(request, ChunkView):
+                    chunk = request  # the fast path: data is a view into the received message
+                elif request.WhichOneof("part") == "chunk":
+                    chunk = ChunkView(request.chunk.offset, memoryview(request.chunk.data))
+                else:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first Upload message may be a header")
-                chunk = request.chunk
                 if chunk.offset != committed:
                     context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                   f"offset gap: chunk at {chunk.offset} but {committed} bytes are committed; "
@@ -374,7 +378,7 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
                 if committed + len(data) > size:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                   f"size mismatch: chunk at {chunk.offset} with {len(data)} bytes runs past the declared size {size}")
-                view = memoryview(data)
+                view = data
                 try:
                     while view:
                         written = os.pwrite(fd, view, committed + (len(data) - len(view)))
@@ -469,6 +473,21 @@ def _to_proto(raw: bytes) -> evidence_pb2.Envelope:
                                  signatures=[evidence_pb2.Signature(keyid=k, sig=s) for k, s in env.signatures])
 
 
+def _ingest_handlers(servicer: IngestServicer) -> grpc.GenericRpcHandler:
+    """The generated registration, except that Upload decodes chunks without copying (protos.upload_wire)."""
+    return grpc.method_handlers_generic_handler("egw.v1.EvidenceIngest", {
+        "QueryUpload": grpc.unary_unary_rpc_method_handler(
+            servicer.QueryUpload, request_deserializer=ingest_pb2.QueryUploadRequest.FromString,
+            response_serializer=ingest_pb2.QueryUploadResponse.SerializeToString),
+        "Upload": grpc.stream_unary_rpc_method_handler(
+            servicer.Upload, request_deserializer=decode_upload_request,
+            response_serializer=ingest_pb2.UploadResponse.SerializeToString),
+        "Enroll": grpc.unary_unary_rpc_method_handler(
+            servicer.Enroll, request_deserializer=ingest_pb2.EnrollRequest.FromString,
+            response_serializer=ingest_pb2.EnrollResponse.SerializeToString),
+    })
+
+
 def _host(address: str) -> str:
     return address.rsplit(":", 1)[0]
 
@@ -498,7 +517,7 @@ class PlatformServer:
         self.listen, self.enroll_listen, self.insecure = listen, enroll_listen, insecure
         self.executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="platform")
         self.server = grpc.server(self.executor, options=SERVER_OPTIONS)
-        ingest_pb2_grpc.add_EvidenceIngestServicer_to_server(self.servicer, self.server)
+        self.server.add_generic_rpc_handlers((_ingest_handlers(self.servicer),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (ingest_pb2.DESCRIPTOR.services_by_name["EvidenceIngest"].full_name,
