@@ -57,7 +57,9 @@ def fetch_pinned_ca(host: str, port: int, ca_sha256: str) -> bytes:
     ctx.set_alpn_protocols(["h2"])
     try:
         with socket.create_connection((host, port), timeout=TIMEOUT_S) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
-            chain = tls._sslobj.get_unverified_chain() or []  # type: ignore[union-attr]  # public only from 3.13
+            # public SSLSocket.get_unverified_chain() from Python 3.13; the same method on _sslobj before
+            getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain  # type: ignore[union-attr]
+            chain = getter() or []
             ders = [c.public_bytes(2) for c in chain]  # 2 = _ssl.ENCODING_DER
     except OSError as exc:
         raise ConfigError(f"cannot reach the enrolment listener {host}:{port}: {exc}",
