@@ -274,3 +274,33 @@ def test_restarted_platform_keeps_its_addresses_and_drops_stale_partials(tmp_pat
             query = stub.QueryUpload(ingest_pb2.QueryUploadRequest(sha256=item_b.sha256, evidence_id=item_b.evidence_id), timeout=5)
         assert query.committed_offset == len(data) and not query.complete
         assert not partial_b.exists()
+
+
+def test_after_a_reboot_a_partial_is_cut_back_to_its_last_synced_offset(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4000
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        item = ingest_random(gw, 0, "x.bin", data=data)
+        header = _header(gw, item)
+        with stub_for(gw.link) as stub:
+            reply = stub.Upload(iter([header, ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=0, data=data[:300_000]))]), timeout=5)
+            assert reply.committed_offset == 300_000  # a stream that ends early is synced: that offset survives anything
+            header.header.start_offset = 300_000
+            with pytest.raises(grpc.RpcError):  # then 200 kB more, unsynced, and a rejected chunk ends the stream
+                stub.Upload(iter([header, ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=300_000, data=data[300_000:500_000])),
+                                  ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=1, data=b"x"))]), timeout=5)
+            query = ingest_pb2.QueryUploadRequest(sha256=item.sha256, evidence_id=item.evidence_id)
+            assert stub.QueryUpload(query, timeout=5).committed_offset == 500_000  # same boot: the page cache holds it
+    # simulate a reboot: the partial was recorded under another boot id
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "p" / "index.db")
+    db.execute("UPDATE partials SET boot_id = 'an-earlier-boot'")
+    db.commit()
+    db.close()
+    with platform_server(tmp_path / "p") as server:
+        with stub_for(gw.link) as stub:
+            assert stub.QueryUpload(query, timeout=5).committed_offset == 300_000
+            header.header.start_offset = 300_000
+            reply = stub.Upload(iter([header, ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=300_000, data=data[300_000:]))]), timeout=5)
+            assert reply.HasField("receipt")
+    assert (tmp_path / "p" / "blobs" / "sha256" / item.sha256[:2] / item.sha256[2:]).read_bytes() == data
