@@ -317,6 +317,9 @@ class Uploader:
                 error = f"{exc.code().name}: {exc.details()}"
                 if exc.code() in NON_RETRYABLE:
                     break
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and "handshake" in (exc.details() or "").lower():
+                    error += (" — the TLS handshake failed: the platform may not accept this gateway's certificate "
+                              "(issued by another CA, or expired); re-enrol with `egw enroll`")
             except (OSError, GatewayError) as exc:
                 error = f"{exc.__class__.__name__}: {exc}"
             except Exception as exc:  # a bug must not leave the item 'uploading' nor stop the other workers
