@@ -269,3 +269,17 @@ def test_continuous_mode_delivers_new_items_and_stops_promptly(tmp_path: Path) -
         assert row.state == "queued" and "stopped" in (row.last_error or "")
         (outcome,) = _run(gw.data_dir)  # and it resumes where the platform committed
         assert outcome.status == "receipted" and outcome.resumed_from[0] > 0
+
+
+def test_platform_with_another_ca_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    from gateway.uplink.link import load_link
+
+    with platform_server(tmp_path / "p") as server, platform_server(tmp_path / "other") as other:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        item = ingest_random(gw, 1000, "a.bin")
+        uploader = Uploader(gw.data_dir, UploadSettings(max_attempts=1), link=load_link(gw.data_dir, other.address))
+        (outcome,) = asyncio.run(uploader.run_once())
+        assert outcome.status == "failed" and outcome.error and outcome.error.startswith("UNAVAILABLE")
+        assert "handshake" in outcome.error.lower()
+        assert _row(gw.data_dir, item.evidence_id).state == "queued"
+        assert list_received(tmp_path / "other") == []
