@@ -28,6 +28,9 @@ COMMAND_MODULES = [
     "gateway.commands.sign",
     "gateway.commands.simulate",
     "gateway.commands.demo",
+    "gateway.commands.enroll",
+    "gateway.commands.sync",
+    "gateway.commands.platform",
 ]
 
 

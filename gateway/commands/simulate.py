@@ -17,6 +17,7 @@ SIMULATORS: dict[str, str] = {
     "bodycam": "simulators.bodycam.cli",
     "signpad": "simulators.signpad.cli",
     "fingerprint": "simulators.fingerprint.cli",
+    "platform": "simulators.platform.cli",
 }
 
 

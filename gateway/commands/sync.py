@@ -1,0 +1,63 @@
+"""``egw sync --once``: deliver everything queued, report per item, exit non-zero if anything is left."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.errors import ConfigError
+from gateway.evidence.state import State
+from gateway.uplink.uploader import UploadOutcome, Uploader, UploadSettings, parse_rate
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("sync", help="deliver queued evidence to the platform now")
+    parser.add_argument("--once", action="store_true", help="drain the queue and exit (continuous delivery runs inside `egw run`)")
+    parser.add_argument("--concurrency", type=int, default=None, help="general upload slots (env EGW_UPLOAD_CONCURRENCY, default 2)")
+    parser.add_argument("--express-slots", type=int, default=None, help="slots reserved for flagged/small items (default 1)")
+    parser.add_argument("--bandwidth", default=None, help="cap in bytes/s, e.g. 2M, 500k, 1MiB (env EGW_UPLOAD_BANDWIDTH; default none)")
+    parser.add_argument("--max-attempts", type=int, default=None, help="attempts per item in this run (default 6)")
+    parser.add_argument("--platform", default=None, help="override the platform address stored at enrolment")
+    add_data_dir(parser)
+    add_json(parser)
+    parser.set_defaults(func=run)
+
+
+def _line(o: UploadOutcome) -> str:
+    resumed = [x for x in o.resumed_from if x]
+    how = f", resumed at {resumed[-1]}" if resumed else ""
+    if o.status == "receipted":
+        return f"receipted {o.evidence_id} sha256 {o.sha256[:16]}… {o.size} B receipt {o.receipt_id} ({o.attempts} attempt(s){how})"
+    return f"FAILED    {o.evidence_id} sha256 {o.sha256[:16]}… {o.size} B after {o.attempts} attempt(s){how}: {o.error}"
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.once:
+        raise ConfigError("continuous delivery runs inside `egw run`", "use `egw sync --once` for scripts, cron jobs and tests")
+    try:
+        settings = UploadSettings.from_env(
+            concurrency=args.concurrency, express_slots=args.express_slots, max_attempts=args.max_attempts,
+            bandwidth=parse_rate(args.bandwidth) if args.bandwidth else None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    data_dir = data_dir_of(args)
+    from gateway.uplink.link import load_link
+    uploader = Uploader(data_dir, settings, link=load_link(data_dir, args.platform),
+                        on_outcome=None if args.json else lambda o: print(_line(o), flush=True))
+    outcomes = asyncio.run(uploader.run_once())
+    with State(data_dir) as state:
+        left = [r for r in state.all_evidence() if r.state in ("ingested", "queued", "uploading")]
+    if args.json:
+        print_json({"outcomes": [o.__dict__ for o in outcomes],
+                    "undelivered": [{"evidence_id": r.id, "state": r.state, "last_error": r.last_error} for r in left]})
+    else:
+        done = sum(o.status == "receipted" for o in outcomes)
+        print(f"{done} receipted, {len(outcomes) - done} failed, {len(left)} left undelivered")
+    if left:
+        print(f"error: {len(left)} item(s) not delivered; see last_error above or in `egw status`", file=sys.stderr)
+        return 1
+    return 0

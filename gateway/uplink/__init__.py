@@ -1,0 +1,1 @@
+"""Uplinks: delivering evidence to the platform (gRPC) — enrolment, the uploader."""

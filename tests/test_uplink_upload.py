@@ -1,0 +1,285 @@
+"""The uploader against a real platform on loopback (real TLS): receipts, resume, faults, ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.evidence.manifest import ManifestInput
+from gateway.evidence.receipt import verify_receipt
+from gateway.evidence import dsse
+from gateway.evidence.service import EvidenceService
+from gateway.evidence.state import EvidenceRow
+from gateway.uplink.uploader import CHUNK_SIZE, TokenBucket, Uploader, UploadSettings, parse_rate
+from simulators.platform.cli import list_received
+from tests.conftest import run_egw, spawn_egw
+from tests.uplink_support import ingest_random, make_gateway, platform_server, spawn_platform, stop_process
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _run(gw_dir: Path, **settings: object) -> list:  # type: ignore[type-arg]
+    uploader = Uploader(gw_dir, UploadSettings(**settings))  # type: ignore[arg-type]
+    return asyncio.run(uploader.run_once())
+
+
+def _row(gw_dir: Path, evidence_id: str) -> EvidenceRow:
+    with EvidenceService(gw_dir) as svc:
+        return svc.state.get(evidence_id)
+
+
+def test_upload_is_receipted_verified_and_idempotent(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        big = ingest_random(gw, 3 * CHUNK_SIZE + 12345, "video.mp4")
+        small = ingest_random(gw, 0, "empty.txt", data=b"")
+        outcomes = _run(gw.data_dir)
+        assert {o.evidence_id: o.status for o in outcomes} == {big.evidence_id: "receipted", small.evidence_id: "receipted"}
+        row = _row(gw.data_dir, big.evidence_id)
+        assert row.state == "receipted" and row.receipt and row.last_error is None
+        receipt = verify_receipt(dsse.Envelope.from_bytes(row.receipt), gw.link.platform_certificate,
+                                 gw.link.identity.ca_certificates, evidence_id=big.evidence_id, sha256=big.sha256, size=big.size)
+        assert receipt.platform_id == server.pki.platform_id and receipt.gateway_id == gw.link.identity.gateway_id
+        with EvidenceService(gw.data_dir) as svc:
+            events = svc.custody.events_for(big.evidence_id)
+        assert [e["event"] for e in events][-1] == "receipted"
+        assert events[-1]["receipt_id"] == receipt.receipt_id
+        stored = tmp_path / "p" / "blobs" / "sha256" / big.sha256[:2] / big.sha256[2:]
+        assert stored.read_bytes() == (tmp_path / "src-g-video.mp4").read_bytes()
+        # the same item offered again: the original receipt, nothing new stored
+        with EvidenceService(gw.data_dir) as svc:
+            svc.state.db.execute("UPDATE evidence SET state = 'queued', receipt = NULL WHERE id = ?", (big.evidence_id,))
+        again = _run(gw.data_dir)
+        assert [o.receipt_id for o in again] == [receipt.receipt_id] and again[0].bytes_sent == 0
+        assert len(list_received(tmp_path / "p")) == 2
+        assert _run(gw.data_dir) == []
+
+
+def test_same_file_from_two_gateways_is_stored_once_with_two_receipts(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        data = bytes(range(256)) * 4096
+        gws = [make_gateway(tmp_path, name, tmp_path / "p", server.address) for name in ("a", "b")]
+        items = [ingest_random(gw, 0, "same.bin", data=data) for gw in gws]
+        for gw in gws:
+            assert [o.status for o in _run(gw.data_dir)] == ["receipted"]
+        received = list_received(tmp_path / "p")
+        assert len(received) == 2 and len({r["receipt_id"] for r in received}) == 2
+        assert {r["gateway_id"] for r in received} == {gw.link.identity.gateway_id for gw in gws}
+        assert {r["evidence_id"] for r in received} == {i.evidence_id for i in items}
+        blobs = [p for p in (tmp_path / "p" / "blobs" / "sha256").glob("*/*")]
+        assert len(blobs) == 1 and blobs[0].read_bytes() == data
+
+
+@pytest.mark.parametrize("fault", ["wrong-key", "alter"])
+def test_forged_or_altered_receipt_is_not_accepted(tmp_path: Path, fault: str) -> None:
+    with platform_server(tmp_path / "p", receipt_fault=fault) as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        item = ingest_random(gw, 50_000, "r.json")
+        outcomes = _run(gw.data_dir)
+        assert [o.status for o in outcomes] == ["failed"]
+        assert outcomes[0].attempts == 1  # a bad receipt is not retried blindly
+        row = _row(gw.data_dir, item.evidence_id)
+        assert row.state == "queued" and row.receipt is None
+        assert row.last_error and "receipt rejected" in row.last_error
+        with EvidenceService(gw.data_dir) as svc:
+            assert "receipted" not in [e["event"] for e in svc.custody.events_for(item.evidence_id)]
+
+
+def test_corrupted_chunk_is_rejected_resent_and_ends_verified(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        item = ingest_random(gw, 2 * CHUNK_SIZE + 777, "v.mp4")
+        flipped: list[int] = []
+
+        def corrupt_once(row: EvidenceRow, offset: int, data: bytes) -> bytes:
+            if offset == CHUNK_SIZE and not flipped:
+                flipped.append(offset)
+                return data[:10] + bytes([data[10] ^ 0x01]) + data[11:]
+            return data
+
+        uploader = Uploader(gw.data_dir, UploadSettings(backoff_base_s=0.01), chunk_filter=corrupt_once)
+        outcomes = asyncio.run(uploader.run_once())
+        assert flipped == [CHUNK_SIZE]
+        assert [o.status for o in outcomes] == ["receipted"] and outcomes[0].attempts == 2
+        row = _row(gw.data_dir, item.evidence_id)
+        assert row.state == "receipted"
+        stored = tmp_path / "p" / "blobs" / "sha256" / item.sha256[:2] / item.sha256[2:]
+        assert stored.read_bytes() == (tmp_path / "src-g-v.mp4").read_bytes()
+
+
+def test_platform_killed_mid_upload_resumes_at_committed_offset(tmp_path: Path) -> None:
+    pdata = tmp_path / "p"
+    proc, address, _ = spawn_platform(pdata)
+    try:
+        gw = make_gateway(tmp_path, "g", pdata, address)
+        size = 24 * CHUNK_SIZE + 4321
+        item = ingest_random(gw, size, "long.mp4")
+        rate = 8 * CHUNK_SIZE  # bytes/s: the kill lands mid-upload
+        uploader = Uploader(gw.data_dir, UploadSettings(bandwidth=rate, backoff_base_s=0.2, backoff_max_s=0.5, max_attempts=40))
+        result: list = []  # type: ignore[type-arg]
+        thread = threading.Thread(target=lambda: result.extend(asyncio.run(uploader.run_once())))
+        thread.start()
+        time.sleep(1.2)
+        stop_process(proc, signal.SIGKILL)
+        time.sleep(0.3)
+        proc, address2, _ = spawn_platform(pdata, listen=address)
+        assert address2 == address
+        thread.join(45)
+        assert not thread.is_alive()
+        (outcome,) = result
+        assert outcome.status == "receipted", outcome.error
+        resumed = [o for o in outcome.resumed_from if o > 0]
+        assert resumed, f"never resumed: {outcome.resumed_from}"
+        assert outcome.resumed_from[0] == 0 and 0 < resumed[0] < size
+        resent = outcome.bytes_sent - size
+        print(f"resumed_from={outcome.resumed_from} re-sent={resent} bytes")
+        in_flight_window = 4 * CHUNK_SIZE  # HTTP/2 flow-control window + socket buffers at this rate
+        assert 0 <= resent < CHUNK_SIZE + in_flight_window, (resent, outcome.resumed_from)
+        row = _row(gw.data_dir, item.evidence_id)
+        assert row.state == "receipted"
+        stored = pdata / "blobs" / "sha256" / item.sha256[:2] / item.sha256[2:]
+        assert stored.read_bytes() == (tmp_path / "src-g-long.mp4").read_bytes()
+    finally:
+        stop_process(proc)
+
+
+def test_small_items_overtake_a_large_upload_in_progress(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        large = ingest_random(gw, 128 * CHUNK_SIZE, "shift.mp4")  # 8 s at the cap: a stand-in for 1 GiB at a real uplink rate
+        # one general slot (busy with the video all along) + the reserved express slots
+        uploader = Uploader(gw.data_dir, UploadSettings(concurrency=1, express_slots=2, bandwidth=16 * CHUNK_SIZE))
+        result: list = []  # type: ignore[type-arg]
+        thread = threading.Thread(target=lambda: result.extend(asyncio.run(uploader.run_once())))
+        thread.start()
+        deadline = time.monotonic() + 10
+        while _row(gw.data_dir, large.evidence_id).state != "uploading":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        smalls = set()
+        with EvidenceService(gw.data_dir) as svc:  # queued while every general slot is busy
+            for i in range(200):
+                smalls.add(svc.ingest_bytes(f'{{"sample": {i}, "result": "negative"}}'.encode(),
+                                            ManifestInput(source_path=f"results/{i}.json")).evidence_id)
+        thread.join(50)
+        assert not thread.is_alive()
+        finished = {o.evidence_id: o.finished_at for o in result}
+        assert all(o.status == "receipted" for o in result) and set(finished) == smalls | {large.evidence_id}
+        last_small = max(finished[s] for s in smalls)
+        print(f"200 small items done {finished[large.evidence_id] - last_small:.1f} s before the large one")
+        assert last_small < finished[large.evidence_id]
+
+
+def test_flagged_and_small_items_go_first(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        big = ingest_random(gw, 2 * CHUNK_SIZE, "old-big.mp4")
+        mid = ingest_random(gw, 200_000, "photo.jpg")
+        flagged = ingest_random(gw, 3 * CHUNK_SIZE, "flagged.mp4", priority=1)
+        tiny = ingest_random(gw, 100, "result.json")
+        outcomes = _run(gw.data_dir, concurrency=1, express_slots=0)
+        assert [o.evidence_id for o in outcomes] == [flagged.evidence_id, tiny.evidence_id, mid.evidence_id, big.evidence_id]
+
+
+def test_sync_cli_reports_per_item_and_fails_when_undelivered(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        item = ingest_random(gw, 5000, "a.bin")
+        ok = run_egw("sync", "--once", "--data-dir", str(gw.data_dir), "--json", timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        report = json.loads(ok.stdout)
+        assert [o["status"] for o in report["outcomes"]] == ["receipted"] and report["undelivered"] == []
+        ingest_random(gw, 5000, "b.bin")
+    # platform gone: the item stays queued, exit status says so
+    down = run_egw("sync", "--once", "--data-dir", str(gw.data_dir), "--max-attempts", "2", timeout=60)
+    assert down.returncode == 1
+    assert "FAILED" in down.stdout and "UNAVAILABLE" in down.stdout and "1 left undelivered" in down.stdout
+    assert _row(gw.data_dir, item.evidence_id).state == "receipted"
+
+
+def test_token_bucket_and_rate_parsing() -> None:
+    assert parse_rate("8M") == 8_000_000 and parse_rate("1MiB/s") == 1 << 20 and parse_rate("500k") == 500_000
+    with pytest.raises(ValueError):
+        parse_rate("fast")
+
+    async def measure() -> float:
+        bucket = TokenBucket(4_000_000, burst=100_000)
+        start = time.monotonic()
+        for _ in range(20):
+            await bucket.take(100_000)
+        return time.monotonic() - start
+
+    elapsed = asyncio.run(measure())
+    assert 0.4 < elapsed < 0.8  # 2 MB at 4 MB/s after a 100 kB burst
+
+
+def test_gateway_killed_mid_upload_resumes_on_next_sync(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        size = 16 * CHUNK_SIZE
+        item = ingest_random(gw, size, "cam.mp4")
+        proc = spawn_egw("sync", "--once", "--data-dir", str(gw.data_dir), "--bandwidth", str(8 * CHUNK_SIZE))
+        partial = tmp_path / "p" / "partial" / gw.link.identity.gateway_id / item.sha256
+        try:
+            deadline = time.monotonic() + 20
+            while not (partial.exists() and partial.stat().st_size >= 4 * CHUNK_SIZE):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+        finally:
+            stop_process(proc, signal.SIGKILL)
+        assert _row(gw.data_dir, item.evidence_id).state == "uploading"  # what a kill -9 leaves behind
+        (outcome,) = _run(gw.data_dir)
+        assert outcome.status == "receipted"
+        assert outcome.resumed_from[0] >= 4 * CHUNK_SIZE  # never from zero after a break
+        assert outcome.bytes_sent == size - outcome.resumed_from[0]
+        assert _row(gw.data_dir, item.evidence_id).state == "receipted"
+
+
+def test_continuous_mode_delivers_new_items_and_stops_promptly(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        big = ingest_random(gw, 64 * CHUNK_SIZE, "long.mp4")
+        delivered: list[str] = []
+
+        async def scenario() -> float:
+            stop = asyncio.Event()
+            uploader = Uploader(gw.data_dir, UploadSettings(bandwidth=8 * CHUNK_SIZE),
+                                on_outcome=lambda o: delivered.append(o.evidence_id))
+            task = asyncio.ensure_future(uploader.run(stop, idle_poll_s=0.05))
+            await asyncio.sleep(0.3)
+            item = await asyncio.to_thread(ingest_random, gw, 500, "late.json")
+            for _ in range(200):
+                if item.evidence_id in delivered:
+                    break
+                await asyncio.sleep(0.05)
+            assert delivered == [item.evidence_id]  # the big one is still uploading at 8 MiB/s
+            stop.set()
+            started = time.monotonic()
+            await asyncio.wait_for(task, 10)
+            return time.monotonic() - started
+
+        assert asyncio.run(scenario()) < 2.0
+        row = _row(gw.data_dir, big.evidence_id)
+        assert row.state == "queued" and "stopped" in (row.last_error or "")
+        (outcome,) = _run(gw.data_dir)  # and it resumes where the platform committed
+        assert outcome.status == "receipted" and outcome.resumed_from[0] > 0
+
+
+def test_platform_with_another_ca_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    from gateway.uplink.link import load_link
+
+    with platform_server(tmp_path / "p") as server, platform_server(tmp_path / "other") as other:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        item = ingest_random(gw, 1000, "a.bin")
+        uploader = Uploader(gw.data_dir, UploadSettings(max_attempts=1), link=load_link(gw.data_dir, other.address))
+        (outcome,) = asyncio.run(uploader.run_once())
+        assert outcome.status == "failed" and outcome.error and outcome.error.startswith("UNAVAILABLE")
+        assert "handshake" in outcome.error.lower()
+        assert _row(gw.data_dir, item.evidence_id).state == "queued"
+        assert list_received(tmp_path / "other") == []
