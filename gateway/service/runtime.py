@@ -71,6 +71,9 @@ class Runtime:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         await self._start_outputs()
+        from gateway.service.uplinks import UploaderComponent
+
+        self.components.insert(0, UploaderComponent(self))
         for component in self.components:
             await component.start()
         self._start_devices(self.config.devices)
