@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "gateway.commands.custody",
     "gateway.commands.run",
     "gateway.commands.sign",
+    "gateway.commands.dock",
     "gateway.commands.simulate",
     "gateway.commands.demo",
     "gateway.commands.enroll",

@@ -1,0 +1,139 @@
+"""``egw dock --usbip URL``: run the dock workflow once in the foreground.
+
+Ingest every recorder on the server (or one busid), upload to the enrolled
+platform and wait for receipts, release per policy, then say plainly whether
+the officer can walk away: exit 0 only when every recording is safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.errors import ConfigError, GatewayError
+from gateway.evidence.service import EvidenceService
+from gateway.workflows.dock import RELEASE_POLICIES, DockSession, DockWorkflow
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("dock", help="ingest, upload and release docked body-worn cameras")
+    p.add_argument("--usbip", required=True, metavar="URL", help="usbip://HOST:PORT (every recorder) or usbip://HOST:PORT/BUSID")
+    p.add_argument("--volumes", default="/run/egw/volumes/{serial}", help="where a recorder's volume is mounted ({serial} is replaced)")
+    p.add_argument("--password", default="000000", help="recorder password")
+    p.add_argument("--release", choices=RELEASE_POLICIES, default="receipt", help="when recordings are deleted from the recorder")
+    p.add_argument("--parallel", type=int, default=2, help="recorders copied at once")
+    p.add_argument("--volume-timeout", type=float, default=30.0)
+    add_data_dir(p)
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def _recorders(url: str) -> list[str]:
+    """One URL per body-worn camera: the busid given, or every recorder the server exports."""
+    from drivers.bodycam import lookup_model
+    from firmware_bridge.errors import BridgeError
+    from firmware_bridge.usb_transport import list_usbip_devices
+
+    hostport, _, busid = url.removeprefix("usbip://").partition("/")
+    host, _, port = hostport.rpartition(":")
+    if not url.startswith("usbip://") or not host or not port.isdigit():
+        raise ConfigError(f"{url!r} is not a usbip:// URL", "use usbip://HOST:PORT or usbip://HOST:PORT/BUSID")
+    if busid:
+        return [url]
+    try:
+        devices = list_usbip_devices(host, int(port))
+    except BridgeError as exc:
+        raise ConfigError(f"cannot list devices on {hostport}: {exc}", "check that the USB/IP server is running") from exc
+    return [f"usbip://{hostport}/{d.busid}" for d in devices if lookup_model(d.vid, d.pid) is not None]
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    urls = _recorders(args.usbip)
+    if not urls:
+        raise ConfigError(f"no body-worn camera found on {args.usbip}", "dock a recorder, or check the server and busid")
+    console = Console(stderr=True)
+    data_dir = data_dir_of(args)
+    with EvidenceService(data_dir) as service:
+        enrolled = (service.identity.directory / "platform.pem").exists()
+        tasks: dict[str, Any] = {}
+        lock = threading.Lock()
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=console, disable=args.json) as progress:
+
+            def report(session: DockSession, event: str, n: int) -> None:
+                with lock:
+                    task = tasks.get(session.url)
+                    if task is None:
+                        task = tasks[session.url] = progress.add_task(session.url, total=None)
+                    if event == "identified":
+                        progress.update(task, description=f"{session.serial} · {session.officer_name} ({session.officer_no})")
+                    elif event == "scanned":
+                        progress.update(task, total=session.bytes_total)
+                    elif event == "bytes":
+                        progress.advance(task, n)
+
+            slots = threading.Semaphore(max(1, args.parallel))
+            workflow = DockWorkflow(service, locator=args.volumes, password=args.password, release_policy=args.release,
+                                    volume_timeout=args.volume_timeout, progress=report, copy_slots=slots,
+                                    platform_enrolled=enrolled)
+            sessions: list[DockSession] = []
+            failures: list[str] = []
+
+            def attach(url: str) -> None:
+                try:
+                    sessions.append(workflow.attach(url))
+                except GatewayError as exc:
+                    failures.append(f"{url}: {exc}")
+
+            with ThreadPoolExecutor(max_workers=len(urls)) as pool:
+                list(pool.map(attach, urls))
+        upload_note = _deliver(data_dir, console, args.json) if enrolled else "no platform enrolled: recordings kept on the recorders"
+        for session in sessions:
+            workflow.release(session)
+        summaries = [workflow.summary(s) for s in sessions]
+    safe = not failures and all(s["safe_to_undock"] for s in summaries)
+    if args.json:
+        print_json({"safe": safe, "recorders": summaries, "failures": failures, "uploads": upload_note})
+    else:
+        _table(console, summaries, failures, upload_note, safe)
+    return 0 if safe else 1
+
+
+def _deliver(data_dir: Any, console: Any, quiet: bool) -> str:
+    from gateway.uplink.uploader import UploadSettings, Uploader
+
+    uploader = Uploader(data_dir, UploadSettings.from_env())
+    if not quiet:
+        console.print("uploading to the platform and waiting for receipts…")
+    outcomes = asyncio.run(uploader.run_once())
+    failed = [o for o in outcomes if o.status != "receipted"]
+    return f"{len(outcomes) - len(failed)} receipted, {len(failed)} not delivered" + (
+        f" (first error: {failed[0].error})" if failed else "")
+
+
+def _table(console: Any, summaries: list[dict[str, Any]], failures: list[str], upload_note: str, safe: bool) -> None:
+    from rich.table import Table
+
+    for summary in summaries:
+        table = Table(title=f"recorder {summary['serial']} · {summary['officer_name']} ({summary['officer_no']}) · "
+                            f"clock offset {summary['clock_offset_s']:+.1f} s")
+        for column in ("recording", "MB", "state", "released", "safe", "notes"):
+            table.add_column(column)
+        for r in summary["recordings"]:
+            notes = "; ".join(r["problems"] + ([r["error"]] if r["error"] else []))
+            table.add_row(r["device_path"], f"{r['size'] / 1e6:.1f}", r["state"], "yes" if r["released"] else "no",
+                          "[green]yes[/]" if r["safe"] else "[red]NO[/]", notes)
+        console.print(table)
+        for hostile in summary["hostile_entries"]:
+            console.print(f"[yellow]ignored hostile entry on the recorder: {hostile}[/]")
+    console.print(upload_note)
+    for failure in failures:
+        console.print(f"[red]{failure}[/]")
+    console.print("[bold green]SAFE TO UNDOCK[/]" if safe else "[bold red]NOT SAFE TO UNDOCK: see the rows marked NO above[/]")
