@@ -817,10 +817,13 @@ class AstmReceiver(_Endpoint):
         stop = lf if lf >= 0 else n
         stx = data.find(STX, i, stop)
         if stx >= 0:
-            # A new STX before this frame ended: the frame was truncated.
+            # A new STX before this frame ended: the fragment was noise or a truncated
+            # frame.  No reply: E1381 answers complete frames only, and a NAK here
+            # would be a second reply to the one frame the sender is waiting on.
             self._append_frame_bytes(data[i:stx])
             self._transcript += data[i:stx]
-            self._reject(f"frame cut short by a new STX after {self._frame_len} bytes", bytes(self._frame), now)
+            self._events.append(FrameRejected(f"frame cut short by a new STX after {self._frame_len} bytes",
+                                              bytes(self._frame)))
             self._transcript.append(STX)
             self._frame = bytearray([STX])
             self._frame_len = 1
