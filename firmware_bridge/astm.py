@@ -287,9 +287,14 @@ class Record:
 
     @classmethod
     def from_fields(cls, rtype: str, values: Mapping[int, Field]) -> Record:
-        """Build a record from ASTM-numbered fields (``{2: "1", 4: "62.5"}``); gaps are empty."""
+        """Build a record from ASTM-numbered fields (``{2: "1", 4: "62.5"}``); gaps are empty.
+
+        For H, field 2 defaults to the standard delimiter declaration ``\\^&``.
+        """
         if any(n < 2 for n in values):
             raise LocalProtocolError("ASTM field numbers start at 2 (field 1 is the record type)")
+        if rtype == "H" and not values.get(2):
+            values = {**values, 2: DEFAULT_DELIMITERS.declaration}  # H.2 is the delimiter declaration
         count = max(values, default=1) - 1
         return cls(rtype, tuple(values.get(n + 2, "") for n in range(count)))
 

@@ -320,7 +320,7 @@ class RapidTestSimulator:
         ts_done = format_timestamp(now)
         ts_start = format_timestamp(started)
         records: list[Record] = [
-            Record.from_fields("H", {2: "", 3: f"M{number:06d}", 5: (self.model, "1.0", self.instrument_id),
+            Record.from_fields("H", {3: f"M{number:06d}", 5: (self.model, "1.0", self.instrument_id),
                                      12: "P", 13: "LIS2-A2", 14: ts_done}),
             Record.from_fields("P", {2: "1"}),
         ]
