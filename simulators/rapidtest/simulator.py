@@ -95,6 +95,7 @@ class _Queued:
     test: SimulatedTest
     not_before: float = 0.0
     attempts: int = 0
+    faulted: set[str] = field(default_factory=set)   # deterministic faults already played on it
 
 
 @dataclass
@@ -107,6 +108,7 @@ class _Plan:
     bad_checksum_frame: int | None = None
     storm_done: int = 0
     transmissions: dict[int, int] = field(default_factory=dict)
+    applied: set[str] = field(default_factory=set)   # the message's record of faults played
 
 
 class _Link:
@@ -126,7 +128,12 @@ class _Link:
                 raise ConnectionError("the host closed the connection")
             return data
         assert self.fd is not None
-        return os.read(self.fd, 4096)
+        try:
+            return os.read(self.fd, 4096)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:  # EIO: nobody has the slave open any more
+            raise ConnectionError("the host closed the pty") from exc
 
     def write(self, data: bytes) -> None:
         if self.sock is not None:
@@ -139,6 +146,7 @@ class _Link:
             view = view[written:]
 
     def close(self) -> None:
+        """Close a socket; a pty master stays open (the simulator owns it) for the next host."""
         if self.sock is not None:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -209,19 +217,26 @@ class RapidTestSimulator:
         self._thread: threading.Thread | None = None
         self._link: _Link | None = None
         self._server: socket.socket | None = None
-        self._pty: tuple[int, int] | None = None
+        self._pty: int | None = None
         self._settle_until = 0.0
         self.url: str | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     def serve_pty(self) -> str:
-        """Open a pty, start sending; returns the slave's path (the device to open)."""
+        """Open a pty, start sending; returns the slave's path (the device to open).
+
+        The simulator does not keep the slave open itself: reading the master
+        then fails with EIO until a host opens the slave, which is how it
+        knows someone is listening (like a TCP accept) and avoids ENQs that
+        pyserial would flush on open.
+        """
         master, slave = os.openpty()
         tty.setraw(slave)  # no echo, no line discipline, before any byte flows
-        self._pty = (master, slave)
-        self._link = _Link(fd=master)
         self.url = os.ttyname(slave)
+        os.close(slave)
+        os.set_blocking(master, False)
+        self._pty = master
         self._start()
         return self.url
 
@@ -270,11 +285,10 @@ class RapidTestSimulator:
             self._server.close()
             self._server = None
         if self._pty is not None:
-            for fd in self._pty:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            try:
+                os.close(self._pty)
+            except OSError:
+                pass
             self._pty = None
 
     # ------------------------------------------------------------ tests → messages
@@ -358,14 +372,18 @@ class RapidTestSimulator:
                 break
 
     def _plan_for(self, queued: _Queued) -> _Plan:
-        plan = _Plan()
-        if queued.attempts == 1 and (queued.test.number - 1) % self.fault_every == 0:
-            plan.stall = "stall" in self.faults
-            plan.abort = "abort" in self.faults
-            if "nak-storm" in self.faults:
-                self._storms += 1
+        """Deterministic faults for this attempt: each is played once per selected message."""
+        plan = _Plan(applied=queued.faulted)
+        if (queued.test.number - 1) % self.fault_every == 0:
+            todo = self.faults - queued.faulted
+            plan.stall = "stall" in todo
+            plan.abort = "abort" in todo
+            if "nak-storm" in todo:
+                if "storm-length" not in queued.faulted:
+                    self._storms += 1
+                    queued.faulted.add("storm-length")
                 plan.storm = MAX_FAILURES if self._storms % 2 == 0 else 3
-            if "bad-checksum" in self.faults:
+            if "bad-checksum" in todo:
                 plan.bad_checksum_frame = 1
         return plan
 
@@ -418,13 +436,17 @@ class RapidTestSimulator:
                 except (OSError, ConnectionError):
                     self._drop_link()
                     continue
+                if not data:
+                    continue
                 if pending_stall and current is not None and not sender.idle and sender.frame_index == 1:
                     pending_stall = False
+                    current.faulted.add("stall")
                     self._say(f"fault stall: silent for {self.stall_seconds:g} s in {current.test.sample_id}")
                     if self._stop.wait(self.stall_seconds):
                         break
                 if plan.abort and current is not None and not sender.idle and sender.frame_index == 2:
                     plan.abort = False
+                    current.faulted.add("abort")
                     self._say(f"fault abort: EOT in the middle of {current.test.sample_id}")
                     sender.abort(time.monotonic(), "fault: the instrument aborted mid-message")
                     self._flush(sender, plan)
@@ -445,8 +467,21 @@ class RapidTestSimulator:
             raise
 
     def _accept(self, wait: float) -> None:
+        """Wait for a host: a TCP connection, or someone opening the pty slave."""
         if self._server is None:
-            self._stop.wait(wait)
+            if self._pty is None:
+                self._stop.wait(wait)
+                return
+            try:
+                os.read(self._pty, 4096)   # a stray byte from a host that just opened: drop it
+            except BlockingIOError:
+                pass                       # the slave is open and quiet: a host is there
+            except OSError:
+                self._stop.wait(max(wait, 0.02))  # EIO: nobody has the slave open yet
+                return
+            self._link = _Link(fd=self._pty)
+            self._settle_until = time.monotonic() + 0.3  # pyserial flushes input while opening
+            self._say("host opened the pty")
             return
         readable, _, _ = select.select([self._server], [], [], wait)
         if not readable:
@@ -463,13 +498,11 @@ class RapidTestSimulator:
         self._say(f"host connected from {peer[0]}:{peer[1]}")
 
     def _drop_link(self) -> None:
-        if self._link is not None and self._link.sock is not None:
-            self._link.close()
-            self._link = None
-            self._say("host disconnected")
-        elif self._link is not None:
-            # A pty master that fails to read/write: nothing sensible left to do.
-            self._stop.set()
+        if self._link is None:
+            return
+        self._link.close()
+        self._link = None
+        self._say("host disconnected")
 
     def _handle_events(self, sender: AstmSender, current: _Queued | None) -> _Queued | None:
         while True:
@@ -524,9 +557,12 @@ class RapidTestSimulator:
         rng = self._fault_rng
         if plan.storm and index == 1 and plan.storm_done < plan.storm:
             plan.storm_done += 1
+            if plan.storm_done == plan.storm:
+                plan.applied.add("nak-storm")
             self.frames_corrupted += 1
             return self._bad_checksum(frame)
         if plan.bad_checksum_frame == index and attempt == 0:
+            plan.applied.add("bad-checksum")
             self.frames_corrupted += 1
             return self._bad_checksum(frame)
         if "bad-checksum" in self.faults and rng.random() < self.fault_rate:
