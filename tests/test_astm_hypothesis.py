@@ -33,7 +33,7 @@ from firmware_bridge.astm import (
 )
 from firmware_bridge.errors import ProtocolError
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 text = st.text(alphabet=st.characters(codec="latin-1"), max_size=12)
 components = st.tuples(text, text) | st.lists(text, min_size=2, max_size=5).map(tuple)

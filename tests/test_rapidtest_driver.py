@@ -19,11 +19,11 @@ from drivers.rapidtest import (
     RapidTestResult,
     results_from_transcript,
 )
-from simulators.rapidtest import RapidTestSimulator
+from simulators.rapidtest import FAULTS, RapidTestSimulator
 
 # Timers scaled down from 15 s / 30 s / 10 s so a fault costs a second, not a minute.
-FAST = dict(interval=0, reply_timeout=0.4, retry_delay=0.05, busy_delay=0.2, stall_seconds=1.0)
-RECEIVE_TIMEOUT = 0.6
+FAST = dict(interval=0, reply_timeout=0.4, retry_delay=0.05, busy_delay=0.2, stall_seconds=0.8)
+RECEIVE_TIMEOUT = 0.5
 
 
 def serve(sim: RapidTestSimulator, transport: str) -> str:
@@ -41,7 +41,7 @@ def collect(analyzer: RapidTestAnalyzer, sim: RapidTestSimulator, messages: int,
         assert time.monotonic() < until, "results took too long"
     assert sim.wait_delivered(10), "the simulator never saw its last message acknowledged"
     # Anything still in flight would be a duplicate: give it a moment to show up.
-    results.extend(analyzer.results(timeout=0.3))
+    results.extend(analyzer.results(timeout=0.15))
     return results
 
 
@@ -57,12 +57,12 @@ def check_against_simulator(results: list[RapidTestResult], sim: RapidTestSimula
 
 
 @pytest.mark.parametrize("transport", ["pty", "tcp"])
-@pytest.mark.parametrize("fault", [None, "noise", "nak-storm", "bad-checksum", "stall", "abort"])
+@pytest.mark.parametrize("fault", [None, "noise", "nak-storm", "bad-checksum", "stall", "abort", "all"])
 def test_driver_receives_every_result_exactly_once_despite_faults(transport, fault):
-    kind = "gold" if fault in ("noise", "stall", None) and transport == "tcp" else "pesticide"
+    kind = "gold" if fault in ("noise", "stall", None, "all") and transport == "tcp" else "pesticide"
     aborts: list[str] = []
-    sim = RapidTestSimulator(kind, tests=3, faults=[fault] if fault else [], fault_rate=0.3, fault_every=2,
-                             seed=11, **FAST)
+    faults = list(FAULTS) if fault == "all" else [fault] if fault else []
+    sim = RapidTestSimulator(kind, tests=3, faults=faults, fault_rate=0.3, fault_every=2, seed=11, **FAST)
     try:
         url = serve(sim, transport)
         with RapidTestAnalyzer(url, receive_timeout=RECEIVE_TIMEOUT,
@@ -82,7 +82,9 @@ def test_driver_receives_every_result_exactly_once_despite_faults(transport, fau
         assert any("no frame or EOT" in a for a in aborts)
     elif fault == "abort":
         assert sum("EOT before" in a for a in aborts) >= 2
-    if fault in ("nak-storm", "stall", "abort"):
+    elif fault == "all":
+        assert stats.rejected_frames >= 9 and len(aborts) >= 3
+    if fault in ("nak-storm", "stall", "abort", "all"):
         assert sim.aborted_sessions, "the fault must have cost the simulator a session"
 
 
@@ -131,6 +133,21 @@ def test_a_thousand_results_over_a_noisy_pty_arrive_once_each():
     assert sorted(ids) == [f"S{n:06d}" for n in range(1, 1001)]
     assert sim.frames_corrupted >= 100 and stats.rejected_frames >= 100
     assert elapsed < 60
+
+
+def test_baud_rate_pacing_takes_real_line_time():
+    baud = 4800
+    sim = RapidTestSimulator("pesticide", tests=1, baud=baud, seed=8, **FAST)
+    try:
+        with RapidTestAnalyzer(sim.serve_tcp(), baudrate=baud, receive_timeout=5) as analyzer:
+            started = time.monotonic()
+            result = next(analyzer.results(timeout=20))
+            elapsed = time.monotonic() - started
+    finally:
+        sim.stop()
+    line_time = len(result.transcript) * 10 / baud   # 8N1: ten bit times per byte
+    assert line_time > 0.8
+    assert elapsed >= 0.9 * line_time, f"{len(result.transcript)} bytes in {elapsed:.2f} s beats {baud} baud"
 
 
 def test_interrupt_request_makes_the_instrument_pause_and_resend():
