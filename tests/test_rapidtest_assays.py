@@ -66,3 +66,19 @@ def test_simulated_readings_cover_every_judgement():
     gold = {judge_gold(simulate_gold(rng))[1] for _ in range(500)}
     assert pesticide == {POSITIVE, NEGATIVE, INVALID}
     assert gold == {POSITIVE, NEGATIVE, SUSPICIOUS, INVALID}
+
+
+@pytest.mark.parametrize("kind", ["pesticide", "gold"])
+def test_simulator_messages_are_well_formed_e1394(kind):
+    from firmware_bridge.astm import check_structure, decode_message, encode_message
+    from simulators.rapidtest import RapidTestSimulator
+
+    sim = RapidTestSimulator(kind, seed=9)
+    for _ in range(50):
+        test = sim.make_test()
+        check_structure(test.records)
+        assert decode_message(encode_message(test.records)) == list(test.records)
+        results = [r for r in test.records if r.type == "R"]
+        assert len(results) == len(test.judgements) >= 1
+        for record, judgement in zip(results, test.judgements):
+            assert (record.component(9) == "X") == (judgement == INVALID)

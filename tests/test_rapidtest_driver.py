@@ -98,7 +98,7 @@ def test_result_fields_are_complete():
     assert result.instrument_id == "RT-PR-0001"
     assert (result.instrument_model, result.instrument_version) == ("RAPIDSIM-PR", "1.0")
     assert result.message_id == "M000001"
-    assert result.sample_id == "S000001" and "stall" in result.sample_description
+    assert result.sample_id == "S000001" and "market stall" in result.sample_description
     assert (result.item_code, result.item_name) == ("OPPEST", "Organophosphate and carbamate pesticides")
     assert (result.method, result.standard) == ("enzyme inhibition", "GB/T 5009.199-2003")
     assert result.unit == "%" and result.reference_range == "0^50" and result.cutoff == "50"

@@ -25,7 +25,7 @@ __all__ = [
     "POSITIVE", "NEGATIVE", "SUSPICIOUS", "INVALID",
     "PesticideSettings", "PesticideReading", "inhibition_percent", "judge_inhibition", "simulate_pesticide",
     "GoldSettings", "GoldReading", "judge_gold", "simulate_gold",
-    "TestItem", "PESTICIDE_ITEM", "GOLD_ITEMS", "SAMPLES",
+    "TestItem", "PESTICIDE_ITEM", "GOLD_ITEMS", "SAMPLES", "PRODUCE_SAMPLES", "ANIMAL_SAMPLES",
 ]
 
 POSITIVE = "positive"
@@ -51,11 +51,15 @@ GOLD_ITEMS = (
     TestItem("SAL", "Salbutamol", "colloidal gold T/C", "colloidal gold card (simulated)", "T/C"),
     TestItem("MG", "Malachite green", "colloidal gold T/C", "colloidal gold card (simulated)", "T/C"),
 )
-SAMPLES = (
+PRODUCE_SAMPLES = (
     ("Spinach", "leaf vegetable"), ("Chinese cabbage", "leaf vegetable"), ("Celery", "stem vegetable"),
-    ("Cowpea", "legume vegetable"), ("Leek", "allium vegetable"), ("Pork", "meat"),
-    ("Pork liver", "offal"), ("Grass carp", "aquatic product"), ("Shrimp", "aquatic product"),
+    ("Cowpea", "legume vegetable"), ("Leek", "allium vegetable"), ("Strawberry", "fruit"),
 )
+ANIMAL_SAMPLES = (
+    ("Pork", "meat"), ("Pork liver", "offal"), ("Beef", "meat"), ("Grass carp", "aquatic product"),
+    ("Shrimp", "aquatic product"),
+)
+SAMPLES = PRODUCE_SAMPLES + ANIMAL_SAMPLES
 
 
 # ---------------------------------------------------------------- pesticide

@@ -37,14 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", choices=KINDS, default="pesticide",
                         help="pesticide-residue enzyme-inhibition analyzer or colloidal-gold strip reader")
     parser.add_argument("--tests", type=int, default=None, metavar="N",
-                        help="stop after the host acknowledged N results (default: run forever)")
+                        help="stop once the host acknowledged N tests, one message each (default: run forever)")
     parser.add_argument("--interval", type=float, default=3.0, metavar="S", help="seconds between tests (3)")
     parser.add_argument("--tcp", type=int, default=None, metavar="PORT",
                         help="listen on 127.0.0.1:PORT instead of a pty (0 = any free port)")
     parser.add_argument("--baud", type=int, default=None, metavar="B",
                         help="pace output at a real line rate (8N1), e.g. 9600")
-    parser.add_argument("--fault", type=_faults, action="append", default=[], metavar="|".join(FAULTS),
-                        help="inject a fault; repeat the flag or separate by commas")
+    parser.add_argument("--fault", type=_faults, action="extend", nargs="+", default=[], metavar="FAULT",
+                        help=f"inject faults: {', '.join(FAULTS)} (several after one flag, comma-separated, "
+                             "or the flag repeated)")
     parser.add_argument("--fault-rate", type=float, default=0.1, metavar="P",
                         help="per-frame probability for noise / bad-checksum (0.1)")
     parser.add_argument("--fault-every", type=int, default=3, metavar="K",

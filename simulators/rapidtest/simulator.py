@@ -7,6 +7,14 @@ never forgets a result: a session that aborts (NAKs exhausted, timeout,
 receiver interrupt, deliberate abort) puts the message back at the head of
 its queue and retries after ``retry_delay`` seconds.
 
+Transports: a pty (the simulator holds only the master; until a host opens
+the slave, reading the master fails with EIO, so the simulator knows nobody
+is listening and sends nothing — like an instrument whose cable is not
+plugged in) or a TCP server (one host at a time; a newer connection replaces
+an older one).  After a host appears the first ENQ waits 0.3 s, because
+pyserial flushes input while it opens a port.  Results made while no host is
+there are queued, never dropped.
+
 Fault switches (each can be combined; ``fault_rate`` is the per-frame
 probability, ``fault_every`` picks the messages whose *first* attempt gets
 the deterministic faults, starting with the first message):
@@ -62,7 +70,8 @@ from simulators.rapidtest.assays import (
     NEGATIVE,
     PESTICIDE_ITEM,
     POSITIVE,
-    SAMPLES,
+    ANIMAL_SAMPLES,
+    PRODUCE_SAMPLES,
     GoldSettings,
     PesticideSettings,
     TestItem,
@@ -299,9 +308,10 @@ class RapidTestSimulator:
         number = self._produced
         now = self.clock().replace(microsecond=0)
         started = now - timedelta(minutes=3 if self.kind == "pesticide" else 10)
-        sample_name, category = SAMPLES[self._rng.randrange(len(SAMPLES))]
+        pool = PRODUCE_SAMPLES if self.kind == "pesticide" else ANIMAL_SAMPLES
+        sample_name, category = pool[self._rng.randrange(len(pool))]
         sample_id = f"S{number:06d}"
-        description = f"{sample_name} ({category}), stall {self._rng.randint(1, 40)}"
+        description = f"{sample_name} ({category}), market stall {self._rng.randint(1, 40)}"
         rows: list[tuple[TestItem, str, str, str, str, list[str]]] = []  # item, value, range, flag, status, comments
         judgements: list[str] = []
         if self.kind == "pesticide":
