@@ -62,7 +62,9 @@ def test_driver_receives_every_result_exactly_once_despite_faults(transport, fau
     kind = "gold" if fault in ("noise", "stall", None, "all") and transport == "tcp" else "pesticide"
     aborts: list[str] = []
     faults = list(FAULTS) if fault == "all" else [fault] if fault else []
-    sim = RapidTestSimulator(kind, tests=3, faults=faults, fault_rate=0.3, fault_every=2, seed=11, **FAST)
+    # nak-storm alternates a short (3) and a fatal (6) burst: it needs two selected messages.
+    every = 2 if fault in ("nak-storm", "all") else 3
+    sim = RapidTestSimulator(kind, tests=3, faults=faults, fault_rate=0.3, fault_every=every, seed=11, **FAST)
     try:
         url = serve(sim, transport)
         with RapidTestAnalyzer(url, receive_timeout=RECEIVE_TIMEOUT,
@@ -81,7 +83,7 @@ def test_driver_receives_every_result_exactly_once_despite_faults(transport, fau
     elif fault == "stall":
         assert any("no frame or EOT" in a for a in aborts)
     elif fault == "abort":
-        assert sum("EOT before" in a for a in aborts) >= 2
+        assert sum("EOT before" in a for a in aborts) >= 1
     elif fault == "all":
         assert stats.rejected_frames >= 9 and len(aborts) >= 3
     if fault in ("nak-storm", "stall", "abort", "all"):
