@@ -285,7 +285,8 @@ class RapidTestAnalyzer:
         self.on_abort = on_abort
         self.stats = RapidTestStats()
         self._poll_interval = poll_interval
-        self._receiver = AstmReceiver(timeout=receive_timeout, encoding=encoding)
+        self._receiver = AstmReceiver(timeout=receive_timeout, encoding=encoding, hold_message_ack=True)
+        self._held_digest: str | None = None
         self._pending: deque[RapidTestResult] = deque()
         self._seen: deque[str] = deque(maxlen=dedupe) if dedupe > 0 else deque(maxlen=0)
         self._dedupe = dedupe > 0
@@ -306,51 +307,56 @@ class RapidTestAnalyzer:
         ``timeout=None`` waits forever; otherwise the iterator ends once
         ``timeout`` seconds pass without a new result.  Raises
         :class:`RapidTestDisconnected` if the port goes away.
+
+        Delivery is at-least-once: the instrument gets the ACK for a message
+        only when this iterator is asked for the next item after the
+        message's last result (or you call :meth:`acknowledge`), so store
+        each result before moving on.  Stop iterating without acknowledging
+        (a crash, a ``break``) and the message is never confirmed: a new
+        ``results()`` iterator drops what is left of it, the instrument
+        re-sends it after its timer, and you see it again, whole, with the
+        same ``message_digest`` — deduplicate on that.
         """
+        if self._held_digest is not None:
+            self._abandon_held()
         idle_until = None if timeout is None else time.monotonic() + timeout
+        owed = False
         while True:
             while self._pending:
-                yield self._pending.popleft()
+                result = self._pending.popleft()
+                owed = True
+                yield result
                 if timeout is not None:
                     idle_until = time.monotonic() + timeout
+            if owed:
+                self.acknowledge()
+                owed = False
             if idle_until is not None and time.monotonic() >= idle_until:
                 return
-            self._pending.extend(self.poll())
+            self._pending.extend(self._poll(hold=True))
+
+    def acknowledge(self) -> None:
+        """Tell the instrument the results yielded so far are stored (releases the held final ACK)."""
+        if self._held_digest is not None and self._receiver.awaiting_acknowledgement:
+            self._receiver.acknowledge_message()
+            self._seen.append(self._held_digest)
+            self._write(self._receiver.data_to_send())
+        self._held_digest = None
+
+    def _abandon_held(self) -> None:
+        """Forget an unconfirmed message; its ACK is never sent, so the instrument re-sends it."""
+        dropped, self._held_digest = self._held_digest, None
+        self._pending = deque(r for r in self._pending if r.message_digest != dropped)
 
     def poll(self) -> list[RapidTestResult]:
         """Read what is there (waiting up to ``poll_interval``), answer it; return new results.
 
-        For callers that drive their own loop; :meth:`results` uses it.
+        For callers that drive their own loop; results returned here are
+        acknowledged to the instrument at once.
         """
-        port = self._require_open()
-        try:
-            data = port.read(1)
-            if data:
-                waiting = port.in_waiting
-                if waiting:
-                    data += port.read(waiting)
-        except (serial.SerialException, OSError) as exc:
-            raise RapidTestDisconnected(
-                f"rapid-test analyzer port {self.url!r} failed while reading: {exc}; "
-                "check the cable / that the analyzer is on, then open the port again"
-            ) from exc
-        now = time.monotonic()
-        if data:
-            self.stats.bytes_received += len(data)
-            self._receiver.receive_data(data, now)
-        deadline = self._receiver.deadline
-        if deadline is not None and now >= deadline:
-            self._receiver.handle_timeout(now)
-        reply = self._receiver.data_to_send()
-        if reply:
-            try:
-                port.write(reply)
-            except (serial.SerialException, OSError) as exc:
-                raise RapidTestDisconnected(
-                    f"rapid-test analyzer port {self.url!r} failed while writing: {exc}; "
-                    "check the cable / that the analyzer is on, then open the port again"
-                ) from exc
-        return self._collect()
+        if self._held_digest is not None:
+            self._abandon_held()
+        return self._poll(hold=False)
 
     def interrupt(self) -> None:
         """Ask the instrument to pause (E1381 receiver interrupt: EOT instead of the next ACK)."""
@@ -377,18 +383,65 @@ class RapidTestAnalyzer:
             raise RapidTestError(f"the analyzer on {self.url!r} is closed; create a new RapidTestAnalyzer")
         return self._port
 
-    def _collect(self) -> list[RapidTestResult]:
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        port = self._require_open()
+        try:
+            port.write(data)
+        except (serial.SerialException, OSError) as exc:
+            raise RapidTestDisconnected(
+                f"rapid-test analyzer port {self.url!r} failed while writing: {exc}; "
+                "check the cable / that the analyzer is on, then open the port again"
+            ) from exc
+
+    def _poll(self, hold: bool) -> list[RapidTestResult]:
+        port = self._require_open()
+        try:
+            data = port.read(1)
+            if data:
+                waiting = port.in_waiting
+                if waiting:
+                    data += port.read(waiting)
+        except (serial.SerialException, OSError) as exc:
+            raise RapidTestDisconnected(
+                f"rapid-test analyzer port {self.url!r} failed while reading: {exc}; "
+                "check the cable / that the analyzer is on, then open the port again"
+            ) from exc
+        now = time.monotonic()
+        if data:
+            self.stats.bytes_received += len(data)
+            self._receiver.receive_data(data, now)
+        deadline = self._receiver.deadline
+        if deadline is not None and now >= deadline:
+            self._receiver.handle_timeout(now)
+        new = self._collect(hold)
+        if self._held_digest is not None and not self._receiver.awaiting_acknowledgement:
+            # The instrument gave up waiting for our ACK: it will send the message
+            # again, so drop what is still queued of it rather than deliver it twice.
+            dropped = self._held_digest
+            self._abandon_held()
+            new = [r for r in new if r.message_digest != dropped]
+        self._write(self._receiver.data_to_send())
+        return new
+
+    def _collect(self, hold: bool) -> list[RapidTestResult]:
         new: list[RapidTestResult] = []
         while (event := self._receiver.next_event()) is not NEED_DATA:
             if isinstance(event, MessageReceived):
                 digest = hashlib.sha256(event.text).hexdigest()
                 if self._dedupe and digest in self._seen:
                     self.stats.duplicates += 1
+                    self._receiver.acknowledge_message()   # already stored once: just confirm
                     continue
-                self._seen.append(digest)
                 self.stats.messages += 1
                 results = results_from_message(event.records, event.transcript, event.text)
                 self.stats.results += len(results)
+                if hold and results:
+                    self._held_digest = digest
+                else:
+                    self._receiver.acknowledge_message()
+                    self._seen.append(digest)
                 new.extend(results)
             elif isinstance(event, SessionAborted):
                 self.stats.aborted_sessions += 1

@@ -704,9 +704,17 @@ class AstmReceiver(_Endpoint):
     Bytes outside frames that are not ENQ/EOT are line noise and ignored; an
     STX inside a frame restarts the frame.  Nothing here ever raises on
     remote input.
+
+    ``hold_message_ack=True`` withholds the ACK of the frame that completes a
+    message until the caller calls :meth:`acknowledge_message` — i.e. until
+    it has safely stored the result.  The instrument keeps the message until
+    that ACK, so a crash in between costs a re-send, never a result.  If the
+    sender gives up first (EOT after its 15 s timer), the held ACK is dropped
+    and the instrument will send the message again.
     """
 
-    def __init__(self, *, timeout: float = RECEIVER_TIMEOUT, encoding: str = "latin-1") -> None:
+    def __init__(self, *, timeout: float = RECEIVER_TIMEOUT, encoding: str = "latin-1",
+                 hold_message_ack: bool = False) -> None:
         super().__init__()
         if timeout <= 0:
             raise LocalProtocolError("receiver timeout must be positive")
@@ -714,6 +722,7 @@ class AstmReceiver(_Endpoint):
         self.timeout = timeout
         self.encoding = encoding
         self.busy = False
+        self.hold_message_ack = hold_message_ack
         self._interrupt = False
         self._state = _RxState.IDLE
         self._frame: bytearray | None = None
@@ -725,6 +734,17 @@ class AstmReceiver(_Endpoint):
     @property
     def receiving(self) -> bool:
         return self._state is _RxState.RECEIVING
+
+    @property
+    def awaiting_acknowledgement(self) -> bool:
+        """A completed message's final ACK is being held for :meth:`acknowledge_message`."""
+        return self._held
+
+    def acknowledge_message(self) -> None:
+        """Release the held ACK of the last completed message (no-op when nothing is held)."""
+        if self._held:
+            self._held = False
+            self._reply_ok()
 
     def interrupt(self) -> None:
         """Ask the sender to stop: the next good frame is answered with EOT instead of ACK."""
@@ -770,6 +790,7 @@ class AstmReceiver(_Endpoint):
     # -- internals
 
     def _reset_session(self) -> None:
+        self._held = False
         self._last_fn: int | None = None
         self._text = bytearray()
         self._transcript = bytearray()
@@ -875,7 +896,8 @@ class AstmReceiver(_Endpoint):
             return
         self._deadline = now + self.timeout
         if self._last_fn is not None and frame.fn == self._last_fn:
-            self._reply_ok()  # a retransmission of a frame we already took: our ACK was lost
+            if not self._held:  # (while an ACK is held the sender must keep waiting for it)
+                self._reply_ok()  # a retransmission of a frame we already took: our ACK was lost
             return
         expected = 1 if self._last_fn is None else (self._last_fn + 1) % 8
         if frame.fn != expected:
@@ -883,11 +905,15 @@ class AstmReceiver(_Endpoint):
             return
         self._last_fn = frame.fn
         self._text += frame.text
-        self._reply_ok()
-        if frame.final:
-            self._take_records()
+        completed = self._take_records() if frame.final else False
+        if completed and self.hold_message_ack:
+            self._held = True
+        else:
+            self._reply_ok()
 
-    def _take_records(self) -> None:
+    def _take_records(self) -> bool:
+        """Decode the records of a finished ETX frame; True when one completed a message."""
+        completed = False
         text = bytes(self._text)
         self._text.clear()
         lines = text.split(b"\r")
@@ -922,6 +948,8 @@ class AstmReceiver(_Endpoint):
                                                     bytes(self._message_text)))
                 self._transcript.clear()
                 self._reset_message()
+                completed = True
+        return completed
 
 
 # ---------------------------------------------------------------- sender

@@ -316,3 +316,32 @@ def test_two_messages_in_one_session_each_get_their_transcript():
     assert [type(e) for e in got] == [MessageReceived, MessageReceived, SessionEnded]
     assert got[0].transcript + got[1].transcript + bytes([EOT]) == wire
     assert len(got[1].records) == len(message(2))
+
+
+def test_receiver_can_hold_the_final_ack_until_the_result_is_stored():
+    sender, receiver = AstmSender(), AstmReceiver(hold_message_ack=True)
+    msg = message()
+    sender.send_message(msg, 0.0)
+    pump(sender, receiver)
+    assert isinstance(events(receiver)[0], MessageReceived)
+    assert receiver.awaiting_acknowledgement and not sender.idle
+    # A retransmission of the final frame while the ACK is held gets no reply either.
+    receiver.receive_data(sender.frames[-1], 1.0)
+    assert receiver.data_to_send() == b""
+    receiver.acknowledge_message()
+    pump(sender, receiver)
+    assert events(sender) == [MessageSent(msg)]
+    assert not receiver.awaiting_acknowledgement and not receiver.receiving
+
+
+def test_held_ack_is_dropped_when_the_sender_gives_up():
+    sender, receiver = AstmSender(), AstmReceiver(hold_message_ack=True)
+    msg = message()
+    sender.send_message(msg, 0.0)
+    pump(sender, receiver)
+    sender.handle_timeout(15.0)
+    pump(sender, receiver, 15.0)
+    assert isinstance(events(sender)[-1], SessionAborted)
+    assert not receiver.awaiting_acknowledgement
+    receiver.acknowledge_message()
+    assert receiver.data_to_send() == b""

@@ -37,6 +37,7 @@ def collect(analyzer: RapidTestAnalyzer, sim: RapidTestSimulator, messages: int,
     for result in analyzer.results(timeout=limit):
         results.append(result)
         if len({r.sample_id for r in results}) == messages and result.result_index == result.results_in_message:
+            analyzer.acknowledge()  # stopping early: confirm the last message explicitly
             break
         assert time.monotonic() < until, "results took too long"
     assert sim.wait_delivered(10), "the simulator never saw its last message acknowledged"
@@ -204,5 +205,24 @@ def test_timeout_ends_the_iterator_when_nothing_arrives():
             start = time.monotonic()
             assert list(analyzer.results(timeout=0.3)) == []
             assert 0.25 <= time.monotonic() - start < 3
+    finally:
+        sim.stop()
+
+
+def test_a_message_is_acknowledged_only_after_the_consumer_moved_on():
+    """At-least-once: stop without acknowledging and the instrument sends the message again."""
+    sim = RapidTestSimulator("gold", tests=1, seed=6, **FAST)
+    try:
+        with RapidTestAnalyzer(sim.serve_pty(), receive_timeout=RECEIVE_TIMEOUT) as analyzer:
+            first = next(analyzer.results(timeout=10))
+            # Leftover results of that message (gold may carry several) are still queued;
+            # we drop the iterator instead, as a crashing consumer would.
+            assert not sim.finished
+            time.sleep(FAST["reply_timeout"] + 0.2)          # the instrument's timer runs out
+            assert not sim.finished and sim.aborted_sessions  # nothing was confirmed
+            again = [r for r in analyzer.results(timeout=3) if r.result_index == 1]
+            assert again and again[0].sample_id == first.sample_id
+            assert again[0].message_digest == first.message_digest
+            assert sim.wait_delivered(5)
     finally:
         sim.stop()
