@@ -723,6 +723,7 @@ class AstmReceiver(_Endpoint):
         self.encoding = encoding
         self.busy = False
         self.hold_message_ack = hold_message_ack
+        self._held = False
         self._interrupt = False
         self._state = _RxState.IDLE
         self._frame: bytearray | None = None
