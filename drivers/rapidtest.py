@@ -337,11 +337,15 @@ class RapidTestAnalyzer:
 
     def acknowledge(self) -> None:
         """Tell the instrument the results yielded so far are stored (releases the held final ACK)."""
-        if self._held_digest is not None and self._receiver.awaiting_acknowledgement:
-            self._receiver.acknowledge_message()
-            self._seen.append(self._held_digest)
-            self._write(self._receiver.data_to_send())
+        if self._held_digest is None:
+            return
+        # Stored by the consumer: never report it again, even if the instrument,
+        # tired of waiting, already gave up and will re-send it.
+        self._seen.append(self._held_digest)
         self._held_digest = None
+        if self._receiver.awaiting_acknowledgement:
+            self._receiver.acknowledge_message()
+            self._write(self._receiver.data_to_send())
 
     def _abandon_held(self) -> None:
         """Forget an unconfirmed message; its ACK is never sent, so the instrument re-sends it."""

@@ -250,3 +250,13 @@ def test_link_with_single_byte_corruption_never_delivers_a_damaged_message(seed,
         assert delivered, "a moderately noisy link must still get the message through"
     for event in delivered:
         assert event.records == msg
+
+
+@FAST
+@given(st.lists(records, max_size=10))
+def test_result_mapping_never_raises_on_odd_but_decodable_messages(body):
+    from drivers.rapidtest import results_from_message
+
+    msg = [Record("H", ("\\^&",))] + body + [Record("L", ("1", "N"))]
+    results = results_from_message(msg, b"", encode_message(msg))
+    assert len(results) == sum(r.type == "R" for r in body)

@@ -11,9 +11,9 @@ from drivers.rapidtest import RapidTestAnalyzer, RapidTestDisconnected
 from tests.conftest import run_egw, spawn_egw
 
 
-def _stop(proc) -> tuple[int, str]:
+def _stop(proc, signum: int = signal.SIGTERM) -> tuple[int, str]:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
     try:
         _, err = proc.communicate(timeout=15)
     except Exception:
@@ -48,7 +48,8 @@ def test_egw_simulate_rapidtest_over_tcp_three_tests():
             proc.communicate()
 
 
-def test_egw_simulate_rapidtest_pty_forever_ends_cleanly_on_sigterm():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_egw_simulate_rapidtest_pty_forever_ends_cleanly_on_signal(signum):
     proc = spawn_egw("simulate", "rapidtest", "--kind", "gold", "--interval", "0.1", "--fault", "noise,bad-checksum",
                      "--fault-rate", "0.2", "--reply-timeout", "1", "--retry-delay", "0.1")
     try:
@@ -57,7 +58,7 @@ def test_egw_simulate_rapidtest_pty_forever_ends_cleanly_on_sigterm():
         with RapidTestAnalyzer(path) as analyzer:
             first = next(analyzer.results(timeout=20))
         assert first.sample_id == "S000001" and first.unit == "T/C"
-        code, err = _stop(proc)
+        code, err = _stop(proc, signum)
         assert code == 0, err
         assert "stopped after" in err
     finally:

@@ -226,3 +226,23 @@ def test_a_message_is_acknowledged_only_after_the_consumer_moved_on():
             assert sim.wait_delivered(5)
     finally:
         sim.stop()
+
+
+def test_a_slow_consumer_that_outlives_the_instrument_timer_gets_each_message_once():
+    sim = RapidTestSimulator("pesticide", tests=2, seed=12, **FAST)
+    seen: list[str] = []
+    try:
+        with RapidTestAnalyzer(sim.serve_pty(), receive_timeout=RECEIVE_TIMEOUT) as analyzer:
+            for result in analyzer.results(timeout=5):
+                seen.append(result.sample_id)
+                if len(seen) == 1:
+                    time.sleep(FAST["reply_timeout"] + 0.3)  # storing took longer than the sender waits
+                if len(set(seen)) == 2:
+                    analyzer.acknowledge()
+                    break
+            assert sim.wait_delivered(5)
+            seen += [r.sample_id for r in analyzer.results(timeout=0.5)]
+            assert analyzer.stats.duplicates >= 1   # the re-sent first message was recognised
+    finally:
+        sim.stop()
+    assert seen == ["S000001", "S000002"]
