@@ -18,6 +18,14 @@ An instrument that re-sends a message it already delivered (its last ACK
 was lost) is recognised by the SHA-256 of the message text and not
 reported twice (``dedupe``).
 
+Nothing is confirmed before it is stored: the ACK of a message's last frame
+is held until the consumer of :meth:`RapidTestAnalyzer.results` asks for the
+item after that message's last result (or calls ``acknowledge()``).  The
+instrument keeps a message until that ACK, so a gateway that dies while
+storing a result gets it again after restart (at-least-once; deduplicate
+on ``message_digest``).  Hold the iterator for less than the instrument's
+15 s timer.
+
 Errors::
 
     DriverError                    (drivers.errors)

@@ -262,6 +262,8 @@ class RapidTestSimulator:
         return self.url
 
     def _start(self) -> None:
+        if self.tests == 0:
+            self._done.set()
         self._thread = threading.Thread(target=self._run, name=f"rapidtest-sim-{self.kind}", daemon=True)
         self._thread.start()
 
