@@ -263,3 +263,14 @@ def test_receiver_reports_undecodable_records_and_recovers_with_the_next_message
     assert isinstance(got[0], SessionAborted) and "utf-8" in got[0].reason
     assert isinstance(got[1], MessageReceived) and [r.type for r in got[1].records] == ["H", "L"]
     assert got[2] == SessionEnded("EOT")
+
+
+def test_query_and_manufacturer_records_round_trip():
+    query = decode_record("Q|1|^S000001||^^^ALL||20240101000000^20240102000000|||||||O")
+    assert query.component(3, 2) == "S000001" and query.component(5, 4) == "ALL"
+    assert query.component(7, 2) == "20240102000000" and query.get(14) == "O"
+    assert encode_record(query) == "Q|1|^S000001||^^^ALL||20240101000000^20240102000000|||||||O"
+    vendor = decode_record("M|1|DY3500|lamp^412nm")
+    assert vendor.type == "M" and vendor.get(4) == ("lamp", "412nm")
+    message = assign_sequence_numbers([Record("H"), query, Record("L", ("1", "F"))])
+    check_structure(message)
