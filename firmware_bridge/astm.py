@@ -57,6 +57,19 @@ Field values in :class:`Record` are modelled as::
 Decoding always yields this canonical form (trailing empty fields dropped);
 ``decode_record(encode_record(r)) == r`` for every canonical record.
 
+Driving a state machine (the receiver here; the sender is symmetrical, with
+``send_message(records, now)`` to start)::
+
+    rx = AstmReceiver()
+    while True:
+        data = port.read_some(timeout=...)            # the caller's I/O
+        rx.receive_data(data, now())
+        if rx.deadline is not None and now() >= rx.deadline:
+            rx.handle_timeout(now())
+        port.write(rx.data_to_send())                  # ACK / NAK / EOT
+        while (event := rx.next_event()) is not NEED_DATA:
+            ...                                        # MessageReceived, SessionAborted, …
+
 Errors (all from :mod:`firmware_bridge.errors`): ``FrameError`` (structure,
 bad record type, undecodable text), ``ChecksumError``, ``LengthError``;
 ``LocalProtocolError`` when *our* caller asks for something unsendable.  The
