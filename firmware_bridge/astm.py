@@ -727,7 +727,7 @@ class AstmReceiver(_Endpoint):
     """
 
     def __init__(self, *, timeout: float = RECEIVER_TIMEOUT, encoding: str = "latin-1",
-                 hold_message_ack: bool = False) -> None:
+                 hold_message_ack: bool = False, max_message: int = 4 * 1024 * 1024) -> None:
         super().__init__()
         if timeout <= 0:
             raise LocalProtocolError("receiver timeout must be positive")
@@ -736,6 +736,7 @@ class AstmReceiver(_Endpoint):
         self.encoding = encoding
         self.busy = False
         self.hold_message_ack = hold_message_ack
+        self.max_message = max_message
         self._held = False
         self._interrupt = False
         self._state = _RxState.IDLE
@@ -791,6 +792,10 @@ class AstmReceiver(_Endpoint):
                     self._abort("the sender started a new session (ENQ) in the middle of a message")
                 self._start_session(now)
             # anything else between frames is line noise
+        if len(self._transcript) > self.max_message:
+            # A sender that never finishes a message must not exhaust our memory.
+            self._abort(f"message exceeds {self.max_message} bytes without an L record; discarded")
+            self._discarding = True
 
     def handle_timeout(self, now: float) -> None:
         if self._deadline is None or now < self._deadline:

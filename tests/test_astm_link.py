@@ -345,3 +345,21 @@ def test_held_ack_is_dropped_when_the_sender_gives_up():
     assert not receiver.awaiting_acknowledgement
     receiver.acknowledge_message()
     assert receiver.data_to_send() == b""
+
+
+def test_a_message_that_never_ends_is_cut_off_at_max_message():
+    receiver = AstmReceiver(max_message=2000)
+    receiver.receive_data(bytes([ENQ]), 0.0)
+    from firmware_bridge.astm import encode_frame
+    fn = 1
+    receiver.receive_data(encode_frame(fn, b"H|\\^&\r", True), 0.0)
+    for _ in range(30):
+        fn = (fn + 1) % 8
+        receiver.receive_data(encode_frame(fn, b"C|1|I|" + b"x" * 200 + b"\r", True), 0.0)
+    got = events(receiver)
+    assert isinstance(got[0], SessionAborted) and "2000 bytes" in got[0].reason
+    assert receiver.data_to_send() == bytes([ACK] * 32)  # still answering: the session goes on
+    # The next complete message is still received.
+    fn = (fn + 1) % 8
+    receiver.receive_data(encode_frame(fn, b"H|\\^&\r", True) + encode_frame((fn + 1) % 8, b"L|1|N\r", True), 0.0)
+    assert isinstance(events(receiver)[0], MessageReceived)
