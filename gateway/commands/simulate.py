@@ -18,6 +18,7 @@ SIMULATORS: dict[str, str] = {
     "signpad": "simulators.signpad.cli",
     "fingerprint": "simulators.fingerprint.cli",
     "platform": "simulators.platform.cli",
+    "rapidtest": "simulators.rapidtest.cli",
 }
 
 
