@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "gateway.commands.run",
     "gateway.commands.sign",
     "gateway.commands.dock",
+    "gateway.commands.rapidtest",
     "gateway.commands.simulate",
     "gateway.commands.demo",
     "gateway.commands.enroll",
