@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,7 +41,10 @@ class Component(Protocol):
 # kind -> factory(runtime, device config) returning the coroutine that watches/serves that device entry
 DeviceWatcherFactory = Callable[["Runtime", DeviceConfig], Awaitable[None]]
 DEVICE_WATCHERS: dict[str, str] = {
-    # kind: "module:function"; filled as device workflows land
+    "bodycam": "gateway.service.devices:watch_bodycams",
+    "rapidtest": "gateway.service.devices:watch_rapidtest",
+    "fingerprint": "gateway.service.devices:watch_presence",
+    "signpad": "gateway.service.devices:watch_presence",
 }
 
 
@@ -59,7 +63,7 @@ class Runtime:
         self.supervisor = Supervisor(on_error=lambda name, exc: self.metrics.errors.labels(kind="device").inc())
         self.components: list[Component] = []
         self.stopping = asyncio.Event()
-        self.copy_slots = asyncio.Semaphore(config.parallel_copies)
+        self.thread_copy_slots = threading.Semaphore(config.parallel_copies)  # shared by every recorder's copies
         self.screen_url = ""
         self.metrics_url = ""
         self._reload_requested = False

@@ -73,6 +73,13 @@ class Station:
             payload = asdict(card)
         self._publish({"type": "device", "device": payload})
 
+    def forget_device(self, device_id: str) -> None:
+        """Drop a card entirely (a placeholder replaced by the device's real identity)."""
+        with self._lock:
+            if self.devices.pop(device_id, None) is None:
+                return
+        self._publish({"type": "device-removed", "device_id": device_id})
+
     def add_result(self, result: dict[str, Any]) -> None:
         with self._lock:
             self.results.appendleft(result)

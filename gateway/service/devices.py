@@ -1,0 +1,244 @@
+"""Device watchers for ``egw run``: discovery plus the workflow each device runs.
+
+Each watcher is an ``async`` function the supervisor keeps alive: it raises
+when its device fails (the supervisor backs off and restarts it) and returns
+only when told to stop. Blocking driver calls run in threads.
+
+* body cameras on a USB/IP server (``usbip = "HOST:PORT"``) are found by
+  polling its device list; local USB recorders (``usb = "VID:PID"``) by
+  polling pyusb. Each new recorder gets a dock session: ingest, wait for
+  receipts (the uploader runs alongside), release per policy, and a station
+  card that says "safe to undock" only when that holds.
+* rapid-test analyzers on a serial port (a path, a pyserial URL, or found by
+  USB VID:PID through ``serial.tools.list_ports``) stream results into the
+  rapid-test pipeline.
+* fingerprint readers and signature pads are used by signing sessions
+  (``egw sign``); their watcher shows whether they are connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from gateway.config import DeviceConfig
+from gateway.errors import DeviceError, GatewayError
+
+if TYPE_CHECKING:
+    from gateway.service.runtime import Runtime
+    from gateway.workflows.dock import DockSession, DockWorkflow
+
+__all__ = ["watch_bodycams", "watch_rapidtest", "watch_presence"]
+
+log = logging.getLogger("egw.devices")
+POLL_S = 1.0
+
+
+# ---- body-worn cameras ------------------------------------------------------------------
+
+def _bodycam_urls(device: DeviceConfig) -> dict[str, str]:
+    """{usb serial or busid: url} of the recorders present now."""
+    from drivers.bodycam import lookup_model
+
+    found: dict[str, str] = {}
+    if device.usbip:
+        from firmware_bridge.usb_transport import list_usbip_devices
+
+        host, _, port = device.usbip.rpartition(":")
+        for exported in list_usbip_devices(host, int(port)):
+            if lookup_model(exported.vid, exported.pid) is not None:
+                found[exported.serial or exported.busid] = f"usbip://{device.usbip}/{exported.busid}"
+    if device.usb:
+        import usb.core
+
+        vid, pid = (int(x, 16) for x in device.usb.split(":"))
+        for dev in usb.core.find(find_all=True, idVendor=vid, idProduct=pid) or []:
+            serial = getattr(dev, "serial_number", None) or f"{dev.bus}-{dev.address}"
+            found[serial] = f"usb://{device.usb}/{serial}"
+    return found
+
+
+async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
+    from gateway.workflows.dock import DockWorkflow
+
+    enrolled = (runtime.service.identity.directory / "platform.pem").exists()
+    active: dict[str, asyncio.Task[None]] = {}
+    listeners: dict[str, Any] = {}  # url -> that recorder's progress callback
+
+    def progress(session: "DockSession", event: str, n: int) -> None:
+        listener = listeners.get(session.url)
+        if listener is not None:
+            listener(session, event, n)
+
+    workflow = DockWorkflow(runtime.service, locator=device.volumes or "/run/egw/volumes/{serial}",
+                            password=device.password, release_policy=runtime.config.release, progress=progress,
+                            copy_slots=runtime.thread_copy_slots, platform_enrolled=enrolled)
+    try:
+        while not runtime.stopping.is_set():
+            try:
+                present = await asyncio.to_thread(_bodycam_urls, device)
+            except Exception as exc:  # the server itself is down: let the supervisor back off
+                raise DeviceError(f"{device.name}: cannot list recorders: {exc}") from exc
+            for key, url in present.items():
+                task = active.get(key)
+                if task is None or task.done():
+                    active[key] = asyncio.create_task(_dock_one(runtime, device, workflow, url, listeners), name=f"dock:{url}")
+            await asyncio.sleep(POLL_S)
+    finally:
+        for task in active.values():
+            task.cancel()
+        await asyncio.gather(*active.values(), return_exceptions=True)
+
+
+async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWorkflow", url: str,
+                    listeners: dict[str, Any]) -> None:
+    station = runtime.station
+    card_id = url
+
+    def progress(session: "DockSession", event: str, n: int) -> None:
+        nonlocal card_id
+        if event == "identified":
+            if card_id != session.device_id:
+                station.forget_device(card_id)
+            card_id = session.device_id
+            station.update_device(card_id, "bodycam", name=f"{device.name} · {session.serial}", state="offloading",
+                                  officer_name=session.officer_name, officer_no=session.officer_no, unit=session.unit_no,
+                                  battery_percent=session.battery_percent, clock_offset_s=session.clock_offset_s,
+                                  detail="copying recordings", safe_to_undock=False)
+        elif event == "scanned":
+            station.update_device(card_id, "bodycam", files_total=len(session.recordings), bytes_total=session.bytes_total)
+        elif event == "bytes":
+            card = station.devices.get(card_id)
+            station.update_device(card_id, "bodycam", bytes_ingested=(card.bytes_ingested if card else 0) + n)
+            runtime.metrics.bytes_ingested.inc(n)
+        elif event == "ingested":
+            done = sum(1 for r in session.recordings if r.evidence_id)
+            station.update_device(card_id, "bodycam", files_ingested=done)
+
+    listeners[url] = progress
+    station.update_device(card_id, "bodycam", name=device.name, state="docked", detail="reading identity")
+    try:
+        session = await asyncio.to_thread(workflow.attach, url)
+    except GatewayError as exc:
+        station.update_device(card_id, "bodycam", state="error", detail=str(exc), safe_to_undock=False)
+        runtime.metrics.errors.labels(kind="dock").inc()
+        log.warning("dock %s failed: %s", url, exc)
+        await asyncio.sleep(5)  # the recorder stays listed until re-plugged; do not hammer it
+        return
+    # Wait for receipts (the uploader runs in the same process), releasing as they arrive.
+    while not runtime.stopping.is_set():
+        await asyncio.to_thread(workflow.release, session)
+        summary = await asyncio.to_thread(workflow.summary, session)
+        receipted = sum(1 for r in summary["recordings"] if r["state"] in ("receipted", "released"))
+        released = sum(1 for r in summary["recordings"] if r["released"])
+        safe = summary["safe_to_undock"]
+        waiting = "waiting for platform receipts" if not safe else "every recording is safe"
+        station.update_device(card_id, "bodycam", state="safe" if safe else "waiting-for-receipts", safe_to_undock=safe,
+                              files_receipted=receipted, files_released=released, detail=waiting)
+        if safe and (workflow.release_policy != "receipt" or released == len(summary["recordings"]) or not workflow.platform_enrolled):
+            break
+        if session.volume is not None and not session.volume.present():
+            station.update_device(card_id, "bodycam", state="undocked" if safe else "error", safe_to_undock=False,
+                                  detail="undocked" if safe else "undocked before every recording was safe: re-dock it")
+            return
+        await asyncio.sleep(POLL_S)
+    # Stay on the screen until the recorder is unplugged.
+    while not runtime.stopping.is_set() and session.volume is not None and session.volume.present():
+        await asyncio.sleep(POLL_S)
+    station.remove_device(card_id)
+
+
+# ---- rapid-test analyzers -----------------------------------------------------------------
+
+def _serial_url(device: DeviceConfig) -> str | None:
+    if device.port:
+        if "://" in device.port or os.path.exists(device.port):
+            return device.port
+        return None
+    if device.usb:
+        from serial.tools import list_ports
+
+        vid, pid = (int(x, 16) for x in device.usb.split(":"))
+        for port in list_ports.comports():
+            if port.vid == vid and port.pid == pid:
+                return str(port.device)
+    return None
+
+
+async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
+    from drivers.rapidtest import RapidTestAnalyzer, RapidTestError
+    from gateway.workflows.rapidtest import RapidTestPipeline
+
+    card_id = f"rapidtest:{device.name}"
+    url = _serial_url(device)
+    if url is None:
+        runtime.station.update_device(card_id, "rapidtest", name=device.name, state="undocked", detail="not connected")
+        await asyncio.sleep(POLL_S)
+        raise DeviceError(f"{device.name}: port {device.port or device.usb} is not present")
+    pipeline = RapidTestPipeline(runtime.service, inspector_id=runtime.config.inspector_id, site=runtime.config.site,
+                                 publishers=[lambda r: runtime.station.add_result({**_result_row(r.document), "evidence_id": r.evidence_id,
+                                                                                   "delivery": "signed, queued"})])
+    stop = threading.Event()
+
+    def serve() -> None:
+        with RapidTestAnalyzer(url, baudrate=device.baud) as analyzer:
+            runtime.station.update_device(card_id, "rapidtest", name=device.name, state="docked", detail=f"listening on {url}")
+            while not stop.is_set():
+                for result in analyzer.results(timeout=0.5):
+                    pipeline.record(result)
+                    if stop.is_set():
+                        analyzer.acknowledge()
+                        return
+
+    try:
+        await asyncio.to_thread(serve)
+    except RapidTestError as exc:
+        runtime.station.update_device(card_id, "rapidtest", name=device.name, state="error", detail=str(exc))
+        raise DeviceError(f"{device.name}: {exc}") from exc
+    except asyncio.CancelledError:
+        stop.set()
+        raise
+
+
+def _result_row(document: dict[str, Any]) -> dict[str, Any]:
+    return {"sample_id": document["sample"]["id"], "sample_description": document["sample"]["description"],
+            "item_code": document["item"]["code"], "item_name": document["item"]["name"], "value": document["value"],
+            "unit": document["unit"], "judgement": document["judgement"], "tested_at": document["tested_at_instrument_clock"],
+            "at": document["received_at"]}
+
+
+# ---- devices used by signing sessions ------------------------------------------------------
+
+async def watch_presence(runtime: "Runtime", device: DeviceConfig) -> None:
+    card_id = f"{device.kind}:{device.name}"
+    while not runtime.stopping.is_set():
+        present = await asyncio.to_thread(_present, device)
+        runtime.station.update_device(card_id, device.kind, name=device.name, state="docked" if present else "undocked",
+                                      detail="ready for signing sessions (egw sign)" if present else "not connected")
+        await asyncio.sleep(5 * POLL_S)
+
+
+def _present(device: DeviceConfig) -> bool:
+    if device.port:
+        if device.port.startswith("socket://"):
+            import socket
+
+            host, _, port = device.port.removeprefix("socket://").rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return True
+            except OSError:
+                return False
+        return "://" in device.port or os.path.exists(device.port)
+    if device.usbip:
+        from firmware_bridge.usb_transport import list_usbip_devices
+
+        host, _, port = device.usbip.rpartition(":")
+        try:
+            return bool(list_usbip_devices(host, int(port)))
+        except Exception:  # noqa: BLE001 - presence only
+            return False
+    return _serial_url(device) is not None
