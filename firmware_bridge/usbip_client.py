@@ -147,7 +147,7 @@ class UsbIpClient:
                 data_or_length: bytes | int, timeout_ms: int | None = None) -> bytes | int:
         """A control transfer on endpoint 0: bytes for IN, the count written for OUT."""
         if request_type & 0x80:
-            length = int(data_or_length)  # type: ignore[arg-type]
+            length = int(data_or_length)
             setup = SetupPacket(request_type, request, value, index, length).to_bytes()
             ret = self._submit(DIR_IN, 0, length, setup, b"", timeout_ms, "control IN")
             return ret.data
