@@ -170,6 +170,10 @@ class UsbIpServer:
             sessions = list(self._sessions)
         for session in sessions:
             session.wake()
+            try:  # also unblocks a sendall to a client that stopped reading
+                session.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for session in sessions:
             session.thread.join(timeout=5)
 

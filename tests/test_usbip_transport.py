@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import resource
 import shutil
@@ -15,7 +16,7 @@ import usb.core
 
 from firmware_bridge.errors import TransportClosed, TransportError, TransportTimeout, UsbError, UsbStall
 from firmware_bridge.usb import EndpointSpec, InterfaceSpec, SetupPacket, UsbDeviceBase
-from firmware_bridge.usb_transport import UsbIpBackend, list_usbip_devices, open_usb_device, parse_usb_url
+from firmware_bridge.usb_transport import UsbIpBackend, _translate, list_usbip_devices, open_usb_device, parse_usb_url
 from firmware_bridge.usbip_client import UsbIpClient
 from firmware_bridge.usbip_server import UsbIpServer
 
@@ -277,3 +278,25 @@ def test_debian_usbip_tool_lists_our_devices(server: UsbIpServer, echo: EchoDevi
     assert "1-1:" in out and "(1209:0001)" in out and "(ff/01/02)" in out
     assert "2-1:" in out and "Mass Storage / SCSI / Bulk-Only (08/06/50)" in out
     assert "serial:7654321" in out
+
+
+def test_usb_url_without_hardware_is_a_clear_transport_error() -> None:
+    with pytest.raises(TransportError, match=r"usb://1209:00ee/NOPE: (no USB device 1209:00ee|pyusb found no libusb)"):
+        open_usb_device("usb://1209:00ee/NOPE")
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected", "words"),
+    [
+        (usb.core.USBTimeoutError("Operation timed out", -7, errno.ETIMEDOUT), TransportTimeout, "timed out"),
+        (usb.core.USBError("Pipe error", -9, errno.EPIPE), UsbStall, "stalled"),
+        (usb.core.USBError("No such device (it may have been disconnected)", -4, errno.ENODEV), TransportClosed,
+         "disappeared"),
+        (usb.core.USBError("Access denied (insufficient permissions)", -3, errno.EACCES), UsbError, "udev"),
+        (usb.core.USBError("Other error", -99, errno.EIO), UsbError, "Other error"),
+    ],
+)
+def test_libusb_errors_map_to_our_tree(exc: usb.core.USBError, expected: type, words: str) -> None:
+    """The errors pyusb's libusb1 backend raises (its code/errno pairs) become ours, for usb:// devices."""
+    got = _translate(exc, "usb://1209:0001", "read from endpoint 0x81")
+    assert type(got) is expected and words in str(got) and "usb://1209:0001" in str(got)
