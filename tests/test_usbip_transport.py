@@ -193,10 +193,13 @@ def test_unplug_mid_transfer_then_replug(server: UsbIpServer, echo: EchoDevice) 
 def test_busy_device_refuses_second_import(server: UsbIpServer, echo: EchoDevice) -> None:
     host, port = server.address
     with UsbIpClient.open(host, port, "1-1"):
+        t0 = time.monotonic()
         with pytest.raises(TransportError, match="busy"):
-            UsbIpClient.open(host, port, "1-1")
-    with UsbIpClient.open(host, port, "1-1") as client:  # released on close
-        assert client.control(0x80, 6, 0x0100, 0, 18) == echo.device_descriptor()
+            UsbIpClient.open(host, port, "1-1", busy_wait_s=0.2)
+        assert 0.15 < time.monotonic() - t0 < 2
+    for _ in range(20):  # released on close, however quickly the next importer comes
+        with UsbIpClient.open(host, port, "1-1") as client:
+            assert client.control(0x80, 6, 0x0100, 0, 18) == echo.device_descriptor()
 
 
 def test_server_down_names_host_port() -> None:
