@@ -1,0 +1,551 @@
+"""Read a colloidal-gold test cassette from a photo: C and T line intensities, T/C, judgement.
+
+Why a camera reader: food-safety rapid tests (rapidtest-astm.md §4) are
+judged from the C (control) and T (test) line intensities. A phone or desk
+camera photo is kept as evidence by the caller; this module only reads it
+and never writes to it.
+
+Pipeline (``StripReader.read``)::
+
+    BGR photo ──► whiteness mask (min of B,G,R, Otsu) ──► largest cassette-shaped blob
+              ──► 4 corners (approxPolyDP, else extreme points) ──► perspective warp
+                  to an upright 800 x 232 cassette
+              ──► linear light (sRGB-like gamma 2.2 undone)
+              ──► which end holds the sample well? (turn 180 deg if needed)
+              ──► window edges refined from their rim shadow
+              ──► green-channel profile along the flow, divided by a fitted
+                  membrane baseline (flattens gradients, vignetting, tint)
+              ──► C and T found together at their known spacing; each line's
+                  intensity = its integrated absorbance / (0.80 x line width)
+
+Cassette design this reader expects (body units, length 1.0, sample end
+left; the simulator in ``simulators/strips`` draws the same design)::
+
+    x=0        0.15        0.42   0.52   0.62   0.72            1.0
+    +--------------------------------------------------------------+
+    |   S        ___       +--------T------C------+                |
+    |          /     \     |        |      |      |                |
+    |         | well  |    |        |      |      |                |
+    |          \_____/     +--------|------|------+                |
+    +--------------------------------------------------------------+
+    height 0.29; window y 0.095..0.195; lines 0.022 wide
+
+The sample well makes the design asymmetric: the T line is the one nearer the
+well, the C line the one further along the flow. An absent line reads ~0, so
+"no C line" is a reading (judged invalid), not an error.
+
+Intensity scale: 1.0 is a line that absorbs 80 % of the green light the bare
+membrane reflects across its full 0.022 width (the simulator's scale); the
+measurement integrates absorbance over the line, so optical blur, which
+spreads a line without changing its area, does not change the reading.
+
+Judgement (competitive assay, rapidtest-astm.md §4), on values rounded to the
+3 decimals printed: C <= c_min -> invalid; else T/C <= positive_max ->
+positive; T/C >= negative_min -> negative; otherwise suspicious.
+
+Errors::
+
+    DriverError
+    └── StripReadError            the photo could not be read; the message says what to do
+        ├── StripImageError       not a colour image / file unreadable or not an image
+        ├── StripNotFoundError    no cassette of the expected design in the photo
+        ├── StripLinesError       cassette found but the window cannot be measured
+        └── StripCaptureError     camera / video source cannot be opened or gives no frame
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from drivers.errors import DriverError
+
+__all__ = [
+    "Judgement",
+    "StripCaptureError",
+    "StripImageError",
+    "StripLinesError",
+    "StripNotFoundError",
+    "StripReadError",
+    "StripReader",
+    "StripReading",
+    "StripThresholds",
+    "capture_from",
+    "judge",
+]
+
+
+# ---- errors --------------------------------------------------------------
+class StripReadError(DriverError):
+    """A strip photo could not be read."""
+
+
+class StripImageError(StripReadError):
+    """The input is not a usable colour image."""
+
+
+class StripNotFoundError(StripReadError):
+    """No test cassette of the expected design was found in the photo."""
+
+
+class StripLinesError(StripReadError):
+    """The cassette was found but its window could not be measured."""
+
+
+class StripCaptureError(StripReadError):
+    """The camera or video source could not be opened or gave no frame."""
+
+
+# ---- results -------------------------------------------------------------
+class Judgement(str, Enum):
+    POSITIVE = "positive"
+    SUSPICIOUS = "suspicious"
+    NEGATIVE = "negative"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class StripThresholds:
+    """Judgement thresholds on T/C (rapidtest-astm.md §4: C_min, A, B)."""
+
+    c_min: float = 0.10
+    positive_max: float = 0.70
+    negative_min: float = 1.00
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.c_min) and math.isfinite(self.positive_max) and math.isfinite(self.negative_min)):
+            raise ValueError("strip thresholds must be finite numbers")
+        if self.c_min < 0:
+            raise ValueError(f"c_min must be >= 0, got {self.c_min}")
+        if self.positive_max > self.negative_min:
+            raise ValueError(
+                f"positive_max ({self.positive_max}) must not exceed negative_min ({self.negative_min}): "
+                "T/C at or below A is positive, at or above B negative"
+            )
+
+
+def judge(c: float, t_over_c: float, thresholds: StripThresholds) -> Judgement:
+    """The protocol's judgement, on values rounded to the 3 decimals that are printed.
+
+    Rounding first keeps the printed line and the verdict consistent: a
+    reading shown as ``T/C:0.700`` is judged as 0.700.
+    """
+    if round(c, 3) <= thresholds.c_min:
+        return Judgement.INVALID
+    ratio = round(t_over_c, 3)
+    if ratio <= thresholds.positive_max:
+        return Judgement.POSITIVE
+    if ratio >= thresholds.negative_min:
+        return Judgement.NEGATIVE
+    return Judgement.SUSPICIOUS
+
+
+@dataclass(frozen=True)
+class StripReading:
+    """One reading of one photo.
+
+    ``confidence`` (0..1) falls with the membrane's measurement noise and with
+    how far the found lines sit from where the design puts them; ``notes``
+    say why it is not 1. ``image_sha256`` names the exact bytes read when the
+    reading came from a file, so the reading can be tied to the evidence.
+    """
+
+    c: float
+    t: float
+    t_over_c: float
+    judgement: Judgement
+    thresholds: StripThresholds
+    confidence: float
+    notes: tuple[str, ...] = ()
+    image_sha256: str | None = None
+
+    def format(self) -> str:
+        """The instrument's output string: ``C:x.xxx  T:x.xxx  T/C:x.xxx``."""
+        return f"C:{self.c:.3f}  T:{self.t:.3f}  T/C:{self.t_over_c:.3f}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "c": round(self.c, 3),
+            "t": round(self.t, 3),
+            "t_over_c": round(self.t_over_c, 3),
+            "judgement": self.judgement.value,
+            "format": self.format(),
+            "thresholds": asdict(self.thresholds),
+            "confidence": round(self.confidence, 3),
+            "notes": list(self.notes),
+            "image_sha256": self.image_sha256,
+        }
+
+
+# ---- the cassette design (body units) -------------------------------------
+@dataclass(frozen=True)
+class CassetteDesign:
+    """Where things are on the cassette; see the module docstring's drawing."""
+
+    aspect: float = 0.29
+    window_x: tuple[float, float] = (0.42, 0.72)
+    window_y: tuple[float, float] = (0.095, 0.195)
+    t_x: float = 0.52
+    c_x: float = 0.62
+    line_width: float = 0.022
+    well_center: tuple[float, float] = (0.15, 0.145)
+    well_radius: float = 0.055
+    green_absorption: float = 0.80  # green light a full (1.0) line absorbs
+    gamma: float = 2.2
+
+
+_CANON_LEN = 800
+
+
+@dataclass
+class _Geometry:
+    notes: list[str] = field(default_factory=list)
+    penalty: float = 0.0
+
+
+class StripReader:
+    """Reads C, T and T/C from a photo of a test cassette (any rotation, uneven light).
+
+    Thresholds decide the judgement; the design describes the cassette. One
+    reader may be shared: ``read`` keeps no state between calls.
+    """
+
+    def __init__(self, thresholds: StripThresholds | None = None, design: CassetteDesign | None = None) -> None:
+        self.thresholds = thresholds or StripThresholds()
+        self.design = design or CassetteDesign()
+
+    # -- public ---------------------------------------------------------------
+    def read_file(self, path: str | Path) -> StripReading:
+        """Read a photo file without modifying it; the reading records the file's SHA-256."""
+        p = Path(path)
+        try:
+            with open(p, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise StripImageError(f"cannot open photo {p}: {exc.strerror or exc}; check the path and permissions") from exc
+        buf = np.frombuffer(data, np.uint8)
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+        if image is None:
+            raise StripImageError(
+                f"{p} is not an image OpenCV can decode ({len(data)} bytes); take the photo again as JPEG or PNG"
+            )
+        reading = self.read(image)
+        return _with_sha(reading, hashlib.sha256(data).hexdigest())
+
+    def read(self, image: np.ndarray) -> StripReading:
+        """Read one BGR (OpenCV order) 8-bit photo."""
+        bgr = _as_bgr(image)
+        corners, geo = self._find_cassette(bgr)
+        body = self._warp(bgr, corners)
+        lin = (body.astype(np.float32) / 255.0) ** self.design.gamma
+        lin = self._orient(lin, geo)
+        return self._measure(body, lin, geo)
+
+    # -- step 1: find the cassette ------------------------------------------------
+    def _find_cassette(self, bgr: np.ndarray) -> tuple[np.ndarray, _Geometry]:
+        geo = _Geometry()
+        h, w = bgr.shape[:2]
+        scale = min(1.0, 1000.0 / max(h, w))
+        small = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else bgr
+        sh, sw = small.shape[:2]
+        whiteness = cv2.GaussianBlur(small.min(axis=2), (5, 5), 0)
+        thr, mask = cv2.threshold(whiteness, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        k = max(3, int(round(min(sh, sw) * 0.01)) | 1)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        image_area = float(sh * sw)
+        best: tuple[float, np.ndarray] | None = None
+        rejected: list[str] = []
+        for cnt in contours:
+            area = cv2.contourArea(cnt)
+            if area < 0.02 * image_area:
+                continue
+            (_, _), (rw, rh), _ = cv2.minAreaRect(cnt)
+            long_side, short_side = max(rw, rh), min(rw, rh)
+            if short_side < 1:
+                continue
+            aspect = long_side / short_side
+            solidity = area / (rw * rh)
+            want = 1.0 / self.design.aspect
+            if not (0.7 * want <= aspect <= 1.35 * want) or solidity < 0.85:
+                rejected.append(f"bright region of aspect {aspect:.1f}:1 and fill {solidity:.2f}")
+                continue
+            if best is None or area > best[0]:
+                best = (area, cnt)
+        if best is None:
+            why = f" (seen: {'; '.join(rejected[:3])})" if rejected else ""
+            raise StripNotFoundError(
+                "no test cassette found in the photo" + why + "; re-take the photo with the whole cassette in the frame, "
+                "on a plain darker background, filling at least a third of the picture"
+            )
+        cnt = best[1]
+        x, y, bw, bh = cv2.boundingRect(cnt)
+        if x <= 1 or y <= 1 or x + bw >= sw - 1 or y + bh >= sh - 1:
+            raise StripNotFoundError(
+                "the cassette touches the edge of the photo and may be cut off; re-take the photo with the whole "
+                "cassette inside the frame"
+            )
+        corners = _quad_corners(cnt)
+        if corners is None:
+            raise StripNotFoundError(
+                "the cassette's outline is not a clean rectangle (occluded or strongly tilted?); re-take the photo "
+                "from straight above with nothing covering the cassette"
+            )
+        return (corners / scale).astype(np.float32), geo
+
+    def _warp(self, bgr: np.ndarray, corners: np.ndarray) -> np.ndarray:
+        L = _CANON_LEN
+        H = int(round(L * self.design.aspect))
+        dst = np.array([[0, 0], [L, 0], [L, H], [0, H]], np.float32)
+        M = cv2.getPerspectiveTransform(corners, dst)
+        return cv2.warpPerspective(bgr, M, (L, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    # -- step 2: which end is the sample end? --------------------------------------
+    def _orient(self, lin: np.ndarray, geo: _Geometry) -> np.ndarray:
+        d = self.design
+        L = lin.shape[1]
+        lum = lin.mean(axis=2)
+
+        def disc_mean(cx: float) -> float:
+            yy, xx = np.mgrid[0 : lum.shape[0], 0 : lum.shape[1]]
+            r = np.hypot(xx - cx * L, yy - d.well_center[1] * L)
+            return float(lum[r < 0.75 * d.well_radius * L].mean())
+
+        def plain_mean(cx: float) -> float:
+            x0, x1 = int((cx - 0.04) * L), int((cx + 0.04) * L)
+            y0, y1 = int(0.04 * L), int((d.aspect - 0.04) * L)
+            return float(np.median(lum[y0:y1, x0:x1]))
+
+        left = disc_mean(d.well_center[0]) / max(plain_mean(0.30), 1e-6)
+        right = disc_mean(1.0 - d.well_center[0]) / max(plain_mean(0.70), 1e-6)
+        if min(left, right) > 0.85 or abs(left - right) < 0.15:
+            raise StripNotFoundError(
+                "a white rectangle was found but no sample well at either end; this is not the expected test "
+                "cassette, or the well is hidden: re-take the photo with the whole cassette visible"
+            )
+        if right < left:
+            lin = np.ascontiguousarray(lin[::-1, ::-1])
+            geo.notes.append("cassette was upside down in the photo")
+        return lin
+
+    # -- step 3: the window and its lines -------------------------------------------
+    def _measure(self, body: np.ndarray, lin: np.ndarray, geo: _Geometry) -> StripReading:
+        d = self.design
+        L = lin.shape[1]
+        green = lin[..., 1]
+        wy0, wy1 = d.window_y
+        ys0 = int(round((wy0 + 0.25 * (wy1 - wy0)) * L))
+        ys1 = int(round((wy1 - 0.25 * (wy1 - wy0)) * L))
+
+        # window edges: the rim shadow is the darkest column near each nominal edge
+        col = green[ys0:ys1].mean(axis=0)
+        col_s = np.convolve(col, np.ones(3) / 3, mode="same")
+        edges = []
+        for nominal in d.window_x:
+            lo, hi = int((nominal - 0.025) * L), int((nominal + 0.025) * L)
+            seg = col_s[lo:hi]
+            idx = int(np.argmin(seg)) + lo
+            depth = 1.0 - seg.min() / max(float(np.median(seg)), 1e-6)
+            if depth > 0.15:
+                edges.append(float(idx))
+            else:
+                edges.append(nominal * L)
+                geo.notes.append(f"window edge near x={nominal:.2f} not visible; used the nominal position")
+                geo.penalty += 0.1
+        x0, x1 = edges
+        span = (x1 - x0) / ((d.window_x[1] - d.window_x[0]) * L)
+        if not 0.85 < span < 1.15:
+            geo.notes.append("window edges implausible; used the nominal window")
+            geo.penalty += 0.2
+            x0, x1 = d.window_x[0] * L, d.window_x[1] * L
+            span = 1.0
+
+        def to_px(u: float) -> float:
+            return x0 + (u - d.window_x[0]) / (d.window_x[1] - d.window_x[0]) * (x1 - x0)
+
+        w_px = d.line_width * L * span
+        inset = 0.06 * (x1 - x0)
+        px0, px1 = int(math.ceil(x0 + inset)), int(math.floor(x1 - inset))
+        region = green[ys0:ys1, px0:px1]
+        level = float(np.median(body[ys0:ys1, px0:px1, 1]))
+        if level < 40:
+            raise StripLinesError(
+                f"the test window is too dark to measure (green level {level:.0f}/255); add light or move the "
+                "lamp and re-take the photo"
+            )
+        saturated = float((body[ys0:ys1, px0:px1] >= 254).any(axis=2).mean())
+        if saturated > 0.2:
+            raise StripLinesError(
+                f"{saturated:.0%} of the test window is overexposed (white clipped); reduce the light or avoid "
+                "glare on the window and re-take the photo"
+            )
+        prof = region.mean(axis=0).astype(np.float64)
+        xs = np.arange(px0, px1, dtype=np.float64)
+        t_nom, c_nom = to_px(d.t_x), to_px(d.c_x)
+
+        # first baseline: the membrane's upper envelope (lines are dips)
+        env_k = int(3 * w_px) | 1
+        envelope = _running_percentile(prof, env_k, 90)
+        absorb0 = 1.0 - prof / np.maximum(envelope, 1e-9)
+        box = np.convolve(absorb0, np.ones(int(round(w_px))) / round(w_px), mode="same")
+
+        def score_at(x: float) -> float:
+            return float(np.interp(x, xs, box))
+
+        max_shift = 0.012 * L
+        shifts = np.arange(-max_shift, max_shift + 0.5, 1.0)
+        scores = [score_at(t_nom + s) + score_at(c_nom + s) for s in shifts]
+        shift = float(shifts[int(np.argmax(scores))])
+        if max(scores) < 0.05:  # both lines faint: keep the design's positions
+            shift = 0.0
+        t_pos, c_pos = t_nom + shift, c_nom + shift
+        if abs(shift) > 0.8 * max_shift:
+            geo.notes.append(f"lines sit {shift / L:+.3f} of the cassette length from the design position")
+            geo.penalty += 0.2
+
+        # refined baseline: quadratic through the membrane away from both lines
+        keep = (np.abs(xs - t_pos) > 1.3 * w_px) & (np.abs(xs - c_pos) > 1.3 * w_px)
+        if keep.sum() < 10:
+            raise StripLinesError(
+                "too little clean membrane around the lines to set a baseline; re-take the photo closer and sharper"
+            )
+        u = (xs - xs.mean()) / (float(np.ptp(xs)) or 1.0)
+        coef = np.polyfit(u[keep], prof[keep], 2)
+        baseline = np.polyval(coef, u)
+        absorb = 1.0 - prof / np.maximum(baseline, 1e-9)
+        noise = float(np.std(absorb[keep]))
+        if noise > 0.04:
+            raise StripLinesError(
+                f"the membrane is too noisy or uneven to measure lines (noise {noise:.3f}); hold the camera still, "
+                "add even light, clean the window and re-take the photo"
+            )
+
+        def intensity(pos: float) -> float:
+            sel = np.abs(xs - pos) <= 1.0 * w_px
+            return float(absorb[sel].sum()) / (d.green_absorption * w_px)
+
+        c = max(0.0, intensity(c_pos))
+        t = max(0.0, intensity(t_pos))
+        ratio = t / c if c > 1e-6 else 0.0
+        notes = list(geo.notes)
+        verdict = judge(c, ratio, self.thresholds)
+        if verdict is Judgement.INVALID:
+            notes.append(f"control line C {c:.3f} is not above C_min {self.thresholds.c_min:.3f}: the card is invalid")
+        confidence = max(0.0, min(1.0, 1.0 - noise / 0.04)) * max(0.0, 1.0 - geo.penalty)
+        if noise > 0.015:
+            notes.append(f"membrane noise {noise:.3f}: a sharper, better-lit photo would be more precise")
+        return StripReading(c=c, t=t, t_over_c=ratio, judgement=verdict, thresholds=self.thresholds,
+                            confidence=confidence, notes=tuple(notes))
+
+
+# ---- helpers -------------------------------------------------------------
+def _with_sha(reading: StripReading, sha: str) -> StripReading:
+    return StripReading(c=reading.c, t=reading.t, t_over_c=reading.t_over_c, judgement=reading.judgement,
+                        thresholds=reading.thresholds, confidence=reading.confidence, notes=reading.notes,
+                        image_sha256=sha)
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise StripImageError(f"expected a numpy image array, got {type(image).__name__}; pass cv2.imread()'s result")
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise StripImageError(
+            f"expected a colour image (height x width x 3, BGR), got shape {image.shape}; the gold lines are read "
+            "from colour, so take a colour photo"
+        )
+    if image.shape[0] < 120 or image.shape[1] < 120:
+        raise StripImageError(f"image of {image.shape[1]}x{image.shape[0]} px is too small; use at least 640x480")
+    if image.dtype != np.uint8:
+        raise StripImageError(f"expected 8-bit pixels, got {image.dtype}; convert with cv2.convertScaleAbs or save as JPEG")
+    return np.ascontiguousarray(image[..., :3])
+
+
+def _order_quad(pts: np.ndarray) -> np.ndarray:
+    """Clockwise (image coordinates) from a corner that starts a long side."""
+    pts = pts.reshape(4, 2).astype(np.float64)
+    c = pts.mean(axis=0)
+    ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])
+    pts = pts[np.argsort(ang)]  # increasing angle = clockwise with y pointing down
+    side = [np.linalg.norm(pts[(i + 1) % 4] - pts[i]) for i in range(4)]
+    if side[0] + side[2] < side[1] + side[3]:
+        pts = np.roll(pts, -1, axis=0)
+    return pts.astype(np.float32)
+
+
+def _quad_corners(cnt: np.ndarray) -> np.ndarray | None:
+    hull = cv2.convexHull(cnt)
+    peri = cv2.arcLength(hull, True)
+    for eps in (0.01, 0.015, 0.02, 0.03, 0.04):
+        approx = cv2.approxPolyDP(hull, eps * peri, True)
+        if len(approx) == 4 and cv2.isContourConvex(approx):
+            return _order_quad(approx)
+    # rounded or chipped corners: the hull point furthest out towards each minAreaRect corner
+    box = cv2.boxPoints(cv2.minAreaRect(cnt))
+    centre = box.mean(axis=0)
+    hp = hull.reshape(-1, 2).astype(np.float64)
+    picked = []
+    for corner in box:
+        direction = corner - centre
+        picked.append(hp[int(np.argmax(hp @ direction))])
+    quad = np.array(picked, np.float32)
+    if cv2.contourArea(quad) < 0.5 * cv2.contourArea(cnt):
+        return None
+    return _order_quad(quad)
+
+
+def _running_percentile(values: np.ndarray, k: int, q: float) -> np.ndarray:
+    half = k // 2
+    padded = np.pad(values, half, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, k)
+    return np.percentile(windows, q, axis=1)
+
+
+# ---- camera --------------------------------------------------------------
+def capture_from(source: int | str | Path, *, warmup_frames: int = 0) -> np.ndarray:
+    """Grab one BGR frame from a camera index, a stream URL or a video/image file.
+
+    ``warmup_frames`` frames are read and dropped first (webcams need a few to
+    settle exposure). The capture is always released.
+    """
+    target: int | str
+    if isinstance(source, Path):
+        target = str(source)
+    elif isinstance(source, str) and source.isdigit():
+        target = int(source)
+    else:
+        target = source
+    if isinstance(target, str) and "://" not in target and not Path(target).exists():
+        raise StripCaptureError(f"video source {target} does not exist; check the file path or give a camera index")
+    try:
+        cap = cv2.VideoCapture(target)
+    except cv2.error as exc:
+        raise StripCaptureError(f"OpenCV could not open video source {target!r}: {exc}; check the device or URL") from exc
+    try:
+        if not cap.isOpened():
+            raise StripCaptureError(
+                f"cannot open video source {target!r}; check that the camera is plugged in and not used by another "
+                "program, or that the URL/file is right"
+            )
+        frame = None
+        for _ in range(max(0, warmup_frames) + 1):
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                raise StripCaptureError(
+                    f"video source {target!r} opened but gave no frame; check the camera connection or that the "
+                    "file holds video"
+                )
+        assert frame is not None
+        return np.ascontiguousarray(frame)
+    except cv2.error as exc:
+        raise StripCaptureError(f"reading a frame from {target!r} failed: {exc}; re-connect the camera") from exc
+    finally:
+        cap.release()
