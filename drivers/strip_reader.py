@@ -197,8 +197,21 @@ class CassetteDesign:
     line_width: float = 0.022
     well_center: tuple[float, float] = (0.15, 0.145)
     well_radius: float = 0.055
-    green_absorption: float = 0.80  # green light a full (1.0) line absorbs
+    # linear light a full (1.0) line absorbs in R, G, B: colloidal gold is reddish purple
+    gold_absorption: tuple[float, float, float] = (0.30, 0.80, 0.55)
     gamma: float = 2.2
+
+    @property
+    def luma_absorption(self) -> float:
+        """What a full line absorbs of the luma-weighted light the reader profiles."""
+        return float(np.dot(_LUMA_RGB, self.gold_absorption))
+
+
+# BT.601 luma weights, the ones JPEG uses for its full-resolution Y plane. A
+# profile of linear R, G, B mixed with these weights cancels (to first order,
+# on a near-neutral membrane) the coarse chroma errors that JPEG's 4:2:0
+# subsampling and chroma quantisation put into each channel separately.
+_LUMA_RGB = np.array([0.299, 0.587, 0.114])
 
 
 _CANON_LEN = 800
@@ -208,6 +221,7 @@ _CANON_LEN = 800
 class _Geometry:
     notes: list[str] = field(default_factory=list)
     penalty: float = 0.0
+    upside_down: bool = False
 
 
 class StripReader:
@@ -245,7 +259,10 @@ class StripReader:
         corners, geo = self._find_cassette(bgr)
         body = self._warp(bgr, corners)
         lin = (body.astype(np.float32) / 255.0) ** self.design.gamma
-        lin = self._orient(lin, geo)
+        self._orient(lin, geo)
+        if geo.upside_down:  # turn the sample well to the left
+            body = np.ascontiguousarray(body[::-1, ::-1])
+            lin = np.ascontiguousarray(lin[::-1, ::-1])
         return self._measure(body, lin, geo)
 
     # -- step 1: find the cassette ------------------------------------------------
@@ -310,7 +327,7 @@ class StripReader:
         return cv2.warpPerspective(bgr, M, (L, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     # -- step 2: which end is the sample end? --------------------------------------
-    def _orient(self, lin: np.ndarray, geo: _Geometry) -> np.ndarray:
+    def _orient(self, lin: np.ndarray, geo: _Geometry) -> None:
         d = self.design
         L = lin.shape[1]
         lum = lin.mean(axis=2)
@@ -333,7 +350,7 @@ class StripReader:
                 "cassette, or the well is hidden: re-take the photo with the whole cassette visible"
             )
         if right < left:
-            lin = np.ascontiguousarray(lin[::-1, ::-1])
+            geo.upside_down = True
             geo.notes.append("cassette was upside down in the photo")
         return lin
 
@@ -341,13 +358,14 @@ class StripReader:
     def _measure(self, body: np.ndarray, lin: np.ndarray, geo: _Geometry) -> StripReading:
         d = self.design
         L = lin.shape[1]
-        green = lin[..., 1]
+        # lin is RGB-reversed (BGR); mix to luma-weighted linear light
+        light = lin @ _LUMA_RGB[::-1].astype(np.float32)
         wy0, wy1 = d.window_y
-        ys0 = int(round((wy0 + 0.25 * (wy1 - wy0)) * L))
-        ys1 = int(round((wy1 - 0.25 * (wy1 - wy0)) * L))
+        ys0 = int(round((wy0 + 0.15 * (wy1 - wy0)) * L))
+        ys1 = int(round((wy1 - 0.15 * (wy1 - wy0)) * L))
 
         # window edges: the rim shadow is the darkest column near each nominal edge
-        col = green[ys0:ys1].mean(axis=0)
+        col = light[ys0:ys1].mean(axis=0)
         col_s = np.convolve(col, np.ones(3) / 3, mode="same")
         edges = []
         for nominal in d.window_x:
@@ -355,7 +373,7 @@ class StripReader:
             seg = col_s[lo:hi]
             idx = int(np.argmin(seg)) + lo
             depth = 1.0 - seg.min() / max(float(np.median(seg)), 1e-6)
-            if depth > 0.15:
+            if depth > 0.07:
                 edges.append(float(idx))
             else:
                 edges.append(nominal * L)
@@ -373,9 +391,9 @@ class StripReader:
             return x0 + (u - d.window_x[0]) / (d.window_x[1] - d.window_x[0]) * (x1 - x0)
 
         w_px = d.line_width * L * span
-        inset = 0.06 * (x1 - x0)
+        inset = 0.10 * (x1 - x0)  # clear of the rim shadow, which a quadratic baseline cannot follow
         px0, px1 = int(math.ceil(x0 + inset)), int(math.floor(x1 - inset))
-        region = green[ys0:ys1, px0:px1]
+        region = light[ys0:ys1, px0:px1]
         level = float(np.median(body[ys0:ys1, px0:px1, 1]))
         if level < 40:
             raise StripLinesError(
@@ -431,7 +449,7 @@ class StripReader:
 
         def intensity(pos: float) -> float:
             sel = np.abs(xs - pos) <= 1.0 * w_px
-            return float(absorb[sel].sum()) / (d.green_absorption * w_px)
+            return float(absorb[sel].sum()) / (d.luma_absorption * w_px)
 
         c = max(0.0, intensity(c_pos))
         t = max(0.0, intensity(t_pos))

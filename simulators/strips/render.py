@@ -223,8 +223,10 @@ def _cassette_canvas(truth: StripTruth, params: RenderParams, scale: float, rng:
             continue
         edge_w = 0.003
         prof = np.clip((LINE_WIDTH / 2 - np.abs(X - pos)) / edge_w + 0.5, 0, 1)
+        # slight unevenness along the line, averaging to exactly 1 over the window's rows
         along = cv2.resize(rng.normal(0, 1, size=(6, 1)).astype(np.float32), (1, h), interpolation=cv2.INTER_CUBIC)[:, 0]
-        along = 1.0 + 0.03 * (along - along.mean())
+        rows = (ys >= y0) & (ys <= y1)
+        along = 1.0 + 0.03 * (along - along[rows].mean())
         strength = np.clip(intensity * prof * along[:, None], 0, 1)
         membrane = membrane * (1.0 - strength[..., None] * gold)
     img[in_win] = membrane[in_win]
