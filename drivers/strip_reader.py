@@ -1,4 +1,4 @@
-"""Read a colloidal-gold test cassette from a photo: C and T line intensities, T/C, judgement.
+r"""Read a colloidal-gold test cassette from a photo: C and T line intensities, T/C, judgement.
 
 Why a camera reader: food-safety rapid tests (rapidtest-astm.md §4) are
 judged from the C (control) and T (test) line intensities. A phone or desk
@@ -13,10 +13,12 @@ Pipeline (``StripReader.read``)::
               ──► linear light (sRGB-like gamma 2.2 undone)
               ──► which end holds the sample well? (turn 180 deg if needed)
               ──► window edges refined from their rim shadow
-              ──► green-channel profile along the flow, divided by a fitted
-                  membrane baseline (flattens gradients, vignetting, tint)
+              ──► profile along the flow of luma-weighted linear light
+                  (0.299 R + 0.587 G + 0.114 B), divided by a quadratic
+                  membrane baseline fitted away from the lines (flattens
+                  gradients, vignetting, the faint pink background)
               ──► C and T found together at their known spacing; each line's
-                  intensity = its integrated absorbance / (0.80 x line width)
+                  intensity = its integrated absorbance / (0.622 x line width)
 
 Cassette design this reader expects (body units, length 1.0, sample end
 left; the simulator in ``simulators/strips`` draws the same design)::
@@ -34,10 +36,15 @@ The sample well makes the design asymmetric: the T line is the one nearer the
 well, the C line the one further along the flow. An absent line reads ~0, so
 "no C line" is a reading (judged invalid), not an error.
 
-Intensity scale: 1.0 is a line that absorbs 80 % of the green light the bare
-membrane reflects across its full 0.022 width (the simulator's scale); the
-measurement integrates absorbance over the line, so optical blur, which
-spreads a line without changing its area, does not change the reading.
+Intensity scale (the simulator's): a line of intensity i multiplies the bare
+membrane's linear-light reflectance by 1 - i x (0.30, 0.80, 0.55) in R, G, B
+across its 0.022 width, so 1.0 absorbs 80 % of the green light. The reader
+profiles luma-weighted light, where a full line absorbs 0.622; luma is what
+JPEG keeps at full resolution, so its chroma subsampling and quantisation
+mostly cancel. The measurement integrates absorbance over the line, so
+optical blur, which spreads a line without changing its area, does not
+change the reading. A real cassette and camera need this scale calibrated
+against reference cards (``CassetteDesign.gold_absorption``).
 
 Judgement (competitive assay, rapidtest-astm.md §4), on values rounded to the
 3 decimals printed: C <= c_min -> invalid; else T/C <= positive_max ->

@@ -1,4 +1,4 @@
-"""Synthetic photos of a colloidal-gold test cassette with KNOWN line intensities.
+r"""Synthetic photos of a colloidal-gold test cassette with KNOWN line intensities.
 
 Why a renderer and not stock photos: the reader's accuracy must be measured
 against ground truth, and only a photo we drew ourselves has one. Every
@@ -196,40 +196,49 @@ def _cassette_canvas(truth: StripTruth, params: RenderParams, scale: float, rng:
     edge = np.minimum.reduce([X, 1.0 - X, Y, BODY_ASPECT - Y])
     img *= (1.0 - 0.12 * np.exp(-edge / 0.006))[..., None]
 
+    def crop(ux0: float, ux1: float, uy0: float, uy1: float) -> tuple[slice, slice]:
+        return (slice(max(0, int(uy0 * scale)), min(h, int(math.ceil(uy1 * scale)) + 1)),
+                slice(max(0, int(ux0 * scale)), min(w, int(math.ceil(ux1 * scale)) + 1)))
+
     # sample well: a dark rim and a sample-stained pad
-    wd = np.hypot(X - WELL_CENTER[0], Y - WELL_CENTER[1])
+    m = WELL_RADIUS + 0.03
+    sl = crop(WELL_CENTER[0] - m, WELL_CENTER[0] + m, WELL_CENTER[1] - m, WELL_CENTER[1] + m)
+    cx, cy, cimg = X[sl], Y[sl], img[sl]
+    wd = np.hypot(cx - WELL_CENTER[0], cy - WELL_CENTER[1])
     rim = np.exp(-((wd - WELL_RADIUS) / 0.006) ** 2)
-    img *= (1.0 - 0.55 * rim)[..., None]
+    cimg *= (1.0 - 0.55 * rim)[..., None]
     inside = wd < WELL_RADIUS - 0.004
-    img[inside] = np.array([0.55, 0.45, 0.38], np.float32) * (1.0 - 0.3 * np.exp(-(WELL_RADIUS - wd[inside]) / 0.01))[..., None]
+    cimg[inside] = np.array([0.55, 0.45, 0.38], np.float32) * (1.0 - 0.3 * np.exp(-(WELL_RADIUS - wd[inside]) / 0.01))[..., None]
 
     # window: membrane with a faint gold tint gradient along the flow, rim shadow
     x0, x1 = WINDOW_X
     y0, y1 = WINDOW_Y
-    in_win = (X >= x0) & (X <= x1) & (Y >= y0) & (Y <= y1)
-    frame_d = np.minimum.reduce([np.abs(X - x0), np.abs(X - x1), np.abs(Y - y0), np.abs(Y - y1)])
-    near_frame = (X > x0 - 0.01) & (X < x1 + 0.01) & (Y > y0 - 0.01) & (Y < y1 + 0.01)
-    img[near_frame & ~in_win] *= (1.0 - 0.45 * np.exp(-frame_d[near_frame & ~in_win] / 0.004))[..., None]
+    sl = crop(x0 - 0.012, x1 + 0.012, y0 - 0.012, y1 + 0.012)
+    cx, cy, cimg = X[sl], Y[sl], img[sl]
+    in_win = (cx >= x0) & (cx <= x1) & (cy >= y0) & (cy <= y1)
+    frame_d = np.minimum.reduce([np.abs(cx - x0), np.abs(cx - x1), np.abs(cy - y0), np.abs(cy - y1)])
+    cimg[~in_win] *= (1.0 - 0.45 * np.exp(-frame_d[~in_win] / 0.004))[..., None]
     gold = np.array(GOLD_ABSORPTION, np.float32)
-    u = np.clip((X - x0) / (x1 - x0), 0, 1)
+    u = np.clip((cx - x0) / (x1 - x0), 0, 1)
     tint = params.membrane_tint[0] * (1 - u) + params.membrane_tint[1] * u
     membrane = np.array([0.96, 0.96, 0.95], np.float32) * (1.0 - tint[..., None] * gold)
     shadow = 1.0 - 0.35 * np.exp(-frame_d / 0.006)
     membrane = membrane * shadow[..., None]
 
     # the lines: soft-edged bars whose equivalent width is exactly LINE_WIDTH
+    cys = cy[:, 0]
+    rows = (cys >= y0) & (cys <= y1)
     for pos, intensity in ((T_LINE_X, truth.t), (C_LINE_X, truth.c)):
         if intensity <= 0:
             continue
         edge_w = 0.003
-        prof = np.clip((LINE_WIDTH / 2 - np.abs(X - pos)) / edge_w + 0.5, 0, 1)
+        prof = np.clip((LINE_WIDTH / 2 - np.abs(cx - pos)) / edge_w + 0.5, 0, 1)
         # slight unevenness along the line, averaging to exactly 1 over the window's rows
-        along = cv2.resize(rng.normal(0, 1, size=(6, 1)).astype(np.float32), (1, h), interpolation=cv2.INTER_CUBIC)[:, 0]
-        rows = (ys >= y0) & (ys <= y1)
+        along = cv2.resize(rng.normal(0, 1, size=(6, 1)).astype(np.float32), (1, len(cys)), interpolation=cv2.INTER_CUBIC)[:, 0]
         along = 1.0 + 0.03 * (along - along[rows].mean())
         strength = np.clip(intensity * prof * along[:, None], 0, 1)
         membrane = membrane * (1.0 - strength[..., None] * gold)
-    img[in_win] = membrane[in_win]
+    cimg[in_win] = membrane[in_win]
 
     # printed labels: "S" by the well, "T" and "C" above the window
     canvas8 = np.zeros((h, w), np.uint8)
@@ -277,28 +286,41 @@ def render(truth: StripTruth, params: RenderParams) -> np.ndarray:
         ch, cw = alpha.shape
         src = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float32)
         dst = cassette_corners(params)
-        M = cv2.getPerspectiveTransform(src, dst)
-        warped = cv2.warpPerspective(canvas, M, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
-        mask = cv2.warpPerspective(alpha, M, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+        # work only in the cassette's bounding box (plus room for its shadow)
+        bx0, by0 = np.floor(dst.min(axis=0)).astype(int) - 40
+        bx1, by1 = np.ceil(dst.max(axis=0)).astype(int) + 40
+        bx0, by0, bx1, by1 = max(bx0, 0), max(by0, 0), min(bx1, w), min(by1, h)
+        bw, bh = bx1 - bx0, by1 - by0
+        M = cv2.getPerspectiveTransform(src, dst - np.float32([bx0, by0]))
+        warped = cv2.warpPerspective(canvas, M, (bw, bh), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        mask = cv2.warpPerspective(alpha, M, (bw, bh), flags=cv2.INTER_LINEAR, borderValue=0)
         # soft drop shadow under the cassette
-        shadow = cv2.GaussianBlur(cv2.warpAffine(mask, np.float32([[1, 0, 6], [0, 1, 8]]), (w, h)), (0, 0), 8)
-        scene = scene * (1.0 - 0.5 * shadow)[..., None]
-        scene = scene * (1 - mask[..., None]) + warped * mask[..., None]
+        shadow = cv2.GaussianBlur(cv2.warpAffine(mask, np.float32([[1, 0, 6], [0, 1, 8]]), (bw, bh)), (0, 0), 8)
+        roi = scene[by0:by1, bx0:bx1]
+        roi *= (1.0 - 0.5 * shadow)[..., None]
+        roi += (warped - roi) * mask[..., None]
 
     # illumination: exposure x linear gradient x vignette x white balance
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs = np.arange(w, dtype=np.float32) - w / 2
+    ys = np.arange(h, dtype=np.float32)[:, None] - h / 2
     ga = math.radians(params.gradient_angle_deg)
-    proj = ((xx - w / 2) * math.cos(ga) + (yy - h / 2) * math.sin(ga)) / math.hypot(w, h)  # -0.5..0.5
+    proj = (xs * math.cos(ga) + ys * math.sin(ga)) / math.hypot(w, h)  # -0.5..0.5
     light = params.exposure * (1.0 - params.gradient * (proj + 0.5))
-    r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
-    light = light * (1.0 - params.vignette * r2)
-    img = scene * light[..., None] * np.array(params.white_balance, np.float32)
+    r2 = (xs * xs + ys * ys) / ((w / 2) ** 2 + (h / 2) ** 2)
+    light *= 1.0 - params.vignette * r2
+    img = scene * light[..., None]
+    img *= np.array(params.white_balance, np.float32)
 
-    # camera: optics blur, sensor noise (linear light), gamma, 8 bits, JPEG
+    # camera: optics blur, sensor noise (linear light), gamma, 8 bits
     img = cv2.GaussianBlur(img, (0, 0), params.blur_sigma)
-    img = img + rng.normal(0.0, params.noise_sigma, size=img.shape).astype(np.float32)
-    img = np.clip(img, 0, 1) ** (1.0 / GAMMA)
-    return np.round(img[..., ::-1] * 255.0).astype(np.uint8)
+    noise = rng.standard_normal(img.shape, dtype=np.float32)
+    noise *= params.noise_sigma
+    img += noise
+    np.clip(img, 0.0, 1.0, out=img)
+    img = cv2.pow(img, 1.0 / GAMMA)
+    img *= 255.0
+    img += 0.5
+    return cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_RGB2BGR)
 
 
 def render_jpeg(truth: StripTruth, params: RenderParams) -> bytes:
