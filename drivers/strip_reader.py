@@ -227,7 +227,6 @@ _CANON_LEN = 800
 @dataclass
 class _Geometry:
     notes: list[str] = field(default_factory=list)
-    penalty: float = 0.0
     upside_down: bool = False
 
 
@@ -280,38 +279,27 @@ class StripReader:
         small = cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) if scale < 1 else bgr
         sh, sw = small.shape[:2]
         whiteness = cv2.GaussianBlur(small.min(axis=2), (5, 5), 0)
-        thr, mask = cv2.threshold(whiteness, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        otsu, _ = cv2.threshold(whiteness, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         k = max(3, int(round(min(sh, sw) * 0.01)) | 1)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        image_area = float(sh * sw)
-        best: tuple[float, np.ndarray] | None = None
         rejected: list[str] = []
-        for cnt in contours:
-            area = cv2.contourArea(cnt)
-            if area < 0.02 * image_area:
-                continue
-            (_, _), (rw, rh), _ = cv2.minAreaRect(cnt)
-            long_side, short_side = max(rw, rh), min(rw, rh)
-            if short_side < 1:
-                continue
-            aspect = long_side / short_side
-            solidity = area / (rw * rh)
-            want = 1.0 / self.design.aspect
-            if not (0.7 * want <= aspect <= 1.35 * want) or solidity < 0.85:
-                rejected.append(f"bright region of aspect {aspect:.1f}:1 and fill {solidity:.2f}")
-                continue
-            if best is None or area > best[0]:
-                best = (area, cnt)
+        best: np.ndarray | None = None
+        # Otsu first; on a light background the cassette merges with it, so
+        # then try stricter levels that only the (brighter) cassette passes.
+        top = float(np.percentile(whiteness, 99.5))
+        levels = [float(otsu)] + [float(v) for v in np.linspace(otsu, top, 7)[1:-1] if v > otsu + 4]
+        for level in levels:
+            _, mask = cv2.threshold(whiteness, level, 255, cv2.THRESH_BINARY)
+            best = self._best_candidate(mask, kernel, rejected if level == levels[0] else [])
+            if best is not None:
+                break
         if best is None:
             why = f" (seen: {'; '.join(rejected[:3])})" if rejected else ""
             raise StripNotFoundError(
                 "no test cassette found in the photo" + why + "; re-take the photo with the whole cassette in the frame, "
                 "on a plain darker background, filling at least a third of the picture"
             )
-        cnt = best[1]
+        cnt = best
         x, y, bw, bh = cv2.boundingRect(cnt)
         if x <= 1 or y <= 1 or x + bw >= sw - 1 or y + bh >= sh - 1:
             raise StripNotFoundError(
@@ -325,6 +313,31 @@ class StripReader:
                 "from straight above with nothing covering the cassette"
             )
         return (corners / scale).astype(np.float32), geo
+
+    def _best_candidate(self, mask: np.ndarray, kernel: np.ndarray, rejected: list[str]) -> np.ndarray | None:
+        """The largest blob shaped like the cassette (aspect, fill), or None."""
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        image_area = float(mask.shape[0] * mask.shape[1])
+        best: tuple[float, np.ndarray] | None = None
+        want = 1.0 / self.design.aspect
+        for cnt in contours:
+            area = cv2.contourArea(cnt)
+            if area < 0.02 * image_area:
+                continue
+            (_, _), (rw, rh), _ = cv2.minAreaRect(cnt)
+            long_side, short_side = max(rw, rh), min(rw, rh)
+            if short_side < 1:
+                continue
+            aspect = long_side / short_side
+            solidity = area / (rw * rh)
+            if not (0.7 * want <= aspect <= 1.35 * want) or solidity < 0.85:
+                rejected.append(f"bright region of aspect {aspect:.1f}:1 and fill {solidity:.2f}")
+                continue
+            if best is None or area > best[0]:
+                best = (area, cnt)
+        return None if best is None else best[1]
 
     def _warp(self, bgr: np.ndarray, corners: np.ndarray) -> np.ndarray:
         L = _CANON_LEN
@@ -359,7 +372,6 @@ class StripReader:
         if right < left:
             geo.upside_down = True
             geo.notes.append("cassette was upside down in the photo")
-        return lin
 
     # -- step 3: the window and its lines -------------------------------------------
     def _measure(self, body: np.ndarray, lin: np.ndarray, geo: _Geometry) -> StripReading:
@@ -380,19 +392,20 @@ class StripReader:
             seg = col_s[lo:hi]
             idx = int(np.argmin(seg)) + lo
             depth = 1.0 - seg.min() / max(float(np.median(seg)), 1e-6)
-            if depth > 0.07:
-                edges.append(float(idx))
-            else:
-                edges.append(nominal * L)
-                geo.notes.append(f"window edge near x={nominal:.2f} not visible; used the nominal position")
-                geo.penalty += 0.1
+            if depth <= 0.07 or idx in (lo, hi - 1):
+                raise StripLinesError(
+                    f"the test window's {'left' if nominal == d.window_x[0] else 'right'} edge is not where the "
+                    "cassette design puts it, so the cassette's outline was probably misjudged (light background, "
+                    "shadow or glare); re-take the photo on a plain darker background without glare"
+                )
+            edges.append(float(idx))
         x0, x1 = edges
         span = (x1 - x0) / ((d.window_x[1] - d.window_x[0]) * L)
-        if not 0.85 < span < 1.15:
-            geo.notes.append("window edges implausible; used the nominal window")
-            geo.penalty += 0.2
-            x0, x1 = d.window_x[0] * L, d.window_x[1] * L
-            span = 1.0
+        if not 0.9 < span < 1.1:
+            raise StripLinesError(
+                f"the test window measures {span:.2f} x its designed length, so the cassette's outline was "
+                "misjudged; re-take the photo from straight above on a plain darker background"
+            )
 
         def to_px(u: float) -> float:
             return x0 + (u - d.window_x[0]) / (d.window_x[1] - d.window_x[0]) * (x1 - x0)
@@ -434,8 +447,10 @@ class StripReader:
             shift = 0.0
         t_pos, c_pos = t_nom + shift, c_nom + shift
         if abs(shift) > 0.8 * max_shift:
-            geo.notes.append(f"lines sit {shift / L:+.3f} of the cassette length from the design position")
-            geo.penalty += 0.2
+            raise StripLinesError(
+                f"the lines sit {shift / L:+.3f} of the cassette length away from where the design puts them; "
+                "this is not the expected cassette or the photo is distorted: re-take it from straight above"
+            )
 
         # refined baseline: quadratic through the membrane away from both lines
         keep = (np.abs(xs - t_pos) > 1.3 * w_px) & (np.abs(xs - c_pos) > 1.3 * w_px)
@@ -456,7 +471,7 @@ class StripReader:
 
         def intensity(pos: float) -> float:
             sel = np.abs(xs - pos) <= 1.0 * w_px
-            return float(absorb[sel].sum()) / (d.luma_absorption * w_px)
+            return float(absorb[sel].sum()) / float(d.luma_absorption * w_px)
 
         c = max(0.0, intensity(c_pos))
         t = max(0.0, intensity(t_pos))
@@ -465,7 +480,7 @@ class StripReader:
         verdict = judge(c, ratio, self.thresholds)
         if verdict is Judgement.INVALID:
             notes.append(f"control line C {c:.3f} is not above C_min {self.thresholds.c_min:.3f}: the card is invalid")
-        confidence = max(0.0, min(1.0, 1.0 - noise / 0.04)) * max(0.0, 1.0 - geo.penalty)
+        confidence = max(0.0, min(1.0, 1.0 - noise / 0.04)) * (1.0 - 0.5 * abs(shift) / max_shift)
         if noise > 0.015:
             notes.append(f"membrane noise {noise:.3f}: a sharper, better-lit photo would be more precise")
         return StripReading(c=c, t=t, t_over_c=ratio, judgement=verdict, thresholds=self.thresholds,
@@ -531,7 +546,7 @@ def _running_percentile(values: np.ndarray, k: int, q: float) -> np.ndarray:
     half = k // 2
     padded = np.pad(values, half, mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, k)
-    return np.percentile(windows, q, axis=1)
+    return np.asarray(np.percentile(windows, q, axis=1), dtype=np.float64)
 
 
 # ---- camera --------------------------------------------------------------

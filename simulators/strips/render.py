@@ -40,6 +40,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "BODY_ASPECT",
@@ -259,7 +260,7 @@ def _background(params: RenderParams, rng: np.random.Generator) -> np.ndarray:
     grain_y = np.sin(np.linspace(0, float(rng.uniform(20, 60)), h, dtype=np.float32) + coarse[:, :1].ravel() * 2)
     tex = 0.6 * coarse + 0.4 * grain_y[:, None]
     bg = base[None, None, :] * (1.0 + params.background_texture * tex)[..., None]
-    return np.clip(bg, 0, 1).astype(np.float32)
+    return np.asarray(np.clip(bg, 0, 1), dtype=np.float32)
 
 
 def cassette_corners(params: RenderParams) -> np.ndarray:
@@ -270,7 +271,7 @@ def cassette_corners(params: RenderParams) -> np.ndarray:
     a = math.radians(params.angle_deg)
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     pts = local @ rot.T + np.array(params.center)
-    return (pts + np.array(params.corner_jitter)).astype(np.float32)
+    return np.asarray(pts + np.array(params.corner_jitter), dtype=np.float32)
 
 
 def render(truth: StripTruth, params: RenderParams) -> np.ndarray:
@@ -291,11 +292,11 @@ def render(truth: StripTruth, params: RenderParams) -> np.ndarray:
         bx1, by1 = np.ceil(dst.max(axis=0)).astype(int) + 40
         bx0, by0, bx1, by1 = max(bx0, 0), max(by0, 0), min(bx1, w), min(by1, h)
         bw, bh = bx1 - bx0, by1 - by0
-        M = cv2.getPerspectiveTransform(src, dst - np.float32([bx0, by0]))
+        M = cv2.getPerspectiveTransform(src, dst - np.array([bx0, by0], np.float32))
         warped = cv2.warpPerspective(canvas, M, (bw, bh), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
         mask = cv2.warpPerspective(alpha, M, (bw, bh), flags=cv2.INTER_LINEAR, borderValue=0)
         # soft drop shadow under the cassette
-        shadow = cv2.GaussianBlur(cv2.warpAffine(mask, np.float32([[1, 0, 6], [0, 1, 8]]), (bw, bh)), (0, 0), 8)
+        shadow = cv2.GaussianBlur(cv2.warpAffine(mask, np.array([[1, 0, 6], [0, 1, 8]], np.float32), (bw, bh)), (0, 0), 8)
         roi = scene[by0:by1, bx0:bx1]
         roi *= (1.0 - 0.5 * shadow)[..., None]
         roi += (warped - roi) * mask[..., None]
@@ -308,16 +309,16 @@ def render(truth: StripTruth, params: RenderParams) -> np.ndarray:
     light = params.exposure * (1.0 - params.gradient * (proj + 0.5))
     r2 = (xs * xs + ys * ys) / ((w / 2) ** 2 + (h / 2) ** 2)
     light *= 1.0 - params.vignette * r2
-    img = scene * light[..., None]
+    img: npt.NDArray[np.float32] = np.asarray(scene * light[..., None], dtype=np.float32)
     img *= np.array(params.white_balance, np.float32)
 
     # camera: optics blur, sensor noise (linear light), gamma, 8 bits
-    img = cv2.GaussianBlur(img, (0, 0), params.blur_sigma)
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), params.blur_sigma), dtype=np.float32)
     noise = rng.standard_normal(img.shape, dtype=np.float32)
     noise *= params.noise_sigma
     img += noise
     np.clip(img, 0.0, 1.0, out=img)
-    img = cv2.pow(img, 1.0 / GAMMA)
+    img = np.asarray(cv2.pow(img, 1.0 / GAMMA), dtype=np.float32)
     img *= 255.0
     img += 0.5
     return cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_RGB2BGR)
