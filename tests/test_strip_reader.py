@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.errors import DriverError
 from drivers.strip_reader import (
@@ -33,6 +35,7 @@ from drivers.strip_reader import (
     StripReading,
     StripThresholds,
     capture_from,
+    jpeg_quality_estimate,
     judge,
 )
 from gateway.commands import strip as strip_cmd
@@ -315,3 +318,32 @@ def test_cli_strip_read_lines_json_and_failures(photo_set: list[Path], tmp_path:
     from gateway.errors import ConfigError
     with pytest.raises(ConfigError):
         args.func(args)
+
+
+# ---- JPEG quality gate -----------------------------------------------------------
+def test_jpeg_quality_estimate_matches_the_encoder() -> None:
+    image = _photo(StripTruth(c=0.8, t=0.4))
+    for quality in (20, 30, 50, 75, 95):
+        data = bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1])
+        assert jpeg_quality_estimate(data) == quality
+    assert jpeg_quality_estimate(bytes(cv2.imencode(".png", image)[1])) is None
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_jpeg_quality_estimate_never_raises(data: bytes) -> None:
+    result = jpeg_quality_estimate(b"\xff\xd8" + data)
+    assert result is None or 1 <= result <= 100
+
+
+def test_over_compressed_photo_is_refused(tmp_path: Path) -> None:
+    truth, params = photo_spec(5, 1)
+    image = render(truth, params)  # the photo before compression
+    harsh = tmp_path / "harsh.jpg"
+    harsh.write_bytes(bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 15])[1]))
+    with pytest.raises(StripImageError, match="high quality"):
+        StripReader().read_file(harsh)
+    fair = tmp_path / "fair.jpg"
+    fair.write_bytes(bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 40])[1]))
+    reading = StripReader().read_file(fair)
+    assert any("JPEG quality about 40" in note for note in reading.notes)
