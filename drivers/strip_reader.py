@@ -224,6 +224,13 @@ _LUMA_RGB = np.array([0.299, 0.587, 0.114])
 
 
 _CANON_LEN = 800
+# Below this length (photo pixels) a line is under 4.5 px wide and the reading
+# drifts; refuse and ask for a closer photo.
+_MIN_LENGTH_PX = 200
+# Spread of the membrane's absorbance between the lines above which a reading
+# is refused: about 3x the worst seen on photos within the simulator's
+# default nuisance ranges (0.0042 over 300 photos).
+_MAX_NOISE = 0.02
 
 
 @dataclass
@@ -323,7 +330,14 @@ class StripReader:
                 "the cassette's outline is not a clean rectangle (occluded or strongly tilted?); re-take the photo "
                 "from straight above with nothing covering the cassette"
             )
-        return (corners / scale).astype(np.float32), geo
+        corners = (corners / scale).astype(np.float32)
+        length = 0.5 * (float(np.linalg.norm(corners[1] - corners[0])) + float(np.linalg.norm(corners[2] - corners[3])))
+        if length < _MIN_LENGTH_PX:
+            raise StripLinesError(
+                f"the cassette is only {length:.0f} px long in the photo (at least {_MIN_LENGTH_PX} needed to "
+                "measure its lines); move the camera closer so the cassette fills a third or more of the frame"
+            )
+        return corners, geo
 
     def _best_candidate(self, mask: np.ndarray, kernel: np.ndarray, rejected: list[str]) -> np.ndarray | None:
         """The largest blob shaped like the cassette (aspect, fill), or None."""
@@ -335,7 +349,7 @@ class StripReader:
         want = 1.0 / self.design.aspect
         for cnt in contours:
             area = cv2.contourArea(cnt)
-            if area < 0.02 * image_area:
+            if area < 0.004 * image_area:
                 continue
             (_, _), (rw, rh), _ = cv2.minAreaRect(cnt)
             long_side, short_side = max(rw, rh), min(rw, rh)
@@ -343,7 +357,7 @@ class StripReader:
                 continue
             aspect = long_side / short_side
             solidity = area / (rw * rh)
-            if not (0.7 * want <= aspect <= 1.35 * want) or solidity < 0.85:
+            if not (0.7 * want <= aspect <= 1.35 * want) or solidity < 0.78:
                 rejected.append(f"bright region of aspect {aspect:.1f}:1 and fill {solidity:.2f}")
                 continue
             if best is None or area > best[0]:
@@ -474,7 +488,7 @@ class StripReader:
         baseline = np.polyval(coef, u)
         absorb = 1.0 - prof / np.maximum(baseline, 1e-9)
         noise = float(np.std(absorb[keep]))
-        if noise > 0.04:
+        if noise > _MAX_NOISE:
             raise StripLinesError(
                 f"the membrane is too noisy or uneven to measure lines (noise {noise:.3f}); hold the camera still, "
                 "add even light, clean the window and re-take the photo"
@@ -491,17 +505,17 @@ class StripReader:
         verdict = judge(c, ratio, self.thresholds)
         if verdict is Judgement.INVALID:
             notes.append(f"control line C {c:.3f} is not above C_min {self.thresholds.c_min:.3f}: the card is invalid")
-        confidence = max(0.0, min(1.0, 1.0 - noise / 0.04)) * (1.0 - 0.5 * abs(shift) / max_shift)
-        if noise > 0.015:
+        confidence = max(0.0, min(1.0, 1.0 - noise / _MAX_NOISE)) * (1.0 - 0.5 * abs(shift) / max_shift)
+        if noise > 0.5 * _MAX_NOISE:
             notes.append(f"membrane noise {noise:.3f}: a sharper, better-lit photo would be more precise")
         return StripReading(c=c, t=t, t_over_c=ratio, judgement=verdict, thresholds=self.thresholds,
                             confidence=confidence, notes=tuple(notes))
 
 
 # ---- helpers -------------------------------------------------------------
-# Below this JPEG quality the block and chroma errors reach ~0.05 in line
-# intensity (measured on simulated photos at quality 20); refuse rather than guess.
-_MIN_JPEG_QUALITY = 30
+# Below this JPEG quality the block and chroma errors reach 0.04-0.05 in line
+# intensity (simulated photos at quality 20-30); refuse rather than guess.
+_MIN_JPEG_QUALITY = 40
 
 # The IJG (libjpeg) luminance table at quality 50, the reference every common
 # encoder scales; its sum lets us estimate the quality a photo was saved at.
