@@ -230,7 +230,7 @@ _MIN_LENGTH_PX = 200
 # Spread of the membrane's absorbance between the lines above which a reading
 # is refused: about 3x the worst seen on photos within the simulator's
 # default nuisance ranges (0.0042 over 300 photos).
-_MAX_NOISE = 0.02
+_MAX_NOISE = 0.015
 
 
 @dataclass
@@ -638,7 +638,8 @@ def capture_from(source: int | str | Path, *, warmup_frames: int = 0) -> np.ndar
         target = int(source)
     else:
         target = source
-    if isinstance(target, str) and "://" not in target and not Path(target).exists():
+    looks_like_file = isinstance(target, str) and "://" not in target and "!" not in target  # not URL/pipeline
+    if looks_like_file and not Path(str(target)).exists():
         raise StripCaptureError(f"video source {target} does not exist; check the file path or give a camera index")
     try:
         cap = cv2.VideoCapture(target)

@@ -347,3 +347,30 @@ def test_over_compressed_photo_is_refused(tmp_path: Path) -> None:
     fair.write_bytes(bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 45])[1]))
     reading = StripReader().read_file(fair)
     assert any("JPEG quality about 45" in note for note in reading.notes)
+
+
+@st.composite
+def _scenes(draw: st.DrawFn) -> np.ndarray:
+    h = draw(st.integers(120, 300))
+    w = draw(st.integers(120, 400))
+    image = np.full((h, w, 3), draw(st.integers(0, 255)), np.uint8)
+    for _ in range(draw(st.integers(0, 4))):
+        x0, y0 = draw(st.integers(0, w - 1)), draw(st.integers(0, h - 1))
+        x1, y1 = draw(st.integers(0, w - 1)), draw(st.integers(0, h - 1))
+        colour = tuple(draw(st.integers(0, 255)) for _ in range(3))
+        cv2.rectangle(image, (x0, y0), (x1, y1), colour, -1)
+    if draw(st.booleans()):
+        centre = (draw(st.integers(0, w)), draw(st.integers(0, h)))
+        cv2.circle(image, centre, draw(st.integers(1, 60)), (90, 80, 120), -1)
+    return image
+
+
+@given(_scenes())
+@settings(max_examples=60, deadline=None)
+def test_any_picture_reads_or_raises_strip_read_error(image: np.ndarray) -> None:
+    try:
+        reading = StripReader().read(image)
+    except StripReadError as exc:
+        assert str(exc)
+    else:
+        assert reading.judgement in set(Judgement)
