@@ -76,6 +76,7 @@ import numpy as np
 from drivers.errors import DriverError
 
 __all__ = [
+    "CassetteDesign",
     "Judgement",
     "StripCaptureError",
     "StripImageError",

@@ -273,6 +273,10 @@ def test_capture_from_video_file_then_read(tmp_path: Path) -> None:
 def test_capture_from_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(StripCaptureError, match="does not exist"):
         capture_from(tmp_path / "nope.avi")
+    with pytest.raises(StripCaptureError, match="cannot open"):
+        capture_from(97)  # no such camera here
+    with pytest.raises(StripCaptureError, match="cannot open"):
+        capture_from("rtsp://127.0.0.1:1/none")  # nothing listens on port 1
     junk = tmp_path / "junk.avi"
     junk.write_bytes(b"\x00" * 100)
     with pytest.raises(StripCaptureError):
