@@ -232,6 +232,10 @@ _MIN_LENGTH_PX = 200
 # is refused: about 3x the worst seen on photos within the simulator's
 # default nuisance ranges (0.0042 over 300 photos).
 _MAX_NOISE = 0.015
+# Largest difference allowed between the line intensities read from the two
+# halves of the window (along the lines): 1.5x the worst over 300 photos in the
+# default ranges (0.08); a shadow edge across the window gave 0.30.
+_MAX_SPLIT = 0.12
 
 
 @dataclass
@@ -485,28 +489,44 @@ class StripReader:
                 "too little clean membrane around the lines to set a baseline; re-take the photo closer and sharper"
             )
         u = (xs - xs.mean()) / (float(np.ptp(xs)) or 1.0)
-        coef = np.polyfit(u[keep], prof[keep], 2)
-        baseline = np.polyval(coef, u)
-        absorb = 1.0 - prof / np.maximum(baseline, 1e-9)
-        noise = float(np.std(absorb[keep]))
+        sel_c = np.abs(xs - c_pos) <= 1.0 * w_px
+        sel_t = np.abs(xs - t_pos) <= 1.0 * w_px
+        scale = float(d.luma_absorption * w_px)
+
+        def lines_in(profile: np.ndarray) -> tuple[float, float, float]:
+            """C, T and the membrane noise of one profile, on its own fitted baseline."""
+            coef = np.polyfit(u[keep], profile[keep], 2)
+            absorb = 1.0 - profile / np.maximum(np.polyval(coef, u), 1e-9)
+            return (float(absorb[sel_c].sum()) / scale, float(absorb[sel_t].sum()) / scale,
+                    float(np.std(absorb[keep])))
+
+        c, t, noise = lines_in(prof)
         if noise > _MAX_NOISE:
             raise StripLinesError(
                 f"the membrane is too noisy or uneven to measure lines (noise {noise:.3f}); hold the camera still, "
                 "add even light, clean the window and re-take the photo"
             )
-
-        def intensity(pos: float) -> float:
-            sel = np.abs(xs - pos) <= 1.0 * w_px
-            return float(absorb[sel].sum()) / float(d.luma_absorption * w_px)
-
-        c = max(0.0, intensity(c_pos))
-        t = max(0.0, intensity(t_pos))
+        # The two halves of the window (along the lines) must agree: a shadow
+        # edge or glare spot crossing the window makes them differ even when
+        # the averaged profile looks clean.
+        half = region.shape[0] // 2
+        c_a, t_a, _ = lines_in(region[:half].mean(axis=0).astype(np.float64))
+        c_b, t_b, _ = lines_in(region[half:].mean(axis=0).astype(np.float64))
+        split = max(abs(c_a - c_b), abs(t_a - t_b))
+        if split > _MAX_SPLIT:
+            raise StripLinesError(
+                f"the two halves of the test window read differently (by {split:.3f} in line intensity): a shadow "
+                "edge or glare crosses the window; re-take the photo in even light without shadows or reflections"
+            )
+        c = max(0.0, c)
+        t = max(0.0, t)
         ratio = t / c if c > 1e-6 else 0.0
         notes = list(geo.notes)
         verdict = judge(c, ratio, self.thresholds)
         if verdict is Judgement.INVALID:
             notes.append(f"control line C {c:.3f} is not above C_min {self.thresholds.c_min:.3f}: the card is invalid")
-        confidence = max(0.0, min(1.0, 1.0 - noise / _MAX_NOISE)) * (1.0 - 0.5 * abs(shift) / max_shift)
+        confidence = (max(0.0, 1.0 - noise / _MAX_NOISE) * (1.0 - 0.5 * split / _MAX_SPLIT)
+                      * (1.0 - 0.5 * abs(shift) / max_shift))
         if noise > 0.5 * _MAX_NOISE:
             notes.append(f"membrane noise {noise:.3f}: a sharper, better-lit photo would be more precise")
         return StripReading(c=c, t=t, t_over_c=ratio, judgement=verdict, thresholds=self.thresholds,

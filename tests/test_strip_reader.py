@@ -378,3 +378,23 @@ def test_any_picture_reads_or_raises_strip_read_error(image: np.ndarray) -> None
         assert str(exc)
     else:
         assert reading.judgement in set(Judgement)
+
+
+def test_shadow_edge_across_the_window_is_refused_not_misread() -> None:
+    # a hard-ish shadow crossing the window at an angle (found by a sweep: read
+    # naively it gives T/C 0.93 for a true 0.70)
+    truth, params = photo_spec(61, 30)
+    image = render(truth, params).astype(np.float32)
+    rng = np.random.default_rng(30)
+    h, w = image.shape[:2]
+    angle = rng.uniform(0, 2 * np.pi)
+    offset = rng.uniform(-0.3, 0.3) * params.length_px
+    soft = rng.uniform(1, 8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    dist = (xx - params.center[0]) * np.cos(angle) + (yy - params.center[1]) * np.sin(angle) - offset
+    shade = 1 - (1 - 0.65 ** (1 / 2.2)) / (1 + np.exp(-dist / soft))
+    shaded = np.clip(image * shade[..., None], 0, 255).astype(np.uint8)
+    with pytest.raises(StripLinesError, match="shadow"):
+        StripReader().read(shaded)
+    reading = StripReader().read(image.astype(np.uint8))  # the same photo without the shadow reads fine
+    assert reading.t_over_c == pytest.approx(truth.t_over_c, abs=max(0.1 * truth.t_over_c, 0.05))
