@@ -7,7 +7,8 @@ and never writes to it.
 
 Pipeline (``StripReader.read``)::
 
-    BGR photo ──► whiteness mask (min of B,G,R, Otsu) ──► largest cassette-shaped blob
+    BGR photo ──► whiteness mask (min of B,G,R; Otsu, then stricter levels on a light
+                  background) ──► largest cassette-shaped blob
               ──► 4 corners (approxPolyDP, else extreme points) ──► perspective warp
                   to an upright 800 x 232 cassette
               ──► linear light (sRGB-like gamma 2.2 undone)
@@ -19,6 +20,7 @@ Pipeline (``StripReader.read``)::
                   gradients, vignetting, the faint pink background)
               ──► C and T found together at their known spacing; each line's
                   intensity = its integrated absorbance / (0.622 x line width)
+              ──► the same on each half of the window: the halves must agree
 
 Cassette design this reader expects (body units, length 1.0, sample end
 left; the simulator in ``simulators/strips`` draws the same design)::
@@ -45,6 +47,15 @@ mostly cancel. The measurement integrates absorbance over the line, so
 optical blur, which spreads a line without changing its area, does not
 change the reading. A real cassette and camera need this scale calibrated
 against reference cards (``CassetteDesign.gold_absorption``).
+
+Refuse rather than guess: a photo is rejected (``StripReadError``, with
+what to do) when the cassette is under 200 px long, the JPEG quality is under
+40 (``read_file``), the window edges or the lines are not where the design
+puts them (outline misjudged), the window is too dark or clipped, the
+membrane between the lines is noisy (> 0.015), or the two halves of the
+window disagree by more than 0.12 in line intensity (a shadow edge or glare
+across it). Each limit is a few times the worst value seen on simulated
+photos within the simulator's default nuisance ranges.
 
 Judgement (competitive assay, rapidtest-astm.md §4), on values rounded to the
 3 decimals printed: C <= c_min -> invalid; else T/C <= positive_max ->

@@ -227,7 +227,13 @@ def test_cassette_cut_off_by_the_frame_raises() -> None:
 
 def test_too_dark_window_says_add_light() -> None:
     image = _photo(StripTruth(c=0.8, t=0.4), index=5, exposure=0.012, noise_sigma=0.0005)
-    with pytest.raises(StripReadError, match="light"):
+    with pytest.raises(StripLinesError, match="too dark.*add light"):
+        StripReader().read(image)
+
+
+def test_overexposed_window_says_reduce_light() -> None:
+    image = _photo(StripTruth(c=0.8, t=0.4), index=5, exposure=1.3)
+    with pytest.raises(StripLinesError, match="overexposed.*reduce the light"):
         StripReader().read(image)
 
 
