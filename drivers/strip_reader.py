@@ -657,11 +657,13 @@ def _running_percentile(values: np.ndarray, k: int, q: float) -> np.ndarray:
 
 
 # ---- camera --------------------------------------------------------------
-def capture_from(source: int | str | Path, *, warmup_frames: int = 0) -> np.ndarray:
+def capture_from(source: int | str | Path, *, warmup_frames: int = 0, timeout_s: float = 10.0) -> np.ndarray:
     """Grab one BGR frame from a camera index, a stream URL or a video/image file.
 
     ``warmup_frames`` frames are read and dropped first (webcams need a few to
-    settle exposure). The capture is always released.
+    settle exposure). Opening and each read are bounded by ``timeout_s``
+    (honoured by the FFmpeg and V4L2 back-ends) so an unreachable stream
+    fails instead of hanging. The capture is always released.
     """
     target: int | str
     if isinstance(source, Path):
@@ -674,7 +676,9 @@ def capture_from(source: int | str | Path, *, warmup_frames: int = 0) -> np.ndar
     if looks_like_file and not Path(str(target)).exists():
         raise StripCaptureError(f"video source {target} does not exist; check the file path or give a camera index")
     try:
-        cap = cv2.VideoCapture(target)
+        ms = max(1, int(timeout_s * 1000))
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        cap = cv2.VideoCapture(target, cv2.CAP_ANY, params)
     except cv2.error as exc:
         raise StripCaptureError(f"OpenCV could not open video source {target!r}: {exc}; check the device or URL") from exc
     try:
