@@ -19,6 +19,7 @@ SIMULATORS: dict[str, str] = {
     "fingerprint": "simulators.fingerprint.cli",
     "platform": "simulators.platform.cli",
     "rapidtest": "simulators.rapidtest.cli",
+    "strips": "simulators.strips.cli",
 }
 
 
