@@ -1,0 +1,1 @@
+"""Uplinks to the platform: MQTT (events, results, commands) and gRPC (evidence uploads)."""
