@@ -134,6 +134,7 @@ class LinkStats:
     resent: int = 0
     parked: int = 0
     network_restarts: int = 0
+    max_in_flight: int = 0  # never above the window: the proof of back-pressure
     commands_ok: int = 0
     commands_rejected: int = 0
 
@@ -170,7 +171,8 @@ class MqttLink:
         self.commands = CommandHandler(self.data_dir, self.gateway_id, list(sync_time_hooks or []),
                                        status_extra=self._status_extra)
         self.writer: ob.OutboxWriter | None = None
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # CONNACK accepted: the outbox is being fed
+        self.ready = threading.Event()      # …and the command subscription is acknowledged
         self._drained = threading.Event()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -234,7 +236,8 @@ class MqttLink:
         return self.publish("results", "results/rapidtest", result)
 
     def wait_connected(self, timeout: float) -> bool:
-        return self.connected.wait(timeout)
+        """True once connected and (if commands are handled) subscribed to ``cmd/+``."""
+        return self.ready.wait(timeout)
 
     def wait_drained(self, timeout: float) -> bool:
         """True once connected and every committed, non-parked message has its PUBACK."""
@@ -266,6 +269,11 @@ class MqttLink:
 
         def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
             self._push("message", gen, message)
+
+        def on_subscribe(_c: Any, _u: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+            self._push("suback", gen, reason_codes)
+
+        client.on_subscribe = on_subscribe
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -391,6 +399,13 @@ class MqttLink:
                 self._process_acks(acks)
                 acks = []
                 self._on_connack(event[2])
+            elif kind == "suback":
+                codes = event[2] or []
+                if any(getattr(rc, "is_failure", False) for rc in codes):
+                    why = f"broker refused the command subscription {self.root}cmd/+ ({codes[0]}); commands will not arrive"
+                    log.error("MQTT: %s", why)
+                    self._set_status("connected", "connected, but commands are refused by the broker ACL", error=why)
+                self.ready.set()
             elif kind == "message":
                 self._process_acks(acks)
                 acks = []
@@ -435,6 +450,8 @@ class MqttLink:
         self._client.publish(self.root + "state", _gateway_state(self.gateway_id, "online"), qos=1, retain=True)
         if self.config.handle_commands:
             self._client.subscribe(self.root + "cmd/+", qos=1)
+        else:
+            self.ready.set()
         for lane in ob.LANES:
             self._exhausted[lane] = False
 
@@ -457,6 +474,7 @@ class MqttLink:
         self._client, self._net = None, None
         was_connected = self.connected.is_set()
         self.connected.clear()
+        self.ready.clear()
         self._gen += 1  # events still queued from that client are ignored
         if client is not None:
             sock = client.socket()
@@ -521,6 +539,7 @@ class MqttLink:
                 return
             self._inflight[info.mid] = msg
             self.stats.published += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, len(self._inflight))
             if msg.id in self._sent_before:
                 self.stats.resent += 1
                 self._sent_before.discard(msg.id)
@@ -671,6 +690,7 @@ class MqttLink:
         elif client is not None:
             self._teardown("stopping", failed=False)
         self.connected.clear()
+        self.ready.clear()
         self._flush_deletes()
         self._set_status("stopped", "link stopped by the gateway")
 

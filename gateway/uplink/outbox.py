@@ -329,8 +329,9 @@ def attach_to_service(service: Any, quota_bytes: int = DEFAULT_QUOTA_BYTES) -> N
     def gate(db: sqlite3.Connection, row: EvidenceRow, details: dict[str, Any]) -> None:
         if details.get("event") == "ingested" and usage(db, quota_bytes).full:
             detail = f"outbox holds >= {quota_bytes} bytes; capture {row.source_path!r} refused"
+            # The alarm cannot be written in this transaction (raising rolls it back); `egw status`
+            # derives it from the outbox size (mqtt_status()["alarms"]), and the log says it now.
             log.error("ALARM: MQTT outbox full (%s); new captures are refused, nothing is dropped", detail)
-            set_link_status(db, "outbox", "full", detail=detail, error=detail)
             raise OutboxFullError(f"cannot accept {row.source_path!r}: the MQTT outbox is full ({quota_bytes} bytes)")
 
     service.transition_hooks.append(gate)
