@@ -201,6 +201,8 @@ class MqttLink:
     def start(self) -> "MqttLink":
         if self._thread is not None:
             raise ConfigError("the MQTT link is already started")
+        # Open (and migrate) the database here, before any thread: concurrent first opens race.
+        self._state = State(self.data_dir)
         self.writer = ob.OutboxWriter(self.data_dir, self.gateway_id, on_commit=self._on_commit)
         self._thread = threading.Thread(target=self._supervise, name=f"egw-mqtt-{self.gateway_id}", daemon=True)
         self._thread.start()
@@ -282,7 +284,7 @@ class MqttLink:
 
     # ---- supervisor -----------------------------------------------------------
     def _supervise(self) -> None:
-        self._state = State(self.data_dir)
+        assert self._state is not None
         # Deleting acknowledged rows need not be fsynced: losing a delete only re-sends a duplicate.
         self._state.db.execute("PRAGMA synchronous=NORMAL")
         try:

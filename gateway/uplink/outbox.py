@@ -406,6 +406,8 @@ class OutboxWriter:
         self._pending: list[_Pending] = []
         self._cond = threading.Condition()
         self._closing = False
+        # Opened here, not in the thread: two first opens racing would both run the migrations.
+        self._state = State(self.data_dir)
         self._thread = threading.Thread(target=self._run, name="egw-outbox-writer", daemon=True)
         self._thread.start()
 
@@ -433,7 +435,7 @@ class OutboxWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        state = State(self.data_dir)
+        state = self._state
         try:
             while True:
                 with self._cond:
