@@ -59,7 +59,7 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 class Mosquitto:
     """A broker of our own on a free port; ``kill()`` is SIGKILL by pid, ``start()`` again restarts it."""
 
-    def __init__(self, workdir: Path, extra: str = "", port: int | None = None) -> None:
+    def __init__(self, workdir: Path, extra: str = "allow_anonymous true\n", port: int | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.conf = workdir / f"mosquitto-{self.port}.conf"
@@ -94,8 +94,10 @@ class Gate:
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.open = threading.Event()
+        self.open = threading.Event()      # new connections allowed
         self.open.set()
+        self.flowing = threading.Event()   # bytes forwarded (cleared: held, as on a stalled network)
+        self.flowing.set()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.server.getsockname()[1])
         self._stop = False
@@ -121,10 +123,10 @@ class Gate:
             for a, b in ((down, up), (up, down)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self.flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -133,6 +135,17 @@ class Gate:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def drop_all(self) -> None:
+        """Cut every forwarded connection; bytes held while frozen are discarded."""
+        conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+        self.flowing.set()
 
     def close(self) -> None:
         self._stop = True
