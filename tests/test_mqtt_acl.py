@@ -127,4 +127,5 @@ def test_a_certificate_the_broker_does_not_trust_is_refused_and_nothing_is_lost(
     report = drain_outbox(data_dir, f"mqtts://127.0.0.1:{broker.port}", timeout=1.5)
     assert not report.ok and report.remaining == 1 and report.delivered == 0
     status = link_status(data_dir)
-    assert status["link"]["last_connected_at"] is None and status["link"]["last_error"]
+    assert status["link"]["last_connected_at"] is None and "does not trust" in status["link"]["last_error"]
+    assert report.link_state == "refused"

@@ -418,6 +418,12 @@ class MqttLink:
                 if kind == "net-exit" and event[2] is not None:
                     self.stats.network_restarts += 1
                     self._teardown(f"network thread died: {type(event[2]).__name__}: {event[2]}", failed=True)
+                elif not self.connected.is_set():
+                    why = f"{self.url.redacted()} closed the connection before accepting it (no CONNACK)"
+                    if self.url.tls:
+                        why += ("; with TLS this usually means the broker does not trust this gateway's certificate "
+                                "(enrolled? identity/gateway.crt issued by the broker's CA?)")
+                    self._teardown(why, failed=True, state="refused")
                 else:
                     rc = event[2]
                     why = f"connection to {self.url.redacted()} lost" + (f" ({rc})" if rc is not None and getattr(rc, "value", 0) else "")
@@ -713,8 +719,9 @@ def drain_outbox(data_dir: Path | str, broker_url: str, timeout: float = 60.0, *
                  config: LinkConfig | None = None) -> DrainReport:
     """Connect, send every queued message, wait for each PUBACK, disconnect (for `egw sync --once --mqtt URL`).
 
-    ``ok`` is False (exit non-zero) when anything is left: not delivered in
-    time, or parked because the broker refused it.
+    ``ok`` is False (exit non-zero) when anything is left (not delivered in
+    time, or parked because the broker refused it) or the broker was never
+    reached (then not even the custody tree head went out).
     """
     cfg = config or LinkConfig(broker_url, handle_commands=False)
     cfg.broker_url = broker_url
@@ -723,13 +730,16 @@ def drain_outbox(data_dir: Path | str, broker_url: str, timeout: float = 60.0, *
     link.start()
     try:
         link.wait_drained(timeout)
+        with State(Path(data_dir)) as state:
+            state_before_stop = str(ob.read_link_status(state.db).get(LINK_NAME, {}).get("state", "unknown"))
     finally:
         link.stop()
     with State(Path(data_dir)) as state:
         used = ob.usage(state.db)
         status = ob.read_link_status(state.db).get(LINK_NAME, {})
+    never = link.stats.connects == 0
     return DrainReport(
-        ok=used.count == 0, delivered=link.stats.acked, remaining=used.count, parked=used.parked,
-        elapsed_s=round(time.monotonic() - started, 3), link_state=str(status.get("state", "unknown")),
-        error=status.get("last_error") if used.count else None, stats=asdict(link.stats),
+        ok=used.count == 0 and not never, delivered=link.stats.acked, remaining=used.count, parked=used.parked,
+        elapsed_s=round(time.monotonic() - started, 3), link_state=state_before_stop,
+        error=status.get("last_error") if used.count or never else None, stats=asdict(link.stats),
     )
