@@ -112,7 +112,7 @@ def test_a_full_outbox_refuses_new_captures_never_drops_and_raises_an_alarm(gw):
 def test_group_commit_writer_commits_everything_in_order_before_resolving(gw):
     data_dir, gid = gw
     commits = []
-    writer = ob.OutboxWriter(data_dir, gid, on_commit=lambda: commits.append(1))
+    writer = ob.OutboxWriter(data_dir, gid, on_commit=lambda lanes: commits.append(lanes))
     futures = [writer.submit("results", "results/rapidtest", f"m{i}".encode()) for i in range(3000)]
     ids = [f.result(10) for f in futures]
     writer.close()

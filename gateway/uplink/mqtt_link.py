@@ -187,9 +187,11 @@ class MqttLink:
         self._buffers: dict[str, deque[ob.OutboxMessage]] = {lane: deque() for lane in ob.LANES}
         self._cursor: dict[str, int] = {lane: 0 for lane in ob.LANES}
         self._exhausted: dict[str, bool] = {lane: False for lane in ob.LANES}
+        self._dirty: set[str] = set()  # lanes with rows committed since they were last read to the end
         self._sent_before: set[int] = set()
         self._rr = 0
         self._to_delete: list[int] = []
+        self._delete_done: Future[None] | None = None
         self._failures = 0
         self._next_attempt = 0.0
         self._sth_size = -1
@@ -209,14 +211,18 @@ class MqttLink:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Flush committed work, publish ``offline`` (retained), disconnect cleanly."""
-        if self.writer is not None:
-            self.writer.close(timeout)
+        """Finish what is in flight, publish ``offline`` (retained), disconnect cleanly.
+
+        Messages handed to ``publish`` are committed before this returns (they
+        go out on the next start or ``drain_outbox``).
+        """
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.writer is not None:
+            self.writer.close(timeout)
 
     def __enter__(self) -> "MqttLink":
         return self.start()
@@ -251,7 +257,8 @@ class MqttLink:
         self.commands.sync_time_hooks.append(hook)
 
     # ---- callbacks (paho's network thread / the writer) ---------------------
-    def _on_commit(self) -> None:
+    def _on_commit(self, lanes: set[str]) -> None:
+        self._dirty.update(lanes)  # set.update is atomic under the GIL; the supervisor swaps the set out
         self._drained.clear()
         self._wake.set()
 
@@ -313,15 +320,19 @@ class MqttLink:
             if self._client is not None:
                 self._wake.wait(0.05)
             return
+        if self._dirty:
+            dirty, self._dirty = self._dirty, set()
+            for lane in dirty:
+                self._exhausted[lane] = False
         if now - self._last_poll >= self.config.poll_interval_s:
-            self._last_poll = now
+            self._last_poll = now  # rows queued by other processes (evidence service, CLI)
             for lane in ob.LANES:
                 self._exhausted[lane] = False
         self._maybe_tree_head(now)
         self._feed()
         self._flush_deletes()
         self._check_drained()
-        if not self._events:
+        if not self._events and not self._dirty:
             self._wake.wait(self.config.poll_interval_s)
 
     def _connect(self) -> None:
@@ -494,7 +505,7 @@ class MqttLink:
             client._thread_terminate = True  # noqa: SLF001 - stop loop_forever promptly
         if net is not None and net is not threading.current_thread():
             net.join(2.0)
-        self._flush_deletes()
+        self._flush_deletes(wait=True)  # acknowledged rows must be gone before the cursors rewind
         # Everything un-acknowledged goes out again, oldest first.
         self._sent_before.update(m.id for m in self._inflight.values())
         self._inflight.clear()
@@ -574,20 +585,31 @@ class MqttLink:
                     self.stats.parked += 1
                     log.error("MQTT: %s; message parked (kept), fix the ACL/topic then requeue", why)
                 ob.set_link_status(db, LINK_NAME, "connected", detail="some messages were refused by the broker", error=parked[-1][1])
-        if len(self._to_delete) >= 256:
-            self._flush_deletes()
+        self._flush_deletes()
 
-    def _flush_deletes(self) -> None:
-        if not self._to_delete or self._state is None:
-            return
-        ids, self._to_delete = self._to_delete, []
-        with self._state.transaction() as db:
-            ob.delete(db, ids)
+    def _flush_deletes(self, wait: bool = False) -> None:
+        """Hand acknowledged ids to the writer thread (the one writing connection); optionally wait."""
+        if self._to_delete:
+            ids, self._to_delete = self._to_delete, []
+            if self.writer is not None and not self.writer.closed:
+                self._delete_done = self.writer.delete(ids)
+            else:
+                assert self._state is not None
+                with self._state.transaction() as db:
+                    ob.delete(db, ids)
+        if wait and self._delete_done is not None:
+            try:
+                self._delete_done.result(30)
+            except Exception as exc:  # noqa: BLE001 - a lost delete only means a duplicate later
+                log.warning("could not delete acknowledged outbox rows (%s); they will be sent again", exc)
+            self._delete_done = None
 
     def _check_drained(self) -> None:
         if self._inflight or self._to_delete or any(self._buffers.values()) or not all(self._exhausted.values()):
             return
-        if self.writer is not None and self.writer._pending:  # noqa: SLF001 - same module family
+        if self._delete_done is not None and not self._delete_done.done():
+            return
+        if self._dirty or (self.writer is not None and self.writer.busy):
             return
         if self._sth_size < 0:
             return
@@ -689,7 +711,7 @@ class MqttLink:
                 self._wake.wait(0.02)
                 self._wake.clear()
                 self._handle_events()
-            self._flush_deletes()
+            self._flush_deletes(wait=True)
             if self._client is client:
                 client.disconnect()
                 if self._net is not None:
@@ -699,7 +721,7 @@ class MqttLink:
             self._teardown("stopping", failed=False)
         self.connected.clear()
         self.ready.clear()
-        self._flush_deletes()
+        self._flush_deletes(wait=True)
         self._set_status("stopped", "link stopped by the gateway")
 
 

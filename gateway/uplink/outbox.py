@@ -395,15 +395,21 @@ class OutboxWriter:
     ``submit`` returns a Future resolved with the row id once the row is
     durable; ``on_commit`` (the link's wake-up) is called after every commit,
     so nothing reaches paho before it is on disk.
+
+    The link's deletions (rows PUBACKed) go through this thread too: with one
+    writing connection, the sender never waits in SQLite's busy handler
+    (which sleeps up to 100 ms at a time) behind an fsync.
     """
 
     MAX_BATCH = 2000
 
-    def __init__(self, data_dir: Path | str, gateway_id: str, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(self, data_dir: Path | str, gateway_id: str, on_commit: Callable[[set[str]], None] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.root = topic_root(gateway_id)
         self.on_commit = on_commit
         self._pending: list[_Pending] = []
+        self._deletes: list[int] = []
+        self._delete_waiters: list[Future[None]] = []
         self._cond = threading.Condition()
         self._closing = False
         # Opened here, not in the thread: two first opens racing would both run the migrations.
@@ -428,6 +434,25 @@ class OutboxWriter:
             self._cond.notify()
         return item.future
 
+    def delete(self, ids: list[int]) -> Future[None]:
+        """Remove acknowledged rows in the next transaction; the Future resolves once committed."""
+        done: Future[None] = Future()
+        with self._cond:
+            self._deletes.extend(ids)
+            self._delete_waiters.append(done)
+            self._cond.notify()
+        return done
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def busy(self) -> bool:
+        """Messages or deletions handed over but not yet committed."""
+        with self._cond:
+            return bool(self._pending or self._deletes)
+
     def close(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._closing = True
@@ -439,24 +464,34 @@ class OutboxWriter:
         try:
             while True:
                 with self._cond:
-                    while not self._pending and not self._closing:
+                    while not self._pending and not self._deletes and not self._closing:
                         self._cond.wait()
-                    if not self._pending and self._closing:
+                    if not self._pending and not self._deletes and self._closing:
                         return
                     batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+                    deletes, self._deletes = self._deletes, []
+                    waiters, self._delete_waiters = self._delete_waiters, []
                 try:
                     ids = []
                     with state.transaction() as db:
                         for item in batch:
                             ids.append(enqueue(db, self.root, item.lane, item.topic, item.payload, retain=item.retain))
+                        if deletes:
+                            delete(db, deletes)
                 except Exception as exc:  # noqa: BLE001 - every producer must hear about it
-                    log.error("outbox commit of %d message(s) failed: %s", len(batch), exc)
+                    log.error("outbox commit of %d message(s) and %d deletion(s) failed: %s", len(batch), len(deletes), exc)
                     for item in batch:
                         item.future.set_exception(exc)
+                    for waiter in waiters:
+                        waiter.set_exception(exc)
+                    continue
+                for waiter in waiters:
+                    waiter.set_result(None)
+                if not batch:
                     continue
                 for item, row_id in zip(batch, ids):
                     item.future.set_result(row_id)
                 if self.on_commit is not None:
-                    self.on_commit()
+                    self.on_commit({item.lane for item in batch})
         finally:
             state.close()
