@@ -193,6 +193,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    parser.add_argument("--window", type=int, default=0, help="outbox messages handed to paho un-acked (0: the link's default)")
     parser.add_argument("--paced", type=int, default=1000, help="messages in the paced (1,000 msg/s) latency run; 0 to skip")
     ns = parser.parse_args()
     url = parse_broker_url(ns.broker)
@@ -203,7 +204,7 @@ def main() -> int:
     bare_topic = f"{root}bench/bare"
     sub = Subscriber(url.host, url.port, f"{root}#")
     print(f"{ns.n} messages of {len(make_payload(template, 'x-0'))} bytes, QoS 1, paho max_inflight 20, broker {url.redacted()}")
-    link = MqttLink(work / "gw", LinkConfig(ns.broker, handle_commands=False, sth_interval_s=3600)).start()
+    link = MqttLink(work / "gw", LinkConfig(ns.broker, handle_commands=False, sth_interval_s=3600, window=ns.window)).start()
     try:
         if not link.wait_connected(10):
             print(f"cannot connect to {ns.broker}", file=sys.stderr)

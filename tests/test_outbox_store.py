@@ -119,8 +119,25 @@ def test_group_commit_writer_commits_everything_in_order_before_resolving(gw):
     assert ids == sorted(ids) and len(set(ids)) == 3000
     assert 1 <= len(commits) < 3000  # batched: fewer fsyncs than messages
     with State(data_dir) as state:
-        payloads = [p for (p,) in state.db.execute("SELECT payload FROM outbox ORDER BY id")]
-    assert payloads == [f"m{i}".encode() for i in range(3000)]
+        rows = state.db.execute("SELECT id, payload FROM outbox ORDER BY id").fetchall()
+    assert [p for _, p in rows] == [f"m{i}".encode() for i in range(3000)]
+    assert [i for i, _ in rows] == ids  # each ticket names its own row
+
+
+def test_group_commit_keeps_order_and_latest_only_across_mixed_lanes(gw):
+    data_dir, gid = gw
+    writer = ob.OutboxWriter(data_dir, gid)
+    tickets = []
+    for i in range(30):
+        tickets.append(writer.submit("results", "results/rapidtest", f"r{i}".encode()))
+        tickets.append(writer.submit("device", f"devices/cam{i % 2}/state", f"d{i}".encode(), retain=True))
+    ids = [t.result(10) for t in tickets]
+    writer.close()
+    with State(data_dir) as state:
+        rows = dict(state.db.execute("SELECT id, payload FROM outbox").fetchall())
+    assert [rows[i] for i in ids[0::2]] == [f"r{i}".encode() for i in range(30)]
+    assert sorted(rows[i] for i in ids[1::2] if i in rows) == [b"d28", b"d29"]  # only the latest per device
+    assert len(rows) == 32
     other = ob.OutboxWriter(data_dir, gid)
     with pytest.raises(ob.OutboxError, match="wildcard"):
         other.submit("results", "results/#", b"")

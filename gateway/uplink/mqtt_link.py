@@ -230,17 +230,17 @@ class MqttLink:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def publish(self, lane: str, subtopic: str, payload: Any, *, retain: bool = False) -> Future[int]:
-        """Queue durably; the Future resolves with the outbox id once committed (before it is sent)."""
+    def publish(self, lane: str, subtopic: str, payload: Any, *, retain: bool = False) -> ob.OutboxTicket:
+        """Queue durably; ``ticket.result(timeout)`` is the outbox id once committed (before it is sent)."""
         if self.writer is None:
             raise ConfigError("start the MQTT link before publishing")
         self._drained.clear()
         return self.writer.submit(lane, subtopic, payload, retain=retain)
 
-    def put_device_state(self, state: events_pb2.DeviceState) -> Future[int]:
+    def put_device_state(self, state: events_pb2.DeviceState) -> ob.OutboxTicket:
         return self.publish("device", f"devices/{state.device_id}/state", state, retain=True)
 
-    def put_result(self, result: events_pb2.RapidTestResult) -> Future[int]:
+    def put_result(self, result: events_pb2.RapidTestResult) -> ob.OutboxTicket:
         return self.publish("results", "results/rapidtest", result)
 
     def wait_connected(self, timeout: float) -> bool:
@@ -589,7 +589,7 @@ class MqttLink:
 
     def _flush_deletes(self, wait: bool = False) -> None:
         """Hand acknowledged ids to the writer thread (the one writing connection); optionally wait."""
-        if self._to_delete:
+        if self._to_delete and (wait or len(self._to_delete) >= 64 or not self._inflight):
             ids, self._to_delete = self._to_delete, []
             if self.writer is not None and not self.writer.closed:
                 self._delete_done = self.writer.delete(ids)
