@@ -272,3 +272,44 @@ def enrol_for_tls(data_dir: Path, ca: MiniCA, cn: str | None = None) -> None:
     ident = load_identity(data_dir)
     write_cert(ident.directory / "gateway.crt", ca.issue(cn or ident.gateway_id, ident.private_key.public_key()))
     write_cert(ident.directory / "ca.pem", ca.cert)
+
+
+class Mqtt311OnlyProxy(Gate):
+    """Looks like a broker that only speaks MQTT 3.1.1: an MQTT 5 CONNECT gets the 3.1.1 refusal
+    "unacceptable protocol version" (CONNACK return code 1) and the connection is closed; anything
+    else is forwarded to the real broker."""
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                down, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._sniff, args=(down,), daemon=True).start()
+
+    def _sniff(self, down: socket.socket) -> None:
+        head = b""
+        try:
+            while len(head) < 12:  # fixed header, remaining length (1-4), "\0\4MQTT", level
+                chunk = down.recv(12 - len(head))
+                if not chunk:
+                    down.close()
+                    return
+                head += chunk
+            i = 1
+            while head[i] & 0x80:
+                i += 1
+            level = head[i + 1 + 6]
+            if level == 5:
+                self.refused_v5 = getattr(self, "refused_v5", 0) + 1
+                down.sendall(b"\x20\x02\x00\x01")
+                down.close()
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=2)
+            up.sendall(head)
+        except OSError:
+            down.close()
+            return
+        self._conns += [down, up]
+        for a, b in ((down, up), (up, down)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()

@@ -154,3 +154,20 @@ def test_protocol_3_1_1_works_and_auto_starts_with_5(gw):
         report = drain_outbox(data_dir, SHARED_BROKER, 10, config=LinkConfig(SHARED_BROKER, protocol=protocol, handle_commands=False))
         assert report.ok
         assert link_status(data_dir)["link"]["protocol"] == expect
+
+
+def test_auto_falls_back_to_3_1_1_when_the_broker_refuses_mqtt_5(gw):
+    from tests.mqtt_support import Mqtt311OnlyProxy
+
+    data_dir, gid = gw
+    proxy = Mqtt311OnlyProxy(1883)
+    try:
+        with ob.Outbox(data_dir, gid) as box:
+            box.put_result(events_pb2.RapidTestResult(message_id="old-broker"))
+        report = drain_outbox(data_dir, f"mqtt://127.0.0.1:{proxy.port}", 10,
+                              config=LinkConfig("", protocol="auto", handle_commands=False))
+        assert report.ok and report.delivered >= 1, report
+        assert getattr(proxy, "refused_v5", 0) == 1
+        assert link_status(data_dir)["link"]["protocol"] == "3.1.1"
+    finally:
+        proxy.close()

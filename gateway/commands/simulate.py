@@ -14,6 +14,7 @@ from gateway.errors import ConfigError
 
 SIMULATORS: dict[str, str] = {
     # kind: module with main(argv) -> int
+    "platform-mqtt": "simulators.platform_mqtt.cli",
 }
 
 

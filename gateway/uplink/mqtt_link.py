@@ -188,6 +188,7 @@ class MqttLink:
         self._cursor: dict[str, int] = {lane: 0 for lane in ob.LANES}
         self._exhausted: dict[str, bool] = {lane: False for lane in ob.LANES}
         self._dirty: set[str] = set()  # lanes with rows committed since they were last read to the end
+        self._dirty_lock = threading.Lock()
         self._sent_before: set[int] = set()
         self._rr = 0
         self._to_delete: list[int] = []
@@ -258,7 +259,8 @@ class MqttLink:
 
     # ---- callbacks (paho's network thread / the writer) ---------------------
     def _on_commit(self, lanes: set[str]) -> None:
-        self._dirty.update(lanes)  # set.update is atomic under the GIL; the supervisor swaps the set out
+        with self._dirty_lock:
+            self._dirty.update(lanes)
         self._drained.clear()
         self._wake.set()
 
@@ -321,7 +323,8 @@ class MqttLink:
                 self._wake.wait(0.05)
             return
         if self._dirty:
-            dirty, self._dirty = self._dirty, set()
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, set()
             for lane in dirty:
                 self._exhausted[lane] = False
         if now - self._last_poll >= self.config.poll_interval_s:
