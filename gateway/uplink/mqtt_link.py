@@ -69,6 +69,9 @@ log = logging.getLogger("egw.mqtt")
 
 LINK_NAME = "mqtt"
 BATCH_READ = 500
+# PUBACKed ids are deleted in batches of this many (or when nothing is in flight): a crash
+# re-sends at most window + DELETE_BATCH messages, each a duplicate detectable by message id.
+DELETE_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -592,7 +595,7 @@ class MqttLink:
 
     def _flush_deletes(self, wait: bool = False) -> None:
         """Hand acknowledged ids to the writer thread (the one writing connection); optionally wait."""
-        if self._to_delete and (wait or len(self._to_delete) >= 64 or not self._inflight):
+        if self._to_delete and (wait or len(self._to_delete) >= DELETE_BATCH or not self._inflight):
             ids, self._to_delete = self._to_delete, []
             if self.writer is not None and not self.writer.closed:
                 self._delete_done = self.writer.delete(ids)
