@@ -90,6 +90,7 @@ def load_platform_key(source: PlatformKeySource) -> ec.EllipticCurvePublicKey | 
         return None
     if isinstance(source, ec.EllipticCurvePublicKey):
         return source
+    key: Any
     if isinstance(source, x509.Certificate):
         key = source.public_key()
     else:

@@ -348,8 +348,7 @@ class MqttLink:
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.config.client_id or self.gateway_id,
-            protocol=self._protocol, reconnect_on_failure=False,
-            **({} if v5 else {"clean_session": True}),
+            protocol=self._protocol, reconnect_on_failure=False, clean_session=None if v5 else True,
         )
         client.max_inflight_messages_set(self.config.max_inflight)
         if self.url.username:
@@ -443,7 +442,8 @@ class MqttLink:
                     self._teardown(why, failed=True, state="refused")
                 else:
                     rc = event[2]
-                    why = f"connection to {self.url.redacted()} lost" + (f" ({rc})" if rc is not None and getattr(rc, "value", 0) else "")
+                    code = int(getattr(rc, "value", 0) or 0)
+                    why = f"connection to {self.url.redacted()} lost" + (f" ({rc})" if code else "")
                     self._teardown(why, failed=True)
                 return
         self._process_acks(acks)
@@ -670,14 +670,14 @@ class MqttLink:
         nonce = ""
         try:
             try:
-                command, _ = self.verifier.parse(message.payload)
+                command, _ = self.verifier.parse(bytes(message.payload))
                 nonce = command.nonce[:128]
             except CommandRejected:
                 pass
             self._state.db.execute("PRAGMA synchronous=FULL")  # a used nonce must survive a power cut
             try:
                 with self._state.transaction() as db:
-                    verified = self.verifier.verify(db, name, message.payload)
+                    verified = self.verifier.verify(db, name, bytes(message.payload))
             finally:
                 self._state.db.execute("PRAGMA synchronous=NORMAL")
         except CommandRejected as exc:

@@ -125,6 +125,7 @@ def _public_key(source: Any) -> ec.EllipticCurvePublicKey | None:
         return None
     if isinstance(source, ec.EllipticCurvePublicKey):
         return source
+    key: Any
     if isinstance(source, x509.Certificate):
         key = source.public_key()
     else:
@@ -191,7 +192,7 @@ class PlatformMqtt:
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *a: self._subscribed.set()
         client.on_message = self._on_message
-        client.reconnect_delay_set(0.1, 2.0)
+        client.reconnect_delay_set(1, 2)
         try:
             client.connect(self.host, self.port, 30)
         except OSError as exc:
@@ -280,7 +281,7 @@ class PlatformMqtt:
         return gateway_id, kind, message_id, verified, note
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        gateway_id, kind, message_id, verified, note = self._classify(message.topic, message.payload)
+        gateway_id, kind, message_id, verified, note = self._classify(message.topic, bytes(message.payload))
         with self._lock:
             try:
                 self._db.execute(
