@@ -141,6 +141,10 @@ def test_commands_over_the_broker_run_or_are_refused_with_reasons(tmp_path: Path
         expired, nonce = sign_command(PLATFORM_KEY, gid, "ping", ttl_s=5, issued_at=time.time() - 30)
         reply = platform.send_signed(gid, "ping", expired, nonce)
         assert reply is not None and reply.error.startswith("expired")
+        garbage = platform.send_signed(gid, "ping", b"\x00not json at all", "")
+        assert garbage is not None and garbage.error.startswith("malformed")
+        huge = platform.send_signed(gid, "ping", b" " * 100_000, "")
+        assert huge is not None and huge.error.startswith("oversized")
         good, nonce = sign_command(PLATFORM_KEY, gid, "ping")
         assert platform.send_signed(gid, "ping", good, nonce).ok
         reply = platform.send_signed(gid, "ping", good, nonce)
@@ -151,7 +155,7 @@ def test_commands_over_the_broker_run_or_are_refused_with_reasons(tmp_path: Path
         wait_for(lambda: any(b'"state":"queued"' in r.payload for r in platform.records(f"egw/v1/{gid}/evidence/{item.evidence_id}")),
                  5, "evidence message after reupload")
         replies = platform.records(f"egw/v1/{gid}/cmd/")
-        assert replies and all(r.kind == "command-reply" or r.kind == "command" for r in replies)
+        assert replies and {r.kind for r in replies} <= {"command", "command-reply", "malformed"}
     finally:
         platform.stop()
         link.stop()

@@ -171,3 +171,43 @@ def test_auto_falls_back_to_3_1_1_when_the_broker_refuses_mqtt_5(gw):
         assert link_status(data_dir)["link"]["protocol"] == "3.1.1"
     finally:
         proxy.close()
+
+
+def test_backoff_grows_with_jitter_and_is_capped(gw):
+    data_dir, _ = gw
+    link = MqttLink(data_dir, LinkConfig(SHARED_BROKER, backoff_min_s=0.5, backoff_max_s=8.0))
+    delays = []
+    for failures in range(1, 10):
+        link._failures = failures
+        delays.append([link._backoff() for _ in range(50)])
+    for failures, sample in enumerate(delays, start=1):
+        step = min(8.0, 0.5 * 2 ** (failures - 1))
+        assert all(step / 2 <= d <= step for d in sample)
+        assert len(set(sample)) > 40  # jittered: a fleet does not reconnect in lock-step
+    assert max(delays[-1]) <= 8.0
+
+
+def test_signed_results_verify_at_the_platform_and_a_tampered_one_does_not(gw, tmp_path: Path):
+    from protos import dsse
+
+    data_dir, gid = gw
+    ident = load_identity(data_dir)
+    platform = PlatformMqtt(tmp_path / "platform", SHARED_BROKER, gateway_keys={gid: ident.certificate}).start()
+    body = b'{"sample_id":"S1","judgement":"negative"}'
+    good = dsse.sign("application/vnd.egw.result.v1+json", body, ident.private_key)
+    bad = dsse.Envelope(good.payload_type, body.replace(b"negative", b"positive"), good.signatures)
+    try:
+        with ob.Outbox(data_dir, gid) as box:
+            for mid, env in (("good", good), ("bad", bad)):
+                msg = events_pb2.RapidTestResult(message_id=mid, sample_id="S1")
+                msg.signed_result.payload_type = env.payload_type
+                msg.signed_result.payload = env.payload
+                for kid, sig in env.signatures:
+                    msg.signed_result.signatures.add(keyid=kid, sig=sig)
+                box.put_result(msg)
+        assert drain_outbox(data_dir, SHARED_BROKER, 10).ok
+        wait_for(lambda: len(platform.records(f"egw/v1/{gid}/results/")) == 2, 5, "both results")
+        verdict = {r.message_id: r.verified for r in platform.records(f"egw/v1/{gid}/results/")}
+        assert verdict == {"good": True, "bad": False}
+    finally:
+        platform.stop()

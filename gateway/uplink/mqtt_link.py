@@ -125,7 +125,6 @@ class LinkConfig:
     sth_interval_s: float = 1.0     # custody tree heads: at most one per interval, only on change
     poll_interval_s: float = 0.2    # how soon rows queued by other processes are noticed
     client_id: str | None = None    # default: the gateway id
-    quota_bytes: int = ob.DEFAULT_QUOTA_BYTES
 
 
 @dataclass
