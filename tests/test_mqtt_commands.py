@@ -108,8 +108,13 @@ def test_commands_over_the_broker_run_or_are_refused_with_reasons(tmp_path: Path
         service.transition(done.evidence_id, "receipted")
         service.transition(item.evidence_id, "uploading")
     synced: list[dict[str, str]] = []
+    # 3.1.1 run: the link is handed the service's EvidenceService; 5: it works on the state directly
+    running_service = EvidenceService(data_dir) if protocol == "3.1.1" else None
+    if running_service is not None:
+        ob.attach_to_service(running_service)
     link = MqttLink(data_dir, LinkConfig(SHARED_BROKER, protocol=protocol, platform_cert=PLATFORM_KEY.public_key()),
-                    sync_time_hooks=[lambda args: synced.append(args) or {"recorders": "2"}])
+                    sync_time_hooks=[lambda args: synced.append(args) or {"recorders": "2"}],
+                    evidence_service=running_service)
     platform = PlatformMqtt(tmp_path / "platform", SHARED_BROKER, signing_key=PLATFORM_KEY,
                             protocol="5" if protocol == "5" else "3.1.1")
     link.start()
@@ -129,6 +134,8 @@ def test_commands_over_the_broker_run_or_are_refused_with_reasons(tmp_path: Path
         assert again.ok and again.result["from_state"] == "uploading"
         with State(data_dir) as state:
             assert state.get(item.evidence_id).state == "queued"
+            events = [e for (e,) in state.db.execute("SELECT event FROM custody WHERE evidence_id = ? ORDER BY seq", (item.evidence_id,))]
+            assert events[-1] == "reupload-requested"
         refused = platform.send_command(gid, "reupload", {"evidence_id": done.evidence_id})
         assert not refused.ok and refused.error.startswith("cannot-reupload") and "receipted" in refused.error
         unknown = platform.send_command(gid, "reupload", {"evidence_id": "nope"})
@@ -159,6 +166,8 @@ def test_commands_over_the_broker_run_or_are_refused_with_reasons(tmp_path: Path
     finally:
         platform.stop()
         link.stop()
+        if running_service is not None:
+            running_service.close()
         clear_retained(gid)
 
 

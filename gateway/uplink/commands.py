@@ -207,13 +207,17 @@ class CommandHandler:
 
     ``sync_time_hooks`` are called for ``sync-time`` (the device supervisor
     registers one that re-syncs docked recorders); ``status_extra`` adds
-    fields to the ``status`` reply (e.g. the link's own counters).
+    fields to the ``status`` reply (e.g. the link's own counters);
+    ``evidence_service`` (the running service's, with ``attach_to_service``
+    applied) is used for ``reupload`` when given.
     """
 
     data_dir: Path
     gateway_id: str
     sync_time_hooks: list[SyncTimeHook] = field(default_factory=list)
     status_extra: Callable[[], dict[str, str]] | None = None
+    evidence_service: Any = None  # the service's EvidenceService, when the link runs inside `egw run`
+    identity: Any = None          # the gateway identity (loaded from data_dir when not given)
 
     def run(self, command: VerifiedCommand) -> events_pb2.CommandReply:
         handler = {
@@ -244,27 +248,65 @@ class CommandHandler:
         return make_reply(command.name, command.nonce, True, result=result)
 
     def _reupload(self, command: VerifiedCommand) -> events_pb2.CommandReply:
-        from gateway.evidence.service import EvidenceService
-        from gateway.uplink.outbox import attach_to_service
-
         evidence_id = command.args.get("evidence_id") or command.args.get("id") or ""
         if not evidence_id:
             raise CommandRejected("bad-args", "reupload needs evidence_id=<id>")
-        with EvidenceService(self.data_dir) as service:
-            attach_to_service(service)
-            try:
-                row = service.state.get(evidence_id)
-            except NotFoundError as exc:
-                raise CommandRejected("unknown-evidence", f"no evidence {evidence_id!r} on this gateway") from exc
-            if row.state == "queued":
-                return make_reply(command.name, command.nonce, True, result={"evidence_id": evidence_id, "state": "queued", "note": "already queued"})
-            if "queued" not in TRANSITIONS.get(row.state, frozenset()):
-                raise CommandRejected(
-                    "cannot-reupload", f"evidence {evidence_id} is {row.state!r}; only ingested or uploading items can go back to the queue",
-                )
+        details = {"by": "platform command", "nonce": command.nonce}
+        if self.evidence_service is not None:
+            from_state = self._requeue_with_service(self.evidence_service, evidence_id, details)
+        else:
+            from_state = self._requeue_standalone(evidence_id, details)
+        if from_state == "queued":
+            return make_reply(command.name, command.nonce, True,
+                              result={"evidence_id": evidence_id, "state": "queued", "note": "already queued"})
+        return make_reply(command.name, command.nonce, True,
+                          result={"evidence_id": evidence_id, "state": "queued", "from_state": from_state})
+
+    @staticmethod
+    def _check_requeue(evidence_id: str, get: Callable[[str], Any]) -> str:
+        try:
+            row = get(evidence_id)
+        except NotFoundError as exc:
+            raise CommandRejected("unknown-evidence", f"no evidence {evidence_id!r} on this gateway") from exc
+        if row.state != "queued" and "queued" not in TRANSITIONS.get(row.state, frozenset()):
+            raise CommandRejected(
+                "cannot-reupload",
+                f"evidence {evidence_id} is {row.state!r}; only ingested or uploading items can go back to the queue",
+            )
+        return str(row.state)
+
+    def _requeue_with_service(self, service: Any, evidence_id: str, details: dict[str, Any]) -> str:
+        """The running service's own EvidenceService (its hooks publish the change)."""
+        from_state = self._check_requeue(evidence_id, service.state.get)
+        if from_state != "queued":
             service.transition(evidence_id, "queued", custody_event="reupload-requested",
-                               details={"by": "platform command", "nonce": command.nonce, "from_state": row.state})
-        return make_reply(command.name, command.nonce, True, result={"evidence_id": evidence_id, "state": "queued", "from_state": row.state})
+                               details={**details, "from_state": from_state})
+        return from_state
+
+    def _requeue_standalone(self, evidence_id: str, details: dict[str, Any]) -> str:
+        """No service handed in: state change + custody event + evidence message in one transaction.
+
+        Deliberately not a new ``EvidenceService``: its constructor recovers the
+        blob store (deletes ``*.part`` files), which would break an ingest that
+        another thread or process has in progress.
+        """
+        from gateway.evidence.custody import CustodyLog
+        from gateway.evidence.identity import load_identity
+        from gateway.evidence.state import State
+        from gateway.uplink.outbox import evidence_hook
+
+        identity = self.identity or load_identity(self.data_dir)
+        publish = evidence_hook(identity.gateway_id)
+        with State(self.data_dir) as state:
+            from_state = self._check_requeue(evidence_id, state.get)
+            if from_state == "queued":
+                return from_state
+            with state.transaction() as db:
+                state.transition(evidence_id, "queued")
+                event_details = {**details, "from_state": from_state}
+                CustodyLog(state, identity).append(db, "reupload-requested", evidence_id, event_details)
+                publish(db, state.get(evidence_id), {"event": "reupload-requested", **event_details})
+        return from_state
 
     def _status(self, command: VerifiedCommand) -> events_pb2.CommandReply:
         from gateway.evidence.state import State

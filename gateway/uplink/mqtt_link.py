@@ -156,7 +156,8 @@ class MqttLink:
     """One gateway's MQTT connection, fed from the durable outbox."""
 
     def __init__(self, data_dir: Path | str, config: LinkConfig, *, identity: identity_mod.Identity | None = None,
-                 sync_time_hooks: list[Callable[[dict[str, str]], dict[str, str] | None]] | None = None) -> None:
+                 sync_time_hooks: list[Callable[[dict[str, str]], dict[str, str] | None]] | None = None,
+                 evidence_service: Any = None) -> None:
         self.data_dir = Path(data_dir)
         self.config = config
         self.url = parse_broker_url(config.broker_url)
@@ -171,7 +172,8 @@ class MqttLink:
             platform_source = default_platform
         self.verifier = CommandVerifier(self.gateway_id, load_platform_key(platform_source))
         self.commands = CommandHandler(self.data_dir, self.gateway_id, list(sync_time_hooks or []),
-                                       status_extra=self._status_extra)
+                                       status_extra=self._status_extra, evidence_service=evidence_service,
+                                       identity=self.identity)
         self.writer: ob.OutboxWriter | None = None
         self.connected = threading.Event()  # CONNACK accepted: the outbox is being fed
         self.ready = threading.Event()      # …and the command subscription is acknowledged
