@@ -98,6 +98,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE outbox ADD COLUMN parked_reason TEXT;
     ALTER TABLE outbox ADD COLUMN parked_at REAL;
+    CREATE INDEX outbox_parked ON outbox(parked_reason) WHERE parked_reason IS NOT NULL;
     CREATE TABLE link_status (
         link              TEXT PRIMARY KEY,
         state             TEXT NOT NULL,

@@ -48,7 +48,10 @@ __all__ = [
 
 COMMAND_TYPE = "application/vnd.egw.command.v1+json"
 TREE_HEAD_TYPE = "application/vnd.egw.tree-head.v1+json"
-SIGNING_KEY_NAMES = ("signing.key", "platform-signing.key", "platform.key", "keys/signing.key", "ca/signing.key")
+SIGNING_KEY_NAMES = (
+    "signing.key", "platform-signing.key", "pki/signing.key", "keys/signing.key", "ca/signing.key",
+    "platform.key", "pki/platform.key",
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
