@@ -137,6 +137,7 @@ class LinkStats:
     parked: int = 0
     network_restarts: int = 0
     max_in_flight: int = 0  # never above the window: the proof of back-pressure
+    last_ack_ns: int = 0    # time.monotonic_ns() of the last PUBACK for an outbox message
     commands_ok: int = 0
     commands_rejected: int = 0
 
@@ -584,6 +585,7 @@ class MqttLink:
             else:
                 self._to_delete.append(msg.id)
                 self.stats.acked += 1
+                self.stats.last_ack_ns = time.monotonic_ns()
         if parked:
             assert self._state is not None
             with self._state.transaction() as db:
