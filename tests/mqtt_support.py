@@ -36,7 +36,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 5.0) -> None:
+def wait_port(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -187,7 +187,7 @@ class Subscriber:
     def start(self) -> "Subscriber":
         self.client.connect("127.0.0.1", self.url_port, 30)
         self.client.loop_start()
-        assert self._subscribed.wait(5), "subscriber got no SUBACK"
+        assert self._subscribed.wait(15), "subscriber got no SUBACK"
         return self
 
     def resubscribed(self) -> threading.Event:
