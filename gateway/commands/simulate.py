@@ -20,6 +20,7 @@ SIMULATORS: dict[str, str] = {
     "platform": "simulators.platform.cli",
     "rapidtest": "simulators.rapidtest.cli",
     "strips": "simulators.strips.cli",
+    "platform-mqtt": "simulators.platform_mqtt.cli",
 }
 
 

@@ -94,6 +94,33 @@ MIGRATIONS: list[str] = [
     CREATE INDEX outbox_lane ON outbox(lane, id);
     CREATE UNIQUE INDEX outbox_dedupe ON outbox(dedupe_key) WHERE dedupe_key IS NOT NULL;
     """,
+    # 2: the MQTT link (gateway/uplink): messages the broker refused are parked (kept, not
+    # re-sent until an operator requeues them); what the operator sees of the link; command
+    # nonces already used, so a replayed signed command is refused even after a restart.
+    """
+    ALTER TABLE outbox ADD COLUMN parked_reason TEXT;
+    ALTER TABLE outbox ADD COLUMN parked_at REAL;
+    CREATE INDEX outbox_parked ON outbox(parked_reason) WHERE parked_reason IS NOT NULL;
+    CREATE TABLE link_status (
+        link              TEXT PRIMARY KEY,
+        state             TEXT NOT NULL,
+        broker            TEXT,
+        detail            TEXT,
+        protocol          TEXT,
+        since             REAL NOT NULL,
+        last_connected_at REAL,
+        last_error        TEXT,
+        last_error_at     REAL,
+        updated_at        REAL NOT NULL
+    );
+    CREATE TABLE command_nonces (
+        nonce      TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        seen_at    REAL NOT NULL
+    );
+    CREATE INDEX command_nonces_expiry ON command_nonces(expires_at);
+    """,
 ]
 
 

@@ -1,0 +1,158 @@
+"""The durable outbox table: lanes, latest-only, quota that refuses captures, group commit, parking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.evidence.identity import init_identity
+from gateway.evidence.manifest import ManifestInput
+from gateway.evidence.service import EvidenceService
+from gateway.evidence.state import MIGRATIONS, State
+from gateway.uplink import outbox as ob
+from protos.egw.v1 import events_pb2
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> tuple[Path, str]:
+    ident = init_identity(tmp_path / "gw")
+    return tmp_path / "gw", ident.gateway_id
+
+
+def test_schema_has_the_mqtt_migration(gw):
+    data_dir, _ = gw
+    with State(data_dir) as state:
+        assert state.schema_version == len(MIGRATIONS) >= 2
+        cols = {r[1] for r in state.db.execute("PRAGMA table_info(outbox)")}
+        assert {"parked_reason", "parked_at"} <= cols
+        tables = {r[0] for r in state.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"link_status", "command_nonces"} <= tables
+
+
+def test_messages_keep_their_order_and_device_state_keeps_only_the_latest(gw):
+    data_dir, gid = gw
+    with ob.Outbox(data_dir, gid) as box:
+        for i in range(5):
+            box.put_result(events_pb2.RapidTestResult(message_id=f"r{i}"))
+        first = box.put_device_state(events_pb2.DeviceState(device_id="cam1", state="docked"))
+        box.put_device_state(events_pb2.DeviceState(device_id="cam2", state="docked"))
+        latest = box.put_device_state(events_pb2.DeviceState(device_id="cam1", state="offloading", files_done=3))
+        pending = box.pending()
+    results = [m for m in pending if m.lane == "results"]
+    assert [m.payload for m in results] == [ob.to_json_bytes(events_pb2.RapidTestResult(message_id=f"r{i}")) for i in range(5)]
+    devices = {m.topic: m for m in pending if m.lane == "device"}
+    assert set(devices) == {f"egw/v1/{gid}/devices/cam1/state", f"egw/v1/{gid}/devices/cam2/state"}
+    cam1 = devices[f"egw/v1/{gid}/devices/cam1/state"]
+    assert cam1.id == latest > first and b"offloading" in cam1.payload and cam1.retain
+
+
+@pytest.mark.parametrize("topic_suffix, payload, why", [
+    (None, b"x", "outside"),
+    ("results/+", b"x", "wildcard"),
+    ("results//x", b"x", "empty level"),
+    ("results/rapidtest", b"x" * (ob.MAX_PAYLOAD_BYTES + 1), "bytes, more than"),
+])
+def test_bad_topics_and_oversized_payloads_are_refused_with_a_reason(gw, topic_suffix, payload, why):
+    data_dir, gid = gw
+    with State(data_dir) as state, pytest.raises(ob.OutboxError, match=why):
+        with state.transaction() as db:
+            topic = "egw/v1/someone-else/results/rapidtest" if topic_suffix is None else f"egw/v1/{gid}/{topic_suffix}"
+            ob.enqueue(db, ob.topic_root(gid), "results", topic, payload)
+    with State(data_dir) as state:
+        assert ob.usage(state.db).count == 0
+
+
+def test_evidence_messages_commit_with_the_state_change_or_not_at_all(gw):
+    data_dir, gid = gw
+    with EvidenceService(data_dir) as service:
+        ob.attach_to_service(service)
+        result = service.ingest_bytes(b"evidence one", ManifestInput(source_path="a.jpg", device_id="cam1"))
+        with State(data_dir) as state:
+            rows = state.db.execute("SELECT topic, payload FROM outbox WHERE lane='evidence'").fetchall()
+        assert len(rows) == 1 and rows[0][0] == f"egw/v1/{gid}/evidence/{result.evidence_id}"
+        assert b'"state":"queued"' in rows[0][1] and b'"sha256":"' in rows[0][1]
+
+        def boom(db, row, details):
+            raise RuntimeError("crash inside the transaction")
+
+        service.transition_hooks.append(boom)
+        with pytest.raises(RuntimeError):
+            service.transition(result.evidence_id, "uploading")
+        service.transition_hooks.remove(boom)
+        assert service.state.get(result.evidence_id).state == "queued"
+        with State(data_dir) as state:
+            assert ob.usage(state.db).by_lane["evidence"] == 1  # no message for the change that rolled back
+        service.transition(result.evidence_id, "uploading")
+        with State(data_dir) as state:
+            states = [p for (p,) in state.db.execute("SELECT payload FROM outbox WHERE lane='evidence' ORDER BY id")]
+        assert [b'"state":"queued"' in states[0], b'"state":"uploading"' in states[1]] == [True, True]
+
+
+def test_a_full_outbox_refuses_new_captures_never_drops_and_raises_an_alarm(gw):
+    data_dir, gid = gw
+    with ob.Outbox(data_dir, gid) as box:
+        for i in range(20):
+            box.put_result(events_pb2.RapidTestResult(message_id=f"r{i}", value="x" * 200))
+        quota = box.usage().bytes  # exactly full
+    with EvidenceService(data_dir) as service:
+        ob.attach_to_service(service, quota_bytes=quota)
+        assert ob.outbox_full(data_dir, quota)
+        with pytest.raises(ob.OutboxFullError, match="outbox is full"):
+            service.ingest_bytes(b"new capture", ManifestInput(source_path="new.jpg"))
+        assert service.state.all_evidence() == []  # refused, rolled back: the device keeps the file
+    status = ob.mqtt_status(data_dir, quota)
+    assert status["outbox"]["full"] and status["outbox"]["count"] == 20
+    assert any("outbox full" in a for a in status["alarms"])
+    with ob.Outbox(data_dir, gid, quota_bytes=quota) as box:  # results still queue: never dropped
+        box.put_result(events_pb2.RapidTestResult(message_id="late"))
+        assert box.usage().count == 21
+
+
+def test_group_commit_writer_commits_everything_in_order_before_resolving(gw):
+    data_dir, gid = gw
+    commits = []
+    writer = ob.OutboxWriter(data_dir, gid, on_commit=lambda lanes: commits.append(lanes))
+    futures = [writer.submit("results", "results/rapidtest", f"m{i}".encode()) for i in range(3000)]
+    ids = [f.result(10) for f in futures]
+    writer.close()
+    assert ids == sorted(ids) and len(set(ids)) == 3000
+    assert 1 <= len(commits) < 3000  # batched: fewer fsyncs than messages
+    with State(data_dir) as state:
+        rows = state.db.execute("SELECT id, payload FROM outbox ORDER BY id").fetchall()
+    assert [p for _, p in rows] == [f"m{i}".encode() for i in range(3000)]
+    assert [i for i, _ in rows] == ids  # each ticket names its own row
+
+
+def test_group_commit_keeps_order_and_latest_only_across_mixed_lanes(gw):
+    data_dir, gid = gw
+    writer = ob.OutboxWriter(data_dir, gid)
+    tickets = []
+    for i in range(30):
+        tickets.append(writer.submit("results", "results/rapidtest", f"r{i}".encode()))
+        tickets.append(writer.submit("device", f"devices/cam{i % 2}/state", f"d{i}".encode(), retain=True))
+    ids = [t.result(10) for t in tickets]
+    writer.close()
+    with State(data_dir) as state:
+        rows = dict(state.db.execute("SELECT id, payload FROM outbox").fetchall())
+    assert [rows[i] for i in ids[0::2]] == [f"r{i}".encode() for i in range(30)]
+    assert sorted(rows[i] for i in ids[1::2] if i in rows) == [b"d28", b"d29"]  # only the latest per device
+    assert len(rows) == 32
+    other = ob.OutboxWriter(data_dir, gid)
+    with pytest.raises(ob.OutboxError, match="wildcard"):
+        other.submit("results", "results/#", b"")
+    other.close()
+
+
+def test_parked_messages_are_kept_counted_and_requeued(gw):
+    data_dir, gid = gw
+    with ob.Outbox(data_dir, gid) as box:
+        a = box.put_result(events_pb2.RapidTestResult(message_id="a"))
+        box.put_result(events_pb2.RapidTestResult(message_id="b"))
+        with box.state.transaction() as db:
+            ob.park(db, a, "broker refused: Not authorized")
+        assert [m.payload for m in ob.fetch(box.state.db, "results", 0, 10)] == [ob.to_json_bytes(events_pb2.RapidTestResult(message_id="b"))]
+        assert box.usage().parked == 1 and box.usage().count == 2
+        with box.state.transaction() as db:
+            assert ob.requeue_parked(db) == 1
+        assert len(ob.fetch(box.state.db, "results", 0, 10)) == 2
