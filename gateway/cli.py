@@ -28,6 +28,8 @@ COMMAND_MODULES = [
     "gateway.commands.sign",
     "gateway.commands.dock",
     "gateway.commands.rapidtest",
+    "gateway.commands.strip",
+    "gateway.commands.mqtt",
     "gateway.commands.simulate",
     "gateway.commands.demo",
     "gateway.commands.enroll",
