@@ -1,2 +1,1 @@
-"""Uplinks: delivering evidence to the platform (gRPC) — enrolment, the uploader."""
-"""Uplinks to the platform: MQTT (events, results, commands) and gRPC (evidence uploads)."""
+"""Uplinks to the platform: gRPC (evidence uploads, enrolment) and MQTT (events, results, commands)."""
