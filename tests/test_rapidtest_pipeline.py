@@ -20,7 +20,8 @@ def test_results_from_the_simulator_become_signed_evidence(tmp_path):
         assert len(results) == 5 and len({r["evidence_id"] for r in results}) == 5
         for r in results:
             assert r["inspector_id"] == "inspector-7" and r["judgement"] in {"positive", "negative", "invalid"}
-            assert r["item"]["standard"] and r["unit"] == "%" and r["transcript"]["sha256"]
+            assert r["item"]["standard"] and r["transcript"]["sha256"]
+            assert r["unit"] == "%" or r["judgement"] == "invalid"  # an invalid test carries no value
     finally:
         sim.terminate()
         sim.communicate(timeout=10)
