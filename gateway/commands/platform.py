@@ -29,6 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls.add_argument("--data", type=Path, required=True, help="the platform's data directory")
     add_json(ls)
     ls.set_defaults(func=run_ls)
+    cmd = psub.add_parser("cmd", help="send a signed command to a gateway over MQTT and print its reply")
+    cmd.add_argument("--data", type=Path, required=True, help="the platform's data directory (its key signs the command)")
+    cmd.add_argument("--mqtt", required=True, metavar="URL", help="the broker both sides use")
+    cmd.add_argument("gateway", help="gateway id")
+    cmd.add_argument("name", help="ping | status | sync-time | reupload")
+    cmd.add_argument("args", nargs="*", metavar="KEY=VALUE", help="command arguments, e.g. evidence_id=…")
+    cmd.add_argument("--timeout", type=float, default=10.0)
+    add_json(cmd)
+    cmd.set_defaults(func=run_cmd)
 
 
 def _check(data: Path) -> None:
@@ -64,3 +73,24 @@ def run_ls(args: argparse.Namespace) -> int:
         print(f"{r['received_at']}  {r['receipt_id']}  {r['gateway_id']}  {r['evidence_id']}  {r['sha256'][:16]}…  {r['size']} B")
     print(f"{len(rows)} receipt(s), {len({r['sha256'] for r in rows})} distinct blob(s)")
     return 0
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from simulators.platform_mqtt import send_command
+
+    _check(args.data)
+    pairs = {}
+    for item in args.args:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"command argument {item!r} is not KEY=VALUE", "e.g. evidence_id=01a2…")
+        pairs[key] = value
+    reply = send_command(args.data, args.mqtt, args.gateway, args.name, pairs,
+                         signing_key=args.data / "pki" / "platform.key", timeout=args.timeout)
+    if args.json:
+        print(json_format.MessageToJson(reply))
+    else:
+        print(("ok" if reply.ok else f"REJECTED: {reply.error}") + "".join(f"\n  {k}: {v}" for k, v in reply.result.items()))
+    return 0 if reply.ok else 1

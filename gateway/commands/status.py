@@ -40,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(state, str(count))
     console.print(table)
     console.print(f"store {_human(info['disk']['blob_bytes'])}, free {_human(info['disk']['free_bytes'])}, custody entries {info['custody_entries']}")
+    mqtt = info.get("mqtt") or {}
+    link, box = mqtt.get("link") or {}, mqtt.get("outbox") or {}
+    if link.get("state") not in (None, "never-connected") or box.get("count"):
+        console.print(f"mqtt: {link.get('state') or 'never connected'} {link.get('broker') or ''}, outbox {box.get('count', 0)} message(s)"
+                      + (f", last error: {link['last_error']}" if link.get("last_error") else ""))
+    for alarm in mqtt.get("alarms") or []:
+        console.print(f"[red]alarm: {alarm}[/]")
     oldest = info["oldest_unreceipted"]
     if oldest:
         console.print(f"oldest unreceipted: {oldest['evidence_id']} ({oldest['state']}, {oldest['age_s']:.0f} s old)"

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--bandwidth", default=None, help="cap in bytes/s, e.g. 2M, 500k, 1MiB (env EGW_UPLOAD_BANDWIDTH; default none)")
     parser.add_argument("--max-attempts", type=int, default=None, help="attempts per item in this run (default 6)")
     parser.add_argument("--platform", default=None, help="override the platform address stored at enrolment")
+    parser.add_argument("--mqtt", default=None, metavar="URL", help="also drain the MQTT outbox to this broker (mqtt:// or mqtts://), waiting for every PUBACK")
+    parser.add_argument("--mqtt-timeout", type=float, default=60.0, help="seconds to wait for the broker")
+    parser.add_argument("--no-upload", action="store_true", help="only drain the MQTT outbox")
     add_data_dir(parser)
     add_json(parser)
     parser.set_defaults(func=run)
@@ -45,19 +48,36 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     data_dir = data_dir_of(args)
-    from gateway.uplink.link import load_link
-    uploader = Uploader(data_dir, settings, link=load_link(data_dir, args.platform),
-                        on_outcome=None if args.json else lambda o: print(_line(o), flush=True))
-    outcomes = asyncio.run(uploader.run_once())
-    with State(data_dir) as state:
-        left = [r for r in state.all_evidence() if r.state in ("ingested", "queued", "uploading")]
+    outcomes: list[UploadOutcome] = []
+    left: list = []
+    if not args.no_upload:
+        from gateway.uplink.link import load_link
+        uploader = Uploader(data_dir, settings, link=load_link(data_dir, args.platform),
+                            on_outcome=None if args.json else lambda o: print(_line(o), flush=True))
+        outcomes = asyncio.run(uploader.run_once())
+        with State(data_dir) as state:
+            left = [r for r in state.all_evidence() if r.state in ("ingested", "queued", "uploading")]
+    drain = None
+    if args.mqtt:
+        from gateway.uplink.mqtt_link import drain_outbox
+
+        drain = drain_outbox(data_dir, args.mqtt, timeout=args.mqtt_timeout)
     if args.json:
         print_json({"outcomes": [o.__dict__ for o in outcomes],
-                    "undelivered": [{"evidence_id": r.id, "state": r.state, "last_error": r.last_error} for r in left]})
+                    "undelivered": [{"evidence_id": r.id, "state": r.state, "last_error": r.last_error} for r in left],
+                    "mqtt": None if drain is None else {k: getattr(drain, k) for k in ("ok", "delivered", "remaining", "parked", "error", "link_state")}})
     else:
-        done = sum(o.status == "receipted" for o in outcomes)
-        print(f"{done} receipted, {len(outcomes) - done} failed, {len(left)} left undelivered")
+        if not args.no_upload:
+            done = sum(o.status == "receipted" for o in outcomes)
+            print(f"{done} receipted, {len(outcomes) - done} failed, {len(left)} left undelivered")
+        if drain is not None:
+            print(f"mqtt: {drain.delivered} delivered, {drain.remaining} left, {drain.parked} refused by the broker"
+                  + (f" ({drain.error})" if drain.error else ""))
+    failed = False
     if left:
         print(f"error: {len(left)} item(s) not delivered; see last_error above or in `egw status`", file=sys.stderr)
-        return 1
-    return 0
+        failed = True
+    if drain is not None and not drain.ok:
+        print(f"error: the MQTT outbox is not empty ({drain.remaining} left, {drain.parked} parked): {drain.error or drain.link_state}", file=sys.stderr)
+        failed = True
+    return 1 if failed else 0

@@ -180,7 +180,8 @@ async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
         raise DeviceError(f"{device.name}: port {device.port or device.usb} is not present")
     pipeline = RapidTestPipeline(runtime.service, inspector_id=runtime.config.inspector_id, site=runtime.config.site,
                                  publishers=[lambda r: runtime.station.add_result({**_result_row(r.document), "evidence_id": r.evidence_id,
-                                                                                   "delivery": "signed, queued"})])
+                                                                                   "delivery": "signed, queued"}),
+                                             *runtime.result_publishers])
     stop = threading.Event()
 
     def serve() -> None:

@@ -62,6 +62,7 @@ class Runtime:
         self.metrics = Metrics()
         self.supervisor = Supervisor(on_error=lambda name, exc: self.metrics.errors.labels(kind="device").inc())
         self.components: list[Component] = []
+        self.result_publishers: list[Callable[[Any], None]] = []  # rapid-test results, e.g. to MQTT
         self.stopping = asyncio.Event()
         self.thread_copy_slots = threading.Semaphore(config.parallel_copies)  # shared by every recorder's copies
         self.screen_url = ""
@@ -75,9 +76,9 @@ class Runtime:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         await self._start_outputs()
-        from gateway.service.uplinks import UploaderComponent
+        from gateway.service.uplinks import MqttComponent, UploaderComponent
 
-        self.components.insert(0, UploaderComponent(self))
+        self.components[:0] = [MqttComponent(self), UploaderComponent(self)]
         for component in self.components:
             await component.start()
         self._start_devices(self.config.devices)

@@ -51,6 +51,7 @@ class Station:
         self.alarms: dict[str, str] = {}
         self.counts: dict[str, int] = {}
         self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = set()
+        self.listeners: list[Any] = []  # called in the publishing thread, e.g. to forward device states to MQTT
 
     # ---- updates (any thread) ------------------------------------------------
     def update_device(self, device_id: str, kind: str, **fields: Any) -> DeviceCard:
@@ -130,6 +131,13 @@ class Station:
             self._subscribers = {s for s in self._subscribers if s[1] is not queue}
 
     def _publish(self, event: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - an uplink problem must never stop the station's own state
+                import logging
+
+                logging.getLogger("egw.station").exception("station listener failed")
         with self._lock:
             subscribers = list(self._subscribers)
         for loop, queue in subscribers:

@@ -54,3 +54,87 @@ class UploaderComponent:
             except asyncio.TimeoutError:
                 self.task.cancel()
                 await asyncio.gather(self.task, return_exceptions=True)
+
+
+class MqttComponent:
+    """The MQTT link inside ``egw run``: evidence state changes, device states and signed
+    results go through the durable outbox; commands from the platform are verified and answered."""
+
+    DEVICE_STATE_MIN_INTERVAL_S = 1.0
+
+    def __init__(self, runtime: "Runtime") -> None:
+        self.runtime = runtime
+        self.link: object | None = None
+        self._last_device_publish: dict[str, tuple[float, str, bool]] = {}
+
+    async def start(self) -> None:
+        config = self.runtime.config
+        if not config.mqtt_url:
+            return
+        from gateway.uplink.mqtt_link import LinkConfig, MqttLink
+        from gateway.uplink.outbox import attach_to_service
+
+        attach_to_service(self.runtime.service)  # evidence/<id> messages commit with each state change
+        link = MqttLink(config.data_dir, LinkConfig(config.mqtt_url), evidence_service=self.runtime.service)
+        await asyncio.to_thread(link.start)
+        self.link = link
+        self.runtime.result_publishers.append(lambda recorded: link.put_result(result_message(recorded)))
+        self.runtime.station.listeners.append(self._device_event)
+
+    def _device_event(self, event: dict[str, object]) -> None:
+        import time
+
+        if event.get("type") != "device" or self.link is None:
+            return
+        card = event["device"]
+        assert isinstance(card, dict)
+        key = str(card["device_id"])
+        now = time.monotonic()
+        last = self._last_device_publish.get(key)
+        signature = (str(card["state"]), bool(card["safe_to_undock"]))
+        if last and last[1:] == signature and now - last[0] < self.DEVICE_STATE_MIN_INTERVAL_S:
+            return  # progress ticks: at most one per second per device; state changes always go out
+        self._last_device_publish[key] = (now, *signature)
+        self.link.put_device_state(device_message(card))  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self.link is not None:
+            await asyncio.to_thread(self.link.stop)  # type: ignore[attr-defined]
+
+
+def device_message(card: dict[str, object]) -> object:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from protos.egw.v1 import events_pb2
+
+    at = Timestamp()
+    at.FromSeconds(int(float(card.get("updated") or 0)))
+    return events_pb2.DeviceState(
+        device_id=str(card["device_id"]), kind=str(card["kind"]), state=str(card["state"]),
+        battery_percent=int(card.get("battery_percent") or 0), files_total=int(card.get("files_total") or 0),  # type: ignore[call-overload]
+        files_done=int(card.get("files_receipted") or 0), bytes_total=int(card.get("bytes_total") or 0),  # type: ignore[call-overload]
+        bytes_done=int(card.get("bytes_ingested") or 0), officer_id=str(card.get("officer_no") or ""),  # type: ignore[call-overload]
+        detail=str(card.get("detail") or ""), at=at, safe_to_undock=bool(card.get("safe_to_undock")),
+    )
+
+
+def result_message(recorded: object) -> object:
+    """The MQTT form of a recorded rapid-test result: the signed envelope plus a readable copy."""
+    import json
+    import uuid
+
+    from protos.egw.v1 import events_pb2, evidence_pb2
+
+    envelope = json.loads(recorded.envelope)  # type: ignore[attr-defined]
+    import base64
+
+    signed = evidence_pb2.Envelope(
+        payload_type=envelope["payloadType"], payload=base64.b64decode(envelope["payload"]),
+        signatures=[evidence_pb2.Signature(keyid=s.get("keyid", ""), sig=base64.b64decode(s["sig"])) for s in envelope["signatures"]],
+    )
+    doc = recorded.document  # type: ignore[attr-defined]
+    return events_pb2.RapidTestResult(
+        message_id=str(uuid.uuid4()), evidence_id=recorded.evidence_id, signed_result=signed,  # type: ignore[attr-defined]
+        instrument_id=doc["instrument"]["id"], sample_id=doc["sample"]["id"], item_code=doc["item"]["code"],
+        item_name=doc["item"]["name"], value=doc["value"], unit=doc["unit"], cutoff=doc["cutoff"], judgement=doc["judgement"],
+    )
