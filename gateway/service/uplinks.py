@@ -89,6 +89,8 @@ class MqttComponent:
         card = event["device"]
         assert isinstance(card, dict)
         key = str(card["device_id"])
+        if "://" in key:
+            return  # a placeholder until the device's identity is read; its real card follows
         now = time.monotonic()
         last = self._last_device_publish.get(key)
         signature = (str(card["state"]), bool(card["safe_to_undock"]))
@@ -110,7 +112,7 @@ def device_message(card: dict[str, object]) -> object:
     at = Timestamp()
     at.FromSeconds(int(float(card.get("updated") or 0)))
     return events_pb2.DeviceState(
-        device_id=str(card["device_id"]), kind=str(card["kind"]), state=str(card["state"]),
+        device_id=str(card["device_id"]).replace("/", "_").replace("+", "_").replace("#", "_"), kind=str(card["kind"]), state=str(card["state"]),
         battery_percent=int(card.get("battery_percent") or 0), files_total=int(card.get("files_total") or 0),  # type: ignore[call-overload]
         files_done=int(card.get("files_receipted") or 0), bytes_total=int(card.get("bytes_total") or 0),  # type: ignore[call-overload]
         bytes_done=int(card.get("bytes_ingested") or 0), officer_id=str(card.get("officer_no") or ""),  # type: ignore[call-overload]

@@ -379,6 +379,8 @@ class MqttLink:
         deadline = time.monotonic() + self.config.connect_timeout_s
         while not self.connected.is_set() and self._client is client and not self._stopping.is_set():
             if time.monotonic() > deadline:
+                if self._fall_back_to_311(f"sent no CONNACK within {self.config.connect_timeout_s} s"):
+                    return
                 self._teardown(f"no CONNACK from {self.url.redacted()} within {self.config.connect_timeout_s} s", failed=True)
                 return
             self._wake.wait(0.05)
@@ -436,6 +438,8 @@ class MqttLink:
                 if kind == "net-exit" and event[2] is not None:
                     self.stats.network_restarts += 1
                     self._teardown(f"network thread died: {type(event[2]).__name__}: {event[2]}", failed=True)
+                elif not self.connected.is_set() and self._fall_back_to_311("closed the connection before a CONNACK"):
+                    return
                 elif not self.connected.is_set():
                     why = f"{self.url.redacted()} closed the connection before accepting it (no CONNACK)"
                     if self.url.tls:
@@ -449,6 +453,17 @@ class MqttLink:
                     self._teardown(why, failed=True)
                 return
         self._process_acks(acks)
+
+    def _fall_back_to_311(self, what: str) -> bool:
+        """Some 3.1.1-only brokers (amqtt, old Mosquitto) drop an MQTT 5 CONNECT without a CONNACK.
+        In "auto" mode that is answered like a refusal: the next attempt speaks 3.1.1."""
+        if self.config.protocol != "auto" or self._protocol != MQTTProtocolVersion.MQTTv5:
+            return False
+        log.warning("broker %s %s to an MQTT 5 CONNECT; trying MQTT 3.1.1", self.url.redacted(), what)
+        self._protocol = MQTTProtocolVersion.MQTTv311
+        self._teardown(f"broker {what} to MQTT 5; falling back to MQTT 3.1.1", failed=False)
+        self._next_attempt = 0.0
+        return True
 
     def _on_connack(self, reason_code: Any) -> None:
         assert self._client is not None
