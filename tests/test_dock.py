@@ -85,6 +85,17 @@ def test_platform_refusing_receipts_keeps_everything_on_the_recorder(tmp_path):
         stop_process(platform)
 
 
+def _copy_in_progress(partial: Path) -> bool:
+    """A copy into the store has passed 8 MiB (a .part file may vanish between listing and stat)."""
+    for part in partial.glob("*.part"):
+        try:
+            if part.stat().st_size > (8 << 20):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def test_unplug_mid_copy_then_redock_ingests_each_recording_once(tmp_path):
     recorders, url, volumes = start_recorders(tmp_path, "--count", "1", "--recordings", "3", "--fill-mb", "800")
     data = tmp_path / "gw"
@@ -94,7 +105,7 @@ def test_unplug_mid_copy_then_redock_ingests_each_recording_once(tmp_path):
                           "--json", "--release", "ingest")
         deadline = time.monotonic() + 60
         partial = data / "blobs" / "tmp"
-        while time.monotonic() < deadline and not any(p.stat().st_size > (8 << 20) for p in partial.glob("*.part")):
+        while time.monotonic() < deadline and not _copy_in_progress(partial):
             time.sleep(0.002)
         recorders.stdin.write("unplug 1-1\n")  # while the 800 MB file is being copied
         recorders.stdin.flush()

@@ -52,7 +52,9 @@ port = "{analyzer_url}"
         topics = lambda: {t for t, _, _ in received}
         while time.monotonic() < deadline:
             results = [p for t, p, _ in received if t.endswith("/results/rapidtest")]
-            if len(results) >= 2 and f"egw/v1/{gateway_id}/state" in topics():
+            seen = topics()
+            if (len(results) >= 2 and f"egw/v1/{gateway_id}/state" in seen and any("/evidence/" in t for t in seen)
+                    and any(t.endswith("/state") and "/devices/" in t for t in seen)):
                 break
             time.sleep(0.2)
         results = [json.loads(p) for t, p, _ in received if t.endswith("/results/rapidtest")]
