@@ -117,6 +117,8 @@ def main() -> int:
         url = read_lines(recorders, 1, 600, "the recorders")[0].strip()
 
         load_before = load_average()
+        children_before = _children_cpu_s()
+        platform_cpu_before = _proc_cpu_s(platform.pid)
         started = time.time()
         dock = subprocess.Popen([sys.executable, "-m", "gateway", "dock", "--usbip", url, "--volumes",
                                  str(volumes / "{serial}"), "--data-dir", str(data), "--json", "--release", args.release],
@@ -124,6 +126,8 @@ def main() -> int:
         out, err = dock.communicate(timeout=3600)  # wait4 below collects the rusage of this child alone
         exited = time.time()
         peak_rss_mb = _child_peak_rss_mb(dock)
+        dock_cpu = _children_cpu_s() - children_before  # only the dock was reaped in between
+        platform_cpu = _proc_cpu_s(platform.pid) - platform_cpu_before
         load_after = load_average()
         report = json.loads(out) if out.strip() else None
         if dock.returncode != 0 or not report or not report["safe"]:
@@ -147,11 +151,29 @@ def main() -> int:
     print(f"openssl dgst -sha256: {reference:.0f} MB/s")
     print(f"egw dock, start → last receipt: {e2e:.0f} MB/s ({last_receipt - started:.1f} s)")
     print(f"egw dock, start → exit (incl. re-hash before release): {whole:.0f} MB/s ({exited - started:.1f} s)")
+    print(f"CPU seconds per GB: gateway {dock_cpu / total * 1e9:.2f}, platform {platform_cpu / total * 1e9:.2f} "
+          f"(two cores shared with everything else running)")
     print(f"dock peak RSS: {peak_rss_mb:.0f} MB (limit {LIMIT_RSS_MB} MB)")
     print(f"dock/openssl = {e2e / reference:.2f}")
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a running process from /proc (0 where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _child_peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
