@@ -39,6 +39,7 @@ class Spec:
     script: str
     reference: str  # what its ratio is measured against
     reference_line: str  # regex whose first group is the reference's figure (MB/s or msg/s)
+    ours_line: str  # regex whose first group is our own figure
     target: float | None  # the ratio the issue asks for (None: not set)
     rss_limit_mb: float | None
     full: tuple[str, ...] = ()
@@ -46,14 +47,19 @@ class Spec:
 
 
 SPECS = [
-    Spec("ingest", "ingest.py", "openssl dgst -sha256, same files", r"openssl dgst -sha256: ([\d.]+) MB/s", 0.8, 150,
+    Spec("ingest", "ingest.py", "openssl dgst -sha256, same files", r"openssl dgst -sha256: ([\d.]+) MB/s",
+         r"egw ingest[^:]*: ([\d.]+) MB/s", 0.8, 150,
          (), ("--gib", "0.5", "--files", "4")),
-    Spec("upload", "upload.py", "raw TLS socket (Python ssl, same certs)", r"raw TLS socket[^:]*: ([\d.]+) MB/s", 0.6, 200,
+    Spec("upload", "upload.py", "raw TLS socket (Python ssl, same certs)", r"raw TLS socket[^:]*: ([\d.]+) MB/s",
+         r"gRPC upload[^:]*: ([\d.]+) MB/s", 0.6, 200,
          (), ("--size-mib", "256", "--repeat", "1")),
-    Spec("mqtt", "mqtt.py", "reference client, same broker", r"(?:reference|mosquitto_pub)[^:]*: ([\d.]+)", None, None),
-    Spec("dock", "dock.py", "openssl dgst -sha256, same bytes", r"openssl dgst -sha256: ([\d.]+) MB/s", 0.4, 250,
+    Spec("mqtt", "mqtt.py", "reference client, same broker", r"(?:reference|mosquitto_pub)[^:]*: ([\d.]+)",
+         r"(?:egw|ours|gateway)[^:]*: ([\d.]+)", None, None),
+    Spec("dock", "dock.py", "openssl dgst -sha256, same bytes", r"openssl dgst -sha256: ([\d.]+) MB/s",
+         r"start → last receipt: ([\d.]+) MB/s", 0.4, 250,
          (), ("--count", "2", "--fill-mb", "256")),
-    Spec("rapidtest", "rapidtest.py", "in-run reference", r"reference[^:]*: ([\d.]+)", None, None),
+    Spec("rapidtest", "rapidtest.py", "in-run reference", r"reference[^:]*: ([\d.]+)",
+         r"(?:egw|ours|gateway)[^:]*: ([\d.]+)", None, None),
 ]
 
 RATIO = re.compile(r"^\s*([\w./-]+)\s*=\s*([-\d.]+|nan|inf)\s*$")
@@ -70,6 +76,7 @@ class Result:
     target: float | None = None
     reference: str = ""
     reference_figure: str | None = None
+    ours_figure: str | None = None
     peak_rss_mb: float | None = None
     rss_limit_mb: float | None = None
     seconds: float = 0.0
@@ -141,6 +148,9 @@ def run_one(spec: Spec, python: str, quick: bool, extra: list[str], timeout: flo
         ref = re.search(spec.reference_line, line)
         if ref and result.reference_figure is None:
             result.reference_figure = ref.group(1)
+        ours = re.search(spec.ours_line, line)
+        if ours and result.ours_figure is None:
+            result.ours_figure = ours.group(1)
     return result
 
 
@@ -151,23 +161,24 @@ def table(results: list[Result], info: dict[str, str]) -> None:
     console = Console(width=None if sys.stdout.isatty() else 170)
     t = Table(title=f"egw benchmarks · {info['nproc']} × {info['cpu']} ({info['cpu_flags'] or 'no flags read'}) · "
                     f"Python {info['python']} · {info['when']}")
-    for column in ("benchmark", "ratio", "target", "met", "reference (same run)", "ref MB/s", "peak RSS MB",
+    for column in ("benchmark", "ratio", "target", "met", "ours", "reference (same run)", "ref", "peak RSS MB",
                    "RSS limit", "s", "1-min load before → after"):
-        t.add_column(column, justify="right" if column in ("ratio", "target", "ref MB/s", "peak RSS MB", "RSS limit", "s")
+        t.add_column(column, justify="right" if column in ("ratio", "target", "ours", "ref", "peak RSS MB", "RSS limit", "s")
                      else "left")
     for r in results:
         if r.status != "ok":
-            t.add_row(r.name, f"[red]{r.status}[/]", "", "", r.reference, "", "", "", f"{r.seconds:.0f}",
+            t.add_row(r.name, f"[red]{r.status}[/]", "", "", "", r.reference, "", "", "", f"{r.seconds:.0f}",
                       f"{r.load_before.split()[0]} → {r.load_after.split()[0]}")
             continue
         met = "—" if r.target is None or r.ratio is None else ("[green]yes[/]" if r.ratio >= r.target else "[red]no[/]")
         rss_ok = r.peak_rss_mb is not None and r.rss_limit_mb is not None and r.peak_rss_mb > r.rss_limit_mb
         t.add_row(f"{r.ratio_name}" + (" (quick)" if r.quick else ""), f"{r.ratio:.2f}",
-                  "—" if r.target is None else f"≥ {r.target}", met, r.reference, r.reference_figure or "—",
+                  "—" if r.target is None else f"≥ {r.target}", met, r.ours_figure or "—", r.reference, r.reference_figure or "—",
                   "—" if r.peak_rss_mb is None else (f"[red]{r.peak_rss_mb:.0f}[/]" if rss_ok else f"{r.peak_rss_mb:.0f}"),
                   "—" if r.rss_limit_mb is None else f"≤ {r.rss_limit_mb:.0f}", f"{r.seconds:.0f}",
                   f"{r.load_before.split()[0]} → {r.load_after.split()[0]}")
     console.print(t)
+    console.print("ours / ref: MB/s (msg/s for mqtt), each pair measured in the same run")
     console.print(f"machine: nproc {info['nproc']}, {info['cpu']}; load average (1/5/15 min) at the start: "
                   f"{info['load_average']}, at the end: {load_average()}")
     for r in results:
