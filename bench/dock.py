@@ -119,6 +119,7 @@ def main() -> int:
         load_before = load_average()
         children_before = _children_cpu_s()
         platform_cpu_before = _proc_cpu_s(platform.pid)
+        recorders_cpu_before = _proc_cpu_s(recorders.pid)
         started = time.time()
         dock = subprocess.Popen([sys.executable, "-m", "gateway", "dock", "--usbip", url, "--volumes",
                                  str(volumes / "{serial}"), "--data-dir", str(data), "--json", "--release", args.release],
@@ -128,10 +129,16 @@ def main() -> int:
         peak_rss_mb = _child_peak_rss_mb(dock)
         dock_cpu = _children_cpu_s() - children_before  # only the dock was reaped in between
         platform_cpu = _proc_cpu_s(platform.pid) - platform_cpu_before
+        recorders_cpu = _proc_cpu_s(recorders.pid) - recorders_cpu_before
         load_after = load_average()
         report = json.loads(out) if out.strip() else None
         if dock.returncode != 0 or not report or not report["safe"]:
             sys.stderr.write(err.decode(errors="replace")[-4000:])
+            (workdir / "dock-report.json").write_bytes(out)
+            (workdir / "dock-stderr.txt").write_bytes(err)
+            sys.stderr.write(f"report kept in {workdir / 'dock-report.json'}\n")
+            for failure in (report or {}).get("failures", []):
+                sys.stderr.write(f"dock failure: {failure}\n")
             raise SystemExit(f"egw dock failed (exit {dock.returncode}): not every recording is safe, no figure")
         last_receipt, receipts = last_receipt_time(platform_data)
         rows = [row for r in report["recorders"] for row in r["recordings"]]
@@ -151,7 +158,8 @@ def main() -> int:
     print(f"openssl dgst -sha256: {reference:.0f} MB/s")
     print(f"egw dock, start → last receipt: {e2e:.0f} MB/s ({last_receipt - started:.1f} s)")
     print(f"egw dock, start → exit (incl. re-hash before release): {whole:.0f} MB/s ({exited - started:.1f} s)")
-    print(f"CPU seconds per GB: gateway {dock_cpu / total * 1e9:.2f}, platform {platform_cpu / total * 1e9:.2f} "
+    print(f"CPU seconds per GB: gateway {dock_cpu / total * 1e9:.2f}, platform {platform_cpu / total * 1e9:.2f}, "
+          f"recorder simulator {recorders_cpu / total * 1e9:.2f} "
           f"(two cores shared with everything else running)")
     print(f"dock peak RSS: {peak_rss_mb:.0f} MB (limit {LIMIT_RSS_MB} MB)")
     print(f"dock/openssl = {e2e / reference:.2f}")
