@@ -37,3 +37,9 @@ def openssl_sha256_mbps(paths: list[Path]) -> float:
 
 def peak_rss_mb_self() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load average, quoted next to every figure: this machine is shared."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
@@ -92,9 +93,18 @@ def run(args: argparse.Namespace) -> int:
                 except GatewayError as exc:
                     failures.append(f"{url}: {exc}")
 
-            with ThreadPoolExecutor(max_workers=len(urls)) as pool:
-                list(pool.map(attach, urls))
-        upload_note = _deliver(data_dir, console, args.json) if enrolled else "no platform enrolled: recordings kept on the recorders"
+            # Upload overlaps ingest: each recording is queued (durable, signed) as soon as it is copied, and the
+            # uploader takes it while the other recordings are still being copied; it stops only once every
+            # recorder has been ingested and the queue is drained. Release still waits for the whole drain.
+            ingesting = threading.Event()
+            ingesting.set()
+            delivery: _Delivery | None = _Delivery(data_dir, console, args.json, ingesting.is_set) if enrolled else None
+            try:
+                with ThreadPoolExecutor(max_workers=len(urls)) as pool:
+                    list(pool.map(attach, urls))
+            finally:
+                ingesting.clear()
+        upload_note = delivery.result() if delivery is not None else "no platform enrolled: recordings kept on the recorders"
         for session in sessions:
             workflow.release(session)
         summaries = [workflow.summary(s) for s in sessions]
@@ -106,16 +116,35 @@ def run(args: argparse.Namespace) -> int:
     return 0 if safe else 1
 
 
-def _deliver(data_dir: Any, console: Any, quiet: bool) -> str:
-    from gateway.uplink.uploader import UploadSettings, Uploader
+class _Delivery:
+    """The uploader on its own thread and event loop, started before the first copy, draining the
+    queue while ``producing()`` says recorders are still being ingested, then to empty."""
 
-    uploader = Uploader(data_dir, UploadSettings.from_env())
-    if not quiet:
-        console.print("uploading to the platform and waiting for receipts…")
-    outcomes = asyncio.run(uploader.run_once())
-    failed = [o for o in outcomes if o.status != "receipted"]
-    return f"{len(outcomes) - len(failed)} receipted, {len(failed)} not delivered" + (
-        f" (first error: {failed[0].error})" if failed else "")
+    def __init__(self, data_dir: Any, console: Any, quiet: bool, producing: Callable[[], bool]) -> None:
+        self._outcomes: list[Any] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(data_dir, producing), name="dock-upload", daemon=True)
+        if not quiet:
+            console.print("uploading to the platform as recordings are ingested, then waiting for receipts…")
+        self._thread.start()
+
+    def _run(self, data_dir: Any, producing: Callable[[], bool]) -> None:
+        from gateway.uplink.uploader import UploadSettings, Uploader
+
+        try:
+            uploader = Uploader(data_dir, UploadSettings.from_env())
+            self._outcomes = asyncio.run(uploader.run_once(producing=producing))
+        except BaseException as exc:  # reported by result(): the recordings stay queued, nothing is released
+            self._error = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            return f"uploads stopped: {self._error}"
+        outcomes = self._outcomes
+        failed = [o for o in outcomes if o.status != "receipted"]
+        return f"{len(outcomes) - len(failed)} receipted, {len(failed)} not delivered" + (
+            f" (first error: {failed[0].error})" if failed else "")
 
 
 def _table(console: Any, summaries: list[dict[str, Any]], failures: list[str], upload_note: str, safe: bool) -> None:

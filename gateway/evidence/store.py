@@ -16,7 +16,10 @@ very buffers that are written — exactly the bytes stored.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import mmap
 import os
 import queue
 import shutil
@@ -31,8 +34,19 @@ from gateway.errors import SourceError, StoreError, StoreFullError
 
 __all__ = ["BlobStore", "StoredBlob", "ProgressCallback", "sm3_available"]
 
-CHUNK_SIZE = 4 * 1024 * 1024
-RING_BUFFERS = 6  # 24 MiB in flight at most, whatever the file size
+# Small buffers that stay in the CPU's L2 cache (2 MiB per core here) between the read that fills
+# them and the hash and write that consume them: 4 MiB buffers made every stage stream from RAM and
+# measured 0.22-0.51 of openssl's SHA-256 rate against 0.63-0.84 with 512 KiB (bench/ingest.py,
+# same runs, load 6-9 on 2 cores). Per-chunk queue overhead is negligible at this size.
+CHUNK_SIZE = 512 * 1024
+RING_BUFFERS = 8  # 4 MiB in flight at most, whatever the file size
+# O_DIRECT for the temp copy: the disk DMAs from our (page-aligned) buffers instead of the kernel copying
+# them into the page cache and flushing them later: 0.07 instead of 0.23 CPU s/GB for the write stage
+# measured here, CPU the hash stage then has. Durability is unchanged: fsync (device cache flush and
+# metadata) still comes before the rename. Where the file system refuses it, or a read comes back short
+# and misaligns the offset, the copy carries on with ordinary buffered writes. EGW_STORE_DIRECT_IO=0 turns it off.
+DIRECT_IO = os.environ.get("EGW_STORE_DIRECT_IO", "1") != "0" and hasattr(os, "O_DIRECT")
+DIRECT_ALIGN = 4096  # offsets and lengths of O_DIRECT writes: a multiple of any logical block size
 WRITEBACK_EVERY = 32 * 1024 * 1024  # start writeback as we go so the final fsync is short
 DEFAULT_RESERVE = 64 * 1024 * 1024  # keep this much free for the database and logs
 
@@ -65,7 +79,7 @@ class _Stage(threading.Thread):
         self.work = work
         self.release = release
         self.error: BaseException | None = None
-        self.buffers: list[bytearray] = []
+        self.buffers: list[bytearray | mmap.mmap] = []
 
     def run(self) -> None:
         while True:
@@ -169,9 +183,9 @@ class BlobStore:
         if with_sm3 and not sm3_available():
             raise StoreError("SM3 was requested but this OpenSSL has no SM3", "install an OpenSSL build with SM3 or turn SM3 off")
         tmp_path = self.tmp / f"{uuid.uuid4().hex}.part"
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
+        fd, direct = _open_temp(tmp_path)
         try:
-            sha, sm3, size = self._pipeline(src, fd, with_sm3, progress)
+            sha, sm3, size = self._pipeline(src, fd, with_sm3, progress, direct)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -194,10 +208,13 @@ class BlobStore:
         _fsync_dir(final.parent)
         return StoredBlob(sha, size, sm3, final, newly_stored=True)
 
-    def _pipeline(self, src: Readable, fd: int, with_sm3: bool, progress: ProgressCallback | None) -> tuple[str, str | None, int]:
+    def _pipeline(self, src: Readable, fd: int, with_sm3: bool, progress: ProgressCallback | None,
+                  direct: bool = False) -> tuple[str, str | None, int]:
         sha = hashlib.sha256()
         sm3 = hashlib.new("sm3") if with_sm3 else None
-        buffers = [bytearray(CHUNK_SIZE) for _ in range(RING_BUFFERS)]
+        # anonymous mmaps: page-aligned, as O_DIRECT wants; freed with the last reference
+        buffers: list[bytearray | mmap.mmap] = [mmap.mmap(-1, CHUNK_SIZE) if direct else bytearray(CHUNK_SIZE)
+                                                for _ in range(RING_BUFFERS)]
         free: queue.Queue[int] = queue.Queue()
         pending = [0] * RING_BUFFERS
         lock = threading.Lock()
@@ -210,12 +227,22 @@ class BlobStore:
                 free.put(index)
 
         written = [0, 0]  # bytes written, bytes handed to writeback
+        direct_on = [direct]
+
+        def buffered_from_now() -> None:
+            direct_on[0] = False
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
 
         def write(view: memoryview) -> None:
+            if direct_on[0] and (written[0] % DIRECT_ALIGN or len(view) % DIRECT_ALIGN):
+                buffered_from_now()  # a short read or the tail: the rest of the file goes through the page cache
             while view:
                 try:
                     n = os.write(fd, view)
                 except OSError as exc:
+                    if exc.errno == errno.EINVAL and direct_on[0]:
+                        buffered_from_now()  # this file system takes O_DIRECT at open but not for this write
+                        continue
                     if exc.errno == 28:  # ENOSPC
                         raise StoreFullError(f"disk full while writing to {self.tmp}") from exc
                     raise StoreError(f"write to the store failed: {exc.strerror}") from exc
@@ -266,6 +293,19 @@ class BlobStore:
         if failed is not None:
             raise failed
         return sha.hexdigest(), (sm3.hexdigest() if sm3 is not None else None), size
+
+
+def _open_temp(path: Path) -> tuple[int, bool]:
+    """Create the temp copy, with O_DIRECT where allowed; returns (fd, direct)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    if DIRECT_IO:
+        try:
+            return os.open(path, flags | os.O_DIRECT, 0o640), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: no O_DIRECT on this file system; anything else is real
+                raise
+            path.unlink(missing_ok=True)  # Linux may have created it (our unique name) before refusing the flag
+    return os.open(path, flags, 0o640), False
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:

@@ -172,6 +172,7 @@ class Uploader:
         self._given_up_at: dict[str, float] = {}
         self._retry_after_s = 60.0
         self._busy = 0
+        self._producing: Callable[[], bool] = lambda: False
         self.outcomes: list[UploadOutcome] = []
 
     # ---- plumbing ---------------------------------------------------------
@@ -216,8 +217,15 @@ class Uploader:
         return item
 
     # ---- running -----------------------------------------------------------
-    async def run_once(self) -> list[UploadOutcome]:
-        """Drain the queue (including items queued while running) and return what happened per item."""
+    async def run_once(self, *, producing: Callable[[], bool] | None = None) -> list[UploadOutcome]:
+        """Drain the queue (including items queued while running) and return what happened per item.
+
+        ``producing``, when given, is asked whenever the queue looks empty:
+        while it returns True something is still being ingested (e.g. the dock
+        copying other recorders), so the workers wait for it instead of
+        finishing — upload overlaps ingest and the run ends with a final drain.
+        """
+        self._producing = producing or (lambda: False)
         await self._serve(None)
         return self.outcomes
 
@@ -265,9 +273,10 @@ class Uploader:
                 for eid in [e for e, t in self._given_up_at.items() if now - t >= self._retry_after_s]:
                     self._given_up.discard(eid)
                     del self._given_up_at[eid]
+            producing = self._producing()  # asked before the claim: anything queued earlier is seen by it
             item = await self._db(self._claim, express_only)
             if item is None:
-                if stop is None and self._busy == 0:
+                if stop is None and self._busy == 0 and not producing:
                     return
                 # others are busy (or we run continuously): something new may be queued meanwhile
                 await asyncio.sleep(POLL_S if self._busy else idle_poll_s)

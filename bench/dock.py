@@ -1,0 +1,196 @@
+"""Dock throughput: 4 recorders docked at once, ingested and delivered, against the SHA-256 limit.
+
+    python bench/dock.py [--count 4] [--fill-mb 1024] [--workdir DIR] [--release receipt|ingest|never]
+
+Starts the reference platform and ``--count`` simulated body-worn cameras
+(USB/IP control, one ``--fill-mb`` bulk file each plus a small video), enrols
+a gateway, then times ``egw dock`` as a child process: from its start to the
+platform's last receipt (end to end) and to its exit (which also includes
+the re-hash of every device copy before it is released). The reference is
+``openssl dgst -sha256`` over the same bytes in the same run (the blobs the
+gateway stored). The gateway's peak RSS comes from ``wait4`` on the dock
+process alone. Last line: ``dock/openssl = R`` (target ≥ 0.4, RSS ≤ 250 MB).
+
+Why the platform is in the same run: on this machine the gateway and the
+platform share two cores, and each hashes and writes every byte, so the
+ratio says how well ingest and upload overlap, not how fast one of them is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._common import MB, load_average, openssl_sha256_mbps  # noqa: E402
+
+LIMIT_RSS_MB = 250
+TARGET = 0.4
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def egw(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], env=_env(), text=True, capture_output=True,
+                          check=True, **kwargs)  # type: ignore[call-overload]
+
+
+def spawn(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "gateway", *args], env=_env(), text=True, stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def read_lines(proc: subprocess.Popen[str], count: int, timeout: float, what: str) -> list[str]:
+    """The first ``count`` stdout lines, raw reads so select() sees everything."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buffered = b""
+    deadline = time.monotonic() + timeout
+    while buffered.count(b"\n") < count:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise SystemExit(f"{what} did not start within {timeout:.0f} s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise SystemExit(f"{what} exited with {proc.wait()} before it was ready")
+        buffered += chunk
+    return buffered.decode().splitlines()[:count]
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def last_receipt_time(platform_data: Path) -> tuple[float, int]:
+    from simulators.platform.index import Index
+
+    index = Index(platform_data)
+    try:
+        receipts = index.receipts()
+    finally:
+        index.close()
+    return max((r.received_at for r in receipts), default=0.0), len(receipts)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=4, help="recorders docked at once")
+    parser.add_argument("--fill-mb", type=float, default=1024, help="bulk file per recorder, MB")
+    parser.add_argument("--release", choices=["receipt", "ingest", "never"], default="receipt")
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="egw-bench-dock-"))
+    for sub in ("platform", "gw", "volumes"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
+    platform_data, data, volumes = workdir / "platform", workdir / "gw", workdir / "volumes"
+    platform = spawn("simulate", "platform", "--data", str(platform_data), "--listen", "127.0.0.1:0")
+    recorders: subprocess.Popen[str] | None = None
+    try:
+        address = read_lines(platform, 2, 60, "the platform")[0].strip()
+        egw("keys", "init", "--data-dir", str(data), "--gateway-id", "gw-bench-dock")
+        token = json.loads(egw("platform", "tokens", "--data", str(platform_data), "--json").stdout)["token"]
+        egw("enroll", "--platform", address, "--token", token, "--data-dir", str(data))
+        recorders = spawn("simulate", "bodycam", "--count", str(args.count), "--fill-mb", str(args.fill_mb),
+                          "--recordings", "1", "--small", "--volumes", str(volumes), "--listen", "127.0.0.1:0",
+                          stdin=subprocess.PIPE)
+        url = read_lines(recorders, 1, 600, "the recorders")[0].strip()
+
+        load_before = load_average()
+        children_before = _children_cpu_s()
+        platform_cpu_before = _proc_cpu_s(platform.pid)
+        recorders_cpu_before = _proc_cpu_s(recorders.pid)
+        started = time.time()
+        dock = subprocess.Popen([sys.executable, "-m", "gateway", "dock", "--usbip", url, "--volumes",
+                                 str(volumes / "{serial}"), "--data-dir", str(data), "--json", "--release", args.release],
+                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = dock.communicate(timeout=3600)  # wait4 below collects the rusage of this child alone
+        exited = time.time()
+        peak_rss_mb = _child_peak_rss_mb(dock)
+        dock_cpu = _children_cpu_s() - children_before  # only the dock was reaped in between
+        platform_cpu = _proc_cpu_s(platform.pid) - platform_cpu_before
+        recorders_cpu = _proc_cpu_s(recorders.pid) - recorders_cpu_before
+        load_after = load_average()
+        report = json.loads(out) if out.strip() else None
+        if dock.returncode != 0 or not report or not report["safe"]:
+            sys.stderr.write(err.decode(errors="replace")[-4000:])
+            (workdir / "dock-report.json").write_bytes(out)
+            (workdir / "dock-stderr.txt").write_bytes(err)
+            sys.stderr.write(f"report kept in {workdir / 'dock-report.json'}\n")
+            for failure in (report or {}).get("failures", []):
+                sys.stderr.write(f"dock failure: {failure}\n")
+            raise SystemExit(f"egw dock failed (exit {dock.returncode}): not every recording is safe, no figure")
+        last_receipt, receipts = last_receipt_time(platform_data)
+        rows = [row for r in report["recorders"] for row in r["recordings"]]
+        total = sum(row["size"] for row in rows)
+        blobs = [p for p in (data / "blobs" / "sha256").glob("??/*") if p.stat().st_size >= 1 << 20]
+        reference = openssl_sha256_mbps(blobs)  # the same bytes (the small videos are a rounding error)
+    finally:
+        if recorders is not None:
+            stop(recorders)
+        stop(platform)
+
+    e2e = total / (last_receipt - started) / MB
+    whole = total / (exited - started) / MB
+    print(f"recorders: {args.count} × ({args.fill_mb:.0f} MB bulk + 1 small video) = {total / MB:.0f} MB in {len(rows)} recordings, "
+          f"{receipts} receipts, release={args.release}")
+    print(f"load average (1/5/15 min) before: {load_before}, after: {load_after}")
+    print(f"openssl dgst -sha256: {reference:.0f} MB/s")
+    print(f"egw dock, start → last receipt: {e2e:.0f} MB/s ({last_receipt - started:.1f} s)")
+    print(f"egw dock, start → exit (incl. re-hash before release): {whole:.0f} MB/s ({exited - started:.1f} s)")
+    print(f"CPU seconds per GB: gateway {dock_cpu / total * 1e9:.2f}, platform {platform_cpu / total * 1e9:.2f}, "
+          f"recorder simulator {recorders_cpu / total * 1e9:.2f} "
+          f"(two cores shared with everything else running)")
+    print(f"dock peak RSS: {peak_rss_mb:.0f} MB (limit {LIMIT_RSS_MB} MB)")
+    print(f"dock/openssl = {e2e / reference:.2f}")
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a running process from /proc (0 where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _child_peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
+    """Peak RSS of the dock process: RUSAGE_CHILDREN covers every child waited for so far, and the
+    only others (keys init, tokens, enroll) are far smaller; the maximum is therefore the dock's."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    sys.exit(main())
