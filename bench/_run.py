@@ -53,13 +53,14 @@ SPECS = [
     Spec("upload", "upload.py", "raw TLS socket (Python ssl, same certs)", r"raw TLS socket[^:]*: ([\d.]+) MB/s",
          r"gRPC upload[^:]*: ([\d.]+) MB/s", 0.6, 200,
          (), ("--size-mib", "256", "--repeat", "1")),
-    Spec("mqtt", "mqtt.py", "reference client, same broker", r"(?:reference|mosquitto_pub)[^:]*: ([\d.]+)",
-         r"(?:egw|ours|gateway)[^:]*: ([\d.]+)", None, None),
+    Spec("mqtt", "mqtt.py", "bare paho QoS 1 loop, same broker", r"(?:reference|bare paho)[^:]*: ([\d.]+)",
+         r"(?:egw|ours|gateway|outbox)[^:]*: ([\d.]+)", 0.5, None, (), ("--messages", "5000")),
     Spec("dock", "dock.py", "openssl dgst -sha256, same bytes", r"openssl dgst -sha256: ([\d.]+) MB/s",
          r"start → last receipt: ([\d.]+) MB/s", 0.4, 250,
          (), ("--count", "2", "--fill-mb", "256")),
-    Spec("rapidtest", "rapidtest.py", "in-run reference", r"reference[^:]*: ([\d.]+)",
-         r"(?:egw|ours|gateway)[^:]*: ([\d.]+)", None, None),
+    Spec("rapidtest", "rapidtest.py", "p50 ms, last frame → verified at the platform (lower is better; target < 50)",
+         r"bare paho QoS 1 publish[^:]*: p50 ([\d.]+)", r"results: \d+ in [\d.]+ s = ([\d.]+) results/s", None, None,
+         (), ("--tests", "50")),
 ]
 
 RATIO = re.compile(r"^\s*([\w./-]+)\s*=\s*([-\d.]+|nan|inf)\s*$")
