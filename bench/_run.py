@@ -54,7 +54,7 @@ SPECS = [
          r"gRPC upload[^:]*: ([\d.]+) MB/s", 0.6, 200,
          (), ("--size-mib", "256", "--repeat", "1")),
     Spec("mqtt", "mqtt.py", "bare paho QoS 1 loop, same broker", r"(?:reference|bare paho)[^:]*: ([\d.]+)",
-         r"(?:egw|ours|gateway|outbox)[^:]*: ([\d.]+)", 0.5, None, (), ("--messages", "5000")),
+         r"(?:egw|ours|gateway|outbox)[^:]*: ([\d.]+)", 0.5, None, (), ("--n", "5000")),
     Spec("dock", "dock.py", "openssl dgst -sha256, same bytes", r"openssl dgst -sha256: ([\d.]+) MB/s",
          r"start → last receipt: ([\d.]+) MB/s", 0.4, 250,
          (), ("--count", "2", "--fill-mb", "256")),
