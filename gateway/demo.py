@@ -139,11 +139,9 @@ def run_demo(workdir: Path | None, as_json: bool) -> int:
     try:
         with console.status("starting the platform, the broker and the simulated devices…"):
             platform_data = workdir / "platform"
-            address, enroll_line = processes.start("platform", _egw("simulate", "platform", "--data", str(platform_data),
-                                                                      "--listen", "127.0.0.1:0"), lines=2)
             broker_url, broker_kind, broker_stop = _start_broker(processes, workdir)
-            processes.start("platform-mqtt", _egw("simulate", "platform-mqtt", "--data", str(platform_data), "--mqtt", broker_url,
-                                                   "--signing-key", str(platform_data / "pki" / "platform.key")), lines=0)
+            address, enroll_line = processes.start("platform", _egw("simulate", "platform", "--data", str(platform_data),
+                                                                      "--listen", "127.0.0.1:0", "--mqtt", broker_url), lines=2)
             volumes = workdir / "volumes"
             (usbip_url, *_) = processes.start("bodycams", _egw("simulate", "bodycam", "--count", "3", "--listen", "127.0.0.1:0",
                                                                 "--volumes", str(volumes), "--recordings", "3", "--minutes", "0.1",

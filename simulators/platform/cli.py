@@ -32,6 +32,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--insecure", action="store_true", help="plaintext on one port, for local experiments only")
     parser.add_argument("--reserve-bytes", type=int, default=DEFAULT_RESERVE, help="free disk to keep; uploads beyond it get RESOURCE_EXHAUSTED")
     parser.add_argument("--receipt-fault", choices=RECEIPT_FAULTS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mqtt", default=None, metavar="URL",
+                        help="also subscribe to egw/v1/# on this broker: verify and record what gateways publish, send signed commands")
     args = parser.parse_args(argv)
     server = PlatformServer(args.data, listen=args.listen, enroll_listen=args.enroll_listen, insecure=args.insecure,
                             receipt_fault=args.receipt_fault, reserve_bytes=args.reserve_bytes)
@@ -40,11 +42,19 @@ def main(argv: list[str]) -> int:
     print(f"enroll {enroll_address}", flush=True)
     print(f"platform {server.pki.platform_id} ca-sha256 {fingerprint(server.pki.ca_cert)} data {args.data}",
           file=sys.stderr, flush=True)
+    recorder = None
+    if args.mqtt:
+        from simulators.platform_mqtt import PlatformMqtt
+
+        recorder = PlatformMqtt(args.data, args.mqtt, signing_key=args.data / "pki" / "platform.key").start()
+        print(f"mqtt {args.mqtt}: recording egw/v1/# into {args.data}", file=sys.stderr, flush=True)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     while not done.wait(0.5):
         pass
+    if recorder is not None:
+        recorder.__exit__()
     server.stop(1.0)
     return 0
 
