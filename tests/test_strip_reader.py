@@ -404,3 +404,24 @@ def test_shadow_edge_across_the_window_is_refused_not_misread() -> None:
         StripReader().read(shaded)
     reading = StripReader().read(image.astype(np.uint8))  # the same photo without the shadow reads fine
     assert reading.t_over_c == pytest.approx(truth.t_over_c, abs=max(0.1 * truth.t_over_c, 0.05))
+
+
+def test_recorded_readings_become_signed_evidence(tmp_path):
+    import json
+
+    from tests.conftest import run_egw
+
+    out = tmp_path / "strips"
+    run_egw("simulate", "strips", "--out", str(out), "--count", "2", "--seed", "5", check=True)
+    data = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)
+    photos = sorted(str(p) for p in out.glob("*.jpg"))
+    proc = run_egw("strip", "read", *photos, "--record", "--sample", "S-17", "--inspector", "i7", "--data-dir", str(data), "--json")
+    assert proc.returncode == 0, proc.stderr
+    readings = json.loads(proc.stdout)
+    assert all(r["evidence_id"] and r["photo_evidence_id"] for r in readings)
+    bundle = tmp_path / "bundle"
+    run_egw("export", readings[0]["evidence_id"], str(bundle), "--data-dir", str(data), check=True)
+    assert run_egw("verify", str(bundle)).returncode == 0
+    document = json.loads(next((bundle / "content").iterdir()).read_text())
+    assert document["sample_id"] == "S-17" and document["reading"]["judgement"] == readings[0]["judgement"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.strip_reader import StripReader, StripReadError, StripThresholds
-from gateway.commands.common import add_json, print_json
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
 from gateway.errors import ConfigError
 
 __all__ = ["register", "run_read", "read_photos"]
@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                       help=f"T/C at or below this is positive (A, default {defaults.positive_max})")
     read.add_argument("--negative-min", type=float, default=defaults.negative_min,
                       help=f"T/C at or above this is negative (B, default {defaults.negative_min})")
+    read.add_argument("--record", action="store_true",
+                      help="also keep each photo and its reading as signed evidence (photo + result document, queued for upload)")
+    read.add_argument("--sample", help="sample id recorded with --record")
+    read.add_argument("--inspector", help="inspector id recorded with --record")
+    add_data_dir(read)
     add_json(read)
     read.set_defaults(func=run_read)
 
@@ -64,14 +69,41 @@ def read_photos(photos: list[Path], thresholds: StripThresholds) -> list[dict[st
     return results
 
 
+def record_readings(data_dir: Path, results: list[dict[str, Any]], sample: str | None, inspector: str | None) -> None:
+    """The photo is evidence first; the reading is a result document that names the photo by digest."""
+    import json as _json
+
+    from gateway.evidence.manifest import ManifestInput
+    from gateway.evidence.service import EvidenceService, path_as_data
+
+    with EvidenceService(data_dir) as service:
+        for item in results:
+            if not item["ok"]:
+                continue
+            photo = Path(item["photo"])
+            stored = service.ingest_file(photo, ManifestInput(source_path=path_as_data(photo.absolute()), kind="photo",
+                                                              device_id="strip-reader", officer_id=inspector), priority=2)
+            document = {"v": "egw.strip-reading/1", "sample_id": sample, "inspector_id": inspector,
+                        "photo": {"evidence_id": stored.evidence_id, "sha256": stored.sha256},
+                        "reading": {k: v for k, v in item.items() if k not in ("photo", "ok")}}
+            result = service.ingest_bytes(_json.dumps(document, indent=2, sort_keys=True).encode(), ManifestInput(
+                source_path=f"strip/{stored.sha256}/reading.json", kind="result", media_type="application/vnd.egw.strip-reading+json",
+                device_id="strip-reader", officer_id=inspector, extra={"strip": document["reading"], "photo": document["photo"]}), priority=2)
+            item["evidence_id"], item["photo_evidence_id"] = result.evidence_id, stored.evidence_id
+        service.sign_tree_head()
+
+
 def run_read(args: argparse.Namespace) -> int:
     results = read_photos(list(args.photos), _thresholds(args))
+    if args.record:
+        record_readings(data_dir_of(args), results, args.sample, args.inspector)
     if args.json:
         print_json(results)
     else:
         for item in results:
             if item["ok"]:
-                print(f"{item['photo']}  {item['format']}  {item['judgement']}", flush=True)
+                recorded = f"  evidence {item['evidence_id']}" if "evidence_id" in item else ""
+                print(f"{item['photo']}  {item['format']}  {item['judgement']}{recorded}", flush=True)
     failed = [item for item in results if not item["ok"]]
     for item in failed:
         print(f"error: {item['photo']}: {item['error']}", file=sys.stderr)
