@@ -928,7 +928,7 @@ def _atheris_fuzz(harness: Harness, seconds: float, max_len: int, hang_seconds: 
     for i, seed in enumerate(harness.seeds()):
         (corpus_dir / f"seed-{i:03d}").write_bytes(seed)
     atheris.Setup(
-        [sys.argv[0], f"-max_len={max_len}", "-timeout=0", "-rss_limit_mb=2048",
+        [sys.argv[0], f"-max_len={max_len}", "-len_control=0", "-timeout=0", "-rss_limit_mb=2048",
          f"-max_total_time={int(seconds) + 30}", "-print_final_stats=0", str(corpus_dir)],
         one_input,
     )
