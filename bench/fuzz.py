@@ -538,7 +538,7 @@ def _f9_seeds() -> list[bytes]:
     info = f9.ZfyInfo("1234567", "654321", "张三", "110000000000", "某某公安局")
     when = datetime(2024, 1, 1, 12, 0, 0)
     seeds = [bytes([0, fn]) + f9.build_cdb(f9.Function(fn)) for fn in (1, 3, 4, 6, 9)]
-    responses = {
+    responses: dict[f9.Function, f9.Response] = {
         f9.Function.GET_ID_CODE: f9.IdCodeResponse(f9.IRet.CONNECT_OK, "ZFY01"),
         f9.Function.GET_ZFY_INFO: f9.ZfyInfoResponse(f9.IRet(0), info),
         f9.Function.GET_DEV_TIME: f9.DeviceTimeResponse(f9.IRet(0), when),
@@ -546,13 +546,20 @@ def _f9_seeds() -> list[bytes]:
         f9.Function.READ_BATTERY: f9.BatteryResponse(f9.IRet(0), 80),
         f9.Function.GET_STORAGE: f9.StorageResponse(f9.IRet(0), 64000, 1000, 12),
     }
+    in_functions = _f9_in_functions()
     for fn, response in responses.items():
-        seeds.append(bytes([1, int(fn)]) + f9.encode_response(fn, response))
+        seeds.append(bytes([1, in_functions.index(fn)]) + f9.encode_response(fn, response))
     seeds.append(bytes([2, 0]) + f9.encode_zfy_info(info))
     seeds.append(bytes([2, 1]) + f9.encode_zfy_info(info, f9.ZFY_LAYOUT_89))
     seeds.append(bytes([3, 0]) + f9.encode_sync_time(when, 480))
     seeds.append(bytes([4, 0]) + b"000000")
     return seeds
+
+
+def _f9_in_functions() -> list:  # type: ignore[type-arg]
+    from firmware_bridge import bodycam_usb as f9
+
+    return [fn for fn, spec in f9.FUNCTION_SPECS.items() if spec.direction is f9.Direction.IN]
 
 
 def _f9_check(data: bytes) -> None:
@@ -566,7 +573,7 @@ def _f9_check(data: bytes) -> None:
     if target == 0:
         attempts = [lambda: f9.parse_cdb(body), lambda: f9.parse_cdb(_fit(body, f9.CDB_LENGTH))]
     elif target == 1:
-        in_functions = [fn for fn, spec in f9.FUNCTION_SPECS.items() if spec.direction is f9.Direction.IN]
+        in_functions = _f9_in_functions()
         fn = in_functions[opt % len(in_functions)]
         layout = f9.ZFY_LAYOUT_89 if opt & 0x80 else f9.ZFY_LAYOUT_94
         size = f9.response_length(fn, layout)
@@ -617,7 +624,7 @@ def _usbip_seeds() -> list[bytes]:
     ret = server.send(usbip.SubmitReturn(seqnum=1, status=0, actual_length=4, data=b"\x12\x01\x00\x02",
                                          direction=1))
     ret_out = server.send(usbip.SubmitReturn(seqnum=2, status=-32, actual_length=0))
-    unlink_ret = server.send(usbip.UnlinkReturn(seqnum=9, status=-104))
+    unlink_ret = server.send(usbip.UnlinkReturn(seqnum=20, status=-104))
     client = usbip.UsbIpConnection(usbip.Role.CLIENT)
     client._state = usbip._State.URB
     submit_in = client.send(usbip.SubmitCommand(seqnum=1, devid=0x10002, direction=1, endpoint=0, transfer_length=18,
@@ -660,17 +667,21 @@ def _usbip_check(data: bytes) -> None:
         conn.receive_data(bytes.fromhex("0111000300000000") + usbip._encode_device(dev, 1))
         _check(isinstance(conn.next_event(), usbip.ImportReply), "usbip client rejected a valid import reply")
     submitted = False
+
+    def submit_all() -> None:  # URBs outstanding, so RET_SUBMIT / RET_UNLINK have something to answer
+        nonlocal submitted
+        submitted = True
+        for seq in range(1, 9):
+            conn.send(usbip.SubmitCommand(seqnum=seq, devid=dev.devid, direction=seq & 1, endpoint=seq % 3,
+                                          transfer_length=64 if seq & 1 else 4, data=b"" if seq & 1 else b"abcd"))
+        conn.send(usbip.UnlinkCommand(seqnum=20, unlink_seqnum=1))
+        conn.send(usbip.UnlinkCommand(seqnum=21, unlink_seqnum=99))
+
     op_bound = 12 + usbip.MAX_DEVICES * (312 + 255 * 4)
     urb_bound = 48 + max_transfer + usbip.MAX_ISO_PACKETS * 16
     for chunk in [*_chunks(body, chunking), b""]:
         if conn.imported and conn.role is usbip.Role.CLIENT and not submitted:
-            submitted = True
-            for seq in range(1, 9):
-                conn.send(usbip.SubmitCommand(seqnum=seq, devid=dev.devid, direction=seq & 1, endpoint=seq % 3,
-                                              transfer_length=64 if seq & 1 else 4,
-                                              data=b"" if seq & 1 else b"abcd"))
-            conn.send(usbip.UnlinkCommand(seqnum=20, unlink_seqnum=1))
-            conn.send(usbip.UnlinkCommand(seqnum=21, unlink_seqnum=99))
+            submit_all()
         conn.receive_data(chunk)
         for _ in range(len(conn._buffer) // 8 + 4):
             try:
@@ -690,6 +701,8 @@ def _usbip_check(data: bytes) -> None:
                     usbip.serial_from_path(d.path)
             if isinstance(event, usbip.ImportReply) and event.device is not None:
                 usbip.serial_from_path(event.device.path)
+                if not submitted:
+                    submit_all()
         else:
             raise InvariantViolation("usbip next_event made no progress")
 
@@ -732,9 +745,9 @@ class Crash:
 def _where(tb: object) -> str:
     frames = traceback.extract_tb(tb)  # type: ignore[arg-type]
     codec = [f for f in frames if "firmware_bridge" in f.filename]
-    frame = (codec or frames or [None])[-1]
-    if frame is None:
+    if not (codec or frames):
         return "?"
+    frame = (codec or frames)[-1]
     return f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
 
 
@@ -899,7 +912,7 @@ def random_fuzz(
 
 def _atheris_fuzz(harness: Harness, seconds: float, max_len: int, hang_seconds: float, crash_dir: Path) -> None:
     """Coverage-guided run under atheris; prints the report and exits the process when time is up."""
-    import atheris
+    import atheris  # type: ignore[import-untyped]
 
     with atheris.instrument_imports(include=["firmware_bridge"]):
         for module in harness.modules:
