@@ -364,11 +364,13 @@ def _astm_sender(body: bytes, opts: int) -> None:
     now = 0.0
     tx.send_message(_astm_records(), now)
     tx.data_to_send()
+    resends = 0
     for chunk in _chunks(body, opts >> 4):
         now += rng.choice((0.0, 1.0, 11.0, 16.0))
         if tx.deadline is not None and now >= tx.deadline:
             tx.handle_timeout(now)
-        if tx.idle and rng.randrange(2):
+        if tx.idle and resends < 8 and rng.randrange(2):  # bounded: encoding a message is the costly part
+            resends += 1
             tx.send_message(_astm_records(), now)
         elif rng.randrange(16) == 0:
             tx.abort(now)
