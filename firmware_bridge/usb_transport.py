@@ -341,7 +341,7 @@ class UsbIpBackend(usb.backend.IBackend):  # type: ignore[misc]
         """No kernel driver is involved on this side of USB/IP."""
 
     def ctrl_transfer(self, dev_handle: UsbIpClient, bmRequestType: int, bRequest: int, wValue: int, wIndex: int,
-                      data: array.array, timeout: int) -> int:
+                      data: "array.array[int]", timeout: int) -> int:
         if bmRequestType & 0x80:
             got = self._control(dev_handle, bmRequestType, bRequest, wValue, wIndex, len(data) * data.itemsize,
                                 timeout)
@@ -352,13 +352,13 @@ class UsbIpBackend(usb.backend.IBackend):  # type: ignore[misc]
         assert isinstance(sent, int)
         return sent
 
-    def _write(self, h: UsbIpClient, ep: int, data: array.array, timeout: int) -> int:
+    def _write(self, h: UsbIpClient, ep: int, data: "array.array[int]", timeout: int) -> int:
         try:
             return h.write(ep, data.tobytes(), timeout)
         except (TransportError, ProtocolError) as exc:
             raise _usb_error(exc) from exc
 
-    def _read(self, h: UsbIpClient, ep: int, buff: array.array, timeout: int) -> int:
+    def _read(self, h: UsbIpClient, ep: int, buff: "array.array[int]", timeout: int) -> int:
         try:
             got = h.read(ep, len(buff) * buff.itemsize, timeout)
         except (TransportError, ProtocolError) as exc:
@@ -366,16 +366,16 @@ class UsbIpBackend(usb.backend.IBackend):  # type: ignore[misc]
         memoryview(buff).cast("B")[: len(got)] = got
         return len(got)
 
-    def bulk_write(self, dev_handle: UsbIpClient, ep: int, intf: int, data: array.array, timeout: int) -> int:
+    def bulk_write(self, dev_handle: UsbIpClient, ep: int, intf: int, data: "array.array[int]", timeout: int) -> int:
         return self._write(dev_handle, ep, data, timeout)
 
-    def intr_write(self, dev_handle: UsbIpClient, ep: int, intf: int, data: array.array, timeout: int) -> int:
+    def intr_write(self, dev_handle: UsbIpClient, ep: int, intf: int, data: "array.array[int]", timeout: int) -> int:
         return self._write(dev_handle, ep, data, timeout)
 
-    def bulk_read(self, dev_handle: UsbIpClient, ep: int, intf: int, buff: array.array, timeout: int) -> int:
+    def bulk_read(self, dev_handle: UsbIpClient, ep: int, intf: int, buff: "array.array[int]", timeout: int) -> int:
         return self._read(dev_handle, ep, buff, timeout)
 
-    def intr_read(self, dev_handle: UsbIpClient, ep: int, intf: int, buff: array.array, timeout: int) -> int:
+    def intr_read(self, dev_handle: UsbIpClient, ep: int, intf: int, buff: "array.array[int]", timeout: int) -> int:
         return self._read(dev_handle, ep, buff, timeout)
 
 

@@ -24,6 +24,7 @@ import errno as _errno
 import itertools
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from firmware_bridge.errors import (
@@ -32,7 +33,7 @@ from firmware_bridge.errors import (
 )
 from firmware_bridge.usb import SetupPacket
 from firmware_bridge.usbip import (
-    DIR_IN, DIR_OUT, ENODEV, EPIPE, ST_OK, ConnectionClosed, DevlistReply, DevlistRequest, ImportReply,
+    DIR_IN, DIR_OUT, ENODEV, EPIPE, ST_DEV_BUSY, ST_OK, ConnectionClosed, DevlistReply, DevlistRequest, ImportReply,
     ImportRequest, NeedData, Role, SubmitCommand, SubmitReturn, UnlinkCommand, UnlinkReturn, UsbIpConnection,
     UsbIpDevice, status_text,
 )
@@ -93,6 +94,10 @@ def list_devices(host: str, port: int = DEFAULT_PORT, timeout_s: float = 5.0) ->
     return reply.devices
 
 
+class _Busy(TransportError):
+    """Import refused because another client holds the device (retried briefly)."""
+
+
 @dataclass
 class _Waiter:
     done: threading.Event = field(default_factory=threading.Event)
@@ -123,15 +128,32 @@ class UsbIpClient:
         return f"usbip://{self.host}:{self.port}/{self.busid}"
 
     @classmethod
-    def open(cls, host: str, port: int, busid: str, timeout_s: float = 5.0) -> "UsbIpClient":
-        """Connect and OP_REQ_IMPORT ``busid``; raises ``TransportError`` naming why it failed."""
+    def open(cls, host: str, port: int, busid: str, timeout_s: float = 5.0, busy_wait_s: float = 1.0) -> "UsbIpClient":
+        """Connect and OP_REQ_IMPORT ``busid``; raises ``TransportError`` naming why it failed.
+
+        A device refused as busy is asked again for up to ``busy_wait_s``: a
+        server frees a device only once it has seen the previous importer's
+        connection close, a moment after that importer's ``close()`` returned.
+        """
+        deadline = time.monotonic() + busy_wait_s
+        while True:
+            try:
+                return cls._open_once(host, port, busid, timeout_s)
+            except _Busy as exc:
+                if time.monotonic() >= deadline:
+                    raise TransportError(str(exc)) from None
+                time.sleep(0.02)
+
+    @classmethod
+    def _open_once(cls, host: str, port: int, busid: str, timeout_s: float) -> "UsbIpClient":
         sock = _connect(host, port, timeout_s)
         codec = UsbIpConnection(Role.CLIENT)
         try:
             reply = _blocking_op(sock, codec, ImportRequest(busid), f"{host}:{port}")
             assert isinstance(reply, ImportReply)
             if reply.status != ST_OK or reply.device is None:
-                raise TransportError(
+                kind = _Busy if reply.status == ST_DEV_BUSY else TransportError
+                raise kind(
                     f"the USB/IP server at {host}:{port} refused to import {busid!r}: {status_text(reply.status)}; "
                     "list its devices (`usbip --tcp-port PORT list -r HOST`) and check nobody else holds it"
                 )
@@ -147,7 +169,7 @@ class UsbIpClient:
                 data_or_length: bytes | int, timeout_ms: int | None = None) -> bytes | int:
         """A control transfer on endpoint 0: bytes for IN, the count written for OUT."""
         if request_type & 0x80:
-            length = int(data_or_length)  # type: ignore[arg-type]
+            length = int(data_or_length)
             setup = SetupPacket(request_type, request, value, index, length).to_bytes()
             ret = self._submit(DIR_IN, 0, length, setup, b"", timeout_ms, "control IN")
             return ret.data

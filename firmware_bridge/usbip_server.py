@@ -22,7 +22,7 @@ URB, then the connection is closed.
 from __future__ import annotations
 
 import logging
-import select
+import selectors
 import socket
 import struct
 import threading
@@ -170,6 +170,10 @@ class UsbIpServer:
             sessions = list(self._sessions)
         for session in sessions:
             session.wake()
+            try:  # also unblocks a sendall to a client that stopped reading
+                session.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for session in sessions:
             session.thread.join(timeout=5)
 
@@ -275,6 +279,12 @@ class _Session:
             self.server._forget(self)
 
     def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:  # epoll: no FD_SETSIZE limit
+            selector.register(self.sock, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            self._serve_with(selector)
+
+    def _serve_with(self, selector: selectors.BaseSelector) -> None:
         poll = _MIN_POLL_S
         while True:
             if self.server._stopping.is_set():
@@ -284,7 +294,7 @@ class _Session:
                 self._fail_pending(ENODEV)
                 return
             timeout = poll if self._has_pending() else None
-            readable, _, _ = select.select([self.sock, self._wake_r], [], [], timeout)
+            readable = [key.fileobj for key, _ in selector.select(timeout)]
             if self._wake_r in readable:
                 try:
                     self._wake_r.recv(64)
