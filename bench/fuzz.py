@@ -24,7 +24,13 @@ The first byte(s) of an input choose the entry point and how the bytes are
 chunked (whole, byte by byte, or random chunk sizes), so the same input
 always takes the same path. Per input: length capped (``--max-len``), a
 wall-clock alarm catches hangs (``--hang-seconds``), and each harness checks
-that the codec's internal buffers stay within the protocol's own bounds.
+that the codec's internal buffers stay within the protocol's own bounds and
+that an incremental loop always makes progress. Where a codec has an
+encoder, whatever was decoded must encode and decode back to the same value
+(two known, deliberate asymmetries are skipped: an empty non-final R30x data
+packet is accepted but never sent; a ZFY_INFO without a police number — an
+unbound recorder — decodes but ``encode_zfy_info`` refuses to write one).
+Under atheris the process also runs with ``-rss_limit_mb=2048``.
 
 Engine: atheris (coverage-guided libFuzzer) when it is importable; otherwise,
 or with ``--engine random``, a coverage-less random + mutation fuzzer of our
