@@ -581,6 +581,10 @@ def unpack_image(
     data: bytes, width: int = IMAGE_WIDTH, height: int = IMAGE_HEIGHT, scale: Literal[16, 17] = 17
 ) -> npt.NDArray[np.uint8]:
     """The wire's 4 bpp → height × width uint8; nibble × 17 maps 0x0..0xF onto 0..255."""
+    if width <= 0 or height <= 0 or width % 2:
+        # two pixels share a byte, so an odd width cannot be unpacked row by row (found by bench/fuzz.py:
+        # numpy's reshape raised ValueError instead of a codec error)
+        raise LocalProtocolError(f"unpack_image needs a positive even width and a positive height, got {width}x{height}")
     expected = width * height // 2
     if len(data) != expected:
         raise LengthError(
