@@ -5,6 +5,8 @@ import json
 import signal
 import socket
 
+import time
+
 from tests.conftest import run_egw, spawn_egw
 from tests.test_station import state, wait_for
 from tests.uplink_support import stop_process
@@ -64,5 +66,43 @@ port = "socket://127.0.0.1:{port}"
         assert status["counts"]["queued"] == 8  # 4 results + 4 transcripts, none lost or doubled
     finally:
         for proc in (gateway, first, second):
+            if proc is not None:
+                stop_process(proc)
+
+
+def test_sigterm_during_an_upload_exits_cleanly_and_the_upload_resumes(tmp_path):
+    import os
+    import sqlite3
+
+    from tests.test_dock import enrolled_gateway
+    from tests.uplink_support import spawn_platform
+
+    platform, address, _ = spawn_platform(tmp_path / "platform")
+    gateway = None
+    try:
+        data = enrolled_gateway(tmp_path, tmp_path / "platform", address)
+        big = tmp_path / "long-recording.mp4"
+        with open(big, "wb") as fh:
+            for _ in range(48):
+                fh.write(os.urandom(1 << 20))
+        run_egw("ingest", "--data-dir", str(data), str(big), check=True)
+        config = tmp_path / "gateway.toml"
+        config.write_text(f'data_dir = "{data}"\n[platform]\nbandwidth_bytes_per_s = 8000000\n[screen]\nlisten = ""\n[metrics]\nlisten = ""\n')
+        gateway = spawn_egw("run", "-c", str(config))
+        json.loads(gateway.stdout.readline())
+        db = sqlite3.connect(f"file:{data / 'state.db'}?mode=ro", uri=True)
+        wait_for(lambda: db.execute("SELECT state FROM evidence").fetchone()[0] == "uploading", 30, "the upload to start")
+        time.sleep(1.5)  # mid-upload at 8 MB/s
+        started = time.monotonic()
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(timeout=10) == 0
+        assert time.monotonic() - started < 10
+        assert db.execute("SELECT state FROM evidence").fetchone()[0] == "queued"  # back in the queue, nothing lost
+        sync = run_egw("sync", "--once", "--data-dir", str(data), "--json", timeout=120)
+        assert sync.returncode == 0, sync.stderr
+        outcome = json.loads(sync.stdout)["outcomes"][0]
+        assert outcome["status"] == "receipted" and max(outcome["resumed_from"]) > 0  # resumed, not restarted
+    finally:
+        for proc in (gateway, platform):
             if proc is not None:
                 stop_process(proc)
