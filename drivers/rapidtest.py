@@ -460,5 +460,5 @@ class RapidTestAnalyzer:
                 if self.on_abort is not None:
                     self.on_abort(event.reason, event.transcript)
             elif isinstance(event, FrameRejected):
-                self.stats.rejected_frames += 1
+                self.stats.rejected_frames += event.count
         return new

@@ -629,10 +629,16 @@ class SessionEnded:
 
 @dataclass(frozen=True)
 class FrameRejected:
-    """The receiver NAKed a frame (or dropped a fragment); the sender should resend."""
+    """The receiver NAKed a frame (or dropped a fragment); the sender should resend.
+
+    Consecutive rejections not yet collected by ``next_event`` are merged
+    (``count`` grows, ``reason``/``frame`` are the latest), so a burst of line
+    noise costs one event, not one per stray STX.
+    """
 
     reason: str
     frame: bytes
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -867,7 +873,7 @@ class AstmReceiver(_Endpoint):
             # would be a second reply to the one frame the sender is waiting on.
             self._append_frame_bytes(data[i:stx])
             self._transcript += data[i:stx]
-            self._events.append(FrameRejected(f"frame cut short by a new STX after {self._frame_len} bytes",
+            self._add_rejection(FrameRejected(f"frame cut short by a new STX after {self._frame_len} bytes",
                                               bytes(self._frame)))
             self._transcript.append(STX)
             self._frame = bytearray([STX])
@@ -895,8 +901,15 @@ class AstmReceiver(_Endpoint):
         if room > 0:
             self._frame += chunk[:room]
 
+    def _add_rejection(self, event: FrameRejected) -> None:
+        last = self._events[-1] if self._events else None
+        if isinstance(last, FrameRejected):
+            self._events[-1] = FrameRejected(event.reason, event.frame, last.count + event.count)
+        else:
+            self._events.append(event)
+
     def _reject(self, reason: str, raw: bytes, now: float) -> None:
-        self._events.append(FrameRejected(reason, raw))
+        self._add_rejection(FrameRejected(reason, raw))
         self._out.append(NAK)
         self._deadline = now + self.timeout
 

@@ -69,3 +69,19 @@ def test_usbip_device_list_fed_byte_by_byte_then_the_connection_goes_on() -> Non
     client.send(usbip.DevlistRequest())
     client.receive_data(wire)
     assert client.next_event() == usbip.DevlistReply((dev, dev, dev))
+
+
+def test_astm_receiver_merges_a_burst_of_rejections_into_one_event():
+    """64 KiB of stray STX bytes used to queue 65,535 events (~217× the input)."""
+    from firmware_bridge.astm import NEED_DATA, AstmReceiver, FrameRejected
+
+    receiver = AstmReceiver()
+    receiver.receive_data(b"\x05", 0.0)  # ENQ: a session
+    while receiver.next_event() is not NEED_DATA:
+        pass
+    receiver.receive_data(b"\x02" * 65536, 0.1)
+    events = []
+    while (event := receiver.next_event()) is not NEED_DATA:
+        events.append(event)
+    rejected = [e for e in events if isinstance(e, FrameRejected)]
+    assert len(rejected) == 1 and rejected[0].count == 65535

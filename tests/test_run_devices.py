@@ -4,7 +4,6 @@ plugged back in is picked up again without a restart."""
 import json
 import signal
 import socket
-
 import time
 
 from tests.conftest import run_egw, spawn_egw
