@@ -288,9 +288,17 @@ def _items(runtime: Any) -> list[dict[str, Any]]:
         receipt_id = ""
         if row.receipt:
             receipt_id = parse_receipt(dsse.Envelope.from_bytes(row.receipt)).receipt_id
-        rows.append({"evidence_id": row.id, "kind": row.kind, "name": row.source_path.rsplit("/", 1)[-1], "size": row.size,
+        rows.append({"evidence_id": row.id, "kind": row.kind, "name": _display_name(row.source_path), "size": row.size,
                      "state": row.state, "receipt_id": receipt_id, "device_id": row.device_id})
     return rows
+
+
+def _display_name(source_path: str) -> str:
+    """A readable name for the summary table: rapid-test items are named by their ASTM message."""
+    parts = source_path.split("/")
+    if parts[0] == "astm" and len(parts) >= 4:
+        return f"message {parts[2]} result {parts[4]}" if len(parts) >= 5 else f"message {parts[2]} transcript"
+    return parts[-1]
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
