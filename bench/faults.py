@@ -81,6 +81,7 @@ class TrialReport:
     mqtt_results: int = 0
     mqtt_duplicates: int = 0
     custody_ok: bool = False
+    stranded_mounts: list[str] = field(default_factory=list)  # recorders left mounted and never re-adopted
     custody_detail: str = ""
     events: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -605,29 +606,53 @@ port = "{analyzer_url}"
 
     # -- settle and count
 
-    def settled(self) -> bool:
+    def pending(self) -> str:
+        """Why the trial has not settled yet ("" once it has)."""
         receipted = {r["sha256"] for r in platform_receipts(self.platform_data)}
-        if not set(self.expected.values()) <= receipted:
-            return False
+        left = set(self.expected.values()) - receipted
+        if left:
+            return f"{len(left)} recording digest(s) without a platform receipt"
         if self.analyzer.proc.poll() is None:
-            return False
+            return "the analyzer is still sending results"
         rows = gateway_rows(self.data)
-        if any(r["state"] in ("ingested", "queued", "uploading") for r in rows):
-            return False
-        return not any(p.is_file() for p in self.volumes.rglob("*")) if self.volumes.is_dir() else True
+        busy = sum(1 for r in rows if r["state"] in ("ingested", "queued", "uploading"))
+        if busy:
+            return f"{busy} gateway item(s) not receipted"
+        on_volumes = sorted({p.relative_to(self.volumes).parts[0] for p in self.volumes.rglob("*") if p.is_file()}) \
+            if self.volumes.is_dir() else []
+        if on_volumes:
+            return "recordings still on the mounted volume of " + ", ".join(on_volumes)
+        return ""
 
     def settle(self) -> None:
         deadline = time.monotonic() + self.opts.settle_timeout_s
+        why, since = "", time.monotonic()
+        busids = {line.split()[1].split("=")[1]: line.split()[0] for line in self.recorders.lines if " serial=" in line}
         while time.monotonic() < deadline:
             try:
-                if self.settled():
-                    self.report.settled = True
-                    self.event("settled: everything receipted, recorders released")
-                    return
-            except sqlite3.Error:
-                pass
+                now_why = self.pending()
+            except sqlite3.Error as exc:
+                now_why = f"database busy ({exc})"
+            if not now_why:
+                self.report.settled = True
+                self.event("settled: everything receipted, recorders released")
+                return
+            if now_why != why:
+                why, since = now_why, time.monotonic()
+            elif why.startswith("recordings still on the mounted volume") and time.monotonic() - since > 15:
+                # Everything is receipted but a recorder that was mounted when egw run was killed is never adopted
+                # by the restarted gateway. Counted (stranded_mounts) and healed the way an officer would: re-dock it.
+                for serial in why.rsplit(" of ", 1)[1].split(", "):
+                    self.report.stranded_mounts.append(serial)
+                    busid = busids.get(serial)
+                    if busid:
+                        self.recorders.send(f"unplug {busid}")
+                        time.sleep(0.5)
+                        self.recorders.send(f"replug {busid}")
+                        self.event(f"recorder {serial} stranded in mass-storage mode with receipted recordings: re-docked {busid}")
+                why = ""
             time.sleep(0.5)
-        self.event(f"did not settle within {self.opts.settle_timeout_s:g} s")
+        self.event(f"did not settle within {self.opts.settle_timeout_s:g} s: {why}")
 
     def count(self) -> None:
         r = self.report
@@ -772,7 +797,8 @@ def print_report(r: TrialReport, out: Any = print) -> None:
         f"expected={r.expected} delivered={r.delivered} missing={len(r.missing)} duplicated={len(r.duplicated)} "
         f"corrupted={len(r.corrupted)} deleted_before_receipt={len(r.deleted_before_receipt)} "
         f"gateway_items={r.gateway_items} gateway_unreceipted={r.gateway_unreceipted} "
-        f"mqtt_results={r.mqtt_results} mqtt_duplicates={r.mqtt_duplicates} custody={'ok' if r.custody_ok else 'FAIL'}")
+        f"mqtt_results={r.mqtt_results} mqtt_duplicates={r.mqtt_duplicates} stranded_mounts={len(r.stranded_mounts)} "
+        f"settled={'yes' if r.settled else 'no'} custody={'ok' if r.custody_ok else 'FAIL'}")
     for label, items in (("missing", r.missing), ("corrupted", r.corrupted), ("deleted before receipt", r.deleted_before_receipt),
                          ("duplicated", r.duplicated)):
         for item in items:
