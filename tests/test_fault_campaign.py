@@ -31,3 +31,63 @@ def test_two_short_trials_lose_nothing(tmp_path):
         assert r.custody_ok, text
     last = summary_line(reports)
     assert re.fullmatch(r"missing=0 corrupted=0 deleted_before_receipt=0 duplicates=\d+ custody=ok", last), text
+
+
+def test_uploader_restarts_after_dying_on_a_full_disk(tmp_path):
+    """Found by the campaign: ``egw run`` restarted while its data disk was full lost its uploader for good
+    (the startup re-queue write failed, the task died, nothing was delivered until the next restart)."""
+    import asyncio
+    import os
+    import subprocess
+    import types
+
+    from gateway.service.station import Station
+    from gateway.service.uplinks import UploaderComponent
+    from tests.uplink_support import ingest_random, make_gateway, platform_server
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)], check=True)
+    try:
+        with platform_server(tmp_path / "platform") as server:
+            gw = make_gateway(disk, "gw", tmp_path / "platform", server.address)
+            item = ingest_random(gw, 50_000, "a.bin")
+            with gw.service() as svc:  # as a SIGKILL mid-upload leaves it
+                svc.transition(item.evidence_id, "uploading")
+            filler = disk / "filler"
+            with open(filler, "wb") as fh:
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                        fh.flush()
+                except OSError:
+                    pass
+            station = Station("gw")
+            config = types.SimpleNamespace(data_dir=gw.data_dir, platform_address=None, parallel_uploads=1,
+                                           bandwidth_bytes_per_s=0)
+            runtime = types.SimpleNamespace(config=config, station=station,
+                                            metrics=types.SimpleNamespace(uploaded_bytes=types.SimpleNamespace(inc=lambda n: None)))
+
+            async def scenario() -> str:
+                component = UploaderComponent(runtime)  # type: ignore[arg-type]
+                await component.start()
+                try:
+                    for _ in range(50):  # the first uploader dies on the full disk and says so
+                        await asyncio.sleep(0.1)
+                        if "uplink" in station.alarms:
+                            break
+                    assert "Uploads interrupted" in station.alarms.get("uplink", ""), station.alarms
+                    os.unlink(filler)  # room again: the next uploader delivers
+                    for _ in range(150):
+                        await asyncio.sleep(0.1)
+                        with gw.service() as svc:
+                            state = svc.state.get(item.evidence_id).state
+                        if state == "receipted":
+                            return state
+                    return state
+                finally:
+                    await component.stop()
+
+            assert asyncio.run(scenario()) == "receipted"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

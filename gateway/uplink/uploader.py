@@ -232,7 +232,12 @@ class Uploader:
         await self._serve(stop, idle_poll_s)
 
     async def _serve(self, stop: asyncio.Event | None, idle_poll_s: float = POLL_S) -> None:
-        await self._db(self._open_service)
+        try:
+            await self._db(self._open_service)
+        except BaseException:  # e.g. the state database cannot be opened: do not leave the pools' threads behind
+            self._db_pool.shutdown(wait=True)
+            self._io_pool.shutdown(wait=True)
+            raise
         try:
             await self._db(self._requeue_interrupted)
             channel = self.link.aio_channel()
