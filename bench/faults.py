@@ -624,6 +624,11 @@ port = "{analyzer_url}"
             return "recordings still on the mounted volume of " + ", ".join(on_volumes)
         return ""
 
+    def _mounted_serials(self) -> list[str]:
+        if not self.volumes.is_dir():
+            return []
+        return sorted(v.name for v in self.volumes.iterdir() if v.is_dir() and not v.name.startswith("."))
+
     def settle(self) -> None:
         deadline = time.monotonic() + self.opts.settle_timeout_s
         why, since = "", time.monotonic()
@@ -639,17 +644,19 @@ port = "{analyzer_url}"
                 return
             if now_why != why:
                 why, since = now_why, time.monotonic()
-            elif why.startswith("recordings still on the mounted volume") and time.monotonic() - since > 15:
-                # Everything is receipted but a recorder that was mounted when egw run was killed is never adopted
-                # by the restarted gateway. Counted (stranded_mounts) and healed the way an officer would: re-dock it.
-                for serial in why.rsplit(" of ", 1)[1].split(", "):
+            elif time.monotonic() - since > 15 and (mounted := self._mounted_serials()):
+                # No progress for 15 s while a recorder sits in mass-storage mode: a recorder that was mounted when
+                # egw run was killed is never adopted by the restarted gateway (it is off the USB/IP bus), so what it
+                # still holds is neither collected nor released. Counted (stranded_mounts) and healed the way an
+                # officer would: re-dock it.
+                for serial in mounted:
                     self.report.stranded_mounts.append(serial)
                     busid = busids.get(serial)
                     if busid:
                         self.recorders.send(f"unplug {busid}")
                         time.sleep(0.5)
                         self.recorders.send(f"replug {busid}")
-                        self.event(f"recorder {serial} stranded in mass-storage mode with receipted recordings: re-docked {busid}")
+                        self.event(f"recorder {serial} stranded in mass-storage mode ({why}): re-docked {busid}")
                 why = ""
             time.sleep(0.5)
         self.event(f"did not settle within {self.opts.settle_timeout_s:g} s: {why}")
@@ -838,10 +845,19 @@ def main(argv: list[str] | None = None) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="egw-faults-"))
     root.mkdir(parents=True, exist_ok=True)
     opts = TrialOptions(faults=faults, broker_down_s=args.broker_down, fill_mb=args.fill_mb, settle_timeout_s=args.settle_timeout)
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through each trial's teardown: children stopped, tmpfs unmounted
+
+    signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
     print(f"fault campaign: {args.trials} trials, faults {','.join(faults)}, seed {seed}, workdir {root}", flush=True)
     reports = run_campaign(args.trials, opts, seed, root, lambda s: print(s, flush=True))
     passed = sum(r.passed for r in reports)
+    print(f"totals: expected={sum(r.expected for r in reports)} delivered={sum(r.delivered for r in reports)} "
+          f"gateway_items={sum(r.gateway_items for r in reports)} mqtt_results={sum(r.mqtt_results for r in reports)} "
+          f"mqtt_duplicates={sum(r.mqtt_duplicates for r in reports)} "
+          f"stranded_mounts={sum(len(r.stranded_mounts) for r in reports)} (recorders left mounted by a killed egw run "
+          f"and never re-adopted; re-docked by the harness) unsettled={sum(not r.settled for r in reports)}")
     print(f"{passed}/{len(reports)} trials passed in {time.monotonic() - started:.0f} s (seed {seed}); logs in {root}")
     print(summary_line(reports), flush=True)
     ok = passed == len(reports)
