@@ -627,7 +627,9 @@ port = "{analyzer_url}"
     def _mounted_serials(self) -> list[str]:
         if not self.volumes.is_dir():
             return []
-        return sorted(v.name for v in self.volumes.iterdir() if v.is_dir() and not v.name.startswith("."))
+        # a mounted volume that still holds recordings (an emptied one is just a recorder waiting to be unplugged)
+        return sorted(v.name for v in self.volumes.iterdir() if v.is_dir() and not v.name.startswith(".")
+                      and any(p.is_file() for p in v.rglob("*")))
 
     def settle(self) -> None:
         deadline = time.monotonic() + self.opts.settle_timeout_s

@@ -55,7 +55,9 @@ class UploaderComponent:
         while not self.stop_event.is_set():
             try:
                 await make_uploader().run(self.stop_event)
-                return
+                if self.stop_event.is_set():
+                    return
+                raise RuntimeError("the uploader ended on its own")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the uplink must outlive any one failure

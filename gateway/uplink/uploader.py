@@ -255,7 +255,12 @@ class Uploader:
                     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
                     for task in [stopper, *tasks]:
                         task.cancel()
-                    await asyncio.gather(stopper, *tasks, return_exceptions=True)
+                    ended = await asyncio.gather(stopper, *tasks, return_exceptions=True)
+                    # A worker that died (e.g. a full disk refused a state write) must not end the uploader
+                    # silently: the caller restarts it, and says why.
+                    failures = [e for e in ended if isinstance(e, Exception) and not isinstance(e, asyncio.CancelledError)]
+                    if failures and not stop.is_set():
+                        raise failures[0]
             finally:
                 await channel.close()
         finally:
