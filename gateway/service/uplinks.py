@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
 
@@ -43,8 +44,31 @@ class UploaderComponent:
             if sent:
                 self.runtime.metrics.uploaded_bytes.inc(sent)
 
-        uploader = Uploader(config.data_dir, settings, link=link, on_outcome=outcome)
-        self.task = asyncio.create_task(uploader.run(self.stop_event), name="uploader")
+        self.task = asyncio.create_task(self._supervise(lambda: Uploader(config.data_dir, settings, link=link, on_outcome=outcome)),
+                                        name="uploader")
+
+    async def _supervise(self, make_uploader: Callable[[], Any]) -> None:
+        """Run the uploader until stopped; if it dies (e.g. a full disk refuses its first database write),
+        say so and start a fresh one. Without this one failure stopped every delivery until a restart,
+        silently (found by bench/faults.py: egw run restarted while the data disk was full)."""
+        delay = 1.0
+        while not self.stop_event.is_set():
+            try:
+                await make_uploader().run(self.stop_event)
+                if self.stop_event.is_set():
+                    return
+                raise RuntimeError("the uploader ended on its own")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the uplink must outlive any one failure
+                log.error("the uploader stopped (%s: %s); restarting it in %.0f s", type(exc).__name__, exc, delay)
+                self.runtime.station.set_alarm("uplink", f"Uploads interrupted: {exc}; retrying")
+                try:
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                self.runtime.station.set_alarm("uplink", None)  # set again if the next one fails too
+                delay = min(delay * 2, 30.0)
 
     async def stop(self) -> None:
         self.stop_event.set()

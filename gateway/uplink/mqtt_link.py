@@ -307,7 +307,13 @@ class MqttLink:
                     self._step()
                 except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any one failure
                     log.exception("MQTT link supervisor error (%s); dropping the connection and retrying", exc)
-                    self._teardown(f"internal error: {exc}", failed=True)
+                    try:
+                        self._teardown(f"internal error: {exc}", failed=True)
+                    except Exception as again:  # noqa: BLE001 - e.g. a full disk refuses the status row too
+                        # The connection is already dropped; only the status write failed. Without this the
+                        # thread died and the link stayed down until a restart (found by bench/faults.py, disk).
+                        log.error("MQTT link could not record its state (%s); retrying in 1 s", again)
+                        self._stopping.wait(1.0)
             self._shutdown()
         finally:
             self._state.close()

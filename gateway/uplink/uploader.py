@@ -240,7 +240,12 @@ class Uploader:
         await self._serve(stop, idle_poll_s)
 
     async def _serve(self, stop: asyncio.Event | None, idle_poll_s: float = POLL_S) -> None:
-        await self._db(self._open_service)
+        try:
+            await self._db(self._open_service)
+        except BaseException:  # e.g. the state database cannot be opened: do not leave the pools' threads behind
+            self._db_pool.shutdown(wait=True)
+            self._io_pool.shutdown(wait=True)
+            raise
         try:
             await self._db(self._requeue_interrupted)
             channel = self.link.aio_channel()
@@ -258,7 +263,12 @@ class Uploader:
                     await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
                     for task in [stopper, *tasks]:
                         task.cancel()
-                    await asyncio.gather(stopper, *tasks, return_exceptions=True)
+                    ended = await asyncio.gather(stopper, *tasks, return_exceptions=True)
+                    # A worker that died (e.g. a full disk refused a state write) must not end the uploader
+                    # silently: the caller restarts it, and says why.
+                    failures = [e for e in ended if isinstance(e, Exception) and not isinstance(e, asyncio.CancelledError)]
+                    if failures and not stop.is_set():
+                        raise failures[0]
             finally:
                 await channel.close()
         finally:
