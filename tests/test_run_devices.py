@@ -105,3 +105,45 @@ def test_sigterm_during_an_upload_exits_cleanly_and_the_upload_resumes(tmp_path)
         for proc in (gateway, platform):
             if proc is not None:
                 stop_process(proc)
+
+
+def test_a_recorder_left_mounted_by_a_killed_gateway_is_adopted_on_restart(tmp_path):
+    from tests.test_dock import _copy_in_progress, start_recorders
+
+    data = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)
+    recorders, url, volumes = start_recorders(tmp_path, "--count", "1", "--recordings", "3", "--fill-mb", "600")
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+data_dir = "{data}"
+[screen]
+listen = "127.0.0.1:0"
+[metrics]
+listen = ""
+[[devices]]
+kind = "bodycam"
+name = "dock"
+usbip = "{url.removeprefix('usbip://')}"
+volumes = "{volumes}/{{serial}}"
+""")
+    gateway = spawn_egw("run", "-c", str(config))
+    restarted = None
+    try:
+        json.loads(gateway.stdout.readline())
+        wait_for(lambda: _copy_in_progress(data / "blobs" / "tmp"), 60, "a copy in progress")
+        gateway.kill()  # the recorder is now off the bus, in mass-storage mode, half copied
+        gateway.wait(10)
+        restarted = spawn_egw("run", "-c", str(config))
+        screen = json.loads(restarted.stdout.readline())["screen"]
+        cams = lambda: [d for d in state(screen)["devices"] if d["kind"] == "bodycam" and d["files_total"]]
+        wait_for(lambda: cams() and cams()[0]["files_ingested"] == cams()[0]["files_total"] == 4, 60,
+                 "the mounted recorder to be adopted and fully ingested")
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(timeout=12) == 0
+        status = json.loads(run_egw("status", "--data-dir", str(data), "--json", check=True).stdout)
+        assert status["total"] == 4  # each recording exactly once
+        assert run_egw("custody", "verify", "--data-dir", str(data)).returncode == 0
+    finally:
+        for proc in (gateway, restarted, recorders):
+            if proc is not None:
+                stop_process(proc)

@@ -66,6 +66,7 @@ async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
 
     enrolled = (runtime.service.identity.directory / "platform.pem").exists()
     active: dict[str, asyncio.Task[None]] = {}
+    adopted: set[str] = set()  # serials found already mounted and taken over
     listeners: dict[str, Any] = {}  # url -> that recorder's progress callback
 
     def progress(session: "DockSession", event: str, n: int) -> None:
@@ -86,6 +87,12 @@ async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
                 task = active.get(key)
                 if task is None or task.done():
                     active[key] = asyncio.create_task(_dock_one(runtime, device, workflow, url, listeners), name=f"dock:{url}")
+            for serial in await asyncio.to_thread(_mounted_serials, device):
+                task = active.get(serial)
+                if serial not in present and (task is None or task.done()) and serial not in adopted:
+                    adopted.add(serial)  # once per mount: a re-plug docks it normally
+                    active[serial] = asyncio.create_task(
+                        _dock_one(runtime, device, workflow, f"volume://{serial}", listeners), name=f"adopt:{serial}")
             await asyncio.sleep(POLL_S)
     finally:
         for task in active.values():
@@ -121,7 +128,10 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
     listeners[url] = progress
     station.update_device(card_id, "bodycam", name=device.name, state="docked", detail="reading identity")
     try:
-        session = await asyncio.to_thread(workflow.attach, url)
+        if url.startswith("volume://"):
+            session = await asyncio.to_thread(workflow.adopt, url.removeprefix("volume://"))
+        else:
+            session = await asyncio.to_thread(workflow.attach, url)
     except GatewayError as exc:
         station.update_device(card_id, "bodycam", state="error", detail=str(exc), safe_to_undock=False)
         runtime.metrics.errors.labels(kind="dock").inc()
@@ -149,6 +159,18 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
     while not runtime.stopping.is_set() and session.volume is not None and session.volume.present():
         await asyncio.sleep(POLL_S)
     station.remove_device(card_id)
+
+
+def _mounted_serials(device: DeviceConfig) -> list[str]:
+    """Serials whose volume is mounted under the locator template (``…/{serial}`` as the last part)."""
+    template = device.volumes or ""
+    if not template.endswith("/{serial}"):
+        return []
+    root = template[: -len("/{serial}")]
+    try:
+        return sorted(entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False) and any(os.scandir(entry.path)))
+    except OSError:
+        return []
 
 
 # ---- rapid-test analyzers -----------------------------------------------------------------

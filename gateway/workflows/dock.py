@@ -21,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from drivers.bodycam import (
@@ -74,6 +74,9 @@ class DockSession:
     hostile: list[str] = field(default_factory=list)
     error: str | None = None
     volume: RecorderVolume | None = None
+    reading: Any = None  # the DeviceClockReading taken before the sync (None for an adopted volume)
+    id_code: str = ""
+    adopted: bool = False  # found already mounted (e.g. after egw run was killed mid-dock)
 
     @property
     def bytes_total(self) -> int:
@@ -112,6 +115,30 @@ class DockWorkflow:
         self._ingest_volume(session, volume)
         return session
 
+    def adopt(self, serial: str) -> DockSession:
+        """A recorder already in mass-storage mode (its dock was interrupted, e.g. egw run was killed):
+        ingest its volume with the identity and clock offset recorded when it was docked."""
+        session = DockSession(url=f"volume://{serial}", serial=serial, device_id=f"bodycam-{serial}", adopted=True)
+        row = self.service.state.db.execute(
+            "SELECT entry FROM custody WHERE event = 'docked' AND entry LIKE ? ORDER BY seq DESC LIMIT 1",
+            (f'%"serial":"{serial}"%',)).fetchone()
+        if row is not None:
+            import json
+
+            docked = json.loads(bytes(row[0]))
+            session.officer_no = docked.get("officer_no") or ""
+            session.clock_offset_s = docked.get("clock_offset_s")
+            session.device_time, session.gateway_time = docked.get("device_time"), docked.get("gateway_time")
+        try:
+            volume = open_storage(self.locator, serial, timeout=1.0)
+        except BodyCamError as exc:
+            raise DeviceError(f"mounted volume of recorder {serial}: {exc}") from exc
+        session.volume = volume
+        self.service.record_event(None, "volume-adopted", {"device_id": session.device_id, "serial": serial})
+        self.progress(session, "identified", 0)
+        self._ingest_volume(session, volume)
+        return session
+
     def _identify(self, session: DockSession) -> None:
         with BodyCamera.open(session.url, password=self.password) as camera:
             info = camera.info()
@@ -126,8 +153,8 @@ class DockWorkflow:
             session.clock_offset_s = round(reading.offset.total_seconds(), 3)
             session.device_time = reading.device_time.isoformat()
             session.gateway_time = reading.host_utc.isoformat()
-            self._reading = reading
-            self._id_code = info.id_code
+            session.reading = reading
+            session.id_code = info.id_code
             camera.switch_to_mass_storage()
         self.service.record_event(None, "docked", {
             "device_id": session.device_id, "serial": session.serial, "officer_no": session.officer_no,
@@ -164,14 +191,19 @@ class DockWorkflow:
         captured_device = captured = None
         if name is not None:
             captured_device = name.start.isoformat()
-            captured = self._reading.to_host_utc(name.start).timestamp()
+            if session.reading is not None:
+                captured = session.reading.to_host_utc(name.start).timestamp()
+            elif session.clock_offset_s is not None:  # adopted volume: the offset measured at the earlier dock
+                local = name.start.replace(tzinfo=timezone.utc) - timedelta(minutes=480)
+                captured = local.timestamp() - session.clock_offset_s
         return ManifestInput(
             source_path=item.device_path,
             kind=_KIND_BY_MEDIA.get(name.media_kind, "document") if name else None,
             device_id=session.device_id, officer_id=session.officer_no, unit=session.unit_no,
             captured_at_device=captured_device, clock_offset_s=session.clock_offset_s, captured_at=captured,
             important=bool(name and name.important),
-            extra={"device": {"serial": session.serial, "id_code": self._id_code, "officer_name": session.officer_name},
+            extra={"device": {"serial": session.serial, "id_code": session.id_code, "officer_name": session.officer_name,
+                              "adopted_volume": session.adopted},
                    "clock": {"device_time": session.device_time, "gateway_time": session.gateway_time,
                              "offset_s": session.clock_offset_s}},
         )
