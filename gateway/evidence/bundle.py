@@ -36,6 +36,7 @@ from gateway.evidence.identity import load_pem_certificates, verify_certificate_
 from gateway.evidence.manifest import MANIFEST_TYPE, parse_manifest
 from gateway.evidence.receipt import verify_receipt
 from gateway.evidence.service import EvidenceService
+from gateway.evidence.store import sha256_file
 
 __all__ = ["export_bundle", "verify_bundle", "Check", "safe_file_name", "BUNDLE_FORMAT"]
 
@@ -151,16 +152,6 @@ class _Bundle:
         return path.read_bytes()
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def verify_bundle(root: Path, *, trust: list[x509.Certificate] | None = None, document: Path | None = None) -> list[Check]:
     """Run every check; a failure in one does not hide the others."""
     checks: list[Check] = []
@@ -212,7 +203,7 @@ def verify_bundle(root: Path, *, trust: list[x509.Certificate] | None = None, do
             raise VerificationError("cannot check: the manifest did not load")
         path = bundle.path("content")
         assert path is not None
-        sha, size = _sha256_file(path)
+        sha, size = sha256_file(path)
         if size != manifest["size"]:
             raise VerificationError(f"content is {size} bytes, manifest says {manifest['size']}")
         if sha != manifest["sha256"]:
@@ -298,7 +289,7 @@ def verify_bundle(root: Path, *, trust: list[x509.Certificate] | None = None, do
             bound = (manifest.get("extra") or {}).get("document", {}).get("sha256")
             if not bound:
                 raise VerificationError("this evidence binds no document")
-            sha, _ = _sha256_file(document)
+            sha, _ = sha256_file(document)
             if sha != bound:
                 raise VerificationError(f"{document} has SHA-256 {sha}; the record binds document SHA-256 {bound}")
             return f"binds {document.name} (sha256 {sha})", None

@@ -32,7 +32,7 @@ from typing import BinaryIO, Protocol
 
 from gateway.errors import SourceError, StoreError, StoreFullError
 
-__all__ = ["BlobStore", "StoredBlob", "ProgressCallback", "sm3_available"]
+__all__ = ["BlobStore", "StoredBlob", "ProgressCallback", "sm3_available", "sha256_file"]
 
 # Small buffers that stay in the CPU's L2 cache (2 MiB per core here) between the read that fills
 # them and the hash and write that consume them: 4 MiB buffers made every stage stream from RAM and
@@ -55,6 +55,17 @@ ProgressCallback = Callable[[int], None]
 
 class Readable(Protocol):
     def readinto(self, buffer: bytearray | memoryview, /) -> int | None: ...
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Streaming SHA-256 and size of a file (bounded memory, whatever its size)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def sm3_available() -> bool:

@@ -34,6 +34,7 @@ import numpy as np
 from gateway.errors import DeviceError, GatewayError, SourceError
 from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.service import EvidenceService, path_as_data
+from gateway.evidence.store import sha256_file
 
 __all__ = ["SigningSession", "SigningRecord", "ROLES", "RECORD_MEDIA_TYPE"]
 
@@ -49,16 +50,11 @@ class SigningRecord:
     items: dict[str, str]  # artefact name -> evidence id
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
+def _document_digest(path: Path) -> tuple[str, int]:
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
+        return sha256_file(path)
     except OSError as exc:
         raise SourceError(f"cannot read the document {path_as_data(path)}: {exc.strerror}") from exc
-    return digest.hexdigest(), size
 
 
 def pen_csv(samples: np.ndarray) -> bytes:
@@ -88,7 +84,7 @@ class SigningSession:
         if not signpad_url and not fingerprint_url:
             raise GatewayError("a signing session needs a signature pad, a fingerprint reader, or both",
                                "pass --signpad URL and/or --fingerprint URL")
-        doc_sha, doc_size = _sha256_file(document)
+        doc_sha, doc_size = _document_digest(document)
         started = datetime.now(timezone.utc)
         pad = self._capture_signature(signpad_url, document.name, signer, pad_timeout) if signpad_url else None
         finger = self._capture_finger(fingerprint_url, finger_timeout) if fingerprint_url else None
