@@ -14,23 +14,25 @@ from gateway.evidence.identity import init_identity
 from gateway.evidence.state import State
 from gateway.uplink import outbox as ob
 from tests.conftest import REPO, egw_env
-from tests.mqtt_support import SHARED_BROKER, Subscriber, wait_for
-from tests.test_mqtt_commands import clear_retained
+from tests.mqtt_support import Mosquitto, Subscriber, wait_for
 
 N = 3000
 
 
-def _spawn(data_dir: Path, n: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.mqtt_gateway_proc", str(data_dir), SHARED_BROKER, str(n)],
+def _spawn(data_dir: Path, n: int, broker_url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "tests.mqtt_gateway_proc", str(data_dir), broker_url, str(n)],
                             cwd=REPO, env=egw_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_sigkill_mid_stream_then_restart_delivers_every_committed_message(tmp_path: Path):
     data_dir = tmp_path / "gw"
     gid = init_identity(data_dir).gateway_id
-    sub = Subscriber(1883, f"egw/v1/{gid}/#").start()
+    # Our own broker, which never drops queued messages for a subscriber that falls behind (the shared
+    # broker's default max_queued_messages of 1000 would make "missing" depend on machine load).
+    broker = Mosquitto(tmp_path, extra="allow_anonymous true\nmax_queued_messages 0\n").start()
+    sub = Subscriber(broker.port, f"egw/v1/{gid}/#").start()
     lines: list[str] = []
-    proc = _spawn(data_dir, N)
+    proc = _spawn(data_dir, N, broker.url)
     try:
         reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
         reader.start()
@@ -46,7 +48,7 @@ def test_sigkill_mid_stream_then_restart_delivers_every_committed_message(tmp_pa
             left_ids = {json.loads(p)["messageId"] for (p,) in state.db.execute("SELECT payload FROM outbox WHERE lane='results'")}
         assert committed < N and left_ids, "the kill was not mid-stream"
 
-        restart = _spawn(data_dir, 0)
+        restart = _spawn(data_dir, 0, broker.url)
         out, err = restart.communicate(timeout=30)
         assert restart.returncode == 0 and "drained" in out, err
     finally:
@@ -54,7 +56,7 @@ def test_sigkill_mid_stream_then_restart_delivers_every_committed_message(tmp_pa
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(5)
         sub.stop()
-        clear_retained(gid)
+        broker.kill()
     got = [m["messageId"] for m in sub.json_on("rapidtest")]
     unique = set(got)
     missing = [f"r{i}" for i in range(committed) if f"r{i}" not in unique]
