@@ -3,18 +3,13 @@ plugged back in is picked up again without a restart."""
 
 import json
 import signal
-import socket
 import time
 
 from tests.conftest import run_egw, spawn_egw
 from tests.test_station import state, wait_for
+from tests.mqtt_support import free_port
 from tests.uplink_support import stop_process
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _analyzer(port: int, tests: int):
@@ -27,7 +22,7 @@ def _analyzer(port: int, tests: int):
 def test_failing_device_is_isolated_and_a_replugged_analyzer_resumes(tmp_path):
     data = tmp_path / "data"
     run_egw("keys", "init", "--data-dir", str(data), check=True)
-    port = _free_port()
+    port = free_port()
     first = _analyzer(port, 2)
     config = tmp_path / "gateway.toml"
     config.write_text(f"""

@@ -10,6 +10,7 @@ from pathlib import Path
 from tests.chromium import Chromium
 from tests.conftest import REPO, run_egw, spawn_egw
 from tests.test_dock import enrolled_gateway, start_recorders
+from tests.mqtt_support import free_port
 from tests.uplink_support import spawn_platform, stop_process
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -34,7 +35,7 @@ def wait_for(predicate, timeout: float, what: str):
 def test_station_shows_safe_to_undock_only_after_receipts(tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     platform_data = tmp_path / "platform"
-    port = _free_port()
+    port = free_port()
     platform, address, _ = spawn_platform(platform_data, listen=f"127.0.0.1:{port}")
     recorders, url, volumes = start_recorders(tmp_path, "--count", "2", "--recordings", "3")
     analyzer = spawn_egw("simulate", "rapidtest", "--tests", "3", "--tcp", "0", "--interval", "0.2",
@@ -103,12 +104,3 @@ port = "{analyzer_url}"
         for proc in (gateway, analyzer, recorders, platform):
             if proc is not None:
                 stop_process(proc)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-

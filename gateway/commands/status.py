@@ -25,8 +25,12 @@ def _human(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gateway.uplink.outbox import mqtt_status
+
     with EvidenceService(data_dir_of(args)) as service:
         info = service.status()
+    # The MQTT link's state belongs to the uplink, not the evidence core; only the operator's view joins them.
+    info["mqtt"] = mqtt_status(data_dir_of(args))
     if args.json:
         print_json(info)
         return 0

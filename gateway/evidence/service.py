@@ -159,8 +159,6 @@ class EvidenceService:
 
     # ---- reporting ---------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        from gateway.uplink.outbox import mqtt_status
-
         counts = self.state.counts_by_state()
         stored, free = self.store.usage()
         oldest = self.state.oldest_unreceipted()
@@ -172,7 +170,6 @@ class EvidenceService:
             "total": sum(counts.values()),
             "disk": {"blob_bytes": stored, "free_bytes": free},
             "custody_entries": self.custody.size,
-            "mqtt": mqtt_status(self.data_dir),
             "oldest_unreceipted": None if oldest is None else {
                 "evidence_id": oldest.id, "state": oldest.state, "age_s": round(time.time() - oldest.created_at, 1),
                 "source_path": oldest.source_path, "last_error": oldest.last_error,
