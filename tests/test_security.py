@@ -11,13 +11,15 @@ import json
 import signal
 import stat
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from simulators.platform.cli import list_received
-from tests.conftest import egw_env, run_egw, spawn_egw
-from tests.mqtt_support import Mosquitto, free_port, wait_for
+from tests.conftest import REPO, egw_env, run_egw, spawn_egw
+from tests.mqtt_support import Mosquitto, free_port
 from tests.uplink_support import ingest_random, spawn_platform, stop_process
 
 PASSPHRASE = "pass-phrase-Zq7!x"
@@ -38,11 +40,33 @@ def _config(path: Path, data: Path, *, mqtt_url: str = "", analyzer: str = "", m
     return path
 
 
-def _stop(gateway: subprocess.Popen[str]) -> str:
-    gateway.send_signal(signal.SIGTERM)
-    out, err = gateway.communicate(timeout=20)
-    assert gateway.returncode == 0, err[-3000:]
-    return out + err
+class Gateway:
+    """``egw run`` with its output in a file: at debug level it writes more than a pipe holds, and a
+    pipe nobody reads would block the gateway in the middle of a log call."""
+
+    def __init__(self, tmp_path: Path, config: Path, env: dict[str, str] | None = None) -> None:
+        self.log = tmp_path / f"{config.stem}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=REPO,
+                                         env=env or egw_env(), stdout=out, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"egw run exited ({self.proc.returncode}) while waiting for {what}: {self.text()[-3000:]}")
+            if predicate():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}; egw run said: {self.text()[-3000:]}")
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=20) == 0, self.text()[-3000:]
+        return self.text()
 
 
 def _mqtt_status(data: Path, env: dict[str, str]) -> dict:  # type: ignore[type-arg]
@@ -73,28 +97,28 @@ def test_passphrase_token_and_broker_password_never_reach_logs_status_or_metrics
 
         # 1. the wrong broker password: refused, and said so, without printing either password
         wrong = f"mqtt://egw:wrong-{MQTT_PASSWORD}@127.0.0.1:{broker.port}"
-        gateway = spawn_egw("run", "-c", str(_config(tmp_path / "wrong.toml", data, mqtt_url=wrong)), env=env)
-        wait_for(lambda: "authori" in json.dumps(_mqtt_status(data, env)).lower(), 30, "the broker's refusal in mqtt status")
+        gateway = Gateway(tmp_path, _config(tmp_path / "wrong.toml", data, mqtt_url=wrong), env)
+        gateway.wait(lambda: "authori" in json.dumps(_mqtt_status(data, env)).lower(), 60, "the broker's refusal in mqtt status")
         refused = json.dumps(_mqtt_status(data, env))
-        seen += [refused, _stop(gateway)]
+        seen += [refused, gateway.stop()]
 
         # 2. the right one: results flow, status and metrics are read
         metrics_port = free_port()
         right = f"mqtt://egw:{MQTT_PASSWORD}@127.0.0.1:{broker.port}"
         config = _config(tmp_path / "right.toml", data, mqtt_url=right, analyzer=analyzer_url,
                          metrics=f"127.0.0.1:{metrics_port}")
-        gateway = spawn_egw("run", "-c", str(config), env=env)
+        gateway = Gateway(tmp_path, config, env)
 
         def delivered() -> bool:
             status = json.loads(run_egw("status", "--data-dir", str(data), "--json", env=env).stdout)
             return (len(list_received(tmp_path / "platform")) >= 4 and status["mqtt"]["link"].get("state") == "connected"
                     and status["mqtt"]["outbox"]["count"] == 0)
 
-        wait_for(delivered, 60, "two results (transcript + result each) receipted and MQTT connected")
+        gateway.wait(delivered, 90, "two results (transcript + result each) receipted and MQTT connected")
         seen.append(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode())
         seen.append(run_egw("status", "--data-dir", str(data), "--json", env=env, check=True).stdout)
         seen.append(run_egw("mqtt", "status", "--data-dir", str(data), env=env, check=True).stdout)
-        seen.append(_stop(gateway))
+        seen.append(gateway.stop())
     finally:
         stop_process(analyzer)
         stop_process(platform)
@@ -120,17 +144,16 @@ def test_plaintext_to_the_platform_needs_the_config_to_ask_for_it_too(tmp_path: 
         from tests.uplink_support import LinkedGateway
 
         item = ingest_random(LinkedGateway(data), 20_000, "note.txt")
-        gateway = spawn_egw("run", "-c", str(_config(tmp_path / "strict.toml", data)))
-        json.loads(gateway.stdout.readline())  # ready: the refusal is decided before that line
+        gateway = Gateway(tmp_path, _config(tmp_path / "strict.toml", data))
+        gateway.wait(lambda: '"event": "ready"' in gateway.text(), 60, "egw run to start")  # the refusal comes before
         time.sleep(1.0)  # a chance to (wrongly) upload
-        log = _stop(gateway)
+        log = gateway.stop()
         assert list_received(tmp_path / "platform") == []
         assert "enrolled without TLS" in log and "insecure = true" in log, log[-2000:]
 
-        gateway = spawn_egw("run", "-c", str(_config(tmp_path / "lab.toml", data, insecure=True)))
-        json.loads(gateway.stdout.readline())
-        wait_for(lambda: [r["evidence_id"] for r in list_received(tmp_path / "platform")] == [item.evidence_id], 30,
-                 "the item delivered once the config allows plaintext")
-        _stop(gateway)
+        gateway = Gateway(tmp_path, _config(tmp_path / "lab.toml", data, insecure=True))
+        gateway.wait(lambda: [r["evidence_id"] for r in list_received(tmp_path / "platform")] == [item.evidence_id], 60,
+                     "the item delivered once the config allows plaintext")
+        gateway.stop()
     finally:
         stop_process(platform)
