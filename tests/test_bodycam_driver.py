@@ -442,3 +442,31 @@ def test_mass_storage_refused_without_a_host_volume(make):
     with pytest.raises(bc.CommandRejected, match="MSC_FAILED") as info:
         cam.switch_to_mass_storage()
     assert info.value.iret is f9.IRet.MSC_FAILED and sim.attached
+
+
+def test_listing_stops_at_the_entry_limit_without_reading_the_rest(tmp_path):
+    """A recorder listing far more entries than the limit costs memory for the limit, not for what it
+    lists: the flood directory is read only that far, the cut is reported once, and what was listed
+    before it (the real recordings) is kept."""
+    import tracemalloc
+
+    root = tmp_path / "vol"
+    (root / "DCIM" / "20260101").mkdir(parents=True)
+    (root / "DCIM" / "20260101" / "1000001_100001_20260101080000_0001.wav").write_bytes(b"RIFF")
+    flood = root / "MISC"
+    flood.mkdir()
+    (flood / "seed").write_bytes(b"x")
+    for i in range(20_000):  # 20 000 names of 199 bytes: 4 MB as Python strings
+        os.link(flood / "seed", flood / f"{i:06d}{'F' * 193}")
+    with bc.RecorderVolume(root, "1000001", max_entries=50) as volume:
+        tracemalloc.start()
+        try:
+            scan = volume.scan()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 500_000, f"listing used {peak} bytes: it read the whole flood directory"
+    cut = [h for h in scan.hostile if h.kind == "too_many"]
+    assert len(cut) == 1 and cut[0].display == "MISC" and "limit of 50" in cut[0].reason
+    assert [f.device_path for f in scan.recordings] == ["DCIM/20260101/1000001_100001_20260101080000_0001.wav"]
+    assert len(scan.unparsed) == 50 - 4  # DCIM, the day, the recording, MISC: then 46 flood names
