@@ -266,6 +266,7 @@ def test_unplug_mid_read_raises_device_gone(make, tmp_path):
     with _switch(sim, cam2, tmp_path) as volume:
         again = max(volume.scan().recordings, key=lambda f: f.size)
         assert again.size == big.size == 1_000_000
+        assert again.mtime_ns == big.mtime_ns  # unchanged by the yank: a re-dock recognises what it copied
 
 
 def test_changing_file_detected(make, tmp_path):

@@ -705,10 +705,11 @@ class BodyCamSimulator(UsbDeviceBase):
         self.files = kept  # one pass: a recorder may hold tens of thousands of files
 
     def _detach_inode(self, name: str) -> None:
-        """Give the staging copy its own inode so damage done to the volume copy stays there."""
+        """Give the staging copy its own inode so damage done to the volume copy stays there (with the
+        same modification time: a recorder's files do not change by being unplugged)."""
         src = self.media_dir / name
         tmp = src.with_name(src.name + ".detach")
-        shutil.copyfile(src, tmp)
+        shutil.copy2(src, tmp)
         os.replace(tmp, src)
 
     def _grow(self, target: Path) -> None:
