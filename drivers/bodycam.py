@@ -246,6 +246,11 @@ class BodyCamera:
     ``BodyCamError`` subclass, never a transport or codec exception.
     """
 
+    # Officer and unit names that are not GBK are read with U+FFFD and flagged in ``ZfyInfo.lossy``
+    # (their bytes stay in ``ZfyInfo.raw``), rather than refusing the recorder and its recordings:
+    # serial and police number, which identify device and officer, are still checked strictly.
+    zfy_text_errors = "replace"
+
     def __init__(self, device: UsbDevice, password: str | None = None, model: BodyCamModel | None = None,
                  timeout_ms: int = 5000, layout: f9.ZfyLayout | None = None) -> None:
         found = model or lookup_model(device.idVendor, device.idProduct)
@@ -436,7 +441,7 @@ class BodyCamera:
         if csw.status == CswStatus.FAILED:
             self._raise_failure(function, iret_hint=data[0] if data else None)
         try:
-            response = f9.parse_response(function, meaningful, self.model.layout)
+            response = f9.parse_response(function, meaningful, self.model.layout, text_errors=self.zfy_text_errors)
         except ProtocolError as exc:
             raise BodyCamProtocolError(f"recorder sent a malformed {function.name} response: {exc}") from exc
         if isinstance(response, f9.FunctionRefused):
@@ -824,7 +829,12 @@ class HostileEntry:
 class VolumeScan:
     recordings: list[VolumeFile] = field(default_factory=list)  # parsed names
     unparsed: list[VolumeFile] = field(default_factory=list)  # regular files whose names do not parse: kept
-    hostile: list[HostileEntry] = field(default_factory=list)
+    hostile: list[HostileEntry] = field(default_factory=list)  # the first ``max_hostile_listed``, and any cut
+    hostile_counts: dict[str, int] = field(default_factory=dict)  # every refused entry, by kind
+
+    @property
+    def hostile_total(self) -> int:
+        return sum(self.hostile_counts.values())
 
     @property
     def files(self) -> list[VolumeFile]:
@@ -850,12 +860,13 @@ class RecorderVolume:
     """
 
     def __init__(self, root: Path | str, serial: str, model: BodyCamModel = SIMULATOR_MODEL,
-                 max_depth: int = 8, max_entries: int = 100_000) -> None:
+                 max_depth: int = 8, max_entries: int = 100_000, max_hostile_listed: int = 1000) -> None:
         self.root = Path(root)
         self.serial = serial
         self.model = model
         self.max_depth = max_depth
         self.max_entries = max_entries
+        self.max_hostile_listed = max_hostile_listed  # refused entries kept one by one; all are counted
         try:
             self._fd = os.open(self.root, _OPEN_DIR)
         except OSError as exc:
@@ -919,7 +930,7 @@ class RecorderVolume:
                 return False
         if overflow:
             where = _display("/".join(parent)) if parent else "the volume root"
-            out.hostile.append(HostileEntry(
+            self._refuse(out, HostileEntry(
                 parent[:-1], os.fsencode(parent[-1]) if parent else b".",
                 f"{where} holds more entries than the limit of {self.max_entries} for a whole volume; "
                 "listing stopped there", "too_many"))
@@ -940,21 +951,21 @@ class RecorderVolume:
                 target: bytes | None = os.readlink(raw, dir_fd=dir_fd)
             except OSError:
                 target = None
-            out.hostile.append(HostileEntry(parent, raw, "symbolic link (not followed)" + (f"; {reason}" if reason else ""),
+            self._refuse(out, HostileEntry(parent, raw, "symbolic link (not followed)" + (f"; {reason}" if reason else ""),
                                             "symlink", target))
             return True
         if reason is not None:
-            out.hostile.append(HostileEntry(parent, raw, reason, "name"))
+            self._refuse(out, HostileEntry(parent, raw, reason, "name"))
             return True
         if stat.S_ISDIR(st.st_mode):
             if depth + 1 > self.max_depth:
-                out.hostile.append(HostileEntry(parent, raw, f"directory nested deeper than {self.max_depth}", "too_deep"))
+                self._refuse(out, HostileEntry(parent, raw, f"directory nested deeper than {self.max_depth}", "too_deep"))
                 return True
             try:
                 child = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    out.hostile.append(HostileEntry(parent, raw, "became a symbolic link", "symlink"))
+                    self._refuse(out, HostileEntry(parent, raw, "became a symbolic link", "symlink"))
                     return True
                 raise
             try:
@@ -962,7 +973,7 @@ class RecorderVolume:
             finally:
                 os.close(child)
         if not stat.S_ISREG(st.st_mode):
-            out.hostile.append(HostileEntry(parent, raw, f"special file ({_kind(st.st_mode)}), not opened", "special"))
+            self._refuse(out, HostileEntry(parent, raw, f"special file ({_kind(st.st_mode)}), not opened", "special"))
             return True
         parsed = parse_recording_name(name, self.model.name_pattern)
         entry = VolumeFile(parts=(*parent, name), size=st.st_size, mtime_ns=st.st_mtime_ns, dev=st.st_dev,
@@ -970,6 +981,13 @@ class RecorderVolume:
                            parse_error=parsed if isinstance(parsed, str) else None)
         (out.recordings if entry.parsed else out.unparsed).append(entry)
         return True
+
+    def _refuse(self, out: VolumeScan, entry: HostileEntry) -> None:
+        """Count every refused entry; keep the first ``max_hostile_listed`` (and a cut, always), so a
+        volume of 100 000 bad names costs counters, not 100 000 records."""
+        out.hostile_counts[entry.kind] = out.hostile_counts.get(entry.kind, 0) + 1
+        if len(out.hostile) < self.max_hostile_listed or entry.kind == "too_many":
+            out.hostile.append(entry)
 
     def open(self, item: VolumeFile) -> "RecordingReader":
         """Open a listed file read-only, without following links, checking it is the file listed."""

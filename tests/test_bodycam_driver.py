@@ -218,7 +218,7 @@ def test_hostile_entries_reported_never_followed(make, tmp_path):
         assert done, "scan hung (FIFO opened?)"
         scan = done[0]
         reported = {"/".join((*h.parent, os.fsdecode(h.raw_name))) for h in scan.hostile}
-        assert reported == set(sim.hostile_entries)
+        assert reported == set(sim.hostile_entries) and scan.hostile_total == len(sim.hostile_entries)
         assert len(scan.recordings) == 4 and not scan.unparsed  # the planted entries are in neither list
         kinds = {h.kind for h in scan.hostile}
         assert kinds == {"symlink", "name", "special"}
@@ -471,3 +471,14 @@ def test_listing_stops_at_the_entry_limit_without_reading_the_rest(tmp_path):
     assert len(cut) == 1 and cut[0].display == "MISC" and "limit of 50" in cut[0].reason
     assert [f.device_path for f in scan.recordings] == ["DCIM/20260101/1000001_100001_20260101080000_0001.wav"]
     assert len(scan.unparsed) == 50 - 4  # DCIM, the day, the recording, MISC: then 46 flood names
+
+
+def test_refused_entries_are_all_counted_but_only_the_first_are_kept(tmp_path):
+    root = tmp_path / "vol"
+    root.mkdir()
+    for i in range(10):
+        (root / f"{i:02d}{'L' * 230}").write_bytes(b"x")  # over MAX_NAME_BYTES: refused
+    with bc.RecorderVolume(root, "1000001", max_hostile_listed=3, max_entries=8) as volume:
+        scan = volume.scan()
+    assert [h.kind for h in scan.hostile] == ["name", "name", "name", "too_many"]  # the cut is always kept
+    assert scan.hostile_counts == {"name": 8, "too_many": 1} and scan.hostile_total == 9
