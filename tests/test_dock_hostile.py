@@ -198,6 +198,8 @@ def test_links_out_of_the_volume_bad_names_and_a_growing_file_through_the_statio
         assert "recorder 1000001: 5 entries with names the gateway will not use" in detail, detail
         assert "hand it to the evidence administrator" in detail and "Every recording it copied is safe." in detail
         assert "could not be copied" in detail or "changed since ingest" in detail, detail  # the growing video
+        # the bait directory next to the volume is not a recorder: no card tried to adopt it
+        assert [d["device_id"] for d in state(screen)["devices"] if d["kind"] == "bodycam"] == ["bodycam-1000001"]
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(timeout=15) == 0
 
