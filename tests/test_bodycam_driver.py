@@ -224,6 +224,11 @@ def test_hostile_entries_reported_never_followed(make, tmp_path):
         assert kinds == {"symlink", "name", "special"}
         link = next(h for h in scan.hostile if h.link_target == b"/etc/passwd")
         assert "not followed" in link.reason
+        # the relative links really lead out of the volume to the bait: a host that followed them would read it
+        file_bait, dir_bait = sim.outside_files
+        assert not file_bait.is_relative_to(volume.root) and not dir_bait.is_relative_to(volume.root)
+        assert (volume.root / next(p for p in sim.hostile_entries if p.endswith("_9003.avi"))).read_bytes() == file_bait.read_bytes()
+        assert (volume.root / "DCIM" / "20991231" / dir_bait.name).read_bytes() == dir_bait.read_bytes()
         assert any("\\x1b" in h.display for h in scan.hostile)  # printable rendering for operators
         # a listing entry naming the link cannot be opened through it
         st = os.lstat(volume.root / "DCIM" / "escape")
