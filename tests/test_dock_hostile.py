@@ -254,8 +254,10 @@ def test_recorder_chosen_text_is_never_console_markup():
            "problems": ["[/bold]"], "error": None}
     summary = {"serial": "1000001", "officer_name": "[/red]张三", "officer_no": "100001", "clock_offset_s": 0.0,
                "recordings": [row], "hostile_entries": [{"name": "DCIM/[/i]", "reason": "symbolic link"}],
-               "hostile_total": 1, "zfy_lossy_fields": [], "attention": ["recorder 1000001: [/u]"]}
+               "hostile_total": 3, "zfy_lossy_fields": ["user_name"], "attention": ["recorder 1000001: [/u]"]}
     out = io.StringIO()
     _table(Console(file=out, width=200), [summary], ["usbip://x/1-1: [/b]"], "1 receipted", safe=False)
     text = out.getvalue()
     assert "DCIM/[/x].avi" in text and "[/red]张三" in text and "recorder 1000001: [/u]" in text
+    assert "… and 2 more entries not copied" in text and "the officer name the recorder sent is not valid GBK" in text
+    assert "NOT SAFE TO UNDOCK: see the messages in red above" in text
