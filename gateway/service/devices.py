@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ __all__ = ["watch_bodycams", "watch_rapidtest", "watch_presence"]
 
 log = logging.getLogger("egw.devices")
 POLL_S = 1.0
+_SERIAL = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what drivers.bodycam.TemplateLocator accepts as a serial
 
 
 # ---- body-worn cameras ------------------------------------------------------------------
@@ -122,8 +124,7 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
             station.update_device(card_id, "bodycam", bytes_ingested=(card.bytes_ingested if card else 0) + n)
             runtime.metrics.bytes_ingested.inc(n)
         elif event == "ingested":
-            done = sum(1 for r in session.recordings if r.evidence_id)
-            station.update_device(card_id, "bodycam", files_ingested=done)
+            station.update_device(card_id, "bodycam", files_ingested=session.files_ingested)
 
     listeners[url] = progress
     station.update_device(card_id, "bodycam", name=device.name, state="docked", detail="reading identity")
@@ -138,21 +139,26 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
         log.warning("dock %s failed: %s", url, exc)
         await asyncio.sleep(5)  # the recorder stays listed until re-plugged; do not hammer it
         return
-    # Wait for receipts (the uploader runs in the same process), releasing as they arrive.
+    # Wait for receipts (the uploader runs in the same process), releasing as they arrive; stop waiting
+    # once waiting can change nothing (everything copied is safe and released, or the officer must act).
     while not runtime.stopping.is_set():
         await asyncio.to_thread(workflow.release, session)
         summary = await asyncio.to_thread(workflow.summary, session)
-        receipted = sum(1 for r in summary["recordings"] if r["state"] in ("receipted", "released"))
-        released = sum(1 for r in summary["recordings"] if r["released"])
+        rows = summary["recordings"]
+        receipted = sum(1 for r in rows if r["state"] in ("receipted", "released"))
+        released = sum(1 for r in rows if r["released"])
         safe = summary["safe_to_undock"]
-        waiting = "waiting for platform receipts" if not safe else "every recording is safe"
-        station.update_device(card_id, "bodycam", state="safe" if safe else "waiting-for-receipts", safe_to_undock=safe,
-                              files_receipted=receipted, files_released=released, detail=waiting)
-        if safe and (workflow.release_policy != "receipt" or released == len(summary["recordings"]) or not workflow.platform_enrolled):
+        state, detail = _verdict(summary)
+        station.update_device(card_id, "bodycam", state=state, safe_to_undock=safe,
+                              files_receipted=receipted, files_released=released, detail=detail)
+        settled = workflow.release_policy != "receipt" or not workflow.platform_enrolled or all(
+            r["released"] for r in rows if r["safe"])
+        if state in ("safe", "attention") and settled:
             break
         if session.volume is not None and not session.volume.present():
             station.update_device(card_id, "bodycam", state="undocked" if safe else "error", safe_to_undock=False,
-                                  detail="undocked" if safe else "undocked before every recording was safe: re-dock it")
+                                  detail="undocked" if safe else detail if state == "attention"
+                                  else "undocked before every recording was safe: re-dock it")
             return
         await asyncio.sleep(POLL_S)
     # Stay on the screen until the recorder is unplugged.
@@ -161,14 +167,38 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
     station.remove_device(card_id)
 
 
+def _verdict(summary: dict[str, Any]) -> tuple[str, str]:
+    """(card state, what the officer reads). "attention" when waiting will not make the recorder safe:
+    something on it was not copied, or changed after it was copied; the text says what to do."""
+    rows = summary["recordings"]
+    if summary["safe_to_undock"]:
+        return "safe", "every recording is safe"
+    problems = list(summary["attention"])
+    failed = [r for r in rows if not r["evidence_id"]]
+    if failed:
+        problems.append(f"{len(failed)} recording{'s' if len(failed) > 1 else ''} could not be copied (e.g. "
+                        f"{failed[0]['device_path']}: {failed[0]['error'] or 'not ingested'}); re-dock the recorder "
+                        "to copy again.")
+    problems += [f"{r['device_path']}: {r['error']}" for r in rows if r["changed_on_device"]][:1]
+    waiting = sum(1 for r in rows if r["evidence_id"] and not r["safe"] and not r["changed_on_device"])
+    if waiting or not problems:
+        return "waiting-for-receipts", " ".join(["waiting for platform receipts" + (f" ({waiting} to go)" if waiting else ""),
+                                                  *problems])
+    copied = "Every recording it copied is safe." if any(r["safe"] for r in rows) else ""
+    return "attention", " ".join([*problems, copied]).strip()
+
+
 def _mounted_serials(device: DeviceConfig) -> list[str]:
-    """Serials whose volume is mounted under the locator template (``…/{serial}`` as the last part)."""
+    """Serials whose volume is mounted under the locator template (``…/{serial}`` as the last part).
+    Other directories there (a mount in progress, ``.<serial>.mounting``; anything whose name could
+    not be a serial) are not recorders."""
     template = device.volumes or ""
     if not template.endswith("/{serial}"):
         return []
     root = template[: -len("/{serial}")]
     try:
-        return sorted(entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False) and any(os.scandir(entry.path)))
+        return sorted(entry.name for entry in os.scandir(root) if _SERIAL.fullmatch(entry.name)
+                      and entry.is_dir(follow_symlinks=False) and any(os.scandir(entry.path)))
     except OSError:
         return []
 

@@ -22,7 +22,7 @@ class DeviceCard:
     device_id: str
     kind: str
     name: str = ""
-    state: str = "docked"  # docked | offloading | waiting-for-receipts | safe | undocked | error
+    state: str = "docked"  # docked | offloading | waiting-for-receipts | safe | attention | undocked | error
     officer_name: str = ""
     officer_no: str = ""
     unit: str = ""
