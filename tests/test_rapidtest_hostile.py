@@ -91,11 +91,12 @@ def test_a_tcp_analyzer_is_read_in_chunks():
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         port = server.getsockname()[1]
-        sent = threading.Event()
+        opened, sent = threading.Event(), threading.Event()
 
         def talk() -> None:
             conn, _ = server.accept()
             with conn:
+                opened.wait(10)  # pyserial discards whatever arrives while it opens the port
                 conn.sendall(b"line noise outside any session " * 4000)  # ~124 KB, no ENQ: ignored
                 sent.set()
                 conn.recv(1)  # until the driver closes
@@ -103,6 +104,7 @@ def test_a_tcp_analyzer_is_read_in_chunks():
         thread = threading.Thread(target=talk, daemon=True)
         thread.start()
         with RapidTestAnalyzer(f"socket://127.0.0.1:{port}") as analyzer:
+            opened.set()
             assert sent.wait(10)
             for _ in range(4):
                 analyzer.poll()
