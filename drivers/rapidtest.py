@@ -309,7 +309,8 @@ class RapidTestAnalyzer:
     ``receive_timeout``: the E1381 receiver timer (30 s).  ``dedupe``: how
     many recent message digests to remember (0 = report re-sent messages
     again).  ``on_abort(reason, transcript)`` hears about every discarded
-    partial message.  ``max_message`` / ``max_records``: the largest message
+    partial message (a refused oversized one raises :class:`RapidTestOverflow`
+    instead).  ``max_message`` / ``max_records``: the largest message
     accepted (see :class:`RapidTestOverflow`).  Opening raises
     :class:`RapidTestPortError`.
     """
@@ -508,7 +509,7 @@ class RapidTestAnalyzer:
                 new.extend(results)
             elif isinstance(event, SessionAborted):
                 self.stats.aborted_sessions += 1
-                if self.on_abort is not None:
+                if self.on_abort is not None and not isinstance(event, MessageTooLarge):
                     self.on_abort(event.reason, event.transcript)
                 if isinstance(event, MessageTooLarge) and self._overflow is None:
                     self._overflow = RapidTestOverflow(

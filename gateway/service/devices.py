@@ -11,7 +11,11 @@ only when told to stop. Blocking driver calls run in threads.
   card that says "safe to undock" only when that holds.
 * rapid-test analyzers on a serial port (a path, a pyserial URL, or found by
   USB VID:PID through ``serial.tools.list_ports``) stream results into the
-  rapid-test pipeline.
+  rapid-test pipeline.  One that sends a message beyond the receiver's limits
+  (an endless stream of frames, a giant record) is cut off: the link is
+  reset through the supervisor's backoff, the refusal is logged and written
+  to the custody log, and a station alarm names the analyzer and what to do
+  until it delivers a result again.
 * fingerprint readers and signature pads are used by signing sessions
   (``egw sign``); their watcher shows whether they are connected.
 """
@@ -221,13 +225,14 @@ def _serial_url(device: DeviceConfig) -> str | None:
 
 
 async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
-    from drivers.rapidtest import RapidTestAnalyzer, RapidTestError
+    from drivers.rapidtest import RapidTestAnalyzer, RapidTestError, RapidTestOverflow
     from gateway.workflows.rapidtest import RapidTestPipeline
 
     card_id = f"rapidtest:{device.name}"
     url = _serial_url(device)
     if url is None:
-        runtime.station.update_device(card_id, "rapidtest", name=device.name, state="undocked", detail="not connected")
+        runtime.station.update_device(card_id, "rapidtest", name=device.name, state="undocked",
+                                      detail=f"not connected: {device.port or device.usb} is not present")
         await asyncio.sleep(POLL_S)
         raise DeviceError(f"{device.name}: port {device.port or device.usb} is not present")
     pipeline = RapidTestPipeline(runtime.service, inspector_id=runtime.config.inspector_id, site=runtime.config.site,
@@ -236,24 +241,55 @@ async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
                                              *runtime.result_publishers])
     stop = threading.Event()
 
+    def aborted(reason: str, transcript: bytes) -> None:
+        # The instrument keeps a message it was not acknowledged for and sends it again; say so, once per abort.
+        log.warning("rapid-test analyzer %s: a message was abandoned (the instrument should send it again): %s",
+                    device.name, reason)
+
     def serve() -> None:
-        with RapidTestAnalyzer(url, baudrate=device.baud) as analyzer:
+        with RapidTestAnalyzer(url, baudrate=device.baud, on_abort=aborted) as analyzer:
             runtime.station.update_device(card_id, "rapidtest", name=device.name, state="docked", detail=f"listening on {url}")
             while not stop.is_set():
                 for result in analyzer.results(timeout=0.5):
                     pipeline.record(result)
+                    if card_id in runtime.station.alarms:
+                        log.info("rapid-test analyzer %s delivers again; alarm cleared", device.name)
+                        runtime.station.set_alarm(card_id, None)
+                    runtime.device_recovered(card_id)
                     if stop.is_set():
                         analyzer.acknowledge()
                         return
 
     try:
         await asyncio.to_thread(serve)
+    except RapidTestOverflow as exc:
+        await _refused(runtime, device, card_id, url, exc)
+        raise DeviceError(f"{device.name}: {exc}") from exc
     except RapidTestError as exc:
         runtime.station.update_device(card_id, "rapidtest", name=device.name, state="error", detail=str(exc))
         raise DeviceError(f"{device.name}: {exc}") from exc
     except asyncio.CancelledError:
         stop.set()
         raise
+
+
+async def _refused(runtime: "Runtime", device: DeviceConfig, card_id: str, url: str, exc: Exception) -> None:
+    """A message beyond the limits: the operator must hear of it, and the custody log must say it happened."""
+    alarm = (f"Rapid-test analyzer '{device.name}' ({url}) sent a message too large to accept; it was refused and "
+             "the connection reset. That result was NOT recorded (a working analyzer still holds it). Check the "
+             "analyzer's firmware, output settings and cable; if this repeats, re-run or delete that test on the "
+             "analyzer. This alarm clears when the analyzer delivers a result again.")
+    log.error("rapid-test analyzer %s: message refused, link reset: %s", device.name, exc,
+              extra={"fields": {"device": device.name, "port": url}})
+    runtime.metrics.errors.labels(kind="device-protocol").inc()
+    runtime.station.set_alarm(card_id, alarm)
+    runtime.station.update_device(card_id, "rapidtest", name=device.name, state="error",
+                                  detail=f"message refused (too large); link reset: {exc}")
+    try:
+        await asyncio.to_thread(runtime.service.record_event, None, "device-message-refused",
+                                {"device": device.name, "kind": "rapidtest", "port": url, "reason": str(exc)})
+    except GatewayError as err:  # e.g. the disk is full: the alarm and the log still say it
+        log.error("could not write the refusal to the custody log: %s", err)
 
 
 def _result_row(document: dict[str, Any]) -> dict[str, Any]:

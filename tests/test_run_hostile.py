@@ -1,0 +1,184 @@
+"""``egw run`` against a hostile, a failing and an unplugged rapid-test analyzer, each next to a
+well-behaved one: the service stays up in bounded memory, resets or re-opens the bad link, tells
+the station, and loses nothing that was acknowledged.
+
+Everything is a real process: ``egw run``, ``egw simulate rapidtest`` (its endless / giant /
+unplug faults), the reference platform; ptys and TCP on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import REPO, egw_env, run_egw
+from tests.test_station import state, wait_for
+from tests.uplink_support import spawn_platform, stop_process
+
+GOOD = "rapidtest-RT-AU-0001"     # --kind gold
+HOSTILE = "rapidtest-RT-PR-0001"  # --kind pesticide
+
+
+def spawn_logged(log: Path, *args: str) -> subprocess.Popen[str]:
+    """``python -m gateway ARGS`` with stderr to a file: a chatty child must never block on a full pipe."""
+    return subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=REPO, env=egw_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=log.open("w"))
+
+
+def analyzer(log: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = spawn_logged(log, "simulate", "rapidtest", "--reply-timeout", "2", "--retry-delay", "0.5", *args)
+    assert proc.stdout is not None
+    endpoint = proc.stdout.readline().strip()
+    assert endpoint, log.read_text()
+    return proc, endpoint
+
+
+def start_gateway(tmp_path: Path, data: Path, devices: dict[str, str]) -> tuple[subprocess.Popen[str], dict]:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'data_dir = "{data}"\n[screen]\nlisten = "127.0.0.1:0"\n[metrics]\nlisten = "127.0.0.1:0"\n'
+                      + "".join(f'[[devices]]\nkind = "rapidtest"\nname = "{name}"\nport = "{port}"\n'
+                                for name, port in devices.items()))
+    gateway = spawn_logged(tmp_path / "gateway.log", "run", "-c", str(config))
+    assert gateway.stdout is not None
+    line = gateway.stdout.readline()
+    assert line, (tmp_path / "gateway.log").read_text()
+    return gateway, json.loads(line)
+
+
+class StationEvents:
+    """Every update the station screen's event stream (SSE) sends, collected by a reader thread."""
+
+    def __init__(self, screen: str) -> None:
+        self.events: list[dict] = []
+        self._response = urllib.request.urlopen(screen + "events", timeout=60)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for raw in self._response:
+                if raw.startswith(b"data: "):
+                    self.events.append(json.loads(raw[6:]))
+        except Exception:  # noqa: BLE001 - closed under the reader by the test or the gateway
+            pass
+
+    def alarms(self) -> list[str]:
+        return [text for e in self.events if e.get("type") == "alarms" for text in e["alarms"].values()]
+
+    def states(self, device_id: str) -> list[str]:
+        return [e["device"]["state"] for e in self.events if e.get("type") == "device" and e["device"]["device_id"] == device_id]
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def cards(screen: str) -> dict[str, dict]:
+    return {card["name"]: card for card in state(screen)["devices"]}
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def results(data: Path) -> dict[str, list[tuple[str, str, str]]]:
+    """{device_id: [(message id, result index, state)]} of every stored rapid-test result."""
+    with sqlite3.connect(f"file:{data / 'state.db'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT device_id, source_path, state FROM evidence WHERE kind = 'result' ORDER BY source_path").fetchall()
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for device_id, source_path, row_state in rows:
+        _, _, message_id, _, index = source_path.split("/")
+        out.setdefault(device_id, []).append((message_id, index, row_state))
+    return out
+
+
+def custody_events(data: Path, event: str) -> list[dict]:
+    with sqlite3.connect(f"file:{data / 'state.db'}?mode=ro", uri=True) as db:
+        return [json.loads(entry) for (entry,) in db.execute("SELECT entry FROM custody WHERE event = ?", (event,))]
+
+
+def log_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def metrics(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def stop_gateway(gateway: subprocess.Popen[str]) -> None:
+    assert gateway.poll() is None, "egw run died"
+    gateway.send_signal(signal.SIGTERM)
+    assert gateway.wait(timeout=15) == 0
+
+
+def delivered(log: Path) -> list[str]:
+    """Message ids the simulator saw acknowledged, from its log ("sent S000003: …" is message M000003)."""
+    return ["M" + line.split("sent S", 1)[1][:6] for line in log.read_text().splitlines() if "rapidtest: sent S" in line]
+
+
+def test_an_endless_and_a_giant_message_are_refused_and_the_other_analyzer_keeps_delivering(tmp_path):
+    platform, address, _ = spawn_platform(tmp_path / "platform")
+    good = hostile = gateway = events = None
+    try:
+        from tests.test_dock import enrolled_gateway
+
+        data = enrolled_gateway(tmp_path, tmp_path / "platform", address)
+        good, good_url = analyzer(tmp_path / "good.log", "--kind", "gold", "--interval", "0.7", "--tcp", "0", "--seed", "1")
+        # Two clean results, then message 3 floods (endless), is re-sent as a 5 MiB record (giant), then cleanly.
+        hostile, hostile_url = analyzer(tmp_path / "hostile.log", "--kind", "pesticide", "--tests", "4", "--interval", "1",
+                                        "--tcp", "0", "--fault", "endless,giant", "--fault-from", "3",
+                                        "--fault-every", "100", "--seed", "2")
+        gateway, ready = start_gateway(tmp_path, data, {"good": good_url, "hostile": hostile_url})
+        screen = ready["screen"]
+        events = StationEvents(screen)
+        wait_for(lambda: len(results(data).get(HOSTILE, [])) == 2, 30, "the hostile analyzer's two clean results")
+        before = peak_rss_mib(gateway.pid)
+        wait_for(lambda: len(custody_events(data, "device-message-refused")) >= 2, 60, "both hostile messages refused")
+        good_at_second_refusal = len({m for m, _, _ in results(data).get(GOOD, [])})
+        wait_for(lambda: len(results(data).get(HOSTILE, [])) == 4, 60, "the hostile analyzer's results after it behaves")
+        assert hostile.wait(timeout=30) == 0  # the simulator saw all four acknowledged
+        after = peak_rss_mib(gateway.pid)
+        wait_for(lambda: len({m for m, _, _ in results(data).get(GOOD, [])}) >= good_at_second_refusal + 2, 30,
+                 "the good analyzer delivering after the burst")
+        good_states = events.states("rapidtest:good") + [cards(screen)["good"]["state"]]
+        stop_process(good)  # SIGTERM: it ends its session cleanly
+        wait_for(lambda: all(s == "receipted" for rows in results(data).values() for _, _, s in rows), 60,
+                 "every result receipted by the platform")
+
+        stored = results(data)
+        # Nothing acknowledged was lost, nothing refused was stored, nothing doubled.
+        assert [(m, i) for m, i, _ in stored[HOSTILE]] == [(f"M00000{n}", "1") for n in range(1, 5)]
+        assert delivered(tmp_path / "hostile.log") == [f"M00000{n}" for n in range(1, 5)]
+        assert sorted({m for m, _, _ in stored[GOOD]}) == delivered(tmp_path / "good.log")
+        assert len(stored[GOOD]) == len(set(stored[GOOD]))
+        # Memory: the burst sent more than 4 MiB twice (endless, then giant); the receiver holds at most one message.
+        print(f"\ngateway peak RSS before the burst {before:.1f} MiB, after {after:.1f} MiB (+{after - before:.1f})")
+        assert after - before < 40, f"peak RSS grew {after - before:.1f} MiB"
+        # The operator was told, by name, what happened and what to do; the log says it too.
+        alarms = [a for a in events.alarms() if "'hostile'" in a]
+        assert alarms and "too large" in alarms[0] and "re-run or delete that test" in alarms[0]
+        assert "rapidtest:hostile" not in state(screen)["alarms"]  # cleared once it delivered again
+        assert "error" in events.states("rapidtest:hostile") and set(good_states) == {"docked"}  # never disturbed
+        refusals = [e for e in log_lines(tmp_path / "gateway.log") if "message refused, link reset" in e["msg"]]
+        assert len(refusals) == 2 and all(e["level"] == "error" and e.get("device") == "hostile" for e in refusals)
+        assert all("sent more than 4194304 bytes" in e["msg"] for e in refusals)
+        assert 'egw_errors_total{kind="device-protocol"} 2.0' in metrics(ready["metrics"])
+        stop_gateway(gateway)
+        assert run_egw("custody", "verify", "--data-dir", str(data)).returncode == 0
+    finally:
+        if events is not None:
+            events.close()
+        for proc in (gateway, good, hostile, platform):
+            if proc is not None:
+                stop_process(proc)
