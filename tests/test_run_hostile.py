@@ -182,3 +182,85 @@ def test_an_endless_and_a_giant_message_are_refused_and_the_other_analyzer_keeps
         for proc in (gateway, good, hostile, platform):
             if proc is not None:
                 stop_process(proc)
+
+
+class DiesOnConnect:
+    """A TCP 'analyzer' that accepts and hangs up at once, every time; remembers when each connect came."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"socket://127.0.0.1:{self.server.getsockname()[1]}"
+        self.accepted: list[float] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted.append(time.monotonic())
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_devices_that_keep_failing_are_retried_with_backoff_shown_failing_and_disturb_nobody(tmp_path):
+    data = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)
+    with socket.socket() as probe:  # a port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        refused = f"socket://127.0.0.1:{probe.getsockname()[1]}"
+    dies = DiesOnConnect()
+    link = tmp_path / "ttyVANISHING"
+    vanishing, _ = analyzer(tmp_path / "vanishing.log", "--kind", "pesticide", "--tests", "1", "--link", str(link))
+    good, good_url = analyzer(tmp_path / "good.log", "--kind", "gold", "--interval", "0.5", "--tcp", "0")
+    gateway = None
+    try:
+        gateway, ready = start_gateway(tmp_path, data, {"refused": refused, "dies": dies.url, "vanishing": str(link),
+                                                        "good": good_url})
+        screen = ready["screen"]
+        assert vanishing.wait(timeout=30) == 0  # delivered its one result, then its port vanished (symlink removed)
+        wait_for(lambda: len(dies.accepted) >= 5, 30, "five attempts on the analyzer that hangs up")
+        failing = wait_for(lambda: (c := cards(screen)) and all(c[n]["failures"] >= 2 and c[n]["state"] in ("error", "undocked")
+                                                                for n in ("refused", "dies", "vanishing")) and c,
+                           30, "the failing devices' cards to show them failing")
+        assert failing["good"]["state"] == "docked" and failing["good"]["failures"] == 0
+        text = metrics(ready["metrics"])
+        assert 'egw_device_failures_total{device="rapidtest:good"}' not in text
+        stop_process(good)
+        stored = results(data)
+        assert len(stored["rapidtest-RT-PR-0001"]) == 1  # the vanished analyzer's result, acknowledged before it went
+        assert sorted({m for m, _, _ in stored[GOOD]}) == delivered(tmp_path / "good.log")  # undisturbed, none lost
+        assert len(delivered(tmp_path / "good.log")) >= 6
+
+        # Backoff after failure k is at least 0.25, 0.5, 1, 2, then 2.5 s (the 0.5-5 s schedule at its lowest
+        # jitter): that bounds how many attempts fit between the first and the last one seen. Retrying at once
+        # would be hundreds; a slow machine only makes fewer.
+        attempts = list(dies.accepted)
+        window, least, fit = attempts[-1] - attempts[0], 0.0, 1
+        for bound in (0.25, 0.5, 1.0, 2.0) + (2.5,) * 100:
+            least += bound
+            if least > window + 0.2:
+                break
+            fit += 1
+        gaps = [round(b - a, 2) for a, b in zip(attempts, attempts[1:])]
+        assert len(attempts) <= fit, f"{len(attempts)} attempts in {window:.1f} s, gaps {gaps}: not backing off"
+        assert gaps[-1] > gaps[0], f"the delay did not grow: {gaps}"
+        # Shown as failing, with why and when the next attempt comes.
+        assert failing["refused"]["state"] == "error" and "Connection refused" in failing["refused"]["detail"]
+        assert failing["dies"]["state"] == "error" and "disconnected" in failing["dies"]["detail"]
+        assert failing["vanishing"]["state"] == "undocked" and "not present" in failing["vanishing"]["detail"]
+        for name in ("refused", "dies", "vanishing"):
+            assert failing[name]["retry_in_s"] > 0 and "failed; next in" in failing[name]["detail"]
+        for name in ("refused", "dies", "vanishing"):
+            line = next(l for l in text.splitlines() if l.startswith(f'egw_device_failures_total{{device="rapidtest:{name}"}}'))
+            assert float(line.split()[-1]) >= 2
+        stop_gateway(gateway)
+    finally:
+        dies.close()
+        for proc in (gateway, vanishing, good):
+            if proc is not None:
+                stop_process(proc)
