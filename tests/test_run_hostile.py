@@ -264,3 +264,32 @@ def test_devices_that_keep_failing_are_retried_with_backoff_shown_failing_and_di
         for proc in (gateway, vanishing, good):
             if proc is not None:
                 stop_process(proc)
+
+
+def test_more_analyzers_than_the_shared_thread_pool_are_all_served(tmp_path):
+    """Regression: each analyzer's receive loop held a thread of the event loop's default executor
+    (cpu_count + 4 threads) for as long as it was connected, so on a 2-CPU station the seventh
+    analyzer was never opened and the station's counters (and disk-full alarm) stopped updating."""
+    from simulators.rapidtest import RapidTestSimulator
+
+    count = min(12, (os.cpu_count() or 1) + 4 + 2)  # more than the default pool on this machine (up to 8 CPUs)
+    data = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)
+    sims = [RapidTestSimulator("gold", tests=2, interval=0.2, reply_timeout=2, retry_delay=0.2, seed=n,
+                               instrument_id=f"RT-{n:02d}") for n in range(count)]
+    gateway = None
+    try:
+        urls = [sim.serve_tcp() for sim in sims]
+        gateway, ready = start_gateway(tmp_path, data, {f"a{n}": url for n, url in enumerate(urls)})
+        wait_for(lambda: len(results(data)) == count, 60, f"results from all {count} analyzers")
+        assert all(sim.wait_delivered(30) for sim in sims)
+        wait_for(lambda: state(ready["screen"])["counts"].get("queued", 0) > 0, 10, "the station's counters")
+        stored = results(data)
+        assert {device: {m for m, _, _ in rows} for device, rows in stored.items()} == {
+            f"rapidtest-RT-{n:02d}": {"M000001", "M000002"} for n in range(count)}
+        stop_gateway(gateway)
+    finally:
+        for sim in sims:
+            sim.stop()
+        if gateway is not None:
+            stop_process(gateway)

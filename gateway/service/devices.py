@@ -2,7 +2,12 @@
 
 Each watcher is an ``async`` function the supervisor keeps alive: it raises
 when its device fails (the supervisor backs off and restarts it) and returns
-only when told to stop. Blocking driver calls run in threads.
+only when told to stop. Blocking driver calls run in threads; work that holds
+a thread for as long as a device is attached (an analyzer's receive loop, a
+recorder's copy) gets a thread of its own (:func:`in_own_thread`), never one
+of the event loop's shared executor: that pool has cpu_count + 4 threads, so
+six analyzers on a 2-CPU station took all of it and a seventh device, the
+station's counters and the disk-full alarm waited forever.
 
 * body cameras on a USB/IP server (``usbip = "HOST:PORT"``) are found by
   polling its device list; local USB recorders (``usb = "VID:PID"``) by
@@ -27,7 +32,8 @@ import logging
 import os
 import re
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import DeviceConfig
 from gateway.errors import DeviceError, GatewayError
@@ -36,11 +42,45 @@ if TYPE_CHECKING:
     from gateway.service.runtime import Runtime
     from gateway.workflows.dock import DockSession, DockWorkflow
 
-__all__ = ["watch_bodycams", "watch_rapidtest", "watch_presence"]
+__all__ = ["watch_bodycams", "watch_rapidtest", "watch_presence", "in_own_thread"]
 
 log = logging.getLogger("egw.devices")
 POLL_S = 1.0
 _SERIAL = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what drivers.bodycam.TemplateLocator accepts as a serial
+STOP_WAIT_S = 5.0  # how long a cancelled analyzer watcher waits for its thread to acknowledge and close
+T = TypeVar("T")
+
+
+def in_own_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":
+    """Run ``fn`` in a new (non-daemon) thread; the future settles with its outcome.
+
+    Cancelling the future does not stop ``fn``: the caller signals it (a stop
+    event) and may wait for it. A non-daemon thread, like the executor's,
+    is waited for at exit rather than killed in the middle of storing evidence.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if future.done():  # cancelled meanwhile: nobody waits for the outcome
+            return
+        if failed:
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def run() -> None:
+        try:
+            outcome, failed = fn(), False
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome, failed = exc, True
+        try:
+            loop.call_soon_threadsafe(settle, outcome, failed)
+        except RuntimeError:
+            pass  # the loop has closed: the service stopped while this finished
+
+    threading.Thread(target=run, name=name).start()
+    return future
 
 
 # ---- body-worn cameras ------------------------------------------------------------------
@@ -134,9 +174,9 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
     station.update_device(card_id, "bodycam", name=device.name, state="docked", detail="reading identity")
     try:
         if url.startswith("volume://"):
-            session = await asyncio.to_thread(workflow.adopt, url.removeprefix("volume://"))
+            session = await in_own_thread(lambda: workflow.adopt(url.removeprefix("volume://")), f"adopt:{url}")
         else:
-            session = await asyncio.to_thread(workflow.attach, url)
+            session = await in_own_thread(lambda: workflow.attach(url), f"dock:{url}")
     except GatewayError as exc:
         station.update_device(card_id, "bodycam", state="error", detail=str(exc), safe_to_undock=False)
         runtime.metrics.errors.labels(kind="dock").inc()
@@ -260,8 +300,9 @@ async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
                         analyzer.acknowledge()
                         return
 
+    done = in_own_thread(serve, f"rapidtest:{device.name}")
     try:
-        await asyncio.to_thread(serve)
+        await asyncio.shield(done)
     except RapidTestOverflow as exc:
         await _refused(runtime, device, card_id, url, exc)
         raise DeviceError(f"{device.name}: {exc}") from exc
@@ -269,7 +310,10 @@ async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
         runtime.station.update_device(card_id, "rapidtest", name=device.name, state="error", detail=str(exc))
         raise DeviceError(f"{device.name}: {exc}") from exc
     except asyncio.CancelledError:
-        stop.set()
+        stop.set()  # the loop acknowledges what it stored and closes the port within ~0.5 s
+        await asyncio.wait([done], timeout=STOP_WAIT_S)
+        if done.done() and not done.cancelled():
+            done.exception()  # retrieved: a failure while stopping is no news
         raise
 
 
