@@ -8,7 +8,9 @@ unplug faults), the reference platform; ptys and TCP on loopback.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import os
 import signal
 import socket
@@ -116,6 +118,21 @@ def metrics(url: str) -> str:
         return response.read().decode()
 
 
+async def station_page(screen: str, predicate, screenshot: str) -> str:
+    """The station page's text in Chromium once ``predicate`` holds; a screenshot goes to test-artifacts/."""
+    from tests.chromium import Chromium
+
+    browser = Chromium()
+    try:
+        await browser.open(screen)
+        text = await browser.wait_for_text(predicate, 30, "the station page")
+        (REPO / "test-artifacts").mkdir(exist_ok=True)
+        await browser.screenshot(REPO / "test-artifacts" / screenshot)
+        return text
+    finally:
+        await browser.close()
+
+
 def stop_gateway(gateway: subprocess.Popen[str]) -> None:
     assert gateway.poll() is None, "egw run died"
     gateway.send_signal(signal.SIGTERM)
@@ -217,17 +234,21 @@ def test_devices_that_keep_failing_are_retried_with_backoff_shown_failing_and_di
     link = tmp_path / "ttyVANISHING"
     vanishing, _ = analyzer(tmp_path / "vanishing.log", "--kind", "pesticide", "--tests", "1", "--link", str(link))
     good, good_url = analyzer(tmp_path / "good.log", "--kind", "gold", "--interval", "0.5", "--tcp", "0")
-    gateway = None
+    gateway = events = None
     try:
         gateway, ready = start_gateway(tmp_path, data, {"refused": refused, "dies": dies.url, "vanishing": str(link),
                                                         "good": good_url})
         screen = ready["screen"]
+        events = StationEvents(screen)
         assert vanishing.wait(timeout=30) == 0  # delivered its one result, then its port vanished (symlink removed)
         wait_for(lambda: len(dies.accepted) >= 5, 30, "five attempts on the analyzer that hangs up")
         failing = wait_for(lambda: (c := cards(screen)) and all(c[n]["failures"] >= 2 and c[n]["state"] in ("error", "undocked")
                                                                 for n in ("refused", "dies", "vanishing")) and c,
                            30, "the failing devices' cards to show them failing")
         assert failing["good"]["state"] == "docked" and failing["good"]["failures"] == 0
+        page = asyncio.run(station_page(screen, lambda t: "Not connected:" in t and t.count("Failed attempts") == 3,
+                                        "station-failing-devices.png"))
+        assert "Problem: cannot open" in page and "Connection refused" in page and "not present" in page
         text = metrics(ready["metrics"])
         assert 'egw_device_failures_total{device="rapidtest:good"}' not in text
         stop_process(good)
@@ -254,13 +275,18 @@ def test_devices_that_keep_failing_are_retried_with_backoff_shown_failing_and_di
         assert failing["dies"]["state"] == "error" and "disconnected" in failing["dies"]["detail"]
         assert failing["vanishing"]["state"] == "undocked" and "not present" in failing["vanishing"]["detail"]
         for name in ("refused", "dies", "vanishing"):
-            assert failing[name]["retry_in_s"] > 0 and "failed; next in" in failing[name]["detail"]
+            assert failing[name]["retry_in_s"] > 0
+            details = [e["device"]["detail"] for e in events.events
+                       if e.get("type") == "device" and e["device"]["device_id"] == f"rapidtest:{name}"]
+            assert any(re.search(r"attempt \d+ failed; next in \d", d) for d in details), details
         for name in ("refused", "dies", "vanishing"):
             line = next(l for l in text.splitlines() if l.startswith(f'egw_device_failures_total{{device="rapidtest:{name}"}}'))
             assert float(line.split()[-1]) >= 2
         stop_gateway(gateway)
     finally:
         dies.close()
+        if events is not None:
+            events.close()
         for proc in (gateway, vanishing, good):
             if proc is not None:
                 stop_process(proc)
@@ -293,3 +319,43 @@ def test_more_analyzers_than_the_shared_thread_pool_are_all_served(tmp_path):
             sim.stop()
         if gateway is not None:
             stop_process(gateway)
+
+
+def test_a_serial_analyzer_unplugged_mid_message_and_replugged_is_picked_up_again(tmp_path):
+    data = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)
+    link = tmp_path / "serial-by-id-analyzer"  # what udev's /dev/serial/by-id/… is to a USB serial adapter
+    # Two results, then the cable is pulled in the middle of message 3 for 2 s; the pty comes back (new name).
+    serial, endpoint = analyzer(tmp_path / "serial.log", "--kind", "pesticide", "--tests", "5", "--interval", "0.3",
+                                "--link", str(link), "--fault", "unplug", "--fault-from", "3", "--fault-every", "100",
+                                "--unplug-seconds", "2")
+    assert endpoint == str(link)
+    good, good_url = analyzer(tmp_path / "good.log", "--kind", "gold", "--interval", "0.5", "--tcp", "0")
+    gateway = events = None
+    try:
+        gateway, ready = start_gateway(tmp_path, data, {"serial": str(link), "good": good_url})
+        screen = ready["screen"]
+        events = StationEvents(screen)
+        assert serial.wait(timeout=60) == 0  # all five acknowledged, without restarting or signalling egw run
+        good_states = events.states("rapidtest:good") + [cards(screen)["good"]["state"]]
+        stop_process(good)
+
+        assert "plugged back in" in (tmp_path / "serial.log").read_text()
+        stored = results(data)
+        assert [m for m, _, _ in stored[HOSTILE]] == [f"M00000{n}" for n in range(1, 6)]  # none lost, none twice
+        assert delivered(tmp_path / "serial.log") == [f"M00000{n}" for n in range(1, 6)]
+        assert sorted({m for m, _, _ in stored[GOOD]}) == delivered(tmp_path / "good.log")
+        # The station showed the unplug, then the analyzer back; the other analyzer never noticed.
+        seen = events.states("rapidtest:serial")
+        gone = next(i for i, s in enumerate(seen) if s in ("error", "undocked"))
+        assert "docked" in seen[gone:], seen
+        assert set(good_states) == {"docked"}
+        warnings = [e["msg"] for e in log_lines(tmp_path / "gateway.log") if e["logger"] == "egw.supervisor"]
+        assert any("rapidtest:serial" in w and "not present" in w for w in warnings)
+        stop_gateway(gateway)
+    finally:
+        if events is not None:
+            events.close()
+        for proc in (gateway, serial, good):
+            if proc is not None:
+                stop_process(proc)

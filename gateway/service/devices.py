@@ -272,7 +272,7 @@ async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
     url = _serial_url(device)
     if url is None:
         runtime.station.update_device(card_id, "rapidtest", name=device.name, state="undocked",
-                                      detail=f"not connected: {device.port or device.usb} is not present")
+                                      detail=f"{device.port or device.usb} is not present (unplugged, or a wrong path)")
         await asyncio.sleep(POLL_S)
         raise DeviceError(f"{device.name}: port {device.port or device.usb} is not present")
     pipeline = RapidTestPipeline(runtime.service, inspector_id=runtime.config.inspector_id, site=runtime.config.site,
