@@ -282,9 +282,11 @@ async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
     stop = threading.Event()
 
     def aborted(reason: str, transcript: bytes) -> None:
-        # The instrument keeps a message it was not acknowledged for and sends it again; say so, once per abort.
-        log.warning("rapid-test analyzer %s: a message was abandoned (the instrument should send it again): %s",
-                    device.name, reason)
+        # Mostly link trouble (a stall, an EOT mid-message) that the instrument recovers from by sending the
+        # message again. A malformed record is different: the receiver still ACKs the rest of that message, so
+        # the instrument believes it delivered; this warning is then the only trace. Say it once per abort.
+        log.warning("rapid-test analyzer %s: an incomplete message was discarded: %s", device.name, reason,
+                    extra={"fields": {"device": device.name, "bytes": len(transcript)}})
 
     def serve() -> None:
         with RapidTestAnalyzer(url, baudrate=device.baud, on_abort=aborted) as analyzer:
