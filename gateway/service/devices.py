@@ -2,7 +2,12 @@
 
 Each watcher is an ``async`` function the supervisor keeps alive: it raises
 when its device fails (the supervisor backs off and restarts it) and returns
-only when told to stop. Blocking driver calls run in threads.
+only when told to stop. Blocking driver calls run in threads; work that holds
+a thread for as long as a device is attached (an analyzer's receive loop, a
+recorder's copy) gets a thread of its own (:func:`in_own_thread`), never one
+of the event loop's shared executor: that pool has cpu_count + 4 threads, so
+six analyzers on a 2-CPU station took all of it and a seventh device, the
+station's counters and the disk-full alarm waited forever.
 
 * body cameras on a USB/IP server (``usbip = "HOST:PORT"``) are found by
   polling its device list; local USB recorders (``usb = "VID:PID"``) by
@@ -11,7 +16,11 @@ only when told to stop. Blocking driver calls run in threads.
   card that says "safe to undock" only when that holds.
 * rapid-test analyzers on a serial port (a path, a pyserial URL, or found by
   USB VID:PID through ``serial.tools.list_ports``) stream results into the
-  rapid-test pipeline.
+  rapid-test pipeline.  One that sends a message beyond the receiver's limits
+  (an endless stream of frames, a giant record) is cut off: the link is
+  reset through the supervisor's backoff, the refusal is logged and written
+  to the custody log, and a station alarm names the analyzer and what to do
+  until it delivers a result again.
 * fingerprint readers and signature pads are used by signing sessions
   (``egw sign``); their watcher shows whether they are connected.
 """
@@ -23,7 +32,8 @@ import logging
 import os
 import re
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import DeviceConfig
 from gateway.errors import DeviceError, GatewayError
@@ -32,11 +42,45 @@ if TYPE_CHECKING:
     from gateway.service.runtime import Runtime
     from gateway.workflows.dock import DockSession, DockWorkflow
 
-__all__ = ["watch_bodycams", "watch_rapidtest", "watch_presence"]
+__all__ = ["watch_bodycams", "watch_rapidtest", "watch_presence", "in_own_thread"]
 
 log = logging.getLogger("egw.devices")
 POLL_S = 1.0
 _SERIAL = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what drivers.bodycam.TemplateLocator accepts as a serial
+STOP_WAIT_S = 5.0  # how long a cancelled analyzer watcher waits for its thread to acknowledge and close
+T = TypeVar("T")
+
+
+def in_own_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":
+    """Run ``fn`` in a new (non-daemon) thread; the future settles with its outcome.
+
+    Cancelling the future does not stop ``fn``: the caller signals it (a stop
+    event) and may wait for it. A non-daemon thread, like the executor's,
+    is waited for at exit rather than killed in the middle of storing evidence.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if future.done():  # cancelled meanwhile: nobody waits for the outcome
+            return
+        if failed:
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def run() -> None:
+        try:
+            outcome, failed = fn(), False
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome, failed = exc, True
+        try:
+            loop.call_soon_threadsafe(settle, outcome, failed)
+        except RuntimeError:
+            pass  # the loop has closed: the service stopped while this finished
+
+    threading.Thread(target=run, name=name).start()
+    return future
 
 
 # ---- body-worn cameras ------------------------------------------------------------------
@@ -130,9 +174,9 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
     station.update_device(card_id, "bodycam", name=device.name, state="docked", detail="reading identity")
     try:
         if url.startswith("volume://"):
-            session = await asyncio.to_thread(workflow.adopt, url.removeprefix("volume://"))
+            session = await in_own_thread(lambda: workflow.adopt(url.removeprefix("volume://")), f"adopt:{url}")
         else:
-            session = await asyncio.to_thread(workflow.attach, url)
+            session = await in_own_thread(lambda: workflow.attach(url), f"dock:{url}")
     except GatewayError as exc:
         station.update_device(card_id, "bodycam", state="error", detail=str(exc), safe_to_undock=False)
         runtime.metrics.errors.labels(kind="dock").inc()
@@ -221,13 +265,14 @@ def _serial_url(device: DeviceConfig) -> str | None:
 
 
 async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
-    from drivers.rapidtest import RapidTestAnalyzer, RapidTestError
+    from drivers.rapidtest import RapidTestAnalyzer, RapidTestError, RapidTestOverflow
     from gateway.workflows.rapidtest import RapidTestPipeline
 
     card_id = f"rapidtest:{device.name}"
     url = _serial_url(device)
     if url is None:
-        runtime.station.update_device(card_id, "rapidtest", name=device.name, state="undocked", detail="not connected")
+        runtime.station.update_device(card_id, "rapidtest", name=device.name, state="undocked",
+                                      detail=f"{device.port or device.usb} is not present (unplugged, or a wrong path)")
         await asyncio.sleep(POLL_S)
         raise DeviceError(f"{device.name}: port {device.port or device.usb} is not present")
     pipeline = RapidTestPipeline(runtime.service, inspector_id=runtime.config.inspector_id, site=runtime.config.site,
@@ -236,24 +281,61 @@ async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
                                              *runtime.result_publishers])
     stop = threading.Event()
 
+    def aborted(reason: str, transcript: bytes) -> None:
+        # Mostly link trouble (a stall, an EOT mid-message) that the instrument recovers from by sending the
+        # message again. A malformed record is different: the receiver still ACKs the rest of that message, so
+        # the instrument believes it delivered; this warning is then the only trace. Say it once per abort.
+        log.warning("rapid-test analyzer %s: an incomplete message was discarded: %s", device.name, reason,
+                    extra={"fields": {"device": device.name, "bytes": len(transcript)}})
+
     def serve() -> None:
-        with RapidTestAnalyzer(url, baudrate=device.baud) as analyzer:
+        with RapidTestAnalyzer(url, baudrate=device.baud, on_abort=aborted) as analyzer:
             runtime.station.update_device(card_id, "rapidtest", name=device.name, state="docked", detail=f"listening on {url}")
             while not stop.is_set():
                 for result in analyzer.results(timeout=0.5):
                     pipeline.record(result)
+                    if card_id in runtime.station.alarms:
+                        log.info("rapid-test analyzer %s delivers again; alarm cleared", device.name)
+                        runtime.station.set_alarm(card_id, None)
+                    runtime.device_recovered(card_id)
                     if stop.is_set():
                         analyzer.acknowledge()
                         return
 
+    done = in_own_thread(serve, f"rapidtest:{device.name}")
     try:
-        await asyncio.to_thread(serve)
+        await asyncio.shield(done)
+    except RapidTestOverflow as exc:
+        await _refused(runtime, device, card_id, url, exc)
+        raise DeviceError(f"{device.name}: {exc}") from exc
     except RapidTestError as exc:
         runtime.station.update_device(card_id, "rapidtest", name=device.name, state="error", detail=str(exc))
         raise DeviceError(f"{device.name}: {exc}") from exc
     except asyncio.CancelledError:
-        stop.set()
+        stop.set()  # the loop acknowledges what it stored and closes the port within ~0.5 s
+        await asyncio.wait([done], timeout=STOP_WAIT_S)
+        if done.done() and not done.cancelled():
+            done.exception()  # retrieved: a failure while stopping is no news
         raise
+
+
+async def _refused(runtime: "Runtime", device: DeviceConfig, card_id: str, url: str, exc: Exception) -> None:
+    """A message beyond the limits: the operator must hear of it, and the custody log must say it happened."""
+    alarm = (f"Rapid-test analyzer '{device.name}' ({url}) sent a message too large to accept; it was refused and "
+             "the connection reset. That result was NOT recorded (a working analyzer still holds it). Check the "
+             "analyzer's firmware, output settings and cable; if this repeats, re-run or delete that test on the "
+             "analyzer. This alarm clears when the analyzer delivers a result again.")
+    log.error("rapid-test analyzer %s: message refused, link reset: %s", device.name, exc,
+              extra={"fields": {"device": device.name, "port": url}})
+    runtime.metrics.errors.labels(kind="device-protocol").inc()
+    runtime.station.set_alarm(card_id, alarm)
+    runtime.station.update_device(card_id, "rapidtest", name=device.name, state="error",
+                                  detail=f"message refused (too large); link reset: {exc}")
+    try:
+        await asyncio.to_thread(runtime.service.record_event, None, "device-message-refused",
+                                {"device": device.name, "kind": "rapidtest", "port": url, "reason": str(exc)})
+    except GatewayError as err:  # e.g. the disk is full: the alarm and the log still say it
+        log.error("could not write the refusal to the custody log: %s", err)
 
 
 def _result_row(document: dict[str, Any]) -> dict[str, Any]:
