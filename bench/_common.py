@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +38,51 @@ def openssl_sha256_mbps(paths: list[Path]) -> float:
 
 def peak_rss_mb_self() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def vm_hwm_kib(pid: int) -> int | None:
+    """A live process's own peak resident set (VmHWM) in KiB; None once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    if "VmHWM:" not in status:  # a zombie has no memory map any more
+        return None
+    return int(status.split("VmHWM:")[1].split()[0])
+
+
+class PeakRss:
+    """Peak RSS of one child, sampled from /proc while it runs.
+
+    Why not ``wait4``'s ``ru_maxrss``: Linux folds the parent's peak into the child's at
+    ``exec``, so a child started by a large process (a long pytest run at 365 MB) reports at
+    least the parent's size. VmHWM belongs to the child's own memory map.
+    """
+
+    def __init__(self, pid: int, period_s: float = 0.02) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(period_s,), daemon=True, name=f"peak-rss-{pid}")
+        self._thread.start()
+
+    def sample(self) -> int:
+        value = vm_hwm_kib(self.pid)
+        if value is not None:
+            self.peak_kib = max(self.peak_kib, value)
+        return self.peak_kib
+
+    def _run(self, period_s: float) -> None:
+        while not self._stop.is_set() and vm_hwm_kib(self.pid) is not None:
+            self.sample()
+            self._stop.wait(period_s)
+
+    def stop(self) -> int:
+        """Stop sampling; the peak in KiB (sample once more first when the process is still alive)."""
+        self.sample()
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak_kib
 
 
 def load_average() -> str:

@@ -8,8 +8,8 @@ a gateway, then times ``egw dock`` as a child process: from its start to the
 platform's last receipt (end to end) and to its exit (which also includes
 the re-hash of every device copy before it is released). The reference is
 ``openssl dgst -sha256`` over the same bytes in the same run (the blobs the
-gateway stored). The gateway's peak RSS comes from ``wait4`` on the dock
-process alone. Last line: ``dock/openssl = R`` (target ≥ 0.4, RSS ≤ 250 MB).
+gateway stored). The gateway's peak RSS is the dock process's own VmHWM,
+sampled while it runs. Last line: ``dock/openssl = R`` (target ≥ 0.4, RSS ≤ 250 MB).
 
 Why the platform is in the same run: on this machine the gateway and the
 platform share two cores, and each hashes and writes every byte, so the
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import MB, load_average, openssl_sha256_mbps  # noqa: E402
+from bench._common import MB, PeakRss, load_average, openssl_sha256_mbps  # noqa: E402
 
 LIMIT_RSS_MB = 250
 TARGET = 0.4
@@ -124,9 +124,10 @@ def main() -> int:
         dock = subprocess.Popen([sys.executable, "-m", "gateway", "dock", "--usbip", url, "--volumes",
                                  str(volumes / "{serial}"), "--data-dir", str(data), "--json", "--release", args.release],
                                 env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = dock.communicate(timeout=3600)  # wait4 below collects the rusage of this child alone
+        peak_rss = PeakRss(dock.pid)
+        out, err = dock.communicate(timeout=3600)
         exited = time.time()
-        peak_rss_mb = _child_peak_rss_mb(dock)
+        peak_rss_mb = peak_rss.stop() / 1024
         dock_cpu = _children_cpu_s() - children_before  # only the dock was reaped in between
         platform_cpu = _proc_cpu_s(platform.pid) - platform_cpu_before
         recorders_cpu = _proc_cpu_s(recorders.pid) - recorders_cpu_before
@@ -182,14 +183,6 @@ def _proc_cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _child_peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
-    """Peak RSS of the dock process: RUSAGE_CHILDREN covers every child waited for so far, and the
-    only others (keys init, tokens, enroll) are far smaller; the maximum is therefore the dock's."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

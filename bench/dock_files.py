@@ -9,7 +9,7 @@ card is polled while it copies (progress), and once a third of the files are
 evidence ``egw run`` is SIGKILLed. The officer re-plugs the recorder and
 ``egw dock --json`` docks it again: it must copy only what the killed run had
 not made evidence, deliver everything, and release every file only after its
-receipt. Peak RSS of both gateway processes comes from ``wait4`` on each.
+receipt. Peak RSS of both gateway processes is their own VmHWM, sampled while they run.
 
 ``tests/test_dock_hostile.py`` runs the same scenario with 1 000 files and
 asserts the outcome; this script reports the numbers for 10 000 (or any
@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import PeakRss  # noqa: E402
 from bench.dock import egw, read_lines, spawn, stop  # noqa: E402
 
 RSS_LIMIT_MB = 250
@@ -135,10 +136,12 @@ def run(workdir: Path, files: int, log=print) -> Outcome:
         started = time.monotonic()
         gateway = _spawn_run(workdir, data, url, volumes)
         procs.append(gateway)
+        gateway_rss = PeakRss(gateway.pid)
         screen = json.loads(read_lines(gateway, 1, 60, "egw run")[0])["screen"]
         outcome.progress = _watch_until(screen, lambda done, total: total and done * 3 >= total, 300)
+        outcome.rss_run_mb = gateway_rss.stop() / 1024
         os.kill(gateway.pid, signal.SIGKILL)
-        outcome.rss_run_mb = _reap(gateway) / 1024
+        gateway.wait()
         outcome.seconds["egw run until killed"] = time.monotonic() - started
         outcome.evidence_at_kill = _count_evidence(data)
         log(f"egw run SIGKILLed with {outcome.evidence_at_kill} of {outcome.files} recordings as evidence")
@@ -154,8 +157,10 @@ def run(workdir: Path, files: int, log=print) -> Outcome:
                                  str(volumes / "{serial}"), "--data-dir", str(data), "--json"],
                                 env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         procs.append(dock)
+        dock_rss = PeakRss(dock.pid)
         out, err = _communicate(dock, 3600)
-        outcome.rss_dock_mb = _reap(dock) / 1024
+        outcome.rss_dock_mb = dock_rss.stop() / 1024
+        dock.wait()
         outcome.dock_exit = dock.returncode
         outcome.seconds["egw dock (re-dock)"] = time.monotonic() - started
         outcome.report = json.loads(out) if out.strip() else None
@@ -239,7 +244,7 @@ def _wait_line(proc: subprocess.Popen, line: str, timeout: float) -> None:
 
 
 def _communicate(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
-    """Read both pipes to EOF without reaping the process (``_reap`` does, with its rusage)."""
+    """Read both pipes to EOF (the caller reaps the process)."""
     out: list[bytes] = []
     err: list[bytes] = []
     readers = [threading.Thread(target=lambda s=s, b=b: b.append(s.read()), daemon=True)
@@ -252,13 +257,6 @@ def _communicate(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes]:
         proc.kill()
         raise TimeoutError(f"{proc.args} did not finish within {timeout:.0f} s")
     return out[0], err[0]
-
-
-def _reap(proc: subprocess.Popen) -> int:
-    """Wait for ``proc`` and return its own peak RSS in KiB (``wait4``: that process alone)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return int(usage.ru_maxrss)
 
 
 def main() -> int:
