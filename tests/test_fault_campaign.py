@@ -1,24 +1,29 @@
 """A reduced fault campaign (bench/faults.py): the whole station on loopback, faults injected, then counted.
 
 Two short trials: SIGKILL of ``egw run``, SIGKILL and restart of the platform, a recorder unplugged
-mid-copy, and the private broker stopped for 2 s. Pass = nothing missing, nothing corrupted, nothing
-deleted from a recorder before its receipt, custody log verified.
+mid-copy, the private broker stopped for 2 s, and the gateway's wall clock jumped (libfaketime) by +1 h in
+the first trial and by -1 h in the second, and back. Pass = nothing missing, nothing corrupted, nothing
+deleted from a recorder before its receipt, custody log verified, and no MQTT message of a lane arriving
+after a newer one (the order the outbox promises, checked by egw-seq; duplicates are allowed).
 """
 
+import dataclasses
 import random
 import re
 
-from bench.faults import TrialOptions, print_report, run_trial, summary_line
+from bench.faults import LIBFAKETIME, TrialOptions, out_of_order_line, print_report, run_trial, summary_line
 
 
 def test_two_short_trials_lose_nothing(tmp_path):
-    opts = TrialOptions(faults=("kill", "platform", "unplug", "broker"), recorders=2, recordings=2, fill_mb=24.0, tests=3,
-                        broker_down_s=2.0, fault_window_s=4.0, settle_timeout_s=60.0)
+    assert LIBFAKETIME.is_file(), f"{LIBFAKETIME} is missing: apt-get install faketime (scripts/test does)"
+    opts = TrialOptions(faults=("kill", "platform", "unplug", "broker", "clock"), recorders=2, recordings=2, fill_mb=24.0,
+                        tests=3, broker_down_s=2.0, fault_window_s=4.0, settle_timeout_s=90.0)
     rng = random.Random(9)
     reports = []
     lines: list[str] = []
-    for i in (1, 2):
-        report = run_trial(i, tmp_path, opts, random.Random(rng.getrandbits(64)), lines.append)
+    for i, jump in ((1, 3600), (2, -3600)):  # one trial each way: ahead, and back (fresh certificates not yet valid)
+        trial_opts = dataclasses.replace(opts, clock_jumps_s=(jump,))
+        report = run_trial(i, tmp_path, trial_opts, random.Random(rng.getrandbits(64)), lines.append)
         print_report(report, lines.append)
         reports.append(report)
     text = "\n".join(lines)
@@ -26,9 +31,13 @@ def test_two_short_trials_lose_nothing(tmp_path):
         assert r.expected == 2 * 3 + 3, text  # 2 recordings + 1 bulk file per recorder, 3 rapid tests
         assert any("SIGKILL egw run" in e for e in r.events) and any("SIGKILL platform" in e for e in r.events), text
         assert any("unplug 1-" in e for e in r.events) and any("mosquitto restarted" in e for e in r.events), text
+        assert any("gateway clock jumped" in e for e in r.events) and any("clock back" in e for e in r.events), text
+        assert sum(r.clock_stamped.values()) > 0, text  # the running gateway really saw the jump
+        assert r.mqtt_sequenced > 0 and r.mqtt_unsequenced == 0 and r.mqtt_out_of_order == 0, text
         assert r.delivered == r.expected and not r.missing, text
         assert not r.corrupted and not r.deleted_before_receipt, text
         assert r.custody_ok, text
+    assert out_of_order_line(reports).startswith("out_of_order=0 "), text
     last = summary_line(reports)
     assert re.fullmatch(r"missing=0 corrupted=0 deleted_before_receipt=0 duplicates=\d+ custody=ok", last), text
 
