@@ -750,11 +750,12 @@ port = "{analyzer_url}"
                 return
             if now_why != why:
                 why, since = now_why, time.monotonic()
-            elif time.monotonic() - since > 15 and (mounted := self._mounted_serials()):
+            elif "kill" in self.opts.faults and time.monotonic() - since > 15 and (mounted := self._mounted_serials()):
                 # No progress for 15 s while a recorder sits in mass-storage mode: a recorder that was mounted when
                 # egw run was killed is never adopted by the restarted gateway (it is off the USB/IP bus), so what it
                 # still holds is neither collected nor released. Counted (stranded_mounts) and healed the way an
-                # officer would: re-dock it.
+                # officer would: re-dock it. Only where egw run was killed: otherwise a mounted recorder is just
+                # waiting for its receipts (e.g. refused while the gateway's clock was an hour early).
                 for serial in mounted:
                     self.report.stranded_mounts.append(serial)
                     busid = busids.get(serial)
