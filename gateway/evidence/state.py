@@ -289,8 +289,9 @@ class State:
 
     @_locked
     def oldest_unreceipted(self) -> EvidenceRow | None:
+        """The first ingested (insertion order: created_at is the wall clock, which may have been stepped)."""
         found = self.db.execute(
-            "SELECT * FROM evidence WHERE state IN ('ingested', 'queued', 'uploading') ORDER BY created_at LIMIT 1"
+            "SELECT * FROM evidence WHERE state IN ('ingested', 'queued', 'uploading') ORDER BY rowid LIMIT 1"
         ).fetchone()
         return EvidenceRow(*found) if found else None
 
