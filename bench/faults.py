@@ -8,7 +8,8 @@ two simulated body-worn cameras over USB/IP (small real recordings plus one bulk
 file each, so faults land mid-copy and mid-upload), a rapid-test analyzer on TCP and
 ``egw run -c CONFIG`` as a child process. Every selected fault fires once per trial at a
 random moment (seeded), is healed, and the system is left to settle until everything the
-devices created carries a platform receipt (or a timeout). Then the trial is counted the way
+devices created carries a platform receipt, the recorders are released and the gateway's MQTT
+outbox is empty (or a timeout). Then the trial is counted the way
 Azure IoT Edge's test coordinator counts: what the devices created (recordings hashed from
 the recorders' own storage before docking; results the analyzer says the host acknowledged)
 against what the platform holds (by digest) and what the gateway holds.
@@ -434,6 +435,20 @@ def gateway_rows(data_dir: Path) -> list[dict[str, Any]]:
         con.close()
 
 
+def outbox_backlog(data_dir: Path) -> int:
+    """MQTT messages the gateway still owes the broker (parked ones excluded: they wait for an operator)."""
+    db = data_dir / "state.db"
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM outbox WHERE parked_reason IS NULL").fetchone()[0])
+    except sqlite3.OperationalError:  # no outbox table yet
+        return 0
+    finally:
+        con.close()
+
+
 # ---- one trial --------------------------------------------------------------------------------
 
 
@@ -722,6 +737,9 @@ port = "{analyzer_url}"
         busy = sum(1 for r in rows if r["state"] in ("ingested", "queued", "uploading"))
         if busy:
             return f"{busy} gateway item(s) not receipted"
+        queued = outbox_backlog(self.data)
+        if queued:  # counted only once the outbox is drained: what the subscriber saw is then all it can see
+            return f"{queued} MQTT message(s) still in the gateway's outbox"
         on_volumes = sorted({p.relative_to(self.volumes).parts[0] for p in self.volumes.rglob("*") if p.is_file()}) \
             if self.volumes.is_dir() else []
         if on_volumes:
@@ -746,7 +764,7 @@ port = "{analyzer_url}"
                 now_why = f"database busy ({exc})"
             if not now_why:
                 self.report.settled = True
-                self.event("settled: everything receipted, recorders released")
+                self.event("settled: everything receipted, recorders released, MQTT outbox drained")
                 return
             if now_why != why:
                 why, since = now_why, time.monotonic()
