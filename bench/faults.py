@@ -32,9 +32,13 @@ libfaketime (Debian ``faketime``; LD_PRELOAD of libfaketime.so.1) with ``FAKETIM
 pointing at a per-trial file that the harness rewrites atomically (``+0``, ``+3600`` or ``-3600``) and
 ``FAKETIME_NO_CACHE=1``, so time(), gettimeofday() and clock_gettime(CLOCK_REALTIME) of the running
 process (Python, SQLite, gRPC's BoringSSL alike) move at once. ``FAKETIME_DONT_FAKE_MONOTONIC=1``: a
-real wall-clock step does not move CLOCK_MONOTONIC. ``NO_FAKE_STAT=1``: a real step does not rewrite
-the timestamps of files already on disk, least of all those on a recorder, whose own clock did not
-jump. Only the gateway jumps: the platform, the broker and the devices are other machines. Proof that
+real wall-clock step does not move CLOCK_MONOTONIC. But libfaketime 0.9.10 (Debian bookworm) still
+rewrites the deadlines of monotonic waits (wolfcw/libfaketime#426, #503): every time.sleep() of Python
+3.11 fails with EINVAL and monotonic condition-variable waits (gRPC, the GIL) return at once, even with
+a zero offset. A real step does neither, so a small shim (bench/faketime_monotonic_fix.c, built with
+``cc`` on first use) is preloaded in front of libfaketime and sends monotonic sleeps and waits straight
+to glibc. ``NO_FAKE_STAT=1``: a real step does not rewrite the timestamps of files already on disk,
+least of all those on a recorder, whose own clock did not jump. Only the gateway jumps: the platform, the broker and the devices are other machines. Proof that
 the jump landed is in the trial's events (gateway log lines, custody entries and manifests stamped
 with the jumped time: a jump must be visible in the evidence, never hidden or "corrected").
 
@@ -98,12 +102,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 __all__ = ["ALL_FAULTS", "TrialOptions", "TrialReport", "run_trial", "run_campaign", "summary_line", "out_of_order_line",
-           "main"]
+           "faketime_env", "main"]
 
 ALL_FAULTS = ("kill", "platform", "broker", "unplug", "disk", "clock", "net")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))),
                    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"))
+MONOTONIC_FIX = Path(__file__).resolve().parent / "faketime_monotonic_fix.c"
 CLOCK_JUMP_S = 3600
 MQTT_LANES = {"results": "results/", "evidence": "evidence/"}  # lane -> topic prefix under egw/v1/<gw>/
 
@@ -155,6 +160,37 @@ class TrialReport:
 
 
 # ---- processes --------------------------------------------------------------------------------
+
+
+def _monotonic_fix() -> Path:
+    """Build (once per source version) the shim preloaded in front of libfaketime: see its source."""
+    source = MONOTONIC_FIX.read_bytes()
+    built = Path(tempfile.gettempdir()) / f"egw-faketime-monotonic-fix-{hashlib.sha256(source).hexdigest()[:12]}.so"
+    if built.is_file():
+        return built
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("the clock fault needs a C compiler to build bench/faketime_monotonic_fix.c "
+                           "(a fix for libfaketime 0.9.10's monotonic waits): apt-get install gcc")
+    partial = built.with_suffix(f".{os.getpid()}.part")
+    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(partial), str(MONOTONIC_FIX), "-ldl"], check=True,
+                   capture_output=True)
+    os.replace(partial, built)
+    return built
+
+
+def faketime_env(*, timestamp_file: Path | None = None, offset: str | None = None) -> dict[str, str]:
+    """Environment for a child whose wall clock is faked (libfaketime) and nothing else: CLOCK_MONOTONIC, sleeps,
+    timed waits and file timestamps stay real, as under a real clock step. ``timestamp_file`` (re-read on every
+    call) lets the harness move the clock of a running process; ``offset`` (e.g. ``"-1h"``) fixes it instead."""
+    if not LIBFAKETIME.is_file():
+        raise RuntimeError(f"{LIBFAKETIME} is missing: apt-get install faketime")
+    env = {"LD_PRELOAD": f"{_monotonic_fix()} {LIBFAKETIME}", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
+    if timestamp_file is not None:
+        env.update(FAKETIME_TIMESTAMP_FILE=str(timestamp_file), FAKETIME_NO_CACHE="1")
+    if offset is not None:
+        env["FAKETIME"] = offset
+    return env
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -496,8 +532,7 @@ class Trial:
         """libfaketime for the gateway: its wall clock follows ``clock_file``, re-read on every call."""
         if self.clock_file is None:
             return {}
-        return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(self.clock_file), "FAKETIME_NO_CACHE": "1",
-                "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
+        return faketime_env(timestamp_file=self.clock_file)
 
     def _set_clock(self, offset_s: int) -> None:
         """Move the gateway's wall clock to real time + ``offset_s``: one atomic rename, so a reader sees the
@@ -1040,9 +1075,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [f for f in faults if f not in ALL_FAULTS]
     if unknown:
         p.error(f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(ALL_FAULTS)}")
-    if "clock" in faults and not LIBFAKETIME.is_file():
-        p.error(f"the clock fault runs the gateway under libfaketime and {LIBFAKETIME} is missing: "
-                "apt-get install faketime (or leave 'clock' out of --faults)")
+    if "clock" in faults:
+        try:
+            faketime_env(offset="+0")
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            p.error(f"the clock fault runs the gateway under libfaketime: {exc} (or leave 'clock' out of --faults)")
     if "disk" in faults and os.geteuid() != 0:
         p.error("the disk fault mounts a small tmpfs and needs root; leave 'disk' out of --faults")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)

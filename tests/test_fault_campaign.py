@@ -11,11 +11,50 @@ import dataclasses
 import random
 import re
 
-from bench.faults import LIBFAKETIME, TrialOptions, out_of_order_line, print_report, run_trial, summary_line
+from bench.faults import TrialOptions, faketime_env, out_of_order_line, print_report, run_trial, summary_line
+
+PROBE = """
+import threading, time
+wall, mono = time.time(), time.monotonic()
+print("ready", flush=True)
+input()  # the test moves the clock file, then says go
+cond = threading.Condition()
+with cond:
+    cond.wait(0.2)  # a monotonic timed wait (libfaketime 0.9.10 alone returns at once)
+time.sleep(0.2)  # clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) (libfaketime 0.9.10 alone: EINVAL)
+print(round(time.time() - wall), round(time.monotonic() - mono, 1), flush=True)
+"""
+
+
+def test_the_clock_fault_moves_the_wall_clock_of_a_running_process_and_nothing_else(tmp_path):
+    """What the campaign's clock fault relies on: rewriting the file moves time.time() of a running child by
+    the offset at once, while time.monotonic(), sleeps and timed waits go on as before."""
+    import subprocess
+    import sys
+
+    from tests.conftest import egw_env
+
+    clock = tmp_path / "faketime.rc"
+    clock.write_text("+0\n")
+    child = subprocess.Popen([sys.executable, "-c", PROBE], env=egw_env(**faketime_env(timestamp_file=clock)),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready", child.stderr.read() if child.stderr else ""
+        clock.write_text("-3600\n")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err  # e.g. OSError: [Errno 22] from time.sleep without the shim
+    jumped, elapsed = out.split()
+    assert int(jumped) == -3600, err
+    assert 0.3 <= float(elapsed) < 1800, err  # both waits really waited (0.4 s); monotonic time did not jump
 
 
 def test_two_short_trials_lose_nothing(tmp_path):
-    assert LIBFAKETIME.is_file(), f"{LIBFAKETIME} is missing: apt-get install faketime (scripts/test does)"
     opts = TrialOptions(faults=("kill", "platform", "unplug", "broker", "clock"), recorders=2, recordings=2, fill_mb=24.0,
                         tests=3, broker_down_s=2.0, fault_window_s=4.0, settle_timeout_s=90.0)
     rng = random.Random(9)

@@ -290,14 +290,13 @@ def test_a_gateway_clock_an_hour_early_is_named_as_the_cause_and_delivery_resume
     platform's certificate, issued minutes ago, is not yet valid: the TLS handshake fails. The error must name the
     clock (it said "re-enrol with egw enroll", which would not help), the item must stay queued, nothing may reach
     the platform, and the next run with the clock right delivers it."""
-    from bench.faults import LIBFAKETIME
+    from bench.faults import faketime_env
     from tests.conftest import egw_env
 
-    assert LIBFAKETIME.is_file(), f"{LIBFAKETIME} is missing: apt-get install faketime (scripts/test does)"
     with platform_server(tmp_path / "p") as server:
         gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
         item = ingest_random(gw, 5000, "a.bin")
-        early = egw_env(LD_PRELOAD=str(LIBFAKETIME), FAKETIME="-1h", FAKETIME_DONT_FAKE_MONOTONIC="1", NO_FAKE_STAT="1")
+        early = egw_env(**faketime_env(offset="-1h"))
         down = run_egw("sync", "--once", "--max-attempts", "1", "--data-dir", str(gw.data_dir), "--json", env=early, timeout=60)
         assert down.returncode == 1, down.stderr
         (outcome,) = json.loads(down.stdout)["outcomes"]
