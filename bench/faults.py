@@ -25,8 +25,8 @@ reference platform, restarted on the same port), ``broker`` (SIGKILL of the priv
 ``disk`` (the gateway's data disk, a small tmpfs, filled for 2-5 s; needs root), ``net`` (the gRPC uplink
 through a proxy that delays every chunk 50-300 ms and drops connections, for 3-8 s) and ``clock``:
 
-Clock: the gateway's wall clock jumps by +1 h or -1 h (seeded coin) at a random moment and jumps back
-5-15 s later, as a bad NTP step or an operator setting the time would do. It is done for real, below
+Clock: the gateway's wall clock jumps by +1 h or -1 h (seeded coin) mid-copy (when a partial blob
+passes a random size, as for unplug: a jump on an idle gateway proves little) and jumps back 5-15 s later, as a bad NTP step or an operator setting the time would do. It is done for real, below
 Python: every ``egw run`` of a trial with this fault (including the restarts after ``kill``) runs under
 libfaketime (Debian ``faketime``; LD_PRELOAD of libfaketime.so.1) with ``FAKETIME_TIMESTAMP_FILE``
 pointing at a per-trial file that the harness rewrites atomically (``+0``, ``+3600`` or ``-3600``) and
@@ -680,21 +680,24 @@ port = "{analyzer_url}"
         self.broker.start()
         self.event("mosquitto restarted")
 
-    def _fault_unplug(self) -> None:
-        # "Mid-copy" is the point: wait for a partial blob past a random size rather than a random time.
+    def _wait_mid_copy(self, timeout: float = 30.0) -> tuple[bool, int]:
+        """Wait for a partial blob past a random size (a moment in the middle of the work, not a random time);
+        returns (found, threshold in bytes)."""
         partial = self.data / "blobs" / "tmp"
         threshold = int(self.rng.uniform(0.5, max(1.0, self.opts.fill_mb * 0.6)) * (1 << 20))
-        deadline = time.monotonic() + 30
-        mid_copy = False
-        while time.monotonic() < deadline and not mid_copy:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             for p in list(partial.glob("*.part")):
                 try:
                     if p.stat().st_size > threshold:
-                        mid_copy = True
-                        break
+                        return True, threshold
                 except OSError:
                     pass
             time.sleep(0.002)
+        return False, threshold
+
+    def _fault_unplug(self) -> None:
+        mid_copy, threshold = self._wait_mid_copy()
         busid = f"1-{self.rng.randrange(1, self.opts.recorders + 1)}"
         self.recorders.send(f"unplug {busid}")
         self.event(f"unplug {busid} ({'mid-copy, partial blob > %d MB' % (threshold >> 20) if mid_copy else 'no copy in flight'})")
@@ -722,10 +725,14 @@ port = "{analyzer_url}"
 
     def _fault_clock(self) -> None:
         assert self.clock_file is not None
+        # Like unplug, at a moment in the middle of the work (a partial blob past a random size): a jump that
+        # lands on an idle gateway proves little.
+        mid_copy, threshold = self._wait_mid_copy(timeout=20.0)
         offset = self.rng.choice(self.opts.clock_jumps_s)
         hold = self.rng.uniform(5.0, 15.0)
         self._set_clock(offset)
-        self.event(f"gateway clock jumped {offset / 3600:+.0f} h (for {hold:.1f} s)")
+        when = f"mid-copy, partial blob > {threshold >> 20} MB" if mid_copy else "no copy in flight"
+        self.event(f"gateway clock jumped {offset / 3600:+.0f} h for {hold:.1f} s ({when})")
         time.sleep(hold)
         self._set_clock(0)
         self.event("gateway clock back to real time")
@@ -740,8 +747,9 @@ port = "{analyzer_url}"
         self.event(f"uplink healed ({self.proxy.dropped} connections dropped)")
 
     def inject(self) -> None:
-        # unplug fires on its own trigger (a partial blob of random size), the others at a random moment
-        plan = sorted((0.0 if f == "unplug" else self.rng.uniform(0.5, self.opts.fault_window_s), f) for f in self.opts.faults)
+        # unplug and clock fire on their own trigger (a partial blob of random size), the others at a random moment
+        plan = sorted((0.0 if f in ("unplug", "clock") else self.rng.uniform(0.5, self.opts.fault_window_s), f)
+                      for f in self.opts.faults)
         threads = []
         t0 = time.monotonic()
         for at, fault in plan:
