@@ -25,35 +25,37 @@ reference platform, restarted on the same port), ``broker`` (SIGKILL of the priv
 ``disk`` (the gateway's data disk, a small tmpfs, filled for 2-5 s; needs root), ``net`` (the gRPC uplink
 through a proxy that delays every chunk 50-300 ms and drops connections, for 3-8 s) and ``clock``:
 
-Clock: the gateway's wall clock jumps by +1 h or -1 h (seeded coin) mid-copy (when a partial blob
-passes a random size, as for unplug: a jump on an idle gateway proves little) and jumps back 5-15 s later, as a bad NTP step or an operator setting the time would do. It is done for real, below
-Python: every ``egw run`` of a trial with this fault (including the restarts after ``kill``) runs under
-libfaketime (Debian ``faketime``; LD_PRELOAD of libfaketime.so.1) with ``FAKETIME_TIMESTAMP_FILE``
-pointing at a per-trial file that the harness rewrites atomically (``+0``, ``+3600`` or ``-3600``) and
-``FAKETIME_NO_CACHE=1``, so time(), gettimeofday() and clock_gettime(CLOCK_REALTIME) of the running
-process (Python, SQLite, gRPC's BoringSSL alike) move at once. ``FAKETIME_DONT_FAKE_MONOTONIC=1``: a
-real wall-clock step does not move CLOCK_MONOTONIC. But libfaketime 0.9.10 (Debian bookworm) still
-rewrites the deadlines of monotonic waits (wolfcw/libfaketime#426, #503): every time.sleep() of Python
-3.11 fails with EINVAL and monotonic condition-variable waits (gRPC, the GIL) return at once, even with
-a zero offset. A real step does neither, so a small shim (bench/faketime_monotonic_fix.c, built with
-``cc`` on first use) is preloaded in front of libfaketime and sends monotonic sleeps and waits straight
-to glibc. ``NO_FAKE_STAT=1``: a real step does not rewrite the timestamps of files already on disk,
-least of all those on a recorder, whose own clock did not jump. Only the gateway jumps: the platform, the broker and the devices are other machines. Proof that
-the jump landed is in the trial's events (gateway log lines, custody entries and manifests stamped
-with the jumped time: a jump must be visible in the evidence, never hidden or "corrected").
+Clock: the gateway's wall clock jumps by +1 h or -1 h (seeded coin) mid-copy (when a partial blob passes
+a random size, as for unplug: a jump on an idle gateway proves little) and jumps back 5-15 s later, as a
+bad NTP step or an operator setting the time would do. It is done for real, below Python: every
+``egw run`` of a trial with this fault (including the restarts after ``kill``) runs under libfaketime (Debian
+``faketime``; LD_PRELOAD of libfaketime.so.1) with ``FAKETIME_TIMESTAMP_FILE`` pointing at a per-trial
+file that the harness rewrites atomically (``+0``, ``+3600`` or ``-3600``) and ``FAKETIME_NO_CACHE=1``,
+so time(), gettimeofday() and clock_gettime(CLOCK_REALTIME) of the running process (Python, SQLite,
+gRPC's BoringSSL alike) move at once. ``FAKETIME_DONT_FAKE_MONOTONIC=1``: a real wall-clock step does
+not move CLOCK_MONOTONIC. But libfaketime 0.9.10 (Debian bookworm) still rewrites the deadlines of
+monotonic waits (wolfcw/libfaketime#426, #503): every time.sleep() of Python 3.11 fails with EINVAL and
+monotonic condition-variable waits (gRPC, the GIL) return at once, even with a zero offset. A real step
+does neither, so a small shim (bench/faketime_monotonic_fix.c, built with ``cc`` on first use) is
+preloaded in front of libfaketime and sends monotonic sleeps and waits straight to glibc.
+``NO_FAKE_STAT=1``: a real step does not rewrite the timestamps of files already on disk, least of all
+those on a recorder, whose own clock did not jump. Only the gateway jumps: the platform, the broker and
+the devices are other machines. Proof that the jump landed is in the trial's events (gateway log lines,
+custody entries and manifests stamped with the jumped time: a jump must be visible in the evidence,
+never hidden or "corrected").
 
 TLS under a -1 h jump: the trial's PKI is minutes old (the platform CA, the platform's server and
 receipt-signing certificate and the gateway's certificate are issued at trial start, notBefore = issue
 time - 5 min), so to a gateway whose clock reads an hour early they are not yet valid. Seen in trials:
-a new gRPC connection fails its TLS handshake ("certificate is not yet valid"), and an upload on a
-connection opened before the jump completes but its receipt is refused (the signer certificate is
-checked at the gateway's time); both errors now name the clock. The item stays queued and is delivered
-on the uploader's next retry after the clock is back (the platform already holds the bytes: QueryUpload
-returns the receipt). That is correct, not a stall: a gateway must not accept a receipt signed with a
-certificate it cannot show was valid, and the reference platform's 5-minute backdating of notBefore is
-kept on purpose (real certificates are months old; backdating further would only hide this path from
-the campaign). What the fault proves is that the gateway resumes by itself once its clock is right,
-loses nothing and duplicates nothing.
+new gRPC connections fail their TLS handshake ("certificate is not yet valid"); a receipt that arrives
+on a connection opened before the jump is refused as well (its signer certificate is checked at the
+gateway's time; seen in early runs). Both errors name the clock. The items stay queued and are delivered
+on the uploader's next retry once the clock is back (the platform already holds the bytes: QueryUpload
+returns the receipt), today 60 s later. That is correct, not a stall: a gateway must not accept a
+receipt signed with a certificate it cannot show was valid, and the reference platform's 5-minute
+backdating of notBefore is kept on purpose (real certificates are months old; backdating further would
+only hide this path from the campaign). What the fault proves is that the gateway resumes by itself once
+its clock is right, loses nothing and duplicates nothing.
 
 Out of order: the gateway promises per-lane FIFO on MQTT (gateway/uplink/outbox.py: each lane is sent
 in outbox-id order and re-sent from its oldest un-acknowledged message after a reconnect or restart,
