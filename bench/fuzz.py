@@ -32,7 +32,7 @@ packet is accepted but never sent; a ZFY_INFO without a police number — an
 unbound recorder — decodes but ``encode_zfy_info`` refuses to write one).
 Under atheris the process also runs with ``-rss_limit_mb=2048``.
 
-Engine: atheris (coverage-guided libFuzzer) when it is importable; otherwise,
+Engine: atheris (coverage-guided libFuzzer; `pip install -e .[fuzz]`) when it is importable; otherwise,
 or with ``--engine random``, a coverage-less random + mutation fuzzer of our
 own that keeps inputs producing a new outcome (event/exception kind). The
 test suite (``tests/test_fuzz_smoke.py``) runs the same harness checks

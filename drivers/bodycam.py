@@ -246,6 +246,11 @@ class BodyCamera:
     ``BodyCamError`` subclass, never a transport or codec exception.
     """
 
+    # Officer and unit names that are not GBK are read with U+FFFD and flagged in ``ZfyInfo.lossy``
+    # (their bytes stay in ``ZfyInfo.raw``), rather than refusing the recorder and its recordings:
+    # serial and police number, which identify device and officer, are still checked strictly.
+    zfy_text_errors = "replace"
+
     def __init__(self, device: UsbDevice, password: str | None = None, model: BodyCamModel | None = None,
                  timeout_ms: int = 5000, layout: f9.ZfyLayout | None = None) -> None:
         found = model or lookup_model(device.idVendor, device.idProduct)
@@ -436,7 +441,7 @@ class BodyCamera:
         if csw.status == CswStatus.FAILED:
             self._raise_failure(function, iret_hint=data[0] if data else None)
         try:
-            response = f9.parse_response(function, meaningful, self.model.layout)
+            response = f9.parse_response(function, meaningful, self.model.layout, text_errors=self.zfy_text_errors)
         except ProtocolError as exc:
             raise BodyCamProtocolError(f"recorder sent a malformed {function.name} response: {exc}") from exc
         if isinstance(response, f9.FunctionRefused):
@@ -712,22 +717,39 @@ _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E
 
 
 def unsafe_name_reason(name: str) -> str | None:
-    """Why a directory entry name from a device must not be used, or None if it is plain data we accept."""
+    """Why a directory entry name from a device must not be used, or None if it is plain data we accept.
+
+    Cheap checks first: a volume may list up to ``max_entries`` names, and a printable name
+    (``str.isprintable``: no control, format, surrogate or unassigned characters) needs no
+    per-character look-up.
+    """
     if name in ("", ".", ".."):
         return "dot or empty name"
-    if any(0xDC80 <= ord(c) <= 0xDCFF for c in name):
-        return "name is not valid UTF-8"
+    if _over_long(name):
+        return f"name is longer than {MAX_NAME_BYTES} bytes"
     if "/" in name or "\\" in name:
         return "name contains a path separator"
     if re.match(r"[A-Za-z]:", name):
         return "name looks like an absolute (drive letter) path"
+    if name.isprintable():
+        return None
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in name):
+        return "name is not valid UTF-8"
     if any(unicodedata.category(c) == "Cc" for c in name):
         return "name contains control characters"
     if any(c in _BIDI for c in name):
         return "name contains bidirectional override characters"
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-        return f"name is longer than {MAX_NAME_BYTES} bytes"
     return None
+
+
+def _over_long(name: str) -> bool:
+    """More than ``MAX_NAME_BYTES`` as the file system stores it (the bytes a non-UTF-8 name came as)?"""
+    if len(name) * 4 <= MAX_NAME_BYTES:
+        return False  # four bytes per character at most
+    try:
+        return len(os.fsencode(name)) > MAX_NAME_BYTES
+    except UnicodeEncodeError:  # a lone surrogate that no file system name decodes to
+        return len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
 
 
 def _display(name: str) -> str:
@@ -807,7 +829,12 @@ class HostileEntry:
 class VolumeScan:
     recordings: list[VolumeFile] = field(default_factory=list)  # parsed names
     unparsed: list[VolumeFile] = field(default_factory=list)  # regular files whose names do not parse: kept
-    hostile: list[HostileEntry] = field(default_factory=list)
+    hostile: list[HostileEntry] = field(default_factory=list)  # the first ``max_hostile_listed``, and any cut
+    hostile_counts: dict[str, int] = field(default_factory=dict)  # every refused entry, by kind
+
+    @property
+    def hostile_total(self) -> int:
+        return sum(self.hostile_counts.values())
 
     @property
     def files(self) -> list[VolumeFile]:
@@ -833,12 +860,13 @@ class RecorderVolume:
     """
 
     def __init__(self, root: Path | str, serial: str, model: BodyCamModel = SIMULATOR_MODEL,
-                 max_depth: int = 8, max_entries: int = 100_000) -> None:
+                 max_depth: int = 8, max_entries: int = 100_000, max_hostile_listed: int = 1000) -> None:
         self.root = Path(root)
         self.serial = serial
         self.model = model
         self.max_depth = max_depth
         self.max_entries = max_entries
+        self.max_hostile_listed = max_hostile_listed  # refused entries kept one by one; all are counted
         try:
             self._fd = os.open(self.root, _OPEN_DIR)
         except OSError as exc:
@@ -869,9 +897,8 @@ class RecorderVolume:
     def scan(self) -> VolumeScan:
         """Every entry, classified: recordings, unparsed regular files, hostile entries."""
         result = VolumeScan()
-        counter = [0]
         try:
-            self._walk(self._fd, (), 0, result, counter)
+            self._walk(self._fd, (), 0, result, [0])
         except OSError as exc:
             raise DeviceGone(f"volume of recorder {self.serial} vanished while listing it ({exc})") from exc
         if not self.present():
@@ -880,55 +907,87 @@ class RecorderVolume:
         result.unparsed.sort(key=lambda f: f.parts)
         return result
 
-    def _walk(self, dir_fd: int, parent: tuple[str, ...], depth: int, out: VolumeScan, counter: list[int]) -> None:
+    def _walk(self, dir_fd: int, parent: tuple[str, ...], depth: int, out: VolumeScan, counter: list[int]) -> bool:
+        """List one directory into ``out``; False once the entry limit stopped the walk.
+
+        ``counter`` counts names *read*, not names processed: a directory reads at most what is
+        left of ``max_entries``, so a recorder that lists millions of entries (or names far longer
+        than ours) costs at most ``max_entries`` names of memory, never what it advertises.
+        """
+        left = self.max_entries - counter[0]
+        names: list[str] = []
+        overflow = False
         with os.scandir(dir_fd) as it:
-            names = sorted(entry.name for entry in it)
+            for entry in it:
+                if len(names) >= left:
+                    overflow = True
+                    break
+                names.append(entry.name)
+        counter[0] += len(names)
+        names.sort()
         for name in names:
-            counter[0] += 1
-            raw = os.fsencode(name)
-            if counter[0] > self.max_entries:
-                out.hostile.append(HostileEntry(parent, raw, f"more than {self.max_entries} entries; listing stopped", "too_many"))
-                return
+            if not self._visit(dir_fd, parent, depth, name, out, counter):
+                return False
+        if overflow:
+            where = _display("/".join(parent)) if parent else "the volume root"
+            self._refuse(out, HostileEntry(
+                parent[:-1], os.fsencode(parent[-1]) if parent else b".",
+                f"{where} holds more entries than the limit of {self.max_entries} for a whole volume; "
+                "listing stopped there", "too_many"))
+            return False
+        return True
+
+    def _visit(self, dir_fd: int, parent: tuple[str, ...], depth: int, name: str, out: VolumeScan,
+               counter: list[int]) -> bool:
+        """Classify one entry (recursing into a directory); False once the entry limit was reached."""
+        raw = os.fsencode(name)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return True  # vanished between listing and stat; the final presence check decides
+        reason = unsafe_name_reason(name)
+        if stat.S_ISLNK(st.st_mode):
             try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # vanished between listing and stat; the final presence check decides
-            reason = unsafe_name_reason(name)
-            if stat.S_ISLNK(st.st_mode):
-                try:
-                    target: bytes | None = os.readlink(raw, dir_fd=dir_fd)
-                except OSError:
-                    target = None
-                out.hostile.append(HostileEntry(parent, raw, "symbolic link (not followed)" + (f"; {reason}" if reason else ""),
-                                                "symlink", target))
-                continue
-            if reason is not None:
-                out.hostile.append(HostileEntry(parent, raw, reason, "name"))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if depth + 1 > self.max_depth:
-                    out.hostile.append(HostileEntry(parent, raw, f"directory nested deeper than {self.max_depth}", "too_deep"))
-                    continue
-                try:
-                    child = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
-                except OSError as exc:
-                    if exc.errno == errno.ELOOP:
-                        out.hostile.append(HostileEntry(parent, raw, "became a symbolic link", "symlink"))
-                        continue
-                    raise
-                try:
-                    self._walk(child, (*parent, name), depth + 1, out, counter)
-                finally:
-                    os.close(child)
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                out.hostile.append(HostileEntry(parent, raw, f"special file ({_kind(st.st_mode)}), not opened", "special"))
-                continue
-            parsed = parse_recording_name(name, self.model.name_pattern)
-            entry = VolumeFile(parts=(*parent, name), size=st.st_size, mtime_ns=st.st_mtime_ns, dev=st.st_dev,
-                               ino=st.st_ino, recording=parsed if isinstance(parsed, RecordingName) else None,
-                               parse_error=parsed if isinstance(parsed, str) else None)
-            (out.recordings if entry.parsed else out.unparsed).append(entry)
+                target: bytes | None = os.readlink(raw, dir_fd=dir_fd)
+            except OSError:
+                target = None
+            self._refuse(out, HostileEntry(parent, raw, "symbolic link (not followed)" + (f"; {reason}" if reason else ""),
+                                            "symlink", target))
+            return True
+        if reason is not None:
+            self._refuse(out, HostileEntry(parent, raw, reason, "name"))
+            return True
+        if stat.S_ISDIR(st.st_mode):
+            if depth + 1 > self.max_depth:
+                self._refuse(out, HostileEntry(parent, raw, f"directory nested deeper than {self.max_depth}", "too_deep"))
+                return True
+            try:
+                child = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    self._refuse(out, HostileEntry(parent, raw, "became a symbolic link", "symlink"))
+                    return True
+                raise
+            try:
+                return self._walk(child, (*parent, name), depth + 1, out, counter)
+            finally:
+                os.close(child)
+        if not stat.S_ISREG(st.st_mode):
+            self._refuse(out, HostileEntry(parent, raw, f"special file ({_kind(st.st_mode)}), not opened", "special"))
+            return True
+        parsed = parse_recording_name(name, self.model.name_pattern)
+        entry = VolumeFile(parts=(*parent, name), size=st.st_size, mtime_ns=st.st_mtime_ns, dev=st.st_dev,
+                           ino=st.st_ino, recording=parsed if isinstance(parsed, RecordingName) else None,
+                           parse_error=parsed if isinstance(parsed, str) else None)
+        (out.recordings if entry.parsed else out.unparsed).append(entry)
+        return True
+
+    def _refuse(self, out: VolumeScan, entry: HostileEntry) -> None:
+        """Count every refused entry; keep the first ``max_hostile_listed`` (and a cut, always), so a
+        volume of 100 000 bad names costs counters, not 100 000 records."""
+        out.hostile_counts[entry.kind] = out.hostile_counts.get(entry.kind, 0) + 1
+        if len(out.hostile) < self.max_hostile_listed or entry.kind == "too_many":
+            out.hostile.append(entry)
 
     def open(self, item: VolumeFile) -> "RecordingReader":
         """Open a listed file read-only, without following links, checking it is the file listed."""

@@ -18,6 +18,15 @@ An instrument that re-sends a message it already delivered (its last ACK
 was lost) is recognised by the SHA-256 of the message text and not
 reported twice (``dedupe``).
 
+A broken or hostile instrument cannot exhaust memory: a message beyond
+``max_message`` bytes or ``max_records`` records (4 MiB / 10,000 by default;
+an endless stream of frames, one giant record) is refused — its frames are
+NAKed, never ACKed, so the instrument keeps it — and :meth:`results` /
+:meth:`poll` raise :class:`RapidTestOverflow` once every result received
+before it has been handed over, and on every call after that: close the
+analyzer and open it again (a clean link for both ends).  The gateway does
+that with backoff and raises an alarm.
+
 Nothing is confirmed before it is stored: the ACK of a message's last frame
 is held until the consumer of :meth:`RapidTestAnalyzer.results` asks for the
 item after that message's last result (or calls ``acknowledge()``).  The
@@ -31,7 +40,8 @@ Errors::
     DriverError                    (drivers.errors)
     └── RapidTestError
         ├── RapidTestPortError     the port / URL cannot be opened
-        └── RapidTestDisconnected  the port went away while in use (unplugged, peer closed)
+        ├── RapidTestDisconnected  the port went away while in use (unplugged, peer closed)
+        └── RapidTestOverflow      the instrument sent a message beyond the receiver's limits
 
 Mapping from records (what the simulator sends and most instruments fill):
 
@@ -59,11 +69,14 @@ import serial
 
 from drivers.errors import DriverError
 from firmware_bridge.astm import (
+    MAX_MESSAGE,
+    MAX_RECORDS,
     NEED_DATA,
     RECEIVER_TIMEOUT,
     AstmReceiver,
     FrameRejected,
     MessageReceived,
+    MessageTooLarge,
     Record,
     SessionAborted,
     parse_timestamp,
@@ -78,6 +91,7 @@ __all__ = [
     "RapidTestError",
     "RapidTestPortError",
     "RapidTestDisconnected",
+    "RapidTestOverflow",
     "results_from_message",
     "results_from_transcript",
 ]
@@ -93,6 +107,19 @@ class RapidTestPortError(RapidTestError):
 
 class RapidTestDisconnected(RapidTestError):
     """The port disappeared while in use (USB unplugged, pty closed, TCP peer gone)."""
+
+
+class RapidTestOverflow(RapidTestError):
+    """The instrument sent more than the receiver accepts in one message (bytes or records).
+
+    The message was refused (never acknowledged: the instrument still holds
+    it); the link must be reset before anything else is received.
+    """
+
+
+# At most this much is read from the port per poll: one chunk is what the receiver
+# may hold beyond its message limit before it notices.
+READ_CHUNK = 64 * 1024
 
 
 class Judgement(str, Enum):
@@ -282,18 +309,24 @@ class RapidTestAnalyzer:
     ``receive_timeout``: the E1381 receiver timer (30 s).  ``dedupe``: how
     many recent message digests to remember (0 = report re-sent messages
     again).  ``on_abort(reason, transcript)`` hears about every discarded
-    partial message.  Opening raises :class:`RapidTestPortError`.
+    partial message (a refused oversized one raises :class:`RapidTestOverflow`
+    instead).  ``max_message`` / ``max_records``: the largest message
+    accepted (see :class:`RapidTestOverflow`).  Opening raises
+    :class:`RapidTestPortError`.
     """
 
     def __init__(self, url: str, *, baudrate: int = 9600, encoding: str = "latin-1",
                  receive_timeout: float = RECEIVER_TIMEOUT, dedupe: int = 256,
-                 on_abort: Callable[[str, bytes], None] | None = None, poll_interval: float = 0.05) -> None:
+                 on_abort: Callable[[str, bytes], None] | None = None, poll_interval: float = 0.05,
+                 max_message: int = MAX_MESSAGE, max_records: int = MAX_RECORDS) -> None:
         self.url = url
         self.encoding = encoding
         self.on_abort = on_abort
         self.stats = RapidTestStats()
         self._poll_interval = poll_interval
-        self._receiver = AstmReceiver(timeout=receive_timeout, encoding=encoding, hold_message_ack=True)
+        self._receiver = AstmReceiver(timeout=receive_timeout, encoding=encoding, hold_message_ack=True,
+                                      max_message=max_message, max_records=max_records)
+        self._overflow: RapidTestOverflow | None = None  # raised once the results before it are out
         self._held_digest: str | None = None
         self._pending: deque[RapidTestResult] = deque()
         self._seen: deque[str] = deque(maxlen=dedupe) if dedupe > 0 else deque(maxlen=0)
@@ -306,6 +339,11 @@ class RapidTestAnalyzer:
                 f"cannot open rapid-test analyzer port {url!r}: {exc}; check the device path or URL, "
                 "that the analyzer (or simulator) is running, and that no other program holds the port"
             ) from exc
+        # pyserial's socket:// port reports in_waiting as 0 or 1, not a count: read what
+        # is there without waiting instead, or a TCP analyzer is read two bytes per poll.
+        from serial.urlhandler.protocol_socket import Serial as SocketSerial
+
+        self._in_waiting_is_a_flag = isinstance(self._port, SocketSerial)
 
     # ------------------------------------------------------------ public API
 
@@ -407,14 +445,26 @@ class RapidTestAnalyzer:
                 "check the cable / that the analyzer is on, then open the port again"
             ) from exc
 
+    def _read_available(self, port: serial.SerialBase) -> bytes:
+        """Wait up to ``poll_interval`` for a byte, then take whatever else is there (≤ READ_CHUNK)."""
+        data = port.read(1)
+        if not data:
+            return data
+        if self._in_waiting_is_a_flag:
+            port.timeout = 0
+            try:
+                return data + port.read(READ_CHUNK - 1)
+            finally:
+                port.timeout = self._poll_interval
+        waiting = port.in_waiting
+        return data + port.read(min(waiting, READ_CHUNK - 1)) if waiting else data
+
     def _poll(self, hold: bool) -> list[RapidTestResult]:
         port = self._require_open()
+        if self._overflow is not None:
+            raise self._overflow
         try:
-            data = port.read(1)
-            if data:
-                waiting = port.in_waiting
-                if waiting:
-                    data += port.read(waiting)
+            data = self._read_available(port)
         except (serial.SerialException, OSError) as exc:
             raise RapidTestDisconnected(
                 f"rapid-test analyzer port {self.url!r} failed while reading: {exc}; "
@@ -434,7 +484,9 @@ class RapidTestAnalyzer:
             dropped = self._held_digest
             self._abandon_held()
             new = [r for r in new if r.message_digest != dropped]
-        self._write(self._receiver.data_to_send())
+        self._write(self._receiver.data_to_send())  # the NAK refusing an oversized message included
+        if self._overflow is not None and not new:
+            raise self._overflow
         return new
 
     def _collect(self, hold: bool) -> list[RapidTestResult]:
@@ -457,8 +509,14 @@ class RapidTestAnalyzer:
                 new.extend(results)
             elif isinstance(event, SessionAborted):
                 self.stats.aborted_sessions += 1
-                if self.on_abort is not None:
+                if self.on_abort is not None and not isinstance(event, MessageTooLarge):
                     self.on_abort(event.reason, event.transcript)
+                if isinstance(event, MessageTooLarge) and self._overflow is None:
+                    self._overflow = RapidTestOverflow(
+                        f"rapid-test analyzer on {self.url!r}: {event.reason}. It was not acknowledged, so "
+                        "the instrument still holds it; close and reopen the port to reset the link. If it "
+                        "happens again the instrument is faulty or misconfigured: check its firmware and "
+                        "output settings, and re-run or delete that test on the instrument")
             elif isinstance(event, FrameRejected):
                 self.stats.rejected_frames += event.count
         return new

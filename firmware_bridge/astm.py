@@ -97,7 +97,7 @@ from firmware_bridge.errors import (
 __all__ = [
     # control bytes and limits
     "ENQ", "ACK", "NAK", "EOT", "STX", "ETX", "ETB", "CR", "LF",
-    "MAX_TEXT", "MAX_FRAME",
+    "MAX_TEXT", "MAX_FRAME", "MAX_MESSAGE", "MAX_RECORDS",
     "SENDER_TIMEOUT", "RECEIVER_TIMEOUT", "BUSY_DELAY", "MAX_FAILURES",
     # records
     "Delimiters", "DEFAULT_DELIMITERS", "Repeats", "Field", "Record",
@@ -108,7 +108,7 @@ __all__ = [
     "Frame", "checksum", "encode_frame", "decode_frame", "message_frames",
     # link state machines and their events
     "NEED_DATA", "NeedData", "Event",
-    "MessageReceived", "MessageSent", "SessionAborted", "SessionEnded",
+    "MessageReceived", "MessageSent", "SessionAborted", "MessageTooLarge", "SessionEnded",
     "FrameRejected", "FrameRetransmitted", "LinkBusy", "ContentionLost",
     "AstmReceiver", "AstmSender",
 ]
@@ -129,6 +129,13 @@ SENDER_TIMEOUT: Final = 15.0
 RECEIVER_TIMEOUT: Final = 30.0
 BUSY_DELAY: Final = 10.0
 MAX_FAILURES: Final = 6
+# Receiver limits per message (not in E1381/E1394, which set none): far above any real
+# analyzer report (a 96-sample batch is ~600 records, ~60 KB) and small enough that a
+# sender that never finishes a message cannot exhaust memory (4 MiB of short records
+# costs ~80 MB of Python objects, hence the separate record cap).
+MAX_MESSAGE: Final = 4 * 1024 * 1024
+MAX_RECORDS: Final = 10_000
+_TOO_LARGE_HEAD: Final = 1024  # bytes of an oversized message kept for diagnosis
 
 # Control characters that may never appear inside frame text (CR ends records
 # and is allowed).  Everything below 0x20 except CR, plus DEL for good measure
@@ -621,6 +628,23 @@ class SessionAborted:
 
 
 @dataclass(frozen=True)
+class MessageTooLarge(SessionAborted):
+    """The sender passed the receiver's limit (``max_message`` bytes or ``max_records``
+    records) before finishing a message: a broken or hostile instrument.
+
+    The partial message is discarded and, unlike other aborts, every further
+    frame of the session is refused with NAK — never ACKed, so the sender
+    cannot believe the message was delivered — until it ends the session (EOT),
+    starts a new one (ENQ) or the receiver timer expires.  ``records`` is empty
+    and ``transcript`` holds only the first bytes (for diagnosis): keeping more
+    is what the limit prevents.  ``limit`` is ``"bytes"`` or ``"records"``.  A
+    sender that keeps going after the NAKs ignores the protocol; reset the link.
+    """
+
+    limit: str = "bytes"
+
+
+@dataclass(frozen=True)
 class SessionEnded:
     """The link returned to neutral with nothing pending (EOT, or a quiet timeout)."""
 
@@ -663,7 +687,7 @@ class ContentionLost:
     retry_in: float
 
 
-Event = Union[MessageReceived, MessageSent, SessionAborted, SessionEnded, FrameRejected,
+Event = Union[MessageReceived, MessageSent, SessionAborted, MessageTooLarge, SessionEnded, FrameRejected,
               FrameRetransmitted, LinkBusy, ContentionLost]
 
 
@@ -719,6 +743,10 @@ class AstmReceiver(_Endpoint):
                   ──EOT──────────────────────► IDLE (partial message → SessionAborted)
                   ──ENQ──────────────────────► sender restarted: drop partial, ACK
                   ──30 s without frame/EOT───► IDLE, partial discarded
+                  ──> max_message bytes or───► REFUSING (partial → MessageTooLarge;
+                    max_records records          the frame that crossed the limit is NAKed)
+        REFUSING  ──any frame────────────────► NAK, content dropped unread
+                  ──EOT / ENQ / timer────────► as in RECEIVING (the refusal ends with the session)
 
     Bytes outside frames that are not ENQ/EOT are line noise and ignored; an
     STX inside a frame restarts the frame.  Nothing here ever raises on
@@ -730,19 +758,30 @@ class AstmReceiver(_Endpoint):
     that ACK, so a crash in between costs a re-send, never a result.  If the
     sender gives up first (EOT after its 15 s timer), the held ACK is dropped
     and the instrument will send the message again.
+
+    Memory is bounded by ``max_message`` (bytes received since the previous
+    message ended, noise and retransmissions included) and ``max_records``
+    (records of the message so far).  A message beyond either is refused, not
+    truncated and never ACKed to the end: ACKing the rest would let the
+    instrument think a discarded result was delivered and delete it.
     """
 
     def __init__(self, *, timeout: float = RECEIVER_TIMEOUT, encoding: str = "latin-1",
-                 hold_message_ack: bool = False, max_message: int = 4 * 1024 * 1024) -> None:
+                 hold_message_ack: bool = False, max_message: int = MAX_MESSAGE,
+                 max_records: int = MAX_RECORDS) -> None:
         super().__init__()
         if timeout <= 0:
             raise LocalProtocolError("receiver timeout must be positive")
+        if max_message < MAX_FRAME or max_records < 2:
+            raise LocalProtocolError(f"max_message must be ≥ {MAX_FRAME} bytes and max_records ≥ 2")
         "x".encode(encoding)  # fail early (LookupError) on an unknown codec name
         self.timeout = timeout
         self.encoding = encoding
         self.busy = False
         self.hold_message_ack = hold_message_ack
         self.max_message = max_message
+        self.max_records = max_records
+        self._refusing = False
         self._held = False
         self._interrupt = False
         self._state = _RxState.IDLE
@@ -786,7 +825,8 @@ class AstmReceiver(_Endpoint):
                 i = self._continue_frame(data, i, now)
                 continue
             b = data[i]
-            self._transcript.append(b)
+            if not self._refusing:
+                self._transcript.append(b)
             i += 1
             if b == STX:
                 self._frame = bytearray([STX])
@@ -798,15 +838,13 @@ class AstmReceiver(_Endpoint):
                     self._abort("the sender started a new session (ENQ) in the middle of a message")
                 self._start_session(now)
             # anything else between frames is line noise
-        if len(self._transcript) > self.max_message:
-            # A sender that never finishes a message must not exhaust our memory.
-            self._abort(f"message exceeds {self.max_message} bytes without an L record; discarded")
-            self._discarding = True
+        if len(self._transcript) > self.max_message:  # noise or a frame still arriving
+            self._refuse("bytes")
 
     def handle_timeout(self, now: float) -> None:
         if self._deadline is None or now < self._deadline:
             return
-        if self._has_partial() or self._frame is not None:
+        if not self._refusing and (self._has_partial() or self._frame is not None):
             self._abort(f"no frame or EOT within {self.timeout:g} s; the partial message was discarded")
         else:
             self._events.append(SessionEnded(f"no frame or EOT within {self.timeout:g} s"))
@@ -816,6 +854,7 @@ class AstmReceiver(_Endpoint):
 
     def _reset_session(self) -> None:
         self._held = False
+        self._refusing = False
         self._last_fn: int | None = None
         self._text = bytearray()
         self._transcript = bytearray()
@@ -861,6 +900,20 @@ class AstmReceiver(_Endpoint):
         self._reset_message()
         self._transcript.clear()
 
+    def _refuse(self, limit: Literal["bytes", "records"]) -> None:
+        """Drop the message in progress and refuse the rest of the session (see the state machine)."""
+        if limit == "bytes":
+            reason = (f"the instrument sent more than {self.max_message} bytes without finishing a message "
+                      f"({len(self._records)} records so far)")
+        else:
+            reason = f"the instrument sent more than {self.max_records} records in one message"
+        self._events.append(MessageTooLarge(reason + "; the message was refused", (),
+                                            bytes(self._transcript[:_TOO_LARGE_HEAD]), limit))
+        self._text.clear()
+        self._reset_message()
+        self._transcript.clear()
+        self._refusing = True
+
     def _continue_frame(self, data: bytes, i: int, now: float) -> int:
         assert self._frame is not None
         n = len(data)
@@ -872,23 +925,32 @@ class AstmReceiver(_Endpoint):
             # frame.  No reply: E1381 answers complete frames only, and a NAK here
             # would be a second reply to the one frame the sender is waiting on.
             self._append_frame_bytes(data[i:stx])
-            self._transcript += data[i:stx]
+            if not self._refusing:
+                self._transcript += data[i:stx]
             self._add_rejection(FrameRejected(f"frame cut short by a new STX after {self._frame_len} bytes",
                                               bytes(self._frame)))
-            self._transcript.append(STX)
+            if not self._refusing:
+                self._transcript.append(STX)
             self._frame = bytearray([STX])
             self._frame_len = 1
             return stx + 1
         if lf < 0:
             self._append_frame_bytes(data[i:])
-            self._transcript += data[i:]
+            if not self._refusing:
+                self._transcript += data[i:]
             return n
         self._append_frame_bytes(data[i : lf + 1])
-        self._transcript += data[i : lf + 1]
+        if not self._refusing:
+            self._transcript += data[i : lf + 1]
         raw = bytes(self._frame)
         length = self._frame_len
         self._frame = None
-        if length > MAX_FRAME:
+        if not self._refusing and len(self._transcript) > self.max_message:
+            self._refuse("bytes")  # this frame crossed the limit: NAK it below, never ACK
+        if self._refusing:
+            self._reject("the message in progress was refused for its size; frames are NAKed until the "
+                          "sender ends the session", raw[:MAX_FRAME], now)
+        elif length > MAX_FRAME:
             self._reject(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte maximum", raw, now)
         else:
             self._complete_frame(raw, now)
@@ -938,7 +1000,9 @@ class AstmReceiver(_Endpoint):
         self._last_fn = frame.fn
         self._text += frame.text
         completed = self._take_records() if frame.final else False
-        if completed and self.hold_message_ack:
+        if self._refusing:  # this frame's records went past max_records
+            self._out.append(NAK)
+        elif completed and self.hold_message_ack:
             self._held = True
         else:
             self._reply_ok()
@@ -973,6 +1037,9 @@ class AstmReceiver(_Endpoint):
                 self._discarding = True
                 continue
             self._discarding = False
+            if len(self._records) >= self.max_records:
+                self._refuse("records")
+                break
             self._records.append(record)
             self._message_text += line + b"\r"
             if record.type == "L":

@@ -58,7 +58,7 @@ from __future__ import annotations
 import hmac
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, IntEnum
 from typing import Final, Union
@@ -71,7 +71,7 @@ __all__ = [
     "Function", "IRet", "Direction", "FunctionSpec", "FUNCTION_SPECS", "FAILURE_CODES",
     "ZfyLayout", "ZFY_LAYOUT_94", "ZFY_LAYOUT_89", "ZfyInfo",
     "VendorCommand", "build_cdb", "parse_cdb", "check_password",
-    "encode_zfy_info", "decode_zfy_info",
+    "encode_zfy_info", "decode_zfy_info", "FREE_TEXT_FIELDS",
     "encode_device_time", "decode_device_time", "encode_sync_time", "decode_sync_time",
     "encode_password_payload", "decode_password_payload",
     "IdCodeResponse", "ZfyInfoResponse", "DeviceTimeResponse", "ResolutionResponse",
@@ -193,6 +193,10 @@ class ZfyInfo:
     user_name: str = ""
     unit_no: str = ""
     unit_name: str = ""
+    # As decoded from a device: the exact bytes received, and the text fields whose bytes were not
+    # GBK and were decoded with U+FFFD for the bad bytes (``decode_zfy_info(text_errors="replace")``).
+    raw: bytes = field(default=b"", compare=False, repr=False)
+    lossy: tuple[str, ...] = field(default=(), compare=False)
 
     def problems(self) -> list[str]:
         """Why this record may not be written to a device (empty when it may)."""
@@ -227,27 +231,43 @@ def encode_zfy_info(info: ZfyInfo, layout: ZfyLayout = ZFY_LAYOUT_94) -> bytes:
     return b"".join(_encode_field(getattr(info, name), size, name, layout.terminated) for name, size in layout.fields)
 
 
-def decode_zfy_info(raw: bytes, layout: ZfyLayout = ZFY_LAYOUT_94) -> ZfyInfo:
+FREE_TEXT_FIELDS: Final = ("user_name", "unit_name")
+
+
+def decode_zfy_info(raw: bytes, layout: ZfyLayout = ZFY_LAYOUT_94, *, text_errors: str = "strict") -> ZfyInfo:
     """Parse ZFY_INFO; text after the first NUL of a field is padding and ignored.
 
     The serial must be 7 digits (it is the recorder's identity); the police
     number 6 digits or empty (an unbound recorder); everything else is GBK.
+
+    Text policy: the serial, police number and unit code identify device and
+    officer and are always checked strictly. The officer's and the unit's
+    names are free text for people: with ``text_errors="replace"`` bytes that
+    are not GBK become U+FFFD and the field is named in ``ZfyInfo.lossy``
+    (a reader must not present such a name as exact). ``ZfyInfo.raw`` always
+    keeps the bytes received, so what the device sent can be recorded as is.
     """
+    if text_errors not in ("strict", "replace"):
+        raise LocalProtocolError(f"text_errors must be 'strict' or 'replace', not {text_errors!r}")
     if len(raw) != layout.size:
         raise LengthError(f"ZFY_INFO ({layout.name}) is {layout.size} bytes, got {len(raw)}")
     values: dict[str, str] = {}
+    lossy: list[str] = []
     offset = 0
     for name, size in layout.fields:
-        field = raw[offset:offset + size]
+        chunk = raw[offset:offset + size]
         offset += size
-        text = field.split(b"\0", 1)[0]
-        if layout.terminated and b"\0" not in field:
+        text = chunk.split(b"\0", 1)[0]
+        if layout.terminated and b"\0" not in chunk:
             raise FrameError(f"ZFY_INFO {name} has no NUL terminator in its {size} bytes")
         try:
             values[name] = text.decode("gbk")
         except UnicodeDecodeError as exc:
-            raise FrameError(f"ZFY_INFO {name} is not valid GBK: {text!r} ({exc.reason})") from None
-    info = ZfyInfo(**values)
+            if text_errors == "strict" or name not in FREE_TEXT_FIELDS:
+                raise FrameError(f"ZFY_INFO {name} is not valid GBK: {text!r} ({exc.reason})") from None
+            values[name] = text.decode("gbk", "replace")
+            lossy.append(name)
+    info = ZfyInfo(**values, raw=bytes(raw), lossy=tuple(lossy))
     if not (len(info.serial) == 7 and info.serial.isascii() and info.serial.isdigit()):
         raise FrameError(f"ZFY_INFO serial must be 7 digits, got {info.serial!r}")
     if info.user_no and not (len(info.user_no) == 6 and info.user_no.isascii() and info.user_no.isdigit()):
@@ -452,8 +472,10 @@ def _iret(code: int) -> IRet:
         raise UnknownCodeError(f"iRet {code} is not a GA/T 947.4 return code (0..8)") from None
 
 
-def parse_response(function: Function, data: bytes, layout: ZfyLayout = ZFY_LAYOUT_94) -> Response:
-    """Decode the data-IN phase of an IN function; any other input raises ProtocolError."""
+def parse_response(function: Function, data: bytes, layout: ZfyLayout = ZFY_LAYOUT_94, *,
+                   text_errors: str = "strict") -> Response:
+    """Decode the data-IN phase of an IN function; any other input raises ProtocolError.
+    ``text_errors`` is the ZFY_INFO text policy (see ``decode_zfy_info``)."""
     try:
         function = Function(function)
     except ValueError:
@@ -475,7 +497,7 @@ def parse_response(function: Function, data: bytes, layout: ZfyLayout = ZFY_LAYO
             raise FrameError(f"IDCode must be 5 printable ASCII characters, got {payload!r}")
         return IdCodeResponse(iret, payload.decode("ascii"))
     if function is Function.GET_ZFY_INFO:
-        return ZfyInfoResponse(iret, decode_zfy_info(payload, layout))
+        return ZfyInfoResponse(iret, decode_zfy_info(payload, layout, text_errors=text_errors))
     if function is Function.GET_DEV_TIME:
         return DeviceTimeResponse(iret, decode_device_time(payload))
     if function is Function.READ_RESOLUTION:

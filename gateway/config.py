@@ -50,6 +50,7 @@ class GatewayConfig:
     screen_listen: str | None = "127.0.0.1:8080"
     metrics_listen: str | None = "127.0.0.1:9108"
     log_format: str = "auto"  # auto | json | human
+    log_level: str = "info"  # debug | info | warning | error
     inspector_id: str | None = None
     site: str | None = None
     unit: str | None = None
@@ -57,12 +58,15 @@ class GatewayConfig:
     source: Path | None = None
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 # key -> (expected type(s), description of the fix)
 _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "": {
         "gateway_id": ((str,), "a short name such as \"gw-station-7\""),
         "data_dir": ((str,), "an absolute directory path such as \"/var/lib/egw\""),
         "log_format": ((str,), "\"auto\", \"json\" or \"human\""),
+        "log_level": ((str,), "\"debug\", \"info\", \"warning\" or \"error\""),
     },
     "platform": {
         "address": ((str,), "HOST:PORT of the platform's EvidenceIngest service"),
@@ -199,6 +203,9 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
     log_format = get("", "log_format", "auto")
     if log_format not in ("auto", "json", "human"):
         problems.append(f"log_format: {log_format!r} is not auto, json or human")
+    log_level = get("", "log_level", "info")
+    if log_level not in LOG_LEVELS:
+        problems.append(f"log_level: {log_level!r} is not {', '.join(LOG_LEVELS)}")
     data_dir = data_dir_override or (Path(raw["data_dir"]) if isinstance(raw.get("data_dir"), str) else None)
     if data_dir is None:
         problems.append("data_dir: missing; set data_dir = \"/var/lib/egw\" (or pass --data-dir)")
@@ -224,6 +231,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
         screen_listen=get("screen", "listen", "127.0.0.1:8080") or None,
         metrics_listen=get("metrics", "listen", "127.0.0.1:9108") or None,
         log_format=log_format,
+        log_level=log_level,
         inspector_id=get("defaults", "inspector_id", None),
         site=get("defaults", "site", None),
         unit=get("defaults", "unit", None),

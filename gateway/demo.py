@@ -56,8 +56,11 @@ class Processes:
 
     procs: list[tuple[str, subprocess.Popen[str]]] = field(default_factory=list)
     log_dir: Path = Path(".")
+    finite: set[str] = field(default_factory=set)  # children that end on their own (the analyzer after N tests)
 
-    def start(self, name: str, argv: list[str], lines: int = 1, stdin: bool = False) -> list[str]:
+    def start(self, name: str, argv: list[str], lines: int = 1, stdin: bool = False, finite: bool = False) -> list[str]:
+        if finite:
+            self.finite.add(name)
         log = open(self.log_dir / f"{name}.log", "w")
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=_env(),
                                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
@@ -71,6 +74,19 @@ class Processes:
             out.append(line.strip())
         threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining its stdout
         return out
+
+    def check_alive(self) -> None:
+        """Fail at once, naming the child and its last words, when a part the demo needs has died:
+        otherwise the demo would wait out its step timeout and report items stuck in 'queued'."""
+        for name, proc in self.procs:
+            code = proc.poll()
+            if code is not None and name not in self.finite:
+                log = self.log_dir / f"{name}.log"
+                try:
+                    last = " | ".join(log.read_text(errors="replace").strip().splitlines()[-2:])
+                except OSError:
+                    last = ""
+                raise RuntimeError(f"the {name} process exited (status {code}): {last or 'no output'}; see {log}")
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
@@ -148,7 +164,7 @@ def run_demo(workdir: Path | None, as_json: bool) -> int:
                                                                 "--small", "--drift", "47"), stdin=True)
             (analyzer_url,) = processes.start("rapidtest", _egw("simulate", "rapidtest", "--kind", "pesticide", "--tests", "5",
                                                                 "--tcp", "0", "--interval", "0.5", "--reply-timeout", "2",
-                                                                "--retry-delay", "0.2"))
+                                                                "--retry-delay", "0.2"), finite=True)
             (fingerprint_url,) = processes.start("fingerprint", _egw("simulate", "fingerprint", "--tcp", "0", "--baud", "0",
                                                                      "--finger", "present", "--quality", "0.9"))
             (signpad_url,) = processes.start("signpad", _egw("simulate", "signpad", "--listen", "127.0.0.1:0", "--signer", "Li Wei"))
@@ -164,7 +180,7 @@ def run_demo(workdir: Path | None, as_json: bool) -> int:
         enroll(data_dir, address, token)
         console.print("gateway gw-demo enrolled with the platform CA (mutual TLS from here on)")
         return asyncio.run(_run_station(console, workdir, data_dir, platform_data, broker_url, usbip_url, analyzer_url,
-                                        fingerprint_url, signpad_url, volumes, started, as_json))
+                                        fingerprint_url, signpad_url, volumes, started, as_json, processes.check_alive))
     finally:
         processes.stop()
         if broker_stop is not None:
@@ -178,7 +194,7 @@ def run_demo(workdir: Path | None, as_json: bool) -> int:
 
 async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_data: Path, broker_url: str, usbip_url: str,
                        analyzer_url: str, fingerprint_url: str, signpad_url: str, volumes: Path, started: float,
-                       as_json: bool) -> int:
+                       as_json: bool, check_alive: Any) -> int:
     from gateway.config import parse_config
     from gateway.service.runtime import Runtime
 
@@ -202,12 +218,12 @@ async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_dat
     service_task = asyncio.create_task(runtime.run(ready.update))
     failures: list[str] = []
     try:
-        await _until(lambda: bool(ready), 20, "the station service to start")
+        await _until(lambda: bool(ready), 20, "the station service to start", check_alive)
         console.print(f"station screen: {ready['screen']}")
         snapshot = runtime.station.snapshot
         with console.status("docking three recorders and taking five rapid tests…"):
             await _until(lambda: len([d for d in snapshot()["devices"] if d["kind"] == "bodycam" and d["files_total"]]) == 3
-                         and len(snapshot()["results"]) >= 5, STEP_TIMEOUT_S, "3 docked recorders and 5 results")
+                         and len(snapshot()["results"]) >= 5, STEP_TIMEOUT_S, "3 docked recorders and 5 results", check_alive)
         console.print(f"3 recorders docked · {len(snapshot()['results'])} rapid-test results signed")
         with console.status("signing session: signature pad, then fingerprint…"):
             from gateway.workflows.signing import SigningSession
@@ -226,11 +242,11 @@ async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_dat
                 cams = [d for d in snapshot()["devices"] if d["kind"] == "bodycam" and d["files_total"]]
                 return counts["ingested"] + counts["queued"] + counts["uploading"] == 0 and all(d["safe_to_undock"] for d in cams)
 
-            await _until(all_receipted, STEP_TIMEOUT_S, "every item receipted")
+            await _until(all_receipted, STEP_TIMEOUT_S, "every item receipted", check_alive)
         with console.status("waiting for the MQTT outbox to drain…"):
             from gateway.uplink.outbox import mqtt_status
 
-            await _until(lambda: mqtt_status(data_dir)["outbox"]["count"] == 0, 30, "the MQTT outbox to drain")
+            await _until(lambda: mqtt_status(data_dir)["outbox"]["count"] == 0, 30, "the MQTT outbox to drain", check_alive)
         rows = _items(runtime)
         video = next(r for r in rows if r["kind"] == "video")
         bundle = workdir / "bundle"
@@ -270,9 +286,11 @@ async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_dat
     return 0 if summary["ok"] else 1
 
 
-async def _until(predicate: Any, timeout: float, what: str) -> None:
+async def _until(predicate: Any, timeout: float, what: str, check_alive: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if check_alive is not None:
+            check_alive()
         if await asyncio.to_thread(predicate):
             return
         await asyncio.sleep(0.3)

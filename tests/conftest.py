@@ -49,6 +49,29 @@ def spawn_egw(*args: str, env: dict[str, str] | None = None, **kwargs: object) -
     )
 
 
+def run_egw_peak_rss(*args: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run ``egw ARGS`` to completion; also return its peak RSS in bytes (``wait4`` on that process alone)."""
+    proc = spawn_egw(*args)
+    out: list[str] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda s=stream, b=sink: b.append(s.read()), daemon=True)
+               for stream, sink in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(timeout)
+    if any(reader.is_alive() for reader in readers):
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"egw {' '.join(args)} did not finish within {timeout:g} s")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out[0], err[0]), usage.ru_maxrss * 1024
+
+
 @pytest.fixture
 def egw():
     return run_egw

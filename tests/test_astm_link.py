@@ -22,11 +22,13 @@ from firmware_bridge.astm import (
     LinkBusy,
     MessageReceived,
     MessageSent,
+    MessageTooLarge,
     Record,
     SessionAborted,
     SessionEnded,
     assign_sequence_numbers,
     decode_frame,
+    encode_frame,
 )
 from firmware_bridge.errors import LocalProtocolError
 
@@ -347,19 +349,57 @@ def test_held_ack_is_dropped_when_the_sender_gives_up():
     assert receiver.data_to_send() == b""
 
 
-def test_a_message_that_never_ends_is_cut_off_at_max_message():
+def test_a_message_that_never_ends_is_refused_at_max_message():
     receiver = AstmReceiver(max_message=2000)
     receiver.receive_data(bytes([ENQ]), 0.0)
-    from firmware_bridge.astm import encode_frame
     fn = 1
     receiver.receive_data(encode_frame(fn, b"H|\\^&\r", True), 0.0)
     for _ in range(30):
         fn = (fn + 1) % 8
         receiver.receive_data(encode_frame(fn, b"C|1|I|" + b"x" * 200 + b"\r", True), 0.0)
     got = events(receiver)
-    assert isinstance(got[0], SessionAborted) and "2000 bytes" in got[0].reason
-    assert receiver.data_to_send() == bytes([ACK] * 32)  # still answering: the session goes on
-    # The next complete message is still received.
-    fn = (fn + 1) % 8
-    receiver.receive_data(encode_frame(fn, b"H|\\^&\r", True) + encode_frame((fn + 1) % 8, b"L|1|N\r", True), 0.0)
-    assert isinstance(events(receiver)[0], MessageReceived)
+    too_large = [e for e in got if isinstance(e, MessageTooLarge)]
+    assert len(too_large) == 1 and "2000 bytes" in too_large[0].reason and too_large[0].limit == "bytes"
+    assert isinstance(too_large[0], SessionAborted) and len(too_large[0].transcript) <= 1024
+    replies = receiver.data_to_send()
+    # Frames up to the limit were ACKed; the one that crossed it and every later one is NAKed, never ACKed.
+    assert replies == bytes([ACK] * 11) + bytes([NAK] * 21)
+    assert len(receiver._transcript) == 0  # refusing: nothing more is kept  # noqa: SLF001
+    # The sender gives up (EOT); the next session is received normally.
+    receiver.receive_data(bytes([EOT, ENQ]) + encode_frame(1, b"H|\\^&\r", True) + encode_frame(2, b"L|1|N\r", True), 0.0)
+    assert [type(e) for e in events(receiver)] == [SessionEnded, MessageReceived]
+    assert receiver.data_to_send() == bytes([ACK] * 3)
+
+
+def test_a_giant_message_is_never_acknowledged_to_the_end():
+    """Regression: past max_message the receiver used to keep ACKing the rest of the message, so an
+    instrument sending one giant record got every ACK (MessageSent: it may delete the result) while
+    the receiver had discarded it — a result lost without a trace on either side."""
+    sender, receiver = AstmSender(), AstmReceiver(max_message=2000, hold_message_ack=True)
+    giant = (Record.from_fields("H", {}), Record.from_fields("C", {2: "1", 3: "I", 4: "x" * 5000}), Record("L", ("1", "N")))
+    sender.send_message(giant, 0.0)
+    pump(sender, receiver)
+    sent = events(sender)
+    assert not any(isinstance(e, MessageSent) for e in sent)
+    assert isinstance(sent[-1], SessionAborted)  # the instrument keeps the message and will try again
+    got = events(receiver)
+    assert any(isinstance(e, MessageTooLarge) for e in got) and not any(isinstance(e, MessageReceived) for e in got)
+
+
+def test_a_message_with_too_many_records_is_refused():
+    receiver = AstmReceiver(max_records=50)
+    receiver.receive_data(bytes([ENQ]) + encode_frame(1, b"H|\\^&\r", True), 0.0)
+    fn = 1
+    for _ in range(10):  # 10 frames of 12 short records each (non-standard, but received)
+        fn = (fn + 1) % 8
+        receiver.receive_data(encode_frame(fn, b"C|1|I|x|G\r" * 12, True), 0.0)
+    got = events(receiver)
+    assert [type(e) for e in got if not isinstance(e, FrameRejected)] == [MessageTooLarge]
+    assert got[0].limit == "records" and "50 records" in got[0].reason
+    assert receiver.data_to_send() == bytes([ACK] * 6) + bytes([NAK] * 6)
+    assert receiver._records == []  # noqa: SLF001
+
+
+def test_receiver_limits_must_hold_a_frame():
+    with pytest.raises(LocalProtocolError):
+        AstmReceiver(max_message=100)

@@ -77,6 +77,24 @@ def test_zfy_rejects():
     assert unbound == ZfyInfo("1234567", "")
 
 
+def test_zfy_text_policy_replace_keeps_raw_bytes_and_names_the_lossy_fields():
+    bad = ZFY_94[:15] + bytes.fromhex("d5c5ff80") + bytes(29) + ZFY_94[48:61] + bytes.fromhex("bcbcd5") + bytes(30)
+    info = f9.decode_zfy_info(bad, text_errors="replace")
+    assert (info.serial, info.user_no, info.unit_no) == ("1234567", "010203", "330100000000")
+    assert info.user_name == "张\ufffd\ufffd" and info.unit_name.startswith("技") and "\ufffd" in info.unit_name
+    assert info.lossy == ("user_name", "unit_name") and info.raw == bad
+    assert f9.decode_zfy_info(ZFY_94, text_errors="replace").lossy == ()
+    assert f9.decode_zfy_info(ZFY_94).raw == ZFY_94
+    with pytest.raises(FrameError):  # the default stays strict
+        f9.decode_zfy_info(bad)
+    with pytest.raises(FrameError):  # identity fields are never replaced: a garbled police number is refused
+        f9.decode_zfy_info(ZFY_94[:8] + b"01\xff203\0" + ZFY_94[15:], text_errors="replace")
+    with pytest.raises(LocalProtocolError):  # a replaced name cannot be written back as if it were the device's
+        f9.encode_zfy_info(info)
+    response = f9.parse_response(Function.GET_ZFY_INFO, b"\x00" + bad, text_errors="replace")
+    assert isinstance(response, f9.ZfyInfoResponse) and response.info.lossy == ("user_name", "unit_name")
+
+
 def test_time_golden():
     when = datetime(2026, 3, 5, 7, 8, 9)
     assert f9.encode_device_time(when) == b"20260305070809"

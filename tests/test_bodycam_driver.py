@@ -218,12 +218,17 @@ def test_hostile_entries_reported_never_followed(make, tmp_path):
         assert done, "scan hung (FIFO opened?)"
         scan = done[0]
         reported = {"/".join((*h.parent, os.fsdecode(h.raw_name))) for h in scan.hostile}
-        assert reported == set(sim.hostile_entries)
+        assert reported == set(sim.hostile_entries) and scan.hostile_total == len(sim.hostile_entries)
         assert len(scan.recordings) == 4 and not scan.unparsed  # the planted entries are in neither list
         kinds = {h.kind for h in scan.hostile}
         assert kinds == {"symlink", "name", "special"}
         link = next(h for h in scan.hostile if h.link_target == b"/etc/passwd")
         assert "not followed" in link.reason
+        # the relative links really lead out of the volume to the bait: a host that followed them would read it
+        file_bait, dir_bait = sim.outside_files
+        assert not file_bait.is_relative_to(volume.root) and not dir_bait.is_relative_to(volume.root)
+        assert (volume.root / next(p for p in sim.hostile_entries if p.endswith("_9003.avi"))).read_bytes() == file_bait.read_bytes()
+        assert (volume.root / "DCIM" / "20991231" / dir_bait.name).read_bytes() == dir_bait.read_bytes()
         assert any("\\x1b" in h.display for h in scan.hostile)  # printable rendering for operators
         # a listing entry naming the link cannot be opened through it
         st = os.lstat(volume.root / "DCIM" / "escape")
@@ -266,6 +271,7 @@ def test_unplug_mid_read_raises_device_gone(make, tmp_path):
     with _switch(sim, cam2, tmp_path) as volume:
         again = max(volume.scan().recordings, key=lambda f: f.size)
         assert again.size == big.size == 1_000_000
+        assert again.mtime_ns == big.mtime_ns  # unchanged by the yank: a re-dock recognises what it copied
 
 
 def test_changing_file_detected(make, tmp_path):
@@ -442,3 +448,42 @@ def test_mass_storage_refused_without_a_host_volume(make):
     with pytest.raises(bc.CommandRejected, match="MSC_FAILED") as info:
         cam.switch_to_mass_storage()
     assert info.value.iret is f9.IRet.MSC_FAILED and sim.attached
+
+
+def test_listing_stops_at_the_entry_limit_without_reading_the_rest(tmp_path):
+    """A recorder listing far more entries than the limit costs memory for the limit, not for what it
+    lists: the flood directory is read only that far, the cut is reported once, and what was listed
+    before it (the real recordings) is kept."""
+    import tracemalloc
+
+    root = tmp_path / "vol"
+    (root / "DCIM" / "20260101").mkdir(parents=True)
+    (root / "DCIM" / "20260101" / "1000001_100001_20260101080000_0001.wav").write_bytes(b"RIFF")
+    flood = root / "MISC"
+    flood.mkdir()
+    (flood / "seed").write_bytes(b"x")
+    for i in range(20_000):  # 20 000 names of 199 bytes: 4 MB as Python strings
+        os.link(flood / "seed", flood / f"{i:06d}{'F' * 193}")
+    with bc.RecorderVolume(root, "1000001", max_entries=50) as volume:
+        tracemalloc.start()
+        try:
+            scan = volume.scan()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 500_000, f"listing used {peak} bytes: it read the whole flood directory"
+    cut = [h for h in scan.hostile if h.kind == "too_many"]
+    assert len(cut) == 1 and cut[0].display == "MISC" and "limit of 50" in cut[0].reason
+    assert [f.device_path for f in scan.recordings] == ["DCIM/20260101/1000001_100001_20260101080000_0001.wav"]
+    assert len(scan.unparsed) == 50 - 4  # DCIM, the day, the recording, MISC: then 46 flood names
+
+
+def test_refused_entries_are_all_counted_but_only_the_first_are_kept(tmp_path):
+    root = tmp_path / "vol"
+    root.mkdir()
+    for i in range(10):
+        (root / f"{i:02d}{'L' * 230}").write_bytes(b"x")  # over MAX_NAME_BYTES: refused
+    with bc.RecorderVolume(root, "1000001", max_hostile_listed=3, max_entries=8) as volume:
+        scan = volume.scan()
+    assert [h.kind for h in scan.hostile] == ["name", "name", "name", "too_many"]  # the cut is always kept
+    assert scan.hostile_counts == {"name": 8, "too_many": 1} and scan.hostile_total == 9

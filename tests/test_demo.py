@@ -20,3 +20,28 @@ def test_demo_receipts_and_verifies_everything(tmp_path, broker):
     assert all(item["receipt_id"] for item in summary["items"])
     assert any("ok   receipt" in line for line in summary["bundle_checks"])
     assert run_egw("verify", summary["verified_bundle"]).returncode == 0
+
+
+def test_demo_stops_at_once_naming_a_part_that_died(tmp_path):
+    """Found when a new amqtt release made the platform's MQTT side exit: the demo waited out its 90 s step
+    timeout and reported items "queued" instead of saying that the platform had died, and why."""
+    import sys
+    import time
+
+    from gateway.demo import Processes
+
+    processes = Processes(log_dir=tmp_path)
+    try:
+        die = "import sys; print('ready', flush=True); sys.stderr.write('no subscription acknowledged\\n'); sys.exit(3)"
+        processes.start("platform", [sys.executable, "-c", die])
+        processes.start("analyzer", [sys.executable, "-c", "print('done', flush=True)"], finite=True)
+        for _, proc in processes.procs:
+            proc.wait(20)
+        time.sleep(0.2)  # stderr reaches the log file
+        with pytest.raises(RuntimeError) as failure:
+            processes.check_alive()
+        message = str(failure.value)
+        assert "platform process exited (status 3)" in message and "no subscription acknowledged" in message
+        assert "analyzer" not in message  # a child that ends on its own is not a failure
+    finally:
+        processes.stop()

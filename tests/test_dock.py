@@ -1,6 +1,8 @@
 """The dock workflow end to end: simulated recorders over USB/IP, the reference platform over mTLS."""
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -107,8 +109,17 @@ def test_unplug_mid_copy_then_redock_ingests_each_recording_once(tmp_path):
         partial = data / "blobs" / "tmp"
         while time.monotonic() < deadline and not _copy_in_progress(partial):
             time.sleep(0.002)
-        recorders.stdin.write("unplug 1-1\n")  # while the 800 MB file is being copied
-        recorders.stdin.flush()
+        # Freeze the dock mid-copy until the recorder has really gone: on a loaded machine the rest of the
+        # 800 MB copy could otherwise finish between seeing the partial file and the simulator's unplug.
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            recorders.stdin.write("unplug 1-1\n")  # while the 800 MB file is being copied
+            recorders.stdin.flush()
+            gone = time.monotonic() + 30
+            while time.monotonic() < gone and [v for v in volumes.iterdir() if not v.name.startswith(".")]:
+                time.sleep(0.01)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         out, _ = first.communicate(timeout=120)
         assert first.returncode == 1, "the unplug came after the copy finished: the test did not test anything"
         assert json.loads(out)["safe"] is False

@@ -111,7 +111,7 @@ def test_uploader_restarts_after_dying_on_a_full_disk(tmp_path):
                 except OSError:
                     pass
             station = Station("gw")
-            config = types.SimpleNamespace(data_dir=gw.data_dir, platform_address=None, parallel_uploads=1,
+            config = types.SimpleNamespace(data_dir=gw.data_dir, platform_address=None, platform_insecure=False, parallel_uploads=1,
                                            bandwidth_bytes_per_s=0)
             runtime = types.SimpleNamespace(config=config, station=station,
                                             metrics=types.SimpleNamespace(uploaded_bytes=types.SimpleNamespace(inc=lambda n: None)))

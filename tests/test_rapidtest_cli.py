@@ -67,8 +67,15 @@ def test_egw_simulate_rapidtest_pty_forever_ends_cleanly_on_signal(signum):
             proc.communicate()
 
 
-@pytest.mark.parametrize("args", [["--kind", "blood"], ["--fault", "gremlins"]])
+@pytest.mark.parametrize("args", [["--kind", "blood"], ["--fault", "gremlins"], ["--link", "/tmp/x", "--tcp", "0"],
+                                  ["--fault-from", "0"], ["--giant-bytes", "0"]])
 def test_bad_arguments_are_refused(args):
     proc = run_egw("simulate", "rapidtest", *args, timeout=60)
     assert proc.returncode == 2
-    assert "invalid choice" in proc.stderr or "unknown fault" in proc.stderr
+    assert any(why in proc.stderr for why in ("invalid choice", "unknown fault", "cannot be used with --tcp", "required"))
+
+
+def test_help_documents_the_hostile_faults():
+    text = run_egw("simulate", "rapidtest", "--help", check=True).stdout
+    for word in ("endless", "giant", "unplug", "--flood-bytes", "--giant-bytes", "--unplug-seconds", "--link", "--fault-from"):
+        assert word in text

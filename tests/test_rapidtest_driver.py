@@ -19,7 +19,7 @@ from drivers.rapidtest import (
     RapidTestResult,
     results_from_transcript,
 )
-from simulators.rapidtest import FAULTS, RapidTestSimulator
+from simulators.rapidtest import LINK_FAULTS, RapidTestSimulator
 
 # Timers scaled down from 15 s / 30 s / 10 s so a fault costs a second, not a minute.
 FAST = dict(interval=0, reply_timeout=0.4, retry_delay=0.05, busy_delay=0.2, stall_seconds=0.8)
@@ -62,7 +62,7 @@ def check_against_simulator(results: list[RapidTestResult], sim: RapidTestSimula
 def test_driver_receives_every_result_exactly_once_despite_faults(transport, fault):
     kind = "gold" if fault in ("noise", "stall", None, "all") and transport == "tcp" else "pesticide"
     aborts: list[str] = []
-    faults = list(FAULTS) if fault == "all" else [fault] if fault else []
+    faults = list(LINK_FAULTS) if fault == "all" else [fault] if fault else []
     # nak-storm alternates a short (3) and a fatal (6) burst: it needs two selected messages.
     every = 2 if fault in ("nak-storm", "all") else 3
     sim = RapidTestSimulator(kind, tests=3, faults=faults, fault_rate=0.3, fault_every=every, seed=11, **FAST)

@@ -54,6 +54,7 @@ def _recorders(url: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     urls = _recorders(args.usbip)
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                     if task is None:
                         task = tasks[session.url] = progress.add_task(session.url, total=None)
                     if event == "identified":
-                        progress.update(task, description=f"{session.serial} · {session.officer_name} ({session.officer_no})")
+                        progress.update(task, description=escape(f"{session.serial} · {session.officer_name} ({session.officer_no})"))
                     elif event == "scanned":
                         progress.update(task, total=session.bytes_total)
                     elif event == "bytes":
@@ -148,21 +149,37 @@ class _Delivery:
 
 
 def _table(console: Any, summaries: list[dict[str, Any]], failures: list[str], upload_note: str, safe: bool) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     for summary in summaries:
-        table = Table(title=f"recorder {summary['serial']} · {summary['officer_name']} ({summary['officer_no']}) · "
+        # Everything the recorder chose (file names, the officer's name) is data, never rich markup.
+        table = Table(title=f"recorder {summary['serial']} · {escape(summary['officer_name'])} ({summary['officer_no']}) · "
                             f"clock offset {summary['clock_offset_s']:+.1f} s")
         for column in ("recording", "MB", "state", "released", "safe", "notes"):
             table.add_column(column)
         for r in summary["recordings"]:
             notes = "; ".join(r["problems"] + ([r["error"]] if r["error"] else []))
-            table.add_row(r["device_path"], f"{r['size'] / 1e6:.1f}", r["state"], "yes" if r["released"] else "no",
-                          "[green]yes[/]" if r["safe"] else "[red]NO[/]", notes)
+            table.add_row(escape(r["device_path"]), f"{r['size'] / 1e6:.1f}", r["state"], "yes" if r["released"] else "no",
+                          "[green]yes[/]" if r["safe"] else "[red]NO[/]", escape(notes))
         console.print(table)
         for hostile in summary["hostile_entries"]:
-            console.print(f"[yellow]ignored hostile entry on the recorder: {hostile}[/]")
+            console.print(f"[yellow]not copied, left on the recorder: {escape(hostile['name'])} ({escape(hostile['reason'])})[/]")
+        more = summary["hostile_total"] - len(summary["hostile_entries"])
+        if more > 0:
+            console.print(f"[yellow]… and {more} more entries not copied (counted in the custody log)[/]")
+        if summary["zfy_lossy_fields"]:
+            fields = " and ".join({"user_name": "officer name", "unit_name": "unit name"}.get(f, f)
+                                  for f in summary["zfy_lossy_fields"])
+            console.print(f"[yellow]the {fields} the recorder sent {'are' if ' and ' in fields else 'is'} not valid GBK: "
+                          "shown with \ufffd where bytes were unreadable; the bytes it sent are in the custody log and "
+                          "every manifest (serial and police number were read intact)[/]")
+        for message in summary["attention"]:
+            console.print(f"[bold red]{escape(message)}[/]")
     console.print(upload_note)
     for failure in failures:
-        console.print(f"[red]{failure}[/]")
-    console.print("[bold green]SAFE TO UNDOCK[/]" if safe else "[bold red]NOT SAFE TO UNDOCK: see the rows marked NO above[/]")
+        console.print(f"[red]{escape(failure)}[/]")
+    attention = any(summary["attention"] for summary in summaries)
+    console.print("[bold green]SAFE TO UNDOCK[/]" if safe else
+                  "[bold red]NOT SAFE TO UNDOCK: see the messages in red above[/]" if attention else
+                  "[bold red]NOT SAFE TO UNDOCK: see the rows marked NO above[/]")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, data_dir_override=args.data_dir)
-    setup_logging(config.log_format)
+    setup_logging(config.log_format, getattr(logging, config.log_level.upper()))
     from gateway.service.runtime import Runtime
 
     async def main() -> int:

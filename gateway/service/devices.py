@@ -2,7 +2,12 @@
 
 Each watcher is an ``async`` function the supervisor keeps alive: it raises
 when its device fails (the supervisor backs off and restarts it) and returns
-only when told to stop. Blocking driver calls run in threads.
+only when told to stop. Blocking driver calls run in threads; work that holds
+a thread for as long as a device is attached (an analyzer's receive loop, a
+recorder's copy) gets a thread of its own (:func:`in_own_thread`), never one
+of the event loop's shared executor: that pool has cpu_count + 4 threads, so
+six analyzers on a 2-CPU station took all of it and a seventh device, the
+station's counters and the disk-full alarm waited forever.
 
 * body cameras on a USB/IP server (``usbip = "HOST:PORT"``) are found by
   polling its device list; local USB recorders (``usb = "VID:PID"``) by
@@ -11,7 +16,11 @@ only when told to stop. Blocking driver calls run in threads.
   card that says "safe to undock" only when that holds.
 * rapid-test analyzers on a serial port (a path, a pyserial URL, or found by
   USB VID:PID through ``serial.tools.list_ports``) stream results into the
-  rapid-test pipeline.
+  rapid-test pipeline.  One that sends a message beyond the receiver's limits
+  (an endless stream of frames, a giant record) is cut off: the link is
+  reset through the supervisor's backoff, the refusal is logged and written
+  to the custody log, and a station alarm names the analyzer and what to do
+  until it delivers a result again.
 * fingerprint readers and signature pads are used by signing sessions
   (``egw sign``); their watcher shows whether they are connected.
 """
@@ -21,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import DeviceConfig
 from gateway.errors import DeviceError, GatewayError
@@ -31,10 +42,45 @@ if TYPE_CHECKING:
     from gateway.service.runtime import Runtime
     from gateway.workflows.dock import DockSession, DockWorkflow
 
-__all__ = ["watch_bodycams", "watch_rapidtest", "watch_presence"]
+__all__ = ["watch_bodycams", "watch_rapidtest", "watch_presence", "in_own_thread"]
 
 log = logging.getLogger("egw.devices")
 POLL_S = 1.0
+_SERIAL = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what drivers.bodycam.TemplateLocator accepts as a serial
+STOP_WAIT_S = 5.0  # how long a cancelled analyzer watcher waits for its thread to acknowledge and close
+T = TypeVar("T")
+
+
+def in_own_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":
+    """Run ``fn`` in a new (non-daemon) thread; the future settles with its outcome.
+
+    Cancelling the future does not stop ``fn``: the caller signals it (a stop
+    event) and may wait for it. A non-daemon thread, like the executor's,
+    is waited for at exit rather than killed in the middle of storing evidence.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Any, failed: bool) -> None:
+        if future.done():  # cancelled meanwhile: nobody waits for the outcome
+            return
+        if failed:
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    def run() -> None:
+        try:
+            outcome, failed = fn(), False
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome, failed = exc, True
+        try:
+            loop.call_soon_threadsafe(settle, outcome, failed)
+        except RuntimeError:
+            pass  # the loop has closed: the service stopped while this finished
+
+    threading.Thread(target=run, name=name).start()
+    return future
 
 
 # ---- body-worn cameras ------------------------------------------------------------------
@@ -122,37 +168,41 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
             station.update_device(card_id, "bodycam", bytes_ingested=(card.bytes_ingested if card else 0) + n)
             runtime.metrics.bytes_ingested.inc(n)
         elif event == "ingested":
-            done = sum(1 for r in session.recordings if r.evidence_id)
-            station.update_device(card_id, "bodycam", files_ingested=done)
+            station.update_device(card_id, "bodycam", files_ingested=session.files_ingested)
 
     listeners[url] = progress
     station.update_device(card_id, "bodycam", name=device.name, state="docked", detail="reading identity")
     try:
         if url.startswith("volume://"):
-            session = await asyncio.to_thread(workflow.adopt, url.removeprefix("volume://"))
+            session = await in_own_thread(lambda: workflow.adopt(url.removeprefix("volume://")), f"adopt:{url}")
         else:
-            session = await asyncio.to_thread(workflow.attach, url)
+            session = await in_own_thread(lambda: workflow.attach(url), f"dock:{url}")
     except GatewayError as exc:
         station.update_device(card_id, "bodycam", state="error", detail=str(exc), safe_to_undock=False)
         runtime.metrics.errors.labels(kind="dock").inc()
         log.warning("dock %s failed: %s", url, exc)
         await asyncio.sleep(5)  # the recorder stays listed until re-plugged; do not hammer it
         return
-    # Wait for receipts (the uploader runs in the same process), releasing as they arrive.
+    # Wait for receipts (the uploader runs in the same process), releasing as they arrive; stop waiting
+    # once waiting can change nothing (everything copied is safe and released, or the officer must act).
     while not runtime.stopping.is_set():
         await asyncio.to_thread(workflow.release, session)
         summary = await asyncio.to_thread(workflow.summary, session)
-        receipted = sum(1 for r in summary["recordings"] if r["state"] in ("receipted", "released"))
-        released = sum(1 for r in summary["recordings"] if r["released"])
+        rows = summary["recordings"]
+        receipted = sum(1 for r in rows if r["state"] in ("receipted", "released"))
+        released = sum(1 for r in rows if r["released"])
         safe = summary["safe_to_undock"]
-        waiting = "waiting for platform receipts" if not safe else "every recording is safe"
-        station.update_device(card_id, "bodycam", state="safe" if safe else "waiting-for-receipts", safe_to_undock=safe,
-                              files_receipted=receipted, files_released=released, detail=waiting)
-        if safe and (workflow.release_policy != "receipt" or released == len(summary["recordings"]) or not workflow.platform_enrolled):
+        state, detail = _verdict(summary)
+        station.update_device(card_id, "bodycam", state=state, safe_to_undock=safe,
+                              files_receipted=receipted, files_released=released, detail=detail)
+        settled = workflow.release_policy != "receipt" or not workflow.platform_enrolled or all(
+            r["released"] for r in rows if r["safe"])
+        if state in ("safe", "attention") and settled:
             break
         if session.volume is not None and not session.volume.present():
             station.update_device(card_id, "bodycam", state="undocked" if safe else "error", safe_to_undock=False,
-                                  detail="undocked" if safe else "undocked before every recording was safe: re-dock it")
+                                  detail="undocked" if safe else detail if state == "attention"
+                                  else "undocked before every recording was safe: re-dock it")
             return
         await asyncio.sleep(POLL_S)
     # Stay on the screen until the recorder is unplugged.
@@ -161,14 +211,38 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
     station.remove_device(card_id)
 
 
+def _verdict(summary: dict[str, Any]) -> tuple[str, str]:
+    """(card state, what the officer reads). "attention" when waiting will not make the recorder safe:
+    something on it was not copied, or changed after it was copied; the text says what to do."""
+    rows = summary["recordings"]
+    if summary["safe_to_undock"]:
+        return "safe", "every recording is safe"
+    problems = list(summary["attention"])
+    failed = [r for r in rows if not r["evidence_id"]]
+    if failed:
+        problems.append(f"{len(failed)} recording{'s' if len(failed) > 1 else ''} could not be copied (e.g. "
+                        f"{failed[0]['device_path']}: {failed[0]['error'] or 'not ingested'}); re-dock the recorder "
+                        "to copy again.")
+    problems += [f"{r['device_path']}: {r['error']}" for r in rows if r["changed_on_device"]][:1]
+    waiting = sum(1 for r in rows if r["evidence_id"] and not r["safe"] and not r["changed_on_device"])
+    if waiting or not problems:
+        return "waiting-for-receipts", " ".join(["waiting for platform receipts" + (f" ({waiting} to go)" if waiting else ""),
+                                                  *problems])
+    copied = "Every recording it copied is safe." if any(r["safe"] for r in rows) else ""
+    return "attention", " ".join([*problems, copied]).strip()
+
+
 def _mounted_serials(device: DeviceConfig) -> list[str]:
-    """Serials whose volume is mounted under the locator template (``…/{serial}`` as the last part)."""
+    """Serials whose volume is mounted under the locator template (``…/{serial}`` as the last part).
+    Other directories there (a mount in progress, ``.<serial>.mounting``; anything whose name could
+    not be a serial) are not recorders."""
     template = device.volumes or ""
     if not template.endswith("/{serial}"):
         return []
     root = template[: -len("/{serial}")]
     try:
-        return sorted(entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False) and any(os.scandir(entry.path)))
+        return sorted(entry.name for entry in os.scandir(root) if _SERIAL.fullmatch(entry.name)
+                      and entry.is_dir(follow_symlinks=False) and any(os.scandir(entry.path)))
     except OSError:
         return []
 
@@ -191,13 +265,14 @@ def _serial_url(device: DeviceConfig) -> str | None:
 
 
 async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
-    from drivers.rapidtest import RapidTestAnalyzer, RapidTestError
+    from drivers.rapidtest import RapidTestAnalyzer, RapidTestError, RapidTestOverflow
     from gateway.workflows.rapidtest import RapidTestPipeline
 
     card_id = f"rapidtest:{device.name}"
     url = _serial_url(device)
     if url is None:
-        runtime.station.update_device(card_id, "rapidtest", name=device.name, state="undocked", detail="not connected")
+        runtime.station.update_device(card_id, "rapidtest", name=device.name, state="undocked",
+                                      detail=f"{device.port or device.usb} is not present (unplugged, or a wrong path)")
         await asyncio.sleep(POLL_S)
         raise DeviceError(f"{device.name}: port {device.port or device.usb} is not present")
     pipeline = RapidTestPipeline(runtime.service, inspector_id=runtime.config.inspector_id, site=runtime.config.site,
@@ -206,24 +281,61 @@ async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
                                              *runtime.result_publishers])
     stop = threading.Event()
 
+    def aborted(reason: str, transcript: bytes) -> None:
+        # Mostly link trouble (a stall, an EOT mid-message) that the instrument recovers from by sending the
+        # message again. A malformed record is different: the receiver still ACKs the rest of that message, so
+        # the instrument believes it delivered; this warning is then the only trace. Say it once per abort.
+        log.warning("rapid-test analyzer %s: an incomplete message was discarded: %s", device.name, reason,
+                    extra={"fields": {"device": device.name, "bytes": len(transcript)}})
+
     def serve() -> None:
-        with RapidTestAnalyzer(url, baudrate=device.baud) as analyzer:
+        with RapidTestAnalyzer(url, baudrate=device.baud, on_abort=aborted) as analyzer:
             runtime.station.update_device(card_id, "rapidtest", name=device.name, state="docked", detail=f"listening on {url}")
             while not stop.is_set():
                 for result in analyzer.results(timeout=0.5):
                     pipeline.record(result)
+                    if card_id in runtime.station.alarms:
+                        log.info("rapid-test analyzer %s delivers again; alarm cleared", device.name)
+                        runtime.station.set_alarm(card_id, None)
+                    runtime.device_recovered(card_id)
                     if stop.is_set():
                         analyzer.acknowledge()
                         return
 
+    done = in_own_thread(serve, f"rapidtest:{device.name}")
     try:
-        await asyncio.to_thread(serve)
+        await asyncio.shield(done)
+    except RapidTestOverflow as exc:
+        await _refused(runtime, device, card_id, url, exc)
+        raise DeviceError(f"{device.name}: {exc}") from exc
     except RapidTestError as exc:
         runtime.station.update_device(card_id, "rapidtest", name=device.name, state="error", detail=str(exc))
         raise DeviceError(f"{device.name}: {exc}") from exc
     except asyncio.CancelledError:
-        stop.set()
+        stop.set()  # the loop acknowledges what it stored and closes the port within ~0.5 s
+        await asyncio.wait([done], timeout=STOP_WAIT_S)
+        if done.done() and not done.cancelled():
+            done.exception()  # retrieved: a failure while stopping is no news
         raise
+
+
+async def _refused(runtime: "Runtime", device: DeviceConfig, card_id: str, url: str, exc: Exception) -> None:
+    """A message beyond the limits: the operator must hear of it, and the custody log must say it happened."""
+    alarm = (f"Rapid-test analyzer '{device.name}' ({url}) sent a message too large to accept; it was refused and "
+             "the connection reset. That result was NOT recorded (a working analyzer still holds it). Check the "
+             "analyzer's firmware, output settings and cable; if this repeats, re-run or delete that test on the "
+             "analyzer. This alarm clears when the analyzer delivers a result again.")
+    log.error("rapid-test analyzer %s: message refused, link reset: %s", device.name, exc,
+              extra={"fields": {"device": device.name, "port": url}})
+    runtime.metrics.errors.labels(kind="device-protocol").inc()
+    runtime.station.set_alarm(card_id, alarm)
+    runtime.station.update_device(card_id, "rapidtest", name=device.name, state="error",
+                                  detail=f"message refused (too large); link reset: {exc}")
+    try:
+        await asyncio.to_thread(runtime.service.record_event, None, "device-message-refused",
+                                {"device": device.name, "kind": "rapidtest", "port": url, "reason": str(exc)})
+    except GatewayError as err:  # e.g. the disk is full: the alarm and the log still say it
+        log.error("could not write the refusal to the custody log: %s", err)
 
 
 def _result_row(document: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,10 @@ class Metrics:
         self.uploaded_bytes = Counter("egw_uploaded_bytes", "Bytes sent to the platform", registry=r)
         self.devices = Gauge("egw_devices", "Devices currently attached", ["kind"], registry=r)
         self.errors = Counter("egw_errors", "Errors by kind", ["kind"], registry=r)
+        self.device_failures = Counter("egw_device_failures", "Times a device's watcher failed and was retried "
+                                       "with backoff, per configured device (kind:name)", ["device"], registry=r)
+        self.device_retry_in = Gauge("egw_device_retry_in_seconds", "Backoff before the next attempt after a "
+                                     "device's latest failure (0 once it works again)", ["device"], registry=r)
         self.outbox_depth = Gauge("egw_mqtt_outbox_messages", "MQTT messages waiting for PUBACK", registry=r)
         self._server: object | None = None
 

@@ -22,7 +22,7 @@ from gateway.errors import ConfigError
 from gateway.evidence.service import EvidenceService
 from gateway.service.metrics import Metrics
 from gateway.service.station import Station
-from gateway.service.supervisor import Supervisor
+from gateway.service.supervisor import Backoff, Supervisor
 
 __all__ = ["Runtime", "Component", "DEVICE_WATCHERS", "STOP_GRACE_S"]
 
@@ -60,7 +60,7 @@ class Runtime:
         self.service = EvidenceService(config.data_dir, reserve_bytes=config.reserve_mb << 20, with_sm3=config.sm3)
         self.station = Station(self.service.identity.gateway_id)
         self.metrics = Metrics()
-        self.supervisor = Supervisor(on_error=lambda name, exc: self.metrics.errors.labels(kind="device").inc())
+        self.supervisor = Supervisor(on_error=self._device_failed)
         self.components: list[Component] = []
         self.result_publishers: list[Callable[[Any], None]] = []  # rapid-test results, e.g. to MQTT
         self.stopping = asyncio.Event()
@@ -137,7 +137,31 @@ class Runtime:
                                   "remove the entry or upgrade egw")
             module_name, _, function = target.partition(":")
             factory: DeviceWatcherFactory = getattr(importlib.import_module(module_name), function)
-            self.supervisor.start(f"{device.kind}:{device.name}", lambda d=device, f=factory: f(self, d))
+            # A serial analyzer or pad is cheap to retry (a stat, an open, a loopback/LAN connect) and an
+            # officer who re-plugs one expects it back within seconds: cap its backoff at 5 s, not 30.
+            backoff = Backoff(maximum=5.0) if device.kind != "bodycam" else Backoff()
+            self.supervisor.start(f"{device.kind}:{device.name}", lambda d=device, f=factory: f(self, d), backoff)
+
+    def _device_failed(self, name: str, exc: BaseException) -> None:
+        """Count the failure and show it on the device's card with when it is tried again."""
+        self.metrics.errors.labels(kind="device").inc()
+        self.metrics.device_failures.labels(device=name).inc()
+        unit = self.supervisor.units.get(name)
+        if unit is None:
+            return
+        self.metrics.device_retry_in.labels(device=name).set(round(unit.retry_in, 1))
+        card = self.station.devices.get(name)  # rapid-test and presence cards are named like their unit
+        if card is not None:
+            self.station.update_device(name, card.kind, failures=unit.failures, retry_in_s=round(unit.retry_in, 1),
+                                       detail=f"{card.detail} (attempt {unit.failures} failed; "
+                                              f"next in {unit.retry_in:.1f} s)")
+
+    def device_recovered(self, name: str) -> None:
+        """A device delivered again: clear its failure count (card and metrics)."""
+        self.metrics.device_retry_in.labels(device=name).set(0)
+        card = self.station.devices.get(name)
+        if card is not None and (card.failures or card.retry_in_s is not None):
+            self.station.update_device(name, card.kind, failures=0, retry_in_s=None)
 
     def _request_reload(self) -> None:
         self._reload_requested = True

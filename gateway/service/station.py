@@ -22,7 +22,7 @@ class DeviceCard:
     device_id: str
     kind: str
     name: str = ""
-    state: str = "docked"  # docked | offloading | waiting-for-receipts | safe | undocked | error
+    state: str = "docked"  # docked | offloading | waiting-for-receipts | safe | attention | undocked | error
     officer_name: str = ""
     officer_no: str = ""
     unit: str = ""
@@ -36,6 +36,8 @@ class DeviceCard:
     safe_to_undock: bool = False
     detail: str = ""
     clock_offset_s: float | None = None
+    failures: int = 0  # consecutive failed attempts (the supervisor's count); 0 once it works again
+    retry_in_s: float | None = None  # backoff before the next attempt, after a failure
     updated: float = field(default_factory=time.time)
 
 

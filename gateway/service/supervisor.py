@@ -4,6 +4,11 @@ A device workflow is an ``async def run()`` that returns when the device
 leaves and raises when it fails. The supervisor restarts a failing one with
 exponential backoff and jitter (capped), resets the backoff after a healthy
 run, and never lets one device's failure reach another's task.
+
+Each unit counts its consecutive failures (since its last healthy run) and
+the delay before its next attempt, so the station can show a device as
+failing and when it will be tried again (``on_error`` is called after both
+are known).
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ class _Unit:
     factory: Callable[[], Awaitable[None]]
     backoff: Backoff
     task: asyncio.Task[None] | None = None
-    failures: int = 0
+    failures: int = 0  # consecutive, since the last healthy run
+    total_failures: int = 0
     last_error: str = ""
+    retry_in: float = 0.0  # seconds until the next attempt after the latest failure
 
 
 class Supervisor:
@@ -69,13 +76,23 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - isolate the device; report and retry
-                unit.failures += 1
-                unit.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("device %s failed (%s); retrying", unit.name, unit.last_error)
-                if self.on_error:
-                    self.on_error(unit.name, exc)
                 if loop.time() - started >= unit.backoff.healthy_after:
                     unit.backoff.reset()
+                    unit.failures = 0
+                unit.failures += 1
+                unit.total_failures += 1
+                unit.last_error = f"{type(exc).__name__}: {exc}"
+                unit.retry_in = unit.backoff.next_delay()
+                log.warning("device %s failed (%s); attempt %d failed, retrying in %.1f s", unit.name,
+                            unit.last_error, unit.failures, unit.retry_in)
+                if self.on_error:
+                    try:
+                        self.on_error(unit.name, exc)
+                    except Exception:  # noqa: BLE001 - a reporting bug must not end the device's supervision
+                        log.exception("reporting the failure of device %s failed", unit.name)
+                await asyncio.sleep(unit.retry_in)
+                continue
+            unit.failures = 0
             await asyncio.sleep(unit.backoff.next_delay())
 
     async def stop(self, name: str) -> None:

@@ -17,6 +17,25 @@ __all__ = ["UploaderComponent"]
 log = logging.getLogger("egw.uplink")
 
 
+def _check_transport(enrolled_insecure: bool, config_insecure: bool) -> None:
+    """Plaintext to the platform only when both the enrolment AND this station's config say so.
+
+    Why: the transport is fixed at enrolment (``egw enroll --insecure``); a data directory
+    enrolled that way and then deployed under a config that does not ask for plaintext would
+    otherwise send evidence unencrypted without anyone having chosen it there. The reverse
+    (config insecure, enrolment with TLS) keeps TLS: a config can never switch verification off.
+    """
+    from gateway.errors import ConfigError
+
+    if enrolled_insecure and not config_insecure:
+        raise ConfigError("this gateway was enrolled without TLS (egw enroll --insecure), but the config does not "
+                          "allow plaintext to the platform",
+                          "re-enrol with TLS (egw enroll without --insecure), or, for a local experiment only, "
+                          "set insecure = true under [platform]")
+    if config_insecure and not enrolled_insecure:
+        log.warning("platform.insecure = true is ignored: this gateway was enrolled with mutual TLS and keeps using it")
+
+
 class UploaderComponent:
     """Runs the uploader continuously; without enrolment it stays idle and says why (once)."""
 
@@ -32,6 +51,7 @@ class UploaderComponent:
         config = self.runtime.config
         try:
             link = load_link(config.data_dir, config.platform_address)
+            _check_transport(link.insecure, config.platform_insecure)
         except GatewayError as exc:
             log.warning("uploads are off: %s (%s)", exc, exc.hint)
             self.runtime.station.set_alarm("uplink", f"Not delivering to a platform: {exc}")

@@ -30,6 +30,12 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.enable_retries", 0),  # the uploader resumes itself via QueryUpload
+    # gRPC's default reconnect back-off grows to 120 s: a platform that restarted would stay
+    # "unavailable" to a long-lived channel for up to two minutes after it was back. Reconnecting
+    # to one platform every few seconds at most costs nothing.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 4_000),
 ]
 
 

@@ -13,7 +13,10 @@ them) but never wait for it: they are tiny and their latency matters.
 
 Resume: every attempt starts with ``QueryUpload`` and sends from the committed
 offset the platform reports — never from zero after a break. Failures back
-off exponentially with full jitter. A receipt is verified (platform signature
+off exponentially with full jitter, first inside one delivery (``max_attempts``
+quick tries), then between deliveries (:class:`RetrySchedule`: 2 s, 4 s, … up
+to a minute per item, and at once for every item that only failed because the
+platform was unreachable as soon as any upload is receipted again). A receipt is verified (platform signature
 chaining to the enrolled CA, digest, size, evidence id, gateway) before the
 item becomes ``receipted``; that transition, the stored receipt and the
 custody event ``receipted`` are one transaction.
@@ -46,7 +49,7 @@ from gateway.uplink.link import PlatformLink, load_link
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
 from protos.upload_wire import encode_chunk_request
 
-__all__ = ["Uploader", "UploadOutcome", "TokenBucket", "UploadSettings", "CHUNK_SIZE", "parse_rate"]
+__all__ = ["Uploader", "UploadOutcome", "RetrySchedule", "TokenBucket", "UploadSettings", "CHUNK_SIZE", "parse_rate"]
 
 # 1 MiB messages: PERFORMANCE-NOTES measured gRPC at 0.64 of a raw socket with
 # 1 MiB messages, 0.27 with 64 KiB, and worse again at 3 MiB. It is also small
@@ -57,6 +60,9 @@ POLL_S = 0.05
 RPC_TIMEOUT_S = 30.0
 NON_RETRYABLE = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ALREADY_EXISTS,
                  grpc.StatusCode.UNIMPLEMENTED}
+
+# Failures that say "the platform (or the path to it) is not there", not "this item is wrong".
+UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 T = TypeVar("T")
 ChunkFilter = Callable[[EvidenceRow, int, bytes], bytes]
@@ -104,6 +110,58 @@ class TokenBucket:
         self.tokens -= n
 
 
+class RetrySchedule:
+    """When an item whose delivery failed may be tried again (continuous mode, ``egw run``).
+
+    Why not one fixed delay: a platform restart or a short network outage used to park every
+    failed item for a full minute after the platform was back (the fault campaign saw 77 s to
+    settle after a 10 s outage). So the delay per item doubles from ``first_s`` up to ``max_s``
+    (with jitter, so a fleet does not retry in step), and the moment any upload is receipted —
+    the platform is reachable again — every item that failed only because it was unreachable is
+    due at once. Items that failed for their own reasons (refused, digest mismatch) keep their
+    back-off so a bad item cannot make the uploader spin.
+    """
+
+    def __init__(self, first_s: float = 2.0, max_s: float = 60.0, rng: random.Random | None = None) -> None:
+        self.first_s, self.max_s = first_s, max_s
+        self._rng = rng or random.Random()
+        self._failures: dict[str, int] = {}
+        self._due_at: dict[str, float] = {}
+        self._unreachable: set[str] = set()
+
+    def __contains__(self, evidence_id: str) -> bool:
+        return evidence_id in self._due_at
+
+    def failed(self, evidence_id: str, now: float, *, unreachable: bool) -> float:
+        """Record a failed delivery; return the delay until the item is due again."""
+        n = self._failures.get(evidence_id, 0) + 1
+        self._failures[evidence_id] = n
+        delay = min(self.max_s, self.first_s * 2 ** (n - 1)) * self._rng.uniform(0.5, 1.0)
+        self._due_at[evidence_id] = now + delay
+        if unreachable:
+            self._unreachable.add(evidence_id)
+        else:
+            self._unreachable.discard(evidence_id)
+        return delay
+
+    def succeeded(self, evidence_id: str) -> None:
+        """An item was receipted: forget it, and retry now whatever only waited for the platform."""
+        self._failures.pop(evidence_id, None)
+        self._due_at.pop(evidence_id, None)
+        self._unreachable.discard(evidence_id)
+        for eid in self._unreachable:
+            self._due_at[eid] = 0.0
+        self._unreachable.clear()
+
+    def release_due(self, now: float) -> list[str]:
+        """Items whose wait is over; they leave the schedule (their failure count stays)."""
+        due = [eid for eid, at in self._due_at.items() if at <= now]
+        for eid in due:
+            del self._due_at[eid]
+            self._unreachable.discard(eid)
+        return due
+
+
 @dataclass
 class UploadSettings:
     concurrency: int = 2
@@ -144,6 +202,7 @@ class UploadOutcome:
     resumed_from: list[int] = field(default_factory=list)  # committed offset at the start of each attempt
     attempts: int = 0
     error: str | None = None
+    unreachable: bool = False  # the last attempt failed because the platform could not be reached
     started_at: float = 0.0
     finished_at: float = 0.0
     express: bool = False
@@ -168,9 +227,8 @@ class Uploader:
         self._io_pool = ThreadPoolExecutor(4, thread_name_prefix="uplink-io")
         self._service: EvidenceService | None = None
         self._claimed: set[str] = set()
-        self._given_up: set[str] = set()
-        self._given_up_at: dict[str, float] = {}
-        self._retry_after_s = 60.0
+        self._given_up: set[str] = set()  # failed in this run; in run_once never tried again
+        self._retries = RetrySchedule()
         self._busy = 0
         self._producing: Callable[[], bool] = lambda: False
         self.outcomes: list[UploadOutcome] = []
@@ -229,14 +287,16 @@ class Uploader:
         await self._serve(None)
         return self.outcomes
 
-    async def run(self, stop: asyncio.Event, *, idle_poll_s: float = 1.0, retry_after_s: float = 60.0) -> None:
+    async def run(self, stop: asyncio.Event, *, idle_poll_s: float = 1.0, first_retry_s: float = 2.0,
+                  retry_after_s: float = 60.0) -> None:
         """Deliver continuously until ``stop`` is set (for ``egw run``).
 
-        Items that failed are tried again after ``retry_after_s``; a stop
-        interrupts uploads in flight, which go back to the queue and resume
-        from the platform's committed offset next time.
+        Items that failed are tried again after ``first_retry_s``, doubling up
+        to ``retry_after_s`` (see :class:`RetrySchedule`); a stop interrupts
+        uploads in flight, which go back to the queue and resume from the
+        platform's committed offset next time.
         """
-        self._retry_after_s = retry_after_s
+        self._retries = RetrySchedule(first_retry_s, retry_after_s)
         await self._serve(stop, idle_poll_s)
 
     async def _serve(self, stop: asyncio.Event | None, idle_poll_s: float = POLL_S) -> None:
@@ -279,10 +339,7 @@ class Uploader:
     async def _worker(self, express_only: bool, stop: asyncio.Event | None = None, idle_poll_s: float = POLL_S) -> None:
         while stop is None or not stop.is_set():
             if stop is not None:  # continuous mode: failed items become eligible again after a while
-                now = time.monotonic()
-                for eid in [e for e, t in self._given_up_at.items() if now - t >= self._retry_after_s]:
-                    self._given_up.discard(eid)
-                    del self._given_up_at[eid]
+                self._given_up.difference_update(self._retries.release_due(time.monotonic()))
             producing = self._producing()  # asked before the claim: anything queued earlier is seen by it
             item = await self._db(self._claim, express_only)
             if item is None:
@@ -297,9 +354,11 @@ class Uploader:
             finally:
                 self._busy -= 1
                 self._claimed.discard(item.id)
-            if outcome.status != "receipted":
+            if outcome.status == "receipted":
+                self._retries.succeeded(item.id)  # also: what only waited for the platform is due now
+            else:
                 self._given_up.add(item.id)
-                self._given_up_at[item.id] = time.monotonic()
+                self._retries.failed(item.id, time.monotonic(), unreachable=outcome.unreachable)
             self.outcomes.append(outcome)
             if stop is not None and len(self.outcomes) > 1000:
                 del self.outcomes[:500]
@@ -331,9 +390,11 @@ class Uploader:
                 receipt_raw, receipt = await self._attempt(item, out, express)
             except _Fatal as exc:
                 error = str(exc)
+                out.unreachable = False
                 break
             except grpc.aio.AioRpcError as exc:
                 error = f"{exc.code().name}: {exc.details()}"
+                out.unreachable = exc.code() in UNREACHABLE
                 if exc.code() in NON_RETRYABLE:
                     break
                 details = (exc.details() or "").lower()
@@ -345,8 +406,10 @@ class Uploader:
                               "(issued by another CA, or expired); re-enrol with `egw enroll`")
             except (OSError, GatewayError) as exc:
                 error = f"{exc.__class__.__name__}: {exc}"
+                out.unreachable = False
             except Exception as exc:  # a bug must not leave the item 'uploading' nor stop the other workers
                 error = f"unexpected {exc.__class__.__name__}: {exc} (please report this)"
+                out.unreachable = False
                 break
             else:
                 await self._db(self.service.transition, item.id, "receipted", custody_event="receipted",

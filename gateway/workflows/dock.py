@@ -11,7 +11,21 @@ evidence (same device, path, size, mtime — confirmed by digest).
 
 Release policy (``receipt`` by default): a recording is deleted from the
 recorder only after the platform's verified receipt for a digest equal to a
-fresh re-hash of the device's copy; every deletion is a custody event.
+fresh re-hash of the device's copy; every deletion is a custody event. A
+device copy that no longer matches what was ingested is kept, and the
+recorder is not safe to undock (the newer bytes are not evidence yet).
+
+A hostile recorder: entries the driver refuses (links, special files, names
+it will not use) are never opened, followed or deleted; each is reported
+(the first ``MAX_HOSTILE_EVENTS`` one by one in custody with the name's raw
+bytes, the rest counted). When what was refused may hold recordings (a
+refused name, a listing cut at the driver's entry limit, a directory nested
+too deep), the session carries an ``attention`` message naming the recorder,
+the limit and what the officer must do, and the recorder is not safe to
+undock; its other recordings are still ingested, receipted and released.
+Officer and unit names that are not GBK are read with U+FFFD (see
+``firmware_bridge.bodycam_usb.decode_zfy_info``); the raw ZFY_INFO bytes go
+into the ``docked`` custody event and every manifest.
 """
 
 from __future__ import annotations
@@ -27,8 +41,10 @@ from typing import Any
 from drivers.bodycam import (
     BodyCamera,
     BodyCamError,
+    HostileEntry,
     RecorderVolume,
     VolumeFile,
+    VolumeScan,
     open_storage,
 )
 from gateway.errors import DeviceError, GatewayError
@@ -41,6 +57,11 @@ __all__ = ["DockWorkflow", "DockSession", "DockedRecording", "RELEASE_POLICIES"]
 
 log = logging.getLogger("egw.dock")
 RELEASE_POLICIES = ("receipt", "ingest", "never")
+MAX_HOSTILE_EVENTS = 50  # refused entries recorded (and shown) one by one; the rest are counted
+_KEPT = {"receipt": "Nothing was deleted from the recorder that the platform has not receipted.",
+         "ingest": "Nothing was deleted from the recorder that is not stored and signed here.",
+         "never": "Nothing was deleted from the recorder."}
+_HAND_OVER = "Do not put this recorder back into service: hand it to the evidence administrator to copy the rest on a workstation."
 _KIND_BY_MEDIA = {"video": "video", "audio": "audio", "photo": "photo"}
 
 
@@ -56,6 +77,7 @@ class DockedRecording:
     problems: list[str] = field(default_factory=list)
     released: bool = False
     error: str | None = None
+    changed_on_device: bool = False  # the device copy no longer matches the evidence: kept, not safe
 
 
 @dataclass
@@ -71,7 +93,12 @@ class DockSession:
     device_time: str | None = None
     gateway_time: str | None = None
     recordings: list[DockedRecording] = field(default_factory=list)
-    hostile: list[str] = field(default_factory=list)
+    hostile: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_HOSTILE_EVENTS refused entries
+    hostile_total: int = 0
+    files_ingested: int = 0  # recordings that are evidence now (counted, not recounted per file: 10 000s of them)
+    attention: list[str] = field(default_factory=list)  # what keeps the recorder from being safe besides receipts
+    zfy_info_hex: str = ""  # ZFY_INFO exactly as the recorder sent it
+    zfy_lossy: tuple[str, ...] = ()  # name fields that were not GBK (read with U+FFFD)
     error: str | None = None
     volume: RecorderVolume | None = None
     reading: Any = None  # the DeviceClockReading taken before the sync (None for an adopted volume)
@@ -127,6 +154,8 @@ class DockWorkflow:
 
             docked = json.loads(bytes(row[0]))
             session.officer_no = docked.get("officer_no") or ""
+            session.zfy_info_hex = docked.get("zfy_info_hex") or ""
+            session.zfy_lossy = tuple(docked.get("zfy_lossy_fields") or ())
             session.clock_offset_s = docked.get("clock_offset_s")
             session.device_time, session.gateway_time = docked.get("device_time"), docked.get("gateway_time")
         try:
@@ -155,19 +184,23 @@ class DockWorkflow:
             session.gateway_time = reading.host_utc.isoformat()
             session.reading = reading
             session.id_code = info.id_code
+            session.zfy_info_hex, session.zfy_lossy = info.zfy.raw.hex(), info.zfy.lossy
             camera.switch_to_mass_storage()
-        self.service.record_event(None, "docked", {
+        docked: dict[str, Any] = {
             "device_id": session.device_id, "serial": session.serial, "officer_no": session.officer_no,
             "clock_offset_s": session.clock_offset_s, "device_time": session.device_time, "gateway_time": session.gateway_time,
-        })
+            "zfy_info_hex": session.zfy_info_hex,
+        }
+        if session.zfy_lossy:
+            docked["zfy_lossy_fields"] = list(session.zfy_lossy)
+            log.warning("recorder %s sent %s that are not GBK: read with U+FFFD, raw bytes recorded",
+                        session.serial, " and ".join(session.zfy_lossy))
+        self.service.record_event(None, "docked", docked)
         self.progress(session, "identified", 0)
 
     def _ingest_volume(self, session: DockSession, volume: RecorderVolume) -> None:
         scan = volume.scan()
-        session.hostile = [h.display for h in scan.hostile]
-        for hostile in scan.hostile:
-            self.service.record_event(None, "hostile-entry", {"device_id": session.device_id, "name": hostile.display,
-                                                              "reason": hostile.reason})
+        self._report_hostile(session, volume, scan)
         ordered = sorted(scan.recordings, key=lambda f: (not f.recording.important, f.recording.start, f.parts))  # type: ignore[union-attr]
         for item in [*ordered, *scan.unparsed]:
             session.recordings.append(DockedRecording(item.device_path, item.size,
@@ -177,6 +210,7 @@ class DockWorkflow:
             try:
                 with self.copy_slots:
                     self._ingest_one(session, volume, recording)
+                session.files_ingested += 1
             except (BodyCamError, GatewayError) as exc:
                 recording.error = str(exc)
                 log.warning("recording %s of %s not ingested: %s", recording.device_path, session.serial, exc)
@@ -185,6 +219,40 @@ class DockWorkflow:
                     raise DeviceError(session.error) from exc
             self.progress(session, "ingested", 0)
         self.service.sign_tree_head()
+
+    def _report_hostile(self, session: DockSession, volume: RecorderVolume, scan: VolumeScan) -> None:
+        """Record what the driver refused (bounded: a recorder may list 100 000 such entries) and say
+        what keeps the recorder from being safe when a refused entry may hold recordings."""
+        session.hostile_total = scan.hostile_total
+        for hostile in scan.hostile[:MAX_HOSTILE_EVENTS]:
+            row = _hostile_row(hostile)
+            session.hostile.append(row)
+            self.service.record_event(None, "hostile-entry", {"device_id": session.device_id, **row})
+        if scan.hostile_total > len(session.hostile):
+            by_kind = dict(scan.hostile_counts)
+            for row in session.hostile:
+                by_kind[row["kind"]] -= 1
+            self.service.record_event(None, "hostile-entries-not-listed", {
+                "device_id": session.device_id, "count": scan.hostile_total - len(session.hostile),
+                "by_kind": {kind: n for kind, n in by_kind.items() if n}})
+        who, hand_over = f"recorder {session.serial}", f"{_KEPT[self.release_policy]} {_HAND_OVER}"
+        for cut in (h for h in scan.hostile if h.kind == "too_many"):
+            session.attention.append(
+                f"{who}: its volume lists more entries than the limit of {volume.max_entries}; the gateway stopped "
+                f"listing at {cut.display}, so recordings past the limit were not copied. {hand_over}")
+        deep = scan.hostile_counts.get("too_deep", 0)
+        if deep:
+            example = next((h.display for h in scan.hostile if h.kind == "too_deep"), "")
+            session.attention.append(
+                f"{who}: {deep} director{'y' if deep == 1 else 'ies'} nested deeper than {volume.max_depth} levels "
+                f"(e.g. {example}) were not listed; files in them were not copied. {hand_over}")
+        refused = scan.hostile_counts.get("name", 0)
+        if refused:
+            first = next((h for h in scan.hostile if h.kind == "name"), None)
+            example = f" (e.g. {first.display[:80]}: {first.reason})" if first is not None else ""
+            session.attention.append(
+                f"{who}: {refused} entr{'y' if refused == 1 else 'ies'} with names the gateway will not use{example} "
+                f"were not copied and are still on the recorder. {hand_over}")
 
     def _manifest_input(self, session: DockSession, item: VolumeFile) -> ManifestInput:
         name = item.recording
@@ -203,7 +271,8 @@ class DockWorkflow:
             captured_at_device=captured_device, clock_offset_s=session.clock_offset_s, captured_at=captured,
             important=bool(name and name.important),
             extra={"device": {"serial": session.serial, "id_code": session.id_code, "officer_name": session.officer_name,
-                              "adopted_volume": session.adopted},
+                              "adopted_volume": session.adopted, "zfy_info_hex": session.zfy_info_hex,
+                              **({"zfy_lossy_fields": list(session.zfy_lossy)} if session.zfy_lossy else {})},
                    "clock": {"device_time": session.device_time, "gateway_time": session.gateway_time,
                              "offset_s": session.clock_offset_s}},
         )
@@ -256,7 +325,7 @@ class DockWorkflow:
     def safe(self, session: DockSession, recording: DockedRecording) -> bool:
         """Is the recording safe, i.e. can the officer walk away? Receipted by the platform
         (or, with no platform enrolled, stored, hashed and signed here)."""
-        if recording.evidence_id is None:
+        if recording.evidence_id is None or recording.changed_on_device:
             return False
         if not self.platform_enrolled:
             return True
@@ -285,7 +354,9 @@ class DockWorkflow:
                 recording.error = f"not released: {exc}"
                 continue
             if fresh != row.sha256:
-                recording.error = f"device copy changed since ingest (now {fresh[:12]}…, evidence {row.sha256[:12]}…): kept"
+                recording.changed_on_device = True
+                recording.error = (f"device copy changed since ingest (now {fresh[:12]}…, evidence {row.sha256[:12]}…): "
+                                   "kept on the recorder; re-dock it later to copy the new version")
                 self.service.record_event(row.id, "release-refused", {"reason": "digest mismatch", "device_sha256": fresh})
                 continue
             try:
@@ -310,9 +381,21 @@ class DockWorkflow:
             state = self.service.state.get(r.evidence_id).state if r.evidence_id else "not ingested"
             rows.append({"device_path": r.device_path, "size": r.size, "important": r.important, "evidence_id": r.evidence_id,
                          "sha256": r.sha256, "state": state, "copied": r.copied, "released": r.released,
+                         "changed_on_device": r.changed_on_device,
                          "safe": self.safe(session, r), "problems": r.problems, "error": r.error})
         return {"url": session.url, "serial": session.serial, "officer_no": session.officer_no,
                 "officer_name": session.officer_name, "clock_offset_s": session.clock_offset_s,
                 "battery_percent": session.battery_percent, "hostile_entries": session.hostile,
-                "error": session.error, "recordings": rows,
-                "safe_to_undock": bool(rows) and all(r["safe"] for r in rows) and session.error is None}
+                "hostile_total": session.hostile_total, "attention": session.attention,
+                "zfy_lossy_fields": list(session.zfy_lossy), "error": session.error, "recordings": rows,
+                "safe_to_undock": bool(rows) and all(r["safe"] for r in rows) and session.error is None
+                and not session.attention}
+
+
+def _hostile_row(hostile: HostileEntry) -> dict[str, Any]:
+    """A refused entry for custody and the report: printable name, the name's exact bytes, why."""
+    row: dict[str, Any] = {"name": hostile.display, "name_hex": hostile.raw_name.hex(), "kind": hostile.kind,
+                           "reason": hostile.reason}
+    if hostile.link_target is not None:
+        row["link_target_hex"] = hostile.link_target.hex()
+    return row

@@ -9,6 +9,11 @@ Later lines report events (``mounted 1-1 1000001 <dir>``). Commands on stdin,
 one per line, drive faults from a test or an operator:
 ``unplug BUSID`` (yank: volume truncated and gone), ``replug BUSID``,
 ``eject BUSID``, ``halt BUSID EP`` (one clearable stall), ``quit``.
+
+Fault switches (``--hostile-names``, ``--flood-entries N``, ``--zfy-invalid-gbk``,
+``--changing-file``, …) apply to every recorder; ``--help`` describes each and
+``simulators.bodycam.device`` documents what it does on the wire and on the volume.
+``--tiny-recordings N`` adds N tiny recordings to stress a dock by file count.
 SIGTERM / SIGINT stop it cleanly.
 """
 
@@ -39,20 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recordings", type=int, default=4, help="recordings per recorder (video, video, audio, photo, …)")
     p.add_argument("--minutes", type=float, default=0.05, help="length of each video/audio recording in minutes")
     p.add_argument("--fill-mb", type=float, default=0, help="add one bulk file of this many MB (random bytes) per recorder")
+    p.add_argument("--tiny-recordings", type=int, default=0, metavar="N",
+                   help="add N tiny (52-byte) WAV recordings per recorder, one a minute over N/1440 days: "
+                        "a dock stressed by file count (10000 files take about a second to make)")
     p.add_argument("--drift", type=float, default=47.0, help="recorder clock drift in seconds (recorder i gets i×drift)")
     p.add_argument("--small", action="store_true", help="320×180 at 5 fps instead of 1280×720 at 10 fps")
     p.add_argument("--password", default="000000", help="recorder password (6 characters)")
     p.add_argument("--serial-base", type=int, default=1000001, help="serial of the first recorder (7 digits)")
     p.add_argument("--container", choices=["avi", "mp4"], default="avi", help="video container (MJPG AVI or MPEG-4 MP4)")
     faults = p.add_argument_group("faults (applied to every recorder)")
-    faults.add_argument("--hostile-names", action="store_true")
-    faults.add_argument("--truncated-video", action="store_true")
-    faults.add_argument("--changing-file", action="store_true")
-    faults.add_argument("--locked", action="store_true")
-    faults.add_argument("--stall-endpoint", type=lambda s: int(s, 0))
+    faults.add_argument("--hostile-names", action="store_true",
+                        help="the volume also holds links out of it (to /etc/passwd, to /, and relative ones into bait "
+                             "files in <volumes>/.outside-<serial>/), a second name for a real recording, names with "
+                             "control characters, backslashes, a drive letter, invalid UTF-8, a 250-byte name and a FIFO")
+    faults.add_argument("--truncated-video", action="store_true", help="one video is cut to 60%% of its bytes")
+    faults.add_argument("--changing-file", action="store_true",
+                        help="while mounted, the newest video grows by 4 KiB every 20 ms (a file still being written)")
+    faults.add_argument("--locked", action="store_true", help="start locked out, as after five wrong passwords")
+    faults.add_argument("--stall-endpoint", type=lambda s: int(s, 0), metavar="EP",
+                        help="this endpoint (0x81 or 0x02) stalls every transfer, even after CLEAR_FEATURE(HALT)")
     faults.add_argument("--slow", type=float, metavar="BYTES_PER_S", help="throttle USB bulk transfers")
-    faults.add_argument("--unplug-after-usb-bytes", type=int)
+    faults.add_argument("--unplug-after-usb-bytes", type=int, metavar="N",
+                        help="vanish from the bus once N bulk bytes moved (mid-command when N falls inside one)")
     faults.add_argument("--unplug-after-mount-seconds", type=float, help="yank the volume this long after it appears")
+    faults.add_argument("--flood-entries", type=int, default=0, metavar="N",
+                        help="the volume also holds MISC/ with N entries named with 255 bytes (over the driver's 200), "
+                             "written one at a time at mount, and GetStorage advertises 4294967295 files")
+    faults.add_argument("--zfy-invalid-gbk", action="store_true",
+                        help="GetZFYInfo sends officer and unit names that are not valid GBK (serial and police "
+                             "number stay valid)")
     return p
 
 
@@ -71,12 +91,14 @@ def build_recorders(args: argparse.Namespace, volumes: Path) -> list[tuple[str, 
             stall_endpoint=args.stall_endpoint, unplug_after_usb_bytes=args.unplug_after_usb_bytes,
             slow_bytes_per_s=args.slow, locked=args.locked, hostile_names=args.hostile_names,
             truncated_video=args.truncated_video, changing_file=args.changing_file,
-            unplug_after_mount_seconds=args.unplug_after_mount_seconds,
+            unplug_after_mount_seconds=args.unplug_after_mount_seconds, flood_entries=args.flood_entries,
+            zfy_invalid_gbk=args.zfy_invalid_gbk,
         )
         sim = BodyCamSimulator(
             serial, user_no=f"{100001 + i:06d}", user_name=OFFICERS[i % len(OFFICERS)], password=args.password,
             battery=max(5, 95 - 7 * i), drift_seconds=args.drift * (i + 1), frame_size=size, fps=fps,
             video_seconds=args.minutes * 60, recordings=args.recordings, fill_mb=args.fill_mb,
+            tiny_recordings=args.tiny_recordings,
             video_container=args.container, volumes_dir=volumes, faults=faults,
         )
         out.append((f"1-{i + 1}", sim))

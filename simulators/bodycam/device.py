@@ -22,6 +22,9 @@ which is then renamed to ``<volumes>/<serial>`` so a host never sees a half
 populated volume. Faults that damage files on "unplug" first give the
 staging copy a fresh inode, so the recorder's own copy survives a yank.
 
+Load (constructor): ``tiny_recordings=N`` adds N valid 52-byte WAV recordings,
+one a minute, for docks stressed by file count rather than size.
+
 Faults (constructor ``faults=`` and methods for tests):
 
 * ``stall_endpoint`` — that endpoint stalls every transfer, even after
@@ -34,6 +37,20 @@ Faults (constructor ``faults=`` and methods for tests):
   that points outside, a symlinked directory pointing at ``/``, names with
   control characters, backslash/drive-letter paths, a name that is not valid
   UTF-8, a 250-byte name and a FIFO (opening it would block a naive reader).
+  Relative links also lead out of the volume into bait files kept next to
+  it (``outside_path`` = ``<volumes>/.outside-<serial>/``): a file link
+  posing as a recording and a link posing as a day directory, plus a second
+  name (link) for a real recording. A host that follows links would copy the
+  bait as evidence (or delete it); ``outside_files`` lists the bait.
+* ``flood_entries`` — the volume also holds ``MISC/`` with that many entries,
+  each a 255-byte name (the Linux maximum; over the driver's 200), written
+  one at a time when the volume mounts (hard links to an empty file every
+  50 000, so 100 000 entries take seconds and almost no disk), and GetStorage
+  advertises 4 294 967 295 files. Drivers must cap what they list.
+* ``zfy_invalid_gbk`` — GetZFYInfo sends officer and unit names that are not
+  GBK (``INVALID_GBK_USER_NAME``, ``INVALID_GBK_UNIT_NAME``: "张" then
+  ``FF 80``; "杭州" then a lead byte cut off); serial and police number
+  stay valid.
 * ``truncated_video`` — one video is cut to 60 % of its bytes.
 * ``changing_file`` — while mounted, the newest video keeps growing (a
   thread appends 4 KiB every 20 ms), like a file still being written.
@@ -69,7 +86,7 @@ from firmware_bridge.bot import (
 from firmware_bridge.errors import ProtocolError, TransportClosed, UsbStall
 from firmware_bridge.usb import EndpointSpec, InterfaceSpec, SetupPacket, UsbDeviceBase
 
-from .media import RecordingSpec, recording_name, write_audio, write_fill, write_photo, write_video
+from .media import RecordingSpec, recording_name, write_audio, write_fill, write_photo, write_tiny_audio, write_video
 
 __all__ = ["BodyCamSimulator", "BodyCamFaults", "EP_IN", "EP_OUT", "default_plan"]
 
@@ -90,6 +107,16 @@ class BodyCamFaults:
     truncated_video: bool = False
     changing_file: bool = False
     unplug_after_mount_seconds: float | None = None
+    flood_entries: int = 0
+    zfy_invalid_gbk: bool = False
+
+
+# What ``zfy_invalid_gbk`` sends in place of the officer's and the unit's name: "张" then 0xFF (no GBK
+# byte) and 0x80 (not a lead byte); "杭州" then a lead byte whose second byte the firmware cut off.
+INVALID_GBK_USER_NAME = "张".encode("gbk") + b"\xff\x80"
+INVALID_GBK_UNIT_NAME = "杭州".encode("gbk") + b"\xd5"
+FLOOD_DIR = "MISC"
+FLOOD_NAME_BYTES = 255  # the longest name Linux allows; the driver's limit is 200
 
 
 def default_plan(count: int, end: datetime, video_seconds: float, fill_mb: float = 0) -> list[RecordingSpec]:
@@ -106,6 +133,13 @@ def default_plan(count: int, end: datetime, video_seconds: float, fill_mb: float
     if fill_mb > 0:
         plan.append(RecordingSpec(kind="fill", start=start, size_bytes=int(fill_mb * 1_000_000)))
     return plan
+
+
+def _tiny_plan(count: int, before: datetime) -> list[RecordingSpec]:
+    """``count`` tiny audio recordings, one a minute, ending before ``before`` (so over ~count/1440 day
+    directories); sequence numbers wrap at 9999 as the name pattern allows, the start times keep names unique."""
+    first = before.replace(microsecond=0) - timedelta(minutes=count + 1)
+    return [RecordingSpec(kind="tiny", start=first + timedelta(minutes=i), seconds=0.0) for i in range(count)]
 
 
 def _utc_now() -> datetime:
@@ -140,6 +174,7 @@ class BodyCamSimulator(UsbDeviceBase):
         video_seconds: float = 2.0,
         recordings: int | Sequence[RecordingSpec] = 4,
         fill_mb: float = 0,
+        tiny_recordings: int = 0,
         video_container: str = "avi",
         layout: f9.ZfyLayout = f9.ZFY_LAYOUT_94,
         opcode: int = f9.VENDOR_OPCODE,
@@ -182,10 +217,12 @@ class BodyCamSimulator(UsbDeviceBase):
         self._plan = list(recordings) if not isinstance(recordings, int) else None
         self._plan_count = recordings if isinstance(recordings, int) else 0
         self._fill_mb = fill_mb
+        self._tiny = tiny_recordings
         self.files: list[str] = []  # recorder-relative names, POSIX separators
         self.truncated_file: str | None = None
         self.changing_file: str | None = None
         self.hostile_entries: list[str] = []
+        self.outside_files: list[Path] = []
         self._prepared = False
         self._grower: threading.Thread | None = None
         self._grower_stop = threading.Event()
@@ -229,8 +266,9 @@ class BodyCamSimulator(UsbDeviceBase):
                 self._plan_count, self.device_time(), self.video_seconds, self._fill_mb)
             if self.video_container == "mp4":
                 plan = [RecordingSpec("video_mp4", s.start, s.seconds, s.important) if s.kind == "video" else s for s in plan]
+            plan = _tiny_plan(self._tiny, min((s.start for s in plan), default=self.device_time())) + plan
             for seq, spec in enumerate(plan, start=1):
-                name = recording_name(self.info.serial, self.info.user_no or "000000", spec, seq)
+                name = recording_name(self.info.serial, self.info.user_no or "000000", spec, (seq - 1) % 9999 + 1)
                 path = self.media_dir / name
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if spec.kind in ("video", "video_mp4"):
@@ -242,6 +280,8 @@ class BodyCamSimulator(UsbDeviceBase):
                     write_photo(path, spec.start, self.frame_size, self.info.user_no, self.info.serial)
                 elif spec.kind == "fill":
                     write_fill(path, spec.size_bytes, seed=int(self.info.serial) + seq)
+                elif spec.kind == "tiny":
+                    write_tiny_audio(path, int(self.info.serial) * 1_000_000 + seq)
                 else:
                     raise ValueError(f"unknown recording kind {spec.kind!r}")
                 self.files.append(name)
@@ -286,6 +326,8 @@ class BodyCamSimulator(UsbDeviceBase):
             self._yank()
             if self._own_media:
                 shutil.rmtree(self.media_dir, ignore_errors=True)
+            if self.outside_files and self.outside_path is not None:
+                shutil.rmtree(self.outside_path, ignore_errors=True)
 
     def halt(self, endpoint: int) -> None:
         """Stall ``endpoint`` until the host sends CLEAR_FEATURE(ENDPOINT_HALT)."""
@@ -295,6 +337,18 @@ class BodyCamSimulator(UsbDeviceBase):
     @property
     def volume_path(self) -> Path | None:
         return self.volumes_dir / self.serial if self.volumes_dir is not None else None
+
+    def zfy_bytes(self) -> bytes:
+        """ZFY_INFO as this recorder sends it (with the ``zfy_invalid_gbk`` fault: names that are not GBK)."""
+        raw = f9.encode_zfy_info(self.info, self.layout)
+        if not self.faults.zfy_invalid_gbk:
+            return raw
+        fields, offset = {}, 0
+        for name, size in self.layout.fields:
+            fields[name], offset = raw[offset:offset + size], offset + size
+        fields["user_name"] = INVALID_GBK_USER_NAME.ljust(self.layout.user_name, b"\0")  # fits either layout
+        fields["unit_name"] = INVALID_GBK_UNIT_NAME.ljust(self.layout.unit_name, b"\0")
+        return b"".join(fields[name] for name, _ in self.layout.fields)
 
     # ---- USB entry points ---------------------------------------------------------------
 
@@ -472,7 +526,7 @@ class BodyCamSimulator(UsbDeviceBase):
             code = f9.IRet.CONNECT_OK if function is F.INIT_DEVICE else ok
             return f9.encode_response(function, f9.IdCodeResponse(code, self.id_code)), CswStatus.PASSED
         if function is F.GET_ZFY_INFO:
-            return f9.encode_response(function, f9.ZfyInfoResponse(ok, self.info), self.layout), CswStatus.PASSED
+            return bytes([ok]) + self.zfy_bytes(), CswStatus.PASSED
         if function is F.GET_DEV_TIME:
             return f9.encode_response(function, f9.DeviceTimeResponse(ok, self.device_time())), CswStatus.PASSED
         if function is F.READ_RESOLUTION:
@@ -485,7 +539,8 @@ class BodyCamSimulator(UsbDeviceBase):
             used = sum((self.media_dir / n).stat().st_size for n in self.files)
             used_mib = -(-used // (1 << 20))
             total = max(self.storage_total_mib, used_mib)
-            response = f9.StorageResponse(ok, total, total - used_mib, len(self.files))
+            count = 0xFFFFFFFF if self.faults.flood_entries else len(self.files)  # "4 Gi files": believe it who will
+            response = f9.StorageResponse(ok, total, total - used_mib, count)
             return f9.encode_response(function, response), CswStatus.PASSED
         assert out is not None or function is F.SET_MSDC
         if function is F.WRITE_ZFY_INFO:
@@ -535,6 +590,8 @@ class BodyCamSimulator(UsbDeviceBase):
                 shutil.copyfile(src, dst)
         if self.faults.hostile_names:
             self._plant_hostile(staging)
+        if self.faults.flood_entries:
+            self._plant_flood(staging / FLOOD_DIR, self.faults.flood_entries)
         if self.volume_path.exists() or self.volume_path.is_symlink():
             shutil.rmtree(self.volume_path, ignore_errors=True)
         os.replace(staging, self.volume_path)
@@ -579,24 +636,80 @@ class BodyCamSimulator(UsbDeviceBase):
         fifo = day / f"{self.serial}_{self.info.user_no}_{stamp}_9002.avi"
         os.mkfifo(fifo)
         planted.append(rel(fifo))
+        planted += self._plant_escapes(root, day, stamp)
         self.hostile_entries = planted
+
+    def _plant_escapes(self, root: Path, day: Path, stamp: str) -> list[str]:
+        """Relative links out of the volume into bait files (``outside_path``), and a second name for a
+        real recording: a host that follows links would copy the bait as evidence, or delete it."""
+        assert self.volume_path is not None
+        bait = self.outside_path
+        assert bait is not None
+        shutil.rmtree(bait, ignore_errors=True)
+        (bait / "DCIM").mkdir(parents=True)
+        prefix = f"{self.serial}_{self.info.user_no}_"
+        file_bait = bait / f"{prefix}{stamp}_9003.avi"
+        dir_bait = bait / "DCIM" / f"{prefix}20991231120000_9004.avi"
+        for target in (file_bait, dir_bait):
+            target.write_bytes(b"outside the volume: must never be read " + os.urandom(4096))
+        self.outside_files = [file_bait, dir_bait]
+        mounted_day = self.volume_path / day.relative_to(root)
+        planted = []
+        link = day / file_bait.name  # DCIM/<day>/…_9003.avi -> ../../../.outside-<serial>/…_9003.avi
+        os.symlink(os.path.relpath(file_bait, mounted_day), link)
+        planted.append(link)
+        link = root / "DCIM" / "20991231"  # a "day directory" that is a link to the bait directory
+        os.symlink(os.path.relpath(bait / "DCIM", self.volume_path / "DCIM"), link, target_is_directory=True)
+        planted.append(link)
+        real = next((name for name in self.files if name.startswith("DCIM/")), None)
+        if real is not None:  # a second name for a real recording: copied once, by its real name
+            link = day / f"{prefix}{stamp}_9005{Path(real).suffix}"
+            os.symlink(os.path.relpath(self.volume_path / real, mounted_day), link)
+            planted.append(link)
+        return [p.relative_to(root).as_posix() for p in planted]
+
+    @property
+    def outside_path(self) -> Path | None:
+        """Where ``hostile_names`` keeps bait files: next to the volume, outside it."""
+        return self.volumes_dir / f".outside-{self.serial}" if self.volumes_dir is not None else None
+
+    def _plant_flood(self, directory: Path, count: int) -> None:
+        """``count`` entries with 255-byte names, made one at a time (never a list in memory): every
+        50 000th is an empty file, the others hard links to it (a file system caps links per inode)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            seed = b""
+            for i in range(count):
+                name = f"{i:010d}_".encode() + b"F" * (FLOOD_NAME_BYTES - 11)
+                if i % 50_000 == 0:
+                    seed = name
+                    os.close(os.open(seed, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd))
+                    continue
+                os.link(seed, name, src_dir_fd=fd, dst_dir_fd=fd)
+        finally:
+            os.close(fd)
 
     def _sync_deletions(self) -> None:
         """Recordings the host deleted from the volume are gone from the recorder too."""
         assert self.volume_path is not None
-        for name in list(self.files):
-            if not os.path.lexists(self.volume_path / name):
-                self.files.remove(name)
-                try:
-                    os.unlink(self.media_dir / name)
-                except FileNotFoundError:
-                    pass
+        kept = []
+        for name in self.files:
+            if os.path.lexists(self.volume_path / name):
+                kept.append(name)
+                continue
+            try:
+                os.unlink(self.media_dir / name)
+            except FileNotFoundError:
+                pass
+        self.files = kept  # one pass: a recorder may hold tens of thousands of files
 
     def _detach_inode(self, name: str) -> None:
-        """Give the staging copy its own inode so damage done to the volume copy stays there."""
+        """Give the staging copy its own inode so damage done to the volume copy stays there (with the
+        same modification time: a recorder's files do not change by being unplugged)."""
         src = self.media_dir / name
         tmp = src.with_name(src.name + ".detach")
-        shutil.copyfile(src, tmp)
+        shutil.copy2(src, tmp)
         os.replace(tmp, src)
 
     def _grow(self, target: Path) -> None:

@@ -20,16 +20,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["RecordingSpec", "recording_name", "write_video", "write_audio", "write_photo", "write_fill", "overlay"]
+__all__ = ["RecordingSpec", "recording_name", "write_video", "write_audio", "write_photo", "write_fill", "write_tiny_audio",
+           "overlay"]
 
-KIND_EXT = {"video": "avi", "video_mp4": "mp4", "audio": "wav", "photo": "jpg", "fill": "mp4"}
+KIND_EXT = {"video": "avi", "video_mp4": "mp4", "audio": "wav", "photo": "jpg", "fill": "mp4", "tiny": "wav"}
 
 
 @dataclass(frozen=True)
 class RecordingSpec:
     """One file the recorder made. ``start`` is device local time (naive)."""
 
-    kind: str  # video | video_mp4 | audio | photo | fill
+    kind: str  # video | video_mp4 | audio | photo | fill | tiny
     start: datetime
     seconds: float = 2.0
     important: bool = False
@@ -117,3 +118,12 @@ def write_fill(path: Path, size_bytes: int, seed: int) -> None:
             out.write(memoryview(block)[:chunk])
             written += chunk
             index += 1
+
+
+def write_tiny_audio(path: Path, index: int) -> None:
+    """A valid 52-byte WAV (four samples) whose samples encode ``index``: thousands of distinct,
+    playable recordings that cost nothing to make, for docks stressed by file count, not size."""
+    samples = struct.pack("<Q", index)
+    header = b"RIFF" + struct.pack("<I", 36 + len(samples)) + b"WAVE" + b"fmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16) + b"data" + struct.pack("<I", len(samples))
+    path.write_bytes(header + samples)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -73,6 +74,10 @@ CREATE INDEX IF NOT EXISTS messages_mid ON messages(message_id)
 
 class PlatformMqttError(Exception):
     """The platform's MQTT side could not do what was asked; the message says what to do."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable  # no TCP connection at all: another protocol version will not help
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,21 @@ class PlatformMqtt:
 
     # ---- lifecycle ------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> "PlatformMqtt":
+        """Connect and subscribe. MQTT 5 first; a broker that refuses or ignores an MQTT 5 CONNECT
+        (amqtt, older brokers) gets MQTT 3.1.1 instead, as the gateway's own link does."""
+        if not self.v5:
+            return self._start(timeout)
+        try:
+            return self._start(timeout / 2)
+        except PlatformMqttError as exc:
+            if exc.unreachable:
+                raise
+            print(f"platform-mqtt: {exc} with MQTT 5; trying MQTT 3.1.1", file=sys.stderr, flush=True)
+            self.v5 = False
+            return self._start(timeout / 2)
+
+    def _start(self, timeout: float) -> "PlatformMqtt":
+        self._subscribed.clear()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311)
         if self.username:
@@ -199,12 +219,12 @@ class PlatformMqtt:
         try:
             client.connect(self.host, self.port, 30)
         except OSError as exc:
-            raise PlatformMqttError(f"cannot reach the broker at {self.broker_url}: {exc}") from exc
+            raise PlatformMqttError(f"cannot reach the broker at {self.broker_url}: {exc}", unreachable=True) from exc
         client.loop_start()
         self._client = client
         if not self._subscribed.wait(timeout):
             self.stop()
-            raise PlatformMqttError(f"no subscription acknowledged by {self.broker_url} within {timeout} s")
+            raise PlatformMqttError(f"no subscription acknowledged by {self.broker_url} within {timeout:g} s")
         return self
 
     def stop(self) -> None:

@@ -5,6 +5,13 @@ real pty or TCP socket and return the URL a driver opens; ``egw simulate
 rapidtest`` runs one from the command line (see :mod:`simulators.rapidtest.cli`).
 """
 
-from simulators.rapidtest.simulator import FAULTS, KINDS, RapidTestSimulator, SimulatedTest
+from simulators.rapidtest.simulator import (
+    FAULTS,
+    HOSTILE_FAULTS,
+    KINDS,
+    LINK_FAULTS,
+    RapidTestSimulator,
+    SimulatedTest,
+)
 
-__all__ = ["FAULTS", "KINDS", "RapidTestSimulator", "SimulatedTest"]
+__all__ = ["FAULTS", "HOSTILE_FAULTS", "KINDS", "LINK_FAULTS", "RapidTestSimulator", "SimulatedTest"]

@@ -1,10 +1,18 @@
 """``egw simulate rapidtest``: a rapid-test analyzer on a pty (default) or TCP.
 
 The first line of stdout is the endpoint to give the driver: the pty slave
-path, or ``socket://127.0.0.1:PORT``.  Progress goes to stderr.  With
+path (or the ``--link`` symlink to it), or ``socket://127.0.0.1:PORT``.  Progress goes to stderr.  With
 ``--tests N`` the simulator exits 0 once the host has acknowledged N
 results; without it, it runs until SIGINT/SIGTERM, which end it cleanly
 (an open session is closed with EOT first).
+
+Faults are listed in ``--help`` and described in
+:mod:`simulators.rapidtest.simulator`; ``endless``, ``giant`` and ``unplug``
+model a broken or hostile instrument and a pulled cable, e.g. an analyzer
+that behaves for two results, then floods the host, then behaves again::
+
+    egw simulate rapidtest --tcp 0 --fault endless --fault-from 3 --fault-every 1000
+    egw simulate rapidtest --link /tmp/ttyANALYZER --fault unplug --unplug-seconds 3
 """
 
 from __future__ import annotations
@@ -45,11 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pace output at a real line rate (8N1), e.g. 9600")
     parser.add_argument("--fault", type=_faults, action="extend", nargs="+", default=[], metavar="FAULT",
                         help=f"inject faults: {', '.join(FAULTS)} (several after one flag, comma-separated, "
-                             "or the flag repeated)")
+                             "or the flag repeated). noise/bad-checksum: random damage; nak-storm, stall, abort: "
+                             "the link-level failures of E1381; endless: an unbounded stream of frames that never "
+                             "ends the message; giant: one record beyond the gateway's limit; unplug: the cable "
+                             "pulled mid-message and plugged back in")
     parser.add_argument("--fault-rate", type=float, default=0.1, metavar="P",
                         help="per-frame probability for noise / bad-checksum (0.1)")
     parser.add_argument("--fault-every", type=int, default=3, metavar="K",
-                        help="messages 1, 1+K, 1+2K… get the stall/abort/nak-storm faults (3)")
+                        help="messages F, F+K, F+2K… get the deterministic faults, once each (3)")
+    parser.add_argument("--fault-from", type=int, default=1, metavar="F",
+                        help="first message number that gets deterministic faults (1); earlier ones go out cleanly")
+    parser.add_argument("--flood-bytes", type=int, default=0, metavar="N",
+                        help="endless: stop flooding after N bytes, send EOT and retry the message (0 = only when "
+                             "the host drops the link)")
+    parser.add_argument("--giant-bytes", type=int, default=5 * 1024 * 1024, metavar="N",
+                        help="giant: size of the extra record (5 MiB, beyond the gateway's 4 MiB message limit)")
+    parser.add_argument("--unplug-seconds", type=float, default=2.0, metavar="S",
+                        help="unplug: how long the cable stays out (2 s)")
+    parser.add_argument("--link", default=None, metavar="PATH",
+                        help="pty: keep a symlink at PATH pointing at the pty (like /dev/serial/by-id/…) and print "
+                             "it as the endpoint; needed with unplug, since the replugged pty gets a new name")
     parser.add_argument("--stall", type=float, default=35.0, metavar="S",
                         help="how long a stalled sender stays silent (35 s, beyond the 30 s receiver timer)")
     parser.add_argument("--reply-timeout", type=float, default=15.0, metavar="S",
@@ -80,6 +103,8 @@ def main(argv: list[str]) -> int:
             args.kind, tests=args.tests, interval=args.interval, faults=faults, fault_rate=args.fault_rate,
             fault_every=args.fault_every, seed=args.seed, reply_timeout=args.reply_timeout,
             retry_delay=args.retry_delay, stall_seconds=args.stall, baud=args.baud, encoding=args.encoding,
+            fault_from=args.fault_from, flood_bytes=args.flood_bytes, giant_bytes=args.giant_bytes,
+            unplug_seconds=args.unplug_seconds, link=args.link,
             pesticide=PesticideSettings(args.limit, not args.limit_exclusive),
             gold=GoldSettings(method=args.gold_method), log=log,
         )
@@ -97,6 +122,9 @@ def main(argv: list[str]) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, on_signal)
     try:
+        if args.link and args.tcp is not None:
+            print("error: --link names a pty symlink; it cannot be used with --tcp", file=sys.stderr)
+            return 2
         try:
             url = simulator.serve_tcp(args.tcp) if args.tcp is not None else simulator.serve_pty()
         except OSError as exc:

@@ -17,7 +17,10 @@ there are queued, never dropped.
 
 Fault switches (each can be combined; ``fault_rate`` is the per-frame
 probability, ``fault_every`` picks the messages whose *first* attempt gets
-the deterministic faults, starting with the first message):
+the deterministic faults, starting with message number ``fault_from``
+(default 1: the first message); each deterministic fault is played once per
+selected message and the message is then sent again cleanly, like an
+instrument that recovered or was fixed):
 
 * ``noise``        random garbage between transmissions (never ENQ/EOT/STX/LF,
                    which would be protocol events rather than noise) and one
@@ -33,6 +36,29 @@ the deterministic faults, starting with the first message):
                    receiver's timer ⇒ the receiver discards the partial message).
 * ``abort``        the sender sends EOT after the third frame of each selected
                    message and retries it later.
+
+Hostile or broken instruments (for testing a host's limits):
+
+* ``endless``      ENQ, the message's H frame, then an unbounded stream of
+                   intermediate frames (ETB: one record that never ends),
+                   written without waiting for replies and never ending with
+                   EOT.  It stops when the host drops the link or after
+                   ``flood_bytes`` (0 = never; then EOT and the message is
+                   retried later).
+* ``giant``        the message goes out with an extra C record of
+                   ``giant_bytes`` (5 MiB: beyond the 4 MiB a gateway accepts),
+                   properly framed and paced by ACKs.  A host that refuses it
+                   NAKs (the instrument gives up and retries) or drops the link.
+                   ``endless`` and ``giant`` on one message play on successive
+                   attempts (endless first).
+* ``unplug``       the cable is pulled after the third frame of each selected
+                   message: the pty master (or the TCP connection and
+                   listener) is closed and the ``link`` symlink removed; after
+                   ``unplug_seconds`` a new pty (or the same TCP port) appears
+                   and the symlink points at it again.  The instrument keeps
+                   its queue, so the interrupted message is sent again.  On a
+                   pty, give ``link`` (the stable path a host opens, like
+                   udev's /dev/serial/by-id/…): the new pty has a new name.
 """
 
 from __future__ import annotations
@@ -50,8 +76,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from firmware_bridge.astm import (
-    EOT,
     ENQ,
+    EOT,
     LF,
     MAX_FAILURES,
     NEED_DATA,
@@ -62,6 +88,8 @@ from firmware_bridge.astm import (
     Repeats,
     SessionAborted,
     assign_sequence_numbers,
+    encode_frame,
+    encode_record,
     format_timestamp,
 )
 from simulators.rapidtest.assays import (
@@ -82,9 +110,11 @@ from simulators.rapidtest.assays import (
     simulate_pesticide,
 )
 
-__all__ = ["FAULTS", "KINDS", "RapidTestSimulator", "SimulatedTest"]
+__all__ = ["FAULTS", "HOSTILE_FAULTS", "KINDS", "LINK_FAULTS", "RapidTestSimulator", "SimulatedTest"]
 
-FAULTS = ("noise", "nak-storm", "bad-checksum", "stall", "abort")
+LINK_FAULTS = ("noise", "nak-storm", "bad-checksum", "stall", "abort")  # E1381 recovers from these by itself
+HOSTILE_FAULTS = ("endless", "giant", "unplug")  # the host must refuse, reset or re-open
+FAULTS = LINK_FAULTS + HOSTILE_FAULTS
 KINDS = ("pesticide", "gold")
 _NOISE_ALPHABET = bytes(b for b in range(256) if b not in (ENQ, EOT, STX, LF))
 
@@ -113,6 +143,9 @@ class _Plan:
 
     stall: bool = False
     abort: bool = False
+    endless: bool = False
+    giant: bool = False
+    unplug: bool = False
     storm: int = 0
     bad_checksum_frame: int | None = None
     storm_done: int = 0
@@ -154,6 +187,16 @@ class _Link:
             written = os.write(self.fd, view)
             view = view[written:]
 
+    def write_some(self, data: bytes | memoryview) -> int:
+        """Write what fits now without blocking; raises OSError when the host is gone."""
+        try:
+            if self.sock is not None:
+                return self.sock.send(data, socket.MSG_DONTWAIT)
+            assert self.fd is not None
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+
     def close(self) -> None:
         """Close a socket; a pty master stays open (the simulator owns it) for the next host."""
         if self.sock is not None:
@@ -178,6 +221,8 @@ class RapidTestSimulator:
                  faults: Iterable[str] = (), fault_rate: float = 0.1, fault_every: int = 3,
                  seed: int | None = None, reply_timeout: float = 15.0, retry_delay: float = 10.0,
                  busy_delay: float = 10.0, stall_seconds: float = 35.0, baud: int | None = None,
+                 fault_from: int = 1, flood_bytes: int = 0, giant_bytes: int = 5 * 1024 * 1024,
+                 unplug_seconds: float = 2.0, link: str | None = None,
                  encoding: str = "latin-1", pesticide: PesticideSettings = PesticideSettings(),
                  gold: GoldSettings = GoldSettings(), operator: str = "inspector01",
                  instrument_id: str | None = None, clock: Callable[[], datetime] = datetime.now,
@@ -190,14 +235,23 @@ class RapidTestSimulator:
             raise ValueError(f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
         if tests is not None and tests < 0:
             raise ValueError("tests must be ≥ 0 (or None for forever)")
-        if interval < 0 or not 0 <= fault_rate <= 1 or fault_every < 1:
-            raise ValueError("interval ≥ 0, 0 ≤ fault_rate ≤ 1 and fault_every ≥ 1 are required")
+        if interval < 0 or not 0 <= fault_rate <= 1 or fault_every < 1 or fault_from < 1:
+            raise ValueError("interval ≥ 0, 0 ≤ fault_rate ≤ 1, fault_every ≥ 1 and fault_from ≥ 1 are required")
+        if flood_bytes < 0 or giant_bytes < 1 or unplug_seconds < 0:
+            raise ValueError("flood_bytes ≥ 0, giant_bytes ≥ 1 and unplug_seconds ≥ 0 are required")
         self.kind = kind
         self.tests = tests
         self.interval = interval
         self.faults = frozenset(faults)
         self.fault_rate = fault_rate
         self.fault_every = fault_every
+        self.fault_from = fault_from
+        self.flood_bytes = flood_bytes
+        self.giant_bytes = giant_bytes
+        self.unplug_seconds = unplug_seconds
+        self.link = link
+        self.floods = 0  # endless floods played (each ends when the host drops the link or at flood_bytes)
+        self.replugs = 0  # times the cable went back in after an unplug
         self.reply_timeout = reply_timeout
         self.retry_delay = retry_delay
         self.busy_delay = busy_delay
@@ -227,6 +281,7 @@ class RapidTestSimulator:
         self._link: _Link | None = None
         self._server: socket.socket | None = None
         self._pty: int | None = None
+        self._tcp_address: tuple[str, int] | None = None
         self._settle_until = 0.0
         self.url: str | None = None
 
@@ -240,26 +295,41 @@ class RapidTestSimulator:
         knows someone is listening (like a TCP accept) and avoids ENQs that
         pyserial would flush on open.
         """
+        self._open_pty()
+        self._start()
+        return self.link or self.url  # type: ignore[return-value]
+
+    def _open_pty(self) -> None:
         master, slave = os.openpty()
         tty.setraw(slave)  # no echo, no line discipline, before any byte flows
         self.url = os.ttyname(slave)
         os.close(slave)
         os.set_blocking(master, False)
         self._pty = master
-        self._start()
-        return self.url
+        if self.link:  # like udev's stable by-id symlink: replaced atomically
+            temporary = f"{self.link}.{os.getpid()}.tmp"
+            os.symlink(self.url, temporary)
+            os.replace(temporary, self.link)
+
+    def _remove_link(self) -> None:
+        if self.link and self.url and os.path.islink(self.link) and os.readlink(self.link) == self.url:
+            os.unlink(self.link)
 
     def serve_tcp(self, port: int = 0, host: str = "127.0.0.1") -> str:
         """Listen on TCP (port 0: any free port); returns ``socket://host:port``."""
+        self._listen(host, port)
+        self._start()
+        return self.url  # type: ignore[return-value]
+
+    def _listen(self, host: str, port: int) -> None:
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind((host, port))
         server.listen(2)
         self._server = server
         bound_host, bound_port = server.getsockname()[:2]
+        self._tcp_address = (bound_host, bound_port)
         self.url = f"socket://{bound_host}:{bound_port}"
-        self._start()
-        return self.url
 
     def _start(self) -> None:
         if self.tests == 0:
@@ -301,6 +371,22 @@ class RapidTestSimulator:
             except OSError:
                 pass
             self._pty = None
+        self._remove_link()
+
+    def _unplug(self) -> None:
+        """Pull the cable for ``unplug_seconds``, then plug it back in (see ``unplug``)."""
+        was_pty = self._pty is not None
+        self._drop_link()
+        self._close_all()
+        if self._stop.wait(self.unplug_seconds):
+            return
+        if was_pty:
+            self._open_pty()
+        else:
+            assert self._tcp_address is not None
+            self._listen(*self._tcp_address)
+        self.replugs += 1
+        self._say(f"plugged back in at {self.link or self.url}")
 
     # ------------------------------------------------------------ tests → messages
 
@@ -386,8 +472,14 @@ class RapidTestSimulator:
     def _plan_for(self, queued: _Queued) -> _Plan:
         """Deterministic faults for this attempt: each is played once per selected message."""
         plan = _Plan(applied=queued.faulted)
-        if (queued.test.number - 1) % self.fault_every == 0:
+        number = queued.test.number
+        if number >= self.fault_from and (number - self.fault_from) % self.fault_every == 0:
             todo = self.faults - queued.faulted
+            if "endless" in todo or "giant" in todo:  # a hostile attempt carries nothing else
+                plan.endless = "endless" in todo
+                plan.giant = not plan.endless
+                return plan
+            plan.unplug = "unplug" in todo
             plan.stall = "stall" in todo
             plan.abort = "abort" in todo
             if "nak-storm" in todo:
@@ -423,7 +515,19 @@ class RapidTestSimulator:
                     current.attempts += 1
                     plan = self._plan_for(current)
                     pending_stall = plan.stall
-                    sender.send_message(current.test.records, now)
+                    if plan.endless:
+                        current.faulted.add("endless")
+                        self._flood(current)
+                        current.not_before = time.monotonic() + self.retry_delay
+                        self._queue.appendleft(current)
+                        current = None
+                        continue
+                    records = current.test.records
+                    if plan.giant:
+                        current.faulted.add("giant")
+                        records = self._with_giant_record(records)
+                        self._say(f"fault giant: a {self.giant_bytes}-byte record in {current.test.sample_id}")
+                    sender.send_message(records, now)
                 if sender.deadline is not None and now >= sender.deadline:
                     sender.handle_timeout(now)
                 self._flush(sender, plan)
@@ -456,6 +560,12 @@ class RapidTestSimulator:
                     self._say(f"fault stall: silent for {self.stall_seconds:g} s in {current.test.sample_id}")
                     if self._stop.wait(self.stall_seconds):
                         break
+                if plan.unplug and current is not None and not sender.idle and sender.frame_index == 2:
+                    plan.unplug = False
+                    current.faulted.add("unplug")
+                    self._say(f"fault unplug: cable out for {self.unplug_seconds:g} s in {current.test.sample_id}")
+                    self._unplug()
+                    continue
                 if plan.abort and current is not None and not sender.idle and sender.frame_index == 2:
                     plan.abort = False
                     current.faulted.add("abort")
@@ -477,6 +587,39 @@ class RapidTestSimulator:
         except Exception as exc:  # the instrument thread must say why it died
             self._say(f"simulator failed: {exc!r}")
             raise
+
+    def _with_giant_record(self, records: tuple[Record, ...]) -> tuple[Record, ...]:
+        giant = Record.from_fields("C", {2: "1", 3: "I", 4: "x" * self.giant_bytes, 5: "G"})
+        return (*records[:-1], giant, records[-1])
+
+    def _flood(self, queued: _Queued) -> None:
+        """The ``endless`` fault: ENQ, H, then intermediate frames without end (see the module doc)."""
+        self._say(f"fault endless: frames without end in {queued.test.sample_id}")
+        self.floods += 1
+        header = encode_record(queued.test.records[0]).encode(self.encoding) + b"\r"
+        opening = bytes([ENQ]) + encode_frame(1, header, True) + encode_frame(2, b"C|1|I|", False)
+        # Frame numbers cycle mod 8, so 8 × 32 frames starting at FN 3 can be repeated verbatim.
+        batch = b"".join(encode_frame((3 + k) % 8, b"x" * 240, False) for k in range(8 * 32))
+        pending, sent = memoryview(opening), 0
+        while not self._stop.is_set() and self._link is not None:
+            if self.flood_bytes and sent >= self.flood_bytes:
+                try:
+                    self._link.write(bytes([EOT]))
+                except OSError:
+                    self._drop_link()
+                self._say(f"flood ended after {sent} bytes; {queued.test.sample_id} will be sent again")
+                return
+            readable, writable, _ = select.select([self._link], [self._link], [], 0.2)
+            try:
+                if readable:
+                    self._link.read()  # ACK/NAK/EOT from the host: ignored
+                if writable:
+                    written = self._link.write_some(pending)
+                    sent += written
+                    pending = pending[written:] if written < len(pending) else memoryview(batch)
+            except (OSError, ConnectionError):
+                self._drop_link()
+        self._say(f"the host dropped the link after {sent} flood bytes; {queued.test.sample_id} will be sent again")
 
     def _accept(self, wait: float) -> None:
         """Wait for a host: a TCP connection, or someone opening the pty slave."""
