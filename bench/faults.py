@@ -51,11 +51,12 @@ new gRPC connections fail their TLS handshake ("certificate is not yet valid"); 
 on a connection opened before the jump is refused as well (its signer certificate is checked at the
 gateway's time; seen in early runs). Both errors name the clock. The items stay queued and are delivered
 on the uploader's next retry once the clock is back (the platform already holds the bytes: QueryUpload
-returns the receipt), today 60 s later. That is correct, not a stall: a gateway must not accept a
-receipt signed with a certificate it cannot show was valid, and the reference platform's 5-minute
-backdating of notBefore is kept on purpose (real certificates are months old; backdating further would
-only hide this path from the campaign). What the fault proves is that the gateway resumes by itself once
-its clock is right, loses nothing and duplicates nothing.
+returns the receipt): a few seconds later with the uploader's RetrySchedule (60 s before it). That is
+correct, not a stall: a gateway must not accept a receipt signed with a certificate it cannot show was
+valid, and the reference platform's 5-minute backdating of notBefore is kept on purpose (real
+certificates are months old; backdating further would only hide this path from the campaign). What the
+fault proves is that the gateway resumes by itself once its clock is right, loses nothing and duplicates
+nothing.
 
 Out of order: the gateway promises per-lane FIFO on MQTT (gateway/uplink/outbox.py: each lane is sent
 in outbox-id order and re-sent from its oldest un-acknowledged message after a reconnect or restart,
