@@ -1,6 +1,6 @@
 """Fault campaign: the whole station on loopback under injected faults, ending in a counting report.
 
-``python bench/faults.py [--trials N] [--faults kill,platform,broker,unplug,disk,net] [--seed S]``
+``python bench/faults.py [--trials N] [--faults kill,platform,broker,unplug,disk,clock,net] [--seed S]``
 
 Each trial starts a fresh reference platform (fixed port, so it can be killed and restarted
 on the same address), a PRIVATE Mosquitto on a free port (never the machine's shared broker),
@@ -8,7 +8,8 @@ two simulated body-worn cameras over USB/IP (small real recordings plus one bulk
 file each, so faults land mid-copy and mid-upload), a rapid-test analyzer on TCP and
 ``egw run -c CONFIG`` as a child process. Every selected fault fires once per trial at a
 random moment (seeded), is healed, and the system is left to settle until everything the
-devices created carries a platform receipt (or a timeout). Then the trial is counted the way
+devices created carries a platform receipt, the recorders are released and the gateway's MQTT
+outbox is empty (or a timeout). Then the trial is counted the way
 Azure IoT Edge's test coordinator counts: what the devices created (recordings hashed from
 the recorders' own storage before docking; results the analyzer says the host acknowledged)
 against what the platform holds (by digest) and what the gateway holds.
@@ -18,14 +19,70 @@ see (the file is gone). A thread lists every recorder volume every 100 ms and, w
 recording disappears from a volume that is still mounted, checks at that moment whether the
 platform holds a receipt for the recording's digest.
 
+The faults: ``kill`` (SIGKILL of ``egw run``, restarted after 0.2-1.5 s), ``platform`` (SIGKILL of the
+reference platform, restarted on the same port), ``broker`` (SIGKILL of the private Mosquitto for
+``--broker-down`` seconds), ``unplug`` (a recorder yanked off the USB/IP bus mid-copy and replugged),
+``disk`` (the gateway's data disk, a small tmpfs, filled for 2-5 s; needs root), ``net`` (the gRPC uplink
+through a proxy that delays every chunk 50-300 ms and drops connections, for 3-8 s) and ``clock``:
+
+Clock: the gateway's wall clock jumps by +1 h or -1 h (seeded coin) mid-copy (when a partial blob passes
+a random size, as for unplug: a jump on an idle gateway proves little) and jumps back 5-15 s later, as a
+bad NTP step or an operator setting the time would do. It is done for real, below Python: every
+``egw run`` of a trial with this fault (including the restarts after ``kill``) runs under libfaketime (Debian
+``faketime``; LD_PRELOAD of libfaketime.so.1) with ``FAKETIME_TIMESTAMP_FILE`` pointing at a per-trial
+file that the harness rewrites atomically (``+0``, ``+3600`` or ``-3600``) and ``FAKETIME_NO_CACHE=1``,
+so time(), gettimeofday() and clock_gettime(CLOCK_REALTIME) of the running process (Python, SQLite,
+gRPC's BoringSSL alike) move at once. ``FAKETIME_DONT_FAKE_MONOTONIC=1``: a real wall-clock step does
+not move CLOCK_MONOTONIC. But libfaketime 0.9.10 (Debian bookworm) still rewrites the deadlines of
+monotonic waits (wolfcw/libfaketime#426, #503): every time.sleep() of Python 3.11 fails with EINVAL and
+monotonic condition-variable waits (gRPC, the GIL) return at once, even with a zero offset. A real step
+does neither, so a small shim (bench/faketime_monotonic_fix.c, built with ``cc`` on first use) is
+preloaded in front of libfaketime and sends monotonic sleeps and waits straight to glibc.
+``NO_FAKE_STAT=1``: a real step does not rewrite the timestamps of files already on disk, least of all
+those on a recorder, whose own clock did not jump. Only the gateway jumps: the platform, the broker and
+the devices are other machines. Proof that the jump landed is in the trial's events (gateway log lines,
+custody entries and manifests stamped with the jumped time: a jump must be visible in the evidence,
+never hidden or "corrected").
+
+TLS under a -1 h jump: the trial's PKI is minutes old (the platform CA, the platform's server and
+receipt-signing certificate and the gateway's certificate are issued at trial start, notBefore = issue
+time - 5 min), so to a gateway whose clock reads an hour early they are not yet valid. Seen in trials:
+new gRPC connections fail their TLS handshake ("certificate is not yet valid"); a receipt that arrives
+on a connection opened before the jump is refused as well (its signer certificate is checked at the
+gateway's time; seen in early runs). Both errors name the clock. The items stay queued and are delivered
+on the uploader's next retry once the clock is back (the platform already holds the bytes: QueryUpload
+returns the receipt): a few seconds later with the uploader's RetrySchedule (60 s before it). That is
+correct, not a stall: a gateway must not accept a receipt signed with a certificate it cannot show was
+valid, and the reference platform's 5-minute backdating of notBefore is kept on purpose (real
+certificates are months old; backdating further would only hide this path from the campaign). What the
+fault proves is that the gateway resumes by itself once its clock is right, loses nothing and duplicates
+nothing.
+
+Out of order: the gateway promises per-lane FIFO on MQTT (gateway/uplink/outbox.py: each lane is sent
+in outbox-id order and re-sent from its oldest un-acknowledged message after a reconnect or restart,
+so a subscriber may see duplicates but never a newer message of a lane before an older one that it
+sees for the first time later). The subscriber can check that because every publish over MQTT 5
+carries the message's outbox id as the user property ``egw-seq`` (increasing within a lane, not
+contiguous; the payloads' UUIDv7 ids and timestamps cannot be used: they follow the wall clock, which
+the clock fault moves backwards). The harness subscribes (MQTT 5) to the ``results`` and ``evidence``
+lanes; for each lane it keeps the highest ``egw-seq`` seen, and a message arriving for the first time
+(by ``egw-seq``) with a lower ``egw-seq`` than that is counted out of order. Redeliveries of a message
+already seen are duplicates (counted by message id), not disorder. Messages the subscriber never saw
+(it reconnects after a broker restart with a clean session) are not counted here: missing results
+are counted from the platform's receipts. A first arrival without ``egw-seq`` (an MQTT 3.1.1 link)
+is counted as unsequenced, so a zero out-of-order count is never vacuous.
+
 The last line is exactly ``missing=M corrupted=C deleted_before_receipt=X duplicates=N custody=ok|FAIL``;
-exit status 0 only when missing, corrupted and deleted-before-receipt are 0 and custody verifies.
-Clock jumps (issue 9) are not injected yet.
+out-of-order counts go on the lines before it. A trial passes (exit status 0 only when all pass) when
+missing, corrupted, deleted-before-receipt and out-of-order are 0 and custody verifies; duplicates
+(QoS 1 redeliveries, by message id; one source held as two gateway items, or more platform receipts
+for a digest than gateway items with it) are counted, not failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -47,10 +104,16 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-__all__ = ["ALL_FAULTS", "TrialOptions", "TrialReport", "run_trial", "run_campaign", "summary_line", "main"]
+__all__ = ["ALL_FAULTS", "TrialOptions", "TrialReport", "run_trial", "run_campaign", "summary_line", "out_of_order_line",
+           "faketime_env", "main"]
 
-ALL_FAULTS = ("kill", "platform", "broker", "unplug", "disk", "net")
+ALL_FAULTS = ("kill", "platform", "broker", "unplug", "disk", "clock", "net")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))),
+                   Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"))
+MONOTONIC_FIX = Path(__file__).resolve().parent / "faketime_monotonic_fix.c"
+CLOCK_JUMP_S = 3600
+MQTT_LANES = {"results": "results/", "evidence": "evidence/"}  # lane -> topic prefix under egw/v1/<gw>/
 
 
 @dataclass
@@ -64,6 +127,7 @@ class TrialOptions:
     fault_window_s: float = 8.0
     settle_timeout_s: float = 120.0
     disk_mb: int = 320
+    clock_jumps_s: tuple[int, ...] = (CLOCK_JUMP_S, -CLOCK_JUMP_S)  # the clock fault picks one (seeded)
 
 
 @dataclass
@@ -79,7 +143,12 @@ class TrialReport:
     gateway_items: int = 0
     gateway_unreceipted: int = 0
     mqtt_results: int = 0
-    mqtt_duplicates: int = 0
+    mqtt_evidence: int = 0          # distinct evidence-state messages the subscriber saw
+    mqtt_duplicates: int = 0        # redeliveries, by message id (both lanes)
+    mqtt_out_of_order: int = 0      # first arrivals older (egw-seq) than one already seen on the same lane
+    mqtt_sequenced: int = 0         # first arrivals that carried egw-seq (what the order check covered)
+    mqtt_unsequenced: int = 0       # first arrivals without egw-seq (not checkable)
+    clock_stamped: dict[str, int] = field(default_factory=dict)  # gateway records stamped with the jumped time
     custody_ok: bool = False
     stranded_mounts: list[str] = field(default_factory=list)  # recorders left mounted and never re-adopted
     custody_detail: str = ""
@@ -89,10 +158,42 @@ class TrialReport:
 
     @property
     def passed(self) -> bool:
-        return not self.missing and not self.corrupted and not self.deleted_before_receipt and self.custody_ok
+        return (not self.missing and not self.corrupted and not self.deleted_before_receipt and self.custody_ok
+                and not self.mqtt_out_of_order)
 
 
 # ---- processes --------------------------------------------------------------------------------
+
+
+def _monotonic_fix() -> Path:
+    """Build (once per source version) the shim preloaded in front of libfaketime: see its source."""
+    source = MONOTONIC_FIX.read_bytes()
+    built = Path(tempfile.gettempdir()) / f"egw-faketime-monotonic-fix-{hashlib.sha256(source).hexdigest()[:12]}.so"
+    if built.is_file():
+        return built
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("the clock fault needs a C compiler to build bench/faketime_monotonic_fix.c "
+                           "(a fix for libfaketime 0.9.10's monotonic waits): apt-get install gcc")
+    partial = built.with_suffix(f".{os.getpid()}.part")
+    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(partial), str(MONOTONIC_FIX), "-ldl"], check=True,
+                   capture_output=True)
+    os.replace(partial, built)
+    return built
+
+
+def faketime_env(*, timestamp_file: Path | None = None, offset: str | None = None) -> dict[str, str]:
+    """Environment for a child whose wall clock is faked (libfaketime) and nothing else: CLOCK_MONOTONIC, sleeps,
+    timed waits and file timestamps stay real, as under a real clock step. ``timestamp_file`` (re-read on every
+    call) lets the harness move the clock of a running process; ``offset`` (e.g. ``"-1h"``) fixes it instead."""
+    if not LIBFAKETIME.is_file():
+        raise RuntimeError(f"{LIBFAKETIME} is missing: apt-get install faketime")
+    env = {"LD_PRELOAD": f"{_monotonic_fix()} {LIBFAKETIME}", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
+    if timestamp_file is not None:
+        env.update(FAKETIME_TIMESTAMP_FILE=str(timestamp_file), FAKETIME_NO_CACHE="1")
+    if offset is not None:
+        env["FAKETIME"] = offset
+    return env
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -373,6 +474,20 @@ def gateway_rows(data_dir: Path) -> list[dict[str, Any]]:
         con.close()
 
 
+def outbox_backlog(data_dir: Path) -> int:
+    """MQTT messages the gateway still owes the broker (parked ones excluded: they wait for an operator)."""
+    db = data_dir / "state.db"
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM outbox WHERE parked_reason IS NULL").fetchone()[0])
+    except sqlite3.OperationalError:  # no outbox table yet
+        return 0
+    finally:
+        con.close()
+
+
 # ---- one trial --------------------------------------------------------------------------------
 
 
@@ -392,8 +507,10 @@ class Trial:
         self.broker: Broker | None = None
         self.proxy: FaultyProxy | None = None
         self.mounted_disk: Path | None = None
-        self.mqtt_seen: list[tuple[str, bytes]] = []
+        self.mqtt_seen: list[tuple[str, bytes, int | None]] = []  # (topic, payload, egw-seq) in arrival order
+        self.clock_file: Path | None = None  # libfaketime's FAKETIME_TIMESTAMP_FILE when the clock fault is on
         self.started = time.monotonic()
+        self.started_wall = time.time()
 
     def event(self, text: str) -> None:
         line = f"[{time.monotonic() - self.started:6.1f}s] {text}"
@@ -410,8 +527,23 @@ class Trial:
         assert address.endswith(f":{self.platform_port}"), address
 
     def start_gateway(self) -> None:
-        self.gateway = Child("gateway", _egw("run", "-c", str(self.config)), self.logs)
+        # Every start (the first and each restart after a kill) runs under the trial's clock.
+        self.gateway = Child("gateway", _egw("run", "-c", str(self.config)), self.logs, env=_env(**self._clock_env()))
         self.gateway.line(0, timeout=60)
+
+    def _clock_env(self) -> dict[str, str]:
+        """libfaketime for the gateway: its wall clock follows ``clock_file``, re-read on every call."""
+        if self.clock_file is None:
+            return {}
+        return faketime_env(timestamp_file=self.clock_file)
+
+    def _set_clock(self, offset_s: int) -> None:
+        """Move the gateway's wall clock to real time + ``offset_s``: one atomic rename, so a reader sees the
+        old offset or the new one, never an empty file."""
+        assert self.clock_file is not None
+        tmp = self.clock_file.with_suffix(".tmp")
+        tmp.write_text(f"{offset_s:+d}\n")
+        os.replace(tmp, self.clock_file)
 
     def setup(self) -> None:
         from gateway.evidence.identity import init_identity
@@ -429,6 +561,9 @@ class Trial:
             self.data = disk / "gw"
         else:
             self.data = self.dir / "gw"
+        if "clock" in self.opts.faults:
+            self.clock_file = self.dir / "faketime.rc"
+            self._set_clock(0)
         init_identity(self.data, gateway_id=f"gw-faults-{self.index}")
         address = f"127.0.0.1:{self.platform_port}"
         enroll(self.data, address, issue_token(self.platform_data)["token"])
@@ -495,9 +630,21 @@ port = "{analyzer_url}"
         import paho.mqtt.client as mqtt
 
         assert self.broker is not None
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"faults-{os.getpid()}-{self.index}")
-        client.on_message = lambda c, u, m: self.mqtt_seen.append((m.topic, bytes(m.payload))) if not m.retain else None
-        client.on_connect = lambda c, u, f, rc, p=None: c.subscribe("egw/v1/+/results/#", qos=1)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"faults-{os.getpid()}-{self.index}",
+                             protocol=mqtt.MQTTv5)  # MQTT 5: the user property egw-seq is what the order check reads
+
+        def on_message(_c: Any, _u: Any, m: Any) -> None:
+            if m.retain:
+                return
+            seq = None
+            for key, value in getattr(getattr(m, "properties", None), "UserProperty", None) or []:
+                if key == "egw-seq":
+                    seq = int(value)
+            self.mqtt_seen.append((m.topic, bytes(m.payload), seq))
+
+        client.on_message = on_message
+        client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(
+            [(f"egw/v1/+/{prefix}#", 1) for prefix in MQTT_LANES.values()])
         client.connect_async("127.0.0.1", self.broker.port)
         client.reconnect_delay_set(0.2, 1)
         client.loop_start()
@@ -536,21 +683,24 @@ port = "{analyzer_url}"
         self.broker.start()
         self.event("mosquitto restarted")
 
-    def _fault_unplug(self) -> None:
-        # "Mid-copy" is the point: wait for a partial blob past a random size rather than a random time.
+    def _wait_mid_copy(self, timeout: float = 30.0) -> tuple[bool, int]:
+        """Wait for a partial blob past a random size (a moment in the middle of the work, not a random time);
+        returns (found, threshold in bytes)."""
         partial = self.data / "blobs" / "tmp"
         threshold = int(self.rng.uniform(0.5, max(1.0, self.opts.fill_mb * 0.6)) * (1 << 20))
-        deadline = time.monotonic() + 30
-        mid_copy = False
-        while time.monotonic() < deadline and not mid_copy:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             for p in list(partial.glob("*.part")):
                 try:
                     if p.stat().st_size > threshold:
-                        mid_copy = True
-                        break
+                        return True, threshold
                 except OSError:
                     pass
             time.sleep(0.002)
+        return False, threshold
+
+    def _fault_unplug(self) -> None:
+        mid_copy, threshold = self._wait_mid_copy()
         busid = f"1-{self.rng.randrange(1, self.opts.recorders + 1)}"
         self.recorders.send(f"unplug {busid}")
         self.event(f"unplug {busid} ({'mid-copy, partial blob > %d MB' % (threshold >> 20) if mid_copy else 'no copy in flight'})")
@@ -576,6 +726,20 @@ port = "{analyzer_url}"
         filler.unlink()
         self.event("disk given room (filler deleted)")
 
+    def _fault_clock(self) -> None:
+        assert self.clock_file is not None
+        # Like unplug, at a moment in the middle of the work (a partial blob past a random size): a jump that
+        # lands on an idle gateway proves little.
+        mid_copy, threshold = self._wait_mid_copy(timeout=20.0)
+        offset = self.rng.choice(self.opts.clock_jumps_s)
+        hold = self.rng.uniform(5.0, 15.0)
+        self._set_clock(offset)
+        when = f"mid-copy, partial blob > {threshold >> 20} MB" if mid_copy else "no copy in flight"
+        self.event(f"gateway clock jumped {offset / 3600:+.0f} h for {hold:.1f} s ({when})")
+        time.sleep(hold)
+        self._set_clock(0)
+        self.event("gateway clock back to real time")
+
     def _fault_net(self) -> None:
         assert self.proxy is not None
         self.proxy.bad.set()
@@ -586,8 +750,9 @@ port = "{analyzer_url}"
         self.event(f"uplink healed ({self.proxy.dropped} connections dropped)")
 
     def inject(self) -> None:
-        # unplug fires on its own trigger (a partial blob of random size), the others at a random moment
-        plan = sorted((0.0 if f == "unplug" else self.rng.uniform(0.5, self.opts.fault_window_s), f) for f in self.opts.faults)
+        # unplug and clock fire on their own trigger (a partial blob of random size), the others at a random moment
+        plan = sorted((0.0 if f in ("unplug", "clock") else self.rng.uniform(0.5, self.opts.fault_window_s), f)
+                      for f in self.opts.faults)
         threads = []
         t0 = time.monotonic()
         for at, fault in plan:
@@ -618,6 +783,9 @@ port = "{analyzer_url}"
         busy = sum(1 for r in rows if r["state"] in ("ingested", "queued", "uploading"))
         if busy:
             return f"{busy} gateway item(s) not receipted"
+        queued = outbox_backlog(self.data)
+        if queued:  # counted only once the outbox is drained: what the subscriber saw is then all it can see
+            return f"{queued} MQTT message(s) still in the gateway's outbox"
         on_volumes = sorted({p.relative_to(self.volumes).parts[0] for p in self.volumes.rglob("*") if p.is_file()}) \
             if self.volumes.is_dir() else []
         if on_volumes:
@@ -642,15 +810,16 @@ port = "{analyzer_url}"
                 now_why = f"database busy ({exc})"
             if not now_why:
                 self.report.settled = True
-                self.event("settled: everything receipted, recorders released")
+                self.event("settled: everything receipted, recorders released, MQTT outbox drained")
                 return
             if now_why != why:
                 why, since = now_why, time.monotonic()
-            elif time.monotonic() - since > 15 and (mounted := self._mounted_serials()):
+            elif "kill" in self.opts.faults and time.monotonic() - since > 15 and (mounted := self._mounted_serials()):
                 # No progress for 15 s while a recorder sits in mass-storage mode: a recorder that was mounted when
                 # egw run was killed is never adopted by the restarted gateway (it is off the USB/IP bus), so what it
                 # still holds is neither collected nor released. Counted (stranded_mounts) and healed the way an
-                # officer would: re-dock it.
+                # officer would: re-dock it. Only where egw run was killed: otherwise a mounted recorder is just
+                # waiting for its receipts (e.g. refused while the gateway's clock was an hour early).
                 for serial in mounted:
                     self.report.stranded_mounts.append(serial)
                     busid = busids.get(serial)
@@ -693,17 +862,20 @@ port = "{analyzer_url}"
             else:
                 r.missing.append(f"recording {key} (sha256 {sha[:12]}…)")
         # Two recorders may hold byte-identical files (silent audio): distinct items, same digest. A duplicate is
-        # the SAME item (device, path, digest) held twice, or more platform receipts than items with that digest.
-        same_item: dict[tuple[str, str, str], int] = {}
+        # the SAME source (device, path) held as two items, whatever their digests (a rapid-test result re-sent by
+        # the instrument differs from the first in its received_at), or more platform receipts than items with
+        # that digest.
+        same_source: dict[tuple[str, str], list[str]] = {}
         for row in rows:
-            k = (row["device_id"] or "", row["source_path"], row["sha256"])
-            same_item[k] = same_item.get(k, 0) + 1
-        for (device, path, sha), n in same_item.items():
-            if n > 1:
-                r.duplicated.append(f"gateway holds {device}:{path} ({sha[:12]}…) as {n} evidence items")
+            same_source.setdefault((row["device_id"] or "", row["source_path"]), []).append(row["sha256"])
+        for (device, path), shas in same_source.items():
+            if len(shas) > 1:
+                r.duplicated.append(f"gateway holds {device}:{path} as {len(shas)} evidence items "
+                                    f"({', '.join(sha[:12] + '…' for sha in shas)})")
         gw_items_per_sha: dict[str, int] = {}
-        for (_, _, sha) in same_item:
-            gw_items_per_sha[sha] = gw_items_per_sha.get(sha, 0) + 1
+        for shas in same_source.values():
+            for sha in set(shas):
+                gw_items_per_sha[sha] = gw_items_per_sha.get(sha, 0) + 1
         for sha, n in by_sha.items():
             if n > gw_items_per_sha.get(sha, 1):
                 r.duplicated.append(f"platform holds {n} receipts for {sha[:12]}… (gateway items with it: "
@@ -726,18 +898,9 @@ port = "{analyzer_url}"
                 r.delivered += 1
             else:
                 r.missing.append(f"rapid-test result {sample} (acknowledged to the analyzer)")
-        # MQTT: each result message once (QoS 1 may redeliver; counted, not failed)
-        ids: dict[str, int] = {}
-        for topic, payload in self.mqtt_seen:
-            try:
-                msg = json.loads(payload)
-            except ValueError:
-                continue
-            mid = str(msg.get("messageId") or msg.get("message_id") or msg.get("evidenceId") or msg.get("evidence_id")
-                      or hashlib.sha256(payload).hexdigest())
-            ids[mid] = ids.get(mid, 0) + 1
-        r.mqtt_results = len(ids)
-        r.mqtt_duplicates = sum(n - 1 for n in ids.values())
+        self.count_mqtt()
+        if self.clock_file is not None:
+            self.count_clock_stamps()
         r.deleted_before_receipt = list(self.watch.violations)
         custody = subprocess.run(_egw("custody", "verify", "--data-dir", str(self.data), "--json"), cwd=REPO, env=_env(),
                                  capture_output=True, text=True, timeout=120)
@@ -746,6 +909,75 @@ port = "{analyzer_url}"
         except ValueError:
             r.custody_ok = False
         r.custody_detail = (custody.stdout.strip() or custody.stderr.strip())[-400:]
+
+    def count_mqtt(self) -> None:
+        """Per lane, in arrival order: a redelivery (same message id) is a duplicate; a first arrival with a lower
+        egw-seq than one already seen on its lane is out of order (see the module docstring)."""
+        r = self.report
+        seen_ids: dict[str, int] = {}
+        highest: dict[str, int] = {}
+        first_seqs: set[tuple[str, int]] = set()
+        for topic, payload, seq in list(self.mqtt_seen):
+            lane = next((name for name, prefix in MQTT_LANES.items() if topic.split("/", 3)[-1].startswith(prefix)), None)
+            if lane is None:
+                continue
+            try:
+                msg = json.loads(payload)
+            except ValueError:
+                msg = {}
+            mid = str(msg.get("messageId") or msg.get("message_id") or hashlib.sha256(payload).hexdigest())
+            seen_ids[mid] = seen_ids.get(mid, 0) + 1
+            if seen_ids[mid] > 1:
+                continue  # a QoS 1 redelivery: a duplicate, not disorder
+            if lane == "results":
+                r.mqtt_results += 1
+            else:
+                r.mqtt_evidence += 1
+            if seq is None:
+                r.mqtt_unsequenced += 1
+                continue
+            if (lane, seq) in first_seqs:
+                continue  # the same outbox row under another message id cannot happen; never count it twice
+            first_seqs.add((lane, seq))
+            r.mqtt_sequenced += 1
+            if seq < highest.get(lane, -1):
+                r.mqtt_out_of_order += 1
+                if r.mqtt_out_of_order <= 5:
+                    self.event(f"out of order on lane {lane}: egw-seq {seq} ({topic}) after {highest[lane]}")
+            highest[lane] = max(highest.get(lane, -1), seq)
+        r.mqtt_duplicates = sum(n - 1 for n in seen_ids.values())
+
+    def count_clock_stamps(self) -> None:
+        """How many gateway records carry the jumped wall clock: proof the jump landed, and that the evidence
+        shows it rather than hiding it (custody entries' ``at``, manifests' ``ingested_at``, log lines' ``ts``)."""
+        from datetime import datetime
+
+        end = time.time()
+
+        def jumped(ts: float) -> bool:  # outside the trial's real time span by more than half a jump
+            return ts < self.started_wall - CLOCK_JUMP_S / 2 or ts > end + CLOCK_JUMP_S / 2
+
+        stamps = {"log_lines": 0, "custody_entries": 0, "manifests": 0}
+        for line in Path(self.logs / "gateway.log").read_text(errors="replace").splitlines():
+            try:
+                ts = float(json.loads(line).get("ts"))
+            except (ValueError, TypeError, AttributeError):
+                continue
+            stamps["log_lines"] += jumped(ts)
+        con = sqlite3.connect(f"file:{self.data / 'state.db'}?mode=ro", uri=True, timeout=10)
+        try:
+            for (at,) in con.execute("SELECT at FROM custody"):
+                stamps["custody_entries"] += jumped(float(at))
+            for (raw,) in con.execute("SELECT manifest FROM evidence"):
+                try:
+                    manifest = json.loads(base64.b64decode(json.loads(raw)["payload"]))
+                    ingested = datetime.fromisoformat(manifest["ingested_at"].replace("Z", "+00:00")).timestamp()
+                except (ValueError, KeyError, TypeError):
+                    continue
+                stamps["manifests"] += jumped(ingested)
+        finally:
+            con.close()
+        self.report.clock_stamped = stamps
 
     def teardown(self) -> None:
         try:
@@ -801,12 +1033,21 @@ def summary_line(reports: list[TrialReport]) -> str:
     return f"missing={missing} corrupted={corrupted} deleted_before_receipt={deleted} duplicates={duplicates} custody={custody}"
 
 
+def out_of_order_line(reports: list[TrialReport]) -> str:
+    """The ordering check over all trials (the line before the totals' last line)."""
+    return (f"out_of_order={sum(r.mqtt_out_of_order for r in reports)} "
+            f"sequenced={sum(r.mqtt_sequenced for r in reports)} unsequenced={sum(r.mqtt_unsequenced for r in reports)} "
+            f"(MQTT first arrivals older than one already seen on their lane, by egw-seq)")
+
+
 def print_report(r: TrialReport, out: Any = print) -> None:
     out(f"trial {r.trial} [{','.join(r.faults)}] {r.seconds:.1f} s {'PASS' if r.passed else 'FAIL'}: "
         f"expected={r.expected} delivered={r.delivered} missing={len(r.missing)} duplicated={len(r.duplicated)} "
         f"corrupted={len(r.corrupted)} deleted_before_receipt={len(r.deleted_before_receipt)} "
         f"gateway_items={r.gateway_items} gateway_unreceipted={r.gateway_unreceipted} "
-        f"mqtt_results={r.mqtt_results} mqtt_duplicates={r.mqtt_duplicates} stranded_mounts={len(r.stranded_mounts)} "
+        f"mqtt_results={r.mqtt_results} mqtt_evidence={r.mqtt_evidence} mqtt_duplicates={r.mqtt_duplicates} "
+        f"out_of_order={r.mqtt_out_of_order} (of {r.mqtt_sequenced} sequenced, {r.mqtt_unsequenced} unsequenced) "
+        f"stranded_mounts={len(r.stranded_mounts)} "
         f"settled={'yes' if r.settled else 'no'} custody={'ok' if r.custody_ok else 'FAIL'}")
     for label, items in (("missing", r.missing), ("corrupted", r.corrupted), ("deleted before receipt", r.deleted_before_receipt),
                          ("duplicated", r.duplicated)):
@@ -814,6 +1055,9 @@ def print_report(r: TrialReport, out: Any = print) -> None:
             out(f"    {label}: {item}")
     if not r.custody_ok:
         out(f"    custody: {r.custody_detail}")
+    if r.clock_stamped:
+        out("    clock: gateway records stamped with the jumped time: "
+            + " ".join(f"{k}={v}" for k, v in r.clock_stamped.items()))
 
 
 def run_campaign(trials: int, opts: TrialOptions, seed: int, root: Path, say: Any = print) -> list[TrialReport]:
@@ -829,8 +1073,9 @@ def run_campaign(trials: int, opts: TrialOptions, seed: int, root: Path, say: An
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/faults.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=30)
-    p.add_argument("--faults", default="kill,platform,broker,unplug,disk,net",
-                   help=f"comma-separated, from {','.join(ALL_FAULTS)} (clock jumps are not implemented)")
+    p.add_argument("--faults", default=",".join(ALL_FAULTS),
+                   help=f"comma-separated, from {','.join(ALL_FAULTS)} (clock: ±1 h jumps of the gateway's wall clock "
+                        "under libfaketime, Debian package faketime)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--broker-down", type=float, default=30.0, help="seconds the broker stays down (issue 9: 30)")
     p.add_argument("--fill-mb", type=float, default=48.0, help="bulk file per recorder, so faults land mid-copy")
@@ -841,6 +1086,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [f for f in faults if f not in ALL_FAULTS]
     if unknown:
         p.error(f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(ALL_FAULTS)}")
+    if "clock" in faults:
+        try:
+            faketime_env(offset="+0")
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            p.error(f"the clock fault runs the gateway under libfaketime: {exc} (or leave 'clock' out of --faults)")
     if "disk" in faults and os.geteuid() != 0:
         p.error("the disk fault mounts a small tmpfs and needs root; leave 'disk' out of --faults")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
@@ -857,9 +1107,10 @@ def main(argv: list[str] | None = None) -> int:
     passed = sum(r.passed for r in reports)
     print(f"totals: expected={sum(r.expected for r in reports)} delivered={sum(r.delivered for r in reports)} "
           f"gateway_items={sum(r.gateway_items for r in reports)} mqtt_results={sum(r.mqtt_results for r in reports)} "
-          f"mqtt_duplicates={sum(r.mqtt_duplicates for r in reports)} "
+          f"mqtt_evidence={sum(r.mqtt_evidence for r in reports)} mqtt_duplicates={sum(r.mqtt_duplicates for r in reports)} "
           f"stranded_mounts={sum(len(r.stranded_mounts) for r in reports)} (recorders left mounted by a killed egw run "
           f"and never re-adopted; re-docked by the harness) unsettled={sum(not r.settled for r in reports)}")
+    print(out_of_order_line(reports))
     print(f"{passed}/{len(reports)} trials passed in {time.monotonic() - started:.0f} s (seed {seed}); logs in {root}")
     print(summary_line(reports), flush=True)
     ok = passed == len(reports)

@@ -74,6 +74,23 @@ def test_ingest_export_verify_round_trip(tmp_path, data_dir):
     assert custody["ok"] and custody["entries"] == 2  # ingested, exported
 
 
+def test_status_oldest_unreceipted_is_the_first_ingested_with_no_negative_age_after_a_clock_step(tmp_path):
+    """Seen reviewing wall-clock uses for issue 9's clock fault: ``oldest_unreceipted`` (and the metric
+    egw_upload_queue_oldest_age_seconds) picked the item with the smallest wall-clock created_at and could report
+    a negative age. An item ingested while the clock was an hour ahead, then one ingested after it was set right."""
+    from gateway.evidence.identity import init_identity
+    from gateway.evidence.manifest import ManifestInput
+    from gateway.evidence.service import EvidenceService
+
+    init_identity(tmp_path / "gw")
+    with EvidenceService(tmp_path / "gw") as service:
+        first = service.ingest_bytes(b"first", ManifestInput(source_path="a.bin")).evidence_id
+        service.ingest_bytes(b"second", ManifestInput(source_path="b.bin"))
+        service.state.db.execute("UPDATE evidence SET created_at = created_at + 3600 WHERE id = ?", (first,))
+        oldest = service.status()["oldest_unreceipted"]
+    assert oldest["evidence_id"] == first and oldest["age_s"] == 0.0
+
+
 def _flip_json_payload(path: Path, key: str, mutate):
     doc = json.loads(path.read_text())
     doc[key] = mutate(doc[key])

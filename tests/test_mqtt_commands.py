@@ -50,6 +50,30 @@ def test_a_good_command_verifies_once_and_its_replay_is_refused_even_after_a_res
     assert reason(data_dir, gid, "ping", signed) == "replayed"  # a new verifier, a new connection: nonce persisted
 
 
+def test_a_used_command_stays_refused_after_the_gateway_clock_jumped_ahead_and_back(gw):
+    """Found reviewing the wall-clock uses for issue 9's clock fault: a used nonce was forgotten as soon as the
+    gateway's clock *read* past its command's expiry, so after a jump ahead (+1 h) and back a captured command
+    that was still valid could be replayed."""
+    data_dir, gid = gw
+    t0 = time.time()
+    captured, _ = sign_command(PLATFORM_KEY, gid, "ping", ttl_s=600, issued_at=t0)
+    verify(data_dir, gid, "ping", captured, clock=lambda: t0 + 1)
+    ahead, _ = sign_command(PLATFORM_KEY, gid, "ping", issued_at=t0 + 3600)
+    verify(data_dir, gid, "ping", ahead, clock=lambda: t0 + 3601)  # +1 h: this verification prunes old nonces
+    assert reason(data_dir, gid, "ping", captured, clock=lambda: t0 + 10) == "replayed"  # back: still refused
+    fresh, _ = sign_command(PLATFORM_KEY, gid, "ping", issued_at=t0 + 20)
+    assert verify(data_dir, gid, "ping", fresh, clock=lambda: t0 + 21).name == "ping"  # new commands still run
+
+    # A month ahead (a dead RTC battery, a wrong time server) does forget nonces; the captured command,
+    # back in its validity window, must not run again all the same.
+    month = 30 * 86400
+    far, _ = sign_command(PLATFORM_KEY, gid, "ping", issued_at=t0 + month)
+    verify(data_dir, gid, "ping", far, clock=lambda: t0 + month + 1)
+    with State(data_dir) as state:
+        assert not state.db.execute("SELECT 1 FROM command_nonces WHERE expires_at < ? AND nonce != ''", (t0 + 700,)).fetchall()
+    assert reason(data_dir, gid, "ping", captured, clock=lambda: t0 + 30) == "expired"
+
+
 def test_forged_altered_unsigned_expired_and_misdirected_commands_are_refused(gw):
     data_dir, gid = gw
     forged, _ = sign_command(OTHER_KEY, gid, "ping")

@@ -159,6 +159,39 @@ def test_protocol_3_1_1_works_and_auto_starts_with_5(gw):
         assert link_status(data_dir)["link"]["protocol"] == expect
 
 
+def test_each_message_carries_its_outbox_id_as_egw_seq_so_a_subscriber_can_check_lane_order(gw):
+    """The order promise made checkable (bench/faults.py counts out-of-order arrivals with it): payload ids (UUIDv7)
+    and timestamps follow the wall clock, which a clock step moves backwards; egw-seq is the outbox id."""
+    data_dir, gid = gw
+    root = ob.topic_root(gid)
+    with ob.Outbox(data_dir, gid) as box:
+        queued = {"results": [box.put_result(events_pb2.RapidTestResult(message_id=f"r{i}")) for i in range(5)],
+                  "device": [box.put_device_state(events_pb2.DeviceState(device_id="cam1", state="docked"))]}
+        queued["results"].append(box.put_result(events_pb2.RapidTestResult(message_id="r5")))
+    sub = Subscriber(1883, f"{root}#")
+    seqs: list[tuple[str, str | None]] = []
+
+    def on_message(_c: object, _u: object, m: object) -> None:
+        props = dict(getattr(getattr(m, "properties", None), "UserProperty", None) or [])
+        seqs.append((m.topic, props.get("egw-seq")))  # type: ignore[attr-defined]
+
+    sub.client.on_message = on_message
+    sub.start()
+    try:
+        assert drain_outbox(data_dir, SHARED_BROKER, 10, config=LinkConfig(SHARED_BROKER, handle_commands=False)).ok
+        wait_for(lambda: len([t for t, _ in seqs if t.endswith("results/rapidtest")]) == 6, 5, "six results")
+        assert [int(q) for t, q in seqs if t.endswith("results/rapidtest") and q] == queued["results"]
+        assert [int(q) for t, q in seqs if t.endswith("cam1/state") and q] == queued["device"]
+        with ob.Outbox(data_dir, gid) as box:  # MQTT 3.1.1 has no properties: no egw-seq, nothing else changes
+            box.put_result(events_pb2.RapidTestResult(message_id="v311"))
+        assert drain_outbox(data_dir, SHARED_BROKER, 10,
+                            config=LinkConfig(SHARED_BROKER, protocol="3.1.1", handle_commands=False)).ok
+        wait_for(lambda: len([t for t, _ in seqs if t.endswith("results/rapidtest")]) == 7, 5, "the 3.1.1 result")
+        assert [q for t, q in seqs if t.endswith("results/rapidtest")][-1] is None
+    finally:
+        sub.stop()
+
+
 def test_auto_falls_back_to_3_1_1_when_the_broker_refuses_mqtt_5(gw):
     from tests.mqtt_support import Mqtt311OnlyProxy
 

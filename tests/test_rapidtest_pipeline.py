@@ -39,3 +39,36 @@ def test_unreachable_analyzer_is_a_clear_error(tmp_path):
     run_egw("keys", "init", "--data-dir", str(data), check=True)
     proc = run_egw("rapidtest", "--port", str(tmp_path / "no-such-tty"), "--count", "1", "--data-dir", str(data))
     assert proc.returncode == 2 and "hint:" in proc.stderr and "--port" in proc.stderr
+
+
+def test_a_result_the_instrument_resends_after_a_gateway_restart_is_not_new_evidence(tmp_path):
+    """At-least-once from the instrument: a gateway killed after storing a result but before its ACK gets the same
+    message again after restart. The result document carries the wall-clock ``received_at``, so its bytes (and
+    digest) differ the second time; it was stored and published as a second result."""
+    import hashlib
+    import time
+    from datetime import datetime, timezone
+
+    from drivers.rapidtest import Judgement, RapidTestResult
+    from gateway.evidence.identity import init_identity
+    from gateway.evidence.service import EvidenceService
+    from gateway.workflows.rapidtest import RapidTestPipeline
+
+    init_identity(tmp_path / "gw")
+    text = b"H|\\^&|||RT-9^1.0^SN42\rR|1|^^^OPPEST^organophosphates|62.5|%|0^50|H||F\rL|1|N\r"
+    result = RapidTestResult(
+        instrument_id="SN42", instrument_model="RT-9", instrument_version="1.0", message_id="M7", sample_id="S1",
+        sample_description="spinach", item_code="OPPEST", item_name="organophosphates", method="enzyme inhibition",
+        standard="GB/T 5009.199-2003", value="62.5", unit="%", reference_range="0^50", cutoff="50", abnormal_flag="H",
+        status="F", judgement=Judgement.POSITIVE, operator="op", started_at=None,
+        tested_at=datetime(2026, 5, 1, 9, 30, tzinfo=timezone.utc), comments=(), result_index=1, results_in_message=1,
+        termination_code="N", message_digest=hashlib.sha256(text).hexdigest(), message_text=text, transcript=b"\x05" + text)
+    published = []
+    with EvidenceService(tmp_path / "gw") as service:
+        first = RapidTestPipeline(service, publishers=[published.append]).record(result)
+    time.sleep(0.01)  # the re-sent message arrives later: received_at differs
+    with EvidenceService(tmp_path / "gw") as service:  # egw run restarted
+        again = RapidTestPipeline(service, publishers=[published.append]).record(result)
+        kinds = [row.kind for row in service.state.all_evidence()]
+    assert again.duplicate and again.evidence_id == first.evidence_id and again.document == first.document
+    assert sorted(kinds) == ["document", "result"] and len(published) == 1

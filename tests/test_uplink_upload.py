@@ -285,6 +285,59 @@ def test_platform_with_another_ca_is_refused_with_a_clear_error(tmp_path: Path) 
         assert list_received(tmp_path / "other") == []
 
 
+def test_a_gateway_clock_an_hour_early_is_named_as_the_cause_and_delivery_resumes_once_it_is_right(tmp_path: Path) -> None:
+    """Issue 9's clock fault, for real: ``egw sync`` under libfaketime with its wall clock an hour early. To it the
+    platform's certificate, issued minutes ago, is not yet valid: the TLS handshake fails. The error must name the
+    clock (it said "re-enrol with egw enroll", which would not help), the item must stay queued, nothing may reach
+    the platform, and the next run with the clock right delivers it."""
+    from bench.faults import faketime_env
+    from tests.conftest import egw_env
+
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        item = ingest_random(gw, 5000, "a.bin")
+        early = egw_env(**faketime_env(offset="-1h"))
+        down = run_egw("sync", "--once", "--max-attempts", "1", "--data-dir", str(gw.data_dir), "--json", env=early, timeout=60)
+        assert down.returncode == 1, down.stderr
+        (outcome,) = json.loads(down.stdout)["outcomes"]
+        assert outcome["status"] == "failed" and "not yet valid" in outcome["error"], outcome
+        assert "clock" in outcome["error"] and "re-enrol" not in outcome["error"], outcome["error"]
+        assert _row(gw.data_dir, item.evidence_id).state == "queued" and list_received(tmp_path / "p") == []
+        ok = run_egw("sync", "--once", "--data-dir", str(gw.data_dir), "--json", timeout=60)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert _row(gw.data_dir, item.evidence_id).state == "receipted"
+
+
+def test_a_certificate_outside_its_validity_by_our_clock_is_refused_naming_the_clock() -> None:
+    """The other half of a -1 h jump: an upload already connected gets its receipt, and the receipt signer's
+    certificate is checked at the gateway's (wrong) time. A certificate that starts an hour from now is what a
+    fresh one looks like to a clock an hour early: refused, saying when it is valid and that the clock may be wrong."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from gateway.errors import VerificationError
+    from gateway.evidence.identity import verify_certificate_chain
+
+    now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "platform")])
+
+    def cert(start: dt.datetime, end: dt.datetime) -> x509.Certificate:
+        return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+                .sign(key, hashes.SHA256()))
+
+    with pytest.raises(VerificationError, match=r"not yet valid .*valid from .*clock is wrong"):
+        verify_certificate_chain(cert(now + dt.timedelta(hours=1), now + dt.timedelta(days=1)), [], [])
+    with pytest.raises(VerificationError, match=r"has expired .*valid until .*clock is wrong"):
+        verify_certificate_chain(cert(now - dt.timedelta(days=2), now - dt.timedelta(hours=1)), [], [])
+    assert "self-signed" in verify_certificate_chain(cert(now - dt.timedelta(minutes=5), now + dt.timedelta(days=1)), [], [])
+
+
 def test_retry_schedule_backs_off_per_item_and_wakes_what_waited_for_the_platform() -> None:
     import random
 

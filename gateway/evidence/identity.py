@@ -203,10 +203,17 @@ def verify_certificate_chain(
     the returned string says which case held, for the verifier's report.
     """
     moment = at or dt.datetime.now(dt.timezone.utc)
+    clock = "" if at is not None else " by this machine's clock; if that clock is wrong, correct it (NTP) first"
     for cert in [leaf, *intermediates]:
-        if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
+        if moment < cert.not_valid_before_utc:
             raise VerificationError(
-                f"certificate {cert.subject.rfc4514_string()} is not valid at {moment.isoformat()}"
+                f"certificate {cert.subject.rfc4514_string()} is not yet valid at {moment.isoformat()} "
+                f"(valid from {cert.not_valid_before_utc.isoformat()}){clock}"
+            )
+        if moment > cert.not_valid_after_utc:
+            raise VerificationError(
+                f"certificate {cert.subject.rfc4514_string()} has expired at {moment.isoformat()} "
+                f"(valid until {cert.not_valid_after_utc.isoformat()}){clock}"
             )
     if not anchors and not intermediates:
         if leaf.issuer != leaf.subject:

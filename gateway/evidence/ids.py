@@ -1,4 +1,9 @@
-"""Evidence identifiers: UUIDv7 (RFC 9562), time-ordered so ids sort by ingest time."""
+"""Evidence identifiers: UUIDv7 (RFC 9562), time-ordered so ids sort by ingest time.
+
+By the wall clock at ingest, that is: a clock stepped back (NTP, an operator) makes later ids sort
+earlier. Nothing relies on id order: uniqueness comes from the 74 random bits, delivery order from
+the outbox's integer ids (``egw-seq`` on MQTT) and history from the custody log's sequence numbers.
+"""
 
 from __future__ import annotations
 

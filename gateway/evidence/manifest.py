@@ -53,7 +53,7 @@ class ManifestInput:
     officer_id: str | None = None
     unit: str | None = None
     captured_at_device: str | None = None  # as the device's clock said, ISO 8601 or device format
-    clock_offset_s: float | None = None  # gateway time − device time, measured before syncing
+    clock_offset_s: float | None = None  # device time − gateway time (> 0: device ahead), measured before syncing
     captured_at: float | None = None  # offset-corrected, Unix seconds
     important: bool = False
     derived: list[dict[str, Any]] = field(default_factory=list)

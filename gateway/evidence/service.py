@@ -171,7 +171,7 @@ class EvidenceService:
             "disk": {"blob_bytes": stored, "free_bytes": free},
             "custody_entries": self.custody.size,
             "oldest_unreceipted": None if oldest is None else {
-                "evidence_id": oldest.id, "state": oldest.state, "age_s": round(time.time() - oldest.created_at, 1),
+                "evidence_id": oldest.id, "state": oldest.state, "age_s": round(max(0.0, time.time() - oldest.created_at), 1),
                 "source_path": oldest.source_path, "last_error": oldest.last_error,
             },
         }

@@ -244,6 +244,16 @@ class State:
         return EvidenceRow(*found) if found else None
 
     @_locked
+    def first_from_source(self, device_id: str | None, source_path: str) -> EvidenceRow | None:
+        """The first item (in insertion order, not by any clock) ingested from this source, whatever its digest."""
+        cur = self.db.execute(
+            "SELECT * FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? ORDER BY rowid LIMIT 1",
+            (device_id or "", source_path),
+        )
+        found = cur.fetchone()
+        return EvidenceRow(*found) if found else None
+
+    @_locked
     def find_unchanged(self, device_id: str | None, source_path: str, size: int, mtime: float) -> EvidenceRow | None:
         """An item already ingested from this source with the same size and mtime (digest still to confirm)."""
         cur = self.db.execute(
@@ -279,8 +289,9 @@ class State:
 
     @_locked
     def oldest_unreceipted(self) -> EvidenceRow | None:
+        """The first ingested (insertion order: created_at is the wall clock, which may have been stepped)."""
         found = self.db.execute(
-            "SELECT * FROM evidence WHERE state IN ('ingested', 'queued', 'uploading') ORDER BY created_at LIMIT 1"
+            "SELECT * FROM evidence WHERE state IN ('ingested', 'queued', 'uploading') ORDER BY rowid LIMIT 1"
         ).fetchone()
         return EvidenceRow(*found) if found else None
 

@@ -63,6 +63,11 @@ class UploaderComponent:
             sent = getattr(result, "bytes_sent", 0) or 0
             if sent:
                 self.runtime.metrics.uploaded_bytes.inc(sent)
+            if getattr(result, "status", "") == "failed":
+                # The item stays queued and is tried again later; without this line the reason was only in
+                # state.db (last_error), and a stalled uplink was silent in the service log.
+                log.warning("upload of %s failed after %d attempt(s): %s (tried again later)",
+                            getattr(result, "evidence_id", "?"), getattr(result, "attempts", 0), getattr(result, "error", "?"))
 
         self.task = asyncio.create_task(self._supervise(lambda: Uploader(config.data_dir, settings, link=link, on_outcome=outcome)),
                                         name="uploader")

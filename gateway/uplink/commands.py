@@ -21,8 +21,16 @@ the reason code each failure puts in the reply's ``error``::
 
 The signature is checked before any field of the payload is trusted. The
 nonce is recorded in the same transaction that accepts the command, so a
-replay is refused after a restart too; nonces are pruned once their command
-could no longer pass the expiry check.
+replay is refused after a restart too.
+
+Nonces and a stepped wall clock: expiry can only be judged by the wall clock
+(the platform signs wall times), but forgetting a nonce must not depend on
+the clock reading right. A nonce is kept until its command expired more than
+``max_lifetime_s`` (a day) ago by the gateway's clock, so a jump ahead of up
+to a day and back forgets nothing still valid; and the latest expiry among
+forgotten nonces is kept (a row with the empty nonce, which no command may
+carry) and every command expiring at or before it is refused as expired, so
+even a jump of a month ahead and back cannot make a used command run again.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ MAX_COMMAND_BYTES = 16 * 1024
 MAX_LIFETIME_S = 24 * 3600.0
 CLOCK_SKEW_S = 300.0
 COMMAND_NAMES = ("ping", "sync-time", "reupload", "status")
+FORGOTTEN_UP_TO = ""  # the command_nonces row holding the latest expiry of forgotten nonces (no command has this nonce)
 
 
 class CommandRejected(Exception):
@@ -183,13 +192,30 @@ class CommandVerifier:
             raise CommandRejected("expired", f"command expired {now - expires:.1f} s ago")
         if expires - issued > self.max_lifetime_s:
             raise CommandRejected("too-long-lived", f"command valid for {expires - issued:.0f} s, more than {self.max_lifetime_s:.0f} s")
-        db.execute("DELETE FROM command_nonces WHERE expires_at < ?", (now - self.skew_s,))
+        forgotten = db.execute("SELECT expires_at FROM command_nonces WHERE nonce = ?", (FORGOTTEN_UP_TO,)).fetchone()
+        if forgotten is not None and expires <= forgotten[0]:
+            raise CommandRejected("expired", "command expired before the newest nonce this gateway has forgotten "
+                                  "(its clock was once far ahead); the platform must sign a new one")
+        self._forget_old_nonces(db, now)
         try:
             db.execute("INSERT INTO command_nonces (nonce, name, expires_at, seen_at) VALUES (?, ?, ?, ?)",
                        (command.nonce, command.name, expires, now))
         except sqlite3.IntegrityError as exc:
             raise CommandRejected("replayed", f"nonce {command.nonce!r} was already used") from exc
         return VerifiedCommand(command.name, dict(command.args), command.nonce, issued, expires, command.gateway_id)
+
+    def _forget_old_nonces(self, db: sqlite3.Connection, now: float) -> None:
+        """Drop nonces of commands expired over a day ago, remembering the latest expiry dropped (see the module
+        docstring: a clock stepped far ahead must not make a used command acceptable again)."""
+        cutoff = now - self.skew_s - self.max_lifetime_s
+        newest = db.execute("SELECT MAX(expires_at) FROM command_nonces WHERE expires_at < ? AND nonce != ?",
+                            (cutoff, FORGOTTEN_UP_TO)).fetchone()[0]
+        if newest is None:
+            return
+        db.execute("DELETE FROM command_nonces WHERE expires_at < ? AND nonce != ?", (cutoff, FORGOTTEN_UP_TO))
+        db.execute("INSERT INTO command_nonces (nonce, name, expires_at, seen_at) VALUES (?, '(forgotten up to)', ?, ?) "
+                   "ON CONFLICT(nonce) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at), seen_at = excluded.seen_at",
+                   (FORGOTTEN_UP_TO, newest, now))
 
 
 def make_reply(name: str, nonce: str, ok: bool, *, error: str = "", result: dict[str, str] | None = None) -> events_pb2.CommandReply:

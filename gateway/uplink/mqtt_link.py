@@ -26,6 +26,16 @@ Delivery rules:
 - Connection lost → everything un-acknowledged is re-sent from the oldest,
   in order, on a fresh client (duplicates possible, detectable by message id).
 
+What a subscriber can check: over MQTT 5 every outbox message carries the
+user property ``egw-seq``, its outbox id (decimal). It increases within a
+lane (never reused, kept across restarts of the gateway, not contiguous: the
+lanes share one counter and latest-only lanes replace queued rows), so the
+first arrivals of a lane come in increasing ``egw-seq``; a repeated
+``egw-seq`` is a redelivery. Payload ids (UUIDv7) and timestamps follow the
+wall clock and may go backwards when it is stepped; ``egw-seq`` does not.
+A parked message put back in line (``requeue_parked``) is the one exception:
+it goes out after newer ones. MQTT 3.1.1 has no properties: no ``egw-seq``.
+
 Each connection starts clean (MQTT 5 clean start, 3.1.1 clean session): the
 outbox, not the broker session, is the memory of what is still owed.
 """
@@ -62,12 +72,13 @@ from protos.egw.v1 import events_pb2
 
 __all__ = [
     "BrokerUrl", "parse_broker_url", "LinkConfig", "LinkStats", "MqttLink", "DrainReport", "drain_outbox",
-    "link_status",
+    "link_status", "SEQ_PROPERTY",
 ]
 
 log = logging.getLogger("egw.mqtt")
 
 LINK_NAME = "mqtt"
+SEQ_PROPERTY = "egw-seq"  # MQTT 5 user property: the message's outbox id (see the module docstring)
 BATCH_READ = 500
 # PUBACKed ids are deleted in batches of this many (or when nothing is in flight): a crash
 # re-sends at most window + DELETE_BATCH messages, each a duplicate detectable by message id.
@@ -577,7 +588,11 @@ class MqttLink:
             msg = self._next_message()
             if msg is None:
                 return
-            info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            properties = None
+            if self._protocol == MQTTProtocolVersion.MQTTv5:
+                properties = Properties(PacketTypes.PUBLISH)
+                properties.UserProperty = (SEQ_PROPERTY, str(msg.id))
+            info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=properties)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._buffers[msg.lane].appendleft(msg)
                 log.warning("paho refused to queue %s: %s; will retry", msg.topic, mqtt.error_string(info.rc))

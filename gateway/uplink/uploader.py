@@ -397,7 +397,11 @@ class Uploader:
                 out.unreachable = exc.code() in UNREACHABLE
                 if exc.code() in NON_RETRYABLE:
                     break
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and "handshake" in (exc.details() or "").lower():
+                details = (exc.details() or "").lower()
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and "not yet valid" in details:
+                    error += (" — the TLS handshake failed: a certificate is not yet valid by this gateway's clock; "
+                              "check the clock (NTP); uploads resume by themselves once it is right")
+                elif exc.code() == grpc.StatusCode.UNAVAILABLE and "handshake" in details:
                     error += (" — the TLS handshake failed: the platform may not accept this gateway's certificate "
                               "(issued by another CA, or expired); re-enrol with `egw enroll`")
             except (OSError, GatewayError) as exc:

@@ -98,14 +98,24 @@ class RapidTestPipeline:
             ),
             priority=2,
         )
+        # The source path names the message (by the digest of its text) and the position, so an instrument
+        # re-sending a message is not new evidence. Matched by source alone: the document's received_at is the
+        # gateway's wall clock, so a re-sent result's document differs from the stored one in its bytes.
+        source_path = f"astm/{result.instrument_id}/{result.message_id}/{result.message_digest}/{result.result_index}"
+        known = self.service.state.first_from_source(device_id, source_path)
+        if known is not None:
+            with self.service.store.open(known.sha256) as fh:  # the first recording's document: it is what was signed
+                document = json.loads(fh.read())
+            log.info("rapid-test result re-sent by the instrument; already evidence", extra={"fields": {
+                "evidence_id": known.id, "sample": result.sample_id, "item": result.item_code}})
+            return RecordedResult(known.id, transcript.evidence_id, document, known.manifest, True)
         document = result_document(result, inspector_id=self.inspector_id, site=self.site,
                                    transcript_sha256=transcript.sha256, transcript_evidence_id=transcript.evidence_id)
         body = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
-        # The source path names the message and position, so an instrument re-sending a message is not new evidence.
         stored = self.service.ingest_bytes(
             body,
             ManifestInput(
-                source_path=f"astm/{result.instrument_id}/{result.message_id}/{result.message_digest}/{result.result_index}",
+                source_path=source_path,
                 kind="result", media_type=RESULT_MEDIA_TYPE, device_id=device_id, officer_id=self.inspector_id,
                 captured_at=result.tested_at.timestamp() if result.tested_at else None,
                 captured_at_device=_iso(result.tested_at),
