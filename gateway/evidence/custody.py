@@ -87,7 +87,8 @@ class CustodyLog:
 
     @property
     def size(self) -> int:
-        return int(self.state.db.execute("SELECT COUNT(*) FROM custody").fetchone()[0])
+        with self.state.lock:
+            return int(self.state.db.execute("SELECT COUNT(*) FROM custody").fetchone()[0])
 
     def sign_tree_head(self) -> TreeHead:
         """Sign the current head (or return the stored one when nothing changed)."""

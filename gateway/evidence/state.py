@@ -213,8 +213,16 @@ class State:
             try:
                 yield self.db
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:  # SQLite may have rolled back already (full disk, I/O error)
+                    self.db.execute("ROLLBACK")
                 raise
+            if not self.db.in_transaction:
+                # SQLite rolls a transaction back by itself on SQLITE_FULL / SQLITE_IOERR; a caller that
+                # caught that error and went on would otherwise meet only "cannot commit - no transaction
+                # is active", and what it did afterwards ran outside any transaction.
+                raise StateError("the state database ended a transaction early (it rolls back by itself when the "
+                                 "disk is full or an I/O error occurs); the change was not recorded as one unit",
+                                 "free disk space under the data directory and retry; `egw custody verify` checks the log")
             self.db.execute("COMMIT")
 
     # ---- evidence ------------------------------------------------------

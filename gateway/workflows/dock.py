@@ -146,9 +146,10 @@ class DockWorkflow:
         """A recorder already in mass-storage mode (its dock was interrupted, e.g. egw run was killed):
         ingest its volume with the identity and clock offset recorded when it was docked."""
         session = DockSession(url=f"volume://{serial}", serial=serial, device_id=f"bodycam-{serial}", adopted=True)
-        row = self.service.state.db.execute(
-            "SELECT entry FROM custody WHERE event = 'docked' AND entry LIKE ? ORDER BY seq DESC LIMIT 1",
-            (f'%"serial":"{serial}"%',)).fetchone()
+        with self.service.state.lock:  # the connection is shared with the copy workers and the uplinks
+            row = self.service.state.db.execute(
+                "SELECT entry FROM custody WHERE event = 'docked' AND entry LIKE ? ORDER BY seq DESC LIMIT 1",
+                (f'%"serial":"{serial}"%',)).fetchone()
         if row is not None:
             import json
 
