@@ -177,17 +177,24 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
             session = await in_own_thread(lambda: workflow.adopt(url.removeprefix("volume://")), f"adopt:{url}")
         else:
             session = await in_own_thread(lambda: workflow.attach(url), f"dock:{url}")
-    except GatewayError as exc:
-        station.update_device(card_id, "bodycam", state="error", detail=str(exc), safe_to_undock=False)
+    except Exception as exc:  # noqa: BLE001 - e.g. SQLite "disk full" is not a GatewayError: still say it
+        detail = str(exc) if isinstance(exc, GatewayError) else f"unexpected {type(exc).__name__}: {exc}; retrying"
+        station.update_device(card_id, "bodycam", state="error", detail=detail, safe_to_undock=False)
         runtime.metrics.errors.labels(kind="dock").inc()
-        log.warning("dock %s failed: %s", url, exc)
+        log.warning("dock %s failed: %s", url, detail, exc_info=not isinstance(exc, GatewayError))
         await asyncio.sleep(5)  # the recorder stays listed until re-plugged; do not hammer it
         return
     # Wait for receipts (the uploader runs in the same process), releasing as they arrive; stop waiting
     # once waiting can change nothing (everything copied is safe and released, or the officer must act).
     while not runtime.stopping.is_set():
-        await asyncio.to_thread(workflow.release, session)
-        summary = await asyncio.to_thread(workflow.summary, session)
+        try:
+            await asyncio.to_thread(workflow.release, session)
+            summary = await asyncio.to_thread(workflow.summary, session)
+        except Exception as exc:  # noqa: BLE001 - a failed release round (full disk…) is retried, not fatal
+            log.warning("dock %s: release check failed (%s: %s); retrying", url, type(exc).__name__, exc)
+            station.update_device(card_id, "bodycam", safe_to_undock=False, detail=f"waiting: {exc}")
+            await asyncio.sleep(5)
+            continue
         rows = summary["recordings"]
         receipted = sum(1 for r in rows if r["state"] in ("receipted", "released"))
         released = sum(1 for r in rows if r["released"])
