@@ -85,6 +85,24 @@ class PeakRss:
         return self.peak_kib
 
 
+def write_bodycam_station_config(path: Path, data: Path, usbip_url: str, volumes: Path) -> Path:
+    """A gateway.toml for ``egw run`` docking recorders from one USB/IP server, the screen on a free
+    port and no metrics: the station the dock tests and benchmarks run."""
+    path.write_text(f"""
+data_dir = "{data}"
+[screen]
+listen = "127.0.0.1:0"
+[metrics]
+listen = ""
+[[devices]]
+kind = "bodycam"
+name = "dock"
+usbip = "{usbip_url.removeprefix('usbip://')}"
+volumes = "{volumes}/{{serial}}"
+""")
+    return path
+
+
 def load_average() -> str:
     """The 1/5/15-minute load average, quoted next to every figure: this machine is shared."""
     one, five, fifteen = os.getloadavg()

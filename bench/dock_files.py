@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import PeakRss  # noqa: E402
+from bench._common import PeakRss, write_bodycam_station_config  # noqa: E402
 from bench.dock import egw, read_lines, spawn, stop  # noqa: E402
 
 RSS_LIMIT_MB = 250
@@ -187,18 +187,7 @@ def _env() -> dict[str, str]:
 
 def _spawn_run(workdir: Path, data: Path, url: str, volumes: Path) -> subprocess.Popen:
     config = workdir / "gateway.toml"
-    config.write_text(f"""
-data_dir = "{data}"
-[screen]
-listen = "127.0.0.1:0"
-[metrics]
-listen = ""
-[[devices]]
-kind = "bodycam"
-name = "dock"
-usbip = "{url.removeprefix('usbip://')}"
-volumes = "{volumes}/{{serial}}"
-""")
+    write_bodycam_station_config(config, data, url, volumes)
     return spawn("run", "-c", str(config))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bench._common import write_bodycam_station_config
 from simulators.bodycam.device import FLOOD_DIR, INVALID_GBK_UNIT_NAME, INVALID_GBK_USER_NAME
 from tests.conftest import run_egw, run_egw_peak_rss, spawn_egw
 from tests.test_dock import dock, enrolled_gateway, start_recorders, volume_files
@@ -161,18 +162,7 @@ def test_officer_name_that_is_not_gbk_is_read_with_replacement_and_its_bytes_rec
 
 def _station(tmp_path: Path, data: Path, url: str, volumes: Path) -> Path:
     config = tmp_path / "gateway.toml"
-    config.write_text(f"""
-data_dir = "{data}"
-[screen]
-listen = "127.0.0.1:0"
-[metrics]
-listen = ""
-[[devices]]
-kind = "bodycam"
-name = "dock"
-usbip = "{url.removeprefix('usbip://')}"
-volumes = "{volumes}/{{serial}}"
-""")
+    write_bodycam_station_config(config, data, url, volumes)
     return config
 
 

@@ -5,6 +5,7 @@ import json
 import signal
 import time
 
+from bench._common import write_bodycam_station_config
 from tests.conftest import run_egw, spawn_egw
 from tests.test_station import state, wait_for
 from tests.mqtt_support import free_port
@@ -109,18 +110,7 @@ def test_a_recorder_left_mounted_by_a_killed_gateway_is_adopted_on_restart(tmp_p
     run_egw("keys", "init", "--data-dir", str(data), check=True)
     recorders, url, volumes = start_recorders(tmp_path, "--count", "1", "--recordings", "3", "--fill-mb", "600")
     config = tmp_path / "gateway.toml"
-    config.write_text(f"""
-data_dir = "{data}"
-[screen]
-listen = "127.0.0.1:0"
-[metrics]
-listen = ""
-[[devices]]
-kind = "bodycam"
-name = "dock"
-usbip = "{url.removeprefix('usbip://')}"
-volumes = "{volumes}/{{serial}}"
-""")
+    write_bodycam_station_config(config, data, url, volumes)
     gateway = spawn_egw("run", "-c", str(config))
     restarted = None
     try:
