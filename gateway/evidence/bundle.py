@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import json
 import re
@@ -152,6 +153,17 @@ class _Bundle:
         return path.read_bytes()
 
 
+def _signed_at(manifest: dict[str, Any] | None) -> dt.datetime | None:
+    """When the manifest says it was signed (its ``ingested_at``); None when there is no usable time."""
+    if not manifest:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(str(manifest["ingested_at"]))
+    except (KeyError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
 def verify_bundle(root: Path, *, trust: list[x509.Certificate] | None = None, document: Path | None = None) -> list[Check]:
     """Run every check; a failure in one does not hide the others."""
     checks: list[Check] = []
@@ -184,7 +196,21 @@ def verify_bundle(root: Path, *, trust: list[x509.Certificate] | None = None, do
         certs = load_pem_certificates(bundle.read("certificates"))
         if not certs:
             raise VerificationError("certificates.pem holds no certificate")
-        how = verify_certificate_chain(certs[0], certs[1:], trust or [])
+        # Validity is checked when the manifest was signed, not today: evidence is read in court years
+        # after the gateway's certificate (397 days when a platform issued it) has expired.
+        signed_at = _signed_at(manifest)
+        try:
+            how = verify_certificate_chain(certs[0], certs[1:], trust or [], at=signed_at)
+            when = f"valid when signed ({signed_at.isoformat()})" if signed_at else "valid now"
+        except VerificationError as at_signing:
+            if signed_at is None:
+                raise
+            try:  # the signing time the gateway's own clock wrote may be wrong (a stepped clock): say so
+                how = verify_certificate_chain(certs[0], certs[1:], trust or [])
+            except VerificationError:
+                raise at_signing from None
+            when = (f"valid now, but NOT at the signing time the manifest states ({signed_at.isoformat()}): "
+                    f"the gateway's clock was probably wrong then")
         if envelope is not None:
             kid = dsse.key_id(certs[0].public_key())  # type: ignore[arg-type]
             claimed = [k for k, _ in envelope.signatures]
@@ -193,7 +219,7 @@ def verify_bundle(root: Path, *, trust: list[x509.Certificate] | None = None, do
                     f"certificate {certs[0].subject.rfc4514_string()} (key {kid[:16]}…) is not the key that signed "
                     f"the manifest (key {claimed[0][:16]}…)"
                 )
-        return f"{certs[0].subject.rfc4514_string()}, {how}", certs
+        return f"{certs[0].subject.rfc4514_string()}, {how}, {when}", certs
 
     certs = run("signer certificate", certificates)
     signer = certs[0].public_key() if certs else None
@@ -277,7 +303,7 @@ def verify_bundle(root: Path, *, trust: list[x509.Certificate] | None = None, do
             platform_certs = load_pem_certificates(bundle.read("platform_certificate"))
             anchors = trust or certs[1:]
             r = verify_receipt(env, platform_certs[0], anchors, evidence_id=manifest["evidence_id"],
-                               sha256=manifest["sha256"], size=manifest["size"])
+                               sha256=manifest["sha256"], size=manifest["size"], at_signing_time=True)
             return f"receipt {r.receipt_id} from {r.platform_id}", None
 
         run("receipt", receipt)

@@ -8,6 +8,8 @@ with, and its digest, size and evidence id are the ones we sent.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from cryptography import x509
 from google.protobuf import json_format
 
@@ -38,12 +40,25 @@ def verify_receipt(
     evidence_id: str,
     sha256: str,
     size: int,
+    at_signing_time: bool = False,
 ) -> evidence_pb2.Receipt:
-    """Raise VerificationError naming the first thing that does not hold."""
+    """Raise VerificationError naming the first thing that does not hold.
+
+    ``at_signing_time``: check the platform certificate's validity at the receipt's own
+    ``received_at`` instead of now — for a bundle read years later, after that certificate
+    expired (the signature is what proves the receipt; the validity period bounds when it
+    could be made). The gateway, receiving a receipt live, checks at now.
+    """
     if not ca_certificates:
         raise VerificationError("no platform CA certificate to check the receipt signer against (gateway not enrolled?)")
+    moment = None
+    if at_signing_time:
+        stamp = parse_receipt(envelope).received_at
+        if not stamp.seconds:
+            raise VerificationError("receipt carries no received_at time to check its signer certificate against")
+        moment = stamp.ToDatetime(tzinfo=dt.timezone.utc)
     try:
-        verify_certificate_chain(platform_certificate, [], ca_certificates)
+        verify_certificate_chain(platform_certificate, [], ca_certificates, at=moment)
     except VerificationError as exc:
         raise VerificationError(f"receipt signer certificate: {exc}") from exc
     try:

@@ -1,0 +1,44 @@
+"""An exported bundle still verifies years later, after the gateway's certificate has expired.
+
+A platform issues gateway certificates for 397 days; evidence is read in court years after it was
+made. ``egw verify`` checks each certificate's validity at the time the signature says it was made
+(the manifest's ``ingested_at``, the receipt's ``received_at``), not at the day of reading. Run for
+real: ``egw verify`` under libfaketime 800 days ahead.
+"""
+
+import asyncio
+import shutil
+
+from gateway.uplink.uploader import Uploader
+from tests.conftest import egw_env, run_egw
+from tests.uplink_support import ingest_random, make_gateway, platform_server
+
+FAKETIME = shutil.which("faketime")
+
+
+def _verify_later(bundle, days: int):
+    assert FAKETIME, "Debian's faketime is missing: scripts/test installs it (apt-get install faketime)"
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    return subprocess.run([FAKETIME, f"{days} days", sys.executable, "-m", "gateway", "verify", str(bundle)],
+                          cwd=REPO, env=egw_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_a_receipted_bundle_verifies_after_the_gateway_certificate_expired(tmp_path):
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        item = ingest_random(gw, 40_000, "clip.mp4")
+        (outcome,) = asyncio.run(Uploader(gw.data_dir).run_once())
+        assert outcome.status == "receipted", outcome.error
+    bundle = tmp_path / "bundle"
+    run_egw("export", item.evidence_id, str(bundle), "--data-dir", str(gw.data_dir), check=True)
+    today = run_egw("verify", str(bundle))
+    assert today.returncode == 0, today.stdout
+
+    later = _verify_later(bundle, 800)  # the gateway certificate (397 days) has long expired
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert "VERIFIED" in later.stdout and "FAIL" not in later.stdout
+    assert "valid when signed" in later.stdout
