@@ -42,3 +42,29 @@ def test_a_receipted_bundle_verifies_after_the_gateway_certificate_expired(tmp_p
     assert later.returncode == 0, later.stdout + later.stderr
     assert "VERIFIED" in later.stdout and "FAIL" not in later.stdout
     assert "valid when signed" in later.stdout
+
+
+def test_a_manifest_signed_by_a_clock_set_back_verifies_and_says_the_clock_was_wrong(tmp_path):
+    """The other side: evidence ingested while the gateway's clock was 2 h behind states a signing time
+    before its certificate existed. The certificate is valid now, so the bundle verifies, and the
+    report names the discrepancy instead of hiding it."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    assert FAKETIME, "Debian's faketime is missing: scripts/test installs it (apt-get install faketime)"
+    data = tmp_path / "gw"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)  # certificate valid from 5 minutes ago
+    sample = tmp_path / "note.txt"
+    sample.write_text("seen at the market\n")
+    ingest = subprocess.run([FAKETIME, "-2 hours", sys.executable, "-m", "gateway", "ingest", "--data-dir", str(data),
+                             "--json", str(sample)], cwd=REPO, env=egw_env(), capture_output=True, text=True, timeout=120)
+    assert ingest.returncode == 0, ingest.stderr
+    (item,) = json.loads(ingest.stdout)["items"]
+    bundle = tmp_path / "bundle"
+    run_egw("export", item["evidence_id"], str(bundle), "--data-dir", str(data), check=True)
+    verified = run_egw("verify", str(bundle))
+    assert verified.returncode == 0, verified.stdout
+    assert "NOT at the signing time" in verified.stdout and "clock was probably wrong" in verified.stdout
