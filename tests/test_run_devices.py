@@ -2,6 +2,7 @@
 plugged back in is picked up again without a restart."""
 
 import json
+import os
 import signal
 import time
 
@@ -132,3 +133,59 @@ def test_a_recorder_left_mounted_by_a_killed_gateway_is_adopted_on_restart(tmp_p
         for proc in (gateway, restarted, recorders):
             if proc is not None:
                 stop_process(proc)
+
+
+def test_an_adoption_that_failed_on_a_full_disk_is_retried_once_there_is_room(tmp_path):
+    """Found by the 30-trial campaign: egw run restarted while its data disk was full failed to adopt the
+    mounted recorder, logged "retrying" — and never did (adoption ran once per mount), so the recorder
+    stayed in mass-storage mode with its recordings until someone re-docked it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, egw_env
+    from tests.test_dock import start_recorders
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], check=True)
+    recorders = gateway = None
+    try:
+        data = disk / "data"
+        run_egw("keys", "init", "--data-dir", str(data), check=True)
+        recorders, url, volumes = start_recorders(tmp_path, "--count", "1", "--recordings", "3", "--small")
+        config = write_bodycam_station_config(tmp_path / "gateway.toml", data, url, volumes)
+        with open(config, "a") as fh:
+            fh.write("[ingest]\nreserve_mb = 4\n")  # a 64 MB data disk
+        gateway = spawn_egw("run", "-c", str(config))
+        json.loads(gateway.stdout.readline())
+        wait_for(lambda: any(v.is_dir() and not v.name.startswith(".") for v in volumes.iterdir()), 60, "the volume")
+        gateway.kill()  # the recorder stays in mass-storage mode
+        gateway.wait(10)
+        stop_process(gateway)
+        filler = disk / "filler"
+        with open(filler, "wb") as fh:  # the data disk is full when egw run comes back
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError:
+                pass
+        log = tmp_path / "restarted.log"
+        with open(log, "wb") as out:
+            gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=REPO,
+                                       env=egw_env(), stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: "failed" in log.read_text(errors="replace") and "volume://" in log.read_text(errors="replace"),
+                 60, "the adoption to fail on the full disk")
+        os.unlink(filler)
+        ready = next(line for line in log.read_text().splitlines() if '"event": "ready"' in line)
+        screen = json.loads(ready)["screen"]
+        cams = lambda: [d for d in state(screen)["devices"] if d["kind"] == "bodycam" and d["files_total"]]
+        wait_for(lambda: cams() and cams()[0]["files_ingested"] == cams()[0]["files_total"] == 3, 60,
+                 "the adoption retried and the recorder fully ingested")
+        status = json.loads(run_egw("status", "--data-dir", str(data), "--json", check=True).stdout)
+        assert status["total"] == 3  # each recording exactly once
+    finally:
+        for proc in (gateway, recorders):
+            if proc is not None:
+                stop_process(proc)
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -135,6 +135,9 @@ async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
                     active[key] = asyncio.create_task(_dock_one(runtime, device, workflow, url, listeners), name=f"dock:{url}")
             for serial in await asyncio.to_thread(_mounted_serials, device):
                 task = active.get(serial)
+                if serial in adopted and task is not None and task.done() and not task.cancelled() \
+                        and task.exception() is None and task.result() is False:
+                    adopted.discard(serial)  # the adoption failed (e.g. a full disk): try again, it said "retrying"
                 if serial not in present and (task is None or task.done()) and serial not in adopted:
                     adopted.add(serial)  # once per mount: a re-plug docks it normally
                     active[serial] = asyncio.create_task(
@@ -147,7 +150,9 @@ async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
 
 
 async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWorkflow", url: str,
-                    listeners: dict[str, Any]) -> None:
+                    listeners: dict[str, Any]) -> bool:
+    """Dock (or adopt) one recorder and follow it until it is safe or unplugged; False when it could
+    not even be attached, so the caller may try again."""
     station = runtime.station
     card_id = url
 
@@ -183,7 +188,7 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
         runtime.metrics.errors.labels(kind="dock").inc()
         log.warning("dock %s failed: %s", url, detail, exc_info=not isinstance(exc, GatewayError))
         await asyncio.sleep(5)  # the recorder stays listed until re-plugged; do not hammer it
-        return
+        return False
     # Wait for receipts (the uploader runs in the same process), releasing as they arrive; stop waiting
     # once waiting can change nothing (everything copied is safe and released, or the officer must act).
     while not runtime.stopping.is_set():
@@ -210,12 +215,13 @@ async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWor
             station.update_device(card_id, "bodycam", state="undocked" if safe else "error", safe_to_undock=False,
                                   detail="undocked" if safe else detail if state == "attention"
                                   else "undocked before every recording was safe: re-dock it")
-            return
+            return True
         await asyncio.sleep(POLL_S)
     # Stay on the screen until the recorder is unplugged.
     while not runtime.stopping.is_set() and session.volume is not None and session.volume.present():
         await asyncio.sleep(POLL_S)
     station.remove_device(card_id)
+    return True
 
 
 def _verdict(summary: dict[str, Any]) -> tuple[str, str]:
