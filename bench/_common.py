@@ -103,6 +103,20 @@ volumes = "{volumes}/{{serial}}"
     return path
 
 
+def fill_disk(path: Path) -> int:
+    """Write zeros to ``path`` until its file system is full (a real ENOSPC, not an injected one);
+    the bytes written. Used by the campaign's disk fault and the full-disk tests."""
+    written = 0
+    with open(path, "wb") as fh:
+        try:
+            while True:
+                written += fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:  # ENOSPC: the disk is full, which is the point
+            pass
+    return written
+
+
 def load_average() -> str:
     """The 1/5/15-minute load average, quoted next to every figure: this machine is shared."""
     one, five, fifteen = os.getloadavg()

@@ -710,17 +710,10 @@ port = "{analyzer_url}"
 
     def _fault_disk(self) -> None:
         assert self.mounted_disk is not None
+        from bench._common import fill_disk
+
         filler = self.mounted_disk / "filler"
-        written = 0
-        try:
-            with open(filler, "wb") as fh:
-                block = b"\0" * (1 << 20)
-                while True:
-                    fh.write(block)
-                    fh.flush()
-                    written += len(block)
-        except OSError:
-            pass
+        written = fill_disk(filler)
         self.event(f"disk full ({written >> 20} MB filler on the {self.opts.disk_mb} MB data disk)")
         time.sleep(self.rng.uniform(2.0, 5.0))
         filler.unlink()

@@ -65,18 +65,6 @@ def run_egw_peak_rss(*args: str, timeout: float = 180) -> tuple[subprocess.Compl
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), peak.stop() * 1024
 
 
-def fill_disk(path: Path) -> Path:
-    """Write zeros to ``path`` until its file system is full (a real ENOSPC, not an injected one)."""
-    with open(path, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:  # ENOSPC: the disk is full, which is the point
-            pass
-    return path
-
-
 @pytest.fixture
 def egw():
     return run_egw

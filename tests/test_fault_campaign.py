@@ -12,7 +12,7 @@ import random
 import re
 
 from bench.faults import TrialOptions, faketime_env, out_of_order_line, print_report, run_trial, summary_line
-from tests.conftest import fill_disk
+from bench._common import fill_disk
 
 PROBE = """
 import threading, time
@@ -103,7 +103,8 @@ def test_uploader_restarts_after_dying_on_a_full_disk(tmp_path):
             item = ingest_random(gw, 50_000, "a.bin")
             with gw.service() as svc:  # as a SIGKILL mid-upload leaves it
                 svc.transition(item.evidence_id, "uploading")
-            filler = fill_disk(disk / "filler")
+            filler = disk / "filler"
+            fill_disk(filler)
             station = Station("gw")
             config = types.SimpleNamespace(data_dir=gw.data_dir, platform_address=None, platform_insecure=False, parallel_uploads=1,
                                            bandwidth_bytes_per_s=0)

@@ -6,8 +6,8 @@ import os
 import signal
 import time
 
-from bench._common import write_bodycam_station_config
-from tests.conftest import fill_disk, run_egw, spawn_egw
+from bench._common import fill_disk, write_bodycam_station_config
+from tests.conftest import run_egw, spawn_egw
 from tests.test_station import state, wait_for
 from tests.mqtt_support import free_port
 from tests.uplink_support import stop_process
@@ -162,7 +162,8 @@ def test_an_adoption_that_failed_on_a_full_disk_is_retried_once_there_is_room(tm
         gateway.kill()  # the recorder stays in mass-storage mode
         gateway.wait(10)
         stop_process(gateway)
-        filler = fill_disk(disk / "filler")  # the data disk is full when egw run comes back
+        filler = disk / "filler"
+        fill_disk(filler)  # the data disk is full when egw run comes back
         log = tmp_path / "restarted.log"
         with open(log, "wb") as out:
             gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=REPO,
