@@ -6,10 +6,15 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-__all__ = ["add_data_dir", "add_json", "data_dir_of", "print_json", "default_data_dir"]
+if TYPE_CHECKING:
+    from gateway.evidence.service import EvidenceService
+
+__all__ = ["add_data_dir", "add_json", "data_dir_of", "print_json", "default_data_dir", "open_evidence", "out", "err"]
 
 
 def default_data_dir() -> Path:
@@ -36,7 +41,29 @@ def data_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir()
 
 
+def out() -> TextIO:
+    """Where a command prints its results. Every command prints through this (never ``sys.stdout``
+    directly) so that the same command can run inside the station service on behalf of a client."""
+    return sys.stdout
+
+
+def err() -> TextIO:
+    """Where a command prints progress, prompts and warnings (see ``out``)."""
+    return sys.stderr
+
+
+@contextmanager
+def open_evidence(args: argparse.Namespace, *, write: bool = True, **options: Any) -> Iterator["EvidenceService"]:
+    """The evidence service for this command's data directory. Every command opens it through here
+    (never ``EvidenceService(...)`` directly): ``write=False`` for commands that only read."""
+    from gateway.evidence.service import EvidenceService
+
+    with EvidenceService(data_dir_of(args), **options) as service:
+        yield service
+
+
 def print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    stream = out()
+    json.dump(value, stream, indent=2, sort_keys=True, default=str)
+    stream.write("\n")
+    stream.flush()

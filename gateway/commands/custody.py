@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
-from gateway.evidence.service import EvidenceService
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    with EvidenceService(data_dir_of(args)) as service:
+    with open_evidence(args, write=False) as service:
         entries, problems = service.custody.verify()
     first = next((p.seq for p in problems if p.seq is not None), None)
     if args.json:

@@ -14,9 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
 from gateway.errors import ConfigError, GatewayError
-from gateway.evidence.service import EvidenceService
 from gateway.workflows.dock import RELEASE_POLICIES, DockSession, DockWorkflow
 
 
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no body-worn camera found on {args.usbip}", "dock a recorder, or check the server and busid")
     console = Console(stderr=True)
     data_dir = data_dir_of(args)
-    with EvidenceService(data_dir) as service:
+    with open_evidence(args) as service:
         enrolled = (service.identity.directory / "platform.pem").exists()
         tasks: dict[str, Any] = {}
         lock = threading.Lock()

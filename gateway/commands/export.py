@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
 from gateway.evidence.bundle import export_bundle
-from gateway.evidence.service import EvidenceService
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    with EvidenceService(data_dir_of(args)) as service:
+    with open_evidence(args, write=False) as service:
         index = export_bundle(service, args.evidence_id, args.directory)
     if args.json:
         print_json({"directory": str(args.directory), **index})

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
 from gateway.errors import GatewayError
 from gateway.evidence.manifest import KINDS, ManifestInput
-from gateway.evidence.service import EvidenceService, path_as_data
+from gateway.evidence.service import path_as_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -43,7 +43,7 @@ def _walk(path: Path) -> Iterator[Path]:
 def run(args: argparse.Namespace) -> int:
     results: list[dict[str, object]] = []
     failures = 0
-    with EvidenceService(data_dir_of(args), with_sm3=args.sm3) as service:
+    with open_evidence(args, with_sm3=args.sm3) as service:
         for given in args.paths:
             for path in _walk(given):
                 item = ManifestInput(

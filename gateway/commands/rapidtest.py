@@ -6,9 +6,8 @@ import argparse
 import json
 import sys
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, open_evidence
 from gateway.errors import ConfigError, DeviceError
-from gateway.evidence.service import EvidenceService
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.workflows.rapidtest import RapidTestPipeline
 
     received = 0
-    with EvidenceService(data_dir_of(args)) as service:
+    with open_evidence(args) as service:
         pipeline = RapidTestPipeline(service, inspector_id=args.inspector, site=args.site)
         try:
             with RapidTestAnalyzer(args.port, baudrate=args.baud) as analyzer:

@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
-from gateway.evidence.service import EvidenceService
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
 from gateway.workflows.signing import ROLES, SigningSession
 
 
@@ -27,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    with EvidenceService(data_dir_of(args)) as service:
+    with open_evidence(args) as service:
         session = SigningSession(service, place=args.place, officer_id=args.officer_id,
                                  prompt=lambda text: print(text, file=sys.stderr, flush=True))
         signed = session.run(args.document, args.signer, args.role, signpad_url=args.signpad,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
-from gateway.evidence.service import EvidenceService
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,7 +26,7 @@ def _human(n: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from gateway.uplink.outbox import mqtt_status
 
-    with EvidenceService(data_dir_of(args)) as service:
+    with open_evidence(args, write=False) as service:
         info = service.status()
     # The MQTT link's state belongs to the uplink, not the evidence core; only the operator's view joins them.
     info["mqtt"] = mqtt_status(data_dir_of(args))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.strip_reader import StripReader, StripReadError, StripThresholds
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
 from gateway.errors import ConfigError
 
 __all__ = ["register", "run_read", "read_photos"]
@@ -69,14 +69,14 @@ def read_photos(photos: list[Path], thresholds: StripThresholds) -> list[dict[st
     return results
 
 
-def record_readings(data_dir: Path, results: list[dict[str, Any]], sample: str | None, inspector: str | None) -> None:
+def record_readings(args: argparse.Namespace, results: list[dict[str, Any]], sample: str | None, inspector: str | None) -> None:
     """The photo is evidence first; the reading is a result document that names the photo by digest."""
     import json as _json
 
     from gateway.evidence.manifest import ManifestInput
-    from gateway.evidence.service import EvidenceService, path_as_data
+    from gateway.evidence.service import path_as_data
 
-    with EvidenceService(data_dir) as service:
+    with open_evidence(args) as service:
         for item in results:
             if not item["ok"]:
                 continue
@@ -96,7 +96,7 @@ def record_readings(data_dir: Path, results: list[dict[str, Any]], sample: str |
 def run_read(args: argparse.Namespace) -> int:
     results = read_photos(list(args.photos), _thresholds(args))
     if args.record:
-        record_readings(data_dir_of(args), results, args.sample, args.inspector)
+        record_readings(args, results, args.sample, args.inspector)
     if args.json:
         print_json(results)
     else:
