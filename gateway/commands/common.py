@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from gateway.evidence.service import EvidenceService
 
-__all__ = ["add_data_dir", "add_json", "data_dir_of", "print_json", "default_data_dir", "open_evidence", "out", "err"]
+__all__ = ["add_data_dir", "add_json", "data_dir_of", "print_json", "default_data_dir", "open_evidence", "out", "err", "in_service"]
 
 
 def default_data_dir() -> Path:
@@ -39,6 +39,13 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 
 def data_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.data_dir) if getattr(args, "data_dir", None) else default_data_dir()
+
+
+def in_service() -> bool:
+    """True when this command runs inside ``egw run`` on behalf of a client (the control socket):
+    the service's own uploader delivers and its device watchers own the devices, so the command
+    must not start its own."""
+    return False
 
 
 def out() -> TextIO:
