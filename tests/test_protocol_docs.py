@@ -423,12 +423,13 @@ Decode = Callable[[bytes, dict[str, str]], Fields]
 Encode = Callable[[Fields, dict[str, str]], bytes]
 
 
-def _simple(cls: Any, **converters: Callable[[Any], Any]) -> tuple[Decode, Encode]:
+def _simple(cls: Any) -> tuple[Decode, Encode]:
+    """Adapters for a dataclass with from_bytes/to_bytes whose fields are all JSON-plain."""
     def decode(raw: bytes, attrs: dict[str, str]) -> Fields:
         return plain(cls.from_bytes(raw))
 
     def encode(f: Fields, attrs: dict[str, str]) -> bytes:
-        return cls(**{k: converters.get(k, lambda v: v)(v) for k, v in f.items()}).to_bytes()
+        return cls(**f).to_bytes()
 
     return decode, encode
 
