@@ -1,6 +1,6 @@
 r"""Read a colloidal-gold test cassette from a photo: C and T line intensities, T/C, judgement.
 
-Why a camera reader: food-safety rapid tests (rapidtest-astm.md §4) are
+Why a camera reader: food-safety rapid tests (docs/protocols/rapidtest-astm.md §6) are
 judged from the C (control) and T (test) line intensities. A phone or desk
 camera photo is kept as evidence by the caller; this module only reads it
 and never writes to it.
@@ -57,7 +57,7 @@ window disagree by more than 0.12 in line intensity (a shadow edge or glare
 across it). Each limit is a few times the worst value seen on simulated
 photos within the simulator's default nuisance ranges.
 
-Judgement (competitive assay, rapidtest-astm.md §4), on values rounded to the
+Judgement (competitive assay, docs/protocols/rapidtest-astm.md §6), on values rounded to the
 3 decimals printed: C <= c_min -> invalid; else T/C <= positive_max ->
 positive; T/C >= negative_min -> negative; otherwise suspicious.
 
@@ -134,7 +134,7 @@ class Judgement(str, Enum):
 
 @dataclass(frozen=True)
 class StripThresholds:
-    """Judgement thresholds on T/C (rapidtest-astm.md §4: C_min, A, B)."""
+    """Judgement thresholds on T/C (docs/protocols/rapidtest-astm.md §6: C_min, A, B)."""
 
     c_min: float = 0.10
     positive_max: float = 0.70

@@ -1,6 +1,6 @@
 """Body-worn camera vendor command ``F9`` (GA/T 947.4 functions over BOT), sans-IO.
 
-See shared/protocols/bodycam-usb.md. Real recorders carry the GA/T 947.4
+See docs/protocols/bodycam-usb.md. Real recorders carry the GA/T 947.4
 function set over vendor transports; ours is a vendor SCSI command inside the
 mass-storage Bulk-Only Transport (``firmware_bridge.bot``). A real model is a
 table entry: its opcode and ZFY_INFO layout are parameters here.
@@ -41,14 +41,15 @@ legal)::
     89: cSerial[7] | userNo[6] | userName[32] | unitNo[12] | unitName[32]
 
 OUT functions report through the CSW; on failure REQUEST SENSE gives sense
-key 05h, ASC 74h, ASCQ = the iRet code. Extensions of this project (document
-them in bodycam-usb.md when it is next edited):
+key 05h, ASC 74h, ASCQ = the iRet code. Extensions of this project (all
+in docs/protocols/bodycam-usb.md §3, with the sense codes as vectors):
 
 * a locked device (five wrong passwords in a row) fails every F9 command in
   the CSW with sense 05h/74h/71h (SPC "logical unit access not authorized");
-* a malformed parameter list (bad ZFY_INFO, bad time, bad password) fails
-  with sense 05h/26h/00h ("invalid field in parameter list"), an unknown
-  function code with 05h/24h/00h ("invalid field in CDB");
+* a malformed parameter list (bad ZFY_INFO, bad password) fails with sense
+  05h/26h/00h ("invalid field in parameter list"), a SyncDevTime payload
+  that does not decode with 05h/74h/06h (iRet 6, time set failed), an
+  unknown function code with 05h/24h/00h ("invalid field in CDB");
 * IN functions refused for a wrong password still send their full length,
   iRet 4 then zeros, and fail the CSW with sense 05h/74h/04h.
 """

@@ -15,7 +15,8 @@ Layout written here (all integers big-endian)::
     value = 2^(E-16) · (1 + F/2048) units per mm (per second for T).
     sample = one u16 per included channel, in mask order.
 
-What is confirmed and what is assumed (shared/protocols/signpad-stu.md §3):
+What is confirmed and what is assumed (docs/protocols/signpad-stu.md §6;
+H = from the standard, M = from one real exported record, L = our reading):
 
 * H — magic "SDI\\0", version " 10\\0", the channel order of the inclusion
   mask and which channels are signed, the channel-description preamble

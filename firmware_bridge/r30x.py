@@ -22,7 +22,7 @@ Packet layout (every multi-byte field big-endian)::
     ack payload:      confirmation code(1) · data
     data payload:     raw bytes, at most the packet size (32/64/128/256)
 
-Golden vectors (shared/protocols/fingerprint-r30x.md §1)::
+Golden vectors (docs/protocols/fingerprint-r30x.md §2)::
 
     GenImg      EF01 FFFFFFFF 01 0003 01 0005
     VfyPwd(0)   EF01 FFFFFFFF 01 0007 13 00000000 001B
@@ -140,7 +140,7 @@ class PacketId(enum.IntEnum):
 
 
 class Instruction(enum.IntEnum):
-    """Instruction codes (protocol file §2; 0x17 from pyfingerprint's FPM10A handshake)."""
+    """Instruction codes (docs/protocols/fingerprint-r30x.md §3; 0x17 from pyfingerprint's FPM10A handshake)."""
 
     GEN_IMG = 0x01
     IMG_2_TZ = 0x02
@@ -179,7 +179,7 @@ class Instruction(enum.IntEnum):
 
 
 class ConfirmationCode(enum.IntEnum):
-    """First byte of every ack payload (protocol file §3)."""
+    """First byte of every ack payload (docs/protocols/fingerprint-r30x.md §6)."""
 
     OK = 0x00
     PACKET_RECEIVE_ERROR = 0x01
@@ -328,7 +328,7 @@ def split_data(data: bytes, packet_size: int = 128) -> list[DataPacket]:
 
 @dataclass(frozen=True)
 class SystemParameters:
-    """ReadSysPara's 16 data bytes (protocol file §4).
+    """ReadSysPara's 16 data bytes (docs/protocols/fingerprint-r30x.md §4).
 
     ``status`` bits: 0 busy, 1 pass (match found), 2 password verified,
     3 image buffer holds a valid image.

@@ -5,8 +5,8 @@ the interrupt IN endpoint, everything else is a *feature report* moved by
 HID GET_REPORT / SET_REPORT control transfers (wValue = 0x0300 | report id).
 Every report starts with its report id byte; sizes below include it. Field
 layouts follow the official SDK (``WacomGSS/STU/Protocol.hpp`` /
-``Protocol.cpp``), see shared/protocols/signpad-stu.md. Confidence H unless
-marked.
+``Protocol.cpp``), see docs/protocols/signpad-stu.md. Confidence H (read
+from the SDK) unless marked M (one secondary source).
 
 Pen data, report 0x01 (7 bytes)::
 

@@ -1,4 +1,4 @@
-"""ASTM E1381 frames and E1394 records: golden vectors from shared/protocols/rapidtest-astm.md."""
+"""ASTM E1381 frames and E1394 records: golden vectors from docs/protocols/rapidtest-astm.md."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from firmware_bridge.astm import (
 )
 from firmware_bridge.errors import ChecksumError, FrameError, LengthError, LocalProtocolError, ProtocolError
 
-# The two worked frames of rapidtest-astm.md §1, byte for byte.
+# The two worked frames of docs/protocols/rapidtest-astm.md §3, byte for byte.
 GOLDEN_H = b"\x021H|\\^&|||RAPIDSIM^1.0|||||||P|LIS2-A2|20240101120000\r\x03B2\r\n"
 GOLDEN_R = b"\x022R|1|^^^OPPEST|62.5|%|0^50|H||F||||20240101121500\r\x03AE\r\n"
 H_TEXT = "H|\\^&|||RAPIDSIM^1.0|||||||P|LIS2-A2|20240101120000"

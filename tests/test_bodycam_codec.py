@@ -1,4 +1,4 @@
-"""F9 vendor command codec: golden vectors computed by hand from bodycam-usb.md."""
+"""F9 vendor command codec: golden vectors computed by hand from docs/protocols/bodycam-usb.md."""
 
 from datetime import datetime
 

@@ -1,4 +1,4 @@
-"""Bulk-Only Transport codec: golden vectors computed by hand from the layout in bodycam-usb.md / BOT 1.0."""
+"""Bulk-Only Transport codec: golden vectors hand-computed from docs/protocols/bodycam-usb.md / BOT 1.0."""
 
 import pytest
 from hypothesis import given, settings

@@ -1,4 +1,4 @@
-"""R30x codec: golden vectors from shared/protocols/fingerprint-r30x.md, hunting, round trips, fuzz."""
+"""R30x codec: golden vectors from docs/protocols/fingerprint-r30x.md, hunting, round trips, fuzz."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ def test_read_sys_para_layout() -> None:
     data = bytes.fromhex("0004 0000 00C8 0003 FFFFFFFF 0002 0006")
     module = R30xCodec(Role.MODULE)
     wire = module.send(Ack(ConfirmationCode.OK, data))
-    assert wire[7:9] == b"\x00\x13" and len(wire) == 28  # protocol file §4
+    assert wire[7:9] == b"\x00\x13" and len(wire) == 28  # docs/protocols/fingerprint-r30x.md §4
     host = R30xCodec(Role.HOST)
     host.receive_data(wire)
     ack = host.next_event()

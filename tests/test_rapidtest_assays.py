@@ -1,4 +1,4 @@
-"""Judgement rules of the simulated analyzers (rapidtest-astm.md §4)."""
+"""Judgement rules of the simulated analyzers (docs/protocols/rapidtest-astm.md §6)."""
 
 from __future__ import annotations
 

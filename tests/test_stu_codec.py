@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from firmware_bridge import stu_hid as stu
 from firmware_bridge.errors import LengthError, LocalProtocolError, ProtocolError, UnknownCodeError
 
-# (report object, exact bytes) — each computed by hand from signpad-stu.md / the SDK layout.
+# (report object, exact bytes) — each computed by hand from docs/protocols/signpad-stu.md / the SDK layout.
 GOLDEN = [
     # rdy=1 -> b7, sw=1 -> b4, pressure 0x2A5 -> low nibble 2 | next byte A5: 0x80|0x10|0x02 = 0x92
     (stu.PenData(True, 1, 0x2A5, 0x1234, 0x0567), "01 92 A5 12 34 05 67"),

@@ -1,7 +1,7 @@
 """The chemistry a food-safety rapid tester does before it talks ASTM.
 
 Two instrument families, modelled closely enough that their judgements
-follow the published rules (see shared/protocols/rapidtest-astm.md §4):
+follow the published rules (see docs/protocols/rapidtest-astm.md §6):
 
 * pesticide residue by enzyme inhibition (GB/T 5009.199-2003): absorbance
   rises as cholinesterase turns over its substrate; organophosphate and

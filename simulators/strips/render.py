@@ -79,7 +79,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"c_min": 0.10, "positive_max": 0.70, "ne
 
 
 def judge(c: float, t: float, thresholds: dict[str, float] | None = None) -> str:
-    """The protocol's judgement (rapidtest-astm.md §4) on values rounded to 3 decimals."""
+    """The protocol's judgement (docs/protocols/rapidtest-astm.md §6) on values rounded to 3 decimals."""
     th = thresholds or DEFAULT_THRESHOLDS
     c3 = round(c, 3)
     if c3 <= th["c_min"]:
