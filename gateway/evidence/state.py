@@ -306,3 +306,27 @@ class State:
     @_locked
     def all_evidence(self) -> list[EvidenceRow]:
         return [EvidenceRow(*r) for r in self.db.execute("SELECT * FROM evidence ORDER BY created_at, id")]
+
+    @_locked
+    def latest_of_media_types(self, media_types: tuple[str, ...], *, limit: int,
+                              after_rowid: int = 0) -> list[tuple[int, EvidenceRow]]:
+        """The newest items of these media types (rowid, row), newest first, only those after ``after_rowid``.
+
+        Walks the table backwards by rowid, so a caller that remembers the last rowid it saw reads only the
+        rows added since (the station screen polls this every second).
+        """
+        marks = ", ".join("?" for _ in media_types)
+        cur = self.db.execute(
+            f"SELECT rowid, * FROM evidence WHERE rowid > ? AND media_type IN ({marks}) ORDER BY rowid DESC LIMIT ?",
+            (after_rowid, *media_types, limit),
+        )
+        return [(found[0], EvidenceRow(*found[1:])) for found in cur]
+
+    @_locked
+    def states_of(self, evidence_ids: list[str]) -> dict[str, str]:
+        """The current state of each of these items (by primary key; unknown ids are left out)."""
+        if not evidence_ids:
+            return {}
+        marks = ", ".join("?" for _ in evidence_ids)
+        cur = self.db.execute(f"SELECT id, state FROM evidence WHERE id IN ({marks})", tuple(evidence_ids))
+        return {evidence_id: state for evidence_id, state in cur}
