@@ -134,6 +134,9 @@ def render_card(card: dict[str, Any]) -> str:
         lines += _line(_("Battery"), f"{int(card['battery_percent'])}%")
     if card.get("kind") == BODYCAM and card.get("files_total"):
         lines += _bodycam_lines(card)
+    if card.get("failures"):
+        attempts = _("{n} · retrying automatically").format(n=int(card["failures"]))
+        lines += _line(_("Failed attempts"), escape(attempts))
     if card.get("clock_offset_s") is not None:
         lines += _line(_("Clock offset"), f"{float(card['clock_offset_s']):.1f} s")
     device_id = escape(str(card.get("device_id", "")))
