@@ -100,8 +100,14 @@ class Chromium:
             await asyncio.sleep(0.3)
         raise AssertionError(f"the page never showed {what}; it shows:\n{text}")
 
-    async def screenshot(self, path: Path) -> None:
-        result = await self.call("Page.captureScreenshot", format="png")
+    async def screenshot(self, path: Path, full_page: bool = False) -> None:
+        """A PNG of the viewport, or of the whole page (``full_page``: tables below the fold included)."""
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:
+            size = (await self.call("Page.getLayoutMetrics"))["cssContentSize"]
+            params.update(captureBeyondViewport=True,
+                          clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+        result = await self.call("Page.captureScreenshot", **params)
         path.write_bytes(base64.b64decode(result["data"]))
 
     async def close(self) -> None:

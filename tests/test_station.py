@@ -92,11 +92,13 @@ port = "{analyzer}"
 
 async def first_renders_are_never_blank(browser: Chromium, screen: str, cards: int, loads: int = 20) -> None:
     """Each load, at its load event (before any live update could fill it in), already shows the recorders."""
+    started = time.monotonic()
     for n in range(loads):
         await browser.load(screen)
         shown = await browser.evaluate(CARDS)
         text = await browser.text()
         assert shown.count("请勿拔出：等待平台回执 0/3") == cards and "没有已接入的设备" not in text and "connecting" not in text, (n, shown, text)
+    print(f"{loads} page loads in {time.monotonic() - started:.2f} s")  # a measurement for the log, not an assertion
 
 
 async def script_free_render_shows_the_station(browser: Chromium, screen: str, cards: int) -> None:
@@ -147,7 +149,7 @@ def test_station_screen_follows_a_shift_in_both_languages(tmp_path):
                 results = await wait_page(browser, ROWS.format(table="results"), lambda r: len(r) == 3, 60, "three results")
                 assert all(NOT_YET.get(row[0]) == row[1] for row in results), results
                 assert "可以拔出" not in await browser.text()
-                await browser.screenshot(ARTIFACTS / "station-zh-waiting.png")
+                await browser.screenshot(ARTIFACTS / "station-zh-waiting.png", full_page=True)
 
                 # A signing session in its own process (egw sign): the open page lists it without a reload.
                 document = tmp_path / "inspection-record.txt"
@@ -160,11 +162,20 @@ def test_station_screen_follows_a_shift_in_both_languages(tmp_path):
                 assert "Li Wei" in signings[0][2] and "inspection-record.txt" in signings[0][2] and "当事人" in signings[0][2]
                 assert NOT_YET.get(signings[0][0]) == signings[0][1], signings
 
+                # The same moment in English (?lang=en), then back to Chinese.
+                await browser.load(screen + "?lang=en")
+                assert (await browser.evaluate(CARDS)).count("Do not undock: waiting for the platform 0/3") == 2
+                rows = await browser.evaluate(ROWS.format(table="results")) + await browser.evaluate(ROWS.format(table="signings"))
+                assert len(rows) == 4 and all({"queued": "signed, queued", "uploading": "uploading"}[r[0]] == r[1] for r in rows)
+                assert "Li Wei" in rows[3][2] and "party" in rows[3][2]
+                await browser.screenshot(ARTIFACTS / "station-en-waiting.png", full_page=True)
+                await browser.load(screen + "?lang=zh_CN")
+
                 # Unplug one recorder before it is safe, then dock it again: the page follows, counters stay sane.
                 recorders.stdin.write("unplug 1-2\n")
                 recorders.stdin.flush()
                 await wait_page(browser, CARDS, lambda s: "请联系证据管理员" in s or "已拔出" in s, 60, "the unplugged recorder")
-                await browser.screenshot(ARTIFACTS / "station-zh-unplugged.png")
+                await browser.screenshot(ARTIFACTS / "station-zh-unplugged.png", full_page=True)
                 recorders.stdin.write("replug 1-2\n")
                 recorders.stdin.flush()
                 await wait_page(browser, CARDS, lambda s: s.count("请勿拔出：等待平台回执 0/3") == 2, 90, "the re-docked recorder waiting")
@@ -173,6 +184,8 @@ def test_station_screen_follows_a_shift_in_both_languages(tmp_path):
                 await first_renders_are_never_blank(browser, screen, cards=2)
                 await script_free_render_shows_the_station(browser, screen, cards=2)
 
+                # An officer opened a card's details: the updates that follow keep them open.
+                opened = await browser.evaluate("(() => { const d = document.querySelector('#cards details'); d.open = true; return d.dataset.key; })()")
                 # The platform comes back: the same page turns both cards safe and every row receipted.
                 platform, _, _ = await asyncio.to_thread(spawn_platform, platform_data, listen=f"127.0.0.1:{port}")
                 await wait_page(browser, CARDS, lambda s: s.count("可以拔出") == 2, 120, "both recorders safe")
@@ -182,7 +195,8 @@ def test_station_screen_follows_a_shift_in_both_languages(tmp_path):
                 await wait_page(browser, ROWS.format(table="signings"),
                                 lambda r: len(r) == 1 and r[0][0] == "receipted" and r[0][1] == "平台已回执", 60,
                                 "the signing session receipted")
-                await browser.screenshot(ARTIFACTS / "station-zh-safe.png")
+                assert await browser.evaluate(f"document.querySelector('details[data-key=\"{opened}\"]').open") is True
+                await browser.screenshot(ARTIFACTS / "station-zh-safe.png", full_page=True)
 
                 # English on request, remembered by a cookie; details one click away, never the headline.
                 await browser.load(screen + "?lang=en")
@@ -191,14 +205,14 @@ def test_station_screen_follows_a_shift_in_both_languages(tmp_path):
                 text = await browser.text()
                 assert "receipted by the platform" in text and "Li Wei" in text and "可以拔出" not in text
                 assert await browser.evaluate("document.querySelectorAll('#cards details:not([open])').length") >= 2
-                await browser.screenshot(ARTIFACTS / "station-en-safe.png")
+                await browser.screenshot(ARTIFACTS / "station-en-safe.png", full_page=True)
                 await browser.load(screen + "?lang=zh_CN")
                 assert (await browser.evaluate(CARDS)).count("可以拔出") == 2
             finally:
                 await browser.close()
 
         asyncio.run(shift())
-        for name in ("zh-waiting", "zh-unplugged", "zh-safe", "en-safe"):
+        for name in ("zh-waiting", "en-waiting", "zh-unplugged", "zh-safe", "en-safe"):
             assert (ARTIFACTS / f"station-{name}.png").stat().st_size > 10_000
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(timeout=12) == 0
