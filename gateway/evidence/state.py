@@ -308,17 +308,24 @@ class State:
         return [EvidenceRow(*r) for r in self.db.execute("SELECT * FROM evidence ORDER BY created_at, id")]
 
     @_locked
-    def latest_of_media_types(self, media_types: tuple[str, ...], *, limit: int,
-                              after_rowid: int = 0) -> list[tuple[int, EvidenceRow]]:
-        """The newest items of these media types (rowid, row), newest first, only those after ``after_rowid``.
+    def last_rowid(self) -> int:
+        """The newest evidence row's rowid (0 for none): where a poller's next read starts."""
+        return int(self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM evidence").fetchone()[0])
 
-        Walks the table backwards by rowid, so a caller that remembers the last rowid it saw reads only the
+    @_locked
+    def latest_of_media_types(self, media_types: tuple[str, ...], *, limit: int, after_rowid: int = 0,
+                              upto_rowid: int | None = None) -> list[tuple[int, EvidenceRow]]:
+        """The newest items of these media types (rowid, row), newest first, with ``after_rowid < rowid <= upto_rowid``.
+
+        Walks the table backwards by rowid, so a caller that remembers how far it has read reads only the
         rows added since (the station screen polls this every second).
         """
         marks = ", ".join("?" for _ in media_types)
+        upto = self.last_rowid() if upto_rowid is None else upto_rowid
         cur = self.db.execute(
-            f"SELECT rowid, * FROM evidence WHERE rowid > ? AND media_type IN ({marks}) ORDER BY rowid DESC LIMIT ?",
-            (after_rowid, *media_types, limit),
+            f"SELECT rowid, * FROM evidence WHERE rowid > ? AND rowid <= ? AND media_type IN ({marks}) "
+            "ORDER BY rowid DESC LIMIT ?",
+            (after_rowid, upto, *media_types, limit),
         )
         return [(found[0], EvidenceRow(*found[1:])) for found in cur]
 

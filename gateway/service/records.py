@@ -6,8 +6,8 @@ or ``egw rapidtest`` in their own process, the demo) was never pushed at all. Th
 row is the one truth every entry point shares, so the screen shows that.
 
 Reading stays bounded: the first refresh reads the newest ``limit`` items of each media type walking
-the table backwards; later refreshes read only rows added since (by rowid) and the current state of
-the rows on screen (by primary key). A signing record's fingerprint quality lives only in the record
+the table backwards; later refreshes read only rows added since (by rowid, whatever their type) and
+the current state of the rows on screen (by primary key). A signing record's fingerprint quality lives only in the record
 itself, so that small JSON document is read once per record and remembered.
 """
 
@@ -37,15 +37,18 @@ class RecordFeed:
         self.service = service
         self.limits = {RESULT_MEDIA_TYPE: results, RECORD_MEDIA_TYPE: signings}
         self.rows: dict[str, list[tuple[int, dict[str, Any]]]] = {t: [] for t in RECORD_MEDIA_TYPES}
+        # Every row up to this rowid has been read. Evidence rows are never deleted and SQLite's writers are
+        # serialised, so a newly committed row always has a rowid above every row committed before it.
+        self.read_upto = 0
 
     def refresh(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(results, signings), newest first, each row with its committed ``state``."""
+        upto = self.service.state.last_rowid()
         for media_type, limit in self.limits.items():
-            shown = self.rows[media_type]
-            after = shown[0][0] if shown else 0
-            fresh = [(rowid, self._row(media_type, row))
-                     for rowid, row in self.service.state.latest_of_media_types((media_type,), limit=limit, after_rowid=after)]
-            self.rows[media_type] = (fresh + shown)[:limit]
+            fresh = [(rowid, self._row(media_type, row)) for rowid, row in self.service.state.latest_of_media_types(
+                (media_type,), limit=limit, after_rowid=self.read_upto, upto_rowid=upto)]
+            self.rows[media_type] = (fresh + self.rows[media_type])[:limit]
+        self.read_upto = upto
         states = self.service.state.states_of([row["evidence_id"] for shown in self.rows.values() for _, row in shown])
         for shown in self.rows.values():
             for _, row in shown:
