@@ -79,7 +79,7 @@ def _delivery(state: str) -> tuple[str, str]:
         return "wait", _("uploading")
     if state in ("ingested", "queued"):
         return "wait", _("signed, queued")
-    return "wait", escape(state)
+    return "wait", state
 
 
 def _judgement(value: str) -> str:
@@ -118,7 +118,9 @@ def _details(key: str, text: str) -> str:
 def _bodycam_lines(card: dict[str, Any]) -> str:
     files_total, bytes_total = card.get("files_total") or 0, card.get("bytes_total") or 0
     files_done = min(card.get("files_ingested") or 0, files_total)
-    bytes_done = min(card.get("bytes_ingested") or 0, bytes_total)  # a re-dock counts again from 0 on the device side
+    # The workflow adds each copied chunk to the card, and a re-dock copies again on top of the first
+    # attempt's count: never show more copied than there is.
+    bytes_done = min(card.get("bytes_ingested") or 0, bytes_total)
     receipted = min(card.get("files_receipted") or 0, files_total)
     copied = _("{done}/{total} files · {size}").format(done=files_done, total=files_total,
                                                         size=f"{_megabytes(bytes_done)} / {_megabytes(bytes_total)}")
@@ -126,9 +128,7 @@ def _bodycam_lines(card: dict[str, Any]) -> str:
             + _line(_("Receipted by the platform"), f"{receipted}/{files_total}") + _progress(receipted, files_total))
 
 
-def render_card(card: dict[str, Any]) -> str:
-    tone, sentence = officer_sentence(card)
-    officer = " · ".join(escape(str(v)) for v in (card.get("officer_name"), card.get("officer_no"), card.get("unit")) if v)
+def _card_lines(card: dict[str, Any]) -> str:
     lines = ""
     if card.get("battery_percent") is not None:
         lines += _line(_("Battery"), f"{int(card['battery_percent'])}%")
@@ -139,13 +139,19 @@ def render_card(card: dict[str, Any]) -> str:
         lines += _line(_("Failed attempts"), escape(attempts))
     if card.get("clock_offset_s") is not None:
         lines += _line(_("Clock offset"), f"{float(card['clock_offset_s']):.1f} s")
-    device_id = escape(str(card.get("device_id", "")))
-    return (f'<article class="card {tone}" data-device="{device_id}" data-state="{escape(str(card.get("state", "")))}" '
-            f'data-safe="{"true" if tone == "ok" and card.get("kind") == BODYCAM else "false"}">'
-            f'<h2>{escape(str(card.get("name") or card.get("device_id", "")))}</h2>'
-            f'<div class="who">{escape(_kind_name(str(card.get("kind", ""))))}{" · " + officer if officer else ""}</div>'
-            f'<p class="sentence">{escape(sentence)}</p>{lines}'
-            f'{_details("card:" + str(card.get("device_id", "")), str(card.get("detail") or ""))}</article>')
+    return lines
+
+
+def render_card(card: dict[str, Any]) -> str:
+    tone, sentence = officer_sentence(card)
+    device_id, state = str(card.get("device_id", "")), str(card.get("state", ""))
+    officer = " · ".join(escape(str(v)) for v in (card.get("officer_name"), card.get("officer_no"), card.get("unit")) if v)
+    who = escape(_kind_name(str(card.get("kind", "")))) + (" · " + officer if officer else "")
+    safe = "true" if tone == "ok" and card.get("kind") == BODYCAM else "false"
+    return (f'<article class="card {tone}" data-device="{escape(device_id)}" data-state="{escape(state)}" data-safe="{safe}">'
+            f'<h2>{escape(str(card.get("name") or device_id))}</h2><div class="who">{who}</div>'
+            f'<p class="sentence">{escape(sentence)}</p>{_card_lines(card)}'
+            f'{_details("card:" + device_id, str(card.get("detail") or ""))}</article>')
 
 
 def _alarm_headline(key: str) -> str:
