@@ -38,7 +38,7 @@ class Chromium:
         self.session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
 
-    async def open(self, url: str) -> None:
+    async def open(self, url: str | None = None) -> None:
         assert self.proc.stderr is not None
         endpoint = None
         for _ in range(200):
@@ -54,7 +54,27 @@ class Chromium:
             pages = [t for t in await response.json() if t["type"] == "page"]
         self.ws = await self.session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=64 << 20)
         await self.call("Page.enable")
-        await self.call("Page.navigate", url=url)
+        if url is not None:
+            await self.call("Page.navigate", url=url)
+
+    async def load(self, url: str) -> None:
+        """Navigate and return when the page's load event fired: what a visitor sees first, before any
+        live update could have filled it in (``call`` would swallow that event, so this reads it itself)."""
+        assert self.ws is not None
+        ident = next(self.ids)
+        await self.ws.send_str(json.dumps({"id": ident, "method": "Page.navigate", "params": {"url": url}}))
+        navigated = loaded = False
+        while not loaded:
+            message = json.loads((await self.ws.receive(timeout=30)).data)
+            if message.get("id") == ident:
+                assert "error" not in message and "errorText" not in message.get("result", {}), message
+                navigated = True
+            elif navigated and message.get("method") == "Page.loadEventFired":
+                loaded = True
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         assert self.ws is not None
@@ -80,8 +100,14 @@ class Chromium:
             await asyncio.sleep(0.3)
         raise AssertionError(f"the page never showed {what}; it shows:\n{text}")
 
-    async def screenshot(self, path: Path) -> None:
-        result = await self.call("Page.captureScreenshot", format="png")
+    async def screenshot(self, path: Path, full_page: bool = False) -> None:
+        """A PNG of the viewport, or of the whole page (``full_page``: tables below the fold included)."""
+        params: dict[str, Any] = {"format": "png"}
+        if full_page:
+            size = (await self.call("Page.getLayoutMetrics"))["cssContentSize"]
+            params.update(captureBeyondViewport=True,
+                          clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+        result = await self.call("Page.captureScreenshot", **params)
         path.write_bytes(base64.b64decode(result["data"]))
 
     async def close(self) -> None:

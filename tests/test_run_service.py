@@ -35,6 +35,8 @@ def test_ready_screen_metrics_and_clean_sigterm(station):
     proc, ready, _ = station
     assert ready["event"] == "ready" and ready["gateway_id"] == "gw-run"
     status, page = get(ready["screen"])
+    assert status == 200 and "证据采集站" in page  # the officers' language by default
+    status, page = get(ready["screen"] + "?lang=en")
     assert status == 200 and "Evidence station" in page
     status, body = get(ready["screen"] + "api/state")
     assert json.loads(body)["gateway_id"] == "gw-run"

@@ -306,3 +306,34 @@ class State:
     @_locked
     def all_evidence(self) -> list[EvidenceRow]:
         return [EvidenceRow(*r) for r in self.db.execute("SELECT * FROM evidence ORDER BY created_at, id")]
+
+    @_locked
+    def last_rowid(self) -> int:
+        """The newest evidence row's rowid (0 for none): where a poller's next read starts."""
+        return int(self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM evidence").fetchone()[0])
+
+    @_locked
+    def latest_of_media_types(self, media_types: tuple[str, ...], *, limit: int, after_rowid: int = 0,
+                              upto_rowid: int | None = None) -> list[tuple[int, EvidenceRow]]:
+        """The newest items of these media types (rowid, row), newest first, with ``after_rowid < rowid <= upto_rowid``.
+
+        Walks the table backwards by rowid, so a caller that remembers how far it has read reads only the
+        rows added since (the station screen polls this every second).
+        """
+        marks = ", ".join("?" for _ in media_types)
+        upto = self.last_rowid() if upto_rowid is None else upto_rowid
+        cur = self.db.execute(
+            f"SELECT rowid, * FROM evidence WHERE rowid > ? AND rowid <= ? AND media_type IN ({marks}) "
+            "ORDER BY rowid DESC LIMIT ?",
+            (after_rowid, upto, *media_types, limit),
+        )
+        return [(found[0], EvidenceRow(*found[1:])) for found in cur]
+
+    @_locked
+    def states_of(self, evidence_ids: list[str]) -> dict[str, str]:
+        """The current state of each of these items (by primary key; unknown ids are left out)."""
+        if not evidence_ids:
+            return {}
+        marks = ", ".join("?" for _ in evidence_ids)
+        cur = self.db.execute(f"SELECT id, state FROM evidence WHERE id IN ({marks})", tuple(evidence_ids))
+        return {evidence_id: state for evidence_id, state in cur}

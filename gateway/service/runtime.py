@@ -15,7 +15,7 @@ import threading
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.config import DeviceConfig, GatewayConfig, load_config
 from gateway.errors import ConfigError
@@ -23,6 +23,9 @@ from gateway.evidence.service import EvidenceService
 from gateway.service.metrics import Metrics
 from gateway.service.station import Station
 from gateway.service.supervisor import Backoff, Supervisor
+
+if TYPE_CHECKING:
+    from gateway.service.records import RecordFeed
 
 __all__ = ["Runtime", "Component", "DEVICE_WATCHERS", "STOP_GRACE_S"]
 
@@ -183,9 +186,34 @@ class Runtime:
         log.info("SIGHUP: device list reloaded", extra={"fields": {"devices": sorted(new)}})
 
     # ---- periodic --------------------------------------------------------------
-    async def _refresh_counts(self) -> None:
-        while True:
+    def _wire_records(self, wake: asyncio.Event) -> RecordFeed:
+        """The screen's results and signing rows come from the state database; a commit touching one of
+        them (in this process) wakes the refresher at once, other processes' commits within a second."""
+        from gateway.service.records import RECORD_MEDIA_TYPES, RecordFeed
+
+        loop = asyncio.get_running_loop()
+
+        def poke() -> None:
             try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop has closed: the service is stopping
+                pass
+
+        def on_transition(_db: Any, row: Any, _details: dict[str, Any]) -> None:
+            if row.media_type in RECORD_MEDIA_TYPES:
+                poke()
+
+        self.service.transition_hooks.append(on_transition)
+        self.station.record_hints.append(poke)
+        return RecordFeed(self.service)
+
+    async def _refresh_counts(self) -> None:
+        wake = asyncio.Event()
+        feed = self._wire_records(wake)
+        while True:
+            wake.clear()
+            try:
+                self.station.set_records(*await asyncio.to_thread(feed.refresh))
                 status = await asyncio.to_thread(self.service.status)
                 self.station.set_counts(status["counts"])
                 for state, n in status["counts"].items():
@@ -202,6 +230,9 @@ class Runtime:
                                        else f"Disk nearly full ({status['disk']['free_bytes'] >> 20} MB free): ingest stopped, data stays on the devices")
             except Exception:  # noqa: BLE001 - the refresher must never take the service down
                 log.exception("status refresh failed")
-            await asyncio.sleep(1.0)
+            try:
+                await asyncio.wait_for(wake.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
 
 

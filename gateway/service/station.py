@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,8 +48,11 @@ class Station:
         self.gateway_id = gateway_id
         self._lock = threading.Lock()
         self.devices: dict[str, DeviceCard] = {}
-        self.results: deque[dict[str, Any]] = deque(maxlen=50)
-        self.signings: deque[dict[str, Any]] = deque(maxlen=20)
+        # Read from the state database (gateway.service.records) by the service's refresher, never pushed:
+        # each row carries the committed state of its item, whoever made it.
+        self.results: list[dict[str, Any]] = []
+        self.signings: list[dict[str, Any]] = []
+        self.record_hints: list[Callable[[], None]] = []  # "a record may have changed: read it now"
         self.alarms: dict[str, str] = {}
         self.counts: dict[str, int] = {}
         self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]]]] = set()
@@ -84,14 +87,25 @@ class Station:
         self._publish({"type": "device-removed", "device_id": device_id})
 
     def add_result(self, result: dict[str, Any]) -> None:
-        with self._lock:
-            self.results.appendleft(result)
-        self._publish({"type": "result", "result": result})
+        """A workflow says it recorded a result: read the database now (the row itself is not trusted to
+        stay current, so it is not kept)."""
+        self._hint_records()
 
     def add_signing(self, record: dict[str, Any]) -> None:
+        """Same as ``add_result`` for a signing session."""
+        self._hint_records()
+
+    def set_records(self, results: list[dict[str, Any]], signings: list[dict[str, Any]]) -> None:
+        """The rows as committed in the state database; subscribers hear only of a change."""
         with self._lock:
-            self.signings.appendleft(record)
-        self._publish({"type": "signing", "signing": record})
+            changed = results != self.results or signings != self.signings
+            self.results, self.signings = list(results), list(signings)
+        if changed:
+            self._publish({"type": "records", "results": results, "signings": signings})
+
+    def _hint_records(self) -> None:
+        for hint in list(self.record_hints):
+            hint()
 
     def set_alarm(self, key: str, message: str | None) -> None:
         with self._lock:

@@ -1,32 +1,70 @@
-"""Serves the station screen: ``/`` (the page), ``/api/state`` (snapshot JSON),
-``/events`` (server-sent events, one per change) and ``/healthz``.
+"""Serves the station screen: ``/`` (the page, rendered with the station as it is), ``/screen`` (the
+same, below the header: what the page swaps in on a change), ``/station.js`` and ``/station.css``,
+``/api/state`` (snapshot JSON), ``/events`` (server-sent events, one per change) and ``/healthz``.
 
 aiohttp because it is a small, well-kept asyncio server that lives on the
 service's own event loop: no second process, no framework.
+
+Language: ``?lang=zh_CN|en`` chooses it and a cookie remembers it; without either the page is in
+Simplified Chinese (the officers' language). The browser's Accept-Language is deliberately not
+followed: a kiosk's browser is often left in English, the station's officers are not.
+
+Security: a strict Content-Security-Policy (scripts and styles only from this origin, nothing inline,
+no framing), so text from a device (names, details) can at worst be shown, never run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 from aiohttp import web
 
+from gateway.i18n import LANGUAGES, normalise_language, use_language
 from gateway.service.station import Station
+from gateway.web.render import render_page, render_screen
 
-__all__ = ["build_app", "ScreenServer"]
+__all__ = ["build_app", "ScreenServer", "CSP", "LANGUAGE_COOKIE"]
 
 HEARTBEAT_S = 15.0
+LANGUAGE_COOKIE = "egw_lang"
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+STATIC = {"station.js": "text/javascript", "station.css": "text/css"}
+
+
+def chosen_language(request: web.Request) -> str:
+    """``?lang=`` first, then the cookie, else the default (Simplified Chinese)."""
+    asked = request.query.get("lang") or request.cookies.get(LANGUAGE_COOKIE)
+    return normalise_language(asked)
 
 
 def build_app(station: Station) -> web.Application:
     app = web.Application()
-    page = resources.files("gateway.web").joinpath("station.html").read_text(encoding="utf-8")
+    static = {name: resources.files("gateway.web").joinpath(name).read_bytes() for name in STATIC}
 
-    async def index(_: web.Request) -> web.Response:
-        return web.Response(text=page, content_type="text/html", charset="utf-8",
-                            headers={"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
+    async def index(request: web.Request) -> web.Response:
+        language = chosen_language(request)
+        with use_language(language):
+            page = render_page(station.snapshot())
+        response = web.Response(text=page, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+        if request.query.get("lang") in LANGUAGES:
+            response.set_cookie(LANGUAGE_COOKIE, language, max_age=365 * 86400, samesite="Strict", httponly=True)
+        return response
+
+    async def screen(request: web.Request) -> web.Response:
+        with use_language(chosen_language(request)):
+            fragment = render_screen(station.snapshot())
+        return web.Response(text=fragment, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+
+    def serve_static(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(_: web.Request) -> web.Response:
+            return web.Response(body=static[name], content_type=STATIC[name], charset="utf-8", headers=SECURITY_HEADERS)
+        return handler
 
     async def state(_: web.Request) -> web.Response:
         return web.json_response(station.snapshot(), dumps=lambda v: json.dumps(v, default=str))
@@ -54,6 +92,9 @@ def build_app(station: Station) -> web.Application:
         return web.json_response({"ok": True, "gateway_id": station.gateway_id})
 
     app.router.add_get("/", index)
+    app.router.add_get("/screen", screen)
+    for name in STATIC:
+        app.router.add_get(f"/{name}", serve_static(name))
     app.router.add_get("/api/state", state)
     app.router.add_get("/events", events)
     app.router.add_get("/healthz", health)
