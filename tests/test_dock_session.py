@@ -167,3 +167,24 @@ def test_unplug_then_redock_through_the_station_keeps_one_card_and_honest_bytes(
     finally:
         stop_process(gateway)
         stop_process(recorders)
+
+
+def test_the_officer_reads_the_verdict_in_chinese_by_default():
+    import io
+
+    from rich.console import Console
+
+    from gateway.commands.dock import _table
+    from gateway.i18n import use_language
+
+    row = {"device_path": "DCIM/a.avi", "size": 1, "state": "queued", "released": False, "safe": False,
+           "problems": [], "error": None}
+    summary = {"serial": "1000001", "officer_name": "张三", "officer_no": "100001", "clock_offset_s": 0.0,
+               "recordings": [row], "hostile_entries": [], "hostile_total": 0, "zfy_lossy_fields": [], "attention": [],
+               "verdict": "waiting-for-receipts",
+               "todo": "The platform is unreachable: copies stored and queued; the recorder keeps its files."}
+    out = io.StringIO()
+    with use_language("zh_CN"):
+        _table(Console(file=out, width=200), [summary], [], "", safe=False)
+    text = out.getvalue()
+    assert "不可拔出：请查看上方标为“否”的行" in text and "录像" in text and "时钟偏差" in text, text

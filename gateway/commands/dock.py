@@ -189,11 +189,13 @@ def _interrupted(console: Any, reports: list[RecorderReport], as_json: bool) -> 
         return
     from rich.markup import escape
 
-    console.print(f"[bold yellow]{escape(_('Interrupted.'))}[/]")
+    interrupted = _("Interrupted.")
+    console.print(f"[bold yellow]{escape(interrupted)}[/]")
     for r in reports:
         console.print(escape(interrupted_line(r)))
         if r.verdict is Verdict.SAFE:
-            console.print(f"[green]{escape(_('It may be undocked: every recording is safe.'))}[/]")
+            may_undock = _("It may be undocked: every recording is safe.")
+            console.print(f"[green]{escape(may_undock)}[/]")
         else:
             left = r.files_total - sum(1 for row in r.recordings if row.safe)
             console.print("[yellow]" + escape(ngettext(
@@ -212,7 +214,8 @@ def _table(console: Any, summaries: list[dict[str, Any]], failures: list[str], u
     from rich.markup import escape
     from rich.table import Table
 
-    yes, no, no_red = _("yes"), _("no"), f"[red]{escape(_('NO'))}[/]"
+    yes, no, not_safe = _("yes"), _("no"), _("NO")
+    no_red = f"[red]{escape(not_safe)}[/]"
     for summary in summaries:
         # Everything the recorder chose (file names, the officer's name) is data, never rich markup.
         offset = summary["clock_offset_s"]
@@ -246,6 +249,6 @@ def _table(console: Any, summaries: list[dict[str, Any]], failures: list[str], u
     for failure in failures:
         console.print(f"[red]{escape(failure)}[/]")
     attention = any(summary["attention"] for summary in summaries)
-    console.print(f"[bold green]{escape(_('SAFE TO UNDOCK'))}[/]" if safe else
-                  f"[bold red]{escape(_('NOT SAFE TO UNDOCK: see the messages in red above'))}[/]" if attention else
-                  f"[bold red]{escape(_('NOT SAFE TO UNDOCK: see the rows marked NO above'))}[/]")
+    verdict = _("SAFE TO UNDOCK") if safe else _("NOT SAFE TO UNDOCK: see the messages in red above") if attention \
+        else _("NOT SAFE TO UNDOCK: see the rows marked NO above")
+    console.print(f"[bold {'green' if safe else 'red'}]{escape(verdict)}[/]")

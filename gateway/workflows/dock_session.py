@@ -516,12 +516,13 @@ class DockSession:
                     " ".join([f"the recorder was unplugged; {kept} recording{'s' if kept != 1 else ''} not safe yet "
                               "stay on it (nothing was deleted that was not receipted)", *problems[:1]]))
         if waiting or not problems:
-            todo = _(UNREACHABLE_TODO) if self._platform_unreachable(rows) else \
+            todo = _("The platform is unreachable: copies stored and queued; the recorder keeps its files.") \
+                if self._platform_unreachable(rows) else \
                 ngettext("Do not undock: waiting for the platform's receipt for {n} recording.",
                          "Do not undock: waiting for the platform's receipts for {n} recordings.", waiting).format(n=waiting)
             return Verdict.WAITING_FOR_RECEIPTS, todo, " ".join(
                 ["waiting for platform receipts" + (f" ({waiting} to go)" if waiting else ""), *problems])
         copied = "Every recording it copied is safe." if any(r.safe for r in rows) else ""
         todo = _("Do not put this recorder back into service: hand it to the evidence administrator.") if s.attention \
-            else _("Do not undock yet: dock it again later to copy what is left.")
+            else _("Not everything was copied: dock it again later to copy what is left.")
         return Verdict.ATTENTION, todo, " ".join([*problems, copied]).strip()
