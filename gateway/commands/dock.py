@@ -97,10 +97,10 @@ def run(args: argparse.Namespace, cancelled: Callable[[], bool] | None = None) -
                     delivery.cancel()
                 _wait(sessions, lambda: False)
         reports = [session.wait() for session, _joined in sessions]
+        if stop():
+            _interrupted(console, reports, args.json)
+            return INTERRUPTED
         note = delivery.note()
-    if stop():
-        _interrupted(console, reports, args.json)
-        return INTERRUPTED
     failures = [f"{r.url}: {r.error}" for r in reports if r.verdict is Verdict.FAILED]
     docked = [r for r in reports if r.verdict is not Verdict.FAILED]
     safe = not failures and all(r.safe_to_undock for r in docked)

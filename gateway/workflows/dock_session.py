@@ -23,6 +23,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -127,14 +128,14 @@ class TransitionNotifier:
         self._lock = threading.Lock()
         self._owner: dict[str, "DockSession"] = {}
         self._sessions: set["DockSession"] = set()
-        self._hooked: set[int] = set()
+        self._hooked: "weakref.WeakSet[EvidenceService]" = weakref.WeakSet()
 
     def attach(self, service: EvidenceService) -> None:
         """Be told of every transition ``service`` commits (once per service object)."""
         with self._lock:
-            if id(service) in self._hooked:
+            if service in self._hooked:
                 return
-            self._hooked.add(id(service))
+            self._hooked.add(service)
         committer = service.state.lock  # held until that transaction has committed or rolled back
 
         def on_transition(db: sqlite3.Connection, row: EvidenceRow, details: dict[str, Any]) -> None:
@@ -256,7 +257,8 @@ class OwnUploader:
         return any(getattr(o, "unreachable", False) and o.status != "receipted" for o in self._outcomes)
 
     def note(self) -> str:
-        self._done.wait()
+        if not self._done.wait(30):
+            return "uploads still stopping: what is in flight resumes next time"
         if self._error is not None:
             return f"uploads stopped: {self._error}"
         failed = [o for o in self._outcomes if o.status != "receipted"]
@@ -464,7 +466,8 @@ class DockSession:
     def report(self) -> RecorderReport:
         """What is true now, read from the committed state."""
         wf, s = self.workflow, self.state
-        rows = tuple(self._row(r) for r in s.recordings)
+        states = self._states([r.evidence_id for r in s.recordings if r.evidence_id])
+        rows = tuple(self._row(r, states) for r in s.recordings)
         unplugged = s.volume is not None and not s.volume.present() or any(r.unplugged for r in s.recordings)
         verdict, todo, detail = self._verdict(rows, unplugged)
         report = RecorderReport(
@@ -481,8 +484,19 @@ class DockSession:
         self._last = report
         return report
 
-    def _row(self, r: DockedRecording) -> RecordingReport:
-        state = self.workflow.service.state.get(r.evidence_id).state if r.evidence_id else "not ingested"
+    def _states(self, ids: list[str]) -> dict[str, str]:
+        """Current state of each item, a few queries for a recorder with thousands of recordings."""
+        found: dict[str, str] = {}
+        state = self.workflow.service.state
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            with state.lock:  # the connection is shared with the copy workers and the uplinks
+                found.update(state.db.execute(f"SELECT id, state FROM evidence WHERE id IN ({','.join('?' * len(chunk))})",
+                                              chunk).fetchall())
+        return found
+
+    def _row(self, r: DockedRecording, states: dict[str, str]) -> RecordingReport:
+        state = states.get(r.evidence_id, "not ingested") if r.evidence_id else "not ingested"
         return RecordingReport(r.device_path, r.size, r.important, r.evidence_id, r.sha256, state, r.copied, r.released,
                                r.changed_on_device, r.unplugged, self.workflow.safe(self.state, r, state),
                                tuple(r.problems), r.error)
