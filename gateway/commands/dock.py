@@ -142,7 +142,7 @@ def _start(args: argparse.Namespace, workflow: DockWorkflow, sources: list[tuple
 def _wait(sessions: list[tuple[DockSession, bool]], stop: Callable[[], bool]) -> None:
     """Wait for every session in short slices: the main thread stays free for Ctrl-C."""
     for session, _joined in sessions:
-        while not session._done.wait(0.2):
+        while not session.finished(0.2):
             if stop():
                 session.cancel()
 

@@ -322,6 +322,10 @@ class DockSession:
         self._cancel.set()
         self._wake(None, None, None)
 
+    def finished(self, timeout: float | None = None) -> bool:
+        """Has ``run()`` returned (waiting up to ``timeout`` seconds)?"""
+        return self._done.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> RecorderReport:
         self._done.wait(timeout)
         return self.report()
