@@ -49,6 +49,7 @@ class Outcome:
     files: int  # recordings on the recorder (tiny ones plus the two real ones)
     progress: list[tuple[int, int, int, int]] = field(default_factory=list)  # card: files done/total, bytes done/total
     evidence_at_kill: int = 0
+    released_at_kill: int = 0  # released by egw run (each after its receipt) before the kill: gone from the recorder
     rss_run_mb: float = 0.0  # egw run, SIGKILLed a third of the way
     rss_dock_mb: float = 0.0  # egw dock, the re-dock to the end
     dock_exit: int | None = None
@@ -74,9 +75,10 @@ class Outcome:
         rows = self.rows
         if self.dock_exit != 0 or not (self.report and self.report["safe"]):
             out.append(f"egw dock exited {self.dock_exit}, safe={self.report and self.report['safe']}")
-        if len(rows) != self.files or len({r["sha256"] for r in rows}) != self.files:
+        on_recorder = self.files - self.released_at_kill
+        if len(rows) != on_recorder or len({r["sha256"] for r in rows}) != on_recorder:
             out.append(f"re-dock listed {len(rows)} recordings with {len({r['sha256'] for r in rows})} digests, "
-                       f"expected {self.files}")
+                       f"expected {on_recorder} ({self.released_at_kill} released before the kill)")
         if self.copied_again != self.files - self.evidence_at_kill:
             out.append(f"re-dock copied {self.copied_again}, expected {self.files - self.evidence_at_kill} "
                        f"({self.evidence_at_kill} were evidence before the kill)")
@@ -144,6 +146,7 @@ def run(workdir: Path, files: int, log=print) -> Outcome:
         gateway.wait()
         outcome.seconds["egw run until killed"] = time.monotonic() - started
         outcome.evidence_at_kill = _count_evidence(data)
+        outcome.released_at_kill = _count_evidence(data, "released")
         log(f"egw run SIGKILLed with {outcome.evidence_at_kill} of {outcome.files} recordings as evidence")
 
         started = time.monotonic()
@@ -209,9 +212,11 @@ def _watch_until(screen: str, stop_when, timeout: float) -> list[tuple[int, int,
     raise TimeoutError(f"egw run did not get a third of the way within {timeout:.0f} s (last card: {samples[-1:]})")
 
 
-def _count_evidence(data: Path) -> int:
+def _count_evidence(data: Path, state: str | None = None) -> int:
     db = sqlite3.connect(f"file:{data / 'state.db'}?mode=ro", uri=True)
     try:
+        if state is not None:
+            return int(db.execute("SELECT COUNT(*) FROM evidence WHERE state = ?", (state,)).fetchone()[0])
         return int(db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
     finally:
         db.close()

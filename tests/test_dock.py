@@ -122,7 +122,11 @@ def test_unplug_mid_copy_then_redock_ingests_each_recording_once(tmp_path):
             os.kill(first.pid, signal.SIGCONT)
         out, _ = first.communicate(timeout=120)
         assert first.returncode == 1, "the unplug came after the copy finished: the test did not test anything"
-        assert json.loads(out)["safe"] is False
+        unplugged = json.loads(out)
+        assert unplugged["safe"] is False
+        recorder = unplugged["recorders"][0]
+        assert recorder["verdict"] == "unplugged", recorder  # said as such, never as a device copy that "changed"
+        assert not any(row["changed_on_device"] or "changed" in (row["error"] or "") for row in recorder["recordings"])
         recorders.stdin.write("replug 1-1\n")
         recorders.stdin.flush()
         time.sleep(0.5)

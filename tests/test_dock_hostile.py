@@ -86,12 +86,13 @@ def test_a_thousand_files_interrupted_and_redocked_are_each_ingested_once(tmp_pa
     assert released_only_after_receipt(custody(tmp_path / "files" / "gw")) == outcome.files == 1002
 
 
-def test_flooded_volume_is_cut_at_the_limit_and_the_officer_told_what_to_do(tmp_path):
+def test_flooded_volume_is_cut_at_the_limit_and_the_officer_told_what_to_do(tmp_path, monkeypatch):
     """100 500 entries with 255-byte names (the driver refuses names over 200 bytes and lists at most
     100 000 entries) and GetStorage advertising 4 Gi files: the dock copies the two real recordings,
     releases them after their receipts, leaves every flood entry on the recorder, and says NOT SAFE with
     the recorder, the limit and what to do, in bounded memory."""
     flood = 100_500
+    monkeypatch.setenv("EGW_LANG", "en")  # the assertions read the English text
     platform, address, _ = spawn_platform(tmp_path / "platform")
     recorders, url, volumes = start_recorders(tmp_path, "--count", "1", "--recordings", "2", "--flood-entries", str(flood))
     try:
@@ -245,8 +246,11 @@ def test_recorder_chosen_text_is_never_console_markup():
     summary = {"serial": "1000001", "officer_name": "[/red]张三", "officer_no": "100001", "clock_offset_s": 0.0,
                "recordings": [row], "hostile_entries": [{"name": "DCIM/[/i]", "reason": "symbolic link"}],
                "hostile_total": 3, "zfy_lossy_fields": ["user_name"], "attention": ["recorder 1000001: [/u]"]}
+    from gateway.i18n import use_language
+
     out = io.StringIO()
-    _table(Console(file=out, width=200), [summary], ["usbip://x/1-1: [/b]"], "1 receipted", safe=False)
+    with use_language("en"):
+        _table(Console(file=out, width=200), [summary], ["usbip://x/1-1: [/b]"], "1 receipted", safe=False)
     text = out.getvalue()
     assert "DCIM/[/x].avi" in text and "[/red]张三" in text and "recorder 1000001: [/u]" in text
     assert "… and 2 more entries not copied" in text and "the officer name the recorder sent is not valid GBK" in text

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,13 +39,13 @@ from gateway.errors import DeviceError, GatewayError
 
 if TYPE_CHECKING:
     from gateway.service.runtime import Runtime
-    from gateway.workflows.dock import DockSession, DockWorkflow
+    from gateway.workflows.dock import DockWorkflow
+    from gateway.workflows.dock_session import DockSession, RecorderReport
 
 __all__ = ["watch_bodycams", "watch_rapidtest", "watch_presence", "in_own_thread"]
 
 log = logging.getLogger("egw.devices")
 POLL_S = 1.0
-_SERIAL = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what drivers.bodycam.TemplateLocator accepts as a serial
 STOP_WAIT_S = 5.0  # how long a cancelled analyzer watcher waits for its thread to acknowledge and close
 T = TypeVar("T")
 
@@ -108,20 +107,16 @@ def _bodycam_urls(device: DeviceConfig) -> dict[str, str]:
 
 
 async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
-    from gateway.workflows.dock import DockWorkflow
+    """New recorders on the bus are docked; recorders found already mounted (a dock interrupted by a
+    kill, a crash or ``egw dock``'s Ctrl-C) are adopted — each by one :class:`DockSession` (keyed by
+    serial, shared with an ``egw dock`` run inside the service)."""
+    from gateway.workflows.dock import DockWorkflow, mounted_serials
 
     enrolled = (runtime.service.identity.directory / "platform.pem").exists()
-    active: dict[str, asyncio.Task[None]] = {}
+    active: dict[str, asyncio.Task[bool]] = {}
     adopted: set[str] = set()  # serials found already mounted and taken over
-    listeners: dict[str, Any] = {}  # url -> that recorder's progress callback
-
-    def progress(session: "DockSession", event: str, n: int) -> None:
-        listener = listeners.get(session.url)
-        if listener is not None:
-            listener(session, event, n)
-
     workflow = DockWorkflow(runtime.service, locator=device.volumes or "/run/egw/volumes/{serial}",
-                            password=device.password, release_policy=runtime.config.release, progress=progress,
+                            password=device.password, release_policy=runtime.config.release,
                             copy_slots=runtime.thread_copy_slots, platform_enrolled=enrolled)
     try:
         while not runtime.stopping.is_set():
@@ -132,8 +127,8 @@ async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
             for key, url in present.items():
                 task = active.get(key)
                 if task is None or task.done():
-                    active[key] = asyncio.create_task(_dock_one(runtime, device, workflow, url, listeners), name=f"dock:{url}")
-            for serial in await asyncio.to_thread(_mounted_serials, device):
+                    active[key] = asyncio.create_task(_dock_one(runtime, device, workflow, key, url), name=f"dock:{url}")
+            for serial in await asyncio.to_thread(mounted_serials, device.volumes or ""):
                 task = active.get(serial)
                 if serial in adopted and task is not None and task.done() and not task.cancelled() \
                         and task.exception() is None and task.result() is False:
@@ -141,7 +136,7 @@ async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
                 if serial not in present and (task is None or task.done()) and serial not in adopted:
                     adopted.add(serial)  # once per mount: a re-plug docks it normally
                     active[serial] = asyncio.create_task(
-                        _dock_one(runtime, device, workflow, f"volume://{serial}", listeners), name=f"adopt:{serial}")
+                        _dock_one(runtime, device, workflow, serial, f"volume://{serial}"), name=f"adopt:{serial}")
             await asyncio.sleep(POLL_S)
     finally:
         for task in active.values():
@@ -149,115 +144,82 @@ async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
         await asyncio.gather(*active.values(), return_exceptions=True)
 
 
-async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWorkflow", url: str,
-                    listeners: dict[str, Any]) -> bool:
-    """Dock (or adopt) one recorder and follow it until it is safe or unplugged; False when it could
-    not even be attached, so the caller may try again."""
-    station = runtime.station
-    card_id = url
+async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWorkflow", key: str, source: str) -> bool:
+    """Dock (or adopt) one recorder and show it on ONE card (keyed by the recorder, the same card
+    across unplug and re-dock) until it is unplugged; False when it could not even be attached, so
+    the caller may try again."""
+    from gateway.workflows.dock_session import DockSession, ServiceDelivery, Verdict
 
-    def progress(session: "DockSession", event: str, n: int) -> None:
-        nonlocal card_id
-        if event == "identified":
-            if card_id != session.device_id:
-                station.forget_device(card_id)
-            card_id = session.device_id
-            station.update_device(card_id, "bodycam", name=f"{device.name} · {session.serial}", state="offloading",
-                                  officer_name=session.officer_name, officer_no=session.officer_no, unit=session.unit_no,
-                                  battery_percent=session.battery_percent, clock_offset_s=session.clock_offset_s,
-                                  detail="copying recordings", safe_to_undock=False)
-        elif event == "scanned":
-            station.update_device(card_id, "bodycam", files_total=len(session.recordings), bytes_total=session.bytes_total)
-        elif event == "bytes":
-            card = station.devices.get(card_id)
-            station.update_device(card_id, "bodycam", bytes_ingested=(card.bytes_ingested if card else 0) + n)
-            runtime.metrics.bytes_ingested.inc(n)
-        elif event == "ingested":
-            station.update_device(card_id, "bodycam", files_ingested=session.files_ingested)
-
-    listeners[url] = progress
-    station.update_device(card_id, "bodycam", name=device.name, state="docked", detail="reading identity")
+    session, joined = DockSession.start_or_join(workflow, source, key=key, delivery=ServiceDelivery(),
+                                                cancelled=runtime.stopping.is_set)
+    card = _BodycamCard(runtime, device, session)
+    session.listeners.append(card.on_event)
+    card.show(name=f"{device.name} · {key}", state="docked", detail="reading identity", files_total=0, files_ingested=0, files_receipted=0,
+              files_released=0, bytes_total=0, bytes_ingested=0, safe_to_undock=False)
     try:
-        if url.startswith("volume://"):
-            session = await in_own_thread(lambda: workflow.adopt(url.removeprefix("volume://")), f"adopt:{url}")
+        if joined:
+            report = await asyncio.to_thread(session.wait)
         else:
-            session = await in_own_thread(lambda: workflow.attach(url), f"dock:{url}")
-    except Exception as exc:  # noqa: BLE001 - e.g. SQLite "disk full" is not a GatewayError: still say it
-        detail = str(exc) if isinstance(exc, GatewayError) else f"unexpected {type(exc).__name__}: {exc}; retrying"
-        station.update_device(card_id, "bodycam", state="error", detail=detail, safe_to_undock=False)
+            report = await in_own_thread(session.run, f"dock:{source}")
+    except asyncio.CancelledError:
+        session.cancel()
+        raise
+    finally:
+        if card.on_event in session.listeners:
+            session.listeners.remove(card.on_event)
+    card.on_report(report)
+    if report.verdict is Verdict.FAILED:
         runtime.metrics.errors.labels(kind="dock").inc()
-        log.warning("dock %s failed: %s", url, detail, exc_info=not isinstance(exc, GatewayError))
         await asyncio.sleep(5)  # the recorder stays listed until re-plugged; do not hammer it
         return False
-    # Wait for receipts (the uploader runs in the same process), releasing as they arrive; stop waiting
-    # once waiting can change nothing (everything copied is safe and released, or the officer must act).
-    while not runtime.stopping.is_set():
-        try:
-            await asyncio.to_thread(workflow.release, session)
-            summary = await asyncio.to_thread(workflow.summary, session)
-        except Exception as exc:  # noqa: BLE001 - a failed release round (full disk…) is retried, not fatal
-            log.warning("dock %s: release check failed (%s: %s); retrying", url, type(exc).__name__, exc)
-            station.update_device(card_id, "bodycam", safe_to_undock=False, detail=f"waiting: {exc}")
-            await asyncio.sleep(5)
-            continue
-        rows = summary["recordings"]
-        receipted = sum(1 for r in rows if r["state"] in ("receipted", "released"))
-        released = sum(1 for r in rows if r["released"])
-        safe = summary["safe_to_undock"]
-        state, detail = _verdict(summary)
-        station.update_device(card_id, "bodycam", state=state, safe_to_undock=safe,
-                              files_receipted=receipted, files_released=released, detail=detail)
-        settled = workflow.release_policy != "receipt" or not workflow.platform_enrolled or all(
-            r["released"] for r in rows if r["safe"])
-        if state in ("safe", "attention") and settled:
-            break
-        if session.volume is not None and not session.volume.present():
-            station.update_device(card_id, "bodycam", state="undocked" if safe else "error", safe_to_undock=False,
-                                  detail="undocked" if safe else detail if state == "attention"
-                                  else "undocked before every recording was safe: re-dock it")
-            return True
+    volume = session.state.volume
+    # Stay on the screen until the recorder is unplugged; then say whether it left safe.
+    while not runtime.stopping.is_set() and volume is not None and volume.present():
         await asyncio.sleep(POLL_S)
-    # Stay on the screen until the recorder is unplugged.
-    while not runtime.stopping.is_set() and session.volume is not None and session.volume.present():
-        await asyncio.sleep(POLL_S)
-    station.remove_device(card_id)
+    if not runtime.stopping.is_set():
+        safe = report.safe_to_undock
+        card.show(state="undocked" if safe else "error", safe_to_undock=False,
+                  detail="undocked" if safe else report.detail if report.verdict is Verdict.ATTENTION
+                  else "undocked before every recording was safe: re-dock it")
     return True
 
 
-def _verdict(summary: dict[str, Any]) -> tuple[str, str]:
-    """(card state, what the officer reads). "attention" when waiting will not make the recorder safe:
-    something on it was not copied, or changed after it was copied; the text says what to do."""
-    rows = summary["recordings"]
-    if summary["safe_to_undock"]:
-        return "safe", "every recording is safe"
-    problems = list(summary["attention"])
-    failed = [r for r in rows if not r["evidence_id"]]
-    if failed:
-        problems.append(f"{len(failed)} recording{'s' if len(failed) > 1 else ''} could not be copied (e.g. "
-                        f"{failed[0]['device_path']}: {failed[0]['error'] or 'not ingested'}); re-dock the recorder "
-                        "to copy again.")
-    problems += [f"{r['device_path']}: {r['error']}" for r in rows if r["changed_on_device"]][:1]
-    waiting = sum(1 for r in rows if r["evidence_id"] and not r["safe"] and not r["changed_on_device"])
-    if waiting or not problems:
-        return "waiting-for-receipts", " ".join(["waiting for platform receipts" + (f" ({waiting} to go)" if waiting else ""),
-                                                  *problems])
-    copied = "Every recording it copied is safe." if any(r["safe"] for r in rows) else ""
-    return "attention", " ".join([*problems, copied]).strip()
+class _BodycamCard:
+    """One station card per recorder, fed by its dock session's events. Keyed by the recorder
+    (``bodycam-<serial>``), so an unplug and re-dock updates the same card instead of adding one;
+    byte counters are this session's, never above the total."""
 
+    def __init__(self, runtime: "Runtime", device: DeviceConfig, session: "DockSession") -> None:
+        self.runtime, self.device, self.session = runtime, device, session
+        self.card_id = f"bodycam-{session.key}"
 
-def _mounted_serials(device: DeviceConfig) -> list[str]:
-    """Serials whose volume is mounted under the locator template (``…/{serial}`` as the last part).
-    Other directories there (a mount in progress, ``.<serial>.mounting``; anything whose name could
-    not be a serial) are not recorders."""
-    template = device.volumes or ""
-    if not template.endswith("/{serial}"):
-        return []
-    root = template[: -len("/{serial}")]
-    try:
-        return sorted(entry.name for entry in os.scandir(root) if _SERIAL.fullmatch(entry.name)
-                      and entry.is_dir(follow_symlinks=False) and any(os.scandir(entry.path)))
-    except OSError:
-        return []
+    def show(self, **fields: Any) -> None:
+        self.runtime.station.update_device(self.card_id, "bodycam", **fields)
+
+    def on_event(self, session: "DockSession", event: str, n: int) -> None:
+        state = session.state
+        if event == "identified":
+            if state.device_id and state.device_id != self.card_id:  # the recorder's own serial differs from the bus's
+                self.runtime.station.forget_device(self.card_id)
+                self.card_id = state.device_id
+            self.show(name=f"{self.device.name} · {state.serial}", state="offloading", officer_name=state.officer_name,
+                      officer_no=state.officer_no, unit=state.unit_no, battery_percent=state.battery_percent,
+                      clock_offset_s=state.clock_offset_s, detail="copying recordings", safe_to_undock=False)
+        elif event == "scanned":
+            self.show(files_total=len(state.recordings), bytes_total=state.bytes_total, bytes_ingested=0)
+        elif event == "bytes":
+            self.runtime.metrics.bytes_ingested.inc(n)
+            self.show(bytes_ingested=min(session.bytes_done, state.bytes_total))
+        elif event == "ingested":
+            self.show(files_ingested=state.files_ingested)
+        elif event == "report" and session._last is not None:
+            self.on_report(session._last)
+
+    def on_report(self, report: "RecorderReport") -> None:
+        self.show(state=report.verdict.card_state, safe_to_undock=report.safe_to_undock, detail=report.detail,
+                  files_total=report.files_total, files_ingested=report.files_stored,
+                  files_receipted=report.files_receipted, files_released=report.files_released,
+                  bytes_total=report.bytes_total, bytes_ingested=report.bytes_done)
 
 
 # ---- rapid-test analyzers -----------------------------------------------------------------

@@ -60,6 +60,9 @@ class UploaderComponent:
                                            bandwidth=config.bandwidth_bytes_per_s or None)
 
         def outcome(result: object) -> None:
+            from gateway.workflows.dock_session import transitions
+
+            transitions.upload_outcome(result)  # a dock waiting for this receipt releases the recording now
             sent = getattr(result, "bytes_sent", 0) or 0
             if sent:
                 self.runtime.metrics.uploaded_bytes.inc(sent)

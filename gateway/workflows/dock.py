@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
+import time
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +56,7 @@ from gateway.evidence.media import probe_image, probe_video, thumbnail_jpeg
 from gateway.evidence.service import EvidenceService
 from gateway.evidence.store import StoredBlob
 
-__all__ = ["DockWorkflow", "DockSession", "DockedRecording", "RELEASE_POLICIES"]
+__all__ = ["DockWorkflow", "DockState", "DockedRecording", "DockCancelled", "RELEASE_POLICIES", "mounted_serials"]
 
 log = logging.getLogger("egw.dock")
 RELEASE_POLICIES = ("receipt", "ingest", "never")
@@ -63,6 +66,29 @@ _KEPT = {"receipt": "Nothing was deleted from the recorder that the platform has
          "never": "Nothing was deleted from the recorder."}
 _HAND_OVER = "Do not put this recorder back into service: hand it to the evidence administrator to copy the rest on a workstation."
 _KIND_BY_MEDIA = {"video": "video", "audio": "audio", "photo": "photo"}
+_SERIAL = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what drivers.bodycam.TemplateLocator accepts as a serial
+UNPLUG_SETTLE_S = 0.3  # a yanked volume reads short for a moment before it disappears
+
+
+class DockCancelled(GatewayError):
+    """The officer pressed Ctrl-C (or the service asked the dock to stop): nothing half-done is kept
+    as evidence; what was stored stays stored."""
+
+
+def mounted_serials(template: str) -> list[str]:
+    """Serials whose volume is mounted under the locator template (``…/{serial}`` as the last part).
+
+    Shared by ``egw run`` and ``egw dock`` so both adopt exactly the same recorders. Other
+    directories there (a mount in progress, ``.<serial>.mounting``; anything whose name could not
+    be a serial; an empty directory) are not recorders."""
+    if not template.endswith("/{serial}"):
+        return []
+    root = template[: -len("/{serial}")]
+    try:
+        return sorted(entry.name for entry in os.scandir(root) if _SERIAL.fullmatch(entry.name)
+                      and entry.is_dir(follow_symlinks=False) and any(os.scandir(entry.path)))
+    except OSError:
+        return []
 
 
 @dataclass
@@ -78,10 +104,11 @@ class DockedRecording:
     released: bool = False
     error: str | None = None
     changed_on_device: bool = False  # the device copy no longer matches the evidence: kept, not safe
+    unplugged: bool = False  # the volume went away before this recording could be released
 
 
 @dataclass
-class DockSession:
+class DockState:
     url: str
     serial: str = ""
     device_id: str = ""
@@ -104,13 +131,15 @@ class DockSession:
     reading: Any = None  # the DeviceClockReading taken before the sync (None for an adopted volume)
     id_code: str = ""
     adopted: bool = False  # found already mounted (e.g. after egw run was killed mid-dock)
+    listener: "Progress | None" = None  # this recorder's progress (the dock session that owns it)
+    cancelled: Callable[[], bool] = lambda: False  # asked between copies and during each copy
 
     @property
     def bytes_total(self) -> int:
         return sum(r.size for r in self.recordings)
 
 
-Progress = Callable[[DockSession, str, int], None]  # (session, event, bytes)
+Progress = Callable[[DockState, str, int], None]  # (session, event, bytes)
 
 
 class DockWorkflow:
@@ -130,8 +159,13 @@ class DockWorkflow:
         self.platform_enrolled = platform_enrolled
 
     # ---- attach: identity, clock, mass storage, ingest ---------------------------
-    def attach(self, url: str) -> DockSession:
-        session = DockSession(url=url)
+    def _emit(self, session: DockState, event: str, n: int) -> None:
+        self.progress(session, event, n)
+        if session.listener is not None:
+            session.listener(session, event, n)
+
+    def attach(self, url: str, session: DockState | None = None) -> DockState:
+        session = session or DockState(url=url)
         try:
             self._identify(session)
             volume = open_storage(self.locator, session.serial, timeout=self.volume_timeout)
@@ -142,10 +176,11 @@ class DockWorkflow:
         self._ingest_volume(session, volume)
         return session
 
-    def adopt(self, serial: str) -> DockSession:
+    def adopt(self, serial: str, session: DockState | None = None) -> DockState:
         """A recorder already in mass-storage mode (its dock was interrupted, e.g. egw run was killed):
         ingest its volume with the identity and clock offset recorded when it was docked."""
-        session = DockSession(url=f"volume://{serial}", serial=serial, device_id=f"bodycam-{serial}", adopted=True)
+        session = session or DockState(url=f"volume://{serial}")
+        session.serial, session.device_id, session.adopted = serial, f"bodycam-{serial}", True
         with self.service.state.lock:  # the connection is shared with the copy workers and the uplinks
             row = self.service.state.db.execute(
                 "SELECT entry FROM custody WHERE event = 'docked' AND entry LIKE ? ORDER BY seq DESC LIMIT 1",
@@ -165,11 +200,11 @@ class DockWorkflow:
             raise DeviceError(f"mounted volume of recorder {serial}: {exc}") from exc
         session.volume = volume
         self.service.record_event(None, "volume-adopted", {"device_id": session.device_id, "serial": serial})
-        self.progress(session, "identified", 0)
+        self._emit(session, "identified", 0)
         self._ingest_volume(session, volume)
         return session
 
-    def _identify(self, session: DockSession) -> None:
+    def _identify(self, session: DockState) -> None:
         with BodyCamera.open(session.url, password=self.password) as camera:
             info = camera.info()
             reading = camera.device_time()  # before syncing: this is the drift the recordings carry
@@ -197,31 +232,35 @@ class DockWorkflow:
             log.warning("recorder %s sent %s that are not GBK: read with U+FFFD, raw bytes recorded",
                         session.serial, " and ".join(session.zfy_lossy))
         self.service.record_event(None, "docked", docked)
-        self.progress(session, "identified", 0)
+        self._emit(session, "identified", 0)
 
-    def _ingest_volume(self, session: DockSession, volume: RecorderVolume) -> None:
+    def _ingest_volume(self, session: DockState, volume: RecorderVolume) -> None:
         scan = volume.scan()
         self._report_hostile(session, volume, scan)
         ordered = sorted(scan.recordings, key=lambda f: (not f.recording.important, f.recording.start, f.parts))  # type: ignore[union-attr]
         for item in [*ordered, *scan.unparsed]:
             session.recordings.append(DockedRecording(item.device_path, item.size,
                                                       bool(item.recording and item.recording.important), item))
-        self.progress(session, "scanned", 0)
+        self._emit(session, "scanned", 0)
         for recording in session.recordings:
+            if session.cancelled():
+                raise DockCancelled(f"recorder {session.serial}: dock interrupted")
             try:
                 with self.copy_slots:
                     self._ingest_one(session, volume, recording)
                 session.files_ingested += 1
+            except DockCancelled:
+                raise
             except (BodyCamError, GatewayError) as exc:
                 recording.error = str(exc)
                 log.warning("recording %s of %s not ingested: %s", recording.device_path, session.serial, exc)
                 if not volume.present():
                     session.error = f"recorder {session.serial} disconnected: {exc}"
                     raise DeviceError(session.error) from exc
-            self.progress(session, "ingested", 0)
+            self._emit(session, "ingested", 0)
         self.service.sign_tree_head()
 
-    def _report_hostile(self, session: DockSession, volume: RecorderVolume, scan: VolumeScan) -> None:
+    def _report_hostile(self, session: DockState, volume: RecorderVolume, scan: VolumeScan) -> None:
         """Record what the driver refused (bounded: a recorder may list 100 000 such entries) and say
         what keeps the recorder from being safe when a refused entry may hold recordings."""
         session.hostile_total = scan.hostile_total
@@ -255,7 +294,7 @@ class DockWorkflow:
                 f"{who}: {refused} entr{'y' if refused == 1 else 'ies'} with names the gateway will not use{example} "
                 f"were not copied and are still on the recorder. {hand_over}")
 
-    def _manifest_input(self, session: DockSession, item: VolumeFile) -> ManifestInput:
+    def _manifest_input(self, session: DockState, item: VolumeFile) -> ManifestInput:
         name = item.recording
         captured_device = captured = None
         if name is not None:
@@ -278,13 +317,13 @@ class DockWorkflow:
                              "offset_s": session.clock_offset_s}},
         )
 
-    def _ingest_one(self, session: DockSession, volume: RecorderVolume, recording: DockedRecording) -> None:
+    def _ingest_one(self, session: DockState, volume: RecorderVolume, recording: DockedRecording) -> None:
         item = recording.item
         mtime = item.mtime_ns / 1e9
         known = self.service.state.find_unchanged(session.device_id, item.device_path, item.size, mtime)
         if known is not None and self._device_digest(volume, item) == known.sha256:
             recording.evidence_id, recording.sha256, recording.copied = known.id, known.sha256, False
-            self.progress(session, "bytes", item.size)
+            self._emit(session, "bytes", item.size)
             return
         container = volume.check_container(item)
         manifest_input = self._manifest_input(session, item)
@@ -295,10 +334,17 @@ class DockWorkflow:
             result = self.service.ingest_stream(
                 reader, manifest_input, expected_size=item.size, source_mtime=mtime,
                 priority=1 if recording.important else 0,
-                progress=lambda n: self.progress(session, "bytes", n),
+                progress=lambda n: self._copied(session, n),
                 enrich=lambda blob, mi: self._enrich(blob, mi, recording),
             )
         recording.evidence_id, recording.sha256, recording.copied = result.evidence_id, result.sha256, not result.duplicate
+
+    def _copied(self, session: DockState, n: int) -> None:
+        """Progress of one copy; also where an interrupted dock stops mid-file (the store drops the
+        partial copy: nothing half-read becomes evidence)."""
+        if session.cancelled():
+            raise DockCancelled(f"recorder {session.serial}: dock interrupted")
+        self._emit(session, "bytes", n)
 
     def _enrich(self, blob: StoredBlob, item: ManifestInput, recording: DockedRecording) -> None:
         """Media metadata and a thumbnail from the stored copy, into the signed manifest."""
@@ -314,23 +360,26 @@ class DockWorkflow:
             item.derived.append({"kind": "thumbnail", "media_type": "image/jpeg", "sha256": thumb.sha256, "size": thumb.size})
 
     @staticmethod
-    def _device_digest(volume: RecorderVolume, item: VolumeFile) -> str:
-        digest = hashlib.sha256()
+    def _device_digest(volume: RecorderVolume, item: VolumeFile) -> tuple[str, int]:
+        """SHA-256 of the device's copy and how many bytes were read."""
+        digest, total = hashlib.sha256(), 0
         with volume.open(item) as reader:
             buffer = bytearray(512 << 10)  # fits in L2 between read and hash (see gateway.evidence.store)
             while n := reader.readinto(buffer):
                 digest.update(memoryview(buffer)[:n])
-        return digest.hexdigest()
+                total += n
+        return digest.hexdigest(), total
 
     # ---- release -------------------------------------------------------------
-    def safe(self, session: DockSession, recording: DockedRecording) -> bool:
+    def safe(self, session: DockState, recording: DockedRecording, state: str | None = None) -> bool:
         """Is the recording safe, i.e. can the officer walk away? Receipted by the platform
         (or, with no platform enrolled, stored, hashed and signed here)."""
         if recording.evidence_id is None or recording.changed_on_device:
             return False
         if not self.platform_enrolled:
             return True
-        return self.service.state.get(recording.evidence_id).state in ("receipted", "released")
+        state = state or self.service.state.get(recording.evidence_id).state
+        return state in ("receipted", "released")
 
     def may_delete(self, recording: DockedRecording) -> bool:
         """The release policy: never before a verified receipt unless the policy says "ingest"."""
@@ -340,57 +389,67 @@ class DockWorkflow:
             return True
         return self.service.state.get(recording.evidence_id).state == "receipted"
 
-    def release(self, session: DockSession) -> int:
-        """Delete what the policy allows; returns how many recordings were released now."""
-        if self.release_policy == "never" or session.volume is None:
-            return 0
-        released = 0
-        for recording in session.recordings:
-            if recording.released or not self.may_delete(recording):
-                continue
-            row = self.service.state.get(recording.evidence_id)  # type: ignore[arg-type]
-            try:
-                fresh = self._device_digest(session.volume, recording.item)
-            except BodyCamError as exc:  # unplugged before release: nothing deleted, the next dock releases it
-                recording.error = f"not released: {exc}"
-                continue
-            if fresh != row.sha256:
-                recording.changed_on_device = True
-                recording.error = (f"device copy changed since ingest (now {fresh[:12]}…, evidence {row.sha256[:12]}…): "
-                                   "kept on the recorder; re-dock it later to copy the new version")
-                self.service.record_event(row.id, "release-refused", {"reason": "digest mismatch", "device_sha256": fresh})
-                continue
-            try:
-                session.volume.delete(recording.item)
-            except BodyCamError as exc:
-                recording.error = f"not released: {exc}"
-                continue
-            details = {"device_id": session.device_id, "device_path": recording.device_path, "device_sha256": fresh,
-                       "policy": self.release_policy, "at": datetime.now(timezone.utc).isoformat()}
-            if row.state == "receipted":
-                self.service.transition(row.id, "released", custody_event="released-from-device", details=details)
-            else:
-                self.service.record_event(row.id, "released-from-device", details)
-            recording.released = True
-            released += 1
-        self.service.sign_tree_head()
+    def release(self, session: DockState) -> int:
+        """Release every recording the policy allows now; how many were released."""
+        released = sum(self.release_one(session, recording) for recording in session.recordings)
+        if released:
+            self.service.sign_tree_head()
         return released
 
-    def summary(self, session: DockSession) -> dict[str, Any]:
-        rows = []
-        for r in session.recordings:
-            state = self.service.state.get(r.evidence_id).state if r.evidence_id else "not ingested"
-            rows.append({"device_path": r.device_path, "size": r.size, "important": r.important, "evidence_id": r.evidence_id,
-                         "sha256": r.sha256, "state": state, "copied": r.copied, "released": r.released,
-                         "changed_on_device": r.changed_on_device,
-                         "safe": self.safe(session, r), "problems": r.problems, "error": r.error})
-        return {"url": session.url, "serial": session.serial, "officer_no": session.officer_no,
-                "officer_name": session.officer_name, "clock_offset_s": session.clock_offset_s,
-                "battery_percent": session.battery_percent, "hostile_entries": session.hostile,
-                "hostile_total": session.hostile_total, "attention": session.attention,
-                "zfy_lossy_fields": list(session.zfy_lossy), "error": session.error, "recordings": rows,
-                "safe_to_undock": bool(rows) and all(r["safe"] for r in rows) and session.error is None
-                and not session.attention}
+    def release_one(self, session: DockState, recording: DockedRecording) -> bool:
+        """Delete one recording from the recorder if the policy allows it and a fresh re-hash of the
+        device's copy equals the evidence. A copy that changed is kept (it is not evidence yet); a
+        volume that went away is "unplugged", never "changed" (a yanked volume reads short or empty)."""
+        volume = session.volume
+        if volume is None or recording.released or recording.changed_on_device or not self.may_delete(recording):
+            return False
+        row = self.service.state.get(recording.evidence_id)  # type: ignore[arg-type]
+        if not volume.present():
+            return self._unplugged(session, recording)
+        try:
+            fresh, read = self._device_digest(volume, recording.item)
+        except BodyCamError as exc:
+            if not self._still_present(volume):
+                return self._unplugged(session, recording)
+            recording.error = f"not released: {exc}"
+            return False
+        if fresh != row.sha256 and (read != row.size or not volume.present()) and not self._still_present(volume):
+            return self._unplugged(session, recording)
+        if fresh != row.sha256:
+            recording.changed_on_device = True
+            recording.error = (f"device copy changed since ingest (now {fresh[:12]}…, evidence {row.sha256[:12]}…): "
+                               "kept on the recorder; re-dock it later to copy the new version")
+            self.service.record_event(row.id, "release-refused", {"reason": "digest mismatch", "device_sha256": fresh})
+            return False
+        try:
+            volume.delete(recording.item)
+        except BodyCamError as exc:
+            if not self._still_present(volume):
+                return self._unplugged(session, recording)
+            recording.error = f"not released: {exc}"
+            return False
+        details = {"device_id": session.device_id, "device_path": recording.device_path, "device_sha256": fresh,
+                   "policy": self.release_policy, "at": datetime.now(timezone.utc).isoformat()}
+        if row.state == "receipted":
+            self.service.transition(row.id, "released", custody_event="released-from-device", details=details)
+        else:
+            self.service.record_event(row.id, "released-from-device", details)
+        recording.released, recording.error = True, None
+        return True
+
+    @staticmethod
+    def _still_present(volume: RecorderVolume) -> bool:
+        """Present after a moment: a cable pulled mid-read first shortens the files, then the volume goes."""
+        if not volume.present():
+            return False
+        time.sleep(UNPLUG_SETTLE_S)
+        return volume.present()
+
+    @staticmethod
+    def _unplugged(session: DockState, recording: DockedRecording) -> bool:
+        recording.unplugged = True
+        recording.error = "not released: the recorder was unplugged; it keeps this recording, re-dock it to release it"
+        return False
 
 
 def _hostile_row(hostile: HostileEntry) -> dict[str, Any]:
