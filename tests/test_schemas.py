@@ -108,33 +108,48 @@ def test_every_schema_is_valid_draft_2020_12() -> None:
         assert doc["$id"] == NS + name, f"{name}: $id must be {NS + name} (references use it)"
 
 
-# (schema, what it is checked against): every schema file must appear here.
-SAMPLES = {
-    "cli-ingest": ["ingest", "ingest-again"],
-    "cli-export": ["export-local", "export"],
-    "cli-status": ["status-local", "status"],
-    "cli-enroll": ["enroll"],
-    "cli-sync": ["sync"],
-    "cli-verify": ["verify", "verify-tampered"],
-    "cli-custody-verify": ["custody"],
-    "bundle-index": ["bundle.json of both bundles"],
-    "dsse-envelope": ["manifest.dsse.json, receipt.dsse.json, the tree head"],
-    "manifest": ["manifest payloads"],
-    "receipt": ["receipt payload"],
-    "tree-head": ["tree-head payloads"],
-    "custody-proof": ["custody-proof.json of both bundles"],
-    "custody-entry": ["every entry in state.db and both proofs"],
+def _bundle_json(produced: dict[str, Any], name: str) -> list[Any]:
+    return [read_json(produced[b] / name) for b in ("local", "bundle")]
+
+
+def _envelopes(produced: dict[str, Any]) -> list[Any]:
+    proofs = _bundle_json(produced, "custody-proof.json")
+    return [*_bundle_json(produced, "manifest.dsse.json"), read_json(produced["bundle"] / "receipt.dsse.json"),
+            *(p["tree_head"] for p in proofs)]
+
+
+# For every schema file: the real documents it is checked against.
+SAMPLES: dict[str, Any] = {
+    "cli-ingest": lambda p: [p["ingest"], p["ingest-again"]],
+    "cli-export": lambda p: [p["export-local"], p["export"]],
+    "cli-status": lambda p: [p["status-local"], p["status"]],
+    "cli-enroll": lambda p: [p["enroll"]],
+    "cli-sync": lambda p: [p["sync"]],
+    "cli-verify": lambda p: [p["verify"], p["verify-tampered"]],
+    "cli-custody-verify": lambda p: [p["custody"]],
+    "bundle-index": lambda p: _bundle_json(p, "bundle.json"),
+    "dsse-envelope": _envelopes,
+    "manifest": lambda p: [payload(e) for e in _bundle_json(p, "manifest.dsse.json")],
+    "receipt": lambda p: [payload(read_json(p["bundle"] / "receipt.dsse.json"))],
+    "tree-head": lambda p: [payload(proof["tree_head"]) for proof in _bundle_json(p, "custody-proof.json")],
+    "custody-proof": lambda p: _bundle_json(p, "custody-proof.json"),
+    "custody-entry": lambda p: [json.loads(raw) for raw in p["entries"]]
+    + [json.loads(base64.b64decode(proof["entry"])) for proof in _bundle_json(p, "custody-proof.json")],
 }
 
 
-def test_every_schema_file_is_checked_against_real_output() -> None:
-    assert sorted(SAMPLES) == sorted(ALL), "a schema without a sample here, or a sample without a schema file"
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_every_schema_matches_real_output(produced: dict[str, Any], name: str) -> None:
+    """Parametrised over the schema files themselves: a schema nobody checks fails here."""
+    assert name in SAMPLES, f"docs/schemas/{name}.schema.json is not checked against any real output"
+    documents = SAMPLES[name](produced)
+    assert documents
+    for document in documents:
+        assert errors(name, document) == [], f"real output does not match docs/schemas/{name}.schema.json: {document}"
 
 
-@pytest.mark.parametrize("name", [n for n in SAMPLES if n.startswith("cli-")])
-def test_command_output_matches_its_schema(produced: dict[str, Any], name: str) -> None:
-    for key in SAMPLES[name]:
-        assert errors(name, produced[key]) == [], f"{key}: output of egw does not match docs/schemas/{name}.schema.json"
+def test_no_sample_without_a_schema_file() -> None:
+    assert set(SAMPLES) <= set(ALL), f"samples for missing schema files: {set(SAMPLES) - set(ALL)}"
 
 
 def test_the_outputs_are_the_interesting_cases(produced: dict[str, Any]) -> None:
@@ -147,34 +162,22 @@ def test_the_outputs_are_the_interesting_cases(produced: dict[str, Any]) -> None
     assert any(c["name"] == "receipt" and c["ok"] for c in produced["verify"]["checks"])
 
 
-def test_bundle_files_match_their_schemas(produced: dict[str, Any]) -> None:
-    for bundle in (produced["local"], produced["bundle"]):
-        index = read_json(bundle / "bundle.json")
-        assert errors("bundle-index", index) == []
-        manifest_envelope = read_json(bundle / index["manifest"])
-        assert errors("dsse-envelope", manifest_envelope) == []
-        assert manifest_envelope["payloadType"] == "application/vnd.egw.manifest.v1+json"
-        assert errors("manifest", payload(manifest_envelope)) == []
-        proof = read_json(bundle / index["custody_proof"])
-        assert errors("custody-proof", proof) == []
+def test_bundle_envelopes_carry_the_documented_payload_types(produced: dict[str, Any]) -> None:
+    for envelope in _bundle_json(produced, "manifest.dsse.json"):
+        assert envelope["payloadType"] == "application/vnd.egw.manifest.v1+json"
+    for proof in _bundle_json(produced, "custody-proof.json"):
         assert proof["tree_head"]["payloadType"] == "application/vnd.egw.tree-head.v1+json"
-        assert errors("tree-head", payload(proof["tree_head"])) == []
-        assert errors("custody-entry", json.loads(base64.b64decode(proof["entry"]))) == []
-    receipt_envelope = read_json(produced["bundle"] / "receipt.dsse.json")
-    assert errors("dsse-envelope", receipt_envelope) == []
-    assert receipt_envelope["payloadType"] == "application/vnd.egw.receipt.v1+json"
-    assert errors("receipt", payload(receipt_envelope)) == []
+        assert json.loads(base64.b64decode(proof["entry"]))["event"] == "ingested"
+    assert read_json(produced["bundle"] / "receipt.dsse.json")["payloadType"] == "application/vnd.egw.receipt.v1+json"
 
 
-def test_every_custody_entry_matches_the_schema(produced: dict[str, Any]) -> None:
-    entries = [json.loads(raw) for raw in produced["entries"]]
-    assert {e["event"] for e in entries} >= {"ingested", "exported", "receipted"}
-    for entry in entries:
-        assert errors("custody-entry", entry) == [], entry
+def test_the_custody_entries_checked_cover_the_conditional_parts(produced: dict[str, Any]) -> None:
+    """custody-entry.schema.json has rules per event: the log checked above holds each of those events."""
+    assert {json.loads(raw)["event"] for raw in produced["entries"]} >= {"ingested", "exported", "receipted"}
 
 
-def test_the_second_manifest_carries_sm3_and_both_manifests_match(produced: dict[str, Any]) -> None:
-    """Both items of the first ingest: the schema sees the optional SM3 digest and the officer flag."""
+def test_manifests_with_sm3_and_the_officer_flag_match(produced: dict[str, Any]) -> None:
+    """Both items of the first ingest, read from state.db: the schema sees the optional SM3 digest and the officer flag."""
     from gateway.evidence.service import EvidenceService
 
     with EvidenceService(produced["data"]) as service:
