@@ -101,6 +101,74 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     yield out
 
 
+def _rapid_test_result() -> Any:
+    """One rapid-test result as the ASTM driver hands it over (the pipeline makes it evidence)."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    from drivers.rapidtest import Judgement, RapidTestResult
+
+    text = b"H|\\^&|||RT-9^1.0^SN42\rR|1|^^^OPPEST^organophosphates|62.5|%|0^50|H||F\rL|1|N\r"
+    return RapidTestResult(
+        instrument_id="SN42", instrument_model="RT-9", instrument_version="1.0", message_id="M7", sample_id="S1",
+        sample_description="spinach", item_code="OPPEST", item_name="organophosphates", method="enzyme inhibition",
+        standard="GB/T 5009.199-2003", value="62.5", unit="%", reference_range="0^50", cutoff="50", abnormal_flag="H",
+        status="F", judgement=Judgement.POSITIVE, operator="op", started_at=None,
+        tested_at=datetime(2026, 5, 1, 9, 30, tzinfo=timezone.utc), comments=(), result_index=1, results_in_message=1,
+        termination_code="N", message_digest=hashlib.sha256(text).hexdigest(), message_text=text, transcript=b"\x05" + text)
+
+
+@pytest.fixture(scope="module")
+def mqtt_produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[Any]]]:
+    """What a gateway publishes, as the reference platform's MQTT side receives it from a broker of our own:
+    birth and will, an evidence state, a rapid-test result, a device state, the tree head, a command and replies."""
+    from gateway.evidence.identity import init_identity
+    from gateway.evidence.service import EvidenceService
+    from gateway.service.uplinks import device_message, result_message
+    from gateway.uplink.mqtt_link import LinkConfig, MqttLink
+    from gateway.uplink.outbox import attach_to_service
+    from gateway.workflows.rapidtest import RapidTestPipeline
+    from simulators.platform.pki import PlatformPKI
+    from simulators.platform_mqtt import PlatformMqtt
+    from tests.mqtt_support import Mosquitto, wait_for
+
+    root = tmp_path_factory.mktemp("mqtt-schemas")
+    gateway_id = "gw-mqtt-schemas"
+    identity = init_identity(root / "gw", gateway_id)
+    pki = PlatformPKI.load_or_create(root / "platform")
+    broker = Mosquitto(root).start()
+    recorder = PlatformMqtt(root / "platform", broker.url, signing_key=pki.platform_key,
+                            gateway_keys={gateway_id: identity.certificate}).start()
+    try:
+        with EvidenceService(root / "gw") as service:
+            attach_to_service(service)
+            link = MqttLink(root / "gw", LinkConfig(broker.url, platform_cert=pki.platform_cert), evidence_service=service)
+            link.start()
+            try:
+                assert link.wait_connected(15), "the gateway's MQTT link did not come up"
+                pipeline = RapidTestPipeline(service, publishers=[lambda recorded: link.put_result(result_message(recorded))])
+                pipeline.record(_rapid_test_result())
+                link.put_device_state(device_message({
+                    "device_id": "cam-9", "kind": "bodycam", "state": "docked", "safe_to_undock": True, "updated": 1796535600,
+                    "battery_percent": 80, "files_total": 3, "files_receipted": 3, "bytes_total": 3000,
+                    "bytes_ingested": 3000, "officer_no": "000042", "detail": "all recordings receipted"}))
+                assert recorder.send_command(gateway_id, "ping").ok
+                assert not recorder.send_command(gateway_id, "reboot").ok  # signed, but unknown to the gateway
+                kinds = ("state", "evidence", "result", "device-state", "custody-sth", "command", "command-reply")
+                wait_for(lambda: all(recorder.records(kind=k) for k in kinds), 20, "every kind of message")
+            finally:
+                link.stop()
+        wait_for(lambda: any(r.json()["state"] == "offline" for r in recorder.records(kind="state")), 10, "offline")
+        records = recorder.records()
+    finally:
+        recorder.stop()
+        broker.kill()
+    out: dict[str, list[Any]] = {}
+    for record in records:
+        out.setdefault(record.kind, []).append(record)
+    yield out
+
+
 def test_every_schema_is_valid_draft_2020_12() -> None:
     assert ALL, f"no schema in {SCHEMAS}"
     for name, doc in ALL.items():
@@ -136,20 +204,56 @@ SAMPLES: dict[str, Any] = {
     "custody-entry": lambda p: [json.loads(raw) for raw in p["entries"]]
     + [json.loads(base64.b64decode(proof["entry"])) for proof in _bundle_json(p, "custody-proof.json")],
 }
+# For every MQTT schema: the kind under which the reference platform records those messages.
+MQTT_SAMPLES = {
+    "mqtt-gateway-state": "state",
+    "mqtt-evidence-state": "evidence",
+    "mqtt-rapidtest-result": "result",
+    "mqtt-device-state": "device-state",
+    "mqtt-signed-tree-head": "custody-sth",
+    "mqtt-signed-command": "command",
+    "mqtt-command-reply": "command-reply",
+}
+
+
+def _command_payloads(request: pytest.FixtureRequest) -> list[Any]:
+    return [payload(r.json()["envelope"]) for r in request.getfixturevalue("mqtt_produced")["command"]]
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
-def test_every_schema_matches_real_output(produced: dict[str, Any], name: str) -> None:
+def test_every_schema_matches_real_output(request: pytest.FixtureRequest, name: str) -> None:
     """Parametrised over the schema files themselves: a schema nobody checks fails here."""
-    assert name in SAMPLES, f"docs/schemas/{name}.schema.json is not checked against any real output"
-    documents = SAMPLES[name](produced)
+    if name in MQTT_SAMPLES:
+        documents = [r.json() for r in request.getfixturevalue("mqtt_produced")[MQTT_SAMPLES[name]]]
+    elif name == "mqtt-command":
+        documents = _command_payloads(request)
+    else:
+        assert name in SAMPLES, f"docs/schemas/{name}.schema.json is not checked against any real output"
+        documents = SAMPLES[name](request.getfixturevalue("produced"))
     assert documents
     for document in documents:
         assert errors(name, document) == [], f"real output does not match docs/schemas/{name}.schema.json: {document}"
 
 
 def test_no_sample_without_a_schema_file() -> None:
-    assert set(SAMPLES) <= set(ALL), f"samples for missing schema files: {set(SAMPLES) - set(ALL)}"
+    named = set(SAMPLES) | set(MQTT_SAMPLES) | {"mqtt-command"}
+    assert named <= set(ALL), f"samples for missing schema files: {named - set(ALL)}"
+
+
+def test_mqtt_signatures_verify_as_documented(mqtt_produced: dict[str, list[Any]]) -> None:
+    """docs/mqtt.md: the tree head and the signed result verify with the gateway's key; the result's readable
+    fields are those of the signed manifest's extra.rapidtest."""
+    for kind in ("custody-sth", "result"):
+        assert all(r.verified for r in mqtt_produced[kind]), [(r.topic, r.note) for r in mqtt_produced[kind]]
+    (result,) = (r.json() for r in mqtt_produced["result"])
+    manifest = payload(result["signedResult"])
+    assert result["signedResult"]["payloadType"] == "application/vnd.egw.manifest.v1+json"
+    assert errors("manifest", manifest) == []
+    signed = manifest["extra"]["rapidtest"]
+    assert (result["sampleId"], result["itemCode"], result["value"], result["judgement"]) == (
+        signed["sample"]["id"], signed["item"]["code"], signed["value"], signed["judgement"])
+    replies = [r.json() for r in mqtt_produced["command-reply"]]
+    assert any(r.get("ok") for r in replies) and any(r.get("error", "").startswith("unknown-command: ") for r in replies)
 
 
 def test_the_outputs_are_the_interesting_cases(produced: dict[str, Any]) -> None:
