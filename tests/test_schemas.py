@@ -4,8 +4,10 @@ One gateway data directory goes through what an operator does: ingest, export a 
 enrolment, enrol with the reference platform (real TLS on loopback), ``egw sync --once`` so the
 platform signs a receipt, export again, verify both bundles (and a tampered copy), check the
 custody log, ask for the status. Every JSON document those commands print or write is validated
-against the schema that publishes its format; the schemas themselves must be valid draft 2020-12
-and each one must be exercised here. A schema that drifts from the code, or code that drifts from
+against the schema that publishes its format; so is every MQTT payload a gateway link publishes
+through a Mosquitto of our own, as the reference platform's subscriber receives it. The schemas
+themselves must be valid draft 2020-12 and each one must be exercised here, and the worked examples
+on docs/formats/ must still compute. A schema that drifts from the code, or code that drifts from
 its published format, fails this test.
 """
 
@@ -318,3 +320,30 @@ def test_the_schemas_are_tight(produced: dict[str, Any], name: str, mutate: Any)
     assert errors(name, document) == []
     mutate(document)
     assert errors(name, document) != []
+
+
+def test_the_worked_examples_on_the_format_pages_hold() -> None:
+    """docs/formats/custody.md and dsse.md quote one real entry, its inclusion path and the tree head it leads to,
+    and the PAE of that head: recomputing them with the code's own hashing must give the numbers printed there."""
+    import re
+
+    from gateway.evidence import merkle
+    from protos.dsse import pae
+
+    custody = (REPO / "docs" / "formats" / "custody.md").read_text(encoding="utf-8")
+    lines = custody.splitlines()
+    entry = next(line for line in lines if line.startswith('{"at":') and '"event":"ingested"' in line)
+    leaf = merkle.leaf_hash(entry.encode("ascii"))
+    assert leaf.hex() in custody, "the leaf hash printed in custody.md is not SHA-256(0x00 || the entry printed there)"
+    proof_block = custody.split('```json\n{\n  "entry"', 1)[1].split("```", 1)[0]
+    path = [bytes.fromhex(h) for h in re.findall(r'^    "([0-9a-f]{64})",?$', proof_block, re.M)]
+    index = int(re.search(r'"leaf_index": (\d+)', proof_block).group(1))
+    size = int(re.search(r'"tree_size": (\d+)', proof_block).group(1))
+    head_line = next(line for line in lines if line.startswith('{"gateway_id": "gw-example"'))
+    head = json.loads(head_line)
+    assert len(path) == 2 and head["tree_size"] == size
+    merkle.verify_inclusion(leaf, index, size, path, bytes.fromhex(head["root_hash"]))
+    dsse_page = (REPO / "docs" / "formats" / "dsse.md").read_text(encoding="utf-8")
+    printed = next(line for line in dsse_page.splitlines() if line.startswith("DSSEv1 "))
+    assert printed.encode() == pae("application/vnd.egw.tree-head.v1+json", head_line.encode())
+    assert re.search(r"payload (\d+) bytes", dsse_page).group(1) == str(len(head_line.encode()))
