@@ -1,0 +1,305 @@
+"""One behaviour from every entry point: a standalone command followed by ``egw sync --once --mqtt URL``
+announces, records and delivers exactly what ``egw run`` does with the same device.
+
+For each entry point (ingest, dock over USB/IP, sign with pad and fingerprint reader, rapid test over
+ASTM) the same capture is made twice, by a fresh enrolled gateway each time:
+
+  (a) the standalone command (``egw ingest``, ``egw dock``, ``egw sign``, ``egw rapidtest``), then
+      ``egw sync --once --mqtt URL``;
+  (b) ``egw run`` with the broker and the device configured (``egw ingest`` and ``egw sign`` run
+      against its data directory while it runs: the service has no device workflow for them).
+
+A subscriber on ``egw/v1/<gateway_id>/#`` records both. Compared after normalising ids, timestamps
+and message ids: the kinds of topic, each item's sequence of states, the results messages, the
+custody events and what the reference platform (mutual TLS) stored. Real processes throughout: one
+platform and one Mosquitto of our own for the whole module, simulators per entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_egw, spawn_egw
+from tests.mqtt_support import Mosquitto, Subscriber, wait_for
+from tests.uplink_support import spawn_platform, stop_process
+
+# what every path must end in, per entry point
+FINAL_STATE = {"ingest": "receipted", "dock": "released", "sign": "receipted", "rapidtest": "receipted"}
+EXPECTED_ITEMS = {"ingest": 3, "dock": 2, "sign": 6, "rapidtest": 4}
+# topics only `egw run` has: its own birth/will and the device cards of its watchers
+SERVICE_ONLY_KINDS = {"state", "devices"}
+
+
+@dataclass
+class Shared:
+    tmp: Path
+    platform_data: Path
+    address: str
+    broker: Mosquitto
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    tmp = tmp_path_factory.mktemp("parity")
+    platform, address, _ = spawn_platform(tmp / "platform")
+    broker = Mosquitto(tmp).start()
+    try:
+        yield Shared(tmp, tmp / "platform", address, broker)
+    finally:
+        broker.kill()
+        stop_process(platform)
+
+
+@dataclass
+class Observed:
+    """What one path produced, normalised so two gateways' runs compare equal."""
+
+    topic_kinds: set[str]
+    state_sequences: list[tuple[str, str, tuple[str, ...]]]  # (kind, media type, states), sorted
+    results: list[dict[str, Any]]
+    custody: Counter[tuple[str, str]]  # (event, kind of the item or "-") -> count
+    custody_ok: bool
+    sth_matches_custody: bool
+    platform: Counter[tuple[str, str, str]]  # (kind, media type, state on the gateway)
+    final_states: Counter[str]
+
+
+def new_gateway(shared: Shared, name: str) -> tuple[Path, str]:
+    gateway_id = f"gw-{name}-{uuid.uuid4().hex[:8]}"  # fresh: no retained message of an earlier run
+    data = shared.tmp / gateway_id
+    run_egw("keys", "init", "--data-dir", str(data), "--gateway-id", gateway_id, check=True)
+    token = json.loads(run_egw("platform", "tokens", "--data", str(shared.platform_data), "--json", check=True).stdout)["token"]
+    run_egw("enroll", "--platform", shared.address, "--token", token, "--data-dir", str(data), check=True)
+    return data, gateway_id
+
+
+def subscribe(shared: Shared, gateway_id: str) -> Subscriber:
+    return Subscriber(shared.broker.port, f"egw/v1/{gateway_id}/#", client_id=f"parity-{uuid.uuid4().hex[:8]}").start()
+
+
+def db_rows(data: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(data / "state.db", timeout=10) as db:
+        return db.execute(query, params).fetchall()
+
+
+def observe(data: Path, gateway_id: str, shared: Shared, messages: list[tuple[str, bytes, bool]]) -> Observed:
+    root = f"egw/v1/{gateway_id}/"
+    kinds: set[str] = set()
+    per_item: dict[str, list[dict[str, Any]]] = {}
+    results: list[dict[str, Any]] = []
+    sth_sizes: list[int] = []
+    for topic, payload, _retained in messages:
+        assert topic.startswith(root), topic
+        rest = topic[len(root):]
+        kind = rest.split("/")[0] if rest.split("/")[0] in ("evidence", "devices") else rest
+        kinds.add(kind)
+        body = json.loads(payload)
+        if kind == "evidence":
+            per_item.setdefault(rest.split("/", 1)[1], []).append(body)
+        elif kind == "results/rapidtest":
+            results.append({k: v for k, v in body.items() if k not in ("messageId", "evidenceId", "signedResult")})
+            assert body["signedResult"]["payloadType"] == "application/vnd.egw.manifest.v1+json"
+        elif kind == "custody/sth":
+            sth_sizes.append(int(body["treeSize"]))
+    sequences = sorted((m[0]["summary"]["kind"], m[0]["summary"]["mediaType"], tuple(x["state"] for x in m))
+                       for m in per_item.values())
+    items = {eid: (kind, media, state) for eid, kind, media, state in
+             db_rows(data, "SELECT id, kind, media_type, state FROM evidence")}
+    assert set(per_item) == set(items) or not per_item, "messages name items the gateway does not hold"
+    custody = Counter((event, items[eid][0] if eid in items else "-") for eid, event in
+                      db_rows(data, "SELECT evidence_id, event FROM custody"))
+    verify = json.loads(run_egw("custody", "verify", "--data-dir", str(data), "--json").stdout)
+    arrived = json.loads(run_egw("platform", "ls", "--data", str(shared.platform_data), "--json", check=True).stdout)
+    mine = [a for a in arrived if a["gateway_id"] == gateway_id]
+    assert all(a["evidence_id"] in items for a in mine)
+    return Observed(
+        topic_kinds=kinds - SERVICE_ONLY_KINDS, state_sequences=sequences, results=sorted(results, key=json.dumps),
+        custody=custody, custody_ok=bool(verify["ok"]), sth_matches_custody=bool(sth_sizes) and sth_sizes[-1] == verify["entries"],
+        platform=Counter(items[a["evidence_id"]] for a in mine), final_states=Counter(s for _, _, s in items.values()),
+    )
+
+
+def outbox_left(data: Path) -> int:
+    return int(db_rows(data, "SELECT COUNT(*) FROM outbox")[0][0])
+
+
+def settled(data: Path, entry: str) -> bool:
+    states = [s for (s,) in db_rows(data, "SELECT state FROM evidence")]
+    return len(states) == EXPECTED_ITEMS[entry] and all(s == FINAL_STATE[entry] for s in states)
+
+
+# ---- the two paths ----------------------------------------------------------------------------
+
+def standalone(shared: Shared, entry: str, command: Callable[[Path], None]) -> Observed:
+    data, gateway_id = new_gateway(shared, f"{entry}-cmd")
+    sub = subscribe(shared, gateway_id)
+    try:
+        command(data)
+        sync = run_egw("sync", "--once", "--mqtt", shared.broker.url, "--data-dir", str(data), "--json", timeout=120)
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        drained = json.loads(sync.stdout)["mqtt"]
+        assert drained["ok"] and outbox_left(data) == 0, drained
+        assert settled(data, entry), db_rows(data, "SELECT kind, state, last_error FROM evidence")
+        # sync exits once the broker acknowledged each message; the subscriber's copies follow
+        wait_for(lambda: len(sub.snapshot()) >= drained["delivered"], 15, "the subscriber to receive what sync delivered")
+        return observe(data, gateway_id, shared, sub.snapshot())
+    finally:
+        sub.stop()
+
+
+def in_service(shared: Shared, entry: str, devices: str, trigger: Callable[[Path], None] | None = None) -> Observed:
+    data, gateway_id = new_gateway(shared, f"{entry}-run")
+    config = shared.tmp / f"{gateway_id}.toml"
+    config.write_text(f'data_dir = "{data}"\n[mqtt]\nurl = "{shared.broker.url}"\n[screen]\nlisten = ""\n'
+                      f'[metrics]\nlisten = ""\n{devices}')
+    sub = subscribe(shared, gateway_id)
+    gateway = spawn_egw("run", "-c", str(config))
+    try:
+        assert gateway.stdout is not None
+        ready = gateway.stdout.readline()
+        assert ready, gateway.stderr.read() if gateway.stderr else ""
+        if trigger is not None:
+            trigger(data)
+        wait_for(lambda: settled(data, entry), 60, f"egw run to finish the {entry} items")
+
+        def all_out() -> bool:
+            seen = sub.snapshot()
+            sizes = [json.loads(p)["treeSize"] for t, p, _ in seen if t.endswith("/custody/sth")]
+            entries = db_rows(data, "SELECT COUNT(*) FROM custody")[0][0]
+            return outbox_left(data) == 0 and bool(sizes) and int(sizes[-1]) == entries
+        wait_for(all_out, 30, "egw run to deliver its outbox and the latest tree head")
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(20) == 0
+        return observe(data, gateway_id, shared, sub.snapshot())
+    finally:
+        sub.stop()
+        stop_process(gateway)
+
+
+def assert_same(entry: str, alone: Observed, served: Observed) -> None:
+    # the bug this guards against: a standalone command announced nothing at all
+    assert {"evidence", "custody/sth"} <= alone.topic_kinds, (entry, alone.topic_kinds)
+    assert alone.topic_kinds == served.topic_kinds, entry
+    assert alone.state_sequences == served.state_sequences, entry
+    assert alone.results == served.results, entry
+    assert alone.custody == served.custody, entry
+    assert alone.custody_ok and served.custody_ok
+    assert alone.sth_matches_custody and served.sth_matches_custody, entry
+    assert alone.platform == served.platform and sum(alone.platform.values()) == EXPECTED_ITEMS[entry], entry
+    assert alone.final_states == served.final_states == Counter({FINAL_STATE[entry]: EXPECTED_ITEMS[entry]})
+
+
+# ---- the entry points -----------------------------------------------------------------------------
+
+def test_ingest(shared: Shared) -> None:
+    sources = shared.tmp / "sources"
+    sources.mkdir(exist_ok=True)
+    for i, (name, body) in enumerate((("note.txt", b"field note\n"), ("photo.jpg", b"\xff\xd8\xff\xe0" + bytes(200)),
+                                      ("clip.bin", bytes(range(256)) * 8))):
+        (sources / name).write_bytes(body + bytes([i]))
+
+    def ingest(data: Path) -> None:
+        proc = run_egw("ingest", str(sources), "--device-id", "cam-7", "--officer-id", "o-1", "--data-dir", str(data))
+        assert proc.returncode == 0, proc.stderr
+
+    alone = standalone(shared, "ingest", ingest)
+    served = in_service(shared, "ingest", "", trigger=ingest)
+    assert_same("ingest", alone, served)
+    assert {seq for _, _, seq in alone.state_sequences} == {("queued", "uploading", "receipted")}
+
+
+def _recorders(shared: Shared, name: str) -> tuple[subprocess.Popen[str], str, Path]:
+    volumes = shared.tmp / f"volumes-{name}"
+    proc = spawn_egw("simulate", "bodycam", "--listen", "127.0.0.1:0", "--volumes", str(volumes), "--small",
+                     "--minutes", "0.05", "--count", "1", "--recordings", "2", stdin=subprocess.PIPE)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    assert url.startswith("usbip://"), proc.stderr.read() if proc.stderr else ""
+    return proc, url, volumes
+
+
+def test_dock(shared: Shared) -> None:
+    recorders, url, volumes = _recorders(shared, "cmd")
+
+    def dock(data: Path) -> None:
+        proc = run_egw("dock", "--usbip", url, "--volumes", str(volumes / "{serial}"), "--data-dir", str(data), "--json",
+                       timeout=180)
+        assert proc.returncode == 0, proc.stderr
+
+    try:
+        alone = standalone(shared, "dock", dock)
+    finally:
+        stop_process(recorders)
+    recorders, url, volumes = _recorders(shared, "run")
+    try:
+        served = in_service(shared, "dock", f'[[devices]]\nkind = "bodycam"\nname = "dock"\n'
+                                            f'usbip = "{url.removeprefix("usbip://")}"\nvolumes = "{volumes}/{{serial}}"\n')
+    finally:
+        stop_process(recorders)
+    assert_same("dock", alone, served)
+    assert {seq for _, _, seq in alone.state_sequences} == {("queued", "uploading", "receipted", "released")}
+
+
+def test_sign(shared: Shared) -> None:
+    pad = spawn_egw("simulate", "signpad", "--listen", "127.0.0.1:0", "--signer", "Li Wei")
+    finger = spawn_egw("simulate", "fingerprint", "--tcp", "0", "--baud", "0", "--finger", "present", "--quality", "0.9")
+    try:
+        assert pad.stdout is not None and finger.stdout is not None
+        pad_url, finger_url = pad.stdout.readline().strip(), finger.stdout.readline().strip()
+        assert pad_url.startswith("usbip://") and finger_url.startswith("socket://"), (pad_url, finger_url)
+        document = shared.tmp / "record.txt"
+        document.write_text("on-site inspection record, stall 17\n")
+
+        def sign(data: Path) -> None:
+            proc = run_egw("sign", "--document", str(document), "--signer", "Li Wei", "--signpad", pad_url,
+                           "--fingerprint", finger_url, "--place", "Market hall 3", "--data-dir", str(data), "--json",
+                           timeout=120)
+            assert proc.returncode == 0, proc.stderr
+
+        alone = standalone(shared, "sign", sign)
+        host_port = pad_url.removeprefix("usbip://").split("/")[0]
+        served = in_service(shared, "sign", f'[[devices]]\nkind = "signpad"\nname = "pad"\nusbip = "{host_port}"\n'
+                                            f'[[devices]]\nkind = "fingerprint"\nname = "finger"\nport = "{finger_url}"\n',
+                            trigger=sign)
+    finally:
+        stop_process(pad)
+        stop_process(finger)
+    assert_same("sign", alone, served)
+
+
+def _analyzer() -> tuple[subprocess.Popen[str], str]:
+    proc = spawn_egw("simulate", "rapidtest", "--tests", "2", "--tcp", "0", "--interval", "0.2", "--seed", "7",
+                     "--reply-timeout", "2", "--retry-delay", "0.2")
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def test_rapidtest(shared: Shared) -> None:
+    analyzer, url = _analyzer()
+
+    def record(data: Path) -> None:
+        proc = run_egw("rapidtest", "--port", url, "--count", "2", "--timeout", "60", "--data-dir", str(data), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    try:
+        alone = standalone(shared, "rapidtest", record)
+    finally:
+        stop_process(analyzer)
+    analyzer, url = _analyzer()
+    try:
+        served = in_service(shared, "rapidtest", f'[[devices]]\nkind = "rapidtest"\nname = "analyzer"\nport = "{url}"\n')
+    finally:
+        stop_process(analyzer)
+    assert_same("rapidtest", alone, served)
+    assert len(alone.results) == 2 and "results/rapidtest" in alone.topic_kinds
