@@ -37,8 +37,9 @@ from tests.uplink_support import spawn_platform, stop_process
 # what every path must end in, per entry point
 FINAL_STATE = {"ingest": "receipted", "dock": "released", "sign": "receipted", "rapidtest": "receipted"}
 EXPECTED_ITEMS = {"ingest": 3, "dock": 2, "sign": 6, "rapidtest": 4}
-# topics only `egw run` has: its own birth/will and the device cards of its watchers
-SERVICE_ONLY_KINDS = {"state", "devices"}
+# topics only `egw run` has: the device cards of its watchers (a standalone command has no watcher)
+SERVICE_ONLY_KINDS = {"devices"}
+BARRIER = "test-barrier"
 
 
 @dataclass
@@ -88,6 +89,18 @@ def subscribe(shared: Shared, gateway_id: str) -> Subscriber:
     return Subscriber(shared.broker.port, f"egw/v1/{gateway_id}/#", client_id=f"parity-{uuid.uuid4().hex[:8]}").start()
 
 
+def barrier(sub: Subscriber, gateway_id: str) -> list[tuple[str, bytes, bool]]:
+    """Everything the broker had accepted from the gateway, as the subscriber received it.
+
+    Called once the gateway's outbox is empty (each message PUBACKed): a marker published now is
+    queued to the subscriber after all of them, so when it arrives the earlier ones have too.
+    """
+    marker = f"egw/v1/{gateway_id}/{BARRIER}/{uuid.uuid4().hex}"
+    sub.client.publish(marker, b"{}", qos=1)
+    wait_for(lambda: any(t == marker for t, _, _ in sub.snapshot()), 15, "the subscriber to receive the barrier")
+    return [m for m in sub.snapshot() if f"/{BARRIER}/" not in m[0]]
+
+
 def db_rows(data: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(data / "state.db", timeout=10) as db:
         return db.execute(query, params).fetchall()
@@ -116,7 +129,7 @@ def observe(data: Path, gateway_id: str, shared: Shared, messages: list[tuple[st
                        for m in per_item.values())
     items = {eid: (kind, media, state) for eid, kind, media, state in
              db_rows(data, "SELECT id, kind, media_type, state FROM evidence")}
-    assert set(per_item) == set(items) or not per_item, "messages name items the gateway does not hold"
+    assert not per_item or set(per_item) == set(items), "every item announced, and only the gateway's own"
     custody = Counter((event, items[eid][0] if eid in items else "-") for eid, event in
                       db_rows(data, "SELECT evidence_id, event FROM custody"))
     verify = json.loads(run_egw("custody", "verify", "--data-dir", str(data), "--json").stdout)
@@ -151,9 +164,9 @@ def standalone(shared: Shared, entry: str, command: Callable[[Path], None]) -> O
         drained = json.loads(sync.stdout)["mqtt"]
         assert drained["ok"] and outbox_left(data) == 0, drained
         assert settled(data, entry), db_rows(data, "SELECT kind, state, last_error FROM evidence")
-        # sync exits once the broker acknowledged each message; the subscriber's copies follow
-        wait_for(lambda: len(sub.snapshot()) >= drained["delivered"], 15, "the subscriber to receive what sync delivered")
-        return observe(data, gateway_id, shared, sub.snapshot())
+        messages = barrier(sub, gateway_id)
+        assert len(messages) >= drained["delivered"]
+        return observe(data, gateway_id, shared, messages)
     finally:
         sub.stop()
 
@@ -181,7 +194,7 @@ def in_service(shared: Shared, entry: str, devices: str, trigger: Callable[[Path
         wait_for(all_out, 30, "egw run to deliver its outbox and the latest tree head")
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(20) == 0
-        return observe(data, gateway_id, shared, sub.snapshot())
+        return observe(data, gateway_id, shared, barrier(sub, gateway_id))
     finally:
         sub.stop()
         stop_process(gateway)
@@ -189,7 +202,7 @@ def in_service(shared: Shared, entry: str, devices: str, trigger: Callable[[Path
 
 def assert_same(entry: str, alone: Observed, served: Observed) -> None:
     # the bug this guards against: a standalone command announced nothing at all
-    assert {"evidence", "custody/sth"} <= alone.topic_kinds, (entry, alone.topic_kinds)
+    assert {"evidence", "custody/sth", "state"} <= alone.topic_kinds, (entry, alone.topic_kinds)
     assert alone.topic_kinds == served.topic_kinds, entry
     assert alone.state_sequences == served.state_sequences, entry
     assert alone.results == served.results, entry
