@@ -316,3 +316,70 @@ def test_rapidtest(shared: Shared) -> None:
         stop_process(analyzer)
     assert_same("rapidtest", alone, served)
     assert len(alone.results) == 2 and "results/rapidtest" in alone.topic_kinds
+
+
+# ---- the hooks themselves (in process, real SQLite) --------------------------------------------------
+
+def _analyzer_result(sample: str) -> Any:
+    import hashlib
+    from datetime import datetime, timezone
+
+    from drivers.rapidtest import Judgement, RapidTestResult
+
+    text = f"H|\\^&|||RT-9^1.0^SN42\rO|1|{sample}\rR|1|^^^OPPEST^organophosphates|62.5|%|0^50|H||F\rL|1|N\r".encode()
+    return RapidTestResult(
+        instrument_id="SN42", instrument_model="RT-9", instrument_version="1.0", message_id=f"M-{sample}", sample_id=sample,
+        sample_description="spinach", item_code="OPPEST", item_name="organophosphates", method="enzyme inhibition",
+        standard="GB/T 5009.199-2003", value="62.5", unit="%", reference_range="0^50", cutoff="50", abnormal_flag="H",
+        status="F", judgement=Judgement.POSITIVE, operator="op", started_at=None,
+        tested_at=datetime(2026, 5, 1, 9, 30, tzinfo=timezone.utc), comments=(), result_index=1, results_in_message=1,
+        termination_code="N", message_digest=hashlib.sha256(text).hexdigest(), message_text=text, transcript=b"\x05" + text)
+
+
+def _outbox(data: Path) -> list[tuple[str, str]]:
+    return [(lane, topic.split("/", 3)[3]) for lane, topic in db_rows(data, "SELECT lane, topic FROM outbox ORDER BY id")]
+
+
+def test_a_result_message_exists_exactly_when_its_evidence_does(tmp_path: Path) -> None:
+    """Queued in the ingest transaction: a rolled-back result leaves no message; a re-sent one adds none."""
+    from gateway.evidence.identity import init_identity
+    from gateway.evidence.service import EvidenceService
+    from gateway.workflows.rapidtest import RESULT_MEDIA_TYPE, RapidTestPipeline
+
+    init_identity(tmp_path / "gw")
+    data = tmp_path / "gw"
+    with EvidenceService(data) as service:
+        pipeline = RapidTestPipeline(service)
+
+        def crash_on_results(db: sqlite3.Connection, row: Any, details: dict[str, Any]) -> None:
+            if row.media_type == RESULT_MEDIA_TYPE:
+                raise RuntimeError("power cut inside the result's transaction")
+
+        service.transition_hooks.append(crash_on_results)
+        with pytest.raises(RuntimeError):
+            pipeline.record(_analyzer_result("S1"))
+        service.transition_hooks.remove(crash_on_results)
+        assert [kind for (kind,) in db_rows(data, "SELECT kind FROM evidence")] == ["document"]  # the transcript only
+        assert all(lane != "results" for lane, _ in _outbox(data))
+
+        recorded = pipeline.record(_analyzer_result("S1"))  # the instrument sends it again
+        again = RapidTestPipeline(service).record(_analyzer_result("S1"))
+    assert again.duplicate and again.evidence_id == recorded.evidence_id
+    results = [json.loads(p) for (p,) in db_rows(data, "SELECT payload FROM outbox WHERE lane = 'results'")]
+    assert len(results) == 1 and results[0]["evidenceId"] == recorded.evidence_id and results[0]["sampleId"] == "S1"
+
+
+def test_attaching_the_outbox_again_adds_no_second_message(tmp_path: Path) -> None:
+    """``egw run`` and older callers still call ``attach_to_service`` on a service that attached itself."""
+    from gateway.evidence.identity import init_identity
+    from gateway.evidence.manifest import ManifestInput
+    from gateway.evidence.service import EvidenceService
+    from gateway.uplink import outbox as ob
+
+    init_identity(tmp_path / "gw")
+    with EvidenceService(tmp_path / "gw") as service:
+        ob.attach_to_service(service)
+        ob.attach_to_service(service, quota_bytes=1 << 20)
+        item = service.ingest_bytes(b"one capture", ManifestInput(source_path="a.jpg", device_id="cam1"))
+        service.transition(item.evidence_id, "uploading")
+    assert _outbox(tmp_path / "gw") == [("evidence", f"evidence/{item.evidence_id}")] * 2
