@@ -295,7 +295,8 @@ def attach_outbox(service: Any, quota_bytes: int = DEFAULT_QUOTA_BYTES) -> None:
 
     for hook in (gate, publish):
         setattr(hook, OUTBOX_HOOK_MARK, True)
-    others = [h for h in service.transition_hooks if not getattr(h, OUTBOX_HOOK_MARK, False)]
-    # The gate first: a refused capture must not queue anything. A new list, not an in-place
-    # change: another thread may be iterating the old one in a transaction right now.
-    service.transition_hooks = [gate, publish, *others]
+    # Under the state lock: every transaction holds it while it runs the hooks, so no thread is
+    # iterating the list while it is replaced, and two attachments cannot lose each other's hooks.
+    with service.state.lock:
+        others = [h for h in service.transition_hooks if not getattr(h, OUTBOX_HOOK_MARK, False)]
+        service.transition_hooks = [gate, publish, *others]  # the gate first: a refused capture queues nothing

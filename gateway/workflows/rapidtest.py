@@ -120,8 +120,6 @@ def attach_result_messages(service: EvidenceService) -> None:
     back). Registered once per service; a re-sent (duplicate) result commits
     nothing, so it queues nothing.
     """
-    if any(getattr(h, RESULTS_HOOK_MARK, False) for h in service.transition_hooks):
-        return
     root = topic_root(service.identity.gateway_id)
 
     def hook(db: sqlite3.Connection, row: EvidenceRow, details: dict[str, Any]) -> None:
@@ -132,7 +130,9 @@ def attach_result_messages(service: EvidenceService) -> None:
         enqueue(db, root, "results", f"{root}results/rapidtest", to_json_bytes(result_message(row.id, document, row.manifest)))
 
     setattr(hook, RESULTS_HOOK_MARK, True)
-    service.transition_hooks = [*service.transition_hooks, hook]  # a new list: other threads may be iterating
+    with service.state.lock:  # held by every transaction while it runs the hooks: none is iterating now
+        if not any(getattr(h, RESULTS_HOOK_MARK, False) for h in service.transition_hooks):
+            service.transition_hooks = [*service.transition_hooks, hook]
 
 
 class RapidTestPipeline:
