@@ -265,7 +265,7 @@ def test_dock(shared: Shared) -> None:
 
 
 def test_sign(shared: Shared) -> None:
-    pad = spawn_egw("simulate", "signpad", "--listen", "127.0.0.1:0", "--signer", "Li Wei")
+    pad = spawn_egw("simulate", "signpad", "--listen", "127.0.0.1:0", "--signer", "Li")  # short: pen timing is real
     finger = spawn_egw("simulate", "fingerprint", "--tcp", "0", "--baud", "0", "--finger", "present", "--quality", "0.9")
     try:
         assert pad.stdout is not None and finger.stdout is not None
