@@ -21,16 +21,18 @@ import json
 import signal
 import sqlite3
 import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import run_egw, spawn_egw
+from tests.conftest import REPO, egw_env, run_egw, spawn_egw
 from tests.mqtt_support import Mosquitto, Subscriber, wait_for
 from tests.uplink_support import spawn_platform, stop_process
 
@@ -102,7 +104,7 @@ def barrier(sub: Subscriber, gateway_id: str) -> list[tuple[str, bytes, bool]]:
 
 
 def db_rows(data: Path, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(data / "state.db", timeout=10) as db:
+    with closing(sqlite3.connect(data / "state.db", timeout=10)) as db:
         return db.execute(query, params).fetchall()
 
 
@@ -177,11 +179,13 @@ def in_service(shared: Shared, entry: str, devices: str, trigger: Callable[[Path
     config.write_text(f'data_dir = "{data}"\n[mqtt]\nurl = "{shared.broker.url}"\n[screen]\nlisten = ""\n'
                       f'[metrics]\nlisten = ""\n{devices}')
     sub = subscribe(shared, gateway_id)
-    gateway = spawn_egw("run", "-c", str(config))
+    log = shared.tmp / f"{gateway_id}.log"
+    with open(log, "wb") as log_file:  # a file, not a pipe: nobody reads the log while it runs
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=REPO, env=egw_env(),
+                                   stdout=subprocess.PIPE, stderr=log_file, text=True)
     try:
         assert gateway.stdout is not None
-        ready = gateway.stdout.readline()
-        assert ready, gateway.stderr.read() if gateway.stderr else ""
+        assert gateway.stdout.readline(), log.read_text(errors="replace")[-3000:]
         if trigger is not None:
             trigger(data)
         wait_for(lambda: settled(data, entry), 60, f"egw run to finish the {entry} items")
