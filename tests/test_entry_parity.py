@@ -37,8 +37,8 @@ from tests.mqtt_support import Mosquitto, Subscriber, wait_for
 from tests.uplink_support import spawn_platform, stop_process
 
 # what every path must end in, per entry point
-FINAL_STATE = {"ingest": "receipted", "dock": "released", "sign": "receipted", "rapidtest": "receipted"}
-EXPECTED_ITEMS = {"ingest": 3, "dock": 2, "sign": 6, "rapidtest": 4}
+FINAL_STATE = {"ingest": "receipted", "dock": "released", "sign": "receipted", "rapidtest": "receipted", "strip": "receipted"}
+EXPECTED_ITEMS = {"ingest": 3, "dock": 2, "sign": 6, "rapidtest": 4, "strip": 4}  # strip: two photos, two readings
 # topics only `egw run` has: the device cards of its watchers (a standalone command has no watcher)
 SERVICE_ONLY_KINDS = {"devices"}
 BARRIER = "test-barrier"
@@ -320,6 +320,23 @@ def test_rapidtest(shared: Shared) -> None:
         stop_process(analyzer)
     assert_same("rapidtest", alone, served)
     assert len(alone.results) == 2 and "results/rapidtest" in alone.topic_kinds
+
+
+def test_strip_read_record_announces_every_item_it_makes(shared: Shared) -> None:
+    """No device of ``egw run`` reads strips: the command alone, then sync, announces the photo and the reading."""
+    photos = shared.tmp / "strips"
+    run_egw("simulate", "strips", "--out", str(photos), "--count", "2", "--seed", "3", check=True)
+
+    def read(data: Path) -> None:
+        proc = run_egw("strip", "read", *map(str, sorted(photos.glob("*.jpg"))), "--record", "--sample", "S9",
+                       "--data-dir", str(data))
+        assert proc.returncode == 0, proc.stderr
+
+    alone = standalone(shared, "strip", read)
+    assert {"evidence", "custody/sth", "state"} <= alone.topic_kinds and alone.custody_ok and alone.sth_matches_custody
+    assert [(kind, seq) for kind, _, seq in alone.state_sequences] == \
+        [("photo", ("queued", "uploading", "receipted"))] * 2 + [("result", ("queued", "uploading", "receipted"))] * 2
+    assert sum(alone.platform.values()) == 4
 
 
 # ---- the hooks themselves (in process, real SQLite) --------------------------------------------------
