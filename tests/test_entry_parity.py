@@ -25,7 +25,8 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,14 @@ def assert_same(entry: str, alone: Observed, served: Observed) -> None:
 
 
 # ---- the entry points -----------------------------------------------------------------------------
+# Each runs its two paths side by side (two gateways, a simulator each): the wall time is mostly waiting
+# (pen strokes at real speed, poll intervals), so this keeps the module well under a minute and a half.
+
+def side_by_side(alone: Callable[[], Observed], served: Callable[[], Observed]) -> tuple[Observed, Observed]:
+    with ThreadPoolExecutor(2, thread_name_prefix="parity") as pool:
+        first, second = pool.submit(alone), pool.submit(served)
+        return first.result(), second.result()
+
 
 def test_ingest(shared: Shared) -> None:
     sources = shared.tmp / "sources"
@@ -230,94 +239,88 @@ def test_ingest(shared: Shared) -> None:
         proc = run_egw("ingest", str(sources), "--device-id", "cam-7", "--officer-id", "o-1", "--data-dir", str(data))
         assert proc.returncode == 0, proc.stderr
 
-    alone = standalone(shared, "ingest", ingest)
-    served = in_service(shared, "ingest", "", trigger=ingest)
+    alone, served = side_by_side(lambda: standalone(shared, "ingest", ingest),
+                                 lambda: in_service(shared, "ingest", "", trigger=ingest))
     assert_same("ingest", alone, served)
     assert {seq for _, _, seq in alone.state_sequences} == {("queued", "uploading", "receipted")}
 
 
-def _recorders(shared: Shared, name: str) -> tuple[subprocess.Popen[str], str, Path]:
+@contextmanager
+def simulator(*args: str, scheme: str, **popen: Any) -> Iterator[str]:
+    """``egw simulate ARGS`` in a child process; yields the URL it prints first."""
+    proc = spawn_egw("simulate", *args, **popen)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith(scheme), (url, proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def recorders(shared: Shared, name: str) -> Any:
     volumes = shared.tmp / f"volumes-{name}"
-    proc = spawn_egw("simulate", "bodycam", "--listen", "127.0.0.1:0", "--volumes", str(volumes), "--small",
-                     "--minutes", "0.05", "--count", "1", "--recordings", "2", stdin=subprocess.PIPE)
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    assert url.startswith("usbip://"), proc.stderr.read() if proc.stderr else ""
-    return proc, url, volumes
+    return volumes, simulator("bodycam", "--listen", "127.0.0.1:0", "--volumes", str(volumes), "--small", "--minutes",
+                              "0.05", "--count", "1", "--recordings", "2", scheme="usbip://", stdin=subprocess.PIPE)
 
 
 def test_dock(shared: Shared) -> None:
-    recorders, url, volumes = _recorders(shared, "cmd")
+    volumes_a, recorders_a = recorders(shared, "cmd")
+    volumes_b, recorders_b = recorders(shared, "run")
+    with recorders_a as url_a, recorders_b as url_b:
+        def dock(data: Path) -> None:
+            proc = run_egw("dock", "--usbip", url_a, "--volumes", str(volumes_a / "{serial}"), "--data-dir", str(data),
+                           "--json", timeout=180)
+            assert proc.returncode == 0, proc.stderr
 
-    def dock(data: Path) -> None:
-        proc = run_egw("dock", "--usbip", url, "--volumes", str(volumes / "{serial}"), "--data-dir", str(data), "--json",
-                       timeout=180)
-        assert proc.returncode == 0, proc.stderr
-
-    try:
-        alone = standalone(shared, "dock", dock)
-    finally:
-        stop_process(recorders)
-    recorders, url, volumes = _recorders(shared, "run")
-    try:
-        served = in_service(shared, "dock", f'[[devices]]\nkind = "bodycam"\nname = "dock"\n'
-                                            f'usbip = "{url.removeprefix("usbip://")}"\nvolumes = "{volumes}/{{serial}}"\n')
-    finally:
-        stop_process(recorders)
+        station = (f'[[devices]]\nkind = "bodycam"\nname = "dock"\nusbip = "{url_b.removeprefix("usbip://")}"\n'
+                   f'volumes = "{volumes_b}/{{serial}}"\n')
+        alone, served = side_by_side(lambda: standalone(shared, "dock", dock), lambda: in_service(shared, "dock", station))
     assert_same("dock", alone, served)
     assert {seq for _, _, seq in alone.state_sequences} == {("queued", "uploading", "receipted", "released")}
 
 
-def test_sign(shared: Shared) -> None:
-    pad = spawn_egw("simulate", "signpad", "--listen", "127.0.0.1:0", "--signer", "Li")  # short: pen timing is real
-    finger = spawn_egw("simulate", "fingerprint", "--tcp", "0", "--baud", "0", "--finger", "present", "--quality", "0.9")
-    try:
-        assert pad.stdout is not None and finger.stdout is not None
-        pad_url, finger_url = pad.stdout.readline().strip(), finger.stdout.readline().strip()
-        assert pad_url.startswith("usbip://") and finger_url.startswith("socket://"), (pad_url, finger_url)
-        document = shared.tmp / "record.txt"
-        document.write_text("on-site inspection record, stall 17\n")
+def signing_devices() -> Any:
+    return (simulator("signpad", "--listen", "127.0.0.1:0", "--signer", "Li", scheme="usbip://"),  # short: real pen speed
+            simulator("fingerprint", "--tcp", "0", "--baud", "0", "--finger", "present", "--quality", "0.9", scheme="socket://"))
 
-        def sign(data: Path) -> None:
+
+def test_sign(shared: Shared) -> None:
+    document = shared.tmp / "record.txt"
+    document.write_text("on-site inspection record, stall 17\n")
+
+    def sign(pad_url: str, finger_url: str) -> Callable[[Path], None]:
+        def run(data: Path) -> None:
             proc = run_egw("sign", "--document", str(document), "--signer", "Li Wei", "--signpad", pad_url,
                            "--fingerprint", finger_url, "--place", "Market hall 3", "--data-dir", str(data), "--json",
                            timeout=120)
             assert proc.returncode == 0, proc.stderr
+        return run
 
-        alone = standalone(shared, "sign", sign)
-        host_port = pad_url.removeprefix("usbip://").split("/")[0]
-        served = in_service(shared, "sign", f'[[devices]]\nkind = "signpad"\nname = "pad"\nusbip = "{host_port}"\n'
-                                            f'[[devices]]\nkind = "fingerprint"\nname = "finger"\nport = "{finger_url}"\n',
-                            trigger=sign)
-    finally:
-        stop_process(pad)
-        stop_process(finger)
+    (pad_a, finger_a), (pad_b, finger_b) = signing_devices(), signing_devices()
+    with pad_a as pad_url_a, finger_a as finger_url_a, pad_b as pad_url_b, finger_b as finger_url_b:
+        station = (f'[[devices]]\nkind = "signpad"\nname = "pad"\nusbip = "{pad_url_b.removeprefix("usbip://").split("/")[0]}"\n'
+                   f'[[devices]]\nkind = "fingerprint"\nname = "finger"\nport = "{finger_url_b}"\n')
+        alone, served = side_by_side(lambda: standalone(shared, "sign", sign(pad_url_a, finger_url_a)),
+                                     lambda: in_service(shared, "sign", station, trigger=sign(pad_url_b, finger_url_b)))
     assert_same("sign", alone, served)
 
 
-def _analyzer() -> tuple[subprocess.Popen[str], str]:
-    proc = spawn_egw("simulate", "rapidtest", "--tests", "2", "--tcp", "0", "--interval", "0.2", "--seed", "7",
-                     "--reply-timeout", "2", "--retry-delay", "0.2")
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
+def analyzer() -> Any:
+    return simulator("rapidtest", "--tests", "2", "--tcp", "0", "--interval", "0.2", "--seed", "7", "--reply-timeout", "2",
+                     "--retry-delay", "0.2", scheme="socket://")
 
 
 def test_rapidtest(shared: Shared) -> None:
-    analyzer, url = _analyzer()
+    with analyzer() as url_a, analyzer() as url_b:
+        def record(data: Path) -> None:
+            proc = run_egw("rapidtest", "--port", url_a, "--count", "2", "--timeout", "60", "--data-dir", str(data),
+                           timeout=120)
+            assert proc.returncode == 0, proc.stderr
 
-    def record(data: Path) -> None:
-        proc = run_egw("rapidtest", "--port", url, "--count", "2", "--timeout", "60", "--data-dir", str(data), timeout=120)
-        assert proc.returncode == 0, proc.stderr
-
-    try:
-        alone = standalone(shared, "rapidtest", record)
-    finally:
-        stop_process(analyzer)
-    analyzer, url = _analyzer()
-    try:
-        served = in_service(shared, "rapidtest", f'[[devices]]\nkind = "rapidtest"\nname = "analyzer"\nport = "{url}"\n')
-    finally:
-        stop_process(analyzer)
+        station = f'[[devices]]\nkind = "rapidtest"\nname = "analyzer"\nport = "{url_b}"\n'
+        alone, served = side_by_side(lambda: standalone(shared, "rapidtest", record),
+                                     lambda: in_service(shared, "rapidtest", station))
     assert_same("rapidtest", alone, served)
     assert len(alone.results) == 2 and "results/rapidtest" in alone.topic_kinds
 
