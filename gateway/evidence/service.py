@@ -24,6 +24,7 @@ from gateway.evidence import identity as identity_mod
 from gateway.evidence.custody import CustodyLog, TreeHead
 from gateway.evidence.ids import uuid7
 from gateway.evidence.manifest import ManifestInput, build_manifest, sign_manifest
+from gateway.evidence.outbox import attach_outbox
 from gateway.evidence.state import EvidenceRow, State
 from gateway.evidence.store import DEFAULT_RESERVE, BlobStore, ProgressCallback, StoredBlob
 
@@ -64,6 +65,7 @@ class EvidenceService:
         self.custody = CustodyLog(self.state, self.identity)
         self.with_sm3 = with_sm3
         self.transition_hooks: list[TransitionHook] = []
+        if getattr(self, "writable", True): attach_outbox(self)  # evidence/<id> messages whatever command changes state
 
     def close(self) -> None:
         self.state.close()

@@ -109,8 +109,10 @@ class UploaderComponent:
 
 
 class MqttComponent:
-    """The MQTT link inside ``egw run``: evidence state changes, device states and signed
-    results go through the durable outbox; commands from the platform are verified and answered."""
+    """The MQTT link inside ``egw run``: it delivers the durable outbox (evidence state changes and
+    signed results, queued by the evidence service and the rapid-test workflow in their own
+    transactions, whatever command made them), publishes device states, and answers verified
+    commands from the platform."""
 
     DEVICE_STATE_MIN_INTERVAL_S = 1.0
 
@@ -124,13 +126,12 @@ class MqttComponent:
         if not config.mqtt_url:
             return
         from gateway.uplink.mqtt_link import LinkConfig, MqttLink
-        from gateway.uplink.outbox import attach_to_service
 
-        attach_to_service(self.runtime.service)  # evidence/<id> messages commit with each state change
+        # No wiring of evidence or result messages here: the service queues them itself (so
+        # `egw sync --once --mqtt URL` delivers the same messages after any standalone command).
         link = MqttLink(config.data_dir, LinkConfig(config.mqtt_url), evidence_service=self.runtime.service)
         await asyncio.to_thread(link.start)
         self.link = link
-        self.runtime.result_publishers.append(lambda recorded: link.put_result(result_message(recorded)))
         self.runtime.station.listeners.append(self._device_event)
 
     def _device_event(self, event: dict[str, object]) -> None:
@@ -173,22 +174,7 @@ def device_message(card: dict[str, object]) -> object:
 
 
 def result_message(recorded: object) -> object:
-    """The MQTT form of a recorded rapid-test result: the signed envelope plus a readable copy."""
-    import json
-    import uuid
+    """The MQTT form of a recorded rapid-test result (for callers holding a ``RecordedResult``)."""
+    from gateway.workflows.rapidtest import result_message as build
 
-    from protos.egw.v1 import events_pb2, evidence_pb2
-
-    envelope = json.loads(recorded.envelope)  # type: ignore[attr-defined]
-    import base64
-
-    signed = evidence_pb2.Envelope(
-        payload_type=envelope["payloadType"], payload=base64.b64decode(envelope["payload"]),
-        signatures=[evidence_pb2.Signature(keyid=s.get("keyid", ""), sig=base64.b64decode(s["sig"])) for s in envelope["signatures"]],
-    )
-    doc = recorded.document  # type: ignore[attr-defined]
-    return events_pb2.RapidTestResult(
-        message_id=str(uuid.uuid4()), evidence_id=recorded.evidence_id, signed_result=signed,  # type: ignore[attr-defined]
-        instrument_id=doc["instrument"]["id"], sample_id=doc["sample"]["id"], item_code=doc["item"]["code"],
-        item_name=doc["item"]["name"], value=doc["value"], unit=doc["unit"], cutoff=doc["cutoff"], judgement=doc["judgement"],
-    )
+    return build(recorded.evidence_id, recorded.document, recorded.envelope)  # type: ignore[attr-defined]

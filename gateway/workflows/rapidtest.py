@@ -10,14 +10,21 @@ For each result the instrument sends:
    manifest is the DSSE-signed result envelope;
 3. both get custody events and join the upload queue (results are small, so
    the uploader sends them before queued video);
-4. the signed envelope is published on ``egw/v1/<gw>/results/rapidtest``
-   through the durable outbox (when an MQTT link is configured).
+4. the signed envelope is queued for ``egw/v1/<gw>/results/rapidtest`` in the
+   durable outbox, in the same transaction that commits the result's evidence:
+   whichever entry point recorded it (``egw rapidtest``, the analyzer watcher of
+   ``egw run``), the message exists exactly when the evidence does, and the MQTT
+   link (``egw run``, or ``egw sync --once --mqtt URL``) delivers it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import sqlite3
+import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,9 +32,12 @@ from typing import Any
 
 from drivers.rapidtest import RapidTestResult
 from gateway.evidence.manifest import ManifestInput
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.outbox import enqueue, to_json_bytes, topic_root
+from gateway.evidence.service import EvidenceService, IngestResult
+from gateway.evidence.state import EvidenceRow
+from protos.egw.v1 import events_pb2, evidence_pb2
 
-__all__ = ["RapidTestPipeline", "RecordedResult", "result_document"]
+__all__ = ["RapidTestPipeline", "RecordedResult", "result_document", "result_message", "attach_result_messages"]
 
 log = logging.getLogger("egw.rapidtest")
 RESULT_MEDIA_TYPE = "application/vnd.egw.rapidtest-result+json"
@@ -77,6 +87,52 @@ class RecordedResult:
 
 
 Publisher = Callable[[RecordedResult], None]
+RESULTS_HOOK_MARK = "egw_rapidtest_results_hook"
+
+
+def result_message(evidence_id: str, document: dict[str, Any], envelope: bytes) -> events_pb2.RapidTestResult:
+    """The MQTT form of a recorded rapid-test result: the signed envelope plus a readable copy."""
+    parsed = json.loads(envelope)
+    signed = evidence_pb2.Envelope(
+        payload_type=parsed["payloadType"], payload=base64.b64decode(parsed["payload"]),
+        signatures=[evidence_pb2.Signature(keyid=s.get("keyid", ""), sig=base64.b64decode(s["sig"])) for s in parsed["signatures"]],
+    )
+    return events_pb2.RapidTestResult(
+        message_id=str(uuid.uuid4()), evidence_id=evidence_id, signed_result=signed,
+        instrument_id=document["instrument"]["id"], sample_id=document["sample"]["id"], item_code=document["item"]["code"],
+        item_name=document["item"]["name"], value=document["value"], unit=document["unit"], cutoff=document["cutoff"],
+        judgement=document["judgement"],
+    )
+
+
+# The document being recorded by this thread, keyed by its source path: the hook below runs in the
+# thread that ingests (inside the ingest transaction), so a thread-local tells it which document the
+# new row holds without reading the blob back or matching on media type alone.
+_recording = threading.local()
+
+
+def attach_result_messages(service: EvidenceService) -> None:
+    """Queue ``results/rapidtest`` in the transaction that commits a result's evidence.
+
+    Why a transition hook and not a publisher called after ``ingest``: a crash
+    between the commit and the publish would lose the message while keeping
+    the evidence (or, the other way round, announce a result that was rolled
+    back). Registered once per service; a re-sent (duplicate) result commits
+    nothing, so it queues nothing.
+    """
+    root = topic_root(service.identity.gateway_id)
+
+    def hook(db: sqlite3.Connection, row: EvidenceRow, details: dict[str, Any]) -> None:
+        pending: dict[str, dict[str, Any]] = getattr(_recording, "documents", {})
+        document = pending.get(row.source_path or "")
+        if details.get("event") != "ingested" or row.media_type != RESULT_MEDIA_TYPE or document is None:
+            return
+        enqueue(db, root, "results", f"{root}results/rapidtest", to_json_bytes(result_message(row.id, document, row.manifest)))
+
+    setattr(hook, RESULTS_HOOK_MARK, True)
+    with service.state.lock:  # held by every transaction while it runs the hooks: none is iterating now
+        if not any(getattr(h, RESULTS_HOOK_MARK, False) for h in service.transition_hooks):
+            service.transition_hooks = [*service.transition_hooks, hook]
 
 
 class RapidTestPipeline:
@@ -85,7 +141,8 @@ class RapidTestPipeline:
         self.service = service
         self.inspector_id = inspector_id
         self.site = site
-        self.publishers = publishers or []
+        self.publishers = publishers or []  # e.g. the station screen's rows; MQTT goes through the outbox hook
+        attach_result_messages(service)
 
     def record(self, result: RapidTestResult) -> RecordedResult:
         device_id = f"rapidtest-{result.instrument_id or 'unknown'}"
@@ -112,18 +169,11 @@ class RapidTestPipeline:
         document = result_document(result, inspector_id=self.inspector_id, site=self.site,
                                    transcript_sha256=transcript.sha256, transcript_evidence_id=transcript.evidence_id)
         body = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
-        stored = self.service.ingest_bytes(
-            body,
-            ManifestInput(
-                source_path=source_path,
-                kind="result", media_type=RESULT_MEDIA_TYPE, device_id=device_id, officer_id=self.inspector_id,
-                captured_at=result.tested_at.timestamp() if result.tested_at else None,
-                captured_at_device=_iso(result.tested_at),
-                extra={"rapidtest": {k: document[k] for k in ("sample", "item", "value", "unit", "cutoff", "judgement")},
-                       "transcript": document["transcript"]},
-            ),
-            priority=2,
-        )
+        _recording.documents = {source_path: document}
+        try:
+            stored = self._ingest_result(body, source_path, device_id, result, document)
+        finally:
+            _recording.documents = {}
         if stored.duplicate:  # keep the first recording's document: it is what was signed
             row = self.service.state.get(stored.evidence_id)
             with self.service.store.open(row.sha256) as fh:
@@ -139,4 +189,17 @@ class RapidTestPipeline:
             "judgement": result.judgement.value, "duplicate": stored.duplicate}})
         return recorded
 
-
+    def _ingest_result(self, body: bytes, source_path: str, device_id: str, result: RapidTestResult,
+                       document: dict[str, Any]) -> IngestResult:
+        return self.service.ingest_bytes(
+            body,
+            ManifestInput(
+                source_path=source_path,
+                kind="result", media_type=RESULT_MEDIA_TYPE, device_id=device_id, officer_id=self.inspector_id,
+                captured_at=result.tested_at.timestamp() if result.tested_at else None,
+                captured_at_device=_iso(result.tested_at),
+                extra={"rapidtest": {k: document[k] for k in ("sample", "item", "value", "unit", "cutoff", "judgement")},
+                       "transcript": document["transcript"]},
+            ),
+            priority=2,
+        )
