@@ -44,9 +44,7 @@ def main() -> int:
     from gateway.evidence import dsse
     from gateway.evidence.identity import init_identity
     from gateway.evidence.service import EvidenceService
-    from gateway.service.uplinks import result_message
     from gateway.uplink.mqtt_link import LinkConfig, MqttLink
-    from gateway.uplink.outbox import attach_to_service
     from gateway.workflows.rapidtest import RapidTestPipeline
     from simulators.rapidtest.simulator import RapidTestSimulator
 
@@ -78,11 +76,10 @@ def main() -> int:
     platform.loop_start()
 
     service = EvidenceService(data)
-    attach_to_service(service)
     link = MqttLink(data, LinkConfig(args.broker, max_inflight=20))
     link.start()
     link.wait_connected(10)
-    pipeline = RapidTestPipeline(service, inspector_id="bench", publishers=[lambda r: link.put_result(result_message(r))])
+    pipeline = RapidTestPipeline(service, inspector_id="bench")  # the pipeline queues results/rapidtest itself
     simulator = RapidTestSimulator("pesticide", tests=args.tests, interval=0.0, reply_timeout=2, retry_delay=0.2, seed=1)
     url = simulator.serve_tcp()
     started = time.perf_counter()
