@@ -347,6 +347,8 @@ def _relay(sock: socket.socket, data_dir: Path) -> int:
                 sock.shutdown(socket.SHUT_WR)  # the service sees EOF: the command is cancelled
             except OSError:
                 pass
+            sys.stderr.write("interrupted: asking egw run to stop the command…\n")
+            sys.stderr.flush()
             continue
         except OSError:
             line = b""
