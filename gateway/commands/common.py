@@ -59,6 +59,7 @@ class Delegation:
     err: TextIO
     env: dict[str, str] = field(default_factory=dict)
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = "the client went away (Ctrl-C)"
 
 
 _delegation: contextvars.ContextVar[Delegation | None] = contextvars.ContextVar("egw_delegation", default=None)
@@ -96,8 +97,9 @@ def cancelled() -> bool:
 
 def check_cancelled() -> None:
     """Raise :class:`CommandCancelled` if the client has gone (see ``cancelled``)."""
-    if cancelled():
-        raise CommandCancelled("cancelled: the client went away (Ctrl-C)")
+    delegation = _delegation.get()
+    if delegation is not None and delegation.cancel.is_set():
+        raise CommandCancelled(f"cancelled: {delegation.cancel_reason}")
 
 
 def getenv(name: str, default: str | None = None) -> str | None:

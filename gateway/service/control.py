@@ -124,6 +124,12 @@ class _Connection:
         self.send_lock = threading.Lock()
         self.cancel = threading.Event()
         self.gone = False
+        self.delegation: Any = None  # common.Delegation once the command runs
+
+    def stop_command(self, reason: str) -> None:
+        if self.delegation is not None and not self.cancel.is_set():
+            self.delegation.cancel_reason = reason
+        self.cancel.set()
 
     def send(self, frame: dict[str, Any]) -> None:
         data = (json.dumps(frame, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
@@ -267,6 +273,7 @@ class ControlServer:
         args.data_dir = self.data_dir  # the client reached this socket through this very directory
         out, err = _FrameStream(connection, "out"), _FrameStream(connection, "err")
         delegation = common.Delegation(self.service, out, err, env, connection.cancel)
+        connection.delegation = delegation
         log.info("control socket: running %s for a client", " ".join(["egw", str(getattr(args, "command", "?"))]))
         with common.delegated(delegation), use_language(env.get("EGW_LANG")):
             try:
@@ -292,7 +299,7 @@ class ControlServer:
         with self.guard:
             workers = list(self.workers)
             for connection in self.connections:
-                connection.cancel.set()
+                connection.stop_command("egw run is stopping")
         for thread in workers:
             thread.join(grace_s)
 
