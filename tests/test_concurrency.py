@@ -71,7 +71,7 @@ def test_random_pairs_with_sigkill_keep_the_data_directory_sound(tmp_path: Path)
     data = tmp_path / "data"
     run_egw("keys", "init", "--data-dir", str(data), "--gateway-id", "gw-conc", check=True)
     config = tmp_path / "gateway.toml"
-    config.write_text(f'data_dir = "{data}"\n')
+    config.write_text(f'data_dir = "{data}"\n[screen]\nlisten = ""\n[metrics]\nlisten = ""\n')  # no fixed ports
     files = sources(tmp_path)
     started = time.monotonic()
     reports: list[tuple[list[str], int, str, bool]] = []

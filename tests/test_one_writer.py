@@ -16,6 +16,8 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -183,14 +185,26 @@ def test_a_stale_lock_file_does_not_block(tmp_path: Path, data: Path) -> None:
 
 @pytest.fixture
 def service(tmp_path: Path, data: Path):
+    with serve(tmp_path, data) as proc:
+        yield proc
+
+
+@contextmanager
+def serve(tmp_path: Path, data: Path) -> Iterator[subprocess.Popen[str]]:
     config = tmp_path / "gateway.toml"
-    config.write_text(f'data_dir = "{data}"\n')
+    config.write_text(f'data_dir = "{data}"\n[screen]\nlisten = ""\n[metrics]\nlisten = ""\n')  # no fixed ports
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=REPO, env=egw_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line, proc.stderr.read()
     assert json.loads(line)["event"] == "ready"
-    yield proc
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -280,3 +294,16 @@ def test_control_socket_is_owner_only_and_refuses_another_uid(tmp_path: Path, da
         own.sendall(json.dumps({"argv": ["ingest", "--data-dir", str(data), "/etc/hostname"], "cwd": "/", "env": {}}).encode() + b"\n")
         frames = [json.loads(line) for line in own.makefile().read().splitlines()]
     assert frames[-1] == {"exit": 0} and len(evidence_rows(data)) == 1
+
+
+def test_delegation_works_however_deep_the_data_directory_is(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 4) / "data"  # control.sock past 107 bytes
+    assert len(str(deep / "control.sock")) > 107
+    run_egw("keys", "init", "--data-dir", str(deep), check=True)
+    (tmp_path / "n.txt").write_text("n")
+    with serve(tmp_path, deep) as proc:
+        done = egw_in(tmp_path, "ingest", "--data-dir", str(deep), "n.txt")
+        assert done.returncode == 0 and len(evidence_rows(deep)) == 1, done.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "running egw ingest for a client" in proc.stderr.read()

@@ -33,7 +33,9 @@ import struct
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +82,23 @@ def absolutize_paths(args: argparse.Namespace, cwd: Path) -> None:
             setattr(args, name, cwd / value)
         elif isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
             setattr(args, name, [v if v.is_absolute() else cwd / v for v in value])
+
+
+SUN_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
+
+
+@contextmanager
+def _sun_path(path: Path) -> Iterator[str]:
+    """An address for ``bind``/``connect`` however deep the data directory is: past the 107-byte limit of
+    a socket address, the same file is reached through this process's descriptor of its directory."""
+    if len(os.fsencode(str(path))) <= SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 # ---- the service side ------------------------------------------------------------------------
@@ -200,7 +219,8 @@ class ControlServer:
         # which the socket is reachable by others (changing the umask instead would be process-wide).
         private = Path(tempfile.mkdtemp(prefix=".control-", dir=self.data_dir))
         try:
-            listener.bind(str(private / SOCKET_NAME))
+            with _sun_path(private / SOCKET_NAME) as address:
+                listener.bind(address)
             os.chmod(private / SOCKET_NAME, 0o600)
             os.replace(private / SOCKET_NAME, self.path)
         finally:
@@ -300,8 +320,11 @@ class ControlServer:
             workers = list(self.workers)
             for connection in self.connections:
                 connection.stop_command("egw run is stopping")
+        deadline = time.monotonic() + grace_s  # one grace for all of them, not one each
         for thread in workers:
-            thread.join(grace_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("a command run for a client did not stop within %.0f s (it does not poll cancelled())", grace_s)
 
 
 def _default_parse(argv: list[str]) -> argparse.Namespace:
@@ -326,7 +349,8 @@ def delegate(data_dir: Path, argv: Sequence[str], *, cwd: Path | None = None, en
     what it says about that is printed before we return 130."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.connect(str(socket_path(data_dir)))
+        with _sun_path(socket_path(data_dir)) as address:
+            sock.connect(address)
     except OSError as exc:
         sock.close()
         raise ServiceUnavailable(f"cannot reach egw run on {data_dir}: {exc.strerror or exc}") from exc

@@ -135,7 +135,7 @@ class Runtime:
     async def _stop_everything(self) -> None:
         async def stop_all() -> None:
             if self.control is not None:
-                await asyncio.to_thread(self.control.stop, STOP_GRACE_S)  # commands run for clients first
+                await asyncio.to_thread(self.control.stop, STOP_GRACE_S / 2)  # commands run for clients first
             await self.supervisor.stop_all()
             for component in reversed(self.components):
                 await component.stop()
