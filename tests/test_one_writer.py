@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import REPO, egw_env, run_egw
 
@@ -307,3 +309,74 @@ def test_delegation_works_however_deep_the_data_directory_is(tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         assert "running egw ingest for a client" in proc.stderr.read()
+
+
+def test_second_egw_run_on_the_same_data_directory_is_refused_in_one_line(tmp_path: Path, data: Path, service) -> None:
+    config = tmp_path / "gateway.toml"
+    second = run_egw("run", "-c", str(config), timeout=60)
+    assert second.returncode == 1
+    assert second.stderr.splitlines()[0] == f"error: egw run (pid {service.pid}) already serves {data}"
+    assert "Traceback" not in second.stderr and service.poll() is None
+
+
+def test_sync_once_inside_egw_run_follows_the_services_own_uploader(tmp_path: Path) -> None:
+    from tests.test_dock import enrolled_gateway
+    from tests.uplink_support import spawn_platform, stop_process
+
+    platform, address, _ = spawn_platform(tmp_path / "platform")
+    try:
+        data = enrolled_gateway(tmp_path, tmp_path / "platform", address)
+        for name in ("a.jpg", "b.jpg"):
+            (tmp_path / name).write_bytes(os.urandom(300_000))
+        with serve(tmp_path, data) as proc:
+            ingested = egw_in(tmp_path, "ingest", "--data-dir", str(data), "a.jpg", "b.jpg")
+            assert ingested.returncode == 0, ingested.stderr
+            synced = egw_in(tmp_path, "sync", "--once", "--data-dir", str(data), "--json")
+            assert synced.returncode == 0, synced.stderr
+            assert json.loads(synced.stdout)["undelivered"] == []
+            with sqlite3.connect(f"{(data / 'state.db').as_uri()}?mode=ro", uri=True) as db:
+                assert db.execute("SELECT state FROM evidence").fetchall() == [("receipted",), ("receipted",)]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+            assert "running egw sync for a client" in proc.stderr.read()
+    finally:
+        stop_process(platform)
+
+
+def _exchange(path: Path, raw: bytes) -> list[dict]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        sock.sendall(raw)
+        return [json.loads(line) for line in sock.makefile().read().splitlines()]
+
+
+def test_the_service_refuses_malformed_or_reading_requests_and_carries_on(data: Path, service) -> None:
+    sock_path = data / "control.sock"
+    for raw in (b"not json\n", b'{"argv": "ingest"}\n', b"[1, 2]\n", b'{"argv": ["status"]}\n',
+                b'{"argv": ["ingest", "--kind", "nonsense", "x"]}\n'):
+        frames = _exchange(sock_path, raw)
+        assert frames[-1] == {"exit": 2} and frames[0]["err"].startswith("error: the service could not take this command"), raw
+    assert service.poll() is None
+    frames = _exchange(sock_path, json.dumps({"argv": ["ingest", "/etc/hostname"], "cwd": "/", "env": {}}).encode() + b"\n")
+    assert frames[-1] == {"exit": 0} and len(evidence_rows(data)) == 1
+
+
+@given(st.lists(st.one_of(st.text(max_size=40), st.none()), max_size=30))
+def test_output_reaches_the_client_whole_and_line_by_line(pieces: list[str | None]) -> None:
+    """Whatever a command writes (None here: a flush), the client gets exactly that text, and no frame
+    holds back a complete line."""
+    from gateway.service.control import _Connection, _FrameStream
+
+    here, there = socket.socketpair()
+    with here, there:
+        stream = _FrameStream(_Connection(here), "out")
+        for piece in pieces:
+            if piece is None:
+                stream.flush()
+            else:
+                stream.write(piece)
+        stream.flush()
+        here.shutdown(socket.SHUT_WR)
+        frames = [json.loads(line) for line in there.makefile("rb").read().split(b"\n") if line]
+    assert "".join(f["out"] for f in frames) == "".join(p for p in pieces if p is not None)
+    assert all("\n" not in f["out"][:-1] for f in frames)

@@ -151,7 +151,7 @@ class _Connection:
         self.cancel.set()
 
     def send(self, frame: dict[str, Any]) -> None:
-        data = (json.dumps(frame, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+        data = (json.dumps(frame) + "\n").encode("ascii")  # escaped: a frame is exactly one line
         with self.send_lock:
             if self.gone:
                 return
