@@ -185,6 +185,24 @@ class _Connection:
         self.cancel.set()
 
 
+def _close_gently(sock: socket.socket) -> None:
+    """End our side, then read what the client still sends until it closes: closing a Unix socket with
+    unread input resets the connection, and the client could lose the frames we sent last."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(2.0)
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # also wakes the hang-up watcher if the client never closed
+        except OSError:
+            pass
+        sock.close()
+
+
 def peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
@@ -253,11 +271,7 @@ class ControlServer:
             with self.guard:
                 self.connections.discard(connection)
                 self.workers.discard(threading.current_thread())
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+            _close_gently(sock)
 
     def _serve_connection(self, connection: _Connection) -> None:
         uid = peer_uid(connection.sock)
