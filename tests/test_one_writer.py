@@ -192,9 +192,9 @@ def service(tmp_path: Path, data: Path):
 
 
 @contextmanager
-def serve(tmp_path: Path, data: Path) -> Iterator[subprocess.Popen[str]]:
+def serve(tmp_path: Path, data: Path, more: str = "") -> Iterator[subprocess.Popen[str]]:
     config = tmp_path / "gateway.toml"
-    config.write_text(f'data_dir = "{data}"\n[screen]\nlisten = ""\n[metrics]\nlisten = ""\n')  # no fixed ports
+    config.write_text(f'data_dir = "{data}"\n[screen]\nlisten = ""\n[metrics]\nlisten = ""\n{more}')  # no fixed ports
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=REPO, env=egw_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -326,14 +326,17 @@ def test_sync_once_inside_egw_run_follows_the_services_own_uploader(tmp_path: Pa
     platform, address, _ = spawn_platform(tmp_path / "platform")
     try:
         data = enrolled_gateway(tmp_path, tmp_path / "platform", address)
-        for name in ("a.jpg", "b.jpg"):
-            (tmp_path / name).write_bytes(os.urandom(300_000))
-        with serve(tmp_path, data) as proc:
-            ingested = egw_in(tmp_path, "ingest", "--data-dir", str(data), "a.jpg", "b.jpg")
+        (tmp_path / "a.mp4").write_bytes(os.urandom(10 << 20))  # above 8 MiB: not express, so the cap applies
+        (tmp_path / "b.mp4").write_bytes(os.urandom(1000))
+        # 2 MB/s: the upload takes about 5 s, so the sync below finds it still under way
+        with serve(tmp_path, data, '[platform]\nbandwidth_bytes_per_s = 2000000\n') as proc:
+            ingested = egw_in(tmp_path, "ingest", "--data-dir", str(data), "a.mp4", "b.mp4")
             assert ingested.returncode == 0, ingested.stderr
             synced = egw_in(tmp_path, "sync", "--once", "--data-dir", str(data), "--json")
             assert synced.returncode == 0, synced.stderr
-            assert json.loads(synced.stdout)["undelivered"] == []
+            report = json.loads(synced.stdout)
+            assert report["undelivered"] == [] and report["outcomes"], report
+            assert {o["status"] for o in report["outcomes"]} == {"receipted"}
             with sqlite3.connect(f"{(data / 'state.db').as_uri()}?mode=ro", uri=True) as db:
                 assert db.execute("SELECT state FROM evidence").fetchall() == [("receipted",), ("receipted",)]
             proc.send_signal(signal.SIGTERM)

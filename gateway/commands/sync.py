@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import Any
 
 from gateway.commands.common import add_data_dir, add_json, cancelled, data_dir_of, err, in_service, open_evidence, out, print_json
 from gateway.errors import ConfigError
@@ -85,8 +86,17 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-PENDING = ("ingested", "queued", "uploading")
-STALL_S = 30.0  # no item changed state for this long while some are pending: report them instead of waiting on
+STALL_S = 30.0  # no pending item moved for this long: report them instead of waiting on
+
+
+def _pending(service: Any) -> dict[str, tuple[str, int, str, int, str | None]]:
+    """id → (state, upload offset, sha256, size, last error) of every item not yet receipted (no manifests:
+    this is polled)."""
+    with service.state.lock:
+        rows = service.state.db.execute(
+            "SELECT id, state, upload_offset, sha256, size, last_error FROM evidence "
+            "WHERE state IN ('ingested', 'queued', 'uploading')").fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
 
 
 def _follow_service_delivery(args: argparse.Namespace) -> int:
@@ -96,35 +106,30 @@ def _follow_service_delivery(args: argparse.Namespace) -> int:
     if args.mqtt:
         raise ConfigError("egw run's MQTT link drains the outbox of this data directory itself",
                           "drop --mqtt while egw run serves this data directory (`egw status` shows the outbox)")
+    delivered: list[dict[str, object]] = []
     with open_evidence(args) as service:
         if not args.no_upload:
             from gateway.uplink.link import load_link
 
             load_link(service.data_dir, args.platform)  # not enrolled: say so now, as the local run does
-        receipted: list[dict[str, object]] = []
-        last: dict[str, tuple[str, int]] = {}
+        before = _pending(service)
         moved_at = time.monotonic()
-        while True:
-            rows = {r.id: r for r in service.state.all_evidence()}
-            now = {eid: (r.state, r.upload_offset) for eid, r in rows.items()}
-            if now != last:
-                moved_at = time.monotonic()
-            for eid, (state, _) in now.items():
-                if state == "receipted" and last and last.get(eid, ("",))[0] in PENDING:
-                    row = rows[eid]
-                    receipted.append({"evidence_id": eid, "status": "receipted", "sha256": row.sha256, "size": row.size})
-                    if not args.json:
-                        print(f"receipted {eid} sha256 {row.sha256[:16]}… {row.size} B (by egw run)", file=out(), flush=True)
-            last = now
-            left = [r for r in rows.values() if r.state in PENDING]
-            if not left or cancelled() or time.monotonic() - moved_at > STALL_S:
-                break
+        while before and not cancelled() and time.monotonic() - moved_at < STALL_S:
             time.sleep(0.2)
+            now = _pending(service)
+            if now != before:
+                moved_at = time.monotonic()
+            for eid in before.keys() - now.keys():  # left the queue: only by a receipt
+                _, _, sha256, size, _ = before[eid]
+                delivered.append({"evidence_id": eid, "status": "receipted", "sha256": sha256, "size": size})
+                if not args.json:
+                    print(f"receipted {eid} sha256 {sha256[:16]}… {size} B (by egw run)", file=out(), flush=True)
+            before = now
+    left = [{"evidence_id": eid, "state": v[0], "last_error": v[4]} for eid, v in before.items()]
     if args.json:
-        print_json({"outcomes": receipted, "mqtt": None,
-                    "undelivered": [{"evidence_id": r.id, "state": r.state, "last_error": r.last_error} for r in left]})
+        print_json({"outcomes": delivered, "undelivered": left, "mqtt": None})
     elif not args.no_upload:
-        print(f"{len(receipted)} receipted, {len(left)} left undelivered (delivered by egw run)", file=out())
+        print(f"{len(delivered)} receipted, {len(left)} left undelivered (delivered by egw run)", file=out())
     if left:
         print(f"error: {len(left)} item(s) not delivered; `egw status` shows the oldest and its last error", file=err())
         return 1
