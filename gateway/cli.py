@@ -103,31 +103,43 @@ def _run_as_writer(args: argparse.Namespace, argv: list[str]) -> int:
     from gateway.service import control
 
     data_dir = data_dir_of(args)
+    deadline = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
+    said: list[bool] = []
+
+    def waiting(holder: writer_lock.Holder) -> None:
+        if not said:  # one line, however often we come back to waiting
+            say_waiting(holder, data_dir)
+            said.append(True)
 
     def service_ready(holder: writer_lock.Holder) -> bool:
         return holder.service and control.socket_path(data_dir).exists()
 
     while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             lock = writer_lock.acquire(data_dir, command=f"egw {args.command}", wait=not args.no_wait,
-                                       timeout_s=args.wait_timeout, on_wait=lambda h: say_waiting(h, data_dir),
-                                       give_way=service_ready)
+                                       timeout_s=remaining, on_wait=waiting, give_way=service_ready)
         except writer_lock.WriterBusyError as exc:
-            print(f"error: {exc}\nhint: {exc.hint}", file=sys.stderr)
-            return BUSY_EXIT
+            return _fail(exc, BUSY_EXIT)
         except GatewayError as exc:
-            print(f"error: {exc}\nhint: {exc.hint}", file=sys.stderr)
-            return 1
-        if lock is None:
+            return _fail(exc, 1)
+        if lock is not None:
             try:
-                return control.delegate(data_dir, argv)
-            except control.ServiceUnavailable:
-                time.sleep(0.2)  # the service is starting or stopping: wait for its socket or its lock
-                continue
+                return run_command(args)
+            finally:
+                writer_lock.release(lock)
         try:
-            return run_command(args)
-        finally:
-            writer_lock.release(lock)
+            return control.delegate(data_dir, argv)
+        except control.ServiceUnavailable as exc:
+            if exc.denied or args.no_wait or (deadline is not None and time.monotonic() >= deadline):
+                return _fail(exc, control.REFUSED_EXIT if exc.denied else BUSY_EXIT)
+            waiting(writer_lock.read_holder(data_dir) or writer_lock.Holder(0, "egw run", time.time(), True))
+            time.sleep(0.2)  # the service is starting or stopping: wait for its socket or its lock
+
+
+def _fail(exc: GatewayError, code: int) -> int:
+    print(f"error: {exc}\nhint: {exc.hint}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -231,6 +231,11 @@ def test_ingest_while_egw_run_runs_is_delegated_with_a_relative_path(tmp_path: P
     assert again.returncode == 0 and again.stdout == item["evidence_id"] + "\n"  # plain output, as if local
     assert evidence_rows(data) == [(item["evidence_id"], str(work / "clip.mp4"), item["sha256"])]  # stored once
 
+    exported = egw_in(work, "export", item["evidence_id"], "./bundle", "--data-dir", str(data))  # a writer too
+    assert exported.returncode == 0 and exported.stdout == f"exported {item['evidence_id']} to {work / 'bundle'}\n"
+    verified = egw_in(work, "verify", "./bundle")
+    assert verified.returncode == 0 and "VERIFIED" in verified.stdout
+
     # errors: the same lines and exit code as a local run, never a traceback
     missing = egw_in(work, "ingest", "--data-dir", str(data), "./missing.mp4")
     assert missing.returncode == 1
@@ -245,6 +250,7 @@ def test_ingest_while_egw_run_runs_is_delegated_with_a_relative_path(tmp_path: P
     assert service.wait(timeout=20) == 0
     log = service.stderr.read()
     assert log.count("running egw ingest for a client") == 3 and "running egw sync for a client" in log
+    assert "running egw export for a client" in log
     assert not (data / "control.sock").exists() and (data / "writer.lock").read_text() == ""
 
 

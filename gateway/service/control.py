@@ -23,6 +23,7 @@ machine, same uid.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import logging
@@ -58,9 +59,14 @@ NOT_FORWARDED = {"EGW_KEY_PASSPHRASE"}  # the service unlocked its key at start;
 
 
 class ServiceUnavailable(GatewayError):
-    """The service's socket is not (or no longer) accepting; the caller may wait for the lock instead."""
+    """The service's socket is not (or no longer) accepting; the caller may wait for the lock instead.
+    ``denied``: it exists but we may not connect (another user's service): waiting will not help."""
 
     default_hint = "run the command again; `egw status` shows whether `egw run` serves this data directory"
+
+    def __init__(self, message: str, hint: str | None = None, *, denied: bool = False) -> None:
+        super().__init__(message, hint)
+        self.denied = denied
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -367,7 +373,9 @@ def delegate(data_dir: Path, argv: Sequence[str], *, cwd: Path | None = None, en
             sock.connect(address)
     except OSError as exc:
         sock.close()
-        raise ServiceUnavailable(f"cannot reach egw run on {data_dir}: {exc.strerror or exc}") from exc
+        denied = exc.errno in (errno.EACCES, errno.EPERM)
+        raise ServiceUnavailable(f"cannot reach egw run on {data_dir}: {exc.strerror or exc}",
+                                 "run the command as the user that runs egw run" if denied else None, denied=denied) from exc
     request = {"argv": list(argv), "cwd": str(cwd or Path.cwd()), "env": client_env() if env is None else env}
     try:
         sock.sendall((json.dumps(request) + "\n").encode())
