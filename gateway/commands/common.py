@@ -168,7 +168,10 @@ def _with_options(service: "EvidenceService", options: dict[str, Any]) -> "Evide
 def say_waiting(holder: Any, data_dir: Path) -> None:
     """The one line a writer prints while another process has the data directory."""
     stream = err()
-    stream.write(f"waiting for {holder.describe()} to finish with {data_dir}…\n")
+    if holder.service:  # it holds the directory but is not answering on its socket yet (starting or stopping)
+        stream.write(f"waiting for {holder.describe()} to take commands for {data_dir}…\n")
+    else:
+        stream.write(f"waiting for {holder.describe()} to finish with {data_dir}…\n")
     stream.flush()
 
 

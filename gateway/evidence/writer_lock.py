@@ -134,7 +134,8 @@ def _try_lock(data_dir: Path, holder: Holder) -> WriterLock | None:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return None
-        raise
+        raise StoreError(f"cannot lock {_lock_path(data_dir)}: {exc.strerror or exc}",
+                         "keep the data directory on a local file system that supports flock") from exc
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(asdict(holder)) + "\n").encode(), 0)
     return WriterLock(data_dir, fd, holder)
