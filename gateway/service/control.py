@@ -52,6 +52,7 @@ log = logging.getLogger("egw.control")
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST_BYTES = 1 << 20
+REQUEST_TIMEOUT_S = 30.0
 REFUSED_EXIT = 77  # EX_NOPERM
 CANCELLED_EXIT = 130
 FORWARDED_ENV_PREFIX = "EGW_"
@@ -168,6 +169,9 @@ class _Connection:
                 self.cancel.set()
 
     def read_request(self) -> dict[str, Any]:
+        """The one request line (bounded in size and in time: a client that connects and says nothing
+        does not hold a thread forever)."""
+        self.sock.settimeout(REQUEST_TIMEOUT_S)
         buffer = b""
         while b"\n" not in buffer:
             chunk = self.sock.recv(65536)
@@ -176,6 +180,7 @@ class _Connection:
             buffer += chunk
             if len(buffer) > MAX_REQUEST_BYTES:
                 raise ValueError("request too large")
+        self.sock.settimeout(None)
         request = json.loads(buffer.partition(b"\n")[0])
         if not isinstance(request, dict) or not isinstance(request.get("argv"), list):
             raise ValueError("malformed request")
@@ -297,7 +302,7 @@ class ControlServer:
             args = self.parse([str(a) for a in request["argv"]])
             absolutize_paths(args, Path(str(request.get("cwd") or "/")))
             env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
-        except (ValueError, SystemExit, GatewayError) as exc:
+        except (ValueError, TypeError, AttributeError, OSError, SystemExit, GatewayError) as exc:
             connection.send({"err": f"error: the service could not take this command: {exc}\n"})
             connection.send({"exit": 2})
             return
@@ -333,6 +338,10 @@ class ControlServer:
         self.accepting.clear()
         if self.listener is not None:
             try:
+                try:
+                    self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close alone does not)
+                except OSError:
+                    pass
                 self.listener.close()
             finally:
                 self.path.unlink(missing_ok=True)
