@@ -10,12 +10,11 @@ evidence.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from drivers.strip_reader import StripReader, StripReadError, StripThresholds
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, err, out, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, err, out, print_json, open_evidence
 from gateway.errors import ConfigError
 
 __all__ = ["register", "run_read", "read_photos"]

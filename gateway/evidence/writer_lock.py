@@ -33,7 +33,7 @@ from pathlib import Path
 
 from gateway.errors import GatewayError, StoreError
 
-__all__ = ["LOCK_NAME", "Holder", "WriterLock", "WriterBusyError", "read_holder", "acquire", "release", "held_here"]
+__all__ = ["LOCK_NAME", "Holder", "WriterBusyError", "WriterLock", "acquire", "held_here", "read_holder", "release"]
 
 LOCK_NAME = "writer.lock"
 

@@ -28,8 +28,8 @@ import io
 import json
 import logging
 import os
-import socket
 import shutil
+import socket
 import struct
 import sys
 import tempfile
@@ -38,15 +38,24 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
     from gateway.evidence.service import EvidenceService
 
-__all__ = ["SOCKET_NAME", "ControlServer", "ServiceUnavailable", "delegate", "socket_path", "client_env",
-           "absolutize_paths", "REFUSED_EXIT", "CANCELLED_EXIT"]
+__all__ = [
+    "CANCELLED_EXIT",
+    "REFUSED_EXIT",
+    "SOCKET_NAME",
+    "ControlServer",
+    "ServiceUnavailable",
+    "absolutize_paths",
+    "client_env",
+    "delegate",
+    "socket_path",
+]
 
 log = logging.getLogger("egw.control")
 
@@ -113,7 +122,7 @@ def _sun_path(path: Path) -> Iterator[str]:
 class _FrameStream(io.TextIOBase):
     """A text stream that sends each complete line (or whatever is flushed) as one frame."""
 
-    def __init__(self, connection: "_Connection", kind: str) -> None:
+    def __init__(self, connection: _Connection, kind: str) -> None:
         super().__init__()
         self.connection = connection
         self.kind = kind
@@ -227,7 +236,7 @@ ParseAndCheck = Callable[[list[str]], argparse.Namespace]
 class ControlServer:
     """Accepts writing commands for ``egw run``; each runs in its own worker thread."""
 
-    def __init__(self, data_dir: Path, service: "EvidenceService", *, parse: ParseAndCheck | None = None,
+    def __init__(self, data_dir: Path, service: EvidenceService, *, parse: ParseAndCheck | None = None,
                  run_command: RunCommand | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.path = socket_path(self.data_dir)
@@ -317,13 +326,13 @@ class ControlServer:
 
         args.data_dir = self.data_dir  # the client reached this socket through this very directory
         out, err = _FrameStream(connection, "out"), _FrameStream(connection, "err")
-        delegation = common.Delegation(self.service, out, err, env, connection.cancel)
+        delegation = common.Delegation(self.service, cast(TextIO, out), cast(TextIO, err), env, connection.cancel)
         connection.delegation = delegation
         log.info("control socket: running %s for a client", " ".join(["egw", str(getattr(args, "command", "?"))]))
         with common.delegated(delegation), use_language(env.get("EGW_LANG")):
             try:
                 code = self.run_command(args)
-            except BaseException as exc:  # noqa: BLE001 - the service must outlive any one command
+            except BaseException as exc:
                 log.exception("control socket: the command failed inside the service")
                 err.write(f"error: the command failed inside egw run: {type(exc).__name__}: {exc}\n"
                           "hint: the service log has the details; nothing half-done was kept\n")
