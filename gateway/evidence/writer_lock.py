@@ -173,7 +173,7 @@ def acquire(data_dir: Path, *, service: bool = False, command: str | None = None
         if not wait or (deadline is not None and time.monotonic() >= deadline):
             raise WriterBusyError(f"{holder.describe()} is writing to {data_dir}"
                                   + ("" if wait else "; not waiting (--no-wait)")
-                                  + (f"; gave up after {timeout_s:g} s" if wait and timeout_s is not None else ""))
+                                  + (f"; gave up after {round(timeout_s, 1):g} s" if wait and timeout_s is not None else ""))
         if not said and on_wait is not None:
             on_wait(holder)
             said = True
