@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, out, print_json, open_evidence
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,8 +26,8 @@ def run_verify(args: argparse.Namespace) -> int:
                     "problems": [{"seq": p.seq, "message": p.message} for p in problems]})
     elif problems:
         for p in problems:
-            print(f"FAIL {p.message}")
-        print(f"custody log NOT verified: first failing entry {first}" if first is not None else "custody log NOT verified")
+            print(f"FAIL {p.message}", file=out())
+        print(f"custody log NOT verified: first failing entry {first}" if first is not None else "custody log NOT verified", file=out())
     else:
-        print(f"custody log verified: {entries} entries")
+        print(f"custody log verified: {entries} entries", file=out())
     return 1 if problems else 0

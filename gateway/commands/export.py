@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, out, print_json, open_evidence
 from gateway.evidence.bundle import export_bundle
 
 
@@ -19,10 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_evidence(args, write=False) as service:
+    # A writer, not a reader: the export is itself a custody event and the bundle's proof covers the tree
+    # head signed after it. Inside `egw run` it runs in the service; beside `egw ingest` it waits its turn.
+    with open_evidence(args) as service:
         index = export_bundle(service, args.evidence_id, args.directory)
     if args.json:
         print_json({"directory": str(args.directory), **index})
     else:
-        print(f"exported {args.evidence_id} to {args.directory}")
+        print(f"exported {args.evidence_id} to {args.directory}", file=out())
     return 0

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, CommandCancelled, check_cancelled, err, out, print_json, open_evidence
 from gateway.errors import GatewayError
 from gateway.evidence.manifest import KINDS, ManifestInput
 from gateway.evidence.service import path_as_data
@@ -40,28 +39,37 @@ def _walk(path: Path) -> Iterator[Path]:
         yield path
 
 
+def _stop_if_cancelled(_copied: int) -> None:
+    """Inside `egw run`, a client's Ctrl-C stops the copy in progress (its temporary file is removed)."""
+    check_cancelled()
+
+
 def run(args: argparse.Namespace) -> int:
     results: list[dict[str, object]] = []
     failures = 0
     with open_evidence(args, with_sm3=args.sm3) as service:
         for given in args.paths:
             for path in _walk(given):
+                check_cancelled()
                 item = ManifestInput(
                     source_path=path_as_data(path.absolute()), kind=args.kind, device_id=args.device_id,
                     officer_id=args.officer_id, unit=args.unit, important=args.important,
                 )
                 try:
-                    result = service.ingest_file(path, item, priority=1 if args.important else 0)
+                    result = service.ingest_file(path, item, priority=1 if args.important else 0,
+                                                 progress=_stop_if_cancelled)
+                except CommandCancelled:
+                    raise
                 except GatewayError as exc:
                     failures += 1
                     results.append({"path": path_as_data(path), "error": str(exc), "hint": exc.hint})
                     if not args.json:
-                        print(f"error: {path_as_data(path)}: {exc}\nhint: {exc.hint}", file=sys.stderr)
+                        print(f"error: {path_as_data(path)}: {exc}\nhint: {exc.hint}", file=err())
                     continue
                 results.append({"path": path_as_data(path), "evidence_id": result.evidence_id, "sha256": result.sha256,
                                 "size": result.size, "duplicate": result.duplicate, "state": result.state})
                 if not args.json:
-                    print(result.evidence_id)
+                    print(result.evidence_id, file=out(), flush=True)
         service.sign_tree_head()
     if args.json:
         print_json({"items": results, "failed": failures})

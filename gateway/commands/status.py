@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, out, print_json, open_evidence
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(file=out())
     console.print(f"gateway [bold]{info['gateway_id']}[/] ({'enrolled' if info['enrolled'] else 'not enrolled'}), data {info['data_dir']}")
     table = Table("state", "items")
     for state, count in info["counts"].items():

@@ -10,12 +10,11 @@ evidence.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from drivers.strip_reader import StripReader, StripReadError, StripThresholds
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, err, out, print_json, open_evidence
 from gateway.errors import ConfigError
 
 __all__ = ["register", "run_read", "read_photos"]
@@ -103,12 +102,12 @@ def run_read(args: argparse.Namespace) -> int:
         for item in results:
             if item["ok"]:
                 recorded = f"  evidence {item['evidence_id']}" if "evidence_id" in item else ""
-                print(f"{item['photo']}  {item['format']}  {item['judgement']}{recorded}", flush=True)
+                print(f"{item['photo']}  {item['format']}  {item['judgement']}{recorded}", file=out(), flush=True)
     failed = [item for item in results if not item["ok"]]
     for item in failed:
-        print(f"error: {item['photo']}: {item['error']}", file=sys.stderr)
+        print(f"error: {item['photo']}: {item['error']}", file=err())
     if failed:
         print(f"hint: {len(failed)} of {len(results)} photo(s) could not be read; re-take those photos as the "
-              "messages say", file=sys.stderr)
+              "messages say", file=err())
         return 1
     return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
+import time
+from typing import Any
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json
+from gateway.commands.common import add_data_dir, add_json, cancelled, data_dir_of, err, in_service, open_evidence, out, print_json
 from gateway.errors import ConfigError
 from gateway.evidence.state import State
 from gateway.uplink.uploader import UploadOutcome, Uploader, UploadSettings, parse_rate
@@ -41,6 +42,8 @@ def _line(o: UploadOutcome) -> str:
 def run(args: argparse.Namespace) -> int:
     if not args.once:
         raise ConfigError("continuous delivery runs inside `egw run`", "use `egw sync --once` for scripts, cron jobs and tests")
+    if in_service():
+        return _follow_service_delivery(args)
     try:
         settings = UploadSettings.from_env(
             concurrency=args.concurrency, express_slots=args.express_slots, max_attempts=args.max_attempts,
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_upload:
         from gateway.uplink.link import load_link
         uploader = Uploader(data_dir, settings, link=load_link(data_dir, args.platform),
-                            on_outcome=None if args.json else lambda o: print(_line(o), flush=True))
+                            on_outcome=None if args.json else lambda o: print(_line(o), file=out(), flush=True))
         outcomes = asyncio.run(uploader.run_once())
         with State(data_dir) as state:
             left = [r for r in state.all_evidence() if r.state in ("ingested", "queued", "uploading")]
@@ -69,15 +72,65 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.no_upload:
             done = sum(o.status == "receipted" for o in outcomes)
-            print(f"{done} receipted, {len(outcomes) - done} failed, {len(left)} left undelivered")
+            print(f"{done} receipted, {len(outcomes) - done} failed, {len(left)} left undelivered", file=out())
         if drain is not None:
             print(f"mqtt: {drain.delivered} delivered, {drain.remaining} left, {drain.parked} refused by the broker"
-                  + (f" ({drain.error})" if drain.error else ""))
+                  + (f" ({drain.error})" if drain.error else ""), file=out())
     failed = False
     if left:
-        print(f"error: {len(left)} item(s) not delivered; see last_error above or in `egw status`", file=sys.stderr)
+        print(f"error: {len(left)} item(s) not delivered; see last_error above or in `egw status`", file=err())
         failed = True
     if drain is not None and not drain.ok:
-        print(f"error: the MQTT outbox is not empty ({drain.remaining} left, {drain.parked} parked): {drain.error or drain.link_state}", file=sys.stderr)
+        print(f"error: the MQTT outbox is not empty ({drain.remaining} left, {drain.parked} parked): {drain.error or drain.link_state}", file=err())
         failed = True
     return 1 if failed else 0
+
+
+STALL_S = 30.0  # no pending item moved for this long: report them instead of waiting on
+
+
+def _pending(service: Any) -> dict[str, tuple[str, int, str, int, str | None]]:
+    """id → (state, upload offset, sha256, size, last error) of every item not yet receipted (no manifests:
+    this is polled)."""
+    with service.state.lock:
+        rows = service.state.db.execute(
+            "SELECT id, state, upload_offset, sha256, size, last_error FROM evidence "
+            "WHERE state IN ('ingested', 'queued', 'uploading')").fetchall()
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def _follow_service_delivery(args: argparse.Namespace) -> int:
+    """``egw sync --once`` inside ``egw run``: the service's own uploader delivers continuously (a second
+    uploader on the same queue would fight it for items), so this follows it until the queue is empty,
+    or nothing moved for ``STALL_S``, or the client pressed Ctrl-C — and reports like the local run."""
+    if args.mqtt:
+        raise ConfigError("egw run's MQTT link drains the outbox of this data directory itself",
+                          "drop --mqtt while egw run serves this data directory (`egw status` shows the outbox)")
+    delivered: list[dict[str, object]] = []
+    with open_evidence(args) as service:
+        if not args.no_upload:
+            from gateway.uplink.link import load_link
+
+            load_link(service.data_dir, args.platform)  # not enrolled: say so now, as the local run does
+        before = _pending(service)
+        moved_at = time.monotonic()
+        while before and not cancelled() and time.monotonic() - moved_at < STALL_S:
+            time.sleep(0.2)
+            now = _pending(service)
+            if now != before:
+                moved_at = time.monotonic()
+            for eid in before.keys() - now.keys():  # left the queue: only by a receipt
+                _, _, sha256, size, _ = before[eid]
+                delivered.append({"evidence_id": eid, "status": "receipted", "sha256": sha256, "size": size})
+                if not args.json:
+                    print(f"receipted {eid} sha256 {sha256[:16]}… {size} B (by egw run)", file=out(), flush=True)
+            before = now
+    left = [{"evidence_id": eid, "state": v[0], "last_error": v[4]} for eid, v in before.items()]
+    if args.json:
+        print_json({"outcomes": delivered, "undelivered": left, "mqtt": None})
+    elif not args.no_upload:
+        print(f"{len(delivered)} receipted, {len(left)} left undelivered (delivered by egw run)", file=out())
+    if left:
+        print(f"error: {len(left)} item(s) not delivered; `egw status` shows the oldest and its last error", file=err())
+        return 1
+    return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway.commands.common import add_json, print_json
+from gateway.commands.common import add_json, out, print_json
 from gateway.evidence.bundle import verify_bundle
 from gateway.evidence.identity import load_pem_certificates
 
@@ -27,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
         print_json({"ok": ok, "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks]})
     else:
         for check in checks:
-            print(check.line())
-        print("VERIFIED" if ok else f"NOT VERIFIED: {sum(not c.ok for c in checks)} check(s) failed")
+            print(check.line(), file=out())
+        print("VERIFIED" if ok else f"NOT VERIFIED: {sum(not c.ok for c in checks)} check(s) failed", file=out())
     return 0 if ok else 1

@@ -56,12 +56,19 @@ class IngestResult:
 
 
 class EvidenceService:
-    def __init__(self, data_dir: Path, *, reserve_bytes: int = DEFAULT_RESERVE, with_sm3: bool = False) -> None:
+    """``read_only=True``: a handle for commands that only look (status, export, custody verify): the
+    database is opened read-only and nothing in the store is created or removed, so it is safe beside
+    the data directory's writer. Otherwise the caller is (or works for) the writer: the process that holds
+    ``writer.lock`` (see ``gateway.evidence.writer_lock``, which also removes leftover temporary copies
+    when it is taken: opening a service never deletes anything)."""
+
+    def __init__(self, data_dir: Path, *, reserve_bytes: int = DEFAULT_RESERVE, with_sm3: bool = False,
+                 read_only: bool = False) -> None:
         self.data_dir = Path(data_dir)
+        self.read_only = read_only
         self.identity = identity_mod.load_identity(self.data_dir)
-        self.state = State(self.data_dir)
-        self.store = BlobStore(self.data_dir, reserve_bytes=reserve_bytes)
-        self.store.recover()
+        self.state = State(self.data_dir, read_only=read_only)
+        self.store = BlobStore(self.data_dir, reserve_bytes=reserve_bytes, read_only=read_only)
         self.custody = CustodyLog(self.state, self.identity)
         self.with_sm3 = with_sm3
         self.transition_hooks: list[TransitionHook] = []

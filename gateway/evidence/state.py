@@ -165,18 +165,44 @@ class State:
     ``lock`` makes each transaction and each read atomic with respect to them.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, read_only: bool = False) -> None:
         self.lock = threading.RLock()
         self.path = data_dir / "state.db"
-        data_dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         try:
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            if read_only:
+                self.db = self._connect_read_only()
+            else:
+                data_dir.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that cannot change anything (``mode=ro`` and ``query_only``): what ``egw status``,
+        ``export`` and ``custody verify`` use, so they can run beside the writer without touching its
+        data. It neither creates the database nor migrates it: that is the writer's job."""
+        if not self.path.is_file():
+            # Nothing was ever written here (e.g. right after `egw keys init`): read an empty schema
+            # rather than create the file, which is the writer's to create.
+            self.db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self._migrate()
+            self.db.execute("PRAGMA query_only=ON")
+            return self.db
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None,
+                             check_same_thread=False)
+        db.execute("PRAGMA query_only=ON")
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version != len(MIGRATIONS):
+            db.close()
+            raise StateError(f"{self.path} has schema version {version}, this egw reads version {len(MIGRATIONS)}",
+                             "start `egw run` (or any writing command) once to bring it up to date" if version < len(MIGRATIONS)
+                             else "upgrade egw; never open a newer data directory with an older release")
+        return db
 
     def close(self) -> None:
         self.db.close()

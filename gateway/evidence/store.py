@@ -108,13 +108,15 @@ class _Stage(threading.Thread):
 
 
 class BlobStore:
-    def __init__(self, data_dir: Path, reserve_bytes: int = DEFAULT_RESERVE) -> None:
+    def __init__(self, data_dir: Path, reserve_bytes: int = DEFAULT_RESERVE, *, read_only: bool = False) -> None:
         self.root = data_dir / "blobs"
         self.objects = self.root / "sha256"
         self.tmp = self.root / "tmp"
         self.reserve_bytes = reserve_bytes
-        self.objects.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            self.objects.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
 
     # ---- lookup -------------------------------------------------------
     def path_for(self, sha256_hex: str) -> Path:
@@ -132,7 +134,12 @@ class BlobStore:
             raise StoreError(f"blob {sha256_hex} is missing from the store", "restore the data directory from backup") from exc
 
     def recover(self) -> int:
-        """Delete copies left half-done by a crash; returns how many were removed."""
+        """Delete copies left half-done by a crash; returns how many were removed.
+
+        Only the holder of the data directory's writer lock may call this, once, when it takes the lock
+        (``gateway.evidence.writer_lock``): a ``.part`` file may be another live process's copy."""
+        if self.read_only:
+            raise StoreError("a read-only handle on the store must not remove anything")
         removed = 0
         for leftover in self.tmp.glob("*.part"):
             leftover.unlink(missing_ok=True)
@@ -141,8 +148,13 @@ class BlobStore:
 
     def usage(self) -> tuple[int, int]:
         """(bytes in blobs, bytes free on the store's file system)."""
-        total = sum(p.stat().st_size for p in self.objects.glob("??/*") if p.is_file())
-        return total, shutil.disk_usage(self.root).free
+        total = 0
+        for p in self.objects.glob("??/*"):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                continue
+        return total, shutil.disk_usage(self.root if self.root.exists() else self.root.parent).free
 
     def check_space(self, needed: int) -> None:
         free = shutil.disk_usage(self.root).free
@@ -189,6 +201,8 @@ class BlobStore:
         ``expected_size``, when given, is checked before (free space) and after
         (the source must not have grown or shrunk while read).
         """
+        if self.read_only:
+            raise StoreError("this is a read-only handle on the store", "write through the data directory's writer")
         if expected_size is not None:
             self.check_space(expected_size)
         if with_sm3 and not sm3_available():

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.config import DeviceConfig, GatewayConfig, load_config
 from gateway.errors import ConfigError
+from gateway.evidence import writer_lock
 from gateway.evidence.service import EvidenceService
+from gateway.service.control import ControlServer
 from gateway.service.metrics import Metrics
 from gateway.service.station import Station
 from gateway.service.supervisor import Backoff, Supervisor
@@ -56,10 +58,27 @@ def _split_host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _hold_data_dir(data_dir: Path) -> writer_lock.WriterLock:
+    """Take the data directory's writer lock as the service: wait for a command that is writing (it says
+    so in the log), refuse to be a second `egw run` on the same directory."""
+
+    def refuse_second_service(holder: writer_lock.Holder) -> bool:
+        if holder.service:
+            raise writer_lock.WriterBusyError(f"{holder.describe()} already serves {data_dir}",
+                                              "stop that service first, or give this one another data_dir")
+        return False
+
+    lock = writer_lock.acquire(data_dir, service=True, command="egw run", give_way=refuse_second_service,
+                               on_wait=lambda h: log.warning("waiting for %s to finish with %s…", h.describe(), data_dir))
+    assert lock is not None
+    return lock
+
+
 class Runtime:
     def __init__(self, config: GatewayConfig, config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.writer_lock = _hold_data_dir(config.data_dir)  # before anything opens the store: one writer
         self.service = EvidenceService(config.data_dir, reserve_bytes=config.reserve_mb << 20, with_sm3=config.sm3)
         self.station = Station(self.service.identity.gateway_id)
         self.metrics = Metrics()
@@ -71,6 +90,7 @@ class Runtime:
         self.screen_url = ""
         self.metrics_url = ""
         self._reload_requested = False
+        self.control: ControlServer | None = None
 
     # ---- lifecycle -------------------------------------------------------------
     async def run(self, ready: Callable[[dict[str, Any]], None] | None = None) -> int:
@@ -79,6 +99,8 @@ class Runtime:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         await self._start_outputs()
+        self.control = ControlServer(self.config.data_dir, self.service)
+        self.control.start()
         from gateway.service.uplinks import MqttComponent, UploaderComponent
 
         self.components[:0] = [MqttComponent(self), UploaderComponent(self)]
@@ -115,6 +137,8 @@ class Runtime:
 
     async def _stop_everything(self) -> None:
         async def stop_all() -> None:
+            if self.control is not None:
+                await asyncio.to_thread(self.control.stop, STOP_GRACE_S / 2)  # commands run for clients first
             await self.supervisor.stop_all()
             for component in reversed(self.components):
                 await component.stop()
@@ -128,6 +152,7 @@ class Runtime:
         self.metrics.stop()
         self.service.sign_tree_head()
         self.service.close()
+        writer_lock.release(self.writer_lock)
 
     # ---- devices ---------------------------------------------------------------
     def _start_devices(self, devices: tuple[DeviceConfig, ...]) -> None:

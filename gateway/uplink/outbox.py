@@ -90,7 +90,7 @@ def read_link_status(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
 
 def mqtt_status(data_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES) -> dict[str, Any]:
     """Everything `egw status` needs about MQTT: link state, last error, outbox backlog, alarm."""
-    with State(Path(data_dir)) as state:
+    with State(Path(data_dir), read_only=True) as state:  # beside the writer: read-only, never migrates
         links = read_link_status(state.db)
         used = usage(state.db, quota_bytes)
     link = links.get("mqtt", {"state": "never-connected"})

@@ -239,6 +239,9 @@ class Uploader:
         return await loop.run_in_executor(self._db_pool, lambda: fn(*args, **kwargs))
 
     def _open_service(self) -> EvidenceService:
+        # Its own connection (the uploader's SQL runs on its one DB thread), but never a recovery: opening
+        # a service removes nothing, and inside `egw run` this is re-opened at every uploader restart,
+        # while a dock may be copying. Leftover temporary copies are the writer lock's to clean, once.
         self._service = EvidenceService(self.data_dir)
         return self._service
 
