@@ -72,7 +72,8 @@ class EvidenceService:
         self.custody = CustodyLog(self.state, self.identity)
         self.with_sm3 = with_sm3
         self.transition_hooks: list[TransitionHook] = []
-        if getattr(self, "writable", True): attach_outbox(self)  # evidence/<id> messages whatever command changes state
+        if not read_only:
+            attach_outbox(self)  # evidence/<id> messages, whatever command changes the state
 
     def close(self) -> None:
         self.state.close()
