@@ -128,6 +128,11 @@ class EvidenceService:
         envelope = sign_manifest(manifest, self.identity.private_key)
         manifest_sha = hashlib.sha256(envelope.payload).hexdigest()
         with self.state.transaction() as db:
+            # Checked again under the write lock: two threads of one process (two delegated ingests of the
+            # same file, two docks) may both have passed the check above with the same bytes.
+            raced = self.state.find_by_source(item.device_id, item.source_path, blob.sha256)
+            if raced is not None:
+                return IngestResult(raced.id, raced.sha256, raced.size, True, raced.state)
             self.state.insert_evidence({
                 "id": evidence_id, "sha256": blob.sha256, "sm3": blob.sm3, "size": blob.size,
                 "kind": manifest["kind"], "media_type": manifest["media_type"], "device_id": item.device_id,
