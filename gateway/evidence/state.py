@@ -226,6 +226,10 @@ class State:
             )
         for version in range(current, len(MIGRATIONS)):
             with self.transaction():
+                # Read again under BEGIN IMMEDIATE: another process (a reader opening a fresh data directory
+                # beside its first writer) may have applied this step since we looked.
+                if self.schema_version > version:
+                    continue
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
                         self.db.execute(statement)
