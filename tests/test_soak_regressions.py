@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.bodycam import BodyCamera, open_storage
+from drivers.bodycam import BodyCamera, DeviceGone, open_storage
 from firmware_bridge.errors import UsbStall
 from firmware_bridge.usb import InterfaceSpec, SetupPacket, UsbDeviceBase
 from firmware_bridge.usb_transport import open_usb_device
@@ -113,3 +113,35 @@ def _fds_on(path_part: str) -> list[str]:
         if path_part in target:
             found.append(target)
     return found
+
+
+def test_a_dock_followed_until_unplugged_leaves_no_handle_on_the_yanked_volume(tmp_path: Path) -> None:
+    """What a dock does (scan, read every file, delete the first, follow the recorder with present())
+    without ever calling close(): once the recorder is unplugged, nothing of its volume stays open."""
+    sim = _recorder(tmp_path, recordings=4)
+    try:
+        before = _open_fds()
+        for _ in range(3):  # three docks of the same recorder, as in the soak
+            _dock(sim)
+            volume = open_storage(str(tmp_path / "volumes" / "{serial}"), sim.serial, timeout=5)
+            scan = volume.scan()
+            for item in scan.recordings:
+                with volume.open(item) as reader:
+                    for _chunk in reader.chunks():
+                        pass
+            if scan.recordings:
+                volume.delete(scan.recordings[0])
+            assert volume.present()
+            sim.unplug()
+            assert not volume.present()
+            assert not volume.present()  # and it stays gone
+            assert _fds_on(str(tmp_path / "volumes")) == []
+            with pytest.raises(DeviceGone):
+                volume.scan()
+            sim.record(1)
+            sim.replug()
+            held = volume  # still referenced, as a dock session keeps it: the handle is closed anyway
+        assert held is not None
+        assert _open_fds() - before == set()
+    finally:
+        sim.close()
