@@ -18,8 +18,8 @@ Sampled every ``--sample-every`` seconds from /proc: the gateway's open file des
 and RSS. Reported:
 
 * replugs docked / replugs: a replug counts when the recorder mounted again before its next unplug;
-* cards per recorder on the station screen (``/api/state``), the most seen at once, and cards
-  still on screen for recorders that are gone;
+* cards per recorder on the station screen (``/api/state``), the most seen at once, cards not
+  saying "undocked" once every recorder is gone, and byte counters above the recorder's total;
 * items delivered with receipts / items made (every recording the recorders made and every
   analyzer result the gateway stored), and the platform's count;
 * fd and thread drift: the median of the last quarter of samples minus the first quarter's;
@@ -92,7 +92,8 @@ class SoakResult:
     replugs_docked: int = 0
     undocked: list[str] = field(default_factory=list)  # "1-2 at 75 s" for each replug that never mounted
     max_cards_per_recorder: int = 0
-    cards_left: int = 0  # bodycam cards still on screen once every recorder is unplugged at the end
+    cards_left: int = 0  # bodycam cards not "undocked" once every recorder is unplugged at the end
+    card_bytes_over: list[str] = field(default_factory=list)  # a card that said more bytes copied than the recorder holds
     recordings_made: int = 0
     recordings_stored: int = 0
     items: int = 0  # evidence rows in the gateway at the end
@@ -150,7 +151,10 @@ class SoakResult:
         if self.max_cards_per_recorder > 1:
             out.append(f"a recorder showed as {self.max_cards_per_recorder} cards at once on the station screen")
         if self.cards_left:
-            out.append(f"{self.cards_left} bodycam card(s) stayed on screen after every recorder was unplugged")
+            out.append(f"{self.cards_left} bodycam card(s) did not say undocked after every recorder was unplugged")
+        if self.card_bytes_over:
+            out.append(f"{len(self.card_bytes_over)} time(s) a card showed more bytes copied than its recorder holds, "
+                       f"e.g. {self.card_bytes_over[0]}")
         if self.items_receipted != self.items_made or self.platform_items != self.items:
             out.append(f"{self.items_receipted} of {self.items_made} items receipted "
                        f"({self.recordings_stored} of {self.recordings_made} recordings stored, platform holds "
@@ -176,7 +180,8 @@ class SoakResult:
             f"{self.options.replug_every:g} s, analyzer every {self.options.analyzer_every:g} s "
             f"({self.seconds:.0f} s in all; logs in {self.workdir})",
             f"replugs docked        {self.replugs_docked} / {self.replugs}",
-            f"cards per recorder    at most {self.max_cards_per_recorder} at once; left on screen at the end: {self.cards_left}",
+            f"cards per recorder    at most {self.max_cards_per_recorder} at once; not undocked at the end: {self.cards_left}; "
+            f"byte counter over the total: {len(self.card_bytes_over)} time(s)",
             f"items receipted       {self.items_receipted} / {self.items_made} made "
             f"(recordings {self.recordings_stored} / {self.recordings_made}, analyzer results {self.analyzer_results}, "
             f"platform holds {self.platform_items})",
@@ -428,9 +433,13 @@ class Soak:
             cards = self.cards()
         except (OSError, ValueError):
             return
-        for serial in self.serials.values():
-            mine = sum(1 for c in cards if serial in str(c.get("id", "")) or serial in str(c.get("name", "")))
-            self.result.max_cards_per_recorder = max(self.result.max_cards_per_recorder, mine)
+        for busid, serial in self.serials.items():
+            mine = [c for c in cards if _card_of(c, busid, serial)]
+            self.result.max_cards_per_recorder = max(self.result.max_cards_per_recorder, len(mine))
+            for card in mine:
+                done, total = card.get("bytes_ingested") or 0, card.get("bytes_total") or 0
+                if done > total and len(self.result.card_bytes_over) < 20:
+                    self.result.card_bytes_over.append(f"{serial}: {done} of {total} B")
 
     # ---- the end -------------------------------------------------------------------------------
     def count(self) -> None:
@@ -475,6 +484,7 @@ class Soak:
                 left = self.cards()
             except (OSError, ValueError):
                 left = []
+            left = [c for c in left if c.get("state") != "undocked"]  # an undocked card is history, by design
             if not left:
                 break
             time.sleep(1)
@@ -516,6 +526,12 @@ class Soak:
             self.result.seconds = time.monotonic() - started_all
         self.result.tracebacks = _tracebacks(self.logs)
         return self.result
+
+
+def _card_of(card: dict[str, Any], busid: str, serial: str) -> bool:
+    """A recorder's card: by its identity (``bodycam-<serial>``) or, before it identified, by its URL."""
+    device_id = str(card.get("device_id", ""))
+    return device_id == f"bodycam-{serial}" or device_id.endswith("/" + busid)
 
 
 def _check(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
