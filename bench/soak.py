@@ -190,7 +190,7 @@ class SoakResult:
             f"threads               {first_th:.0f} → {last_th:.0f} (drift {self.thread_drift:+.0f})",
             f"RSS                   {rss[0]:.0f} → {rss[-1]:.0f} MB (max {max(rss):.0f}), growth {self.rss_mb_per_h:+.1f} MB/h over the second half",
             f"read-only commands    {self.polls - len(self.poll_failures)} / {self.polls} ok",
-            f"tracebacks            {len(self.tracebacks)}",
+            f"tracebacks            {len(self.tracebacks)}" + "".join(f"\n  {t}" for t in self.tracebacks[:5]),
         ]
 
     def _simulator_fds(self) -> str:

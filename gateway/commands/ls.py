@@ -22,12 +22,11 @@ from typing import Any
 from gateway.commands.common import add_data_dir, add_json, err, open_evidence, out
 from gateway.errors import ConfigError
 
-__all__ = ["register", "run", "parse_since", "TABLE_ROWS"]
+__all__ = ["register", "run", "parse_since", "printable", "source_name", "TABLE_ROWS"]
 
 TABLE_ROWS = 500  # a human table longer than this helps nobody; --limit or --json for more
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -106,11 +105,12 @@ def _receipt_id(raw: bytes | None) -> str | None:
 
 
 def _print_json_array(items: Iterable[dict[str, Any]]) -> None:
-    """One JSON array, written item by item: a million items never sit in memory at once."""
+    """One JSON array, written item by item: a million items never sit in memory at once. ASCII only:
+    a name with bytes that were not UTF-8 (a lone surrogate) would not encode otherwise."""
     stream = out()
     stream.write("[")
     for index, item in enumerate(items):
-        stream.write(("," if index else "") + "\n  " + json.dumps(item, ensure_ascii=False, sort_keys=True))
+        stream.write(("," if index else "") + "\n  " + json.dumps(item, sort_keys=True))
     stream.write("\n]\n")
     stream.flush()
 
@@ -147,10 +147,29 @@ def _print_table(items: Iterator[dict[str, Any]]) -> None:
                                   markup=False)
 
 
+def printable(name: str) -> str:
+    """A device-supplied name as one line of plain text that tells different names apart: every
+    character Python does not call printable (controls, direction overrides, unassigned code
+    points, the surrogates undecodable bytes became) as ``\\xNN``/``\\uNNNN``, a backslash doubled so
+    an escape cannot be forged, and quotes when empty, when spaces at either end would otherwise be
+    invisible, or when it starts with a quote."""
+    text = "".join(_escape(ch) for ch in name)
+    return f'"{text}"' if not text or text != text.strip() or text.startswith('"') else text
+
+
+def _escape(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def _plain(value: str | None) -> Any:
     from rich.text import Text
 
-    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value) if value else "-")
+    return Text(printable(value) if value else "-")
 
 
 def _size(n: int) -> str:
