@@ -93,6 +93,7 @@ class SoakResult:
     undocked: list[str] = field(default_factory=list)  # "1-2 at 75 s" for each replug that never mounted
     max_cards_per_recorder: int = 0
     cards_left: int = 0  # bodycam cards not "undocked" once every recorder is unplugged at the end
+    card_examples: list[str] = field(default_factory=list)  # the cards a recorder showed as, when more than one
     card_bytes_over: list[str] = field(default_factory=list)  # a card that said more bytes copied than the recorder holds
     recordings_made: int = 0
     recordings_stored: int = 0
@@ -149,7 +150,8 @@ class SoakResult:
             out.append(f"{self.replugs - self.replugs_docked} of {self.replugs} replugs did not dock: "
                        + ", ".join(self.undocked[:5]))
         if self.max_cards_per_recorder > 1:
-            out.append(f"a recorder showed as {self.max_cards_per_recorder} cards at once on the station screen")
+            out.append(f"a recorder showed as {self.max_cards_per_recorder} cards at once on the station screen: "
+                       f"{self.card_examples[-1]}")
         if self.cards_left:
             out.append(f"{self.cards_left} bodycam card(s) did not say undocked after every recorder was unplugged")
         if self.card_bytes_over:
@@ -398,14 +400,38 @@ class Soak:
             self.stop_churn.wait(self.o.sample_every)
 
     def poller(self) -> None:
-        """Read-only commands beside the service, and the station screen's cards (every second)."""
-        next_poll = time.monotonic()
+        """Read-only commands beside the service."""
         while not self.stop_churn.is_set():
-            self.watch_cards()
-            if time.monotonic() >= next_poll:
-                self.poll_commands()
-                next_poll += self.o.poll_every
-            self.stop_churn.wait(1.0)
+            self.poll_commands()
+            self.stop_churn.wait(self.o.poll_every)
+
+    def follow_screen(self) -> None:
+        """Every change of the station screen (its server-sent events), so a card that shows for a
+        fraction of a second is counted too; a poll of ``/api/state`` would see it only by luck."""
+        cards: dict[str, dict[str, Any]] = {}
+        try:
+            with urllib.request.urlopen(self.screen + "events", timeout=60) as stream:
+                kind = ""
+                for raw in stream:
+                    line = raw.decode("utf-8", "replace").rstrip("\n")
+                    if line.startswith("event: "):
+                        kind = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        self.on_screen_event(kind, json.loads(line.removeprefix("data: ")), cards)
+        except (OSError, ValueError):
+            return  # the service stopped
+
+    def on_screen_event(self, kind: str, event: dict[str, Any], cards: dict[str, dict[str, Any]]) -> None:
+        if kind == "snapshot":
+            cards.clear()
+            cards.update({c["device_id"]: c for c in event.get("devices", []) if c.get("kind") == "bodycam"})
+        elif event.get("type") == "device" and event["device"].get("kind") == "bodycam":
+            cards[event["device"]["device_id"]] = event["device"]
+        elif event.get("type") == "device-removed":
+            cards.pop(event.get("device_id"), None)
+        else:
+            return
+        self.check_cards(list(cards.values()))
 
     def poll_commands(self) -> None:
         for args in (("status", "--json"), ("ls", "--json")):
@@ -428,14 +454,14 @@ class Soak:
         with urllib.request.urlopen(self.screen + "api/state", timeout=10) as response:
             return [d for d in json.loads(response.read())["devices"] if d.get("kind") == "bodycam"]
 
-    def watch_cards(self) -> None:
-        try:
-            cards = self.cards()
-        except (OSError, ValueError):
-            return
+    def check_cards(self, cards: list[dict[str, Any]]) -> None:
         for busid, serial in self.serials.items():
             mine = [c for c in cards if _card_of(c, busid, serial)]
-            self.result.max_cards_per_recorder = max(self.result.max_cards_per_recorder, len(mine))
+            if len(mine) > self.result.max_cards_per_recorder:
+                self.result.max_cards_per_recorder = len(mine)
+                if len(mine) > 1:
+                    self.result.card_examples.append(" + ".join(f"{c['device_id']} ({c.get('state')}: {c.get('detail')})"
+                                                                for c in mine))
             for card in mine:
                 done, total = card.get("bytes_ingested") or 0, card.get("bytes_total") or 0
                 if done > total and len(self.result.card_bytes_over) < 20:
@@ -497,6 +523,7 @@ class Soak:
             self.say(f"egw run pid {self.gateway.proc.pid}, screen {self.screen}; churning for {self.o.minutes:g} min")
             self.started = time.monotonic()
             workers = [threading.Thread(target=self.sampler, daemon=True), threading.Thread(target=self.poller, daemon=True)]
+            threading.Thread(target=self.follow_screen, daemon=True, name="soak-screen").start()  # ends with egw run
             for i, busid in enumerate(self.serials):
                 offset = self.o.replug_every * (i + 1) / len(self.serials)
                 workers.append(threading.Thread(target=self.churn, args=(busid, offset), daemon=True))
@@ -525,6 +552,9 @@ class Soak:
                 child.stop()
             self.result.seconds = time.monotonic() - started_all
         self.result.tracebacks = _tracebacks(self.logs)
+        with open(self.logs / "samples.csv", "w") as fh:  # for a plot, or a second look at a drift
+            fh.write("seconds,fds,threads,rss_kib\n")
+            fh.writelines(f"{s.at:.1f},{s.fds},{s.threads},{s.rss_kib}\n" for s in self.result.samples)
         return self.result
 
 
