@@ -163,6 +163,8 @@ class SoakResult:
                        f"{self.platform_items} of {self.items})")
         if self.fd_drift > o.fd_noise:
             out.append(f"file descriptors drifted by {self.fd_drift:+.0f} (noise allowed {o.fd_noise})")
+        if self.simulator_fd_drift > o.fd_noise:
+            out.append(f"the recorder simulator's file descriptors drifted by {self.simulator_fd_drift:+.0f}")
         if self.thread_drift > o.thread_noise:
             out.append(f"threads drifted by {self.thread_drift:+.0f} (noise allowed {o.thread_noise})")
         if o.minutes >= 10 and self.rss_mb_per_h > o.rss_mb_per_h:
@@ -194,6 +196,14 @@ class SoakResult:
             f"read-only commands    {self.polls - len(self.poll_failures)} / {self.polls} ok",
             f"tracebacks            {len(self.tracebacks)}" + "".join(f"\n  {t}" for t in self.tracebacks[:5]),
         ]
+
+    @property
+    def simulator_fd_drift(self) -> float:
+        fds = self.simulator_fds
+        if len(fds) < 4:
+            return 0.0
+        quarter = len(fds) // 4
+        return statistics.median(fds[-quarter:]) - statistics.median(fds[:quarter])
 
     def _simulator_fds(self) -> str:
         fds = self.simulator_fds
