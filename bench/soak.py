@@ -93,8 +93,9 @@ class SoakResult:
     undocked: list[str] = field(default_factory=list)  # "1-2 at 75 s" for each replug that never mounted
     max_cards_per_recorder: int = 0
     cards_left: int = 0  # bodycam cards not "undocked" once every recorder is unplugged at the end
+    times_doubled: int = 0  # how often a recorder went from one card to several
     card_examples: list[str] = field(default_factory=list)  # the cards a recorder showed as, when more than one
-    card_bytes_over: list[str] = field(default_factory=list)  # a card that said more bytes copied than the recorder holds
+    card_bytes_over: dict[tuple[str, int], str] = field(default_factory=dict)  # (serial, bytes on it) -> what a card said
     recordings_made: int = 0
     recordings_stored: int = 0
     items: int = 0  # evidence rows in the gateway at the end
@@ -150,13 +151,14 @@ class SoakResult:
             out.append(f"{self.replugs - self.replugs_docked} of {self.replugs} replugs did not dock: "
                        + ", ".join(self.undocked[:5]))
         if self.max_cards_per_recorder > 1:
-            out.append(f"a recorder showed as {self.max_cards_per_recorder} cards at once on the station screen: "
+            out.append(f"{self.times_doubled} time(s) a recorder showed as several cards (at most "
+                       f"{self.max_cards_per_recorder}) on the station screen, e.g. "
                        f"{self.card_examples[-1]}")
         if self.cards_left:
             out.append(f"{self.cards_left} bodycam card(s) did not say undocked after every recorder was unplugged")
         if self.card_bytes_over:
-            out.append(f"{len(self.card_bytes_over)} time(s) a card showed more bytes copied than its recorder holds, "
-                       f"e.g. {self.card_bytes_over[0]}")
+            out.append(f"in {len(self.card_bytes_over)} dock(s) a card showed more bytes copied than its recorder "
+                       f"holds, e.g. {next(iter(self.card_bytes_over.values()))}")
         if self.items_receipted != self.items_made or self.platform_items != self.items:
             out.append(f"{self.items_receipted} of {self.items_made} items receipted "
                        f"({self.recordings_stored} of {self.recordings_made} recordings stored, platform holds "
@@ -184,8 +186,8 @@ class SoakResult:
             f"{self.options.replug_every:g} s, analyzer every {self.options.analyzer_every:g} s "
             f"({self.seconds:.0f} s in all; logs in {self.workdir})",
             f"replugs docked        {self.replugs_docked} / {self.replugs}",
-            f"cards per recorder    at most {self.max_cards_per_recorder} at once; not undocked at the end: {self.cards_left}; "
-            f"byte counter over the total: {len(self.card_bytes_over)} time(s)",
+            f"cards per recorder    at most {self.max_cards_per_recorder} at once ({self.times_doubled} time(s) more than one); not undocked at the end: {self.cards_left}; "
+            f"byte counter over the total in {len(self.card_bytes_over)} dock(s)",
             f"items receipted       {self.items_receipted} / {self.items_made} made "
             f"(recordings {self.recordings_stored} / {self.recordings_made}, analyzer results {self.analyzer_results}, "
             f"platform holds {self.platform_items})",
@@ -344,6 +346,7 @@ class Soak:
         self.unplug_times: dict[str, list[float]] = {}
         self.screen = ""
         self.started = 0.0
+        self.doubled: set[str] = set()  # serials showing as more than one card right now
 
     def spawn(self, name: str, *args: str, stdin: bool = False) -> Child:
         child = Child(name, list(args), self.logs, stdin=stdin)
@@ -467,6 +470,11 @@ class Soak:
     def check_cards(self, cards: list[dict[str, Any]]) -> None:
         for busid, serial in self.serials.items():
             mine = [c for c in cards if _card_of(c, busid, serial)]
+            if len(mine) > 1 and serial not in self.doubled:
+                self.doubled.add(serial)
+                self.result.times_doubled += 1
+            elif len(mine) <= 1:
+                self.doubled.discard(serial)
             if len(mine) > self.result.max_cards_per_recorder:
                 self.result.max_cards_per_recorder = len(mine)
                 if len(mine) > 1:
@@ -474,8 +482,8 @@ class Soak:
                                                                 for c in mine))
             for card in mine:
                 done, total = card.get("bytes_ingested") or 0, card.get("bytes_total") or 0
-                if done > total and len(self.result.card_bytes_over) < 20:
-                    self.result.card_bytes_over.append(f"{serial}: {done} of {total} B")
+                if done > total:  # one entry per dock (a dock's total is what that plug-in held)
+                    self.result.card_bytes_over.setdefault((serial, total), f"{serial}: {done} of {total} B")
 
     # ---- the end -------------------------------------------------------------------------------
     def count(self) -> None:

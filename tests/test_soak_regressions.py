@@ -17,10 +17,9 @@ import pytest
 
 from drivers.bodycam import BodyCamera, DeviceGone, open_storage
 from firmware_bridge.errors import UsbStall
-from firmware_bridge.usb import InterfaceSpec, SetupPacket, UsbDeviceBase
+from firmware_bridge.usb import InterfaceSpec, LoopbackUsbDevice, SetupPacket, UsbDeviceBase
 from firmware_bridge.usb_transport import open_usb_device
 from firmware_bridge.usbip_server import UsbIpServer
-from firmware_bridge.usb import LoopbackUsbDevice
 from simulators.bodycam import BodyCamSimulator
 
 pytestmark = pytest.mark.timeout(60)
