@@ -31,7 +31,8 @@ an item made but not receipted, fd or thread drift above ``--fd-noise`` / ``--th
 growth above ``--rss-mb-per-h`` (only judged for runs of 10 minutes or more), a failed command,
 a traceback. The last line is the one-line summary with the load average beside it.
 
-The lead's run: ``python bench/soak.py --minutes 30`` (about 36 minutes with start-up and settle).
+The lead's run: ``python bench/soak.py --minutes 30`` (about 31 minutes with start-up and settle).
+``--record 0`` docks recorders that the gateway emptied (every file released): they must still mount.
 ``tests/test_soak.py`` runs a short one (2 recorders, a replug every ~15 s) through ``run()``.
 """
 
@@ -75,6 +76,22 @@ class SoakOptions:
     fd_noise: int = 3
     thread_noise: int = 2
     rss_mb_per_h: float = 50.0
+
+
+FLAG_HELP = {
+    "minutes": "how long the recorders are replugged (start-up and settle come on top)",
+    "recorders": "simulated body-worn cameras on the USB/IP server",
+    "replug_every": "seconds between two replugs of one recorder (the recorders take turns)",
+    "record": "new recordings each recorder makes while unplugged (0: none)",
+    "recordings": "recordings on each recorder at the start",
+    "analyzer_every": "seconds between two analyzer results",
+    "poll_every": "seconds between two rounds of egw status --json / egw ls --json",
+    "sample_every": "seconds between two /proc samples of the gateway",
+    "settle": "seconds the gateway gets after the churn to deliver what is left",
+    "fd_noise": "fd drift (last quarter minus first) tolerated",
+    "thread_noise": "thread drift tolerated",
+    "rss_mb_per_h": "RSS growth tolerated over the second half (judged for runs of 10 minutes or more)",
+}
 
 
 @dataclass
@@ -609,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = SoakOptions()
     for name, value in vars(defaults).items():
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
+        parser.add_argument(flag, type=type(value), default=value, help=f"{FLAG_HELP[name]} (default {value})")
     parser.add_argument("--workdir", type=Path, help="where data and logs go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (always kept when a check fails)")
     args = parser.parse_args(argv)
