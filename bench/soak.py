@@ -170,9 +170,10 @@ class SoakResult:
         if self.max_cards_per_recorder > 1:
             out.append(f"{self.times_doubled} time(s) a recorder showed as several cards (at most "
                        f"{self.max_cards_per_recorder}) on the station screen, e.g. "
-                       f"{self.card_examples[-1]}")
+                       f"{next(e for e in self.card_examples if not e.startswith('left at the end'))}")
         if self.cards_left:
-            out.append(f"{self.cards_left} bodycam card(s) did not say undocked after every recorder was unplugged")
+            out.append(f"{self.cards_left} bodycam card(s) did not say undocked after every recorder was unplugged: "
+                       + "; ".join(e for e in self.card_examples if e.startswith("left at the end"))[:400])
         if self.card_bytes_over:
             out.append(f"in {len(self.card_bytes_over)} dock(s) a card showed more bytes copied than its recorder "
                        f"holds, e.g. {next(iter(self.card_bytes_over.values()))}")
@@ -550,6 +551,7 @@ class Soak:
                 break
             time.sleep(1)
         self.result.cards_left = len(left)
+        self.result.card_examples += [f"left at the end: {c['device_id']} ({c.get('state')}: {c.get('detail')})" for c in left]
 
     def run(self) -> SoakResult:
         started_all = time.monotonic()
