@@ -900,7 +900,11 @@ class RecorderVolume:
             self._fd = -1
 
     def __del__(self) -> None:
-        self.close()  # a dropped volume must not keep its (deleted) directory open for the process's life
+        # A dropped volume must not keep its (deleted) directory open for the process's life.
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - a finaliser (possibly at interpreter exit) must not raise
+            pass
 
     def __enter__(self) -> "RecorderVolume":
         return self
