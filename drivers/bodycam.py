@@ -40,10 +40,12 @@ Usage::
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import stat
 import struct
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -51,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from firmware_bridge import bodycam_usb as f9
 from firmware_bridge.bot import (
@@ -851,6 +853,18 @@ _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXE
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
+_T = TypeVar("_T")
+
+
+def _holding_lock(method: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(method)
+    def locked(self: "RecorderVolume", *args: object, **kwargs: object) -> _T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class RecorderVolume:
     """A recorder's mounted volume, read-only, walked by directory file descriptors.
 
@@ -867,6 +881,11 @@ class RecorderVolume:
         self.max_depth = max_depth
         self.max_entries = max_entries
         self.max_hostile_listed = max_hostile_listed  # refused entries kept one by one; all are counted
+        # Held while the root handle is in use and when it is closed: present() may close it from the
+        # thread following the recorder while another lists or releases, and a closed descriptor's
+        # number is soon another file's.
+        self._lock = threading.RLock()
+        self._fd = -1
         try:
             self._fd = os.open(self.root, _OPEN_DIR)
         except OSError as exc:
@@ -874,10 +893,18 @@ class RecorderVolume:
                 raise HostileEntryError(f"volume root {self.root} is a symbolic link; refusing to follow it") from exc
             raise DeviceGone(f"volume of recorder {serial} at {self.root} cannot be opened: {exc}") from exc
 
+    @_holding_lock
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def __del__(self) -> None:
+        # A dropped volume must not keep its (deleted) directory open for the process's life.
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - a finaliser (possibly at interpreter exit) must not raise
+            pass
 
     def __enter__(self) -> "RecorderVolume":
         return self
@@ -885,20 +912,39 @@ class RecorderVolume:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
+    @_holding_lock
     def present(self) -> bool:
-        """Still mounted where it was found (same directory)?"""
+        """Still mounted where it was found (same directory)?
+
+        Once the answer is no it stays no (a re-plugged recorder mounts a new directory), so the
+        handle on the old one is closed right here: a dock follows its recorder with ``present()``
+        until it is gone and may never call ``close()``, and every handle left open pins a deleted
+        directory (one per dock, for the life of the service)."""
+        if self._fd < 0:
+            return False
         try:
             now = os.lstat(self.root)
             mine = os.fstat(self._fd)
         except OSError:
+            self.close()
             return False
-        return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+        if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            self.close()
+            return False
+        return True
 
+    def _root_fd(self) -> int:
+        if self._fd < 0:
+            raise DeviceGone(f"volume of recorder {self.serial} at {self.root} is gone (or closed); re-plug it")
+        return self._fd
+
+    @_holding_lock
     def scan(self) -> VolumeScan:
         """Every entry, classified: recordings, unparsed regular files, hostile entries."""
         result = VolumeScan()
+        root = self._root_fd()
         try:
-            self._walk(self._fd, (), 0, result, [0])
+            self._walk(root, (), 0, result, [0])
         except OSError as exc:
             raise DeviceGone(f"volume of recorder {self.serial} vanished while listing it ({exc})") from exc
         if not self.present():
@@ -989,13 +1035,14 @@ class RecorderVolume:
         if len(out.hostile) < self.max_hostile_listed or entry.kind == "too_many":
             out.hostile.append(entry)
 
+    @_holding_lock
     def open(self, item: VolumeFile) -> "RecordingReader":
         """Open a listed file read-only, without following links, checking it is the file listed."""
         for part in item.parts:
             reason = unsafe_name_reason(part)
             if reason is not None:
                 raise HostileEntryError(f"refusing to open {_display('/'.join(item.parts))}: {reason}")
-        fd = self._fd
+        fd = self._root_fd()
         opened: list[int] = []
         try:
             for part in item.parts[:-1]:
@@ -1024,6 +1071,7 @@ class RecorderVolume:
         os.set_blocking(file_fd, True)
         return RecordingReader(file_fd, item, st, self)
 
+    @_holding_lock
     def delete(self, item: VolumeFile) -> None:
         """Remove one recording from the recorder: the dock's "release", the only write this
         class makes. Call it only after the platform's receipt for this exact file verified.
@@ -1032,7 +1080,7 @@ class RecorderVolume:
             reason = unsafe_name_reason(part)
             if reason is not None:
                 raise HostileEntryError(f"refusing to delete {_display('/'.join(item.parts))}: {reason}")
-        fd = self._fd
+        fd = self._root_fd()
         opened: list[int] = []
         try:
             for part in item.parts[:-1]:

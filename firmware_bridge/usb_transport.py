@@ -497,10 +497,12 @@ def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
                 + (f" with serial {target.serial!r}" if target.serial else "")
                 + " is attached; plug it in, check `lsusb`, and check permissions (udev rule)"
             )
-    _configure(device, url)
     try:
+        _configure(device, url)
         return PyUsbDevice(device, url, timeout_ms)
     except BaseException:
+        # Configuring opened the handle (for usbip://, the import): close it on every failure, or the
+        # device stays "busy (imported by another host)" for every retry until the server restarts.
         usb.util.dispose_resources(device)
         raise
 

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "gateway.commands.export",
     "gateway.commands.verify",
     "gateway.commands.status",
+    "gateway.commands.ls",
     "gateway.commands.custody",
     "gateway.commands.run",
     "gateway.commands.sign",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from typing import Any
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, open_evidence
+from gateway.commands.common import add_data_dir, add_json, err, open_evidence, out
 from gateway.errors import ConfigError, DeviceError
 
 
@@ -36,11 +36,12 @@ def run(args: argparse.Namespace) -> int:
                     recorded = pipeline.record(result)
                     received += 1
                     if args.json:
-                        print(json.dumps({"evidence_id": recorded.evidence_id, "duplicate": recorded.duplicate,
-                                          **recorded.document}, ensure_ascii=False), flush=True)
+                        line = json.dumps({"evidence_id": recorded.evidence_id, "duplicate": recorded.duplicate,
+                                           **recorded.document}, ensure_ascii=False)
                     else:
-                        print(f"{recorded.evidence_id}  {result.sample_id} {result.item_name or result.item_code}: "
-                              f"{result.value} {result.unit} → {result.judgement.value}", flush=True)
+                        line = _human_line(recorded, result)
+                    out().write(line + "\n")
+                    out().flush()
                     if args.count and received >= args.count:
                         analyzer.acknowledge()  # the driver holds the last ACK until the result is safely stored
                         break
@@ -49,6 +50,18 @@ def run(args: argparse.Namespace) -> int:
         except RapidTestError as exc:
             raise DeviceError(f"analyzer at {args.port}: {exc}") from exc
     if args.count and received < args.count:
-        print(f"only {received} of {args.count} results arrived before the timeout", file=sys.stderr)
+        err().write(f"only {received} of {args.count} results arrived before the timeout\n")
         return 1
     return 0
+
+
+def _human_line(recorded: Any, result: Any) -> str:
+    """``<evidence id>  sample <id>  <item>: <value> → <judgement>  (transcript <id>)``. The sample id and
+    item name come from the instrument: escaped, so two different ones never print the same."""
+    from gateway.commands.ls import printable
+
+    item = printable(result.item_name or result.item_code)
+    value = f"{printable(result.value)} {printable(result.unit)}".strip() if result.value else "no value"
+    again = ", already recorded" if recorded.duplicate else ""
+    return (f"{recorded.evidence_id}  sample {printable(result.sample_id)}  {item}: {value} → {result.judgement.value}"
+            f"  (transcript {recorded.transcript_evidence_id}{again})")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
-from gateway.workflows.signing import ROLES, SigningSession
+from gateway.commands.common import add_data_dir, add_json, err, open_evidence, out, print_json
+from gateway.workflows.signing import ROLES, SigningRecord, SigningSession
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,12 +27,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     with open_evidence(args) as service:
         session = SigningSession(service, place=args.place, officer_id=args.officer_id,
-                                 prompt=lambda text: print(text, file=sys.stderr, flush=True))
+                                 prompt=_prompt)
         signed = session.run(args.document, args.signer, args.role, signpad_url=args.signpad,
                              fingerprint_url=args.fingerprint, pad_timeout=args.timeout)
     if args.json:
         print_json({"evidence_id": signed.evidence_id, "items": signed.items, "record": signed.record})
     else:
-        print(signed.evidence_id)
-        print(f"signed record binds {signed.record['document']['name']} (sha256 {signed.record['document']['sha256']})", file=sys.stderr)
+        out().write(_human(signed) + "\n")
+        out().flush()
     return 0
+
+
+def _prompt(text: str) -> None:
+    err().write(text + "\n")
+    err().flush()
+
+
+def _human(signed: SigningRecord) -> str:
+    """The record's evidence id first (what `egw export` takes), who signed what, then each captured
+    item with its own evidence id. Signer and document names are escaped: two different ones never
+    print the same, and control characters in them are shown, not obeyed."""
+    from gateway.commands.ls import printable
+
+    record = signed.record
+    signer, document = record.get("signer") or {}, record["document"]
+    lines = [f"{signed.evidence_id}  signing record: {printable(str(signer.get('name', '')))} "
+             f"({signer.get('role', '?')}) signed {printable(str(document['name']))} (sha256 {document['sha256']})"]
+    lines += [f"{evidence_id}  {printable(name)}" for name, evidence_id in sorted(signed.items.items())]
+    return "\n".join(lines)

@@ -25,7 +25,7 @@ from typing import Any
 
 from gateway.errors import NotFoundError, StateError, TransitionError
 
-__all__ = ["State", "EvidenceRow", "STATES", "TRANSITIONS", "MIGRATIONS"]
+__all__ = ["State", "EvidenceRow", "EvidenceListing", "STATES", "TRANSITIONS", "MIGRATIONS"]
 
 STATES = ("ingested", "queued", "uploading", "receipted", "released")
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -145,6 +145,24 @@ class EvidenceRow:
     last_error: str | None
     created_at: float
     updated_at: float
+
+
+@dataclass(frozen=True)
+class EvidenceListing:
+    """One line of ``egw ls``: what an operator looks an item up by, without its manifest."""
+
+    id: str
+    kind: str
+    device_id: str | None
+    officer_id: str | None
+    source_path: str
+    size: int
+    state: str
+    receipt: bytes | None
+    created_at: float
+
+
+_LISTING_COLUMNS = "id, kind, device_id, officer_id, source_path, size, state, receipt, created_at"
 
 
 def _locked(method: Any) -> Any:
@@ -367,3 +385,33 @@ class State:
         marks = ", ".join("?" for _ in evidence_ids)
         cur = self.db.execute(f"SELECT id, state FROM evidence WHERE id IN ({marks})", tuple(evidence_ids))
         return {evidence_id: state for evidence_id, state in cur}
+
+    def list_evidence(self, *, device_id: str | None = None, officer_id: str | None = None,
+                      since: float | None = None, states: tuple[str, ...] = (), kinds: tuple[str, ...] = (),
+                      limit: int | None = None, batch: int = 500) -> Iterator[EvidenceListing]:
+        """Items matching every filter given, newest first (insertion order: ``created_at`` is the wall
+        clock, which may have been stepped), fetched ``batch`` rows at a time so a store of a million
+        items costs one batch of memory. The lock is held per batch, never across a caller's work."""
+        where, params = [], []  # type: ignore[var-annotated]
+        for column, value in (("device_id", device_id), ("officer_id", officer_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        for column, values in (("state", states), ("kind", kinds)):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+                params.extend(values)
+        sql = f"SELECT {_LISTING_COLUMNS} FROM evidence" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY rowid DESC" + (" LIMIT ?" if limit is not None else "")
+        with self.lock:
+            cursor = self.db.execute(sql, (*params, *([limit] if limit is not None else [])))
+        while True:
+            with self.lock:
+                rows = cursor.fetchmany(batch)
+            if not rows:
+                return
+            for row in rows:
+                yield EvidenceListing(*row)

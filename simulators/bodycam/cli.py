@@ -8,7 +8,8 @@ line per recorder::
 Later lines report events (``mounted 1-1 1000001 <dir>``). Commands on stdin,
 one per line, drive faults from a test or an operator:
 ``unplug BUSID`` (yank: volume truncated and gone), ``replug BUSID``,
-``eject BUSID``, ``halt BUSID EP`` (one clearable stall), ``quit``.
+``eject BUSID``, ``record BUSID [N]`` (N new recordings for the next dock, refused
+while mounted), ``halt BUSID EP`` (one clearable stall), ``quit``.
 
 Fault switches (``--hostile-names``, ``--flood-entries N``, ``--zfy-invalid-gbk``,
 ``--changing-file``, …) apply to every recorder; ``--help`` describes each and
@@ -227,12 +228,14 @@ def _apply(verb: str, rest: list[str], sim: BodyCamSimulator, server: Any) -> No
         sim.replug()
         _remove(server, busid)
         server.add_device(busid, sim)
+    elif verb == "record":
+        sim.record(int(rest[1]) if len(rest) > 1 else 1)
     elif verb == "eject":
         sim.eject()
     elif verb == "halt" and len(rest) == 2:
         sim.halt(int(rest[1], 0))
     else:
-        raise ValueError("unknown command (unplug|replug|eject BUSID, halt BUSID EP, quit)")
+        raise ValueError("unknown command (unplug|replug|eject BUSID, record BUSID [N], halt BUSID EP, quit)")
 
 
 if __name__ == "__main__":

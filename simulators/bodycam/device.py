@@ -224,6 +224,7 @@ class BodyCamSimulator(UsbDeviceBase):
         self.hostile_entries: list[str] = []
         self.outside_files: list[Path] = []
         self._prepared = False
+        self._next_seq = 0  # sequence number of the newest recording (``record`` continues from it)
         self._grower: threading.Thread | None = None
         self._grower_stop = threading.Event()
         self._yank_timer: threading.Timer | None = None
@@ -292,7 +293,35 @@ class BodyCamSimulator(UsbDeviceBase):
                 os.truncate(path, max(1, path.stat().st_size * 6 // 10))
             if self.faults.changing_file and videos:
                 self.changing_file = videos[-1]
+            self._next_seq = (len(plan) - 1) % 9999 + 1 if plan else 0
             self._prepared = True
+
+    def record(self, count: int = 1) -> list[str]:
+        """The officer records ``count`` more files while undocked (photo, audio, photo, …; a few KiB each),
+        so the next dock has something new to copy, as after a real shift. Refused while mounted: a
+        docked recorder does not record. Returns the new recorder-relative names."""
+        if count < 1:
+            raise ValueError("record needs a count of at least 1")
+        with self._lock:
+            if self.mounted:
+                raise ValueError(f"recorder {self.serial} is docked (mounted); unplug it before recording")
+            self.prepare()
+            now = self.device_time()
+            added = []
+            for i in range(count):
+                kind = "photo" if i % 2 == 0 else "audio"
+                spec = RecordingSpec(kind=kind, start=now - timedelta(seconds=count - i), seconds=0.5)
+                self._next_seq = self._next_seq % 9999 + 1
+                name = recording_name(self.info.serial, self.info.user_no or "000000", spec, self._next_seq)
+                path = self.media_dir / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if kind == "photo":
+                    write_photo(path, spec.start, self.frame_size, self.info.user_no, self.info.serial)
+                else:
+                    write_audio(path, spec.seconds)
+                self.files.append(name)
+                added.append(name)
+            return added
 
     def replug(self) -> None:
         """Pull the cable and plug it back: volume gone, lockout cleared, vendor mode again."""
@@ -581,6 +610,7 @@ class BodyCamSimulator(UsbDeviceBase):
         self.volumes_dir.mkdir(parents=True, exist_ok=True)
         staging = self.volumes_dir / f".{self.serial}.mounting"
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()  # here, not per file: a recorder whose files were all released still mounts (empty)
         for name in self.files:
             src, dst = self.media_dir / name, staging / name
             dst.parent.mkdir(parents=True, exist_ok=True)
