@@ -50,9 +50,6 @@ def test_file_descriptors_and_threads_stay_flat(soak: tuple[SoakResult, str]) ->
     assert result.simulator_fds and abs(result.simulator_fd_drift) <= OPTIONS.fd_noise, report
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/service/devices.py (dock lifecycle, rewritten in parallel): a replug "
-                                       "shows a 'reading identity' card under the recorder's URL beside its old "
-                                       "'undocked' card; strict, so the fix turns this red until the mark goes")
 def test_a_recorder_is_one_card_on_the_station_screen(soak: tuple[SoakResult, str]) -> None:
     result, report = soak
     assert result.max_cards_per_recorder == 1, report
