@@ -53,9 +53,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from firmware_bridge.errors import FrameError, LengthError, LocalProtocolError, UnknownCodeError
+from firmware_bridge.sansio import NEED_DATA, Decoder, NeedData
 
 __all__ = [
     "CBW_SIGNATURE", "CSW_SIGNATURE", "CBW_LENGTH", "CSW_LENGTH", "SENSE_LENGTH", "INQUIRY_LENGTH",
@@ -262,16 +263,6 @@ test_unit_ready_cdb.__test__ = False  # type: ignore[attr-defined]
 # ---- device-side parser (h11 style) -------------------------------------------
 
 
-class NeedData:
-    """Sentinel: feed more bytes with ``receive_data``."""
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData()
-
-
 @dataclass(frozen=True)
 class CommandBlock:
     """A CBW arrived."""
@@ -342,3 +333,8 @@ class BotDeviceParser:
                 raise LengthError(f"CBW announces {cbw.data_length} bytes OUT, at most {self.max_data_out} accepted")
             self._pending_out = cbw
         return CommandBlock(cbw=cbw)
+
+
+if TYPE_CHECKING:
+    def _is_a_decoder(parser: BotDeviceParser) -> Decoder[CommandBlock | DataOut]:
+        return parser  # mypy proves the parser keeps the shared sans-IO shape

@@ -65,11 +65,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import numpy as np
 
 from firmware_bridge.errors import LengthError, LocalProtocolError, ProtocolError, UnknownCodeError
+from firmware_bridge.sansio import NEED_DATA, Decoder, NeedData
 
 __all__ = [
     "NEED_DATA", "NeedData",
@@ -96,15 +97,6 @@ __all__ = [
     "image_size", "flatten_image", "unflatten_image", "image_blocks",
 ]
 
-
-class NeedData:
-    """Sentinel: ``next_event`` needs more bytes (h11's NEED_DATA)."""
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = NeedData()
 
 # ---- report ids ---------------------------------------------------------------
 
@@ -678,3 +670,8 @@ def image_blocks(data: bytes) -> list[ImageDataBlock]:
     """Split image bytes into HID ImageDataBlocks of 253 bytes (the last one shorter)."""
     return [ImageDataBlock(bytes(data[i:i + IMAGE_BLOCK_DATA_SIZE]))
             for i in range(0, len(data), IMAGE_BLOCK_DATA_SIZE)]
+
+
+if TYPE_CHECKING:
+    def _is_a_decoder(decoder: PenReportDecoder) -> Decoder[PenReport]:
+        return decoder  # mypy proves the decoder keeps the shared sans-IO shape

@@ -70,10 +70,11 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import Final, Union
+from typing import TYPE_CHECKING, Final, Union
 from urllib.parse import quote, unquote
 
 from firmware_bridge.errors import FrameError, LengthError, LocalProtocolError, ProtocolError
+from firmware_bridge.sansio import NEED_DATA, Codec, NeedData
 
 __all__ = [
     "USBIP_VERSION", "OP_REQ_DEVLIST", "OP_REP_DEVLIST", "OP_REQ_IMPORT", "OP_REP_IMPORT",
@@ -134,16 +135,6 @@ assert _SUBMIT.size == _RET.size == _UNLINK.size == HEADER_LEN and _DEVICE.size 
 class Role(enum.Enum):
     SERVER = "server"  # exports devices
     CLIENT = "client"  # imports devices
-
-
-class NeedData:
-    """Sentinel type: ``next_event`` needs more bytes."""
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData()
 
 
 @dataclass(frozen=True)
@@ -723,3 +714,8 @@ def _encode_submit(event: SubmitCommand, limit: int) -> bytes:
         event.interval & 0xFFFFFFFF, event.setup,
     )
     return frame + event.data + b"".join(_pack(_ISO, *_iso_fields(p)) for p in event.iso_packets)
+
+
+if TYPE_CHECKING:
+    def _is_a_codec(codec: UsbIpConnection) -> Codec[Event, Event]:
+        return codec  # mypy proves the codec keeps the shared sans-IO shape

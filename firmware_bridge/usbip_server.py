@@ -32,9 +32,29 @@ from dataclasses import dataclass, field
 from firmware_bridge.errors import ProtocolError, UsbStall
 from firmware_bridge.usb import SetupPacket, UsbDeviceModel
 from firmware_bridge.usbip import (
-    DIR_IN, ECONNRESET, ENODEV, EOVERFLOW, EPIPE, EPROTO, ST_DEV_BUSY, ST_NODEV, ST_OK,
-    ConnectionClosed, DevlistReply, DevlistRequest, ImportReply, ImportRequest, NeedData, Role,
-    SubmitCommand, SubmitReturn, UnlinkCommand, UnlinkReturn, UsbIpConnection, UsbIpDevice, path_with_serial,
+    DIR_IN,
+    ECONNRESET,
+    ENODEV,
+    EOVERFLOW,
+    EPIPE,
+    EPROTO,
+    ST_DEV_BUSY,
+    ST_NODEV,
+    ST_OK,
+    ConnectionClosed,
+    DevlistReply,
+    DevlistRequest,
+    ImportReply,
+    ImportRequest,
+    NeedData,
+    Role,
+    SubmitCommand,
+    SubmitReturn,
+    UnlinkCommand,
+    UnlinkReturn,
+    UsbIpConnection,
+    UsbIpDevice,
+    path_with_serial,
 )
 
 __all__ = ["UsbIpServer", "MAX_POLL_S"]
