@@ -126,7 +126,7 @@ class CommandBlockWrapper:
         return _CBW.pack(CBW_SIGNATURE, self.tag, self.data_length, flags, self.lun, len(self.cb), self.cb.ljust(16, b"\0"))
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "CommandBlockWrapper":
+    def from_bytes(cls, raw: bytes) -> CommandBlockWrapper:
         """Decode exactly 31 bytes; anything else is not a meaningful CBW (BOT 6.2.1)."""
         if len(raw) != CBW_LENGTH:
             raise LengthError(f"a CBW is {CBW_LENGTH} bytes, got {len(raw)}")
@@ -154,7 +154,7 @@ class CommandStatusWrapper:
         return _CSW.pack(CSW_SIGNATURE, self.tag, self.residue, int(self.status))
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "CommandStatusWrapper":
+    def from_bytes(cls, raw: bytes) -> CommandStatusWrapper:
         if len(raw) != CSW_LENGTH:
             raise LengthError(f"a CSW is {CSW_LENGTH} bytes, got {len(raw)}")
         sig, tag, residue, status = _CSW.unpack(raw)
@@ -187,7 +187,7 @@ class SenseData:
         return bytes(raw)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "SenseData":
+    def from_bytes(cls, raw: bytes) -> SenseData:
         """Accepts 70h/71h fixed format, at least 14 bytes (enough for ASC/ASCQ)."""
         if len(raw) < 14:
             raise LengthError(f"fixed-format sense data needs at least 14 bytes, got {len(raw)}")
@@ -220,7 +220,7 @@ class InquiryData:
         return bytes(raw)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "InquiryData":
+    def from_bytes(cls, raw: bytes) -> InquiryData:
         if len(raw) < INQUIRY_LENGTH:
             raise LengthError(f"standard INQUIRY data is {INQUIRY_LENGTH} bytes, got {len(raw)}")
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Final, Union
+from typing import Final
 from urllib.parse import quote, unquote
 
 from firmware_bridge.errors import FrameError, LengthError, LocalProtocolError
@@ -178,10 +178,10 @@ class ConnectionClosed:
     """The peer closed the TCP connection at a frame boundary (``receive_data(b"")``)."""
 
 
-Event = Union[
-    DevlistRequest, DevlistReply, ImportRequest, ImportReply,
-    SubmitCommand, SubmitReturn, UnlinkCommand, UnlinkReturn, ConnectionClosed,
-]
+Event = (
+    DevlistRequest | DevlistReply | ImportRequest | ImportReply | SubmitCommand | SubmitReturn | UnlinkCommand
+    | UnlinkReturn | ConnectionClosed
+)
 
 
 def status_text(status: int) -> str:

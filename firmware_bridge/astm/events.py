@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Union
 
 from firmware_bridge.astm.records import Record
 from firmware_bridge.sansio import NEED_DATA, NeedData
@@ -109,8 +108,10 @@ class ContentionLost:
     retry_in: float
 
 
-Event = Union[MessageReceived, MessageSent, SessionAborted, MessageTooLarge, SessionEnded, FrameRejected,
-              FrameRetransmitted, LinkBusy, ContentionLost]
+Event = (
+    MessageReceived | MessageSent | SessionAborted | MessageTooLarge | SessionEnded | FrameRejected
+    | FrameRetransmitted | LinkBusy | ContentionLost
+)
 
 
 class Endpoint:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Union
+from typing import Final
 
 from firmware_bridge.errors import FrameError, LocalProtocolError
 
@@ -60,10 +60,10 @@ DEFAULT_DELIMITERS: Final = Delimiters()
 class Repeats:
     """A field holding repeated values (separated by the repeat delimiter)."""
 
-    items: tuple[Union[str, tuple[str, ...]], ...]
+    items: tuple[str | tuple[str, ...], ...]
 
 
-Field = Union[str, tuple[str, ...], Repeats]
+Field = str | tuple[str, ...] | Repeats
 
 
 def _escape(text: str, d: Delimiters) -> str:
@@ -129,7 +129,7 @@ def _unescape(text: str, d: Delimiters) -> str:
     return "".join(out)
 
 
-def _encode_components(value: Union[str, tuple[str, ...]], d: Delimiters) -> str:
+def _encode_components(value: str | tuple[str, ...], d: Delimiters) -> str:
     if isinstance(value, str):
         return _escape(value, d)
     if isinstance(value, tuple) and all(isinstance(c, str) for c in value):
@@ -143,7 +143,7 @@ def _encode_field(value: Field, d: Delimiters) -> str:
     return _encode_components(value, d)
 
 
-def _decode_components(text: str, d: Delimiters) -> Union[str, tuple[str, ...]]:
+def _decode_components(text: str, d: Delimiters) -> str | tuple[str, ...]:
     if d.component in text:
         return tuple(_unescape(part, d) for part in text.split(d.component))
     return _unescape(text, d)
@@ -207,7 +207,7 @@ class Record:
     def text(self, n: int, separator: str = " ") -> str:
         """Field *n* flattened to one string: non-empty components joined by *separator*."""
         value = self.get(n)
-        items: Iterable[Union[str, tuple[str, ...]]] = value.items if isinstance(value, Repeats) else (value,)
+        items: Iterable[str | tuple[str, ...]] = value.items if isinstance(value, Repeats) else (value,)
         parts: list[str] = []
         for item in items:
             if isinstance(item, str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from firmware_bridge.errors import LengthError, LocalProtocolError, UnknownCodeError
 from firmware_bridge.stu_hid.constants import (
@@ -41,7 +41,7 @@ class Status:
                            _u8("last_result_code", self.last_result_code), _u16("status_word", self.status_word))
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Status":
+    def decode(cls, raw: bytes) -> Status:
         _check_size(raw, cls.report_id, "Status")
         _, code, result, word = struct.unpack("<BBBH", raw)
         return cls(code, result, word)
@@ -152,7 +152,7 @@ class Information:
                          _u8("secure_ic", self.secure_ic)]) + bytes(self.secure_ic_version))
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Information":
+    def decode(cls, raw: bytes) -> Information:
         _check_size(raw, cls.report_id, "Information")
         return cls(_ascii(raw[1:10], "Information.modelName"), raw[10], raw[11], raw[12], bytes(raw[13:17]))
 
@@ -182,7 +182,7 @@ class Capability:
         )
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Capability":
+    def decode(cls, raw: bytes) -> Capability:
         _check_size(raw, cls.report_id, "Capability")
         fields = _CAPABILITY.unpack(raw)
         return cls(*fields[1:9])
@@ -198,7 +198,7 @@ class Uid2:
         return bytes([self.report_id]) + _ascii_field("uid2", self.uid2, 10)
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Uid2":
+    def decode(cls, raw: bytes) -> Uid2:
         _check_size(raw, cls.report_id, "Uid2")
         return cls(_ascii(raw[1:11], "Uid2"))
 
@@ -215,7 +215,7 @@ class StartCapture:
         return struct.pack(">BI", self.report_id, self.session_id)
 
     @classmethod
-    def decode(cls, raw: bytes) -> "StartCapture":
+    def decode(cls, raw: bytes) -> StartCapture:
         _check_size(raw, cls.report_id, "StartCapture")
         return cls(struct.unpack(">BI", raw)[1])
 
@@ -235,7 +235,7 @@ class ImageDataBlock:
             REPORT_SIZES[self.report_id], b"\x00")
 
     @classmethod
-    def decode(cls, raw: bytes) -> "ImageDataBlock":
+    def decode(cls, raw: bytes) -> ImageDataBlock:
         _check_size(raw, cls.report_id, "ImageDataBlock")
         length = raw[1] | raw[2] << 8
         if length > IMAGE_BLOCK_DATA_SIZE:
@@ -243,8 +243,10 @@ class ImageDataBlock:
         return cls(bytes(raw[3:3 + length]))
 
 
-FeatureReport = Union[Status, Reset, Information, Capability, Uid2, StartCapture, EndCapture, ClearScreen,
-                      InkingMode, StartImageData, ImageDataBlock, EndImageData, PenDataOptionMode]
+FeatureReport = (
+    Status | Reset | Information | Capability | Uid2 | StartCapture | EndCapture | ClearScreen | InkingMode
+    | StartImageData | ImageDataBlock | EndImageData | PenDataOptionMode
+)
 
 _FEATURE_CLASSES: dict[int, Any] = {
     REPORT_STATUS: Status, REPORT_RESET: Reset, REPORT_INFORMATION: Information,

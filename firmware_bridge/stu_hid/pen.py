@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from firmware_bridge.errors import LengthError, LocalProtocolError, ProtocolError, UnknownCodeError
 from firmware_bridge.sansio import NEED_DATA, NeedData
@@ -16,7 +16,6 @@ from firmware_bridge.stu_hid.constants import (
     REPORT_SIZES,
 )
 from firmware_bridge.stu_hid.fields import _check_size, _u16
-
 
 _PEN = struct.Struct(">BBHH")
 
@@ -55,7 +54,7 @@ class PenData:
         return bytes([self.report_id]) + _pen_bytes(self.rdy, self.sw, self.pressure, self.x, self.y)
 
     @classmethod
-    def decode(cls, raw: bytes) -> "PenData":
+    def decode(cls, raw: bytes) -> PenData:
         _check_size(raw, cls.report_id, "PenData")
         return cls(*_pen_fields(raw))
 
@@ -82,7 +81,7 @@ class PenDataOption:
                 + struct.pack(">H", _u16("option", self.option)))
 
     @classmethod
-    def decode(cls, raw: bytes) -> "PenDataOption":
+    def decode(cls, raw: bytes) -> PenDataOption:
         _check_size(raw, cls.report_id, "PenDataOption")
         return cls(*_pen_fields(raw), struct.unpack_from(">H", raw, 7)[0])
 
@@ -110,13 +109,13 @@ class PenDataTimeCountSequence:
                 + struct.pack(">HH", _u16("time_count", self.time_count), _u16("sequence", self.sequence)))
 
     @classmethod
-    def decode(cls, raw: bytes) -> "PenDataTimeCountSequence":
+    def decode(cls, raw: bytes) -> PenDataTimeCountSequence:
         _check_size(raw, cls.report_id, "PenDataTimeCountSequence")
         time_count, sequence = struct.unpack_from(">HH", raw, 7)
         return cls(*_pen_fields(raw), time_count, sequence)
 
 
-PenReport = Union[PenData, PenDataOption, PenDataTimeCountSequence]
+PenReport = PenData | PenDataOption | PenDataTimeCountSequence
 _INPUT_CLASSES: dict[int, type[PenData] | type[PenDataOption] | type[PenDataTimeCountSequence]] = {
     REPORT_PEN_DATA: PenData,
     REPORT_PEN_DATA_OPTION: PenDataOption,
