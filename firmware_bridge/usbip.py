@@ -59,6 +59,10 @@ A RET_SUBMIT does not say whether data follows (the server sets direction to
 0), so the CLIENT role remembers each submitted seqnum's direction and length,
 as the kernel's vhci driver does.
 
+The messages (events), constants and their wire layout live in
+:mod:`firmware_bridge.usbip_messages`; this module re-exports them, so
+``from firmware_bridge.usbip import SubmitCommand`` is the way to import.
+
 egw extension (harmless to other peers): our server puts the device's serial
 number at the end of the informational ``path`` field,
 ``/sys/devices/egw-usbip/<busid>/serial:<percent-encoded serial>``, because the
