@@ -24,7 +24,7 @@ from firmware_bridge.stu_hid.constants import (
     REPORT_STATUS,
     REPORT_UID2,
 )
-from firmware_bridge.stu_hid.fields import _ascii, _ascii_field, _check_size, _u8, _u16
+from firmware_bridge.stu_hid.fields import ascii_field, ascii_text, check_report_size, checked_u8, checked_u16
 from firmware_bridge.stu_hid.pen import PenReport
 
 
@@ -37,12 +37,12 @@ class Status:
     report_id: ClassVar[int] = REPORT_STATUS
 
     def encode(self) -> bytes:
-        return struct.pack("<BBBH", self.report_id, _u8("status_code", self.status_code),
-                           _u8("last_result_code", self.last_result_code), _u16("status_word", self.status_word))
+        return struct.pack("<BBBH", self.report_id, checked_u8("status_code", self.status_code),
+                           checked_u8("last_result_code", self.last_result_code), checked_u16("status_word", self.status_word))
 
     @classmethod
     def decode(cls, raw: bytes) -> Status:
-        _check_size(raw, cls.report_id, "Status")
+        check_report_size(raw, cls.report_id, "Status")
         _, code, result, word = struct.unpack("<BBBH", raw)
         return cls(code, result, word)
 
@@ -60,11 +60,11 @@ class _OneByte:
     def encode(self) -> bytes:
         if self.allowed is not None and self.value not in self.allowed:
             raise LocalProtocolError(f"{self.name} value {self.value} is not one of {sorted(self.allowed)}")
-        return bytes([self.report_id, _u8(self.name, self.value)])
+        return bytes([self.report_id, checked_u8(self.name, self.value)])
 
     @classmethod
     def decode(cls, raw: bytes):  # type: ignore[no-untyped-def]
-        _check_size(raw, cls.report_id, cls.name)
+        check_report_size(raw, cls.report_id, cls.name)
         if cls.allowed is not None and raw[1] not in cls.allowed:
             raise UnknownCodeError(f"{cls.name} value 0x{raw[1]:02x} is not one of {sorted(cls.allowed)}")
         return cls(raw[1])
@@ -147,14 +147,14 @@ class Information:
     def encode(self) -> bytes:
         if len(self.secure_ic_version) != 4:
             raise LocalProtocolError("secure_ic_version is exactly 4 bytes")
-        return (bytes([self.report_id]) + _ascii_field("model_name", self.model_name, 9)
-                + bytes([_u8("firmware_major", self.firmware_major), _u8("firmware_minor", self.firmware_minor),
-                         _u8("secure_ic", self.secure_ic)]) + bytes(self.secure_ic_version))
+        return (bytes([self.report_id]) + ascii_field("model_name", self.model_name, 9)
+                + bytes([checked_u8("firmware_major", self.firmware_major), checked_u8("firmware_minor", self.firmware_minor),
+                         checked_u8("secure_ic", self.secure_ic)]) + bytes(self.secure_ic_version))
 
     @classmethod
     def decode(cls, raw: bytes) -> Information:
-        _check_size(raw, cls.report_id, "Information")
-        return cls(_ascii(raw[1:10], "Information.modelName"), raw[10], raw[11], raw[12], bytes(raw[13:17]))
+        check_report_size(raw, cls.report_id, "Information")
+        return cls(ascii_text(raw[1:10], "Information.modelName"), raw[10], raw[11], raw[12], bytes(raw[13:17]))
 
 
 _CAPABILITY = struct.Struct(">BHHHHHBHBH")
@@ -175,15 +175,15 @@ class Capability:
 
     def encode(self) -> bytes:
         return _CAPABILITY.pack(
-            self.report_id, _u16("tablet_max_x", self.tablet_max_x), _u16("tablet_max_y", self.tablet_max_y),
-            _u16("tablet_max_pressure", self.tablet_max_pressure), _u16("screen_width", self.screen_width),
-            _u16("screen_height", self.screen_height), _u8("max_report_rate", self.max_report_rate),
-            _u16("resolution", self.resolution), _u8("encoding_flag", self.encoding_flag), 0,
+            self.report_id, checked_u16("tablet_max_x", self.tablet_max_x), checked_u16("tablet_max_y", self.tablet_max_y),
+            checked_u16("tablet_max_pressure", self.tablet_max_pressure), checked_u16("screen_width", self.screen_width),
+            checked_u16("screen_height", self.screen_height), checked_u8("max_report_rate", self.max_report_rate),
+            checked_u16("resolution", self.resolution), checked_u8("encoding_flag", self.encoding_flag), 0,
         )
 
     @classmethod
     def decode(cls, raw: bytes) -> Capability:
-        _check_size(raw, cls.report_id, "Capability")
+        check_report_size(raw, cls.report_id, "Capability")
         fields = _CAPABILITY.unpack(raw)
         return cls(*fields[1:9])
 
@@ -195,12 +195,12 @@ class Uid2:
     report_id: ClassVar[int] = REPORT_UID2
 
     def encode(self) -> bytes:
-        return bytes([self.report_id]) + _ascii_field("uid2", self.uid2, 10)
+        return bytes([self.report_id]) + ascii_field("uid2", self.uid2, 10)
 
     @classmethod
     def decode(cls, raw: bytes) -> Uid2:
-        _check_size(raw, cls.report_id, "Uid2")
-        return cls(_ascii(raw[1:11], "Uid2"))
+        check_report_size(raw, cls.report_id, "Uid2")
+        return cls(ascii_text(raw[1:11], "Uid2"))
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class StartCapture:
 
     @classmethod
     def decode(cls, raw: bytes) -> StartCapture:
-        _check_size(raw, cls.report_id, "StartCapture")
+        check_report_size(raw, cls.report_id, "StartCapture")
         return cls(struct.unpack(">BI", raw)[1])
 
 
@@ -236,7 +236,7 @@ class ImageDataBlock:
 
     @classmethod
     def decode(cls, raw: bytes) -> ImageDataBlock:
-        _check_size(raw, cls.report_id, "ImageDataBlock")
+        check_report_size(raw, cls.report_id, "ImageDataBlock")
         length = raw[1] | raw[2] << 8
         if length > IMAGE_BLOCK_DATA_SIZE:
             raise LengthError(f"ImageDataBlock claims {length} data bytes; an HID block holds at most 253")

@@ -6,7 +6,7 @@ from firmware_bridge.errors import LengthError, LocalProtocolError, ProtocolErro
 from firmware_bridge.stu_hid.constants import REPORT_SIZES
 
 
-def _check_size(raw: bytes, report_id: int, name: str) -> None:
+def check_report_size(raw: bytes, report_id: int, name: str) -> None:
     if not raw:
         raise LengthError(f"empty {name} report; a report starts with its id byte 0x{report_id:02x}")
     if raw[0] != report_id:
@@ -16,19 +16,19 @@ def _check_size(raw: bytes, report_id: int, name: str) -> None:
         raise LengthError(f"{name} report 0x{report_id:02x} is {want} bytes, got {len(raw)}")
 
 
-def _u16(name: str, value: int) -> int:
+def checked_u16(name: str, value: int) -> int:
     if not 0 <= value <= 0xFFFF:
         raise LocalProtocolError(f"{name}={value} does not fit an unsigned 16-bit field")
     return value
 
 
-def _u8(name: str, value: int) -> int:
+def checked_u8(name: str, value: int) -> int:
     if not 0 <= value <= 0xFF:
         raise LocalProtocolError(f"{name}={value} does not fit an unsigned 8-bit field")
     return value
 
 
-def _ascii(raw: bytes, name: str) -> str:
+def ascii_text(raw: bytes, name: str) -> str:
     text = raw.split(b"\x00", 1)[0]
     try:
         return text.decode("ascii")
@@ -36,7 +36,7 @@ def _ascii(raw: bytes, name: str) -> str:
         raise ProtocolError(f"{name} holds non-ASCII bytes {text!r}; the pad sent a corrupt report") from exc
 
 
-def _ascii_field(name: str, text: str, width: int) -> bytes:
+def ascii_field(name: str, text: str, width: int) -> bytes:
     try:
         raw = text.encode("ascii")
     except UnicodeEncodeError as exc:

@@ -15,7 +15,7 @@ from firmware_bridge.stu_hid.constants import (
     REPORT_PEN_DATA_TIME_COUNT_SEQUENCE,
     REPORT_SIZES,
 )
-from firmware_bridge.stu_hid.fields import _check_size, _u16
+from firmware_bridge.stu_hid.fields import check_report_size, checked_u16
 
 _PEN = struct.Struct(">BBHH")
 
@@ -26,7 +26,7 @@ def _pen_bytes(rdy: bool, sw: int, pressure: int, x: int, y: int) -> bytes:
     if not 0 <= pressure <= 0xFFF:
         raise LocalProtocolError(f"pressure={pressure} does not fit 12 bits")
     head = (0x80 if rdy else 0) | sw << 4 | pressure >> 8
-    return _PEN.pack(head, pressure & 0xFF, _u16("x", x), _u16("y", y))
+    return _PEN.pack(head, pressure & 0xFF, checked_u16("x", x), checked_u16("y", y))
 
 
 def _pen_fields(raw: bytes) -> tuple[bool, int, int, int, int]:
@@ -55,7 +55,7 @@ class PenData:
 
     @classmethod
     def decode(cls, raw: bytes) -> PenData:
-        _check_size(raw, cls.report_id, "PenData")
+        check_report_size(raw, cls.report_id, "PenData")
         return cls(*_pen_fields(raw))
 
 
@@ -78,11 +78,11 @@ class PenDataOption:
 
     def encode(self) -> bytes:
         return (bytes([self.report_id]) + _pen_bytes(self.rdy, self.sw, self.pressure, self.x, self.y)
-                + struct.pack(">H", _u16("option", self.option)))
+                + struct.pack(">H", checked_u16("option", self.option)))
 
     @classmethod
     def decode(cls, raw: bytes) -> PenDataOption:
-        _check_size(raw, cls.report_id, "PenDataOption")
+        check_report_size(raw, cls.report_id, "PenDataOption")
         return cls(*_pen_fields(raw), struct.unpack_from(">H", raw, 7)[0])
 
 
@@ -106,11 +106,11 @@ class PenDataTimeCountSequence:
 
     def encode(self) -> bytes:
         return (bytes([self.report_id]) + _pen_bytes(self.rdy, self.sw, self.pressure, self.x, self.y)
-                + struct.pack(">HH", _u16("time_count", self.time_count), _u16("sequence", self.sequence)))
+                + struct.pack(">HH", checked_u16("time_count", self.time_count), checked_u16("sequence", self.sequence)))
 
     @classmethod
     def decode(cls, raw: bytes) -> PenDataTimeCountSequence:
-        _check_size(raw, cls.report_id, "PenDataTimeCountSequence")
+        check_report_size(raw, cls.report_id, "PenDataTimeCountSequence")
         time_count, sequence = struct.unpack_from(">HH", raw, 7)
         return cls(*_pen_fields(raw), time_count, sequence)
 
