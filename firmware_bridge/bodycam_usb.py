@@ -62,7 +62,7 @@ import struct
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, IntEnum
-from typing import Final, Union
+from typing import Final
 
 from firmware_bridge.errors import FrameError, LengthError, LocalProtocolError, UnknownCodeError
 
@@ -415,8 +415,10 @@ class FunctionRefused:
     iret: IRet
 
 
-Response = Union[IdCodeResponse, ZfyInfoResponse, DeviceTimeResponse, ResolutionResponse,
-                 BatteryResponse, StorageResponse, FunctionRefused]
+Response = (
+    IdCodeResponse | ZfyInfoResponse | DeviceTimeResponse | ResolutionResponse | BatteryResponse | StorageResponse
+    | FunctionRefused
+)
 
 
 def response_length(function: Function, layout: ZfyLayout = ZFY_LAYOUT_94) -> int:

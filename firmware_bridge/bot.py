@@ -53,9 +53,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from firmware_bridge.errors import FrameError, LengthError, LocalProtocolError, UnknownCodeError
+from firmware_bridge.sansio import NEED_DATA, Decoder, NeedData
 
 __all__ = [
     "CBW_SIGNATURE", "CSW_SIGNATURE", "CBW_LENGTH", "CSW_LENGTH", "SENSE_LENGTH", "INQUIRY_LENGTH",
@@ -125,7 +126,7 @@ class CommandBlockWrapper:
         return _CBW.pack(CBW_SIGNATURE, self.tag, self.data_length, flags, self.lun, len(self.cb), self.cb.ljust(16, b"\0"))
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "CommandBlockWrapper":
+    def from_bytes(cls, raw: bytes) -> CommandBlockWrapper:
         """Decode exactly 31 bytes; anything else is not a meaningful CBW (BOT 6.2.1)."""
         if len(raw) != CBW_LENGTH:
             raise LengthError(f"a CBW is {CBW_LENGTH} bytes, got {len(raw)}")
@@ -153,7 +154,7 @@ class CommandStatusWrapper:
         return _CSW.pack(CSW_SIGNATURE, self.tag, self.residue, int(self.status))
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "CommandStatusWrapper":
+    def from_bytes(cls, raw: bytes) -> CommandStatusWrapper:
         if len(raw) != CSW_LENGTH:
             raise LengthError(f"a CSW is {CSW_LENGTH} bytes, got {len(raw)}")
         sig, tag, residue, status = _CSW.unpack(raw)
@@ -186,7 +187,7 @@ class SenseData:
         return bytes(raw)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "SenseData":
+    def from_bytes(cls, raw: bytes) -> SenseData:
         """Accepts 70h/71h fixed format, at least 14 bytes (enough for ASC/ASCQ)."""
         if len(raw) < 14:
             raise LengthError(f"fixed-format sense data needs at least 14 bytes, got {len(raw)}")
@@ -219,7 +220,7 @@ class InquiryData:
         return bytes(raw)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "InquiryData":
+    def from_bytes(cls, raw: bytes) -> InquiryData:
         if len(raw) < INQUIRY_LENGTH:
             raise LengthError(f"standard INQUIRY data is {INQUIRY_LENGTH} bytes, got {len(raw)}")
         try:
@@ -260,16 +261,6 @@ test_unit_ready_cdb.__test__ = False  # type: ignore[attr-defined]
 
 
 # ---- device-side parser (h11 style) -------------------------------------------
-
-
-class NeedData:
-    """Sentinel: feed more bytes with ``receive_data``."""
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData()
 
 
 @dataclass(frozen=True)
@@ -342,3 +333,8 @@ class BotDeviceParser:
                 raise LengthError(f"CBW announces {cbw.data_length} bytes OUT, at most {self.max_data_out} accepted")
             self._pending_out = cbw
         return CommandBlock(cbw=cbw)
+
+
+if TYPE_CHECKING:
+    def _is_a_decoder(parser: BotDeviceParser) -> Decoder[CommandBlock | DataOut]:
+        return parser  # mypy proves the parser keeps the shared sans-IO shape

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +63,7 @@ from firmware_bridge.errors import (
     LocalProtocolError,
     UnknownCodeError,
 )
+from firmware_bridge.sansio import NEED_DATA, Codec, NeedData
 
 __all__ = [
     "HEADER",
@@ -106,23 +107,6 @@ IMAGE_WIDTH: Final = 256
 IMAGE_HEIGHT: Final = 288
 IMAGE_BYTES: Final = IMAGE_WIDTH * IMAGE_HEIGHT // 2  # 4 bits per pixel: 36,864 bytes
 TEMPLATE_BYTES: Final = 512  # one char file / template on ZFM-20 and R307
-
-
-class NeedData:
-    """Sentinel type: the buffer holds no complete packet yet (h11's NEED_DATA)."""
-
-    _instance: NeedData | None = None
-
-    def __new__(cls) -> NeedData:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData()
 
 
 class Role(enum.Enum):
@@ -596,3 +580,8 @@ def unpack_image(
     out[:, 0::2] = (raw >> 4) * scale if scale == 17 else (raw >> 4) << 4
     out[:, 1::2] = (raw & 0x0F) * scale if scale == 17 else (raw & 0x0F) << 4
     return out
+
+
+if TYPE_CHECKING:
+    def _is_a_codec(codec: R30xCodec) -> Codec[Event, Event]:
+        return codec  # mypy proves the codec keeps the shared sans-IO shape

@@ -50,7 +50,7 @@ class SetupPacket:
         return self._FORMAT.pack(self.request_type, self.request, self.value, self.index, self.length)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "SetupPacket":
+    def from_bytes(cls, raw: bytes) -> SetupPacket:
         if len(raw) != 8:
             raise LengthError(f"a USB setup packet is 8 bytes, got {len(raw)}")
         return cls(*cls._FORMAT.unpack(raw))

@@ -32,9 +32,29 @@ from dataclasses import dataclass, field
 from firmware_bridge.errors import ProtocolError, UsbStall
 from firmware_bridge.usb import SetupPacket, UsbDeviceModel
 from firmware_bridge.usbip import (
-    DIR_IN, ECONNRESET, ENODEV, EOVERFLOW, EPIPE, EPROTO, ST_DEV_BUSY, ST_NODEV, ST_OK,
-    ConnectionClosed, DevlistReply, DevlistRequest, ImportReply, ImportRequest, NeedData, Role,
-    SubmitCommand, SubmitReturn, UnlinkCommand, UnlinkReturn, UsbIpConnection, UsbIpDevice, path_with_serial,
+    DIR_IN,
+    ECONNRESET,
+    ENODEV,
+    EOVERFLOW,
+    EPIPE,
+    EPROTO,
+    ST_DEV_BUSY,
+    ST_NODEV,
+    ST_OK,
+    ConnectionClosed,
+    DevlistReply,
+    DevlistRequest,
+    ImportReply,
+    ImportRequest,
+    NeedData,
+    Role,
+    SubmitCommand,
+    SubmitReturn,
+    UnlinkCommand,
+    UnlinkReturn,
+    UsbIpConnection,
+    UsbIpDevice,
+    path_with_serial,
 )
 
 __all__ = ["UsbIpServer", "MAX_POLL_S"]
@@ -56,7 +76,7 @@ class _Slot:
     busnum: int
     devnum: int
     lock: threading.RLock = field(default_factory=threading.RLock)
-    session: "_Session | None" = None
+    session: _Session | None = None
     unplugged: bool = False
 
     def describe(self) -> UsbIpDevice:
@@ -177,7 +197,7 @@ class UsbIpServer:
         for session in sessions:
             session.thread.join(timeout=5)
 
-    def __enter__(self) -> "UsbIpServer":
+    def __enter__(self) -> UsbIpServer:
         self.start()
         return self
 
@@ -216,7 +236,7 @@ class UsbIpServer:
         with self._lock:
             return list(self._slots.values())
 
-    def _claim(self, busid: str, session: "_Session") -> tuple[int, _Slot | None]:
+    def _claim(self, busid: str, session: _Session) -> tuple[int, _Slot | None]:
         with self._lock:
             slot = self._slots.get(busid)
         if slot is None:
@@ -229,7 +249,7 @@ class UsbIpServer:
             slot.session = session
         return ST_OK, slot
 
-    def _forget(self, session: "_Session") -> None:
+    def _forget(self, session: _Session) -> None:
         with self._lock:
             self._sessions.discard(session)
 
