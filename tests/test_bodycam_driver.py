@@ -1,31 +1,29 @@
-"""Contract suite: the BodyCamera driver against the simulated recorder, in-process (LoopbackUsbDevice).
+"""The BodyCamera driver's faults and its volume's defences, against the simulated recorder in-process
+(LoopbackUsbDevice): stalls, yanks, hostile names, changing files.
 
-The same driver code runs over usbip:// once the USB/IP server serves the model;
-only the device handle differs.
+What every backend must do (info, clock, officer binding, password lockout, the switch to mass
+storage) is the contract in tests/contract/test_bodycam_contract.py, run over loopback and USB/IP.
 """
 
 import os
 import stat
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
-import cv2
 import pytest
 
 from drivers import bodycam as bc
 from drivers.bodycam import BodyCamera, BodyCamModel
 from firmware_bridge import bodycam_usb as f9
-from firmware_bridge.bot import CommandBlockWrapper
 from firmware_bridge.errors import UsbStall
 from firmware_bridge.usb import LoopbackUsbDevice
 from simulators.bodycam import EP_IN, EP_OUT, BodyCamFaults, BodyCamSimulator
 
 
 def connect(sim, **kwargs):
-    """The one place the transport is chosen: loopback here; usbip:// runs the same suite
-    once firmware_bridge.usbip_server serves the model (BodyCamera.open(server.url(busid)))."""
+    """The one place the transport is chosen: loopback (the contract suite runs usbip:// too)."""
     return BodyCamera(LoopbackUsbDevice(sim, sim.serial), **kwargs)
 
 
@@ -55,65 +53,6 @@ def _driver_kwargs(kwargs):
     return out
 
 
-def test_info(make):
-    sim, cam = make(serial="2000001", user_no="200001", battery=64)
-    info = cam.info()
-    assert info.id_code == "EGW01"
-    assert info.zfy == f9.ZfyInfo("2000001", "200001", "张三", "330100000000", "杭州市市场监督管理局")
-    assert info.serial == info.usb_serial == "2000001" and info.serial_consistent
-    assert info.battery_percent == 64
-    assert info.resolution == (320, 180)
-    assert info.storage.file_count == 4 and info.storage.free_mib <= info.storage.total_mib
-    assert cam.scsi_inquiry().product == "BodyCam 2000001"
-    assert cam.test_unit_ready()
-
-
-def test_drift_measured_then_synced(make):
-    sim, cam = make(drift_seconds=47)
-    reading = cam.device_time()
-    assert abs(reading.offset.total_seconds() - 47) < 2
-    assert reading.round_trip < timedelta(seconds=1)
-    sync = cam.sync_time()
-    assert abs(sync.before.offset.total_seconds() - 47) < 2
-    assert abs(sync.after.offset.total_seconds()) < 2
-    assert sim.zone_minutes == 480
-    # a recording time stamped by the drifting clock maps back to true UTC
-    device_local = datetime(2026, 1, 1, 8, 0, 47)
-    assert reading.to_host_utc(device_local) - datetime(2026, 1, 1, 0, 0, tzinfo=timezone.utc) < timedelta(seconds=2)
-
-
-def test_sync_to_explicit_time_and_zone(make):
-    fixed = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
-    sim, cam = make(clock=lambda: fixed)
-    sync = cam.sync_time(now=fixed + timedelta(hours=1), zone_minutes=-300)
-    assert sync.set_to == datetime(2026, 6, 1, 8, 0, 0)
-    assert sim.device_time() == datetime(2026, 6, 1, 8, 0, 0)
-    assert sim.zone_minutes == -300
-    with pytest.raises(bc.BodyCamError):
-        cam.sync_time(now=datetime(2026, 1, 1))  # naive: ambiguous
-
-
-def test_wrong_password_five_times_locks_until_replug(make):
-    sim, cam = make(password="135790")
-    bad = connect(sim, password="000000")
-    for _ in range(4):
-        with pytest.raises(bc.WrongPassword, match="rejected the password"):
-            bad.battery()
-    cam.battery()  # a right password resets the count
-    for _ in range(4):
-        with pytest.raises(bc.WrongPassword):
-            bad.zfy_info()
-    with pytest.raises(bc.WrongPassword):
-        bad.set_password("999999")  # OUT function: reported through CSW + sense
-    with pytest.raises(bc.DeviceLocked, match="re-plug|plug it back"):
-        cam.battery()  # locked: even the right password fails
-    with pytest.raises(bc.DeviceLocked):
-        bad.info()
-    sim.replug()
-    cam = connect(sim, password="135790")
-    assert cam.battery() == 87
-
-
 def test_locked_fault_and_unknown_function(make):
     sim, cam = make(faults=BodyCamFaults(locked=True))
     with pytest.raises(bc.DeviceLocked):
@@ -125,21 +64,6 @@ def test_locked_fault_and_unknown_function(make):
     assert csw.status == 1
     with pytest.raises(bc.CommandRejected, match="does not support"):
         cam._raise_failure(f9.Function.GET_ID_CODE, None)
-
-
-@pytest.mark.parametrize("layout", [f9.ZFY_LAYOUT_94, f9.ZFY_LAYOUT_89])
-def test_write_info_round_trip_gbk(make, layout):
-    sim, _ = make(layout=layout)
-    cam = connect(sim, layout=layout)
-    assert cam.model.layout is layout
-    stored = cam.write_info(user_no="330001", user_name="欧阳娜娜", unit_no="330106000000", unit_name="西湖区市场监管所")
-    assert stored == f9.ZfyInfo(sim.serial, "330001", "欧阳娜娜", "330106000000", "西湖区市场监管所")
-    assert sim.info == stored
-    assert cam.zfy_info() == stored
-    with pytest.raises(bc.BodyCamError, match="GBK"):
-        cam.write_info(user_name="🙂")
-    with pytest.raises(bc.CommandRejected, match="refused the data"):
-        cam.write_info(f9.ZfyInfo("7654321", "330001"))  # the product serial cannot be rewritten
 
 
 def test_set_password(make):
@@ -159,38 +83,6 @@ def _switch(sim, cam, tmp_path, timeout=2.0):
     serial = cam.switch_to_mass_storage()
     assert events == [sim.serial] and serial == sim.serial
     return bc.open_storage(str(tmp_path / "volumes" / "{serial}"), serial, timeout=timeout)
-
-
-def test_mass_storage_volume_with_recordings(make, tmp_path):
-    sim, cam = make(serial="3000001", user_no="300001", recordings=5)
-    with pytest.raises(bc.VolumeNotFound, match="did not appear"):
-        cam.open_storage(str(tmp_path / "volumes" / "{serial}"), timeout=0.1)
-    with _switch(sim, cam, tmp_path) as volume:
-        scan = volume.scan()
-        assert not scan.hostile and not scan.unparsed
-        assert [f.device_path for f in scan.recordings] == sorted(sim.files)
-        kinds = [f.recording.media_kind for f in scan.recordings]
-        assert sorted(kinds) == sorted(["video", "video", "audio", "photo", "video"])
-        assert sum(f.recording.important for f in scan.recordings) == 1
-        for item in scan.recordings:
-            rec = item.recording
-            assert rec.serial == "3000001" and rec.user_no == "300001"
-            assert item.parts[0] == "DCIM" and item.parts[1] == rec.start.strftime("%Y%m%d")
-            with volume.open(item) as fh:
-                data = b"".join(fh.chunks(4096))
-            assert data == (sim.media_dir / item.device_path).read_bytes() and len(data) == item.size
-            assert volume.check_container(item).status == "ok"
-        video = next(f for f in scan.recordings if f.recording.ext == "avi")
-        cap = cv2.VideoCapture(str(volume.root / video.device_path))
-        ok, frame = cap.read()
-        cap.release()
-        assert ok and frame.shape == (180, 320, 3)
-        osd = frame[6:20, 6:200]  # the burned-in overlay: white text on a black box, top left
-        assert (osd.max(axis=2) < 60).mean() > 0.3 and (osd.min(axis=2) > 150).mean() > 0.03
-    # the vendor handle is gone with the switch
-    with pytest.raises(bc.DeviceGone):
-        cam.battery()
-    assert not sim.attached
 
 
 def test_unparsed_files_are_kept(make, tmp_path):

@@ -58,11 +58,12 @@ def check_against_simulator(results: list[RapidTestResult], sim: RapidTestSimula
 
 
 @pytest.mark.parametrize("transport", ["pty", "tcp"])
-@pytest.mark.parametrize("fault", [None, "noise", "nak-storm", "bad-checksum", "stall", "abort", "all"])
+# No fault and bad-checksum: tests/contract/test_rapidtest_contract.py runs them over pty and TCP.
+@pytest.mark.parametrize("fault", ["noise", "nak-storm", "stall", "abort", "all"])
 def test_driver_receives_every_result_exactly_once_despite_faults(transport, fault):
-    kind = "gold" if fault in ("noise", "stall", None, "all") and transport == "tcp" else "pesticide"
+    kind = "gold" if fault in ("noise", "stall", "all") and transport == "tcp" else "pesticide"
     aborts: list[str] = []
-    faults = list(LINK_FAULTS) if fault == "all" else [fault] if fault else []
+    faults = list(LINK_FAULTS) if fault == "all" else [fault]
     # nak-storm alternates a short (3) and a fatal (6) burst: it needs two selected messages.
     every = 2 if fault in ("nak-storm", "all") else 3
     sim = RapidTestSimulator(kind, tests=3, faults=faults, fault_rate=0.3, fault_every=every, seed=11, **FAST)
@@ -75,9 +76,7 @@ def test_driver_receives_every_result_exactly_once_despite_faults(transport, fau
     finally:
         sim.stop()
     check_against_simulator(results, sim)
-    if fault is None:
-        assert stats.rejected_frames == 0 and stats.aborted_sessions == 0
-    elif fault in ("noise", "bad-checksum"):
+    if fault == "noise":
         assert sim.frames_corrupted >= 1 and stats.rejected_frames >= 1
     elif fault == "nak-storm":
         assert stats.rejected_frames >= 3 + 6 and any("discarded" in a for a in aborts)
