@@ -315,46 +315,65 @@ def _stu_seeds() -> list[bytes]:
 
 
 def _stu_check(data: bytes) -> None:
-    from firmware_bridge import iso19794_7 as iso
-    from firmware_bridge import stu_hid as stu
-
-    protocol_error = codec_error_type()
     if len(data) < 2:
         return
     target, body = data[0] % 4, data[1:]
-    if target == 0:
-        for decode in (stu.decode_input_report, stu.decode_feature_report):
+    (_stu_reports, _stu_pen_stream, _stu_iso_record, _stu_image)[target](body)
+
+
+def _stu_reports(body: bytes) -> None:
+    """Input and feature reports: whatever decodes must encode back to the same report."""
+    from firmware_bridge import stu_hid as stu
+
+    protocol_error = codec_error_type()
+    for decode in (stu.decode_input_report, stu.decode_feature_report):
+        try:
+            report = decode(body)
+        except protocol_error:
+            continue
+        check(decode(stu.encode_report(report)) == report, f"stu report round trip changed {report!r}")
+
+
+def _stu_pen_stream(body: bytes) -> None:
+    """The pen-report stream, chunked: it progresses and never holds more than one report's bytes."""
+    from firmware_bridge import stu_hid as stu
+
+    protocol_error = codec_error_type()
+    decoder = stu.PenReportDecoder()
+    max_report = max(stu.REPORT_SIZES[r] for r in stu.INPUT_REPORT_IDS)
+    for chunk in chunks(body[1:], body[0]):
+        decoder.receive_data(chunk)
+        for _ in range(len(decoder._buffer) + 2):
             try:
-                report = decode(body)
+                event = decoder.next_event()
             except protocol_error:
-                continue
-            check(decode(stu.encode_report(report)) == report, f"stu report round trip changed {report!r}")
-        return
-    if target == 1:
-        decoder = stu.PenReportDecoder()
-        max_report = max(stu.REPORT_SIZES[r] for r in stu.INPUT_REPORT_IDS)
-        for chunk in chunks(body[1:], body[0]):
-            decoder.receive_data(chunk)
-            for _ in range(len(decoder._buffer) + 2):
-                try:
-                    event = decoder.next_event()
-                except protocol_error:
-                    return  # documented: the stream cannot be resynchronised
-                if event is stu.NEED_DATA:
-                    check(len(decoder._buffer) < max_report, "stu PenReportDecoder hoards bytes")
-                    break
-            else:
-                raise InvariantViolation("stu PenReportDecoder made no progress")
-        return
-    if target == 2:
-        for count_bytes in (3, 4):
-            try:
-                record = iso.decode_record(body[1:], count_bytes=count_bytes)
-            except protocol_error:
-                continue
-            for channel in record.channels:
-                record.column(channel.name)
-        return
+                return  # documented: the stream cannot be resynchronised
+            if event is stu.NEED_DATA:
+                check(len(decoder._buffer) < max_report, "stu PenReportDecoder hoards bytes")
+                break
+        else:
+            raise InvariantViolation("stu PenReportDecoder made no progress")
+
+
+def _stu_iso_record(body: bytes) -> None:
+    """An ISO/IEC 19794-7 record with either count width; every channel of a decoded one reads."""
+    from firmware_bridge import iso19794_7 as iso
+
+    protocol_error = codec_error_type()
+    for count_bytes in (3, 4):
+        try:
+            record = iso.decode_record(body[1:], count_bytes=count_bytes)
+        except protocol_error:
+            continue
+        for channel in record.channels:
+            record.column(channel.name)
+
+
+def _stu_image(body: bytes) -> None:
+    """A pad image: the bytes as they come, then fitted to the size the mode and geometry need."""
+    from firmware_bridge import stu_hid as stu
+
+    protocol_error = codec_error_type()
     if len(body) < 3:
         return
     mode, width, height = body[0], body[1] % 64, body[2] % 64
@@ -367,8 +386,6 @@ def _stu_check(data: bytes) -> None:
     except protocol_error:
         return
     stu.unflatten_image(fit(body[3:], size), mode, width, height)
-
-
 
 
 PERIPHERAL_HARNESSES: dict[str, Harness] = {

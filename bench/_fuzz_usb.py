@@ -5,6 +5,7 @@ the codec's bounds); bench/fuzz.py runs them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from bench._fuzz_support import (
     Harness,
@@ -196,17 +197,35 @@ def struct_import_request() -> bytes:
     return bytes.fromhex("0111800300000000") + b"1-1".ljust(32, b"\0")
 
 
+_USBIP_MAX_TRANSFER = 65536
+
+
 def _usbip_check(data: bytes) -> None:
     from firmware_bridge import usbip
 
-    protocol_error = codec_error_type()
     if len(data) < 2:
         return
     mode, chunking, body = data[0] % 4, data[1], data[2:]
-    max_transfer = 65536
-    conn = usbip.UsbIpConnection(usbip.Role.SERVER if mode == 0 else usbip.Role.CLIENT,
-                                 max_transfer_length=max_transfer)
     dev = _usbip_device()
+    conn = _usbip_connection(mode, dev)
+    submitted = False
+    for chunk in [*chunks(body, chunking), b""]:
+        if conn.imported and conn.role is usbip.Role.CLIENT and not submitted:
+            _usbip_submit_all(conn, dev)
+            submitted = True
+        conn.receive_data(chunk)
+        ended, submitted = _usbip_drain(conn, dev, submitted)
+        if ended:
+            return
+
+
+def _usbip_connection(mode: int, dev: Any) -> Any:
+    """A server (mode 0), or a client that asked for the device list (1), asked to import (2) or has
+    imported the device (3)."""
+    from firmware_bridge import usbip
+
+    conn = usbip.UsbIpConnection(usbip.Role.SERVER if mode == 0 else usbip.Role.CLIENT,
+                                 max_transfer_length=_USBIP_MAX_TRANSFER)
     if mode == 1:
         conn.send(usbip.DevlistRequest())
     elif mode == 2:
@@ -215,46 +234,50 @@ def _usbip_check(data: bytes) -> None:
         conn.send(usbip.ImportRequest("1-1"))
         conn.receive_data(bytes.fromhex("0111000300000000") + usbip._encode_device(dev, 1))
         check(isinstance(conn.next_event(), usbip.ImportReply), "usbip client rejected a valid import reply")
-    submitted = False
+    return conn
 
-    def submit_all() -> None:  # URBs outstanding, so RET_SUBMIT / RET_UNLINK have something to answer
-        nonlocal submitted
-        submitted = True
-        for seq in range(1, 9):
-            conn.send(usbip.SubmitCommand(seqnum=seq, devid=dev.devid, direction=seq & 1, endpoint=seq % 3,
-                                          transfer_length=64 if seq & 1 else 4, data=b"" if seq & 1 else b"abcd"))
-        conn.send(usbip.UnlinkCommand(seqnum=20, unlink_seqnum=1))
-        conn.send(usbip.UnlinkCommand(seqnum=21, unlink_seqnum=99))
 
+def _usbip_submit_all(conn: Any, dev: Any) -> None:
+    """URBs outstanding, so RET_SUBMIT / RET_UNLINK have something to answer."""
+    from firmware_bridge import usbip
+
+    for seq in range(1, 9):
+        conn.send(usbip.SubmitCommand(seqnum=seq, devid=dev.devid, direction=seq & 1, endpoint=seq % 3,
+                                      transfer_length=64 if seq & 1 else 4, data=b"" if seq & 1 else b"abcd"))
+    conn.send(usbip.UnlinkCommand(seqnum=20, unlink_seqnum=1))
+    conn.send(usbip.UnlinkCommand(seqnum=21, unlink_seqnum=99))
+
+
+def _usbip_drain(conn: Any, dev: Any, submitted: bool) -> tuple[bool, bool]:
+    """Take every event the buffered bytes make, answering as a peer would, and check the buffer stays within
+    the protocol's bound; returns (the connection ended, URBs were submitted)."""
+    from firmware_bridge import usbip
+
+    protocol_error = codec_error_type()
     op_bound = 12 + usbip.MAX_DEVICES * (312 + 255 * 4)
-    urb_bound = 48 + max_transfer + usbip.MAX_ISO_PACKETS * 16
-    for chunk in [*chunks(body, chunking), b""]:
-        if conn.imported and conn.role is usbip.Role.CLIENT and not submitted:
-            submit_all()
-        conn.receive_data(chunk)
-        for _ in range(len(conn._buffer) // 8 + 4):
-            try:
-                event = conn.next_event()
-            except protocol_error:
-                return  # documented: errors are sticky, the connection is dropped
-            if event is usbip.NEED_DATA:
-                bound = urb_bound if conn.imported else op_bound
-                check(len(conn._buffer) <= bound, f"usbip holds {len(conn._buffer)} bytes (> {bound})")
-                break
-            if isinstance(event, usbip.ConnectionClosed):
-                return
-            if isinstance(event, usbip.ImportRequest) and conn.role is usbip.Role.SERVER:
-                conn.send(usbip.ImportReply(usbip.ST_OK, dev))
-            if isinstance(event, usbip.DevlistReply):
-                for d in event.devices:
-                    usbip.serial_from_path(d.path)
-            if isinstance(event, usbip.ImportReply) and event.device is not None:
-                usbip.serial_from_path(event.device.path)
-                if not submitted:
-                    submit_all()
-        else:
-            raise InvariantViolation("usbip next_event made no progress")
-
+    urb_bound = 48 + _USBIP_MAX_TRANSFER + usbip.MAX_ISO_PACKETS * 16
+    for _ in range(len(conn._buffer) // 8 + 4):
+        try:
+            event = conn.next_event()
+        except protocol_error:
+            return True, submitted  # documented: errors are sticky, the connection is dropped
+        if event is usbip.NEED_DATA:
+            bound = urb_bound if conn.imported else op_bound
+            check(len(conn._buffer) <= bound, f"usbip holds {len(conn._buffer)} bytes (> {bound})")
+            return False, submitted
+        if isinstance(event, usbip.ConnectionClosed):
+            return True, submitted
+        if isinstance(event, usbip.ImportRequest) and conn.role is usbip.Role.SERVER:
+            conn.send(usbip.ImportReply(usbip.ST_OK, dev))
+        if isinstance(event, usbip.DevlistReply):
+            for d in event.devices:
+                usbip.serial_from_path(d.path)
+        if isinstance(event, usbip.ImportReply) and event.device is not None:
+            usbip.serial_from_path(event.device.path)
+            if not submitted:
+                _usbip_submit_all(conn, dev)
+                submitted = True
+    raise InvariantViolation("usbip next_event made no progress")
 
 
 USB_HARNESSES: dict[str, Harness] = {
