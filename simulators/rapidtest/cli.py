@@ -24,7 +24,8 @@ import threading
 from types import FrameType
 
 from simulators.rapidtest.assays import GoldSettings, PesticideSettings
-from simulators.rapidtest.simulator import FAULTS, KINDS, RapidTestSimulator
+from simulators.rapidtest.faults import FAULTS
+from simulators.rapidtest.simulator import KINDS, RapidTestSimulator
 
 __all__ = ["main", "build_parser"]
 
