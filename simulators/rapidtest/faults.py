@@ -69,6 +69,21 @@ class WireFaults:
     _link: _Link | None
     _stop: threading.Event
 
+    def _init_faults(self, faults: tuple[str, ...], fault_rate: float, fault_every: int, fault_from: int,
+                     flood_bytes: int, giant_bytes: int, seed: int | None) -> None:
+        """The fault settings, and the fault randomness: its own generator (seed + 1), so faults never change
+        which tests the analyzer makes."""
+        self.faults = frozenset(faults)
+        self.fault_rate = fault_rate
+        self.fault_every = fault_every
+        self.fault_from = fault_from
+        self.flood_bytes = flood_bytes
+        self.giant_bytes = giant_bytes
+        self.floods = 0  # endless floods played (each ends when the host drops the link or at flood_bytes)
+        self.frames_corrupted = 0
+        self._storms = 0
+        self._fault_rng = random.Random(None if seed is None else seed + 1)
+
     def _say(self, text: str) -> None:
         raise NotImplementedError
 

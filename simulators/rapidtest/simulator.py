@@ -208,16 +208,10 @@ class RapidTestSimulator(WireFaults):
                         unplug_seconds)
         self.kind = kind
         self.tests = tests
+        self._init_faults(faults, fault_rate, fault_every, fault_from, flood_bytes, giant_bytes, seed)
         self.interval = interval
-        self.faults = frozenset(faults)
-        self.fault_rate = fault_rate
-        self.fault_every = fault_every
-        self.fault_from = fault_from
-        self.flood_bytes = flood_bytes
-        self.giant_bytes = giant_bytes
         self.unplug_seconds = unplug_seconds
         self.link = link
-        self.floods = 0  # endless floods played (each ends when the host drops the link or at flood_bytes)
         self.replugs = 0  # times the cable went back in after an unplug
         self.reply_timeout = reply_timeout
         self.retry_delay = retry_delay
@@ -233,14 +227,11 @@ class RapidTestSimulator(WireFaults):
         self.clock = clock
         self.log = log
         self._rng = random.Random(seed)
-        self._fault_rng = random.Random(None if seed is None else seed + 1)
         self._queue: deque[_Queued] = deque()
         self._produced = 0
         self._next_due = 0.0
-        self._storms = 0
         self.delivered: list[SimulatedTest] = []
         self.aborted_sessions: list[str] = []
-        self.frames_corrupted = 0
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._stop = threading.Event()
