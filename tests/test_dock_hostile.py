@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from bench._common import write_bodycam_station_config
-from simulators.bodycam.device import FLOOD_DIR, INVALID_GBK_UNIT_NAME, INVALID_GBK_USER_NAME
+from simulators.bodycam.device import INVALID_GBK_UNIT_NAME, INVALID_GBK_USER_NAME
+from simulators.bodycam.volume import FLOOD_DIR
 from tests.conftest import run_egw, run_egw_peak_rss, spawn_egw
 from tests.test_dock import dock, enrolled_gateway, start_recorders, volume_files
 from tests.test_station import state, wait_for

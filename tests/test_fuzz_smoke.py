@@ -13,6 +13,7 @@ import time
 import pytest
 
 from bench import fuzz
+from bench._fuzz_support import check, codec_error_type
 
 EXECS_PER_CODEC = 2000
 
@@ -45,7 +46,7 @@ def test_random_engine_is_deterministic() -> None:
 def _boom(data: bytes) -> None:
     if data[:1] == b"\x01":
         raise IndexError("index out of range")
-    raise fuzz._protocol_error()("fine")  # the codec's own error is allowed only inside the harness loop
+    raise codec_error_type()("fine")  # the codec's own error is allowed only inside the harness loop
 
 
 def test_run_one_reports_a_foreign_exception_with_its_frame() -> None:
@@ -71,7 +72,7 @@ def test_run_one_detects_a_hang() -> None:
 
 def test_run_one_reports_an_invariant_violation() -> None:
     def hoard(data: bytes) -> None:
-        fuzz._check(len(data) < 4, "fake buffer holds too much")
+        check(len(data) < 4, "fake buffer holds too much")
 
     harness = fuzz.Harness("fake", lambda: [b""], hoard, ())
     assert fuzz.run_one(harness, b"abc") is None

@@ -26,8 +26,8 @@ import signal
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from .device import BodyCamFaults, BodyCamSimulator

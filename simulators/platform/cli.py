@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from protos.enrolment_token import format_token
 from simulators.platform.index import DEFAULT_TOKEN_TTL, Index
 from simulators.platform.pki import PlatformPKI, fingerprint
 from simulators.platform.server import DEFAULT_RESERVE, RECEIPT_FAULTS, PlatformServer
-from protos.enrolment_token import format_token
 
 __all__ = ["main", "issue_token", "list_received"]
 

@@ -29,13 +29,9 @@ the same transaction. Nothing half-received ever becomes "stored".
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
-import queue
 import re
-import shutil
 import threading
 import time
 import uuid
@@ -57,13 +53,13 @@ from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
 from protos.upload_wire import ChunkView, decode_upload_request
 from simulators.platform.index import Index, TokenError
 from simulators.platform.pki import PKIError, PlatformPKI, fingerprint, pem
+from simulators.platform.uploads import PartialUploads, boot_id
 
 __all__ = ["PlatformServer", "IngestServicer", "RECEIPT_TYPE", "MANIFEST_TYPE", "SERVER_OPTIONS", "RECEIPT_FAULTS", "boot_id"]
 
 RECEIPT_TYPE = "application/vnd.egw.receipt.v1+json"
 MANIFEST_TYPE = "application/vnd.egw.manifest.v1+json"
 MAX_MESSAGE = 8 * 1024 * 1024
-SYNC_EVERY = 64 * 1024 * 1024
 DEFAULT_RESERVE = 64 * 1024 * 1024
 RECEIPT_FAULTS = ("wrong-key", "alter")  # test variants: a forged or an altered receipt
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -82,50 +78,13 @@ SERVER_OPTIONS = [
 ]
 
 
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-class _Hasher:
-    """SHA-256 on its own thread, fed the very bytes objects that are written."""
-
-    def __init__(self, offset: int = 0, initial: Any = None) -> None:
-        self.h = initial or hashlib.sha256()
-        self.offset = offset  # bytes fed so far (not necessarily digested yet)
-        self.inbox: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=16)
-        self.thread = threading.Thread(target=self._run, name="platform-hash", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            data = self.inbox.get()
-            if data is None:
-                return
-            self.h.update(data)
-
-    def feed(self, data: bytes | memoryview) -> None:
-        self.inbox.put(data)
-        self.offset += len(data)
-
-    def finish(self) -> str:
-        self.inbox.put(None)
-        self.thread.join()
-        return self.h.hexdigest()
-
-    def stop(self) -> None:
-        self.inbox.put(None)
-
-
 @dataclass
 class _Peer:
     gateway_id: str
     certificate: x509.Certificate | None
 
 
-class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
+class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
     def __init__(self, data_dir: Path, pki: PlatformPKI, index: Index, *, insecure: bool = False,
                  receipt_fault: str | None = None, reserve_bytes: int = DEFAULT_RESERVE) -> None:
         self.data_dir = data_dir
@@ -135,13 +94,8 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
         self.receipt_fault = receipt_fault
         self.reserve_bytes = reserve_bytes
         self.blobs = data_dir / "blobs" / "sha256"
-        self.partial_root = data_dir / "partial"
         self.blobs.mkdir(parents=True, exist_ok=True)
-        self.partial_root.mkdir(parents=True, exist_ok=True)
-        self.boot = boot_id()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._hashers: dict[tuple[str, str], _Hasher] = {}
-        self._mutex = threading.Lock()
+        self._init_partials(data_dir)
         self._forger = ec.generate_private_key(ec.SECP256R1())
 
     # ---- who is calling -------------------------------------------------
@@ -233,7 +187,7 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
         try:
             stored = self.index.blob_size(sha)
             if stored is None:
-                if not self._receive(peer, header, request_iterator, context):
+                if not self._receive(peer.gateway_id, header, request_iterator, context):
                     # the client ended the stream early: answer how far it got, no receipt
                     return ingest_pb2.UploadResponse(committed_offset=self._recover_partial(*key))
                 stored = size
@@ -277,169 +231,6 @@ class IngestServicer(ingest_pb2_grpc.EvidenceIngestServicer):
         if not isinstance(body.get("evidence_id"), str) or not body["evidence_id"]:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the manifest has no evidence_id")
         return body, env_pb.payload
-
-    # ---- partial uploads -------------------------------------------------
-    def _partial_path(self, gateway_id: str, sha: str) -> Path:
-        return self.partial_root / gateway_id / sha
-
-    def _recover_partial(self, gateway_id: str, sha: str) -> int:
-        """Committed offset of a partial: its length, cut back to the synced offset after a reboot."""
-        path = self._partial_path(gateway_id, sha)
-        try:
-            length = path.stat().st_size
-        except FileNotFoundError:
-            return 0
-        row = self.index.partial(gateway_id, sha)
-        if row is not None and row.boot_id != self.boot and length > row.synced_offset:
-            os.truncate(path, row.synced_offset)
-            self._drop_hasher((gateway_id, sha))
-            return row.synced_offset
-        return length
-
-    def _discard_stale_partial(self, gateway_id: str, sha: str) -> None:
-        """Another gateway completed this content first: this gateway's partial copy is not needed."""
-        path = self._partial_path(gateway_id, sha)
-        if not path.exists():
-            return
-        key = (gateway_id, sha)
-        with self._mutex:
-            lock = self._locks.setdefault(key, threading.Lock())
-        if not lock.acquire(blocking=False):
-            return  # an upload of it is running; it ends with the stored blob anyway
-        try:
-            path.unlink(missing_ok=True)
-            with self.index.tx() as db:
-                self.index.drop_partial(db, gateway_id, sha)
-            self._drop_hasher(key)
-        finally:
-            lock.release()
-
-    def _drop_hasher(self, key: tuple[str, str]) -> None:
-        with self._mutex:
-            old = self._hashers.pop(key, None)
-        if old is not None:
-            old.stop()
-
-    def _hasher_at(self, key: tuple[str, str], path: Path, offset: int) -> _Hasher:
-        """The running digest of the first ``offset`` bytes; re-read from disk after a restart."""
-        with self._mutex:
-            cached = self._hashers.pop(key, None)
-        if cached is not None and cached.offset == offset:
-            return cached
-        if cached is not None:
-            cached.stop()
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            remaining = offset
-            while remaining:
-                block = fh.read(min(remaining, 4 * 1024 * 1024))
-                if not block:
-                    break
-                h.update(block)
-                remaining -= len(block)
-        return _Hasher(offset, h)
-
-    def _receive(self, peer: _Peer, header: ingest_pb2.UploadHeader, requests: Iterator[ingest_pb2.UploadRequest | ChunkView],
-                 context: grpc.ServicerContext) -> bool:
-        """Receive chunks; True when the blob is complete, verified and stored."""
-        gateway_id, sha, size = peer.gateway_id, header.sha256, header.size
-        key = (gateway_id, sha)
-        path = self._partial_path(gateway_id, sha)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        committed = self._recover_partial(gateway_id, sha)
-        if header.start_offset != committed:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"offset gap: the platform has committed {committed} bytes of {sha} but the upload starts at "
-                          f"{header.start_offset}; call QueryUpload and resume at the committed offset")
-        free = shutil.disk_usage(self.data_dir).free
-        if size - committed + self.reserve_bytes > free:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"platform storage full: {free} bytes free, {size - committed} needed plus {self.reserve_bytes} reserve; "
-                          "retry later (the operator must free space); the committed part is kept")
-        if committed == 0 and not path.exists():
-            self.index.save_partial(gateway_id, sha, size, 0, self.boot)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        hasher = self._hasher_at(key, path, committed)
-        synced = committed
-        completed = False
-        try:
-            for request in requests:
-                if isinstance(request, ChunkView):
-                    chunk = request  # the fast path: data is a view into the received message
-                elif request.WhichOneof("part") == "chunk":
-                    chunk = ChunkView(request.chunk.offset, memoryview(request.chunk.data))
-                else:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first Upload message may be a header")
-                if chunk.offset != committed:
-                    context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"offset gap: chunk at {chunk.offset} but {committed} bytes are committed; "
-                                  "call QueryUpload and resume at the committed offset")
-                data = chunk.data
-                if committed + len(data) > size:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"size mismatch: chunk at {chunk.offset} with {len(data)} bytes runs past the declared size {size}")
-                view = data
-                try:
-                    while view:
-                        written = os.pwrite(fd, view, committed + (len(data) - len(view)))
-                        view = view[written:]
-                except OSError as exc:
-                    os.ftruncate(fd, committed)  # the committed offset stays exactly what was fed to the hash
-                    if exc.errno == errno.ENOSPC:
-                        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                      f"platform storage full while writing {sha} at {committed}; retry later "
-                                      "(the operator must free space); the committed part is kept")
-                    context.abort(grpc.StatusCode.INTERNAL,
-                                  f"platform storage error writing {sha} at {committed}: {exc.strerror}; retry later")
-                hasher.feed(data)
-                committed += len(data)
-                if committed - synced >= SYNC_EVERY:
-                    os.fdatasync(fd)
-                    synced = committed
-                    self.index.save_partial(gateway_id, sha, size, synced, self.boot)
-                if committed == size:
-                    completed = True
-                    break
-            if not completed and committed == size:
-                completed = True  # a zero-length item, or all bytes were already committed
-            if not completed:
-                os.fdatasync(fd)
-                self.index.save_partial(gateway_id, sha, size, committed, self.boot)
-                with self._mutex:
-                    self._hashers[key] = hasher
-                hasher = None  # type: ignore[assignment]
-                return False
-            digest = hasher.finish()
-            hasher = None  # type: ignore[assignment]
-            if digest != sha:
-                os.close(fd)
-                fd = -1
-                path.unlink(missing_ok=True)
-                with self.index.tx() as db:
-                    self.index.drop_partial(db, gateway_id, sha)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"digest mismatch: the {size} bytes received hash to {digest}, not {sha}; the partial upload "
-                              "was discarded — re-send from offset 0 (QueryUpload now answers 0)")
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            final = self.blobs / sha[:2] / sha[2:]
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, final)
-            _fsync_dir(final.parent)
-            with self.index.tx() as db:
-                db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (sha, size, time.time()))
-                self.index.drop_partial(db, gateway_id, sha)
-            return True
-        except BaseException:
-            # a broken stream or a rejection: what is written stays committed (its length), the digest state is kept
-            if hasher is not None and not completed:
-                with self._mutex:
-                    self._hashers[key] = hasher
-            raise
-        finally:
-            if fd >= 0:
-                os.close(fd)
 
     # ---- receipts ---------------------------------------------------------
     def _issue_receipt(self, gateway_id: str, evidence_id: str, sha: str, size: int, manifest: bytes) -> bytes:
@@ -490,14 +281,6 @@ def _ingest_handlers(servicer: IngestServicer) -> grpc.GenericRpcHandler:
 
 def _host(address: str) -> str:
     return address.rsplit(":", 1)[0]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PlatformServer:

@@ -5,13 +5,8 @@ real pty or TCP socket and return the URL a driver opens; ``egw simulate
 rapidtest`` runs one from the command line (see :mod:`simulators.rapidtest.cli`).
 """
 
-from simulators.rapidtest.simulator import (
-    FAULTS,
-    HOSTILE_FAULTS,
-    KINDS,
-    LINK_FAULTS,
-    RapidTestSimulator,
-    SimulatedTest,
-)
+from simulators.rapidtest.faults import FAULTS, HOSTILE_FAULTS, LINK_FAULTS
+from simulators.rapidtest.messages import SimulatedTest
+from simulators.rapidtest.simulator import KINDS, RapidTestSimulator
 
 __all__ = ["FAULTS", "HOSTILE_FAULTS", "KINDS", "LINK_FAULTS", "RapidTestSimulator", "SimulatedTest"]

@@ -21,10 +21,12 @@ import argparse
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 from simulators.rapidtest.assays import GoldSettings, PesticideSettings
-from simulators.rapidtest.simulator import FAULTS, KINDS, RapidTestSimulator
+from simulators.rapidtest.faults import FAULTS
+from simulators.rapidtest.simulator import KINDS, RapidTestSimulator
 
 __all__ = ["main", "build_parser"]
 
@@ -99,15 +101,7 @@ def main(argv: list[str]) -> int:
             print(f"rapidtest: {text}", file=sys.stderr, flush=True)
 
     try:
-        simulator = RapidTestSimulator(
-            args.kind, tests=args.tests, interval=args.interval, faults=faults, fault_rate=args.fault_rate,
-            fault_every=args.fault_every, seed=args.seed, reply_timeout=args.reply_timeout,
-            retry_delay=args.retry_delay, stall_seconds=args.stall, baud=args.baud, encoding=args.encoding,
-            fault_from=args.fault_from, flood_bytes=args.flood_bytes, giant_bytes=args.giant_bytes,
-            unplug_seconds=args.unplug_seconds, link=args.link,
-            pesticide=PesticideSettings(args.limit, not args.limit_exclusive),
-            gold=GoldSettings(method=args.gold_method), log=log,
-        )
+        simulator = _make_simulator(args, faults, log)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -122,24 +116,43 @@ def main(argv: list[str]) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous[signum] = signal.signal(signum, on_signal)
     try:
-        if args.link and args.tcp is not None:
-            print("error: --link names a pty symlink; it cannot be used with --tcp", file=sys.stderr)
-            return 2
-        try:
-            url = simulator.serve_tcp(args.tcp) if args.tcp is not None else simulator.serve_pty()
-        except OSError as exc:
-            print(f"error: cannot open the {'TCP port' if args.tcp is not None else 'pty'}: {exc}",
-                  file=sys.stderr)
-            return 1
-        print(url, flush=True)
-        log(f"{args.kind} analyzer ready at {url}" + (f", faults: {', '.join(faults)}" if faults else ""))
-        while not stop.is_set():
-            if simulator.wait_delivered(0.2):
-                stop.wait(0.5)  # let the final EOT reach the host before the link closes
-                break
-        return 0
+        return _serve(simulator, args, faults, log, stop)
     finally:
         simulator.stop()
         log(f"stopped after {len(simulator.delivered)} acknowledged result message(s)")
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _make_simulator(args: argparse.Namespace, faults: list[str], log: Callable[[str], None]) -> RapidTestSimulator:
+    """The analyzer the command line describes (ValueError names a setting it cannot run with)."""
+    return RapidTestSimulator(
+        args.kind, tests=args.tests, interval=args.interval, faults=faults, fault_rate=args.fault_rate,
+        fault_every=args.fault_every, seed=args.seed, reply_timeout=args.reply_timeout,
+        retry_delay=args.retry_delay, stall_seconds=args.stall, baud=args.baud, encoding=args.encoding,
+        fault_from=args.fault_from, flood_bytes=args.flood_bytes, giant_bytes=args.giant_bytes,
+        unplug_seconds=args.unplug_seconds, link=args.link,
+        pesticide=PesticideSettings(args.limit, not args.limit_exclusive),
+        gold=GoldSettings(method=args.gold_method), log=log,
+    )
+
+
+def _serve(simulator: RapidTestSimulator, args: argparse.Namespace, faults: list[str], log: Callable[[str], None],
+           stop: threading.Event) -> int:
+    """Open the pty or TCP port, print its URL, and run until stopped or every result is acknowledged."""
+    if args.link and args.tcp is not None:
+        print("error: --link names a pty symlink; it cannot be used with --tcp", file=sys.stderr)
+        return 2
+    try:
+        url = simulator.serve_tcp(args.tcp) if args.tcp is not None else simulator.serve_pty()
+    except OSError as exc:
+        print(f"error: cannot open the {'TCP port' if args.tcp is not None else 'pty'}: {exc}",
+              file=sys.stderr)
+        return 1
+    print(url, flush=True)
+    log(f"{args.kind} analyzer ready at {url}" + (f", faults: {', '.join(faults)}" if faults else ""))
+    while not stop.is_set():
+        if simulator.wait_delivered(0.2):
+            stop.wait(0.5)  # let the final EOT reach the host before the link closes
+            break
+    return 0

@@ -60,7 +60,6 @@ Hostile or broken instruments (for testing a host's limits):
                    pty, give ``link`` (the stable path a host opens, like
                    udev's /dev/serial/by-id/…): the new pty has a new name.
 """
-
 from __future__ import annotations
 
 import os
@@ -73,60 +72,42 @@ import tty
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from firmware_bridge.astm import (
-    ENQ,
-    EOT,
-    LF,
     MAX_FAILURES,
     NEED_DATA,
-    STX,
     AstmSender,
     MessageSent,
-    Record,
-    Repeats,
     SessionAborted,
-    assign_sequence_numbers,
-    encode_frame,
-    encode_record,
-    format_timestamp,
 )
-from simulators.rapidtest.assays import (
-    GOLD_ITEMS,
-    INVALID,
-    NEGATIVE,
-    PESTICIDE_ITEM,
-    POSITIVE,
-    ANIMAL_SAMPLES,
-    PRODUCE_SAMPLES,
-    GoldSettings,
-    PesticideSettings,
-    TestItem,
-    inhibition_percent,
-    judge_gold,
-    judge_inhibition,
-    simulate_gold,
-    simulate_pesticide,
+from simulators.rapidtest.assays import GoldSettings, PesticideSettings
+from simulators.rapidtest.faults import (
+    FAULTS,
+    FaultPlan,
+    WireFaults,
 )
+from simulators.rapidtest.messages import Analyzer, SimulatedTest, build_test
 
-__all__ = ["FAULTS", "HOSTILE_FAULTS", "KINDS", "LINK_FAULTS", "RapidTestSimulator", "SimulatedTest"]
+__all__ = ["KINDS", "RapidTestSimulator"]
 
-LINK_FAULTS = ("noise", "nak-storm", "bad-checksum", "stall", "abort")  # E1381 recovers from these by itself
-HOSTILE_FAULTS = ("endless", "giant", "unplug")  # the host must refuse, reset or re-open
-FAULTS = LINK_FAULTS + HOSTILE_FAULTS
 KINDS = ("pesticide", "gold")
-_NOISE_ALPHABET = bytes(b for b in range(256) if b not in (ENQ, EOT, STX, LF))
 
 
-@dataclass(frozen=True)
-class SimulatedTest:
-    """One finished test as the instrument saw it, before it is put on the wire."""
-
-    number: int
-    sample_id: str
-    records: tuple[Record, ...]
-    judgements: tuple[str, ...]
+def _check_settings(kind: str, faults: tuple[str, ...], tests: int | None, interval: float, fault_rate: float,
+                    fault_every: int, fault_from: int, flood_bytes: int, giant_bytes: int, unplug_seconds: float) -> None:
+    """Refuse settings the instrument cannot run with, each with the rule it broke."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown analyzer kind {kind!r}; choose one of {', '.join(KINDS)}")
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown:
+        raise ValueError(f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+    if tests is not None and tests < 0:
+        raise ValueError("tests must be ≥ 0 (or None for forever)")
+    if interval < 0 or not 0 <= fault_rate <= 1 or fault_every < 1 or fault_from < 1:
+        raise ValueError("interval ≥ 0, 0 ≤ fault_rate ≤ 1, fault_every ≥ 1 and fault_from ≥ 1 are required")
+    if flood_bytes < 0 or giant_bytes < 1 or unplug_seconds < 0:
+        raise ValueError("flood_bytes ≥ 0, giant_bytes ≥ 1 and unplug_seconds ≥ 0 are required")
 
 
 @dataclass
@@ -138,19 +119,13 @@ class _Queued:
 
 
 @dataclass
-class _Plan:
-    """Faults for one attempt at one message."""
+class _Session:
+    """The instrument loop's state: the ASTM sender, the message it is sending and that attempt's faults."""
 
-    stall: bool = False
-    abort: bool = False
-    endless: bool = False
-    giant: bool = False
-    unplug: bool = False
-    storm: int = 0
-    bad_checksum_frame: int | None = None
-    storm_done: int = 0
-    transmissions: dict[int, int] = field(default_factory=dict)
-    applied: set[str] = field(default_factory=set)   # the message's record of faults played
+    sender: AstmSender
+    current: _Queued | None = None
+    plan: FaultPlan = field(default_factory=FaultPlan)
+    pending_stall: bool = False
 
 
 class _Link:
@@ -207,7 +182,8 @@ class _Link:
             self.sock.close()
 
 
-class RapidTestSimulator:
+
+class RapidTestSimulator(WireFaults):
     """A pesticide-residue analyzer or colloidal-gold strip reader on a pty or TCP.
 
     ``tests=None`` runs forever, one test every ``interval`` seconds.  Use
@@ -227,30 +203,15 @@ class RapidTestSimulator:
                  gold: GoldSettings = GoldSettings(), operator: str = "inspector01",
                  instrument_id: str | None = None, clock: Callable[[], datetime] = datetime.now,
                  log: Callable[[str], None] | None = None) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown analyzer kind {kind!r}; choose one of {', '.join(KINDS)}")
         faults = tuple(faults)
-        unknown = [f for f in faults if f not in FAULTS]
-        if unknown:
-            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
-        if tests is not None and tests < 0:
-            raise ValueError("tests must be ≥ 0 (or None for forever)")
-        if interval < 0 or not 0 <= fault_rate <= 1 or fault_every < 1 or fault_from < 1:
-            raise ValueError("interval ≥ 0, 0 ≤ fault_rate ≤ 1, fault_every ≥ 1 and fault_from ≥ 1 are required")
-        if flood_bytes < 0 or giant_bytes < 1 or unplug_seconds < 0:
-            raise ValueError("flood_bytes ≥ 0, giant_bytes ≥ 1 and unplug_seconds ≥ 0 are required")
+        _check_settings(kind, faults, tests, interval, fault_rate, fault_every, fault_from, flood_bytes, giant_bytes,
+                        unplug_seconds)
         self.kind = kind
         self.tests = tests
+        self._init_faults(faults, fault_rate, fault_every, fault_from, flood_bytes, giant_bytes, seed)
         self.interval = interval
-        self.faults = frozenset(faults)
-        self.fault_rate = fault_rate
-        self.fault_every = fault_every
-        self.fault_from = fault_from
-        self.flood_bytes = flood_bytes
-        self.giant_bytes = giant_bytes
         self.unplug_seconds = unplug_seconds
         self.link = link
-        self.floods = 0  # endless floods played (each ends when the host drops the link or at flood_bytes)
         self.replugs = 0  # times the cable went back in after an unplug
         self.reply_timeout = reply_timeout
         self.retry_delay = retry_delay
@@ -266,14 +227,11 @@ class RapidTestSimulator:
         self.clock = clock
         self.log = log
         self._rng = random.Random(seed)
-        self._fault_rng = random.Random(None if seed is None else seed + 1)
         self._queue: deque[_Queued] = deque()
         self._produced = 0
         self._next_due = 0.0
-        self._storms = 0
         self.delivered: list[SimulatedTest] = []
         self.aborted_sessions: list[str] = []
-        self.frames_corrupted = 0
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._stop = threading.Event()
@@ -393,63 +351,8 @@ class RapidTestSimulator:
     def make_test(self) -> SimulatedTest:
         """Run one simulated test and build its ASTM message."""
         self._produced += 1
-        number = self._produced
-        now = self.clock().replace(microsecond=0)
-        started = now - timedelta(minutes=3 if self.kind == "pesticide" else 10)
-        pool = PRODUCE_SAMPLES if self.kind == "pesticide" else ANIMAL_SAMPLES
-        sample_name, category = pool[self._rng.randrange(len(pool))]
-        sample_id = f"S{number:06d}"
-        description = f"{sample_name} ({category}), market stall {self._rng.randint(1, 40)}"
-        rows: list[tuple[TestItem, str, str, str, str, list[str]]] = []  # item, value, range, flag, status, comments
-        judgements: list[str] = []
-        if self.kind == "pesticide":
-            reading = simulate_pesticide(self._rng)
-            inhibition = inhibition_percent(reading.delta_control, reading.delta_sample)
-            judgement = judge_inhibition(inhibition, self.pesticide)
-            value = "" if inhibition is None else f"{inhibition:.1f}"
-            flag = {POSITIVE: "H", NEGATIVE: "N"}.get(judgement, "")
-            comments = [judgement,
-                        f"dA control {reading.delta_control:.3f} sample {reading.delta_sample:.3f}; "
-                        f"positive when inhibition {'>=' if self.pesticide.inclusive else '>'} "
-                        f"{self.pesticide.limit:g} %"]
-            if not 0.3 <= reading.delta_control <= 0.8:
-                comments.append("control dA outside 0.3-0.8: enzyme activity suspect")
-            rows.append((PESTICIDE_ITEM, value, f"0^{self.pesticide.limit:g}", flag,
-                         "X" if judgement == INVALID else "F", comments))
-            judgements.append(judgement)
-        else:
-            count = self._rng.choice((1, 1, 2, 3))
-            items = self._rng.sample(GOLD_ITEMS, count)
-            for item in items:
-                gold_reading = simulate_gold(self._rng)
-                value_f, judgement = judge_gold(gold_reading, self.gold)
-                unit = "T/C" if self.gold.method == "T/C" else "T"
-                flag = {POSITIVE: "A", NEGATIVE: "N"}.get(judgement, "A" if judgement != INVALID else "")
-                rows.append((item, f"{value_f:.3f}", f"{self.gold.positive_max:g}^{self.gold.negative_min:g}",
-                             flag, "X" if judgement == INVALID else "F",
-                             [judgement, gold_reading.describe()]))
-                judgements.append(judgement)
-        ts_done = format_timestamp(now)
-        ts_start = format_timestamp(started)
-        records: list[Record] = [
-            Record.from_fields("H", {3: f"M{number:06d}", 5: (self.model, "1.0", self.instrument_id),
-                                     12: "P", 13: "LIS2-A2", 14: ts_done}),
-            Record.from_fields("P", {2: "1"}),
-        ]
-        test_ids = [("", "", "", row[0].code, row[0].name) for row in rows]
-        records.append(Record.from_fields("O", {
-            2: "1", 3: sample_id, 5: test_ids[0] if len(test_ids) == 1 else Repeats(tuple(test_ids)),
-            6: "R", 8: ts_start, 12: "N", 16: description, 26: "F"}))
-        for item, value, ref_range, flag, status, comments in rows:
-            low, high = ref_range.split("^")
-            records.append(Record.from_fields("R", {
-                2: "1", 3: ("", "", "", item.code, item.name, item.method, item.standard), 4: value,
-                5: item.unit if value else "", 6: (low, high), 7: flag, 9: status, 11: self.operator,
-                12: ts_start, 13: ts_done, 14: self.instrument_id}))
-            for text in comments:
-                records.append(Record.from_fields("C", {2: "1", 3: "I", 4: text, 5: "G"}))
-        records.append(Record.from_fields("L", {2: "1", 3: "N"}))
-        return SimulatedTest(number, sample_id, tuple(assign_sequence_numbers(records)), tuple(judgements))
+        analyzer = Analyzer(self.kind, self.model, self.instrument_id, self.operator, self.pesticide, self.gold)
+        return build_test(analyzer, self._produced, self.clock().replace(microsecond=0), self._rng)
 
     # ------------------------------------------------------------ the instrument loop
 
@@ -469,157 +372,133 @@ class RapidTestSimulator:
             if self.interval > 0:
                 break
 
-    def _plan_for(self, queued: _Queued) -> _Plan:
-        """Deterministic faults for this attempt: each is played once per selected message."""
-        plan = _Plan(applied=queued.faulted)
-        number = queued.test.number
-        if number >= self.fault_from and (number - self.fault_from) % self.fault_every == 0:
-            todo = self.faults - queued.faulted
-            if "endless" in todo or "giant" in todo:  # a hostile attempt carries nothing else
-                plan.endless = "endless" in todo
-                plan.giant = not plan.endless
-                return plan
-            plan.unplug = "unplug" in todo
-            plan.stall = "stall" in todo
-            plan.abort = "abort" in todo
-            if "nak-storm" in todo:
-                if "storm-length" not in queued.faulted:
-                    self._storms += 1
-                    queued.faulted.add("storm-length")
-                plan.storm = MAX_FAILURES if self._storms % 2 == 0 else 3
-            if "bad-checksum" in todo:
-                plan.bad_checksum_frame = 1
-        return plan
-
     def _run(self) -> None:
-        sender = self._new_sender()
-        current: _Queued | None = None
-        plan = _Plan()
-        pending_stall = False
+        s = _Session(self._new_sender())
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
                 self._produce(now)
                 if self._link is None:
-                    if current is not None:
-                        # The host went away mid-session: keep the result for the next one.
-                        current.not_before = now + self.retry_delay
-                        self._queue.appendleft(current)
-                        current = None
-                        sender = self._new_sender()
+                    self._requeue_current(s, now)
                     self._accept(0.05)
                     continue
-                if (sender.idle and current is None and self._queue and self._queue[0].not_before <= now
-                        and now >= self._settle_until):
-                    current = self._queue.popleft()
-                    current.attempts += 1
-                    plan = self._plan_for(current)
-                    pending_stall = plan.stall
-                    if plan.endless:
-                        current.faulted.add("endless")
-                        self._flood(current)
-                        current.not_before = time.monotonic() + self.retry_delay
-                        self._queue.appendleft(current)
-                        current = None
-                        continue
-                    records = current.test.records
-                    if plan.giant:
-                        current.faulted.add("giant")
-                        records = self._with_giant_record(records)
-                        self._say(f"fault giant: a {self.giant_bytes}-byte record in {current.test.sample_id}")
-                    sender.send_message(records, now)
-                if sender.deadline is not None and now >= sender.deadline:
-                    sender.handle_timeout(now)
-                self._flush(sender, plan)
-                current = self._handle_events(sender, current)
-                waits = [0.2]
-                if sender.deadline is not None:
-                    waits.append(sender.deadline - now)
-                if self.tests is None or self._produced < self.tests:
-                    waits.append(self._next_due - now)
-                if sender.idle and self._queue:
-                    waits.append(max(self._queue[0].not_before, self._settle_until) - now)
-                wait = max(0.0, min(waits))
-                fds = [self._link.fileno()] + ([self._server.fileno()] if self._server is not None else [])
-                readable, _, _ = select.select(fds, [], [], wait)
-                if self._server is not None and self._server.fileno() in readable:
-                    self._accept(0)
-                    continue
-                if self._link is None or self._link.fileno() not in readable:
-                    continue
-                try:
-                    data = self._link.read()
-                except (OSError, ConnectionError):
-                    self._drop_link()
-                    continue
+                if self._begin_next(s, now):
+                    continue  # the attempt was an endless flood, played to its end
+                if s.sender.deadline is not None and now >= s.sender.deadline:
+                    s.sender.handle_timeout(now)
+                self._flush(s.sender, s.plan)
+                s.current = self._handle_events(s.sender, s.current)
+                data = self._read_host(s.sender, now)
                 if not data:
                     continue
-                if pending_stall and current is not None and not sender.idle and sender.frame_index == 1:
-                    pending_stall = False
-                    current.faulted.add("stall")
-                    self._say(f"fault stall: silent for {self.stall_seconds:g} s in {current.test.sample_id}")
-                    if self._stop.wait(self.stall_seconds):
-                        break
-                if plan.unplug and current is not None and not sender.idle and sender.frame_index == 2:
-                    plan.unplug = False
-                    current.faulted.add("unplug")
-                    self._say(f"fault unplug: cable out for {self.unplug_seconds:g} s in {current.test.sample_id}")
-                    self._unplug()
+                if self._play_stall(s):
+                    break
+                if self._play_cut(s):
                     continue
-                if plan.abort and current is not None and not sender.idle and sender.frame_index == 2:
-                    plan.abort = False
-                    current.faulted.add("abort")
-                    self._say(f"fault abort: EOT in the middle of {current.test.sample_id}")
-                    sender.abort(time.monotonic(), "fault: the instrument aborted mid-message")
-                    self._flush(sender, plan)
-                    current = self._handle_events(sender, current)
-                    continue
-                sender.receive_data(data, time.monotonic())
-                self._flush(sender, plan)
-                current = self._handle_events(sender, current)
-            # Stopping: leave the link neutral so the host drops any partial message cleanly.
-            if not sender.idle and self._link is not None:
-                sender.abort(time.monotonic(), "simulator stopped")
-                try:
-                    self._flush(sender, _Plan())
-                except OSError:
-                    pass
+                s.sender.receive_data(data, time.monotonic())
+                self._flush(s.sender, s.plan)
+                s.current = self._handle_events(s.sender, s.current)
+            self._leave_neutral(s.sender)
         except Exception as exc:  # the instrument thread must say why it died
             self._say(f"simulator failed: {exc!r}")
             raise
 
-    def _with_giant_record(self, records: tuple[Record, ...]) -> tuple[Record, ...]:
-        giant = Record.from_fields("C", {2: "1", 3: "I", 4: "x" * self.giant_bytes, 5: "G"})
-        return (*records[:-1], giant, records[-1])
+    def _requeue_current(self, s: _Session, now: float) -> None:
+        """The host went away mid-session: keep the result for the next one."""
+        if s.current is not None:
+            s.current.not_before = now + self.retry_delay
+            self._queue.appendleft(s.current)
+            s.current = None
+            s.sender = self._new_sender()
 
-    def _flood(self, queued: _Queued) -> None:
-        """The ``endless`` fault: ENQ, H, then intermediate frames without end (see the module doc)."""
-        self._say(f"fault endless: frames without end in {queued.test.sample_id}")
-        self.floods += 1
-        header = encode_record(queued.test.records[0]).encode(self.encoding) + b"\r"
-        opening = bytes([ENQ]) + encode_frame(1, header, True) + encode_frame(2, b"C|1|I|", False)
-        # Frame numbers cycle mod 8, so 8 × 32 frames starting at FN 3 can be repeated verbatim.
-        batch = b"".join(encode_frame((3 + k) % 8, b"x" * 240, False) for k in range(8 * 32))
-        pending, sent = memoryview(opening), 0
-        while not self._stop.is_set() and self._link is not None:
-            if self.flood_bytes and sent >= self.flood_bytes:
-                try:
-                    self._link.write(bytes([EOT]))
-                except OSError:
-                    self._drop_link()
-                self._say(f"flood ended after {sent} bytes; {queued.test.sample_id} will be sent again")
-                return
-            readable, writable, _ = select.select([self._link], [self._link], [], 0.2)
+    def _begin_next(self, s: _Session, now: float) -> bool:
+        """Start sending the next queued message when the link is free; True when the attempt was an endless
+        flood (already played: the message goes back to the queue)."""
+        if not (s.sender.idle and s.current is None and self._queue and self._queue[0].not_before <= now
+                and now >= self._settle_until):
+            return False
+        current = s.current = self._queue.popleft()
+        current.attempts += 1
+        s.plan = self._plan_for(current)
+        s.pending_stall = s.plan.stall
+        if s.plan.endless:
+            current.faulted.add("endless")
+            self._flood(current)
+            current.not_before = time.monotonic() + self.retry_delay
+            self._queue.appendleft(current)
+            s.current = None
+            return True
+        records = current.test.records
+        if s.plan.giant:
+            current.faulted.add("giant")
+            records = self._with_giant_record(records)
+            self._say(f"fault giant: a {self.giant_bytes}-byte record in {current.test.sample_id}")
+        s.sender.send_message(records, now)
+        return False
+
+    def _read_host(self, sender: AstmSender, now: float) -> bytes:
+        """Wait for the host's bytes until the next thing to do (a reply deadline, the next test, a retry);
+        b"" when nothing came (or a new host connected, or this one left)."""
+        assert self._link is not None
+        waits = [0.2]
+        if sender.deadline is not None:
+            waits.append(sender.deadline - now)
+        if self.tests is None or self._produced < self.tests:
+            waits.append(self._next_due - now)
+        if sender.idle and self._queue:
+            waits.append(max(self._queue[0].not_before, self._settle_until) - now)
+        wait = max(0.0, min(waits))
+        fds = [self._link.fileno()] + ([self._server.fileno()] if self._server is not None else [])
+        readable, _, _ = select.select(fds, [], [], wait)
+        if self._server is not None and self._server.fileno() in readable:
+            self._accept(0)
+            return b""
+        if self._link is None or self._link.fileno() not in readable:
+            return b""
+        try:
+            return self._link.read()
+        except (OSError, ConnectionError):
+            self._drop_link()
+            return b""
+
+    def _play_stall(self, s: _Session) -> bool:
+        """The ``stall`` fault (silence after the first frame's reply); True when the simulator was stopped
+        during it."""
+        if s.pending_stall and s.current is not None and not s.sender.idle and s.sender.frame_index == 1:
+            s.pending_stall = False
+            s.current.faulted.add("stall")
+            self._say(f"fault stall: silent for {self.stall_seconds:g} s in {s.current.test.sample_id}")
+            return self._stop.wait(self.stall_seconds)
+        return False
+
+    def _play_cut(self, s: _Session) -> bool:
+        """The ``unplug`` and ``abort`` faults in the middle of a message; True when one was played."""
+        plan, current, sender = s.plan, s.current, s.sender
+        if plan.unplug and current is not None and not sender.idle and sender.frame_index == 2:
+            plan.unplug = False
+            current.faulted.add("unplug")
+            self._say(f"fault unplug: cable out for {self.unplug_seconds:g} s in {current.test.sample_id}")
+            self._unplug()
+            return True
+        if plan.abort and current is not None and not sender.idle and sender.frame_index == 2:
+            plan.abort = False
+            current.faulted.add("abort")
+            self._say(f"fault abort: EOT in the middle of {current.test.sample_id}")
+            sender.abort(time.monotonic(), "fault: the instrument aborted mid-message")
+            self._flush(sender, plan)
+            s.current = self._handle_events(sender, current)
+            return True
+        return False
+
+    def _leave_neutral(self, sender: AstmSender) -> None:
+        """Stopping: leave the link neutral so the host drops any partial message cleanly."""
+        if not sender.idle and self._link is not None:
+            sender.abort(time.monotonic(), "simulator stopped")
             try:
-                if readable:
-                    self._link.read()  # ACK/NAK/EOT from the host: ignored
-                if writable:
-                    written = self._link.write_some(pending)
-                    sent += written
-                    pending = pending[written:] if written < len(pending) else memoryview(batch)
-            except (OSError, ConnectionError):
-                self._drop_link()
-        self._say(f"the host dropped the link after {sent} flood bytes; {queued.test.sample_id} will be sent again")
+                self._flush(sender, FaultPlan())
+            except OSError:
+                pass
+
 
     def _accept(self, wait: float) -> None:
         """Wait for a host: a TCP connection, or someone opening the pty slave."""
@@ -677,77 +556,3 @@ class RapidTestSimulator:
                 current.not_before = time.monotonic() + self.retry_delay
                 self._queue.appendleft(current)
                 current = None
-
-    # ------------------------------------------------------------ the wire, with faults
-
-    def _flush(self, sender: AstmSender, plan: _Plan) -> None:
-        data = sender.data_to_send()
-        if not data or self._link is None:
-            return
-        out = bytearray()
-        i = 0
-        while i < len(data):
-            if data[i] == STX:
-                end = data.find(b"\n", i)
-                end = len(data) if end < 0 else end + 1
-                out += self._fault_frame(data[i:end], sender, plan)
-                i = end
-            else:
-                if "noise" in self.faults and self._fault_rng.random() < self.fault_rate:
-                    out += self._garbage()
-                out.append(data[i])
-                i += 1
-        try:
-            self._pace_write(bytes(out))
-        except OSError:
-            self._drop_link()
-
-    def _garbage(self) -> bytes:
-        return bytes(self._fault_rng.choice(_NOISE_ALPHABET) for _ in range(self._fault_rng.randint(1, 8)))
-
-    def _fault_frame(self, frame: bytes, sender: AstmSender, plan: _Plan) -> bytes:
-        index = sender.frame_index
-        attempt = plan.transmissions.get(index, 0)
-        plan.transmissions[index] = attempt + 1
-        rng = self._fault_rng
-        if plan.storm and index == 1 and plan.storm_done < plan.storm:
-            plan.storm_done += 1
-            if plan.storm_done == plan.storm:
-                plan.applied.add("nak-storm")
-            self.frames_corrupted += 1
-            return self._bad_checksum(frame)
-        if plan.bad_checksum_frame == index and attempt == 0:
-            plan.applied.add("bad-checksum")
-            self.frames_corrupted += 1
-            return self._bad_checksum(frame)
-        if "bad-checksum" in self.faults and rng.random() < self.fault_rate:
-            self.frames_corrupted += 1
-            return self._bad_checksum(frame)
-        if "noise" in self.faults:
-            prefix = self._garbage() if rng.random() < self.fault_rate else b""
-            if rng.random() < self.fault_rate and len(frame) > 3:
-                self.frames_corrupted += 1
-                position = rng.randrange(1, len(frame) - 2)  # anything but STX and the final LF
-                changed = bytearray(frame)
-                changed[position] = (changed[position] + rng.randrange(1, 256)) & 0xFF
-                frame = bytes(changed)
-            return prefix + frame
-        return frame
-
-    @staticmethod
-    def _bad_checksum(frame: bytes) -> bytes:
-        good = int(frame[-4:-2], 16)
-        return frame[:-4] + b"%02X" % ((good + 0x5A) & 0xFF) + frame[-2:]
-
-    def _pace_write(self, data: bytes) -> None:
-        link = self._link
-        if link is None:
-            return
-        if not self.baud:
-            link.write(data)
-            return
-        chunk = max(1, self.baud // 100)  # ~10 ms of line time per write
-        for i in range(0, len(data), chunk):
-            piece = data[i : i + chunk]
-            link.write(piece)
-            time.sleep(len(piece) * 10 / self.baud)  # 8N1: 10 bits per byte

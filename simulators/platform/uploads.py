@@ -1,0 +1,281 @@
+"""Partial uploads on the reference platform: where a half-received blob lives, how its committed offset
+survives a kill or a reboot, and how chunks are written and hashed on the way to ``DIR/blobs``.
+
+A mixin of :class:`simulators.platform.server.IngestServicer` (which checks who is calling and what the
+upload claims before any of this runs); see that module's docstring for the design.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from protos.egw.v1 import ingest_pb2
+from protos.upload_wire import ChunkView
+from simulators.platform.index import Index
+
+__all__ = ["SYNC_EVERY", "Hasher", "PartialUploads", "boot_id"]
+
+SYNC_EVERY = 64 * 1024 * 1024
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+class Hasher:
+    """SHA-256 on its own thread, fed the very bytes objects that are written."""
+
+    def __init__(self, offset: int = 0, initial: Any = None) -> None:
+        self.h = initial or hashlib.sha256()
+        self.offset = offset  # bytes fed so far (not necessarily digested yet)
+        self.inbox: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=16)
+        self.thread = threading.Thread(target=self._run, name="platform-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self.inbox.get()
+            if data is None:
+                return
+            self.h.update(data)
+
+    def feed(self, data: bytes | memoryview) -> None:
+        self.inbox.put(data)
+        self.offset += len(data)
+
+    def finish(self) -> str:
+        self.inbox.put(None)
+        self.thread.join()
+        return self.h.hexdigest()
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PartialUploads:
+    """Partials under ``partial_root``, their running digests, and receiving an upload into them."""
+
+    data_dir: Path
+    index: Index
+    reserve_bytes: int
+    blobs: Path
+
+    def _init_partials(self, data_dir: Path) -> None:
+        self.partial_root = data_dir / "partial"
+        self.partial_root.mkdir(parents=True, exist_ok=True)
+        self.boot = boot_id()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._hashers: dict[tuple[str, str], Hasher] = {}
+        self._mutex = threading.Lock()
+
+    def _partial_path(self, gateway_id: str, sha: str) -> Path:
+        return self.partial_root / gateway_id / sha
+
+    def _recover_partial(self, gateway_id: str, sha: str) -> int:
+        """Committed offset of a partial: its length, cut back to the synced offset after a reboot."""
+        path = self._partial_path(gateway_id, sha)
+        try:
+            length = path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        row = self.index.partial(gateway_id, sha)
+        if row is not None and row.boot_id != self.boot and length > row.synced_offset:
+            os.truncate(path, row.synced_offset)
+            self._drop_hasher((gateway_id, sha))
+            return row.synced_offset
+        return length
+
+    def _discard_stale_partial(self, gateway_id: str, sha: str) -> None:
+        """Another gateway completed this content first: this gateway's partial copy is not needed."""
+        path = self._partial_path(gateway_id, sha)
+        if not path.exists():
+            return
+        key = (gateway_id, sha)
+        with self._mutex:
+            lock = self._locks.setdefault(key, threading.Lock())
+        if not lock.acquire(blocking=False):
+            return  # an upload of it is running; it ends with the stored blob anyway
+        try:
+            path.unlink(missing_ok=True)
+            with self.index.tx() as db:
+                self.index.drop_partial(db, gateway_id, sha)
+            self._drop_hasher(key)
+        finally:
+            lock.release()
+
+    def _drop_hasher(self, key: tuple[str, str]) -> None:
+        with self._mutex:
+            old = self._hashers.pop(key, None)
+        if old is not None:
+            old.stop()
+
+    def _hasher_at(self, key: tuple[str, str], path: Path, offset: int) -> Hasher:
+        """The running digest of the first ``offset`` bytes; re-read from disk after a restart."""
+        with self._mutex:
+            cached = self._hashers.pop(key, None)
+        if cached is not None and cached.offset == offset:
+            return cached
+        if cached is not None:
+            cached.stop()
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            remaining = offset
+            while remaining:
+                block = fh.read(min(remaining, 4 * 1024 * 1024))
+                if not block:
+                    break
+                h.update(block)
+                remaining -= len(block)
+        return Hasher(offset, h)
+
+    def _receive(self, gateway_id: str, header: ingest_pb2.UploadHeader,
+                 requests: Iterator[ingest_pb2.UploadRequest | ChunkView], context: grpc.ServicerContext) -> bool:
+        """Receive chunks; True when the blob is complete, verified and stored."""
+        sha, size = header.sha256, header.size
+        key = (gateway_id, sha)
+        path = self._partial_path(gateway_id, sha)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        committed = self._recover_partial(gateway_id, sha)
+        self._check_resumable(header, committed, context)
+        if committed == 0 and not path.exists():
+            self.index.save_partial(gateway_id, sha, size, 0, self.boot)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        hasher: Hasher | None = self._hasher_at(key, path, committed)
+        completed = False
+        try:
+            assert hasher is not None
+            committed, completed = self._write_chunks(fd, gateway_id, header, requests, committed, hasher, context)
+            if not completed:
+                os.fdatasync(fd)
+                self.index.save_partial(gateway_id, sha, size, committed, self.boot)
+                with self._mutex:
+                    self._hashers[key] = hasher
+                hasher = None
+                return False
+            digest = hasher.finish()
+            hasher = None
+            if digest != sha:
+                os.close(fd)
+                fd = -1
+                self._discard_mismatch(gateway_id, header, digest, context)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            self._store_blob(path, gateway_id, sha, size)
+            return True
+        except BaseException:
+            # a broken stream or a rejection: what is written stays committed (its length), the digest state is kept
+            if hasher is not None and not completed:
+                with self._mutex:
+                    self._hashers[key] = hasher
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _check_resumable(self, header: ingest_pb2.UploadHeader, committed: int, context: grpc.ServicerContext) -> None:
+        """The upload starts at the committed offset, and the rest fits with the reserve left free."""
+        sha, size = header.sha256, header.size
+        if header.start_offset != committed:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"offset gap: the platform has committed {committed} bytes of {sha} but the upload starts at "
+                          f"{header.start_offset}; call QueryUpload and resume at the committed offset")
+        free = shutil.disk_usage(self.data_dir).free
+        if size - committed + self.reserve_bytes > free:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"platform storage full: {free} bytes free, {size - committed} needed plus {self.reserve_bytes} reserve; "
+                          "retry later (the operator must free space); the committed part is kept")
+
+    def _write_chunks(self, fd: int, gateway_id: str, header: ingest_pb2.UploadHeader,
+                      requests: Iterator[ingest_pb2.UploadRequest | ChunkView], committed: int, hasher: Hasher,
+                      context: grpc.ServicerContext) -> tuple[int, bool]:
+        """Write and hash the chunks in order, syncing every ``SYNC_EVERY`` bytes; (committed offset, complete)."""
+        sha, size = header.sha256, header.size
+        synced = committed
+        for request in requests:
+            if isinstance(request, ChunkView):
+                chunk = request  # the fast path: data is a view into the received message
+            elif request.WhichOneof("part") == "chunk":
+                chunk = ChunkView(request.chunk.offset, memoryview(request.chunk.data))
+            else:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first Upload message may be a header")
+            if chunk.offset != committed:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"offset gap: chunk at {chunk.offset} but {committed} bytes are committed; "
+                              "call QueryUpload and resume at the committed offset")
+            data = chunk.data
+            if committed + len(data) > size:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"size mismatch: chunk at {chunk.offset} with {len(data)} bytes runs past the declared size {size}")
+            _write_at(fd, data, committed, sha, context)
+            hasher.feed(data)
+            committed += len(data)
+            if committed - synced >= SYNC_EVERY:
+                os.fdatasync(fd)
+                synced = committed
+                self.index.save_partial(gateway_id, sha, size, synced, self.boot)
+            if committed == size:
+                return committed, True
+        return committed, committed == size  # complete: a zero-length item, or all bytes were already committed
+
+    def _discard_mismatch(self, gateway_id: str, header: ingest_pb2.UploadHeader, digest: str,
+                          context: grpc.ServicerContext) -> None:
+        """The bytes do not hash to the declared digest: the partial goes, the client starts again at 0."""
+        sha, size = header.sha256, header.size
+        self._partial_path(gateway_id, sha).unlink(missing_ok=True)
+        with self.index.tx() as db:
+            self.index.drop_partial(db, gateway_id, sha)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"digest mismatch: the {size} bytes received hash to {digest}, not {sha}; the partial upload "
+                      "was discarded — re-send from offset 0 (QueryUpload now answers 0)")
+
+    def _store_blob(self, path: Path, gateway_id: str, sha: str, size: int) -> None:
+        """Rename the verified, fsynced partial into ``DIR/blobs`` and only then index it."""
+        final = self.blobs / sha[:2] / sha[2:]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, final)
+        _fsync_dir(final.parent)
+        with self.index.tx() as db:
+            db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (sha, size, time.time()))
+            self.index.drop_partial(db, gateway_id, sha)
+
+
+def _write_at(fd: int, data: bytes | memoryview, committed: int, sha: str, context: grpc.ServicerContext) -> None:
+    """Write one chunk at the committed offset; on failure cut the file back to it (the committed offset stays
+    exactly what was fed to the hash) and abort the call."""
+    view = data
+    try:
+        while view:
+            written = os.pwrite(fd, view, committed + (len(data) - len(view)))
+            view = view[written:]
+    except OSError as exc:
+        os.ftruncate(fd, committed)  # the committed offset stays exactly what was fed to the hash
+        if exc.errno == errno.ENOSPC:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"platform storage full while writing {sha} at {committed}; retry later "
+                          "(the operator must free space); the committed part is kept")
+        context.abort(grpc.StatusCode.INTERNAL,
+                      f"platform storage error writing {sha} at {committed}: {exc.strerror}; retry later")
