@@ -1,4 +1,4 @@
-"""The body-camera driver's errors: every failure it reports is one of these ``DriverError``\s.
+"""The body-camera driver's errors: every failure it reports is a ``DriverError`` subclass from here.
 
 One module so the device, locator and volume modules raise the same classes and callers
 catch them from ``drivers.bodycam`` whichever part failed."""
