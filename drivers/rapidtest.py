@@ -122,7 +122,7 @@ class RapidTestOverflow(RapidTestError):
 READ_CHUNK = 64 * 1024
 
 
-class Judgement(str, Enum):
+class Judgement(str, Enum):  # noqa: UP042 - StrEnum changes str(member) from "Judgement.X" to its value
     """The instrument's verdict on one item.  ``str`` so it serialises as its value."""
 
     POSITIVE = "positive"        # residue / analyte found: 不合格

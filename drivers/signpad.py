@@ -32,7 +32,7 @@ import errno
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import cv2
@@ -41,7 +41,12 @@ import numpy as np
 from drivers.errors import DriverError
 from firmware_bridge import stu_hid as stu
 from firmware_bridge.errors import (
-    BridgeError, ProtocolError, TransportClosed, TransportTimeout, UsbError, UsbStall,
+    BridgeError,
+    ProtocolError,
+    TransportClosed,
+    TransportTimeout,
+    UsbError,
+    UsbStall,
 )
 from firmware_bridge.iso19794_7 import SignatureTimeSeries, encode_record
 from firmware_bridge.usb import UsbDevice
@@ -273,7 +278,7 @@ class SignaturePad:
         self._prompt: tuple[str, str] = ("Please sign", "")
 
     @classmethod
-    def open(cls, url: str, **kwargs: Any) -> "SignaturePad":
+    def open(cls, url: str, **kwargs: Any) -> SignaturePad:
         """Open a pad by URL (``usbip://host:port/busid``, ``usb://056a:00a8``…)."""
         try:
             from firmware_bridge.usb_transport import open_usb_device
@@ -296,7 +301,7 @@ class SignaturePad:
     def close(self) -> None:
         self.device.close()
 
-    def __enter__(self) -> "SignaturePad":
+    def __enter__(self) -> SignaturePad:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -431,7 +436,7 @@ class SignaturePad:
         partial result.
         """
         deadline = self._clock() + timeout
-        started_at = datetime.now(timezone.utc)
+        started_at = datetime.now(UTC)
         pad_time = self._enable_time_count()
         try:
             self.show_prompt(title, signer)
@@ -441,7 +446,7 @@ class SignaturePad:
         except BaseException:
             self._tidy_up()
             raise
-        finished_at = datetime.now(timezone.utc)
+        finished_at = datetime.now(UTC)
         self._tidy_up()
         caps = self.capability
         samples = np.array(points, dtype=SAMPLE_DTYPE)

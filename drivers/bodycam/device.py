@@ -9,7 +9,7 @@ import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone, UTC
+from datetime import UTC, datetime, timedelta, timezone
 from types import TracebackType
 
 from firmware_bridge import bodycam_usb as f9
@@ -472,7 +472,7 @@ class BodyCamera:
             if not quiet:
                 raise
 
-    def _transfer(self, call: Callable[[], object]) -> bytes:
+    def _transfer(self, call: Callable[[], bytes | int]) -> bytes:
         """Run one transfer; map transport failures onto the driver's errors (UsbStall passes through)."""
         try:
             result = call()
@@ -498,11 +498,9 @@ class BodyCamera:
                 self._closed = number in (errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN, -4)
                 raise DeviceGone(f"USB transfer to recorder {self._who()} failed ({exc}); re-plug it and retry") from exc
             raise
-        if isinstance(result, (bytes, bytearray, memoryview)):
-            return bytes(result)
         if isinstance(result, int):
-            return b""
-        return bytes(result)  # type: ignore[call-overload, no-any-return]  # pyusb's array('B')
+            return b""  # a write's or a control request's byte count
+        return bytes(result)  # also a raw pyusb device's array('B')
 
 
 def _valid_password(password: str) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone, UTC
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final
 

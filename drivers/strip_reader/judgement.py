@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any
 
 
-class Judgement(str, Enum):
+class Judgement(str, Enum):  # noqa: UP042 - StrEnum changes str(member) from "Judgement.X" to its value
     POSITIVE = "positive"
     SUSPICIOUS = "suspicious"
     NEGATIVE = "negative"
