@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final
@@ -51,6 +52,14 @@ from .results import Enrollment, FingerCapture, SearchResult
 
 DEFAULT_QUALITY_THRESHOLD: Final = 40
 _IMAGE_SIZES: Final = {IMAGE_BYTES: (IMAGE_WIDTH, IMAGE_HEIGHT), 192 * 192 // 2: (192, 192)}  # bytes → (w, h)
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """Why one try of a command failed; ``heard``: the module answered (garbled or refusing), not silence."""
+
+    why: str
+    heard: bool
 
 
 class FingerprintReader:
@@ -177,37 +186,11 @@ class FingerprintReader:
         silent = True
         for _attempt in range(self.retries + 1):
             self._write(command)
-            try:
-                ack = self._read_ack()
-                if ack.code is ConfirmationCode.PACKET_RECEIVE_ERROR:
-                    silent = False
-                    last = "the module reported a packet receive error (cc 01)"
-                    continue
-                if ack.code is ConfirmationCode.PASSWORD_NOT_VERIFIED:
-                    raise WrongPasswordError(
-                        f"the module at {self.url!r} wants its password verified first; "
-                        "pass the right password= to FingerprintReader"
-                    )
-                if ack.ok and expect is not None and len(ack.data) != expect:
-                    silent = False
-                    last = f"{instruction.name} reply carried {len(ack.data)} data bytes, expected {expect}"
-                    self.packet_errors += 1
-                    self._drain()
-                    continue
-                data = self._read_bulk() if data_reply and ack.ok else b""
-                return ack, data
-            except UnknownCodeError as exc:
-                raise ModuleError(
-                    f"{instruction.name}: {exc}", ConfirmationCode.PACKET_RECEIVE_ERROR
-                ) from exc
-            except ProtocolError as exc:
-                silent = False
-                self.packet_errors += 1
-                last = f"garbled reply: {exc}"
-                self._drain()
-            except TimeoutError:
-                last = f"no reply within {self.timeout} s"
-                self._drain()
+            outcome = self._attempt(instruction, data_reply, expect)
+            if not isinstance(outcome, _Retry):
+                return outcome
+            last = outcome.why
+            silent = silent and not outcome.heard
         if silent:
             raise DeviceNotRespondingError(
                 f"the fingerprint reader at {self.url!r} did not answer {instruction.name} "
@@ -218,6 +201,36 @@ class FingerprintReader:
             f"{instruction.name} to {self.url!r} failed {self.retries + 1} times: {last}; "
             "check the cable and ground, or lower the baud rate"
         )
+
+    def _attempt(self, instruction: Instruction, data_reply: bool, expect: int | None) -> tuple[Ack, bytes] | _Retry:
+        """One try, the command just written: its ack and data, or why to send it again."""
+        try:
+            ack = self._read_ack()
+            if ack.code is ConfirmationCode.PACKET_RECEIVE_ERROR:
+                return _Retry("the module reported a packet receive error (cc 01)", heard=True)
+            if ack.code is ConfirmationCode.PASSWORD_NOT_VERIFIED:
+                raise WrongPasswordError(
+                    f"the module at {self.url!r} wants its password verified first; "
+                    "pass the right password= to FingerprintReader"
+                )
+            if ack.ok and expect is not None and len(ack.data) != expect:
+                self.packet_errors += 1
+                self._drain()
+                return _Retry(f"{instruction.name} reply carried {len(ack.data)} data bytes, expected {expect}",
+                              heard=True)
+            data = self._read_bulk() if data_reply and ack.ok else b""
+            return ack, data
+        except UnknownCodeError as exc:
+            raise ModuleError(
+                f"{instruction.name}: {exc}", ConfirmationCode.PACKET_RECEIVE_ERROR
+            ) from exc
+        except ProtocolError as exc:
+            self.packet_errors += 1
+            self._drain()
+            return _Retry(f"garbled reply: {exc}", heard=True)
+        except TimeoutError:
+            self._drain()
+            return _Retry(f"no reply within {self.timeout} s", heard=False)
 
     def _read_ack(self) -> Ack:
         while True:
