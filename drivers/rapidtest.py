@@ -122,7 +122,7 @@ class RapidTestOverflow(RapidTestError):
 READ_CHUNK = 64 * 1024
 
 
-class Judgement(str, Enum):
+class Judgement(str, Enum):  # noqa: UP042 - StrEnum changes str(member) from "Judgement.X" to its value
     """The instrument's verdict on one item.  ``str`` so it serialises as its value."""
 
     POSITIVE = "positive"        # residue / analyte found: 不合格
@@ -236,21 +236,7 @@ def results_from_message(records: Sequence[Record], transcript: bytes = b"", tex
     header = records[0] if records and records[0].type == "H" else Record("H")
     terminator = next((r for r in records if r.type == "L"), Record("L"))
     digest = hashlib.sha256(text).hexdigest()
-    patient: Record | None = None
-    order: Record | None = None
-    rows: list[tuple[Record, Record | None, Record | None, list[str]]] = []
-    for record in records:
-        if record.type == "P":
-            patient, order = record, None
-        elif record.type == "O":
-            order = record
-        elif record.type == "R":
-            rows.append((record, order, patient, []))
-        elif record.type == "C" and rows and rows[-1][0] is not None:
-            # A comment belongs to the latest R only if no O/P came after that R.
-            last_r, last_o, last_p, comments = rows[-1]
-            if last_o is order and last_p is patient:
-                comments.append(record.text(4))
+    rows = _result_rows(records)
     results: list[RapidTestResult] = []
     for index, (r, o, p, comments) in enumerate(rows, start=1):
         sample_id = o.component(3) if o is not None else ""
@@ -288,6 +274,26 @@ def results_from_message(records: Sequence[Record], transcript: bytes = b"", tex
             transcript=transcript,
         ))
     return results
+
+
+def _result_rows(records: Sequence[Record]) -> list[tuple[Record, Record | None, Record | None, list[str]]]:
+    """Each R record with the O and P records it falls under and the C comments that follow it."""
+    patient: Record | None = None
+    order: Record | None = None
+    rows: list[tuple[Record, Record | None, Record | None, list[str]]] = []
+    for record in records:
+        if record.type == "P":
+            patient, order = record, None
+        elif record.type == "O":
+            order = record
+        elif record.type == "R":
+            rows.append((record, order, patient, []))
+        elif record.type == "C" and rows and rows[-1][0] is not None:
+            # A comment belongs to the latest R only if no O/P came after that R.
+            last_r, last_o, last_p, comments = rows[-1]
+            if last_o is order and last_p is patient:
+                comments.append(record.text(4))
+    return rows
 
 
 def results_from_transcript(transcript: bytes, encoding: str = "latin-1") -> list[RapidTestResult]:
@@ -485,9 +491,13 @@ class RapidTestAnalyzer:
             self._abandon_held()
             new = [r for r in new if r.message_digest != dropped]
         self._write(self._receiver.data_to_send())  # the NAK refusing an oversized message included
-        if self._overflow is not None and not new:
-            raise self._overflow
+        overflow = self._overflow_found()  # _collect() may have set it since the check above
+        if overflow is not None and not new:
+            raise overflow
         return new
+
+    def _overflow_found(self) -> RapidTestOverflow | None:
+        return self._overflow
 
     def _collect(self, hold: bool) -> list[RapidTestResult]:
         new: list[RapidTestResult] = []

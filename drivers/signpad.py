@@ -32,7 +32,7 @@ import errno
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import cv2
@@ -41,7 +41,12 @@ import numpy as np
 from drivers.errors import DriverError
 from firmware_bridge import stu_hid as stu
 from firmware_bridge.errors import (
-    BridgeError, ProtocolError, TransportClosed, TransportTimeout, UsbError, UsbStall,
+    BridgeError,
+    ProtocolError,
+    TransportClosed,
+    TransportTimeout,
+    UsbError,
+    UsbStall,
 )
 from firmware_bridge.iso19794_7 import SignatureTimeSeries, encode_record
 from firmware_bridge.usb import UsbDevice
@@ -273,7 +278,7 @@ class SignaturePad:
         self._prompt: tuple[str, str] = ("Please sign", "")
 
     @classmethod
-    def open(cls, url: str, **kwargs: Any) -> "SignaturePad":
+    def open(cls, url: str, **kwargs: Any) -> SignaturePad:
         """Open a pad by URL (``usbip://host:port/busid``, ``usb://056a:00a8``…)."""
         try:
             from firmware_bridge.usb_transport import open_usb_device
@@ -296,7 +301,7 @@ class SignaturePad:
     def close(self) -> None:
         self.device.close()
 
-    def __enter__(self) -> "SignaturePad":
+    def __enter__(self) -> SignaturePad:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -431,7 +436,7 @@ class SignaturePad:
         partial result.
         """
         deadline = self._clock() + timeout
-        started_at = datetime.now(timezone.utc)
+        started_at = datetime.now(UTC)
         pad_time = self._enable_time_count()
         try:
             self.show_prompt(title, signer)
@@ -441,7 +446,7 @@ class SignaturePad:
         except BaseException:
             self._tidy_up()
             raise
-        finished_at = datetime.now(timezone.utc)
+        finished_at = datetime.now(UTC)
         self._tidy_up()
         caps = self.capability
         samples = np.array(points, dtype=SAMPLE_DTYPE)
@@ -468,6 +473,39 @@ class SignaturePad:
     def _collect(self, deadline: float, timeout: float,
                  pad_time: bool) -> tuple[list[tuple[float, int, int, int]], int, bool]:
         """Read pen reports until OK; returns (points, clears, timestamps came from the pad)."""
+        strokes = _Strokes(self._button_finder())
+        pen_clock = _PenClock(self._clock, pad_time)
+        clears = 0
+        while True:
+            report = self._next_pen_report(deadline, timeout)
+            if report is None:
+                continue
+            pressed = strokes.feed(report, pen_clock.time_of(report))
+            if pressed == "cancel":
+                raise SigningCancelled("the signer tapped Cancel; no signature was captured")
+            if pressed == "clear":
+                strokes.points.clear()
+                clears += 1
+                self.show_prompt(*self._prompt)
+            elif pressed == "ok" and any(p[3] > 0 for p in strokes.points):
+                return strokes.points, clears, pen_clock.all_pad_time
+
+    def _next_pen_report(self, deadline: float, timeout: float) -> stu.PenReport | None:
+        """One decoded pen report, or None after a short sleep when none is waiting; raises past ``deadline``."""
+        if self._clock() >= deadline:
+            raise SignPadTimeout(f"no OK from the signer within {timeout:g} s; nothing was captured - "
+                                 "start the signature again")
+        raw = self._read_report()
+        if raw is None:
+            self._sleep(0.001)
+            return None
+        try:
+            return stu.decode_input_report(raw)
+        except ProtocolError as exc:
+            raise SignPadProtocolError(f"the pad sent a malformed pen report {raw.hex()}: {exc}") from exc
+
+    def _button_finder(self) -> Callable[[int, int], str | None]:
+        """Which on-screen button (if any) a tablet coordinate falls in."""
         caps = self.capability
         sx, sy = caps.screen_width / caps.tablet_max_x, caps.screen_height / caps.tablet_max_y
         buttons = self.buttons()
@@ -479,82 +517,7 @@ class SignaturePad:
                     return name
             return None
 
-        # State machine per report: a pen-down inside a button starts a button
-        # gesture (its samples are not ink); the matching pen-up inside the same
-        # button presses it. Hover samples are kept until the next pen-down and
-        # become part of the signature only if that stroke is ink.
-        points: list[tuple[float, int, int, int]] = []
-        hover: list[tuple[float, int, int, int]] = []
-        button_down: str | None = None
-        was_touching = False
-        clears = 0
-        t_pad = 0.0
-        last_count: int | None = None
-        last_host = 0.0
-        all_pad_time = pad_time
-        t_host0 = self._clock()
-        while True:
-            if self._clock() >= deadline:
-                raise SignPadTimeout(f"no OK from the signer within {timeout:g} s; nothing was captured - "
-                                     "start the signature again")
-            raw = self._read_report()
-            if raw is None:
-                self._sleep(0.001)
-                continue
-            try:
-                report = stu.decode_input_report(raw)
-            except ProtocolError as exc:
-                raise SignPadProtocolError(f"the pad sent a malformed pen report {raw.hex()}: {exc}") from exc
-            if isinstance(report, stu.PenDataTimeCountSequence):
-                now = self._clock()
-                if last_count is not None:
-                    delta = (report.time_count - last_count) & 0xFFFF
-                    # The count wraps every 65.536 s; a pause that long (pen away)
-                    # is only visible on the host clock, so add the lost wraps.
-                    host_gap_ms = (now - last_host) * 1000.0
-                    if host_gap_ms > 30000:
-                        delta += round((host_gap_ms - delta) / 65536) * 65536
-                    t_pad += delta
-                last_count, last_host = report.time_count, now
-                t_ms = t_pad
-            else:
-                all_pad_time = False
-                t_ms = (self._clock() - t_host0) * 1000.0
-            if not report.rdy:  # left proximity: the hover path is over
-                hover.clear()
-                was_touching = False
-                button_down = None
-                continue
-            touching = report.sw != 0
-            sample = (t_ms, report.x, report.y, report.pressure if touching else 0)
-            if touching and not was_touching:
-                button_down = button_at(report.x, report.y)
-                if button_down is None:
-                    points.extend(hover)
-                    points.append(sample)
-                hover.clear()
-            elif touching:
-                if button_down is None:
-                    points.append(sample)
-            elif was_touching:  # pen lifted: a button press is decided here
-                if button_down is not None:
-                    pressed = button_down if button_at(report.x, report.y) == button_down else None
-                    button_down = None
-                    if pressed == "cancel":
-                        raise SigningCancelled("the signer tapped Cancel; no signature was captured")
-                    if pressed == "clear":
-                        points.clear()
-                        clears += 1
-                        self.show_prompt(*self._prompt)
-                    elif pressed == "ok" and any(p[3] > 0 for p in points):
-                        return points, clears, all_pad_time
-                else:
-                    points.append(sample)
-            else:
-                hover.append(sample)
-                if len(hover) > _HOVER_KEEP:
-                    del hover[: len(hover) - _HOVER_KEEP]
-            was_touching = touching
+        return button_at
 
     def iso_record(self, samples: np.ndarray) -> bytes:
         """ISO/IEC 19794-7:2007 record; T in 1/10000 s when it fits 16 bits, else coarser (see T scaling)."""
@@ -570,3 +533,79 @@ class SignaturePad:
             return encode_record(series, t_units_per_second=units)
         except BridgeError as exc:
             raise SignPadError(f"cannot encode the ISO/IEC 19794-7 record: {exc}") from exc
+
+
+class _PenClock:
+    """Sample times in ms: the pad's 16-bit time count while every report carries one, else the host clock."""
+
+    def __init__(self, clock: Callable[[], float], pad_time: bool) -> None:
+        self._clock = clock
+        self.all_pad_time = pad_time
+        self._t_pad = 0.0
+        self._last_count: int | None = None
+        self._last_host = 0.0
+        self._t_host0 = clock()
+
+    def time_of(self, report: stu.PenReport) -> float:
+        if isinstance(report, stu.PenDataTimeCountSequence):
+            now = self._clock()
+            if self._last_count is not None:
+                delta = (report.time_count - self._last_count) & 0xFFFF
+                # The count wraps every 65.536 s; a pause that long (pen away)
+                # is only visible on the host clock, so add the lost wraps.
+                host_gap_ms = (now - self._last_host) * 1000.0
+                if host_gap_ms > 30000:
+                    delta += round((host_gap_ms - delta) / 65536) * 65536
+                self._t_pad += delta
+            self._last_count, self._last_host = report.time_count, now
+            return self._t_pad
+        self.all_pad_time = False
+        return (self._clock() - self._t_host0) * 1000.0
+
+
+class _Strokes:
+    """Ink versus button gestures, one pen report at a time.
+
+    A pen-down inside a button starts a button gesture (its samples are not ink); the
+    matching pen-up inside the same button presses it. Hover samples are kept until the
+    next pen-down and become part of the signature only if that stroke is ink.
+    """
+
+    def __init__(self, button_at: Callable[[int, int], str | None]) -> None:
+        self.button_at = button_at
+        self.points: list[tuple[float, int, int, int]] = []
+        self.hover: list[tuple[float, int, int, int]] = []
+        self.button_down: str | None = None
+        self.was_touching = False
+
+    def feed(self, report: stu.PenReport, t_ms: float) -> str | None:
+        """Take one report; the button its pen-up pressed (``ok``, ``clear``, ``cancel``), else None."""
+        if not report.rdy:  # left proximity: the hover path is over
+            self.hover.clear()
+            self.was_touching = False
+            self.button_down = None
+            return None
+        touching = report.sw != 0
+        sample = (t_ms, report.x, report.y, report.pressure if touching else 0)
+        pressed: str | None = None
+        if touching and not self.was_touching:
+            self.button_down = self.button_at(report.x, report.y)
+            if self.button_down is None:
+                self.points.extend(self.hover)
+                self.points.append(sample)
+            self.hover.clear()
+        elif touching:
+            if self.button_down is None:
+                self.points.append(sample)
+        elif self.was_touching:  # pen lifted: a button press is decided here
+            if self.button_down is not None:
+                pressed = self.button_down if self.button_at(report.x, report.y) == self.button_down else None
+                self.button_down = None
+            else:
+                self.points.append(sample)
+        else:
+            self.hover.append(sample)
+            if len(self.hover) > _HOVER_KEEP:
+                del self.hover[: len(self.hover) - _HOVER_KEEP]
+        self.was_touching = touching
+        return pressed

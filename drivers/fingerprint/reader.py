@@ -1,57 +1,21 @@
-"""Driver for R30x-family UART fingerprint readers (ZFM-20, R307, R503, AS608).
+"""The R30x module on a serial link: packets, retries, password, library, capture, search and enrolment.
 
-Why this shape: the gateway needs three things from a fingerprint reader —
-a finger image good enough to keep as evidence (with a quality score and a
-prompt to press again), the identity of an enrolled officer (search in the
-module's own template library), and clear errors when the reader is
-missing, locked by a password or simply not touched. Everything else
-(evidence storage, signing) happens above this layer.
-
-The link is any pyserial URL (``/dev/ttyUSB0``, ``socket://127.0.0.1:7001``,
-a simulator's pty path); the bytes are framed by
-:mod:`firmware_bridge.r30x`.
-
-Usage::
-
-    with FingerprintReader("/dev/ttyUSB0", password=0) as reader:
-        capture = reader.capture(timeout=15)          # FingerCapture or PoorQualityError
-        capture.save_png("finger.png")
-        result = reader.search(timeout=15)            # SearchResult(page, score)
-
-Errors::
-
-    DriverError                         (drivers.errors)
-    └── FingerprintError
-        ├── DeviceGoneError             the port cannot be opened, vanished or was closed
-        ├── DeviceNotRespondingError    silence after retries (wrong baud, address, not a module)
-        ├── PacketError                 garbled packets kept coming after retries (line noise)
-        ├── WrongPasswordError          the module refused the password / wants one
-        ├── NoFingerError               no finger within the timeout (also a TimeoutError)
-        ├── PoorQualityError            image quality below the threshold: press again
-        ├── EnrollmentError             the presses did not match, or the library is full
-        ├── ImageEncodingError          PNG / ISO record could not be produced
-        ├── CaptureCancelled            the caller's cancel event was set while waiting
-        └── ModuleError                 any other confirmation code; ``.code`` says which
-"""
+Every serial or codec failure leaves as a ``FingerprintError`` subclass (see the package
+docstring for the tree); images are judged and encoded by ``image`` and ``iso``."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import serial
 
-from drivers.errors import DriverError
 from firmware_bridge.errors import FrameError, ProtocolError, UnknownCodeError
 from firmware_bridge.r30x import (
     DEFAULT_ADDRESS,
@@ -71,369 +35,33 @@ from firmware_bridge.r30x import (
     unpack_image,
 )
 
-__all__ = [
-    "FingerprintReader",
-    "FingerCapture",
-    "SearchResult",
-    "Enrollment",
-    "IsoFingerImage",
-    "quality_score",
-    "encode_png",
-    "save_png",
-    "iso_19794_4_record",
-    "parse_iso_19794_4",
-    "DEFAULT_QUALITY_THRESHOLD",
-    "FingerprintError",
-    "DeviceGoneError",
-    "DeviceNotRespondingError",
-    "PacketError",
-    "WrongPasswordError",
-    "NoFingerError",
-    "PoorQualityError",
-    "EnrollmentError",
-    "ImageEncodingError",
-    "CaptureCancelled",
-    "ModuleError",
-]
+from .errors import (
+    CaptureCancelled,
+    DeviceGoneError,
+    DeviceNotRespondingError,
+    EnrollmentError,
+    FingerprintError,
+    ModuleError,
+    NoFingerError,
+    PacketError,
+    PoorQualityError,
+    WrongPasswordError,
+)
+from .image import quality_score
+from .results import Enrollment, FingerCapture, SearchResult
 
 DEFAULT_QUALITY_THRESHOLD: Final = 40
-SENSOR_PPI: Final = 500  # R307/ZFM optical sensors: about 500 dpi
 _IMAGE_SIZES: Final = {IMAGE_BYTES: (IMAGE_WIDTH, IMAGE_HEIGHT), 192 * 192 // 2: (192, 192)}  # bytes → (w, h)
 
 
-# -- errors -------------------------------------------------------------------------
-class FingerprintError(DriverError):
-    """Base of every fingerprint-reader error."""
-
-
-class DeviceGoneError(FingerprintError):
-    """The serial port could not be opened, disappeared, or the connection closed."""
-
-
-class DeviceNotRespondingError(FingerprintError):
-    """No reply within the timeout, even after retries."""
-
-
-class PacketError(FingerprintError):
-    """Replies kept arriving garbled (checksum / framing errors) after retries."""
-
-
-class WrongPasswordError(FingerprintError):
-    """The module rejected the password, or requires one that was not given."""
-
-
-class NoFingerError(FingerprintError, TimeoutError):
-    """No finger was placed on the sensor within the timeout."""
-
-
-class PoorQualityError(FingerprintError):
-    """The image is below the quality threshold; ask the person to press again.
-
-    The capture is attached (``.capture``) so a caller may still keep it.
-    """
-
-    def __init__(self, message: str, capture: FingerCapture) -> None:
-        super().__init__(message)
-        self.capture = capture
-
-
-class EnrollmentError(FingerprintError):
-    """Enrolment failed: the presses came from different fingers, or no free page."""
-
-
-class ImageEncodingError(FingerprintError):
-    """The image could not be encoded (PNG) or did not fit an ISO record."""
-
-
-class CaptureCancelled(FingerprintError):
-    """The caller cancelled a wait for a finger (its ``cancel`` event was set)."""
-
-
-class ModuleError(FingerprintError):
-    """The module answered with a confirmation code the operation cannot continue from."""
-
-    def __init__(self, message: str, code: ConfirmationCode) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# -- image quality --------------------------------------------------------------------
-def quality_score(image: npt.NDArray[np.uint8], block: int = 16) -> int:
-    """Finger-image quality 0..100 (higher is better), from ridge flow and contrast per block.
-
-    Why not NFIQ 2: it is a C++ tool with trained models; this score is
-    small, documented, deterministic, and ranks the faults that matter at
-    the counter (no finger, smudge, blur, noise, a fingertip's edge) in the
-    same direction. It is *not* an NFIQ 2 value; do not report it as one.
-
-    Formula. Let S = the image smoothed with a Gaussian (σ = 1.2 px),
-    R = image − S (the pixel noise), and Gx, Gy the Sobel gradients of S.
-    Split into ``block``×``block`` blocks. For each block b:
-
-    * coherence  c_b = √((Σ Gx² − Σ Gy²)² + 4 (Σ GxGy)²) / (Σ Gx² + Σ Gy²)
-      (1 = perfectly parallel ridges, 0 = no dominant direction);
-    * contrast   s_b = std(S in b);  noise  r_b = std(R in b).
-
-    A block is *foreground* (finger) when s_b ≥ 8 grey levels. Over the F
-    foreground blocks of N in all:
-
-        A = min(1, F / (0.35 N))                       enough finger area
-        C = mean_b min(1, c_b / 0.75)                  clear ridge flow
-        K = mean_b min(1, s_b / 40)                    ridge/valley contrast
-        N' = mean_b min(1, s_b / (2 r_b))              signal above noise
-
-        quality = round(100 · A · C · K · N')          (0 when F = 0)
-
-    On the simulator's synthetic fingers: a clean press scores about 90,
-    a blurred one about 35, a very noisy one about 20, an empty sensor 0.
-    """
-    img = np.asarray(image)
-    if img.ndim != 2 or img.size == 0:
-        raise ValueError(f"quality_score needs a 2-D grey image, got shape {img.shape}")
-    grey = img.astype(np.float32)
-    h, w = (grey.shape[0] // block) * block, (grey.shape[1] // block) * block
-    if h == 0 or w == 0:
-        return 0
-    grey = grey[:h, :w]
-    smooth = cv2.GaussianBlur(grey, (0, 0), 1.2)
-    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
-
-    def blocks(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        return a.reshape(h // block, block, w // block, block)
-
-    gxx = blocks(gx * gx).sum(axis=(1, 3), dtype=np.float64)
-    gyy = blocks(gy * gy).sum(axis=(1, 3), dtype=np.float64)
-    gxy = blocks(gx * gy).sum(axis=(1, 3), dtype=np.float64)
-    coherence = np.sqrt((gxx - gyy) ** 2 + 4 * gxy ** 2) / (gxx + gyy + 1e-9)
-    contrast = blocks(np.asarray(smooth, dtype=np.float32)).std(axis=(1, 3))
-    noise = blocks((grey - smooth).astype(np.float32)).std(axis=(1, 3))
-    fg = contrast >= 8.0
-    if not fg.any():
-        return 0
-    area = min(1.0, float(fg.mean()) / 0.35)
-    flow = float(np.minimum(1.0, coherence[fg] / 0.75).mean())
-    con = float(np.minimum(1.0, contrast[fg] / 40.0).mean())
-    snr = float(np.minimum(1.0, contrast[fg] / (2.0 * noise[fg] + 1e-9)).mean())
-    return int(round(100 * area * flow * con * snr))
-
-
-# -- image files -------------------------------------------------------------------------
-def encode_png(image: npt.NDArray[np.uint8]) -> bytes:
-    """Lossless PNG bytes of an 8-bit grey image (hash these bytes, store these bytes)."""
-    try:
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(image))
-    except cv2.error as exc:
-        raise ImageEncodingError(f"OpenCV could not encode the finger image as PNG: {exc}") from exc
-    if not ok:
-        raise ImageEncodingError("OpenCV refused to encode the finger image as PNG; is it a 2-D uint8 array?")
-    return bytes(buf)
-
-
-def _write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write to a temp file in the same directory, fsync, rename: never a half-written file."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
-
-
-def save_png(image: npt.NDArray[np.uint8], path: str | os.PathLike[str]) -> Path:
-    """Save as PNG atomically; returns the path written."""
-    return _write_atomic(path, encode_png(image))
-
-
-_ISO_COMPRESSION = {"raw": 0, "png": 5}
-
-
-def iso_19794_4_record(
-    image: npt.NDArray[np.uint8],
-    *,
-    quality: int | None = None,
-    finger_position: int = 0,
-    resolution_ppi: int = SENSOR_PPI,
-    compression: str = "raw",
-    capture_device_id: int = 0,
-    acquisition_level: int = 31,
-    impression_type: int = 0,
-) -> bytes:
-    """An ISO/IEC 19794-4:2005 finger image record holding one view.
-
-    Layout (protocol file §6; all integers big-endian)::
-
-        General header, 32 bytes
-          "FIR\\0" · "010\\0" · record length (6) · capture device id (2) ·
-          image acquisition level (2) · number of fingers (1) · scale units (1, 1 = ppi) ·
-          horizontal/vertical scan resolution (2+2) · horizontal/vertical image resolution (2+2) ·
-          pixel depth in bits (1) · compression (1: 0 raw, 5 PNG) · reserved (2)
-        Finger view header, 14 bytes
-          view data length (4, header + image) · finger position (1, 0 unknown,
-          1–5 right thumb→little, 6–10 left) · view count (1) · view number (1) ·
-          quality (1, 0..100; 254 = not computed) · impression type (1, 0 live-scan plain) ·
-          width (2) · height (2) · reserved (1)
-        Image data: raw 8-bit grey rows top to bottom, or a PNG stream
-
-    Why 8-bit although the sensor sends 4 bits: the upsampled ×17 grey is what
-    every viewer and matcher expects; the record says 8 bits honestly.
-    """
-    img = np.asarray(image)
-    if img.dtype != np.uint8 or img.ndim != 2:
-        raise ImageEncodingError(f"an ISO finger image must be 2-D uint8, got {img.dtype} {img.shape}")
-    if compression not in _ISO_COMPRESSION:
-        raise ImageEncodingError(f"compression {compression!r} is not supported; use 'raw' or 'png'")
-    if not 0 <= finger_position <= 10:
-        raise ImageEncodingError(f"finger position {finger_position} is not 0 (unknown) .. 10")
-    height, width = img.shape
-    if width > 0xFFFF or height > 0xFFFF:
-        raise ImageEncodingError(f"image {width}x{height} is too large for a 16-bit size field")
-    for name, value in (("capture_device_id", capture_device_id), ("acquisition_level", acquisition_level),
-                        ("resolution_ppi", resolution_ppi)):
-        if not 0 <= value <= 0xFFFF:
-            raise ImageEncodingError(f"{name} {value} does not fit the record's 16-bit field")
-    if not 0 <= impression_type <= 0xFF:
-        raise ImageEncodingError(f"impression type {impression_type} does not fit in one byte")
-    q = 254 if quality is None else max(0, min(100, int(quality)))
-    data = img.tobytes() if compression == "raw" else encode_png(img)
-    view_len = 14 + len(data)
-    total = 32 + view_len
-    header = (
-        b"FIR\0" + b"010\0" + total.to_bytes(6, "big")
-        + capture_device_id.to_bytes(2, "big") + acquisition_level.to_bytes(2, "big")
-        + bytes([1, 1])
-        + resolution_ppi.to_bytes(2, "big") * 4
-        + bytes([8, _ISO_COMPRESSION[compression]]) + bytes(2)
-    )
-    view = (
-        view_len.to_bytes(4, "big") + bytes([finger_position, 1, 1, q, impression_type])
-        + width.to_bytes(2, "big") + height.to_bytes(2, "big") + bytes(1)
-    )
-    return bytes(header + view + data)
-
-
 @dataclass(frozen=True)
-class IsoFingerImage:
-    """What :func:`parse_iso_19794_4` read back from a record (first view only)."""
+class _Retry:
+    """Why one try of a command failed; ``heard``: the module answered (garbled or refusing), not silence."""
 
-    record_length: int
-    capture_device_id: int
-    resolution_ppi: int
-    pixel_depth: int
-    compression: int
-    finger_position: int
-    quality: int
-    impression_type: int
-    width: int
-    height: int
-    image: npt.NDArray[np.uint8]
+    why: str
+    heard: bool
 
 
-def parse_iso_19794_4(record: bytes) -> IsoFingerImage:
-    """Read back an ISO/IEC 19794-4:2005 record written by :func:`iso_19794_4_record`."""
-    if len(record) < 46 or record[:4] != b"FIR\0" or record[4:8] != b"010\0":
-        raise ImageEncodingError("not an ISO/IEC 19794-4:2005 finger image record (FIR\\0 010\\0 header)")
-    total = int.from_bytes(record[8:14], "big")
-    if total != len(record):
-        raise ImageEncodingError(f"record length field says {total} bytes, the record has {len(record)}")
-    view_len = int.from_bytes(record[32:36], "big")
-    width, height = int.from_bytes(record[41:43], "big"), int.from_bytes(record[43:45], "big")
-    compression = record[29]
-    data = record[46:32 + view_len]
-    if compression == 0:
-        if len(data) != width * height:
-            raise ImageEncodingError(f"raw image is {len(data)} bytes, {width}x{height} needs {width * height}")
-        image = np.frombuffer(data, dtype=np.uint8).reshape(height, width).copy()
-    elif compression == 5:
-        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if decoded is None:
-            raise ImageEncodingError("the record's PNG stream does not decode")
-        image = np.asarray(decoded, dtype=np.uint8)
-    else:
-        raise ImageEncodingError(f"compression {compression} is not raw (0) or PNG (5)")
-    return IsoFingerImage(
-        record_length=total,
-        capture_device_id=int.from_bytes(record[14:16], "big"),
-        resolution_ppi=int.from_bytes(record[20:22], "big"),
-        pixel_depth=record[28],
-        compression=compression,
-        finger_position=record[36],
-        quality=record[39],
-        impression_type=record[40],
-        width=width,
-        height=height,
-        image=image,
-    )
-
-
-# -- results --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FingerCapture:
-    """One finger image as uploaded by the module, with its quality verdict."""
-
-    image: npt.NDArray[np.uint8]  # IMAGE_HEIGHT × IMAGE_WIDTH (288 × 256), 0 = black
-    quality: int  # quality_score(image), 0..100
-    threshold: int  # the threshold it was judged against
-    captured_at: datetime  # UTC, host clock, when the upload finished
-
-    @property
-    def acceptable(self) -> bool:
-        return self.quality >= self.threshold
-
-    @property
-    def retry_prompt(self) -> str | None:
-        """What to tell the person when the image is not good enough, else None."""
-        if self.acceptable:
-            return None
-        return (f"Fingerprint quality {self.quality} is below {self.threshold}: lift the finger, "
-                "clean and dry it, and press it flat on the sensor again.")
-
-    def png(self) -> bytes:
-        return encode_png(self.image)
-
-    def save_png(self, path: str | os.PathLike[str]) -> Path:
-        return save_png(self.image, path)
-
-    def iso_record(self, *, finger_position: int = 0, compression: str = "raw") -> bytes:
-        return iso_19794_4_record(self.image, quality=self.quality, finger_position=finger_position,
-                                  compression=compression)
-
-    def save_iso(self, path: str | os.PathLike[str], *, finger_position: int = 0,
-                 compression: str = "raw") -> Path:
-        return _write_atomic(path, self.iso_record(finger_position=finger_position, compression=compression))
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Outcome of a library search: ``page`` is None when no template matched."""
-
-    page: int | None
-    score: int
-    capture: FingerCapture | None = None
-
-    @property
-    def matched(self) -> bool:
-        return self.page is not None
-
-
-@dataclass(frozen=True)
-class Enrollment:
-    """A finger stored in the module's library at ``page``."""
-
-    page: int
-    captures: tuple[FingerCapture, ...] = field(default=())
-
-
-# -- the driver ------------------------------------------------------------------------------
 class FingerprintReader:
     """An R30x module on a serial link.
 
@@ -558,37 +186,11 @@ class FingerprintReader:
         silent = True
         for _attempt in range(self.retries + 1):
             self._write(command)
-            try:
-                ack = self._read_ack()
-                if ack.code is ConfirmationCode.PACKET_RECEIVE_ERROR:
-                    silent = False
-                    last = "the module reported a packet receive error (cc 01)"
-                    continue
-                if ack.code is ConfirmationCode.PASSWORD_NOT_VERIFIED:
-                    raise WrongPasswordError(
-                        f"the module at {self.url!r} wants its password verified first; "
-                        "pass the right password= to FingerprintReader"
-                    )
-                if ack.ok and expect is not None and len(ack.data) != expect:
-                    silent = False
-                    last = f"{instruction.name} reply carried {len(ack.data)} data bytes, expected {expect}"
-                    self.packet_errors += 1
-                    self._drain()
-                    continue
-                data = self._read_bulk() if data_reply and ack.ok else b""
-                return ack, data
-            except UnknownCodeError as exc:
-                raise ModuleError(
-                    f"{instruction.name}: {exc}", ConfirmationCode.PACKET_RECEIVE_ERROR
-                ) from exc
-            except ProtocolError as exc:
-                silent = False
-                self.packet_errors += 1
-                last = f"garbled reply: {exc}"
-                self._drain()
-            except TimeoutError:
-                last = f"no reply within {self.timeout} s"
-                self._drain()
+            outcome = self._attempt(instruction, data_reply, expect)
+            if not isinstance(outcome, _Retry):
+                return outcome
+            last = outcome.why
+            silent = silent and not outcome.heard
         if silent:
             raise DeviceNotRespondingError(
                 f"the fingerprint reader at {self.url!r} did not answer {instruction.name} "
@@ -599,6 +201,36 @@ class FingerprintReader:
             f"{instruction.name} to {self.url!r} failed {self.retries + 1} times: {last}; "
             "check the cable and ground, or lower the baud rate"
         )
+
+    def _attempt(self, instruction: Instruction, data_reply: bool, expect: int | None) -> tuple[Ack, bytes] | _Retry:
+        """One try, the command just written: its ack and data, or why to send it again."""
+        try:
+            ack = self._read_ack()
+            if ack.code is ConfirmationCode.PACKET_RECEIVE_ERROR:
+                return _Retry("the module reported a packet receive error (cc 01)", heard=True)
+            if ack.code is ConfirmationCode.PASSWORD_NOT_VERIFIED:
+                raise WrongPasswordError(
+                    f"the module at {self.url!r} wants its password verified first; "
+                    "pass the right password= to FingerprintReader"
+                )
+            if ack.ok and expect is not None and len(ack.data) != expect:
+                self.packet_errors += 1
+                self._drain()
+                return _Retry(f"{instruction.name} reply carried {len(ack.data)} data bytes, expected {expect}",
+                              heard=True)
+            data = self._read_bulk() if data_reply and ack.ok else b""
+            return ack, data
+        except UnknownCodeError as exc:
+            raise ModuleError(
+                f"{instruction.name}: {exc}", ConfirmationCode.PACKET_RECEIVE_ERROR
+            ) from exc
+        except ProtocolError as exc:
+            self.packet_errors += 1
+            self._drain()
+            return _Retry(f"garbled reply: {exc}", heard=True)
+        except TimeoutError:
+            self._drain()
+            return _Retry(f"no reply within {self.timeout} s", heard=False)
 
     def _read_ack(self) -> Ack:
         while True:
@@ -775,7 +407,7 @@ class FingerprintReader:
 
     def _judge(self, image: npt.NDArray[np.uint8], min_quality: int | None, raise_on_poor: bool) -> FingerCapture:
         threshold = self.quality_threshold if min_quality is None else min_quality
-        capture = FingerCapture(image, quality_score(image), threshold, datetime.now(timezone.utc))
+        capture = FingerCapture(image, quality_score(image), threshold, datetime.now(UTC))
         if raise_on_poor and not capture.acceptable:
             raise PoorQualityError(capture.retry_prompt or "poor quality", capture)
         return capture
@@ -878,4 +510,3 @@ class FingerprintReader:
             self.create_model()
         self.store(target, 1)
         return Enrollment(target, tuple(captures))
-
