@@ -28,7 +28,7 @@ def child(source: Path, data_dir: Path) -> None:
     """Runs in a fresh process so its peak RSS is the ingest's alone."""
     from gateway.evidence.identity import init_identity
     from gateway.evidence.manifest import ManifestInput
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
 
     from bench._common import peak_rss_mb_self
 

@@ -43,7 +43,7 @@ def main() -> int:
     from drivers.rapidtest import RapidTestAnalyzer
     from gateway.evidence import dsse
     from gateway.evidence.identity import init_identity
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
     from gateway.uplink.mqtt_link import LinkConfig, MqttLink
     from gateway.workflows.rapidtest import RapidTestPipeline
     from simulators.rapidtest.simulator import RapidTestSimulator

@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
 
     from gateway.evidence.identity import init_identity
     from gateway.evidence.manifest import ManifestInput
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
     from gateway.uplink.enroll import enroll
     from gateway.uplink.link import load_link
     from gateway.uplink.uploader import Uploader, UploadSettings

@@ -41,7 +41,7 @@ COMMAND_MODULES = [
 
 
 # Commands that write to the data directory: they need its writer lock, or run inside the `egw run`
-# that holds it (see gateway.evidence.writer_lock and gateway.service.control).
+# that holds it (see gateway.evidence.writer_lock and gateway.station.control).
 WRITING_COMMANDS = frozenset({"ingest", "dock", "sign", "rapidtest", "sync", "export"})
 BUSY_EXIT = 75  # EX_TEMPFAIL: another process writes to the data directory and we did not wait
 
@@ -101,7 +101,7 @@ def _run_as_writer(args: argparse.Namespace, argv: list[str]) -> int:
     holds it, or wait for the other writer (one line on stderr naming it) — never two writers at once."""
     from gateway.commands.common import data_dir_of, say_waiting
     from gateway.evidence import writer_lock
-    from gateway.service import control
+    from gateway.station import control
 
     data_dir = data_dir_of(args)
     deadline = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout

@@ -196,7 +196,7 @@ async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_dat
                        analyzer_url: str, fingerprint_url: str, signpad_url: str, volumes: Path, started: float,
                        as_json: bool, check_alive: Any) -> int:
     from gateway.config import parse_config
-    from gateway.service.runtime import Runtime
+    from gateway.station.runtime import Runtime
 
     config = parse_config({
         "data_dir": str(data_dir), "log_format": "json",

@@ -367,7 +367,7 @@ def _outbox(data: Path) -> list[tuple[str, str]]:
 def test_a_result_message_exists_exactly_when_its_evidence_does(tmp_path: Path) -> None:
     """Queued in the ingest transaction: a rolled-back result leaves no message; a re-sent one adds none."""
     from gateway.evidence.identity import init_identity
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
     from gateway.workflows.rapidtest import RESULT_MEDIA_TYPE, RapidTestPipeline
 
     init_identity(tmp_path / "gw")
@@ -397,7 +397,7 @@ def test_attaching_the_outbox_again_adds_no_second_message(tmp_path: Path) -> No
     """``egw run`` and older callers still call ``attach_to_service`` on a service that attached itself."""
     from gateway.evidence.identity import init_identity
     from gateway.evidence.manifest import ManifestInput
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
     from gateway.uplink import outbox as ob
 
     init_identity(tmp_path / "gw")

@@ -80,7 +80,7 @@ def test_status_oldest_unreceipted_is_the_first_ingested_with_no_negative_age_af
     a negative age. An item ingested while the clock was an hour ahead, then one ingested after it was set right."""
     from gateway.evidence.identity import init_identity
     from gateway.evidence.manifest import ManifestInput
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
 
     init_identity(tmp_path / "gw")
     with EvidenceService(tmp_path / "gw") as service:

@@ -90,8 +90,8 @@ def test_uploader_restarts_after_dying_on_a_full_disk(tmp_path):
     import subprocess
     import types
 
-    from gateway.service.station import Station
-    from gateway.service.uplinks import UploaderComponent
+    from gateway.station.live_state import Station
+    from gateway.station.delivery import UploaderComponent
     from tests.uplink_support import ingest_random, make_gateway, platform_server
 
     disk = tmp_path / "disk"

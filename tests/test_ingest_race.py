@@ -7,7 +7,7 @@ import threading
 
 from gateway.evidence.identity import init_identity
 from gateway.evidence.manifest import ManifestInput
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 
 
 def test_the_same_source_ingested_twice_at_once_is_one_item(tmp_path):

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.evidence.identity import init_identity
 from gateway.evidence.manifest import ManifestInput
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import State
 from gateway.uplink import outbox as ob
 from gateway.uplink.commands import CommandRejected, CommandVerifier, load_platform_key

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.evidence.identity import init_identity, load_identity
 from gateway.evidence.manifest import ManifestInput
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import State
 from gateway.uplink import outbox as ob
 from gateway.uplink.mqtt_link import LinkConfig, MqttLink, drain_outbox, link_status, parse_broker_url

@@ -387,7 +387,7 @@ def test_the_service_refuses_malformed_or_reading_requests_and_carries_on(data: 
 def test_output_reaches_the_client_whole_and_line_by_line(pieces: list[str | None]) -> None:
     """Whatever a command writes (None here: a flush), the client gets exactly that text, and no frame
     holds back a complete line."""
-    from gateway.service.control import _Connection, _FrameStream
+    from gateway.station.control import _Connection, _FrameStream
 
     here, there = socket.socketpair()
     with here, there:

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.evidence.identity import init_identity
 from gateway.evidence.manifest import ManifestInput
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import MIGRATIONS, State
 from gateway.uplink import outbox as ob
 from protos.egw.v1 import events_pb2

@@ -51,7 +51,7 @@ def test_a_result_the_instrument_resends_after_a_gateway_restart_is_not_new_evid
 
     from drivers.rapidtest import Judgement, RapidTestResult
     from gateway.evidence.identity import init_identity
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
     from gateway.workflows.rapidtest import RapidTestPipeline
 
     init_identity(tmp_path / "gw")

@@ -125,8 +125,8 @@ def mqtt_produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     """What a gateway publishes, as the reference platform's MQTT side receives it from a broker of our own:
     birth and will, an evidence state, a rapid-test result, a device state, the tree head, a command and replies."""
     from gateway.evidence.identity import init_identity
-    from gateway.evidence.service import EvidenceService
-    from gateway.service.uplinks import device_message, result_message
+    from gateway.evidence.evidence_service import EvidenceService
+    from gateway.station.delivery import device_message, result_message
     from gateway.uplink.mqtt_link import LinkConfig, MqttLink
     from gateway.uplink.outbox import attach_to_service
     from gateway.workflows.rapidtest import RapidTestPipeline
@@ -284,7 +284,7 @@ def test_the_custody_entries_checked_cover_the_conditional_parts(produced: dict[
 
 def test_manifests_with_sm3_and_the_officer_flag_match(produced: dict[str, Any]) -> None:
     """Both items of the first ingest, read from state.db: the schema sees the optional SM3 digest and the officer flag."""
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
 
     with EvidenceService(produced["data"]) as service:
         manifests = [json.loads(base64.b64decode(json.loads(service.state.get(i["evidence_id"]).manifest)["payload"]))

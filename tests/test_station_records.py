@@ -1,12 +1,12 @@
-"""The screen's rows come from the committed state database (gateway.service.records), whoever wrote them."""
+"""The screen's rows come from the committed state database (gateway.station.records), whoever wrote them."""
 
 import json
 
 import pytest
 
 from gateway.evidence.manifest import ManifestInput
-from gateway.evidence.service import EvidenceService
-from gateway.service.records import RecordFeed
+from gateway.evidence.evidence_service import EvidenceService
+from gateway.station.records import RecordFeed
 from gateway.workflows.rapidtest import RESULT_MEDIA_TYPE
 from gateway.workflows.signing import RECORD_MEDIA_TYPE
 from tests.conftest import run_egw

@@ -14,7 +14,7 @@ import pytest
 from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.receipt import verify_receipt
 from gateway.evidence import dsse
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import EvidenceRow
 from gateway.uplink.uploader import CHUNK_SIZE, TokenBucket, Uploader, UploadSettings, parse_rate
 from simulators.platform.cli import list_received

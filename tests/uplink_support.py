@@ -15,7 +15,7 @@ import grpc
 
 from gateway.evidence.identity import init_identity
 from gateway.evidence.manifest import ManifestInput
-from gateway.evidence.service import EvidenceService, IngestResult
+from gateway.evidence.evidence_service import EvidenceService, IngestResult
 from gateway.uplink.enroll import enroll
 from gateway.uplink.link import PlatformLink, load_link
 from protos.egw.v1 import ingest_pb2_grpc

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
 
 __all__ = ["add_data_dir", "add_json", "data_dir_of", "print_json", "default_data_dir", "open_evidence", "out", "err", "in_service",
            "cancelled", "check_cancelled", "CommandCancelled", "Delegation", "delegated", "getenv", "say_waiting"]
@@ -51,7 +51,7 @@ def data_dir_of(args: argparse.Namespace) -> Path:
 @dataclass
 class Delegation:
     """A command running inside ``egw run`` for a client of its control socket (see
-    ``gateway.service.control``): where its output goes, the service's own evidence service, the
+    ``gateway.station.control``): where its output goes, the service's own evidence service, the
     client's EGW_* environment, and whether the client has gone (Ctrl-C)."""
 
     service: "EvidenceService"
@@ -133,7 +133,7 @@ def open_evidence(args: argparse.Namespace, *, write: bool = True, **options: An
     writer per data directory. Outside, a writer holds the data directory's writer lock while the
     service is open (``egw`` normally took it already, before deciding to run the command here); a
     reader gets a read-only handle that never changes or removes anything."""
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
 
     delegation = _delegation.get()
     if write and delegation is not None:

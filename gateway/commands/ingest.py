@@ -10,7 +10,7 @@ from pathlib import Path
 from gateway.commands.common import add_data_dir, add_json, CommandCancelled, check_cancelled, err, out, print_json, open_evidence
 from gateway.errors import GatewayError
 from gateway.evidence.manifest import KINDS, ManifestInput
-from gateway.evidence.service import path_as_data
+from gateway.evidence.evidence_service import path_as_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

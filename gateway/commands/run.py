@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.service.logs import setup_logging
+from gateway.station.logs import setup_logging
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, data_dir_override=args.data_dir)
     setup_logging(config.log_format, getattr(logging, config.log_level.upper()))
-    from gateway.service.runtime import Runtime
+    from gateway.station.runtime import Runtime
 
     async def main() -> int:
         runtime = Runtime(config, args.config)

@@ -73,7 +73,7 @@ def record_readings(args: argparse.Namespace, results: list[dict[str, Any]], sam
     import json as _json
 
     from gateway.evidence.manifest import ManifestInput
-    from gateway.evidence.service import path_as_data
+    from gateway.evidence.evidence_service import path_as_data
 
     with open_evidence(args) as service:
         for item in results:

@@ -37,7 +37,7 @@ from gateway.evidence.custody import verify_tree_head
 from gateway.evidence.identity import load_pem_certificates, verify_certificate_chain
 from gateway.evidence.manifest import MANIFEST_TYPE, parse_manifest
 from gateway.evidence.receipt import verify_receipt
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.store import sha256_file
 
 __all__ = ["export_bundle", "verify_bundle", "Check", "safe_file_name", "BUNDLE_FORMAT"]

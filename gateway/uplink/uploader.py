@@ -43,7 +43,7 @@ import grpc
 from gateway.errors import GatewayError, VerificationError
 from gateway.evidence import dsse
 from gateway.evidence.receipt import verify_receipt
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import EvidenceRow
 from gateway.uplink.link import PlatformLink, load_link
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc

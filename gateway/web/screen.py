@@ -23,7 +23,7 @@ from importlib import resources
 from aiohttp import web
 
 from gateway.i18n import LANGUAGES, normalise_language, use_language
-from gateway.service.station import Station
+from gateway.station.live_state import Station
 from gateway.web.render import render_page, render_screen
 
 __all__ = ["build_app", "ScreenServer", "CSP", "LANGUAGE_COOKIE"]

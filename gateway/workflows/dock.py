@@ -53,7 +53,7 @@ from drivers.bodycam import (
 from gateway.errors import DeviceError, GatewayError
 from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.media import probe_image, probe_video, thumbnail_jpeg
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.store import StoredBlob
 
 __all__ = ["DockWorkflow", "DockState", "DockedRecording", "DockCancelled", "RELEASE_POLICIES", "mounted_serials"]

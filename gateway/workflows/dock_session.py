@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import EvidenceRow
 from gateway.i18n import _, ngettext
 from gateway.workflows.dock import DockCancelled, DockedRecording, DockState, DockWorkflow

@@ -33,7 +33,7 @@ from typing import Any
 from drivers.rapidtest import RapidTestResult
 from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.outbox import enqueue, to_json_bytes, topic_root
-from gateway.evidence.service import EvidenceService, IngestResult
+from gateway.evidence.evidence_service import EvidenceService, IngestResult
 from gateway.evidence.state import EvidenceRow
 from protos.egw.v1 import events_pb2, evidence_pb2
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from gateway.errors import DeviceError, GatewayError, SourceError
 from gateway.evidence.manifest import ManifestInput
-from gateway.evidence.service import EvidenceService, path_as_data
+from gateway.evidence.evidence_service import EvidenceService, path_as_data
 from gateway.evidence.store import sha256_file
 
 __all__ = ["SigningSession", "SigningRecord", "ROLES", "RECORD_MEDIA_TYPE"]

@@ -48,7 +48,7 @@ class Station:
         self.gateway_id = gateway_id
         self._lock = threading.Lock()
         self.devices: dict[str, DeviceCard] = {}
-        # Read from the state database (gateway.service.records) by the service's refresher, never pushed:
+        # Read from the state database (gateway.station.records) by the service's refresher, never pushed:
         # each row carries the committed state of its item, whoever made it.
         self.results: list[dict[str, Any]] = []
         self.signings: list[dict[str, Any]] = []

@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from gateway.evidence.dsse import Envelope
-from gateway.evidence.service import EvidenceService
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import EvidenceRow
 from gateway.workflows.rapidtest import RESULT_MEDIA_TYPE
 from gateway.workflows.signing import RECORD_MEDIA_TYPE

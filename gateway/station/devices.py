@@ -38,7 +38,7 @@ from gateway.config import DeviceConfig
 from gateway.errors import DeviceError, GatewayError
 
 if TYPE_CHECKING:
-    from gateway.service.runtime import Runtime
+    from gateway.station.context import StationContext
     from gateway.workflows.dock import DockWorkflow
     from gateway.workflows.dock_session import DockSession, RecorderReport
 
@@ -106,7 +106,7 @@ def _bodycam_urls(device: DeviceConfig) -> dict[str, str]:
     return found
 
 
-async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
+async def watch_bodycams(runtime: "StationContext", device: DeviceConfig) -> None:
     """New recorders on the bus are docked; recorders found already mounted (a dock interrupted by a
     kill, a crash or ``egw dock``'s Ctrl-C) are adopted — each by one :class:`DockSession` (keyed by
     serial, shared with an ``egw dock`` run inside the service)."""
@@ -144,7 +144,7 @@ async def watch_bodycams(runtime: "Runtime", device: DeviceConfig) -> None:
         await asyncio.gather(*active.values(), return_exceptions=True)
 
 
-async def _dock_one(runtime: "Runtime", device: DeviceConfig, workflow: "DockWorkflow", key: str, source: str) -> bool:
+async def _dock_one(runtime: "StationContext", device: DeviceConfig, workflow: "DockWorkflow", key: str, source: str) -> bool:
     """Dock (or adopt) one recorder and show it on ONE card (keyed by the recorder, the same card
     across unplug and re-dock) until it is unplugged; False when it could not even be attached, so
     the caller may try again."""
@@ -189,7 +189,7 @@ class _BodycamCard:
     (``bodycam-<serial>``), so an unplug and re-dock updates the same card instead of adding one;
     byte counters are this session's, never above the total."""
 
-    def __init__(self, runtime: "Runtime", device: DeviceConfig, session: "DockSession") -> None:
+    def __init__(self, runtime: "StationContext", device: DeviceConfig, session: "DockSession") -> None:
         self.runtime, self.device, self.session = runtime, device, session
         self.card_id = f"bodycam-{session.key}"
 
@@ -239,7 +239,7 @@ def _serial_url(device: DeviceConfig) -> str | None:
     return None
 
 
-async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
+async def watch_rapidtest(runtime: "StationContext", device: DeviceConfig) -> None:
     from drivers.rapidtest import RapidTestAnalyzer, RapidTestError, RapidTestOverflow
     from gateway.workflows.rapidtest import RapidTestPipeline
 
@@ -294,7 +294,7 @@ async def watch_rapidtest(runtime: "Runtime", device: DeviceConfig) -> None:
         raise
 
 
-async def _refused(runtime: "Runtime", device: DeviceConfig, card_id: str, url: str, exc: Exception) -> None:
+async def _refused(runtime: "StationContext", device: DeviceConfig, card_id: str, url: str, exc: Exception) -> None:
     """A message beyond the limits: the operator must hear of it, and the custody log must say it happened."""
     alarm = (f"Rapid-test analyzer '{device.name}' ({url}) sent a message too large to accept; it was refused and "
              "the connection reset. That result was NOT recorded (a working analyzer still holds it). Check the "
@@ -322,7 +322,7 @@ def _result_row(document: dict[str, Any]) -> dict[str, Any]:
 
 # ---- devices used by signing sessions ------------------------------------------------------
 
-async def watch_presence(runtime: "Runtime", device: DeviceConfig) -> None:
+async def watch_presence(runtime: "StationContext", device: DeviceConfig) -> None:
     card_id = f"{device.kind}:{device.name}"
     while not runtime.stopping.is_set():
         present = await asyncio.to_thread(_present, device)

@@ -15,19 +15,21 @@ import threading
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import DeviceConfig, GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.evidence import writer_lock
-from gateway.evidence.service import EvidenceService
-from gateway.service.control import ControlServer
-from gateway.service.metrics import Metrics
-from gateway.service.station import Station
-from gateway.service.supervisor import Backoff, Supervisor
+from gateway.evidence.evidence_service import EvidenceService
+from gateway.station.context import Component
+from gateway.station.control import ControlServer
+from gateway.station.delivery import MqttComponent, UploaderComponent
+from gateway.station.metrics import Metrics
+from gateway.station.live_state import Station
+from gateway.station.supervisor import Backoff, Supervisor
 
 if TYPE_CHECKING:
-    from gateway.service.records import RecordFeed
+    from gateway.station.records import RecordFeed
 
 __all__ = ["Runtime", "Component", "DEVICE_WATCHERS", "STOP_GRACE_S"]
 
@@ -35,21 +37,13 @@ log = logging.getLogger("egw.run")
 STOP_GRACE_S = 8.0
 
 
-class Component(Protocol):
-    """A long-lived part of the service (an uplink, a watcher) with a clean stop."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-# kind -> factory(runtime, device config) returning the coroutine that watches/serves that device entry
+# kind -> factory(station context, device config) returning the coroutine that watches/serves that device entry
 DeviceWatcherFactory = Callable[["Runtime", DeviceConfig], Awaitable[None]]
 DEVICE_WATCHERS: dict[str, str] = {
-    "bodycam": "gateway.service.devices:watch_bodycams",
-    "rapidtest": "gateway.service.devices:watch_rapidtest",
-    "fingerprint": "gateway.service.devices:watch_presence",
-    "signpad": "gateway.service.devices:watch_presence",
+    "bodycam": "gateway.station.devices:watch_bodycams",
+    "rapidtest": "gateway.station.devices:watch_rapidtest",
+    "fingerprint": "gateway.station.devices:watch_presence",
+    "signpad": "gateway.station.devices:watch_presence",
 }
 
 
@@ -101,8 +95,6 @@ class Runtime:
         await self._start_outputs()
         self.control = ControlServer(self.config.data_dir, self.service)
         self.control.start()
-        from gateway.service.uplinks import MqttComponent, UploaderComponent
-
         self.components[:0] = [MqttComponent(self), UploaderComponent(self)]
         for component in self.components:
             await component.start()
@@ -214,7 +206,7 @@ class Runtime:
     def _wire_records(self, wake: asyncio.Event) -> RecordFeed:
         """The screen's results and signing rows come from the state database; a commit touching one of
         them (in this process) wakes the refresher at once, other processes' commits within a second."""
-        from gateway.service.records import RECORD_MEDIA_TYPES, RecordFeed
+        from gateway.station.records import RECORD_MEDIA_TYPES, RecordFeed
 
         loop = asyncio.get_running_loop()
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.service.runtime import Runtime
+    from gateway.station.context import StationContext
 
 __all__ = ["UploaderComponent"]
 
@@ -39,7 +39,7 @@ def _check_transport(enrolled_insecure: bool, config_insecure: bool) -> None:
 class UploaderComponent:
     """Runs the uploader continuously; without enrolment it stays idle and says why (once)."""
 
-    def __init__(self, runtime: "Runtime") -> None:
+    def __init__(self, runtime: "StationContext") -> None:
         self.runtime = runtime
         self.stop_event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -116,7 +116,7 @@ class MqttComponent:
 
     DEVICE_STATE_MIN_INTERVAL_S = 1.0
 
-    def __init__(self, runtime: "Runtime") -> None:
+    def __init__(self, runtime: "StationContext") -> None:
         self.runtime = runtime
         self.link: object | None = None
         self._last_device_publish: dict[str, tuple[float, str, bool]] = {}

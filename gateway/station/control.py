@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
-    from gateway.evidence.service import EvidenceService
+    from gateway.evidence.evidence_service import EvidenceService
 
 __all__ = [
     "CANCELLED_EXIT",
