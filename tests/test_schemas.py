@@ -126,9 +126,8 @@ def mqtt_produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     birth and will, an evidence state, a rapid-test result, a device state, the tree head, a command and replies."""
     from gateway.evidence.identity import init_identity
     from gateway.evidence.evidence_service import EvidenceService
-    from gateway.station.delivery import device_message, result_message
+    from gateway.station.delivery import device_message
     from gateway.uplink.mqtt_link import LinkConfig, MqttLink
-    from gateway.uplink.outbox import attach_to_service
     from gateway.workflows.rapidtest import RapidTestPipeline
     from simulators.platform.pki import PlatformPKI
     from simulators.platform_mqtt import PlatformMqtt
@@ -143,12 +142,11 @@ def mqtt_produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
                             gateway_keys={gateway_id: identity.certificate}).start()
     try:
         with EvidenceService(root / "gw") as service:
-            attach_to_service(service)
             link = MqttLink(root / "gw", LinkConfig(broker.url, platform_cert=pki.platform_cert), evidence_service=service)
             link.start()
             try:
                 assert link.wait_connected(15), "the gateway's MQTT link did not come up"
-                pipeline = RapidTestPipeline(service, publishers=[lambda recorded: link.put_result(result_message(recorded))])
+                pipeline = RapidTestPipeline(service)  # queues results/rapidtest itself, in the result's transaction
                 pipeline.record(_rapid_test_result())
                 link.put_device_state(device_message({
                     "device_id": "cam-9", "kind": "bodycam", "state": "docked", "safe_to_undock": True, "updated": 1796535600,
