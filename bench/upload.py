@@ -7,7 +7,7 @@ disk and hashes), the rate of a raw Python ``ssl`` socket with the same
 certificates and cipher setup (server discards), the gateway's peak RSS, and on
 the last line ``grpc/raw_tls = R``. Medians of ``--repeat`` runs.
 
-Choices (see shared/PERFORMANCE-NOTES.md, gRPC section):
+Choices (measured on this class of machine: 2 vCPUs, loopback, grpcio 1.85):
 * 1 MiB chunks: gRPC reached 0.64 of a raw socket with 1 MiB messages, 0.27
   with 64 KiB, and worse again with 3 MiB; 1 MiB also bounds what a resume
   re-sends.

@@ -7,7 +7,7 @@ or the ``CLIENT`` (imports devices). h11-style: ``receive_data(bytes)``,
 No sockets, threads or clocks here; ``usbip_server`` and ``usbip_client`` own
 those. We write this codec ourselves rather than reuse the PyPI ``usbip``
 package, whose framing reads straight from sockets, has no length limits and
-silently turns a truncated payload into ``b""`` (see the issue note).
+silently turns a truncated payload into ``b""``.
 
 All integers are big-endian; the 8-byte USB setup packet inside CMD_SUBMIT
 keeps USB's little-endian layout (``firmware_bridge.usb.SetupPacket``).

@@ -28,7 +28,7 @@ class BodyCamModel:
     default_password: str = f9.DEFAULT_PASSWORD
 
 
-SIMULATOR_MODEL = BodyCamModel(0x1209, 0x0001, "egw simulated body camera (bodycam-usb.md)")
+SIMULATOR_MODEL = BodyCamModel(0x1209, 0x0001, "egw simulated body camera (docs/protocols/bodycam-usb.md)")
 DEVICE_TABLE: dict[tuple[int, int], BodyCamModel] = {(SIMULATOR_MODEL.vendor_id, SIMULATOR_MODEL.product_id): SIMULATOR_MODEL}
 
 

@@ -1,4 +1,4 @@
-"""Simulated body-worn cameras (bodycam-usb.md): USB device model, media, CLI."""
+"""Simulated body-worn cameras (docs/protocols/bodycam-usb.md): USB device model, media, CLI."""
 
 from .device import EP_IN, EP_OUT, BodyCamFaults, BodyCamSimulator
 from .media import RecordingSpec, recording_name

@@ -1,6 +1,6 @@
 """A simulated body-worn camera: the USB device model and its mass-storage volume.
 
-The recorder speaks bodycam-usb.md: Bulk-Only Transport on bulk IN 0x81 /
+The recorder speaks docs/protocols/bodycam-usb.md: Bulk-Only Transport on bulk IN 0x81 /
 OUT 0x02, the SCSI basics, and the vendor ``F9`` GA/T 947.4 functions. It
 is served to hosts by the USB/IP server (``usbip://``) or driven in-process
 through ``LoopbackUsbDevice`` in tests.
