@@ -64,7 +64,7 @@ from paho.mqtt.properties import Properties
 from gateway import __version__
 from gateway.errors import ConfigError
 from gateway.evidence import identity as identity_mod
-from gateway.evidence.custody import CustodyLog
+from gateway.evidence.custody import CustodyLog, log_size
 from gateway.evidence.state import State
 from gateway.uplink import outbox as ob
 from gateway.uplink.commands import CommandHandler, CommandRejected, CommandVerifier, PlatformKeySource, load_platform_key, make_reply
@@ -311,7 +311,7 @@ class MqttLink:
     def _supervise(self) -> None:
         assert self._state is not None
         # Deleting acknowledged rows need not be fsynced: losing a delete only re-sends a duplicate.
-        self._state.db.execute("PRAGMA synchronous=NORMAL")
+        self._state.use_synchronous_normal()
         try:
             while not self._stopping.is_set():
                 try:
@@ -659,7 +659,7 @@ class MqttLink:
         if self._sth_size < 0:
             return
         assert self._state is not None
-        left = self._state.db.execute("SELECT COUNT(*) FROM outbox WHERE parked_reason IS NULL").fetchone()[0]
+        left = ob.count_sendable(self._state.db)
         if left == 0:
             self._drained.set()
         else:
@@ -672,7 +672,7 @@ class MqttLink:
             return
         self._sth_due = now + self.config.sth_interval_s
         assert self._state is not None
-        size = int(self._state.db.execute("SELECT COUNT(*) FROM custody").fetchone()[0])
+        size = log_size(self._state)
         if size == self._sth_size:
             return
         if size > 0:
@@ -713,12 +713,8 @@ class MqttLink:
                 nonce = command.nonce[:128]
             except CommandRejected:
                 pass
-            self._state.db.execute("PRAGMA synchronous=FULL")  # a used nonce must survive a power cut
-            try:
-                with self._state.transaction() as db:
-                    verified = self.verifier.verify(db, name, bytes(message.payload))
-            finally:
-                self._state.db.execute("PRAGMA synchronous=NORMAL")
+            with self._state.synchronous_full(), self._state.transaction() as db:  # a used nonce must survive a power cut
+                verified = self.verifier.verify(db, name, bytes(message.payload))
         except CommandRejected as exc:
             self.stats.commands_rejected += 1
             log.warning("MQTT: rejected command %r (nonce %r): %s", name, nonce, exc)
