@@ -4,9 +4,10 @@
 Why here and not in ``gateway.uplink``: the evidence service registers this
 hook itself when it is constructed (every writable service, whatever command
 opened it), and the evidence core must not depend on the uplinks. What is
-written here is only rows in ``state.db``; ``gateway.uplink.outbox`` (group
-commit, link status) and ``gateway.uplink.mqtt_link`` (the MQTT connection)
-deliver them, inside ``egw run`` or in ``egw sync --once --mqtt URL``.
+written here is only rows in ``state.db`` (this module is the only code that
+queries the outbox table); ``gateway.uplink.outbox`` (group commit) and
+``gateway.uplink.mqtt_link`` (the MQTT connection) deliver them, inside
+``egw run`` or in ``egw sync --once --mqtt URL``.
 
 Lanes (one FIFO each, ordered by the AUTOINCREMENT id)::
 
