@@ -73,5 +73,5 @@ def test_evidence_states_are_the_stored_and_printed_strings() -> None:
     assert STATES == ("ingested", "queued", "uploading", "receipted", "released")
     assert UNRECEIPTED == ("ingested", "queued", "uploading")
     for state in EvidenceState:
-        assert state == state.value and str(state) == f"{state}" == "%s" % state == state.value
+        assert state == state.value and str(state) == f"{state}" == "%s" % state == state.value  # noqa: UP031 - the old-style format must print the value too
         assert json.dumps({"state": state}) == json.dumps({"state": state.value})

@@ -9,7 +9,7 @@ import sqlite3
 import time
 from typing import Any
 
-__all__ = ["set_link_status", "read_link_status"]
+__all__ = ["read_link_status", "set_link_status"]
 
 def set_link_status(db: sqlite3.Connection, link: str, state: str, *, broker: str | None = None,
                     detail: str | None = None, protocol: str | None = None, error: str | None = None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["FORGOTTEN_UP_TO", "NonceReplayed", "forgotten_up_to", "use_nonce", "forget_expired_before"]
+__all__ = ["FORGOTTEN_UP_TO", "NonceReplayed", "forget_expired_before", "forgotten_up_to", "use_nonce"]
 
 FORGOTTEN_UP_TO = ""  # the command_nonces row holding the latest expiry of forgotten nonces (no command has this nonce)
 

@@ -145,7 +145,7 @@ class EvidenceService:
             })
             self._run_hooks(db, evidence_id, {"event": "ingested"})
             self.state.transition(evidence_id, EvidenceState.QUEUED)
-            self._run_hooks(db, evidence_id, {"event": "queued"})
+            self._run_hooks(db, evidence_id, {"event": EvidenceState.QUEUED.value})
         return IngestResult(evidence_id, blob.sha256, blob.size, False, EvidenceState.QUEUED.value)
 
     # ---- state changes -----------------------------------------------------
