@@ -184,9 +184,9 @@ class EvidenceListing:
     created_at: float
 
 
-_LISTING_COLUMNS = "id, kind, device_id, officer_id, source_path, size, state, receipt, created_at"
 # Named, never ``*``: a column added by a migration must not shift the fields of every row read.
 _LISTING_FIELDS = tuple(f.name for f in fields(EvidenceListing))
+_LISTING_COLUMNS = ", ".join(_LISTING_FIELDS)
 _EVIDENCE_FIELDS = tuple(f.name for f in fields(EvidenceRow))
 _EVIDENCE_COLUMNS = ", ".join(_EVIDENCE_FIELDS)
 _UNRECEIPTED_MARKS = ", ".join("?" for _ in UNRECEIPTED)
