@@ -45,7 +45,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion  # noqa: E40
 from gateway.evidence.identity import init_identity  # noqa: E402
 from gateway.evidence.state import State  # noqa: E402
 from gateway.uplink import outbox as ob  # noqa: E402
-from gateway.uplink.mqtt_link import LinkConfig, MqttLink, parse_broker_url  # noqa: E402
+from gateway.uplink.mqtt_config import LinkConfig, parse_broker_url  # noqa: E402
+from gateway.uplink.mqtt_link import MqttLink  # noqa: E402
 
 
 def payload_template() -> bytes:

@@ -44,7 +44,8 @@ def main() -> int:
     from gateway.evidence import dsse
     from gateway.evidence.identity import init_identity
     from gateway.evidence.evidence_service import EvidenceService
-    from gateway.uplink.mqtt_link import LinkConfig, MqttLink
+    from gateway.uplink.mqtt_config import LinkConfig
+    from gateway.uplink.mqtt_link import MqttLink
     from gateway.workflows.rapidtest import RapidTestPipeline
     from simulators.rapidtest.simulator import RapidTestSimulator
 

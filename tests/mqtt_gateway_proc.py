@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.uplink.mqtt_link import LinkConfig, MqttLink
+from gateway.uplink.mqtt_config import LinkConfig
+from gateway.uplink.mqtt_link import MqttLink
 from protos.egw.v1 import events_pb2
 
 

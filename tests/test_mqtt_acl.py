@@ -16,7 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.evidence.identity import init_identity
 from gateway.uplink import outbox as ob
-from gateway.uplink.mqtt_link import LinkConfig, MqttLink, drain_outbox, link_status
+from gateway.uplink.mqtt_config import LinkConfig
+from gateway.uplink.mqtt_link import MqttLink, drain_outbox, link_status
 from protos.egw.v1 import events_pb2
 from simulators.platform_mqtt import PlatformMqtt, TlsFiles
 from tests.mqtt_support import MiniCA, Mosquitto, enrol_for_tls, wait_for, write_cert, write_key

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from gateway.evidence.identity import init_identity
-from gateway.uplink.mqtt_link import LinkConfig, MqttLink, link_status
+from gateway.uplink.mqtt_config import LinkConfig
+from gateway.uplink.mqtt_link import MqttLink, link_status
 from protos.egw.v1 import events_pb2
 from tests.mqtt_support import Gate, Mosquitto, Subscriber, wait_for
 

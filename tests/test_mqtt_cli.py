@@ -62,7 +62,8 @@ def test_platform_mqtt_simulator_cli_sends_a_signed_command(tmp_path: Path, caps
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from gateway.uplink.mqtt_link import LinkConfig, MqttLink
+    from gateway.uplink.mqtt_config import LinkConfig
+    from gateway.uplink.mqtt_link import MqttLink
     from simulators.platform_mqtt.cli import main as platform_main
 
     key = ec.generate_private_key(ec.SECP256R1())

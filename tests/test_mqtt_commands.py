@@ -15,7 +15,8 @@ from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import State
 from gateway.uplink import outbox as ob
 from gateway.uplink.commands import CommandRejected, CommandVerifier, load_platform_key
-from gateway.uplink.mqtt_link import LinkConfig, MqttLink
+from gateway.uplink.mqtt_config import LinkConfig
+from gateway.uplink.mqtt_link import MqttLink
 from protos import dsse
 from simulators.platform_mqtt import PlatformMqtt, sign_command
 from tests.mqtt_support import SHARED_BROKER, wait_for

@@ -12,7 +12,8 @@ from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import State
 from gateway.uplink import outbox as ob
-from gateway.uplink.mqtt_link import LinkConfig, MqttLink, drain_outbox, link_status, parse_broker_url
+from gateway.uplink.mqtt_config import LinkConfig, parse_broker_url
+from gateway.uplink.mqtt_link import MqttLink, drain_outbox, link_status
 from gateway.errors import ConfigError
 from protos.egw.v1 import events_pb2
 from simulators.platform_mqtt import PlatformMqtt

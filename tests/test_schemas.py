@@ -127,7 +127,8 @@ def mqtt_produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     from gateway.evidence.identity import init_identity
     from gateway.evidence.evidence_service import EvidenceService
     from gateway.station.delivery import device_message
-    from gateway.uplink.mqtt_link import LinkConfig, MqttLink
+    from gateway.uplink.mqtt_config import LinkConfig
+    from gateway.uplink.mqtt_link import MqttLink
     from gateway.workflows.rapidtest import RapidTestPipeline
     from simulators.platform.pki import PlatformPKI
     from simulators.platform_mqtt import PlatformMqtt

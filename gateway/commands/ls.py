@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.commands.common import add_data_dir, add_json, err, open_evidence, out
 from gateway.errors import ConfigError
+from gateway.evidence.state import STATES
 
 __all__ = ["register", "run", "parse_since", "printable", "source_name", "TABLE_ROWS"]
 
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--officer", help="only items of this officer (police number)")
     p.add_argument("--since", help="only items ingested since then: an ISO date/time (local time unless it "
                                    "names a zone) or a duration back from now (30m, 2h, 7d)")
-    p.add_argument("--state", action="append", choices=("ingested", "queued", "uploading", "receipted", "released"),
+    p.add_argument("--state", action="append", choices=STATES,
                    help="only items in this state (repeat for several)")
     p.add_argument("--kind", action="append", help="only items of this kind, e.g. video, photo, audio (repeatable)")
     p.add_argument("--limit", type=int, help="at most this many items, newest first")

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.commands.common import add_data_dir, add_json, cancelled, data_dir_of, err, in_service, open_evidence, out, print_json
 from gateway.errors import ConfigError
-from gateway.evidence.state import State
+from gateway.evidence.state import UNRECEIPTED, EvidenceState, State
 from gateway.uplink.uploader import UploadOutcome, Uploader, UploadSettings, parse_rate
 
 __all__ = ["register", "run"]
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _line(o: UploadOutcome) -> str:
     resumed = [x for x in o.resumed_from if x]
     how = f", resumed at {resumed[-1]}" if resumed else ""
-    if o.status == "receipted":
+    if o.status == EvidenceState.RECEIPTED:
         return f"receipted {o.evidence_id} sha256 {o.sha256[:16]}… {o.size} B receipt {o.receipt_id} ({o.attempts} attempt(s){how})"
     return f"FAILED    {o.evidence_id} sha256 {o.sha256[:16]}… {o.size} B after {o.attempts} attempt(s){how}: {o.error}"
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                             on_outcome=None if args.json else lambda o: print(_line(o), file=out(), flush=True))
         outcomes = asyncio.run(uploader.run_once())
         with State(data_dir) as state:
-            left = [r for r in state.all_evidence() if r.state in ("ingested", "queued", "uploading")]
+            left = [r for r in state.all_evidence() if r.state in UNRECEIPTED]
     drain = None
     if args.mqtt:
         from gateway.uplink.mqtt_link import drain_outbox
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                     "mqtt": None if drain is None else {k: getattr(drain, k) for k in ("ok", "delivered", "remaining", "parked", "error", "link_state")}})
     else:
         if not args.no_upload:
-            done = sum(o.status == "receipted" for o in outcomes)
+            done = sum(o.status == EvidenceState.RECEIPTED for o in outcomes)
             print(f"{done} receipted, {len(outcomes) - done} failed, {len(left)} left undelivered", file=out())
         if drain is not None:
             print(f"mqtt: {drain.delivered} delivered, {drain.remaining} left, {drain.parked} refused by the broker"
@@ -92,11 +92,7 @@ STALL_S = 30.0  # no pending item moved for this long: report them instead of wa
 def _pending(service: Any) -> dict[str, tuple[str, int, str, int, str | None]]:
     """id → (state, upload offset, sha256, size, last error) of every item not yet receipted (no manifests:
     this is polled)."""
-    with service.state.lock:
-        rows = service.state.db.execute(
-            "SELECT id, state, upload_offset, sha256, size, last_error FROM evidence "
-            "WHERE state IN ('ingested', 'queued', 'uploading')").fetchall()
-    return {r[0]: tuple(r[1:]) for r in rows}
+    return service.state.unreceipted_progress()
 
 
 def _follow_service_delivery(args: argparse.Namespace) -> int:
@@ -121,7 +117,7 @@ def _follow_service_delivery(args: argparse.Namespace) -> int:
                 moved_at = time.monotonic()
             for eid in before.keys() - now.keys():  # left the queue: only by a receipt
                 _, _, sha256, size, _ = before[eid]
-                delivered.append({"evidence_id": eid, "status": "receipted", "sha256": sha256, "size": size})
+                delivered.append({"evidence_id": eid, "status": EvidenceState.RECEIPTED.value, "sha256": sha256, "size": size})
                 if not args.json:
                     print(f"receipted {eid} sha256 {sha256[:16]}… {size} B (by egw run)", file=out(), flush=True)
             before = now

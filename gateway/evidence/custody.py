@@ -50,6 +50,26 @@ def verify_tree_head(envelope: dsse.Envelope, public_key: Any) -> tuple[int, byt
     return size, root, body
 
 
+def log_size(state: State) -> int:
+    """How many entries the custody log holds (what the next tree head will cover)."""
+    with state.lock:
+        return int(state.db.execute("SELECT COUNT(*) FROM custody").fetchone()[0])
+
+
+def last_docked(state: State, serial: str) -> dict[str, Any] | None:
+    """The newest ``docked`` event whose ``serial`` equals ``serial`` exactly.
+
+    Matched with ``json_extract`` over the entry as text: the serial is a value compared with ``=``,
+    never a ``LIKE`` pattern (where ``_`` and ``%`` in a serial are wildcards, and which over the
+    BLOB column matched nothing at all)."""
+    with state.lock:  # the connection is shared with the copy workers and the uplinks
+        row = state.db.execute(
+            "SELECT entry FROM custody WHERE event = 'docked' AND json_valid(CAST(entry AS TEXT)) "
+            "AND json_extract(CAST(entry AS TEXT), '$.serial') = ? ORDER BY seq DESC LIMIT 1",
+            (serial,)).fetchone()
+    return None if row is None else dict(json.loads(bytes(row[0])))
+
+
 class CustodyLog:
     def __init__(self, state: State, identity: Identity) -> None:
         self.state = state
@@ -87,8 +107,11 @@ class CustodyLog:
 
     @property
     def size(self) -> int:
-        with self.state.lock:
-            return int(self.state.db.execute("SELECT COUNT(*) FROM custody").fetchone()[0])
+        return log_size(self.state)
+
+    def last_docked(self, serial: str) -> dict[str, Any] | None:
+        """The newest ``docked`` event of the recorder with exactly this serial (None: never docked here)."""
+        return last_docked(self.state, serial)
 
     def sign_tree_head(self) -> TreeHead:
         """Sign the current head (or return the stored one when nothing changed)."""

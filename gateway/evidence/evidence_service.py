@@ -25,7 +25,7 @@ from gateway.evidence.custody import CustodyLog, TreeHead
 from gateway.evidence.ids import uuid7
 from gateway.evidence.manifest import ManifestInput, build_manifest, sign_manifest
 from gateway.evidence.outbox import attach_outbox
-from gateway.evidence.state import EvidenceRow, State
+from gateway.evidence.state import EvidenceRow, EvidenceState, State
 from gateway.evidence.store import DEFAULT_RESERVE, BlobStore, ProgressCallback, StoredBlob
 
 __all__ = ["EvidenceService", "IngestResult", "TransitionHook", "path_as_data"]
@@ -137,21 +137,22 @@ class EvidenceService:
                 "id": evidence_id, "sha256": blob.sha256, "sm3": blob.sm3, "size": blob.size,
                 "kind": manifest["kind"], "media_type": manifest["media_type"], "device_id": item.device_id,
                 "officer_id": item.officer_id, "source_path": item.source_path, "source_mtime": source_mtime,
-                "priority": priority, "state": "ingested", "manifest": envelope.to_bytes(),
+                "priority": priority, "state": EvidenceState.INGESTED.value, "manifest": envelope.to_bytes(),
             })
             self.custody.append(db, "ingested", evidence_id, {
                 "sha256": blob.sha256, "size": blob.size, "manifest_sha256": manifest_sha,
                 "source_path": item.source_path, "device_id": item.device_id,
             })
             self._run_hooks(db, evidence_id, {"event": "ingested"})
-            self.state.transition(evidence_id, "queued")
-            self._run_hooks(db, evidence_id, {"event": "queued"})
-        return IngestResult(evidence_id, blob.sha256, blob.size, False, "queued")
+            self.state.transition(evidence_id, EvidenceState.QUEUED)
+            self._run_hooks(db, evidence_id, {"event": EvidenceState.QUEUED.value})
+        return IngestResult(evidence_id, blob.sha256, blob.size, False, EvidenceState.QUEUED.value)
 
     # ---- state changes -----------------------------------------------------
     def transition(self, evidence_id: str, to_state: str, *, custody_event: str | None = None,
                    details: dict[str, Any] | None = None, **fields: Any) -> None:
         """Change state, optionally with a custody event, in one durable transaction."""
+        to_state = str(to_state)  # an EvidenceState goes on as its plain value (hooks put it in JSON and protobuf)
         with self.state.transaction() as db:
             self.state.transition(evidence_id, to_state, **fields)
             if custody_event:

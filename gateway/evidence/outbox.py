@@ -4,9 +4,10 @@
 Why here and not in ``gateway.uplink``: the evidence service registers this
 hook itself when it is constructed (every writable service, whatever command
 opened it), and the evidence core must not depend on the uplinks. What is
-written here is only rows in ``state.db``; ``gateway.uplink.outbox`` (group
-commit, link status) and ``gateway.uplink.mqtt_link`` (the MQTT connection)
-deliver them, inside ``egw run`` or in ``egw sync --once --mqtt URL``.
+written here is only rows in ``state.db`` (this module is the only code that
+queries the outbox table); ``gateway.uplink.outbox`` (group commit) and
+``gateway.uplink.mqtt_link`` (the MQTT connection) deliver them, inside
+``egw run`` or in ``egw sync --once --mqtt URL``.
 
 Lanes (one FIFO each, ordered by the AUTOINCREMENT id)::
 
@@ -45,7 +46,7 @@ from protos.egw.v1 import events_pb2, evidence_pb2
 __all__ = [
     "LANES", "NEVER_DROP", "LATEST_ONLY", "DEFAULT_QUOTA_BYTES", "MAX_PAYLOAD_BYTES", "MAX_TOPIC_BYTES",
     "OutboxError", "OutboxFullError", "OutboxMessage", "OutboxUsage",
-    "topic_root", "check_topic", "to_json_bytes", "enqueue", "fetch", "delete", "park", "requeue_parked",
+    "topic_root", "check_topic", "to_json_bytes", "enqueue", "fetch", "pending", "count_sendable", "insert_batch", "delete", "park", "requeue_parked",
     "usage", "outbox_full", "evidence_state_message", "evidence_hook", "attach_outbox", "timestamp_now",
 ]
 
@@ -167,6 +168,55 @@ def fetch(db: sqlite3.Connection, lane: str, after_id: int, limit: int) -> list[
         (lane, after_id, limit),
     ).fetchall()
     return [OutboxMessage(int(r[0]), r[1], r[2], bytes(r[3]), int(r[4]), bool(r[5])) for r in rows]
+
+
+def pending(db: sqlite3.Connection) -> list[OutboxMessage]:
+    """Every message still in the outbox, parked ones included, oldest first."""
+    rows = db.execute("SELECT id, lane, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
+    return [OutboxMessage(int(r[0]), r[1], r[2], bytes(r[3]), int(r[4]), bool(r[5])) for r in rows]
+
+
+def count_sendable(db: sqlite3.Connection) -> int:
+    """Messages waiting to be sent (parked ones wait for an operator, not for the link)."""
+    return int(db.execute("SELECT COUNT(*) FROM outbox WHERE parked_reason IS NULL").fetchone()[0])
+
+
+def insert_batch(db: sqlite3.Connection, items: list[tuple[str, str, bytes, bool]]) -> list[int]:
+    """Insert (lane, topic, payload, retain) in order inside the caller's transaction; returns their ids.
+
+    Runs of keep-every-message lanes go in one ``executemany`` (the group commit of
+    ``gateway.uplink.outbox.OutboxWriter``: a burst costs one statement, not one per message);
+    a latest-only lane replaces the message queued for the same topic.
+    """
+    ids: list[int] = []
+    now = time.time()
+    run: list[tuple[str, str, bytes, int, float]] = []
+
+    def flush_run() -> None:
+        if not run:
+            return
+        db.executemany(
+            "INSERT INTO outbox (lane, topic, payload, qos, retain, dedupe_key, created_at) VALUES (?, ?, ?, 1, ?, NULL, ?)",
+            run,
+        )
+        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        # one writer holds the lock and AUTOINCREMENT only grows: the run got consecutive ids
+        ids.extend(range(last - len(run) + 1, last + 1))
+        run.clear()
+
+    for lane, topic, data, retain in items:
+        if lane in LATEST_ONLY:
+            flush_run()
+            db.execute("DELETE FROM outbox WHERE dedupe_key = ?", (topic,))
+            cur = db.execute(
+                "INSERT INTO outbox (lane, topic, payload, qos, retain, dedupe_key, created_at) VALUES (?, ?, ?, 1, ?, ?, ?)",
+                (lane, topic, data, int(retain), topic, now),
+            )
+            ids.append(int(cur.lastrowid or 0))
+        else:
+            run.append((lane, topic, data, int(retain), now))
+    flush_run()
+    return ids
 
 
 def delete(db: sqlite3.Connection, ids: Iterable[int]) -> None:

@@ -13,27 +13,49 @@ Evidence state machine::
 
 from __future__ import annotations
 
+import enum
 import functools
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import NotFoundError, StateError, TransitionError
 
-__all__ = ["State", "EvidenceRow", "EvidenceListing", "STATES", "TRANSITIONS", "MIGRATIONS"]
+__all__ = ["State", "EvidenceRow", "EvidenceListing", "EvidenceState", "STATES", "TRANSITIONS", "UNRECEIPTED",
+           "MIGRATIONS"]
 
-STATES = ("ingested", "queued", "uploading", "receipted", "released")
+
+class EvidenceState(str, enum.Enum):
+    """Where an item is in the state machine. A ``str``: the value is what is stored in ``state.db``,
+    printed and put in JSON, so ``EvidenceState.QUEUED == "queued"`` and ``json.dumps`` writes ``"queued"``."""
+
+    INGESTED = "ingested"
+    QUEUED = "queued"
+    UPLOADING = "uploading"
+    RECEIPTED = "receipted"
+    RELEASED = "released"
+
+    def __str__(self) -> str:  # f-strings and str() print the stored value, never "EvidenceState.QUEUED"
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+STATES: tuple[str, ...] = tuple(s.value for s in EvidenceState)
+# Not yet receipted: what the uploader still owes the platform.
+UNRECEIPTED: tuple[str, ...] = (EvidenceState.INGESTED.value, EvidenceState.QUEUED.value, EvidenceState.UPLOADING.value)
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "ingested": frozenset({"queued"}),
-    "queued": frozenset({"uploading", "receipted"}),
-    "uploading": frozenset({"queued", "receipted"}),
-    "receipted": frozenset({"released"}),
-    "released": frozenset(),
+    EvidenceState.INGESTED.value: frozenset({EvidenceState.QUEUED.value}),
+    EvidenceState.QUEUED.value: frozenset({EvidenceState.UPLOADING.value, EvidenceState.RECEIPTED.value}),
+    EvidenceState.UPLOADING.value: frozenset({EvidenceState.QUEUED.value, EvidenceState.RECEIPTED.value}),
+    EvidenceState.RECEIPTED.value: frozenset({EvidenceState.RELEASED.value}),
+    EvidenceState.RELEASED.value: frozenset(),
 }
 
 MIGRATIONS: list[str] = [
@@ -162,7 +184,17 @@ class EvidenceListing:
     created_at: float
 
 
-_LISTING_COLUMNS = "id, kind, device_id, officer_id, source_path, size, state, receipt, created_at"
+# Named, never ``*``: a column added by a migration must not shift the fields of every row read.
+_LISTING_FIELDS = tuple(f.name for f in fields(EvidenceListing))
+_LISTING_COLUMNS = ", ".join(_LISTING_FIELDS)
+_EVIDENCE_FIELDS = tuple(f.name for f in fields(EvidenceRow))
+_EVIDENCE_COLUMNS = ", ".join(_EVIDENCE_FIELDS)
+_UNRECEIPTED_MARKS = ", ".join("?" for _ in UNRECEIPTED)
+
+
+def _evidence_row(found: sqlite3.Row | tuple[Any, ...]) -> EvidenceRow:
+    """An ``EvidenceRow`` from a row selected with ``_EVIDENCE_COLUMNS``, field by column name."""
+    return EvidenceRow(**dict(zip(_EVIDENCE_FIELDS, found)))
 
 
 def _locked(method: Any) -> Any:
@@ -193,12 +225,26 @@ class State:
             else:
                 data_dir.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-                self.db.execute("PRAGMA journal_mode=WAL")
+                self._enable_wal()
                 self.db.execute("PRAGMA synchronous=FULL")
                 self.db.execute("PRAGMA foreign_keys=ON")
                 self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+
+    def _enable_wal(self, patience_s: float = 30.0) -> None:
+        """Switch a new database to WAL. SQLite answers "database is locked" at once, without its busy
+        timeout, while another connection is creating the same file; that is worth a short wait, not
+        a failure (seen with processes opening a fresh data directory together)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _connect_read_only(self) -> sqlite3.Connection:
         """A connection that cannot change anything (``mode=ro`` and ``query_only``): what ``egw status``,
@@ -277,47 +323,47 @@ class State:
     @_locked
     def insert_evidence(self, row: dict[str, Any]) -> None:
         now = time.time()
-        values = {"created_at": now, "updated_at": now, "priority": 0, "state": "ingested", **row}
+        values = {"created_at": now, "updated_at": now, "priority": 0, "state": EvidenceState.INGESTED.value, **row}
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         self.db.execute(f"INSERT INTO evidence ({columns}) VALUES ({marks})", tuple(values.values()))
 
     @_locked
     def get(self, evidence_id: str) -> EvidenceRow:
-        cur = self.db.execute("SELECT * FROM evidence WHERE id = ?", (evidence_id,))
+        cur = self.db.execute(f"SELECT {_EVIDENCE_COLUMNS} FROM evidence WHERE id = ?", (evidence_id,))
         found = cur.fetchone()
         if found is None:
             raise NotFoundError(f"no evidence with id {evidence_id!r} in {self.path}")
-        return EvidenceRow(*found)
+        return _evidence_row(found)
 
     @_locked
     def find_by_source(self, device_id: str | None, source_path: str, sha256: str) -> EvidenceRow | None:
         cur = self.db.execute(
-            "SELECT * FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? AND sha256 = ?",
+            f"SELECT {_EVIDENCE_COLUMNS} FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? AND sha256 = ?",
             (device_id or "", source_path, sha256),
         )
         found = cur.fetchone()
-        return EvidenceRow(*found) if found else None
+        return _evidence_row(found) if found else None
 
     @_locked
     def first_from_source(self, device_id: str | None, source_path: str) -> EvidenceRow | None:
         """The first item (in insertion order, not by any clock) ingested from this source, whatever its digest."""
         cur = self.db.execute(
-            "SELECT * FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? ORDER BY rowid LIMIT 1",
+            f"SELECT {_EVIDENCE_COLUMNS} FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? ORDER BY rowid LIMIT 1",
             (device_id or "", source_path),
         )
         found = cur.fetchone()
-        return EvidenceRow(*found) if found else None
+        return _evidence_row(found) if found else None
 
     @_locked
     def find_unchanged(self, device_id: str | None, source_path: str, size: int, mtime: float) -> EvidenceRow | None:
         """An item already ingested from this source with the same size and mtime (digest still to confirm)."""
         cur = self.db.execute(
-            "SELECT * FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? AND size = ? AND source_mtime = ?",
+            f"SELECT {_EVIDENCE_COLUMNS} FROM evidence WHERE COALESCE(device_id, '') = ? AND source_path = ? AND size = ? AND source_mtime = ?",
             (device_id or "", source_path, size, mtime),
         )
         found = cur.fetchone()
-        return EvidenceRow(*found) if found else None
+        return _evidence_row(found) if found else None
 
     @_locked
     def transition(self, evidence_id: str, to_state: str, **fields: Any) -> str:
@@ -326,6 +372,7 @@ class State:
         if current is None:
             raise NotFoundError(f"no evidence with id {evidence_id!r}")
         from_state = current[0]
+        to_state = str(to_state)  # an EvidenceState is stored as its value
         if to_state not in TRANSITIONS.get(from_state, frozenset()):
             raise TransitionError(f"evidence {evidence_id} cannot go from {from_state!r} to {to_state!r}")
         assignments = ", ".join(f"{k} = ?" for k in fields)
@@ -347,13 +394,13 @@ class State:
     def oldest_unreceipted(self) -> EvidenceRow | None:
         """The first ingested (insertion order: created_at is the wall clock, which may have been stepped)."""
         found = self.db.execute(
-            "SELECT * FROM evidence WHERE state IN ('ingested', 'queued', 'uploading') ORDER BY rowid LIMIT 1"
-        ).fetchone()
-        return EvidenceRow(*found) if found else None
+            f"SELECT {_EVIDENCE_COLUMNS} FROM evidence WHERE state IN ({_UNRECEIPTED_MARKS}) ORDER BY rowid LIMIT 1",
+            UNRECEIPTED).fetchone()
+        return _evidence_row(found) if found else None
 
     @_locked
     def all_evidence(self) -> list[EvidenceRow]:
-        return [EvidenceRow(*r) for r in self.db.execute("SELECT * FROM evidence ORDER BY created_at, id")]
+        return [_evidence_row(r) for r in self.db.execute(f"SELECT {_EVIDENCE_COLUMNS} FROM evidence ORDER BY created_at, id")]
 
     @_locked
     def last_rowid(self) -> int:
@@ -371,11 +418,11 @@ class State:
         marks = ", ".join("?" for _ in media_types)
         upto = self.last_rowid() if upto_rowid is None else upto_rowid
         cur = self.db.execute(
-            f"SELECT rowid, * FROM evidence WHERE rowid > ? AND rowid <= ? AND media_type IN ({marks}) "
+            f"SELECT rowid, {_EVIDENCE_COLUMNS} FROM evidence WHERE rowid > ? AND rowid <= ? AND media_type IN ({marks}) "
             "ORDER BY rowid DESC LIMIT ?",
             (after_rowid, upto, *media_types, limit),
         )
-        return [(found[0], EvidenceRow(*found[1:])) for found in cur]
+        return [(found[0], _evidence_row(found[1:])) for found in cur]
 
     @_locked
     def states_of(self, evidence_ids: list[str]) -> dict[str, str]:
@@ -414,4 +461,72 @@ class State:
             if not rows:
                 return
             for row in rows:
-                yield EvidenceListing(*row)
+                yield EvidenceListing(**dict(zip(_LISTING_FIELDS, row)))
+
+    # ---- the upload queue (what the uploader claims next) ------------------
+    @_locked
+    def ids_in_state(self, state: str) -> list[str]:
+        """Every item now in ``state`` (ids only: e.g. the uploads a killed gateway left behind)."""
+        return [str(r[0]) for r in self.db.execute("SELECT id FROM evidence WHERE state = ?", (str(state),))]
+
+    @_locked
+    def next_queued(self, *, max_size: int | None = None, skip: frozenset[str] | set[str] = frozenset()) -> EvidenceRow | None:
+        """The next item to upload: highest priority, then smallest, then oldest. ``max_size`` keeps
+        only express items (priority > 0 or at most that size); ``skip`` are items already taken."""
+        where, args = "state = ?", list[Any]([EvidenceState.QUEUED.value])
+        if max_size is not None:
+            where += " AND (priority > 0 OR size <= ?)"
+            args.append(max_size)
+        if skip:
+            where += f" AND id NOT IN ({','.join('?' for _ in skip)})"
+            args.extend(skip)
+        found = self.db.execute(
+            f"SELECT {_EVIDENCE_COLUMNS} FROM evidence WHERE {where} ORDER BY priority DESC, size ASC, created_at ASC, id LIMIT 1",
+            args,
+        ).fetchone()
+        return _evidence_row(found) if found else None
+
+    @_locked
+    def set_upload_offset(self, evidence_id: str, offset: int) -> None:
+        """How far the platform holds this item's bytes (a resumed upload starts there)."""
+        self.db.execute("UPDATE evidence SET upload_offset = ? WHERE id = ?", (offset, evidence_id))
+
+    @_locked
+    def count_unreceipted(self) -> int:
+        """Items not yet delivered (ingested, queued or uploading)."""
+        row = self.db.execute(f"SELECT COUNT(*) FROM evidence WHERE state IN ({_UNRECEIPTED_MARKS})", UNRECEIPTED).fetchone()
+        return int(row[0])
+
+    @_locked
+    def unreceipted_progress(self) -> dict[str, tuple[str, int, str, int, str | None]]:
+        """id → (state, upload offset, sha256, size, last error) of every item not yet receipted (no
+        manifests: ``egw sync`` polls this while it follows the service's uploader)."""
+        rows = self.db.execute(
+            f"SELECT id, state, upload_offset, sha256, size, last_error FROM evidence WHERE state IN ({_UNRECEIPTED_MARKS})",
+            UNRECEIPTED).fetchall()
+        return {r[0]: (r[1], int(r[2]), r[3], int(r[4]), r[5]) for r in rows}
+
+    # ---- connection settings -------------------------------------------------
+    @contextmanager
+    def synchronous_normal(self) -> Iterator[None]:
+        """``synchronous=NORMAL`` for what a power cut may lose without losing evidence (e.g. deleting
+        outbox rows the broker acknowledged: a duplicate, never a loss); ``FULL`` again after."""
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
+    def synchronous_full(self) -> Iterator[None]:
+        """``synchronous=FULL`` on a connection that usually runs ``NORMAL`` (the MQTT link's), for a
+        write that must survive a power cut (a used command nonce); ``NORMAL`` again after."""
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            yield
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def use_synchronous_normal(self) -> None:
+        """This connection commits with ``synchronous=NORMAL`` from now on (a link's own connection)."""
+        self.db.execute("PRAGMA synchronous=NORMAL")

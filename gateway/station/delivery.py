@@ -125,7 +125,8 @@ class MqttComponent:
         config = self.runtime.config
         if not config.mqtt_url:
             return
-        from gateway.uplink.mqtt_link import LinkConfig, MqttLink
+        from gateway.uplink.mqtt_config import LinkConfig
+        from gateway.uplink.mqtt_link import MqttLink
 
         # No wiring of evidence or result messages here: the service queues them itself (so
         # `egw sync --once --mqtt URL` delivers the same messages after any standalone command).

@@ -52,7 +52,8 @@ from google.protobuf import json_format
 
 from gateway import __version__
 from gateway.errors import ConfigError, GatewayError, NotFoundError
-from gateway.evidence.state import TRANSITIONS
+from gateway.evidence import nonces
+from gateway.evidence.state import TRANSITIONS, EvidenceState
 from protos import dsse
 from protos.egw.v1 import events_pb2
 
@@ -68,7 +69,6 @@ MAX_COMMAND_BYTES = 16 * 1024
 MAX_LIFETIME_S = 24 * 3600.0
 CLOCK_SKEW_S = 300.0
 COMMAND_NAMES = ("ping", "sync-time", "reupload", "status")
-FORGOTTEN_UP_TO = ""  # the command_nonces row holding the latest expiry of forgotten nonces (no command has this nonce)
 
 
 class CommandRejected(Exception):
@@ -192,30 +192,21 @@ class CommandVerifier:
             raise CommandRejected("expired", f"command expired {now - expires:.1f} s ago")
         if expires - issued > self.max_lifetime_s:
             raise CommandRejected("too-long-lived", f"command valid for {expires - issued:.0f} s, more than {self.max_lifetime_s:.0f} s")
-        forgotten = db.execute("SELECT expires_at FROM command_nonces WHERE nonce = ?", (FORGOTTEN_UP_TO,)).fetchone()
-        if forgotten is not None and expires <= forgotten[0]:
+        forgotten = nonces.forgotten_up_to(db)
+        if forgotten is not None and expires <= forgotten:
             raise CommandRejected("expired", "command expired before the newest nonce this gateway has forgotten "
                                   "(its clock was once far ahead); the platform must sign a new one")
         self._forget_old_nonces(db, now)
         try:
-            db.execute("INSERT INTO command_nonces (nonce, name, expires_at, seen_at) VALUES (?, ?, ?, ?)",
-                       (command.nonce, command.name, expires, now))
-        except sqlite3.IntegrityError as exc:
+            nonces.use_nonce(db, command.nonce, command.name, expires, now)
+        except nonces.NonceReplayed as exc:
             raise CommandRejected("replayed", f"nonce {command.nonce!r} was already used") from exc
         return VerifiedCommand(command.name, dict(command.args), command.nonce, issued, expires, command.gateway_id)
 
     def _forget_old_nonces(self, db: sqlite3.Connection, now: float) -> None:
         """Drop nonces of commands expired over a day ago, remembering the latest expiry dropped (see the module
         docstring: a clock stepped far ahead must not make a used command acceptable again)."""
-        cutoff = now - self.skew_s - self.max_lifetime_s
-        newest = db.execute("SELECT MAX(expires_at) FROM command_nonces WHERE expires_at < ? AND nonce != ?",
-                            (cutoff, FORGOTTEN_UP_TO)).fetchone()[0]
-        if newest is None:
-            return
-        db.execute("DELETE FROM command_nonces WHERE expires_at < ? AND nonce != ?", (cutoff, FORGOTTEN_UP_TO))
-        db.execute("INSERT INTO command_nonces (nonce, name, expires_at, seen_at) VALUES (?, '(forgotten up to)', ?, ?) "
-                   "ON CONFLICT(nonce) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at), seen_at = excluded.seen_at",
-                   (FORGOTTEN_UP_TO, newest, now))
+        nonces.forget_expired_before(db, now - self.skew_s - self.max_lifetime_s, now)
 
 
 def make_reply(name: str, nonce: str, ok: bool, *, error: str = "", result: dict[str, str] | None = None) -> events_pb2.CommandReply:
@@ -282,11 +273,11 @@ class CommandHandler:
             from_state = self._requeue_with_service(self.evidence_service, evidence_id, details)
         else:
             from_state = self._requeue_standalone(evidence_id, details)
-        if from_state == "queued":
+        if from_state == EvidenceState.QUEUED:
             return make_reply(command.name, command.nonce, True,
-                              result={"evidence_id": evidence_id, "state": "queued", "note": "already queued"})
+                              result={"evidence_id": evidence_id, "state": EvidenceState.QUEUED.value, "note": "already queued"})
         return make_reply(command.name, command.nonce, True,
-                          result={"evidence_id": evidence_id, "state": "queued", "from_state": from_state})
+                          result={"evidence_id": evidence_id, "state": EvidenceState.QUEUED.value, "from_state": from_state})
 
     @staticmethod
     def _check_requeue(evidence_id: str, get: Callable[[str], Any]) -> str:
@@ -294,7 +285,7 @@ class CommandHandler:
             row = get(evidence_id)
         except NotFoundError as exc:
             raise CommandRejected("unknown-evidence", f"no evidence {evidence_id!r} on this gateway") from exc
-        if row.state != "queued" and "queued" not in TRANSITIONS.get(row.state, frozenset()):
+        if row.state != EvidenceState.QUEUED and EvidenceState.QUEUED not in TRANSITIONS.get(row.state, frozenset()):
             raise CommandRejected(
                 "cannot-reupload",
                 f"evidence {evidence_id} is {row.state!r}; only ingested or uploading items can go back to the queue",
@@ -304,8 +295,8 @@ class CommandHandler:
     def _requeue_with_service(self, service: Any, evidence_id: str, details: dict[str, Any]) -> str:
         """The running service's own EvidenceService (its hooks publish the change)."""
         from_state = self._check_requeue(evidence_id, service.state.get)
-        if from_state != "queued":
-            service.transition(evidence_id, "queued", custody_event="reupload-requested",
+        if from_state != EvidenceState.QUEUED:
+            service.transition(evidence_id, EvidenceState.QUEUED, custody_event="reupload-requested",
                                details={**details, "from_state": from_state})
         return from_state
 
@@ -325,10 +316,10 @@ class CommandHandler:
         publish = evidence_hook(identity.gateway_id)
         with State(self.data_dir) as state:
             from_state = self._check_requeue(evidence_id, state.get)
-            if from_state == "queued":
+            if from_state == EvidenceState.QUEUED:
                 return from_state
             with state.transaction() as db:
-                state.transition(evidence_id, "queued")
+                state.transition(evidence_id, EvidenceState.QUEUED)
                 event_details = {**details, "from_state": from_state}
                 CustodyLog(state, identity).append(db, "reupload-requested", evidence_id, event_details)
                 publish(db, state.get(evidence_id), {"event": "reupload-requested", **event_details})

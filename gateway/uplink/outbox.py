@@ -22,10 +22,9 @@ per message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -33,10 +32,35 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from gateway.evidence.link_status import read_link_status, set_link_status
 from gateway.evidence.outbox import (
-    DEFAULT_QUOTA_BYTES, LANES, LATEST_ONLY, MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES, NEVER_DROP, OutboxError,
-    OutboxFullError, OutboxMessage, OutboxUsage, attach_outbox, check_topic, delete, enqueue, evidence_hook,
-    evidence_state_message, fetch, outbox_full, park, requeue_parked, timestamp_now, to_json_bytes, topic_root, usage,
+    DEFAULT_QUOTA_BYTES,
+    LANES,
+    LATEST_ONLY,
+    MAX_PAYLOAD_BYTES,
+    MAX_TOPIC_BYTES,
+    NEVER_DROP,
+    OutboxError,
+    OutboxFullError,
+    OutboxMessage,
+    OutboxUsage,
+    attach_outbox,
+    check_topic,
+    count_sendable,
+    delete,
+    enqueue,
+    evidence_hook,
+    evidence_state_message,
+    fetch,
+    insert_batch,
+    outbox_full,
+    park,
+    pending,
+    requeue_parked,
+    timestamp_now,
+    to_json_bytes,
+    topic_root,
+    usage,
 )
 from gateway.evidence.state import State
 from protos.egw.v1 import events_pb2
@@ -44,7 +68,8 @@ from protos.egw.v1 import events_pb2
 __all__ = [
     "LANES", "NEVER_DROP", "LATEST_ONLY", "DEFAULT_QUOTA_BYTES", "MAX_PAYLOAD_BYTES", "MAX_TOPIC_BYTES",
     "OutboxError", "OutboxFullError", "OutboxMessage", "OutboxUsage", "Outbox", "OutboxWriter", "OutboxTicket",
-    "topic_root", "check_topic", "to_json_bytes", "enqueue", "fetch", "delete", "park", "requeue_parked",
+    "topic_root", "check_topic", "to_json_bytes", "enqueue", "fetch", "pending", "count_sendable", "insert_batch", "delete",
+    "park", "requeue_parked",
     "usage", "outbox_full", "evidence_state_message", "evidence_hook", "attach_outbox", "attach_to_service",
     "set_link_status", "read_link_status", "mqtt_status", "timestamp_now",
 ]
@@ -54,39 +79,6 @@ __all__ = [
 attach_to_service = attach_outbox
 
 log = logging.getLogger("egw.mqtt.outbox")
-
-# ---- link status (what `egw status` shows) ------------------------------------
-
-def set_link_status(db: sqlite3.Connection, link: str, state: str, *, broker: str | None = None,
-                    detail: str | None = None, protocol: str | None = None, error: str | None = None) -> None:
-    """Record the link's state; ``since`` only moves when the state changes."""
-    now = time.time()
-    row = db.execute("SELECT state FROM link_status WHERE link = ?", (link,)).fetchone()
-    if row is None:
-        db.execute(
-            "INSERT INTO link_status (link, state, broker, detail, protocol, since, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (link, state, broker, detail, protocol, now, now),
-        )
-    else:
-        db.execute(
-            "UPDATE link_status SET state = ?, broker = COALESCE(?, broker), detail = ?, protocol = COALESCE(?, protocol), "
-            "since = CASE WHEN state = ? THEN since ELSE ? END, updated_at = ? WHERE link = ?",
-            (state, broker, detail, protocol, state, now, now, link),
-        )
-    if state == "connected":
-        db.execute("UPDATE link_status SET last_connected_at = ? WHERE link = ?", (now, link))
-    if error:
-        db.execute("UPDATE link_status SET last_error = ?, last_error_at = ? WHERE link = ?", (error, now, link))
-
-
-def read_link_status(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
-    cols = ("link", "state", "broker", "detail", "protocol", "since", "last_connected_at", "last_error",
-            "last_error_at", "updated_at")
-    out: dict[str, dict[str, Any]] = {}
-    for row in db.execute(f"SELECT {', '.join(cols)} FROM link_status ORDER BY link"):
-        out[row[0]] = dict(zip(cols[1:], row[1:]))
-    return out
-
 
 def mqtt_status(data_dir: Path | str, quota_bytes: int = DEFAULT_QUOTA_BYTES) -> dict[str, Any]:
     """Everything `egw status` needs about MQTT: link state, last error, outbox backlog, alarm."""
@@ -140,8 +132,7 @@ class Outbox:
         return self.usage().full
 
     def pending(self) -> list[OutboxMessage]:
-        rows = self.state.db.execute("SELECT id, lane, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
-        return [OutboxMessage(int(r[0]), r[1], r[2], bytes(r[3]), int(r[4]), bool(r[5])) for r in rows]
+        return pending(self.state.db)
 
 
 class _Batch:
@@ -247,39 +238,6 @@ class OutboxWriter:
             self._cond.notify()
         self._thread.join(timeout)
 
-    @staticmethod
-    def _insert(db: sqlite3.Connection, items: list[tuple[str, str, bytes, bool]]) -> list[int]:
-        """Insert in order; runs of keep-every-message lanes go in one executemany."""
-        ids: list[int] = []
-        now = time.time()
-        run: list[tuple[str, str, bytes, int, float]] = []
-
-        def flush_run() -> None:
-            if not run:
-                return
-            db.executemany(
-                "INSERT INTO outbox (lane, topic, payload, qos, retain, dedupe_key, created_at) VALUES (?, ?, ?, 1, ?, NULL, ?)",
-                run,
-            )
-            last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
-            # one writer holds the lock and AUTOINCREMENT only grows: the run got consecutive ids
-            ids.extend(range(last - len(run) + 1, last + 1))
-            run.clear()
-
-        for lane, topic, data, retain in items:
-            if lane in LATEST_ONLY:
-                flush_run()
-                db.execute("DELETE FROM outbox WHERE dedupe_key = ?", (topic,))
-                cur = db.execute(
-                    "INSERT INTO outbox (lane, topic, payload, qos, retain, dedupe_key, created_at) VALUES (?, ?, ?, 1, ?, ?, ?)",
-                    (lane, topic, data, int(retain), topic, now),
-                )
-                ids.append(int(cur.lastrowid or 0))
-            else:
-                run.append((lane, topic, data, int(retain), now))
-        flush_run()
-        return ids
-
     def _run(self) -> None:
         state = self._state
         try:
@@ -294,12 +252,10 @@ class OutboxWriter:
                     waiters, self._delete_waiters = self._delete_waiters, []
                 only_deletes = not batch.items
                 try:
-                    if only_deletes:
-                        # Deletions only: losing one to a power cut means a duplicate, not a loss,
-                        # so this transaction need not wait for an fsync.
-                        state.db.execute("PRAGMA synchronous=NORMAL")
-                    with state.transaction() as db:
-                        ids = self._insert(db, batch.items) if batch.items else []
+                    # Deletions only: losing one to a power cut means a duplicate, not a loss,
+                    # so this transaction need not wait for an fsync.
+                    with state.synchronous_normal() if only_deletes else contextlib.nullcontext(), state.transaction() as db:
+                        ids = insert_batch(db, batch.items) if batch.items else []
                         if deletes:
                             delete(db, deletes)
                 except Exception as exc:  # noqa: BLE001 - every producer must hear about it
@@ -309,9 +265,6 @@ class OutboxWriter:
                     for waiter in waiters:
                         waiter.set_exception(exc)
                     continue
-                finally:
-                    if only_deletes:
-                        state.db.execute("PRAGMA synchronous=FULL")
                 batch.ids = ids
                 batch.done.set()
                 for waiter in waiters:

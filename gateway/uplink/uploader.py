@@ -44,7 +44,7 @@ from gateway.errors import GatewayError, VerificationError
 from gateway.evidence import dsse
 from gateway.evidence.receipt import verify_receipt
 from gateway.evidence.evidence_service import EvidenceService
-from gateway.evidence.state import EvidenceRow
+from gateway.evidence.state import EvidenceRow, EvidenceState
 from gateway.uplink.link import PlatformLink, load_link
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
 from protos.upload_wire import encode_chunk_request
@@ -196,7 +196,7 @@ class UploadOutcome:
     evidence_id: str
     sha256: str
     size: int
-    status: str  # "receipted" | "failed"
+    status: str  # "receipted" (EvidenceState.RECEIPTED) | "failed"
     receipt_id: str | None = None
     bytes_sent: int = 0
     resumed_from: list[int] = field(default_factory=list)  # committed offset at the start of each attempt
@@ -252,28 +252,17 @@ class Uploader:
 
     def _requeue_interrupted(self) -> int:
         """Items left 'uploading' by a killed gateway go back to the queue (resume happens via QueryUpload)."""
-        rows = self.service.state.db.execute("SELECT id FROM evidence WHERE state = 'uploading'").fetchall()
-        for (eid,) in rows:
-            self.service.transition(eid, "queued", last_error="interrupted: the gateway stopped during the upload")
-        return len(rows)
+        ids = self.service.state.ids_in_state(EvidenceState.UPLOADING)
+        for eid in ids:
+            self.service.transition(eid, EvidenceState.QUEUED, last_error="interrupted: the gateway stopped during the upload")
+        return len(ids)
 
     def _claim(self, express_only: bool) -> EvidenceRow | None:
         s = self.settings
-        skip = self._claimed | self._given_up
-        where = "state = 'queued'"
-        args: list[Any] = []
-        if express_only:
-            where += " AND (priority > 0 OR size <= ?)"
-            args.append(s.small_threshold)
-        if skip:
-            where += f" AND id NOT IN ({','.join('?' for _ in skip)})"
-            args.extend(skip)
-        row = self.service.state.db.execute(
-            f"SELECT * FROM evidence WHERE {where} ORDER BY priority DESC, size ASC, created_at ASC, id LIMIT 1", args
-        ).fetchone()
-        if row is None:
+        item = self.service.state.next_queued(max_size=s.small_threshold if express_only else None,
+                                              skip=self._claimed | self._given_up)
+        if item is None:
             return None
-        item = EvidenceRow(*row)
         self._claimed.add(item.id)
         return item
 
@@ -357,7 +346,7 @@ class Uploader:
             finally:
                 self._busy -= 1
                 self._claimed.discard(item.id)
-            if outcome.status == "receipted":
+            if outcome.status == EvidenceState.RECEIPTED:
                 self._retries.succeeded(item.id)  # also: what only waited for the platform is due now
             else:
                 self._given_up.add(item.id)
@@ -370,7 +359,7 @@ class Uploader:
 
     async def _deliver(self, item: EvidenceRow, express: bool) -> UploadOutcome:
         out = UploadOutcome(item.id, item.sha256, item.size, "failed", started_at=time.time(), express=express)
-        await self._db(self.service.transition, item.id, "uploading", attempts=item.attempts + 1)
+        await self._db(self.service.transition, item.id, EvidenceState.UPLOADING, attempts=item.attempts + 1)
         try:
             return await self._attempts(item, out, express)
         except asyncio.CancelledError:
@@ -380,8 +369,8 @@ class Uploader:
 
     def _requeue_if_uploading(self, evidence_id: str) -> None:
         # runs on the DB thread after any transition already submitted (e.g. a receipt that just arrived)
-        if self.service.state.get(evidence_id).state == "uploading":
-            self.service.transition(evidence_id, "queued",
+        if self.service.state.get(evidence_id).state == EvidenceState.UPLOADING:
+            self.service.transition(evidence_id, EvidenceState.QUEUED,
                                     last_error="interrupted: the uploader was stopped; resumes at the committed offset")
 
     async def _attempts(self, item: EvidenceRow, out: UploadOutcome, express: bool) -> UploadOutcome:
@@ -415,17 +404,17 @@ class Uploader:
                 out.unreachable = False
                 break
             else:
-                await self._db(self.service.transition, item.id, "receipted", custody_event="receipted",
+                await self._db(self.service.transition, item.id, EvidenceState.RECEIPTED, custody_event="receipted",
                                details={"receipt_id": receipt.receipt_id, "platform_id": receipt.platform_id,
                                         "sha256": receipt.sha256, "size": receipt.size},
                                receipt=receipt_raw, upload_offset=item.size, last_error=None)
-                out.status, out.receipt_id, out.finished_at = "receipted", receipt.receipt_id, time.time()
+                out.status, out.receipt_id, out.finished_at = EvidenceState.RECEIPTED.value, receipt.receipt_id, time.time()
                 return out
             if attempt < s.max_attempts:
                 delay = random.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** (attempt - 1)))  # full jitter
                 await asyncio.sleep(delay)
         out.error, out.finished_at = error, time.time()
-        await self._db(self.service.transition, item.id, "queued", last_error=error[:2000])
+        await self._db(self.service.transition, item.id, EvidenceState.QUEUED, last_error=error[:2000])
         return out
 
     async def _attempt(self, item: EvidenceRow, out: UploadOutcome, express: bool) -> tuple[bytes, evidence_pb2.Receipt]:
@@ -446,7 +435,7 @@ class Uploader:
         return self._check_receipt(item, reply.receipt)
 
     def _note_offset(self, evidence_id: str, offset: int) -> None:
-        self.service.state.db.execute("UPDATE evidence SET upload_offset = ? WHERE id = ?", (offset, evidence_id))
+        self.service.state.set_upload_offset(evidence_id, offset)
 
     def _check_receipt(self, item: EvidenceRow, pb: evidence_pb2.Envelope) -> tuple[bytes, evidence_pb2.Receipt]:
         envelope = dsse.Envelope(pb.payload_type, bytes(pb.payload), tuple((sg.keyid, bytes(sg.sig)) for sg in pb.signatures))
@@ -498,5 +487,4 @@ class Uploader:
 
 def pending_count(service: EvidenceService) -> int:
     """Items not yet delivered (ingested, queued or uploading)."""
-    row = service.state.db.execute("SELECT COUNT(*) FROM evidence WHERE state IN ('ingested', 'queued', 'uploading')").fetchone()
-    return int(row[0])
+    return service.state.count_unreceipted()

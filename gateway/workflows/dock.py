@@ -55,6 +55,7 @@ from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.media import probe_image, probe_video, thumbnail_jpeg
 from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.store import StoredBlob
+from gateway.evidence.state import EvidenceState
 
 __all__ = ["DockWorkflow", "DockState", "DockedRecording", "DockCancelled", "RELEASE_POLICIES", "mounted_serials"]
 
@@ -181,14 +182,8 @@ class DockWorkflow:
         ingest its volume with the identity and clock offset recorded when it was docked."""
         session = session or DockState(url=f"volume://{serial}")
         session.serial, session.device_id, session.adopted = serial, f"bodycam-{serial}", True
-        with self.service.state.lock:  # the connection is shared with the copy workers and the uplinks
-            row = self.service.state.db.execute(
-                "SELECT entry FROM custody WHERE event = 'docked' AND entry LIKE ? ORDER BY seq DESC LIMIT 1",
-                (f'%"serial":"{serial}"%',)).fetchone()
-        if row is not None:
-            import json
-
-            docked = json.loads(bytes(row[0]))
+        docked = self.service.custody.last_docked(serial)
+        if docked is not None:
             session.officer_no = docked.get("officer_no") or ""
             session.zfy_info_hex = docked.get("zfy_info_hex") or ""
             session.zfy_lossy = tuple(docked.get("zfy_lossy_fields") or ())
@@ -379,7 +374,7 @@ class DockWorkflow:
         if not self.platform_enrolled:
             return True
         state = state or self.service.state.get(recording.evidence_id).state
-        return state in ("receipted", "released")
+        return state in (EvidenceState.RECEIPTED, EvidenceState.RELEASED)
 
     def may_delete(self, recording: DockedRecording) -> bool:
         """The release policy: never before a verified receipt unless the policy says "ingest"."""
@@ -387,7 +382,7 @@ class DockWorkflow:
             return False
         if self.release_policy == "ingest":
             return True
-        return self.service.state.get(recording.evidence_id).state == "receipted"
+        return self.service.state.get(recording.evidence_id).state == EvidenceState.RECEIPTED
 
     def release(self, session: DockState) -> int:
         """Release every recording the policy allows now; how many were released."""
@@ -430,8 +425,8 @@ class DockWorkflow:
             return False
         details = {"device_id": session.device_id, "device_path": recording.device_path, "device_sha256": fresh,
                    "policy": self.release_policy, "at": datetime.now(timezone.utc).isoformat()}
-        if row.state == "receipted":
-            self.service.transition(row.id, "released", custody_event="released-from-device", details=details)
+        if row.state == EvidenceState.RECEIPTED:
+            self.service.transition(row.id, EvidenceState.RELEASED, custody_event="released-from-device", details=details)
         else:
             self.service.record_event(row.id, "released-from-device", details)
         recording.released, recording.error = True, None

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from gateway.errors import GatewayError
 from gateway.evidence.evidence_service import EvidenceService
-from gateway.evidence.state import EvidenceRow
+from gateway.evidence.state import EvidenceRow, EvidenceState
 from gateway.i18n import _, ngettext
 from gateway.workflows.dock import DockCancelled, DockedRecording, DockState, DockWorkflow
 
@@ -146,7 +146,7 @@ class TransitionNotifier:
     def upload_outcome(self, outcome: Any) -> None:
         """The uploader's outcome callback (called after the outcome's transition committed)."""
         self._route(getattr(outcome, "evidence_id", ""), None,
-                    unreachable=bool(getattr(outcome, "unreachable", False)) if getattr(outcome, "status", "") != "receipted" else False)
+                    unreachable=bool(getattr(outcome, "unreachable", False)) if getattr(outcome, "status", "") != EvidenceState.RECEIPTED else False)
 
     def wake_all(self) -> None:
         """Something every session cares about happened (the delivery ended)."""
@@ -254,14 +254,14 @@ class OwnUploader:
         self._done.wait(10)
 
     def unreachable(self) -> bool:
-        return any(getattr(o, "unreachable", False) and o.status != "receipted" for o in self._outcomes)
+        return any(getattr(o, "unreachable", False) and o.status != EvidenceState.RECEIPTED for o in self._outcomes)
 
     def note(self) -> str:
         if not self._done.wait(30):
             return "uploads still stopping: what is in flight resumes next time"
         if self._error is not None:
             return f"uploads stopped: {self._error}"
-        failed = [o for o in self._outcomes if o.status != "receipted"]
+        failed = [o for o in self._outcomes if o.status != EvidenceState.RECEIPTED]
         if failed and all(o.unreachable for o in failed):
             return f"{len(self._outcomes) - len(failed)} receipted, {len(failed)} not delivered: the platform is unreachable"
         return f"{len(self._outcomes) - len(failed)} receipted, {len(failed)} not delivered" + (
@@ -481,7 +481,7 @@ class DockSession:
             hostile_entries=tuple(s.hostile), hostile_total=s.hostile_total, attention=tuple(s.attention),
             zfy_lossy_fields=tuple(s.zfy_lossy), error=s.error, verdict=verdict, todo=todo, detail=detail,
             files_total=len(rows), files_stored=sum(1 for r in rows if r.evidence_id),
-            files_receipted=sum(1 for r in rows if r.state in ("receipted", "released")),
+            files_receipted=sum(1 for r in rows if r.state in (EvidenceState.RECEIPTED, EvidenceState.RELEASED)),
             files_released=sum(1 for r in rows if r.released), files_on_recorder=sum(1 for r in rows if not r.released),
             bytes_total=s.bytes_total, bytes_done=min(self.bytes_done, s.bytes_total),
             platform_unreachable=self._platform_unreachable(rows), interrupted=self.cancelled())
@@ -494,9 +494,7 @@ class DockSession:
         state = self.workflow.service.state
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            with state.lock:  # the connection is shared with the copy workers and the uplinks
-                found.update(state.db.execute(f"SELECT id, state FROM evidence WHERE id IN ({','.join('?' * len(chunk))})",
-                                              chunk).fetchall())
+            found.update(state.states_of(chunk))  # locked: the connection is shared with the copy workers and the uplinks
         return found
 
     def _row(self, r: DockedRecording, states: dict[str, str]) -> RecordingReport:

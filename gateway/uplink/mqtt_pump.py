@@ -1,0 +1,153 @@
+"""The MQTT link's outbox pump: feeds paho from the outbox table with back-pressure, deletes rows on
+PUBACK, parks the ones the broker refused, and publishes the custody tree head when the log grew.
+
+At most ``window`` messages are with paho un-acknowledged; lanes are served round-robin, each in id
+order (see ``gateway.uplink.mqtt_link`` for the delivery rules).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.evidence.custody import CustodyLog, log_size
+from gateway.uplink import outbox as ob
+from gateway.uplink.mqtt_config import BATCH_READ, DELETE_BATCH, LINK_NAME, SEQ_PROPERTY
+from gateway.uplink.mqtt_core import LinkCore
+from protos.egw.v1 import events_pb2
+
+__all__ = ["OutboxPump"]
+
+log = logging.getLogger("egw.mqtt")
+
+
+class OutboxPump(LinkCore):
+    """The sending half of ``MqttLink``."""
+
+    def _next_message(self) -> ob.OutboxMessage | None:
+        assert self._state is not None
+        lanes = ob.LANES
+        for i in range(len(lanes)):
+            lane = lanes[(self._rr + i) % len(lanes)]
+            buf = self._buffers[lane]
+            if not buf and not self._exhausted[lane]:
+                rows = ob.fetch(self._state.db, lane, self._cursor[lane], BATCH_READ)
+                if rows:
+                    self._cursor[lane] = rows[-1].id
+                    buf.extend(rows)
+                if len(rows) < BATCH_READ:
+                    self._exhausted[lane] = True
+            if buf:
+                self._rr = (self._rr + i + 1) % len(lanes)
+                return buf.popleft()
+        return None
+
+    def _feed(self) -> None:
+        client = self._client
+        while client is not None and len(self._inflight) < self.window:
+            msg = self._next_message()
+            if msg is None:
+                return
+            properties = None
+            if self._protocol == MQTTProtocolVersion.MQTTv5:
+                properties = Properties(PacketTypes.PUBLISH)
+                properties.UserProperty = (SEQ_PROPERTY, str(msg.id))
+            info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=properties)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
+                self._buffers[msg.lane].appendleft(msg)
+                log.warning("paho refused to queue %s: %s; will retry", msg.topic, mqtt.error_string(info.rc))
+                return
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                self._buffers[msg.lane].appendleft(msg)
+                return
+            self._inflight[info.mid] = msg
+            self.stats.published += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, len(self._inflight))
+            if msg.id in self._sent_before:
+                self.stats.resent += 1
+                self._sent_before.discard(msg.id)
+
+    def _process_acks(self, acks: list[tuple[int, Any]]) -> None:
+        if not acks:
+            return
+        parked: list[tuple[int, str]] = []
+        for mid, reason_code in acks:
+            msg = self._inflight.pop(mid, None)
+            if msg is None:
+                continue  # birth message, a command reply, or a duplicate ack
+            if reason_code is not None and getattr(reason_code, "is_failure", False):
+                why = f"broker refused {msg.topic} (outbox id {msg.id}): {reason_code}"
+                parked.append((msg.id, why))
+            else:
+                self._to_delete.append(msg.id)
+                self.stats.acked += 1
+                self.stats.last_ack_ns = time.monotonic_ns()
+        if parked:
+            assert self._state is not None
+            with self._state.transaction() as db:
+                for row_id, why in parked:
+                    ob.park(db, row_id, why)
+                    self.stats.parked += 1
+                    log.error("MQTT: %s; message parked (kept), fix the ACL/topic then requeue", why)
+                ob.set_link_status(db, LINK_NAME, "connected", detail="some messages were refused by the broker", error=parked[-1][1])
+        self._flush_deletes()
+
+    def _flush_deletes(self, wait: bool = False) -> None:
+        """Hand acknowledged ids to the writer thread (the one writing connection); optionally wait."""
+        if self._to_delete and (wait or len(self._to_delete) >= DELETE_BATCH or not self._inflight):
+            ids, self._to_delete = self._to_delete, []
+            if self.writer is not None and not self.writer.closed:
+                self._delete_done = self.writer.delete(ids)
+            else:
+                assert self._state is not None
+                with self._state.transaction() as db:
+                    ob.delete(db, ids)
+        if wait and self._delete_done is not None:
+            try:
+                self._delete_done.result(30)
+            except Exception as exc:  # noqa: BLE001 - a lost delete only means a duplicate later
+                log.warning("could not delete acknowledged outbox rows (%s); they will be sent again", exc)
+            self._delete_done = None
+
+    def _check_drained(self) -> None:
+        if self._inflight or self._to_delete or any(self._buffers.values()) or not all(self._exhausted.values()):
+            return
+        if self._delete_done is not None and not self._delete_done.done():
+            return
+        if self._dirty or (self.writer is not None and self.writer.busy):
+            return
+        if self._sth_size < 0:
+            return
+        assert self._state is not None
+        left = ob.count_sendable(self._state.db)
+        if left == 0:
+            self._drained.set()
+        else:
+            for lane in ob.LANES:
+                self._exhausted[lane] = False
+
+    def _maybe_tree_head(self, now: float) -> None:
+        """Publish the custody tree head (retained) when the log grew; at most once per interval."""
+        if now < self._sth_due or self.writer is None:
+            return
+        self._sth_due = now + self.config.sth_interval_s
+        assert self._state is not None
+        size = log_size(self._state)
+        if size == self._sth_size:
+            return
+        if size > 0:
+            head = CustodyLog(self._state, self.identity).sign_tree_head()
+            env = head.envelope
+            sth = events_pb2.SignedTreeHead(tree_size=head.tree_size, root_hash=head.root_hash.hex())
+            sth.envelope.payload_type = env.payload_type
+            sth.envelope.payload = env.payload
+            for kid, sig in env.signatures:
+                sth.envelope.signatures.add(keyid=kid, sig=sig)
+            self.writer.submit("custody", "custody/sth", sth, retain=True).result(10)
+        self._sth_size = size
