@@ -1,6 +1,9 @@
 """Open a USB device by URL; the same ``UsbDevice`` API whatever carries the bytes.
 
-* ``usbip://HOST:PORT/BUSID`` — a device exported over USB/IP (our simulators,
+URLs are parsed by ``firmware_bridge.transports.parse_url`` (one parser for
+every transport).
+
+* ``usbip://HOST:PORT[/BUSID][/serial:SERIAL]`` — a device exported over USB/IP (our simulators,
   or ``usbipd`` on another machine), reached through ``UsbIpBackend``: a real
   pyusb backend (``usb.backend.IBackend``), so ``usb.core.find(backend=...)``
   works too and drivers get pyusb's own ``Device`` underneath.
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import array
 import errno as _errno
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -36,53 +38,15 @@ import usb.core
 import usb.util
 
 from firmware_bridge.errors import (
-    BridgeError, ProtocolError, TransportClosed, TransportError, TransportTimeout, UsbError, UsbStall,
+    BridgeError, ProtocolError, TransportClosed, TransportError, TransportTimeout, TransportUrlError, UsbError, UsbStall,
 )
+from firmware_bridge.transports import UsbIpUrl, UsbUrl, parse_url
 from firmware_bridge.usbip import UsbIpDevice, serial_from_path
 from firmware_bridge.usbip_client import DEFAULT_PORT, UsbIpClient, list_devices
 
 __all__ = [
-    "open_usb_device", "list_usbip_devices", "ExportedDevice", "PyUsbDevice", "UsbIpBackend", "parse_usb_url",
-    "UsbIpUrl", "UsbUrl",
+    "open_usb_device", "list_usbip_devices", "ExportedDevice", "PyUsbDevice", "UsbIpBackend",
 ]
-
-# ---- URLs ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UsbIpUrl:
-    host: str
-    port: int
-    busid: str
-
-
-@dataclass(frozen=True)
-class UsbUrl:
-    vendor_id: int
-    product_id: int
-    serial: str | None = None
-
-
-_USBIP_RE = re.compile(r"^usbip://(?P<host>\[[^\]]+\]|[^:/\[\]]+)(?::(?P<port>\d{1,5}))?/(?P<busid>[!-~]{1,31})$")
-_USB_RE = re.compile(r"^usb://(?P<vid>[0-9A-Fa-f]{1,4}):(?P<pid>[0-9A-Fa-f]{1,4})(?:/(?P<serial>.+))?$")
-
-
-def parse_usb_url(url: str) -> UsbIpUrl | UsbUrl:
-    """``usbip://HOST[:PORT]/BUSID`` (port 3240 by default) or ``usb://VID:PID[/SERIAL]``."""
-    m = _USBIP_RE.match(url)
-    if m:
-        port = int(m["port"]) if m["port"] else DEFAULT_PORT
-        if not 0 < port < 65536:
-            raise ValueError(f"{url!r}: port {port} is out of range")
-        return UsbIpUrl(m["host"].strip("[]"), port, m["busid"])
-    m = _USB_RE.match(url)
-    if m:
-        return UsbUrl(int(m["vid"], 16), int(m["pid"], 16), m["serial"])
-    raise ValueError(
-        f"unsupported USB URL {url!r}: use usbip://HOST:PORT/BUSID (e.g. usbip://127.0.0.1:3240/1-1) "
-        "or usb://VID:PID[/SERIAL] with hex IDs (e.g. usb://1209:0001/1234567)"
-    )
-
 
 # ---- discovery ---------------------------------------------------------------------
 
@@ -466,20 +430,15 @@ def _configure(device: usb.core.Device, where: str) -> None:
 
 def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
     """Open ``usbip://HOST:PORT/BUSID`` or ``usb://VID:PID[/SERIAL]``; ``timeout_ms`` is the default per call."""
-    target = parse_usb_url(url)
+    target = parse_url(url)
     if isinstance(target, UsbIpUrl):
-        backend = UsbIpBackend(target.host, target.port, (target.busid,), timeout_ms)
-        found = list(backend.enumerate_devices())
-        if not found:
-            raise TransportError(
-                f"{url}: the USB/IP server at {target.host}:{target.port} exports no device {target.busid!r}; "
-                "list what it exports with `usbip --tcp-port PORT list -r HOST` (or list_usbip_devices)"
-            )
+        backend = UsbIpBackend(target.host, target.port, (target.busid,) if target.busid else None, timeout_ms)
+        found = _pick_exported(url, target, backend)
         try:
-            device = usb.core.Device(found[0], backend)
+            device = usb.core.Device(found, backend)
         except usb.core.USBError as exc:
             raise _translate(exc, url, "reading descriptors") from exc
-    else:
+    elif isinstance(target, UsbUrl):
         try:
             device = usb.core.find(
                 idVendor=target.vendor_id, idProduct=target.product_id,
@@ -497,6 +456,9 @@ def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
                 + (f" with serial {target.serial!r}" if target.serial else "")
                 + " is attached; plug it in, check `lsusb`, and check permissions (udev rule)"
             )
+    else:
+        raise TransportUrlError(f"{url!r} is not a USB device URL; expected usbip://HOST:PORT[/BUSID] or "
+                                "usb://VID:PID[/SERIAL]")
     try:
         _configure(device, url)
         return PyUsbDevice(device, url, timeout_ms)
@@ -505,6 +467,26 @@ def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
         # device stays "busy (imported by another host)" for every retry until the server restarts.
         usb.util.dispose_resources(device)
         raise
+
+
+def _pick_exported(url: str, target: UsbIpUrl, backend: UsbIpBackend) -> _UsbIpDeviceId:
+    """The one exported device the URL names: by bus id, by serial, or the only one there is."""
+    try:
+        found = [d for d in backend.enumerate_devices()
+                 if target.serial is None or serial_from_path(d.exported.path) == target.serial]
+    except OSError as exc:
+        raise TransportError(f"{url}: cannot reach the USB/IP server at {target.server}: {exc}") from exc
+    wanted = " ".join(filter(None, (target.busid and repr(target.busid), target.serial and f"serial {target.serial!r}")))
+    if not found:
+        raise TransportError(
+            f"{url}: the USB/IP server at {target.host}:{target.port} exports no device {wanted or '(none at all)'}; "
+            "list what it exports with `usbip --tcp-port PORT list -r HOST` (or list_usbip_devices)"
+        )
+    if len(found) > 1:
+        raise TransportUrlError(
+            f"{url!r}: the server exports {len(found)} devices ({', '.join(d.exported.busid for d in found)}); "
+            "name one: usbip://HOST:PORT/BUSID or usbip://HOST:PORT/serial:SERIAL")
+    return found[0]
 
 
 def _serial_of(device: usb.core.Device) -> str | None:
