@@ -336,3 +336,69 @@ def test_fingerprint_simulator_url_configures_the_reader(tmp_path: Path, link: t
             assert reader.template_count() >= 0
     finally:
         stop_process(proc)
+
+
+class _Writable:
+    """The ``write`` a PortManager expects, on a socket."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+
+    def write(self, data: bytes) -> None:
+        self.conn.sendall(data)
+
+
+class Rfc2217Bridge:
+    """A COM-port server (RFC 2217) in front of a port, as a terminal server fronts a real one:
+    pyserial's own server side (``PortManager``) speaks the Telnet options. The port is a loop:// (a
+    pty has no modem lines for the server to report)."""
+
+    def __init__(self) -> None:
+        import serial
+        import serial.rfc2217
+
+        self.port = serial.serial_for_url("loop://", timeout=0.05)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"rfc2217://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stop = threading.Event()
+        self._manager_class = serial.rfc2217.PortManager
+        self.thread = threading.Thread(target=self._serve, name="rfc2217-bridge", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _addr = self.listener.accept()
+        conn.settimeout(0.05)
+        manager = self._manager_class(self.port, _Writable(conn))
+        with conn:
+            while not self.stop.is_set():
+                try:
+                    incoming = conn.recv(1024)
+                    if not incoming:
+                        return
+                    self.port.write(b"".join(manager.filter(incoming)))
+                except TimeoutError:
+                    pass
+                data = self.port.read(self.port.in_waiting or 1)
+                if data:
+                    conn.sendall(b"".join(manager.escape(data)))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        self.listener.close()
+        self.port.close()
+
+
+def test_rfc2217_stream_keeps_what_the_device_sent_before_open() -> None:
+    bridge = Rfc2217Bridge()
+    try:
+        bridge.port.write(ENQ)  # the device has spoken before the host connects
+        stream = open_transport(bridge.url, timeout=5)
+        try:
+            assert stream.read(1) == ENQ
+            stream.write(ACK)
+            assert stream.read(1) == ACK  # the loop behind the server sends it back
+        finally:
+            stream.close()
+    finally:
+        bridge.close()
