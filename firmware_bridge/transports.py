@@ -24,7 +24,9 @@ before the host opens it, lost that first byte and waited for an ACK that
 never came. Every stream class here keeps the input buffer as it found it
 while opening; a driver that wants a clean start flushes it itself.
 
-Open failures map to ``firmware_bridge.errors`` (raised ``from`` the cause):
+Failures map to ``firmware_bridge.errors`` here, and only here (raised ``from``
+the cause): :func:`map_open_error` for byte streams, :func:`map_usb_error` for
+pyusb (whichever backend ran). Opening a byte stream:
 
     pyserial / socket                   here
     ──────────────────────────────────  ─────────────────────────────
@@ -51,11 +53,19 @@ import serial.serialposix
 import serial.urlhandler.protocol_loop
 import serial.urlhandler.protocol_socket
 
-from firmware_bridge.errors import TransportError, TransportTimeout, TransportUrlError
+from firmware_bridge.errors import (
+    BridgeError,
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+    TransportUrlError,
+    UsbError,
+    UsbStall,
+)
 
 __all__ = [
     "SerialPath", "SocketUrl", "Rfc2217Url", "LoopUrl", "UsbIpUrl", "UsbUrl", "TransportUrl",
-    "parse_url", "open_transport", "map_open_error", "STREAM_SCHEMES", "USB_SCHEMES", "USBIP_DEFAULT_PORT",
+    "parse_url", "open_transport", "map_open_error", "map_usb_error", "STREAM_SCHEMES", "USB_SCHEMES", "USBIP_DEFAULT_PORT",
 ]
 
 USBIP_DEFAULT_PORT = 3240
@@ -331,6 +341,36 @@ def map_open_error(exc: BaseException, url: str) -> TransportError | TransportUr
     if isinstance(root, (socket.timeout, TimeoutError)) or code == errno.ETIMEDOUT:
         return TransportTimeout(f"cannot open {url}: no answer in time ({_one_line(exc)})")
     return TransportError(f"cannot open {url}: {_one_line(exc)}")
+
+
+def map_usb_error(exc: Exception, where: str, what: str) -> BridgeError:
+    """pyusb's exception (from any backend, libusb or our USB/IP one) as ours; our own cause wins when
+    there is one. The caller raises it ``from exc``.
+
+        pyusb / libusb                      here
+        ──────────────────────────────────  ────────────────────────────────
+        USBTimeoutError, ETIMEDOUT          TransportTimeout
+        EPIPE (stall)                       UsbStall
+        ENODEV, ENOENT, ESHUTDOWN           TransportClosed
+        EACCES                              UsbError (names the udev fix)
+        anything else                       UsbError
+    """
+    import usb.core  # here, not at the top: byte-stream users need no pyusb
+    cause = exc.__cause__
+    if isinstance(cause, BridgeError):
+        return type(cause)(str(cause))
+    if isinstance(exc, usb.core.USBTimeoutError):
+        return TransportTimeout(f"{where}: {what} timed out ({exc})")
+    code = getattr(exc, "errno", None)
+    if code == errno.EPIPE:
+        return UsbStall(f"{where}: {what} stalled (EPIPE): the device rejected the request")
+    if code in (errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN):
+        return TransportClosed(f"{where}: the device disappeared during {what} ({exc}); re-open it once it is back")
+    if code == errno.ETIMEDOUT:
+        return TransportTimeout(f"{where}: {what} timed out ({exc})")
+    if code == errno.EACCES:
+        return UsbError(f"{where}: {what}: permission denied ({exc}); add a udev rule granting access to the device")
+    return UsbError(f"{where}: {what} failed: {exc}")
 
 
 def _one_line(exc: BaseException) -> str:

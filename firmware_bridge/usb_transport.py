@@ -10,7 +10,8 @@ every transport).
 * ``usb://VID:PID[/SERIAL]`` — real hardware through pyusb + libusb (hex IDs).
 
 ``open_usb_device`` wraps the pyusb ``Device`` in ``PyUsbDevice`` so every
-failure arrives as our exception tree, whichever backend ran:
+failure arrives as our exception tree, whichever backend ran (the mapping is
+``firmware_bridge.transports.map_usb_error``):
 
     pyusb / libusb                      here
     ──────────────────────────────────  ────────────────────────────────
@@ -38,9 +39,15 @@ import usb.core
 import usb.util
 
 from firmware_bridge.errors import (
-    BridgeError, ProtocolError, TransportClosed, TransportError, TransportTimeout, TransportUrlError, UsbError, UsbStall,
+    BridgeError,
+    ProtocolError,
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+    TransportUrlError,
+    UsbStall,
 )
-from firmware_bridge.transports import UsbIpUrl, UsbUrl, parse_url
+from firmware_bridge.transports import UsbIpUrl, UsbUrl, map_usb_error, parse_url
 from firmware_bridge.usbip import UsbIpDevice, serial_from_path
 from firmware_bridge.usbip_client import DEFAULT_PORT, UsbIpClient, list_devices
 
@@ -346,25 +353,6 @@ class UsbIpBackend(usb.backend.IBackend):  # type: ignore[misc]
 # ---- the driver-facing wrapper ---------------------------------------------------------------
 
 
-def _translate(exc: Exception, where: str, what: str) -> BridgeError:
-    """pyusb's exception (from any backend) as ours; our own cause wins when there is one."""
-    cause = exc.__cause__
-    if isinstance(cause, BridgeError):
-        return type(cause)(str(cause))
-    if isinstance(exc, usb.core.USBTimeoutError):
-        return TransportTimeout(f"{where}: {what} timed out ({exc})")
-    code = getattr(exc, "errno", None)
-    if code == _errno.EPIPE:
-        return UsbStall(f"{where}: {what} stalled (EPIPE): the device rejected the request")
-    if code in (_errno.ENODEV, _errno.ENOENT, _errno.ESHUTDOWN):
-        return TransportClosed(f"{where}: the device disappeared during {what} ({exc}); re-open it once it is back")
-    if code == _errno.ETIMEDOUT:
-        return TransportTimeout(f"{where}: {what} timed out ({exc})")
-    if code == _errno.EACCES:
-        return UsbError(f"{where}: {what}: permission denied ({exc}); add a udev rule granting access to the device")
-    return UsbError(f"{where}: {what} failed: {exc}")
-
-
 class PyUsbDevice:
     """A pyusb ``Device`` behind the ``UsbDevice`` API, raising ``firmware_bridge.errors`` only."""
 
@@ -379,7 +367,7 @@ class PyUsbDevice:
             try:
                 self.serial_number = usb.util.get_string(device, device.iSerialNumber)
             except (usb.core.USBError, ValueError) as exc:
-                raise _translate(exc, where, "reading the serial number") from exc
+                raise map_usb_error(exc, where, "reading the serial number") from exc
 
     def ctrl_transfer(
         self, bmRequestType: int, bRequest: int, wValue: int = 0, wIndex: int = 0,
@@ -389,21 +377,21 @@ class PyUsbDevice:
             got = self.device.ctrl_transfer(bmRequestType, bRequest, wValue, wIndex, data_or_wLength,
                                             timeout if timeout is not None else self.timeout_ms)
         except (usb.core.USBError, ValueError) as exc:
-            raise _translate(exc, self.where, f"control request 0x{bRequest:02x}") from exc
+            raise map_usb_error(exc, self.where, f"control request 0x{bRequest:02x}") from exc
         return got if isinstance(got, int) else bytes(got)
 
     def read(self, endpoint: int, size_or_buffer: int, timeout: int | None = None) -> bytes:
         try:
             got = self.device.read(endpoint, size_or_buffer, timeout if timeout is not None else self.timeout_ms)
         except (usb.core.USBError, ValueError) as exc:
-            raise _translate(exc, self.where, f"read from endpoint 0x{endpoint:02x}") from exc
+            raise map_usb_error(exc, self.where, f"read from endpoint 0x{endpoint:02x}") from exc
         return bytes(got)
 
     def write(self, endpoint: int, data: bytes, timeout: int | None = None) -> int:
         try:
             return int(self.device.write(endpoint, data, timeout if timeout is not None else self.timeout_ms))
         except (usb.core.USBError, ValueError) as exc:
-            raise _translate(exc, self.where, f"write to endpoint 0x{endpoint:02x}") from exc
+            raise map_usb_error(exc, self.where, f"write to endpoint 0x{endpoint:02x}") from exc
 
     def close(self) -> None:
         usb.util.dispose_resources(self.device)
@@ -421,11 +409,11 @@ def _configure(device: usb.core.Device, where: str) -> None:
         device.get_active_configuration()
     except usb.core.USBError as exc:
         if exc.errno is not None or exc.__cause__ is not None:
-            raise _translate(exc, where, "reading the active configuration") from exc
+            raise map_usb_error(exc, where, "reading the active configuration") from exc
         try:
             device.set_configuration()  # pyusb's "Configuration not set"
         except (usb.core.USBError, ValueError) as exc2:
-            raise _translate(exc2, where, "selecting the configuration") from exc2
+            raise map_usb_error(exc2, where, "selecting the configuration") from exc2
 
 
 def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
@@ -437,7 +425,7 @@ def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
         try:
             device = usb.core.Device(found, backend)
         except usb.core.USBError as exc:
-            raise _translate(exc, url, "reading descriptors") from exc
+            raise map_usb_error(exc, url, "reading descriptors") from exc
     elif isinstance(target, UsbUrl):
         try:
             device = usb.core.find(
@@ -449,7 +437,7 @@ def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
                 f"{url}: pyusb found no libusb backend; install libusb (Debian: apt-get install libusb-1.0-0)"
             ) from exc
         except usb.core.USBError as exc:
-            raise _translate(exc, url, "enumerating USB devices") from exc
+            raise map_usb_error(exc, url, "enumerating USB devices") from exc
         if device is None:
             raise TransportError(
                 f"{url}: no USB device {target.vendor_id:04x}:{target.product_id:04x}"

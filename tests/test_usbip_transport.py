@@ -14,10 +14,20 @@ import time
 import pytest
 import usb.core
 
-from firmware_bridge.errors import TransportClosed, TransportError, TransportTimeout, UsbError, UsbStall
+from firmware_bridge.errors import (
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+    UsbError,
+    UsbStall,
+)
+from firmware_bridge.transports import UsbIpUrl, UsbUrl, map_usb_error, parse_url
 from firmware_bridge.usb import EndpointSpec, InterfaceSpec, SetupPacket, UsbDeviceBase
-from firmware_bridge.transports import UsbIpUrl, UsbUrl, parse_url
-from firmware_bridge.usb_transport import UsbIpBackend, _translate, list_usbip_devices, open_usb_device
+from firmware_bridge.usb_transport import (
+    UsbIpBackend,
+    list_usbip_devices,
+    open_usb_device,
+)
 from firmware_bridge.usbip_client import UsbIpClient
 from firmware_bridge.usbip_server import UsbIpServer
 
@@ -305,5 +315,5 @@ def test_usb_url_without_hardware_is_a_clear_transport_error() -> None:
 )
 def test_libusb_errors_map_to_our_tree(exc: usb.core.USBError, expected: type, words: str) -> None:
     """The errors pyusb's libusb1 backend raises (its code/errno pairs) become ours, for usb:// devices."""
-    got = _translate(exc, "usb://1209:0001", "read from endpoint 0x81")
+    got = map_usb_error(exc, "usb://1209:0001", "read from endpoint 0x81")
     assert type(got) is expected and words in str(got) and "usb://1209:0001" in str(got)
