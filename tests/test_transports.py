@@ -402,3 +402,21 @@ def test_rfc2217_stream_keeps_what_the_device_sent_before_open() -> None:
             stream.close()
     finally:
         bridge.close()
+
+
+@given(key=st.sampled_from(["port", "usb", "usbip"]),
+       value=st.one_of(st.text(), st.lists(st.one_of(_PIECES, st.text(max_size=4)), max_size=10).map("".join)))
+def test_config_takes_any_endpoint_string_or_says_what_is_wrong(key: str, value: str) -> None:
+    from gateway.config import parse_config
+    from gateway.errors import ConfigError
+
+    kind = "signpad" if key == "usbip" else "rapidtest"
+    try:
+        config = parse_config({"data_dir": "/tmp/egw-unused", "devices": [{"kind": kind, key: value}]})
+    except ConfigError as exc:
+        assert "devices[0]" in str(exc)
+        return
+    device = config.devices[0]
+    if key == "usbip":  # stored as HOST:PORT, which the runtime splits at its last colon
+        host, _, port = device.usbip.rpartition(":") if device.usbip else ("", "", "")
+        assert host and port.isdigit() and parse_url(device.usbip_url or "") is not None
