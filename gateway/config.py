@@ -252,46 +252,59 @@ def _device_endpoints(where: str, entry: dict[str, Any], problems: list[str]) ->
     ``usbip://HOST:PORT[/BUSID]``) as well as the older short forms
     (``usbip = "HOST:PORT"``, ``usb = "VID:PID"``), and stores the short form the
     runtime has always read, so a deployed configuration keeps meaning the same."""
-    from firmware_bridge.transports import (
-        LoopUrl,
-        Rfc2217Url,
-        SerialPath,
-        SocketUrl,
-        UsbIpUrl,
-        UsbUrl,
-        parse_url,
-    )
-
-    values: dict[str, Any] = {}
     port, usb, usbip = entry.get("port"), entry.get("usb"), entry.get("usbip")
     if isinstance(port, str) and port:
-        try:
-            if not isinstance(parse_url(port), (SerialPath, SocketUrl, Rfc2217Url, LoopUrl)):
-                problems.append(f"{where}port: {port!r} is a USB URL; put it in usb = or usbip =")
-        except ValueError as exc:
-            problems.append(f"{where}port: {exc}")
+        _check_port(where, port, problems)
+    values: dict[str, Any] = {}
     if isinstance(usbip, str) and usbip:
-        try:
-            target = parse_url(usbip if "://" in usbip else f"usbip://{usbip}")
-        except ValueError:
-            target = None
-        if not isinstance(target, UsbIpUrl) or target.serial or ("://" not in usbip and target.busid):
-            problems.append(f"{where}usbip: {usbip!r} is not HOST:PORT or usbip://HOST:PORT[/BUSID] "
-                            "(e.g. 127.0.0.1:3240 or usbip://127.0.0.1:3240/1-1)")
-        elif "://" not in usbip and ":" not in usbip.rpartition("]")[2]:
-            problems.append(f"{where}usbip: {usbip!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
-        else:
-            values |= {"usbip": target.server, "usbip_busid": target.busid}
+        values |= _usbip_values(where, usbip, problems)
     if isinstance(usb, str):
-        try:
-            target = parse_url(usb) if usb.startswith("usb://") else None
-        except ValueError:
-            target = None
-        if isinstance(target, UsbUrl) and target.serial is None:
-            values["usb"] = f"{target.vendor_id:04x}:{target.product_id:04x}"
-        elif not _is_vid_pid(usb):
-            problems.append(f"{where}usb: {usb!r} is not VID:PID in hex (e.g. \"1209:0001\")")
+        values |= _usb_values(where, usb, problems)
     return values
+
+
+def _check_port(where: str, port: str, problems: list[str]) -> None:
+    from firmware_bridge.transports import LoopUrl, Rfc2217Url, SerialPath, SocketUrl, parse_url
+
+    try:
+        if not isinstance(parse_url(port), (SerialPath, SocketUrl, Rfc2217Url, LoopUrl)):
+            problems.append(f"{where}port: {port!r} is a USB URL; put it in usb = or usbip =")
+    except ValueError as exc:
+        problems.append(f"{where}port: {exc}")
+
+
+def _usbip_values(where: str, usbip: str, problems: list[str]) -> dict[str, Any]:
+    """``HOST:PORT`` (deployed form) or ``usbip://HOST[:PORT][/BUSID]`` -> ``usbip`` = HOST:PORT and the bus id."""
+    from firmware_bridge.transports import UsbIpUrl, parse_url
+
+    is_url = "://" in usbip
+    try:
+        target = parse_url(usbip if is_url else f"usbip://{usbip}")
+    except ValueError:
+        target = None
+    if not isinstance(target, UsbIpUrl) or target.serial or (not is_url and target.busid):
+        problems.append(f"{where}usbip: {usbip!r} is not HOST:PORT or usbip://HOST:PORT[/BUSID] "
+                        "(e.g. 127.0.0.1:3240 or usbip://127.0.0.1:3240/1-1)")
+        return {}
+    if not is_url and ":" not in usbip.rpartition("]")[2]:
+        problems.append(f"{where}usbip: {usbip!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+        return {}
+    return {"usbip": target.server, "usbip_busid": target.busid}
+
+
+def _usb_values(where: str, usb: str, problems: list[str]) -> dict[str, Any]:
+    """``VID:PID`` or ``usb://VID:PID`` -> ``usb`` = VID:PID."""
+    from firmware_bridge.transports import UsbUrl, parse_url
+
+    try:
+        target = parse_url(usb) if usb.startswith("usb://") else None
+    except ValueError:
+        target = None
+    if isinstance(target, UsbUrl) and target.serial is None:
+        return {"usb": f"{target.vendor_id:04x}:{target.product_id:04x}"}
+    if not _is_vid_pid(usb):
+        problems.append(f"{where}usb: {usb!r} is not VID:PID in hex (e.g. \"1209:0001\")")
+    return {}
 
 
 def _is_vid_pid(value: str) -> bool:
