@@ -9,7 +9,8 @@
     usbip://HOST[:PORT][/BUSID][/serial:S]  a USB device exported over USB/IP (port 3240 by default)
     usb://VID:PID[/SERIAL]                  a local USB device through libusb (hex IDs)
 
-Byte streams open with :func:`open_transport` (a pyserial ``SerialBase``, so
+:data:`REGISTRY` maps each scheme to its parser and opener. Byte streams open
+with :func:`open_transport` (a pyserial ``SerialBase``, so
 drivers keep their read/write code); USB URLs open with
 ``firmware_bridge.usb_transport.open_usb_device``. Both parse with
 :func:`parse_url`, which raises :class:`TransportUrlError` only, one line
@@ -65,7 +66,7 @@ from firmware_bridge.errors import (
 
 __all__ = [
     "SerialPath", "SocketUrl", "Rfc2217Url", "LoopUrl", "UsbIpUrl", "UsbUrl", "TransportUrl",
-    "parse_url", "open_transport", "map_open_error", "map_usb_error", "STREAM_SCHEMES", "USB_SCHEMES", "USBIP_DEFAULT_PORT",
+    "parse_url", "open_transport", "map_open_error", "map_usb_error", "Scheme", "REGISTRY", "USBIP_DEFAULT_PORT",
 ]
 
 USBIP_DEFAULT_PORT = 3240
@@ -148,7 +149,7 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-_SCHEME_RE = re.compile(r"^(?P<scheme>[^:/?#]*)://(?P<rest>.*)$", re.DOTALL)
+_SCHEME_RE = re.compile(r"^(?P<scheme>[^:/?#]+)://(?P<rest>.*)$", re.DOTALL)
 _HOST_RE = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>[^/?#]*))?(?P<tail>.*)$", re.DOTALL)
 _BUSID_RE = re.compile(r"^[!-.0-~]{1,31}$")  # printable ASCII without "/", as usbip allows
 _HEX4_RE = re.compile(r"^[0-9A-Fa-f]{1,4}$")
@@ -158,21 +159,26 @@ def parse_url(url: str) -> TransportUrl:
     """Parse any transport URL; raises :class:`TransportUrlError` (one line) and nothing else."""
     if not isinstance(url, str):
         raise TransportUrlError(f"a transport URL is text, got {type(url).__name__}; expected {_FORMS}")
-    match = _SCHEME_RE.match(url)
-    if match is None:
-        return _parse_path(url)
-    scheme, rest = match["scheme"].lower(), match["rest"]
-    parser = _PARSERS.get(scheme)
-    if parser is None:
+    scheme, rest = _split_scheme(url)
+    entry = REGISTRY.get(scheme)
+    if entry is None:
         raise TransportUrlError(f"{url!r}: unknown scheme {scheme!r}; expected {_FORMS}")
-    return parser(url, rest)
+    return entry.parse(url, rest)
 
 
-def _parse_path(url: str) -> SerialPath:
+def _split_scheme(url: str) -> tuple[str, str]:
+    """(scheme, the rest); a device path has the scheme ``""``."""
+    match = _SCHEME_RE.match(url)
+    return (match["scheme"].lower(), match["rest"]) if match else ("", url)
+
+
+def _parse_path(url: str, _rest: str) -> SerialPath:
     if not url.strip():
         raise TransportUrlError(f"{url!r}: empty device URL; expected {_FORMS}")
     if "\x00" in url:
         raise TransportUrlError(f"{url!r}: a device path cannot contain a NUL byte; expected {_FORMS}")
+    if "://" in url:  # "://x", "a/b://x": a scheme, but not one of ours
+        raise TransportUrlError(f"{url!r}: unknown scheme {url.partition('://')[0]!r}; expected {_FORMS}")
     return SerialPath(url)
 
 
@@ -245,13 +251,6 @@ def _parse_usb(url: str, rest: str) -> UsbUrl:
     return UsbUrl(int(vid, 16), int(pid, 16), serial_number or None)
 
 
-_PARSERS: dict[str, Callable[[str, str], TransportUrl]] = {
-    "socket": _parse_socket, "rfc2217": _parse_rfc2217, "loop": _parse_loop, "usbip": _parse_usbip, "usb": _parse_usb,
-}
-STREAM_SCHEMES = ("socket", "rfc2217", "loop")
-USB_SCHEMES = ("usbip", "usb")
-
-
 # ---- byte streams that keep what the peer sent ------------------------------------------------
 
 
@@ -302,8 +301,25 @@ class LoopStream(_KeepsInputOnOpen, serial.urlhandler.protocol_loop.Serial):
     """``loop://``: what is written is read back (tests)."""
 
 
-_STREAMS: dict[type, type[serial.SerialBase]] = {
-    SerialPath: PortStream, SocketUrl: SocketStream, Rfc2217Url: Rfc2217Stream, LoopUrl: LoopStream,
+# ---- the registry -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How one scheme parses, and what opens it: a byte-stream class, or None for a USB device
+    (``firmware_bridge.usb_transport.open_usb_device`` opens those)."""
+
+    parse: Callable[[str, str], TransportUrl]
+    stream: type[serial.SerialBase] | None
+
+
+REGISTRY: dict[str, Scheme] = {
+    "": Scheme(_parse_path, PortStream),  # a device path
+    "socket": Scheme(_parse_socket, SocketStream),
+    "rfc2217": Scheme(_parse_rfc2217, Rfc2217Stream),
+    "loop": Scheme(_parse_loop, LoopStream),
+    "usbip": Scheme(_parse_usbip, None),
+    "usb": Scheme(_parse_usb, None),
 }
 
 
@@ -315,7 +331,7 @@ def open_transport(url: str, *, baudrate: int = 9600, timeout: float | None = No
     Raises :class:`TransportUrlError` for a URL or setting that cannot work,
     :class:`TransportError` when the device cannot be reached."""
     target = parse_url(url)
-    stream_class = _STREAMS.get(type(target))
+    stream_class = REGISTRY[_split_scheme(url)[0]].stream
     if stream_class is None:
         raise TransportUrlError(
             f"{url!r} is a USB device URL, not a byte stream; expected a device path, socket://HOST:PORT, "
