@@ -81,7 +81,8 @@ from firmware_bridge.astm import (
     SessionAborted,
     parse_timestamp,
 )
-from firmware_bridge.errors import ProtocolError
+from firmware_bridge.errors import BridgeError, ProtocolError
+from firmware_bridge.transports import open_transport
 
 __all__ = [
     "Judgement",
@@ -308,10 +309,10 @@ def results_from_transcript(transcript: bytes, encoding: str = "latin-1") -> lis
 
 
 class RapidTestAnalyzer:
-    """Host side of an ASTM rapid-test analyzer on any pyserial URL.
+    """Host side of an ASTM rapid-test analyzer on any byte-stream transport URL.
 
-    ``url``: a device path (``/dev/ttyUSB0``), a pty slave path, or any
-    ``serial_for_url`` URL (``socket://127.0.0.1:7001``, ``loop://``).
+    ``url``: a device path (``/dev/ttyUSB0``), a pty slave path, or a
+    ``firmware_bridge.transports`` URL (``socket://127.0.0.1:7001``, ``loop://``).
     ``receive_timeout``: the E1381 receiver timer (30 s).  ``dedupe``: how
     many recent message digests to remember (0 = report re-sent messages
     again).  ``on_abort(reason, transcript)`` hears about every discarded
@@ -338,18 +339,13 @@ class RapidTestAnalyzer:
         self._seen: deque[str] = deque(maxlen=dedupe) if dedupe > 0 else deque(maxlen=0)
         self._dedupe = dedupe > 0
         try:
-            self._port: serial.SerialBase | None = serial.serial_for_url(
+            self._port: serial.SerialBase | None = open_transport(
                 url, baudrate=baudrate, timeout=poll_interval, write_timeout=5)
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except BridgeError as exc:
             raise RapidTestPortError(
                 f"cannot open rapid-test analyzer port {url!r}: {exc}; check the device path or URL, "
                 "that the analyzer (or simulator) is running, and that no other program holds the port"
             ) from exc
-        # pyserial's socket:// port reports in_waiting as 0 or 1, not a count: read what
-        # is there without waiting instead, or a TCP analyzer is read two bytes per poll.
-        from serial.urlhandler.protocol_socket import Serial as SocketSerial
-
-        self._in_waiting_is_a_flag = isinstance(self._port, SocketSerial)
 
     # ------------------------------------------------------------ public API
 
@@ -456,12 +452,6 @@ class RapidTestAnalyzer:
         data = port.read(1)
         if not data:
             return data
-        if self._in_waiting_is_a_flag:
-            port.timeout = 0
-            try:
-                return data + port.read(READ_CHUNK - 1)
-            finally:
-                port.timeout = self._poll_interval
         waiting = port.in_waiting
         return data + port.read(min(waiting, READ_CHUNK - 1)) if waiting else data
 

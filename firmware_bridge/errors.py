@@ -7,6 +7,7 @@
     │   ├── LengthError           a length beyond the protocol maximum, or truncated
     │   └── UnknownCodeError      a code the protocol does not define
     ├── LocalProtocolError        *we* were asked to send something the protocol forbids
+    ├── TransportUrlError         a transport URL we cannot parse (also a ValueError)
     └── TransportError            the link itself failed
         ├── TransportClosed       the peer went away (unplugged, connection closed)
         ├── TransportTimeout      nothing arrived in time
@@ -24,6 +25,7 @@ __all__ = [
     "LengthError",
     "UnknownCodeError",
     "LocalProtocolError",
+    "TransportUrlError",
     "TransportError",
     "TransportClosed",
     "TransportTimeout",
@@ -58,6 +60,13 @@ class UnknownCodeError(ProtocolError):
 
 class LocalProtocolError(BridgeError):
     """Our own caller asked for something the protocol forbids (a bug on our side)."""
+
+
+class TransportUrlError(BridgeError, ValueError):
+    """A device URL we cannot parse; the one-line message names the form expected.
+
+    Also a ``ValueError``: a bad URL is bad input, and callers that validate
+    input catch ``ValueError``."""
 
 
 class TransportError(BridgeError):

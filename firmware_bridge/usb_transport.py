@@ -1,13 +1,17 @@
 """Open a USB device by URL; the same ``UsbDevice`` API whatever carries the bytes.
 
-* ``usbip://HOST:PORT/BUSID`` — a device exported over USB/IP (our simulators,
+URLs are parsed by ``firmware_bridge.transports.parse_url`` (one parser for
+every transport).
+
+* ``usbip://HOST:PORT[/BUSID][/serial:SERIAL]`` — a device exported over USB/IP (our simulators,
   or ``usbipd`` on another machine), reached through ``UsbIpBackend``: a real
   pyusb backend (``usb.backend.IBackend``), so ``usb.core.find(backend=...)``
   works too and drivers get pyusb's own ``Device`` underneath.
 * ``usb://VID:PID[/SERIAL]`` — real hardware through pyusb + libusb (hex IDs).
 
 ``open_usb_device`` wraps the pyusb ``Device`` in ``PyUsbDevice`` so every
-failure arrives as our exception tree, whichever backend ran:
+failure arrives as our exception tree, whichever backend ran (the mapping is
+``firmware_bridge.transports.map_usb_error``):
 
     pyusb / libusb                      here
     ──────────────────────────────────  ────────────────────────────────
@@ -26,63 +30,31 @@ from __future__ import annotations
 
 import array
 import errno as _errno
-import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import usb.backend
 import usb.core
 import usb.util
 
 from firmware_bridge.errors import (
-    BridgeError, ProtocolError, TransportClosed, TransportError, TransportTimeout, UsbError, UsbStall,
+    BridgeError,
+    ProtocolError,
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+    TransportUrlError,
+    UsbStall,
 )
+from firmware_bridge.transports import UsbIpUrl, UsbUrl, map_usb_error, parse_url
 from firmware_bridge.usbip import UsbIpDevice, serial_from_path
 from firmware_bridge.usbip_client import DEFAULT_PORT, UsbIpClient, list_devices
 
 __all__ = [
-    "open_usb_device", "list_usbip_devices", "ExportedDevice", "PyUsbDevice", "UsbIpBackend", "parse_usb_url",
-    "UsbIpUrl", "UsbUrl",
+    "open_usb_device", "list_usbip_devices", "ExportedDevice", "PyUsbDevice", "UsbIpBackend",
 ]
-
-# ---- URLs ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UsbIpUrl:
-    host: str
-    port: int
-    busid: str
-
-
-@dataclass(frozen=True)
-class UsbUrl:
-    vendor_id: int
-    product_id: int
-    serial: str | None = None
-
-
-_USBIP_RE = re.compile(r"^usbip://(?P<host>\[[^\]]+\]|[^:/\[\]]+)(?::(?P<port>\d{1,5}))?/(?P<busid>[!-~]{1,31})$")
-_USB_RE = re.compile(r"^usb://(?P<vid>[0-9A-Fa-f]{1,4}):(?P<pid>[0-9A-Fa-f]{1,4})(?:/(?P<serial>.+))?$")
-
-
-def parse_usb_url(url: str) -> UsbIpUrl | UsbUrl:
-    """``usbip://HOST[:PORT]/BUSID`` (port 3240 by default) or ``usb://VID:PID[/SERIAL]``."""
-    m = _USBIP_RE.match(url)
-    if m:
-        port = int(m["port"]) if m["port"] else DEFAULT_PORT
-        if not 0 < port < 65536:
-            raise ValueError(f"{url!r}: port {port} is out of range")
-        return UsbIpUrl(m["host"].strip("[]"), port, m["busid"])
-    m = _USB_RE.match(url)
-    if m:
-        return UsbUrl(int(m["vid"], 16), int(m["pid"], 16), m["serial"])
-    raise ValueError(
-        f"unsupported USB URL {url!r}: use usbip://HOST:PORT/BUSID (e.g. usbip://127.0.0.1:3240/1-1) "
-        "or usb://VID:PID[/SERIAL] with hex IDs (e.g. usb://1209:0001/1234567)"
-    )
-
 
 # ---- discovery ---------------------------------------------------------------------
 
@@ -341,7 +313,7 @@ class UsbIpBackend(usb.backend.IBackend):  # type: ignore[misc]
         """No kernel driver is involved on this side of USB/IP."""
 
     def ctrl_transfer(self, dev_handle: UsbIpClient, bmRequestType: int, bRequest: int, wValue: int, wIndex: int,
-                      data: "array.array[int]", timeout: int) -> int:
+                      data: array.array[int], timeout: int) -> int:
         if bmRequestType & 0x80:
             got = self._control(dev_handle, bmRequestType, bRequest, wValue, wIndex, len(data) * data.itemsize,
                                 timeout)
@@ -352,13 +324,13 @@ class UsbIpBackend(usb.backend.IBackend):  # type: ignore[misc]
         assert isinstance(sent, int)
         return sent
 
-    def _write(self, h: UsbIpClient, ep: int, data: "array.array[int]", timeout: int) -> int:
+    def _write(self, h: UsbIpClient, ep: int, data: array.array[int], timeout: int) -> int:
         try:
             return h.write(ep, data.tobytes(), timeout)
         except (TransportError, ProtocolError) as exc:
             raise _usb_error(exc) from exc
 
-    def _read(self, h: UsbIpClient, ep: int, buff: "array.array[int]", timeout: int) -> int:
+    def _read(self, h: UsbIpClient, ep: int, buff: array.array[int], timeout: int) -> int:
         try:
             got = h.read(ep, len(buff) * buff.itemsize, timeout)
         except (TransportError, ProtocolError) as exc:
@@ -366,39 +338,20 @@ class UsbIpBackend(usb.backend.IBackend):  # type: ignore[misc]
         memoryview(buff).cast("B")[: len(got)] = got
         return len(got)
 
-    def bulk_write(self, dev_handle: UsbIpClient, ep: int, intf: int, data: "array.array[int]", timeout: int) -> int:
+    def bulk_write(self, dev_handle: UsbIpClient, ep: int, intf: int, data: array.array[int], timeout: int) -> int:
         return self._write(dev_handle, ep, data, timeout)
 
-    def intr_write(self, dev_handle: UsbIpClient, ep: int, intf: int, data: "array.array[int]", timeout: int) -> int:
+    def intr_write(self, dev_handle: UsbIpClient, ep: int, intf: int, data: array.array[int], timeout: int) -> int:
         return self._write(dev_handle, ep, data, timeout)
 
-    def bulk_read(self, dev_handle: UsbIpClient, ep: int, intf: int, buff: "array.array[int]", timeout: int) -> int:
+    def bulk_read(self, dev_handle: UsbIpClient, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
         return self._read(dev_handle, ep, buff, timeout)
 
-    def intr_read(self, dev_handle: UsbIpClient, ep: int, intf: int, buff: "array.array[int]", timeout: int) -> int:
+    def intr_read(self, dev_handle: UsbIpClient, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
         return self._read(dev_handle, ep, buff, timeout)
 
 
 # ---- the driver-facing wrapper ---------------------------------------------------------------
-
-
-def _translate(exc: Exception, where: str, what: str) -> BridgeError:
-    """pyusb's exception (from any backend) as ours; our own cause wins when there is one."""
-    cause = exc.__cause__
-    if isinstance(cause, BridgeError):
-        return type(cause)(str(cause))
-    if isinstance(exc, usb.core.USBTimeoutError):
-        return TransportTimeout(f"{where}: {what} timed out ({exc})")
-    code = getattr(exc, "errno", None)
-    if code == _errno.EPIPE:
-        return UsbStall(f"{where}: {what} stalled (EPIPE): the device rejected the request")
-    if code in (_errno.ENODEV, _errno.ENOENT, _errno.ESHUTDOWN):
-        return TransportClosed(f"{where}: the device disappeared during {what} ({exc}); re-open it once it is back")
-    if code == _errno.ETIMEDOUT:
-        return TransportTimeout(f"{where}: {what} timed out ({exc})")
-    if code == _errno.EACCES:
-        return UsbError(f"{where}: {what}: permission denied ({exc}); add a udev rule granting access to the device")
-    return UsbError(f"{where}: {what} failed: {exc}")
 
 
 class PyUsbDevice:
@@ -415,7 +368,7 @@ class PyUsbDevice:
             try:
                 self.serial_number = usb.util.get_string(device, device.iSerialNumber)
             except (usb.core.USBError, ValueError) as exc:
-                raise _translate(exc, where, "reading the serial number") from exc
+                raise map_usb_error(exc, where, "reading the serial number") from exc
 
     def ctrl_transfer(
         self, bmRequestType: int, bRequest: int, wValue: int = 0, wIndex: int = 0,
@@ -425,26 +378,26 @@ class PyUsbDevice:
             got = self.device.ctrl_transfer(bmRequestType, bRequest, wValue, wIndex, data_or_wLength,
                                             timeout if timeout is not None else self.timeout_ms)
         except (usb.core.USBError, ValueError) as exc:
-            raise _translate(exc, self.where, f"control request 0x{bRequest:02x}") from exc
+            raise map_usb_error(exc, self.where, f"control request 0x{bRequest:02x}") from exc
         return got if isinstance(got, int) else bytes(got)
 
     def read(self, endpoint: int, size_or_buffer: int, timeout: int | None = None) -> bytes:
         try:
             got = self.device.read(endpoint, size_or_buffer, timeout if timeout is not None else self.timeout_ms)
         except (usb.core.USBError, ValueError) as exc:
-            raise _translate(exc, self.where, f"read from endpoint 0x{endpoint:02x}") from exc
+            raise map_usb_error(exc, self.where, f"read from endpoint 0x{endpoint:02x}") from exc
         return bytes(got)
 
     def write(self, endpoint: int, data: bytes, timeout: int | None = None) -> int:
         try:
             return int(self.device.write(endpoint, data, timeout if timeout is not None else self.timeout_ms))
         except (usb.core.USBError, ValueError) as exc:
-            raise _translate(exc, self.where, f"write to endpoint 0x{endpoint:02x}") from exc
+            raise map_usb_error(exc, self.where, f"write to endpoint 0x{endpoint:02x}") from exc
 
     def close(self) -> None:
         usb.util.dispose_resources(self.device)
 
-    def __enter__(self) -> "PyUsbDevice":
+    def __enter__(self) -> PyUsbDevice:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -457,29 +410,24 @@ def _configure(device: usb.core.Device, where: str) -> None:
         device.get_active_configuration()
     except usb.core.USBError as exc:
         if exc.errno is not None or exc.__cause__ is not None:
-            raise _translate(exc, where, "reading the active configuration") from exc
+            raise map_usb_error(exc, where, "reading the active configuration") from exc
         try:
             device.set_configuration()  # pyusb's "Configuration not set"
         except (usb.core.USBError, ValueError) as exc2:
-            raise _translate(exc2, where, "selecting the configuration") from exc2
+            raise map_usb_error(exc2, where, "selecting the configuration") from exc2
 
 
 def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
     """Open ``usbip://HOST:PORT/BUSID`` or ``usb://VID:PID[/SERIAL]``; ``timeout_ms`` is the default per call."""
-    target = parse_usb_url(url)
+    target = parse_url(url)
     if isinstance(target, UsbIpUrl):
-        backend = UsbIpBackend(target.host, target.port, (target.busid,), timeout_ms)
-        found = list(backend.enumerate_devices())
-        if not found:
-            raise TransportError(
-                f"{url}: the USB/IP server at {target.host}:{target.port} exports no device {target.busid!r}; "
-                "list what it exports with `usbip --tcp-port PORT list -r HOST` (or list_usbip_devices)"
-            )
+        backend = UsbIpBackend(target.host, target.port, (target.busid,) if target.busid else None, timeout_ms)
+        found = _pick_exported(url, target, backend)
         try:
-            device = usb.core.Device(found[0], backend)
+            device = usb.core.Device(found, backend)
         except usb.core.USBError as exc:
-            raise _translate(exc, url, "reading descriptors") from exc
-    else:
+            raise map_usb_error(exc, url, "reading descriptors") from exc
+    elif isinstance(target, UsbUrl):
         try:
             device = usb.core.find(
                 idVendor=target.vendor_id, idProduct=target.product_id,
@@ -490,13 +438,16 @@ def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
                 f"{url}: pyusb found no libusb backend; install libusb (Debian: apt-get install libusb-1.0-0)"
             ) from exc
         except usb.core.USBError as exc:
-            raise _translate(exc, url, "enumerating USB devices") from exc
+            raise map_usb_error(exc, url, "enumerating USB devices") from exc
         if device is None:
             raise TransportError(
                 f"{url}: no USB device {target.vendor_id:04x}:{target.product_id:04x}"
                 + (f" with serial {target.serial!r}" if target.serial else "")
                 + " is attached; plug it in, check `lsusb`, and check permissions (udev rule)"
             )
+    else:
+        raise TransportUrlError(f"{url!r} is not a USB device URL; expected usbip://HOST:PORT[/BUSID] or "
+                                "usb://VID:PID[/SERIAL]")
     try:
         _configure(device, url)
         return PyUsbDevice(device, url, timeout_ms)
@@ -505,6 +456,26 @@ def open_usb_device(url: str, timeout_ms: int = 5000) -> PyUsbDevice:
         # device stays "busy (imported by another host)" for every retry until the server restarts.
         usb.util.dispose_resources(device)
         raise
+
+
+def _pick_exported(url: str, target: UsbIpUrl, backend: UsbIpBackend) -> _UsbIpDeviceId:
+    """The one exported device the URL names: by bus id, by serial, or the only one there is."""
+    try:
+        found = [d for d in backend.enumerate_devices()
+                 if target.serial is None or serial_from_path(d.exported.path) == target.serial]
+    except OSError as exc:
+        raise TransportError(f"{url}: cannot reach the USB/IP server at {target.server}: {exc}") from exc
+    wanted = " ".join(filter(None, (target.busid and repr(target.busid), target.serial and f"serial {target.serial!r}")))
+    if not found:
+        raise TransportError(
+            f"{url}: the USB/IP server at {target.host}:{target.port} exports no device {wanted or '(none at all)'}; "
+            "list what it exports with `usbip --tcp-port PORT list -r HOST` (or list_usbip_devices)"
+        )
+    if len(found) > 1:
+        raise TransportUrlError(
+            f"{url!r}: the server exports {len(found)} devices ({', '.join(d.exported.busid for d in found)}); "
+            "name one: usbip://HOST:PORT/BUSID or usbip://HOST:PORT/serial:SERIAL")
+    return found[0]
 
 
 def _serial_of(device: usb.core.Device) -> str | None:

@@ -28,14 +28,37 @@ import time
 from dataclasses import dataclass, field
 
 from firmware_bridge.errors import (
-    BridgeError, LocalProtocolError, ProtocolError, TransportClosed, TransportError, TransportTimeout, UsbError,
+    BridgeError,
+    LocalProtocolError,
+    ProtocolError,
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+    UsbError,
     UsbStall,
 )
 from firmware_bridge.usb import SetupPacket
 from firmware_bridge.usbip import (
-    DIR_IN, DIR_OUT, ENODEV, EPIPE, ST_DEV_BUSY, ST_OK, ConnectionClosed, DevlistReply, DevlistRequest, ImportReply,
-    ImportRequest, NeedData, Role, SubmitCommand, SubmitReturn, UnlinkCommand, UnlinkReturn, UsbIpConnection,
-    UsbIpDevice, status_text,
+    DIR_IN,
+    DIR_OUT,
+    ENODEV,
+    EPIPE,
+    ST_DEV_BUSY,
+    ST_OK,
+    ConnectionClosed,
+    DevlistReply,
+    DevlistRequest,
+    ImportReply,
+    ImportRequest,
+    NeedData,
+    Role,
+    SubmitCommand,
+    SubmitReturn,
+    UnlinkCommand,
+    UnlinkReturn,
+    UsbIpConnection,
+    UsbIpDevice,
+    status_text,
 )
 
 __all__ = ["UsbIpClient", "list_devices", "DEFAULT_PORT"]
@@ -49,7 +72,7 @@ UNLINK_GRACE_S = 2.0
 def _connect(host: str, port: int, timeout_s: float) -> socket.socket:
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
-    except socket.timeout as exc:
+    except TimeoutError as exc:
         raise TransportError(
             f"no answer from a USB/IP server at {host}:{port} within {timeout_s:g} s: "
             "check the host and port, and that the server (e.g. `egw simulate bodycam`) is running"
@@ -72,7 +95,7 @@ def _blocking_op(sock: socket.socket, codec: UsbIpConnection, request: object, w
             if not isinstance(event, NeedData):
                 break
             codec.receive_data(sock.recv(_RECV_SIZE))
-    except socket.timeout as exc:
+    except TimeoutError as exc:
         raise TransportTimeout(f"the USB/IP server at {where} did not answer {type(request).__name__}") from exc
     except OSError as exc:
         raise TransportClosed(f"the USB/IP server at {where} dropped the connection: {exc}") from exc
@@ -128,7 +151,7 @@ class UsbIpClient:
         return f"usbip://{self.host}:{self.port}/{self.busid}"
 
     @classmethod
-    def open(cls, host: str, port: int, busid: str, timeout_s: float = 5.0, busy_wait_s: float = 1.0) -> "UsbIpClient":
+    def open(cls, host: str, port: int, busid: str, timeout_s: float = 5.0, busy_wait_s: float = 1.0) -> UsbIpClient:
         """Connect and OP_REQ_IMPORT ``busid``; raises ``TransportError`` naming why it failed.
 
         A device refused as busy is asked again for up to ``busy_wait_s``: a
@@ -145,7 +168,7 @@ class UsbIpClient:
                 time.sleep(0.02)
 
     @classmethod
-    def _open_once(cls, host: str, port: int, busid: str, timeout_s: float) -> "UsbIpClient":
+    def _open_once(cls, host: str, port: int, busid: str, timeout_s: float) -> UsbIpClient:
         sock = _connect(host, port, timeout_s)
         codec = UsbIpConnection(Role.CLIENT)
         try:
@@ -199,7 +222,7 @@ class UsbIpClient:
             self._reader.join(timeout=5)
         self._sock.close()
 
-    def __enter__(self) -> "UsbIpClient":
+    def __enter__(self) -> UsbIpClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,13 +25,21 @@ RELEASE_POLICIES = ("receipt", "ingest", "never")
 class DeviceConfig:
     kind: str
     name: str
-    port: str | None = None  # serial: a device path or any pyserial URL (socket://…)
+    port: str | None = None  # serial: a device path or a byte-stream URL (socket://…, rfc2217://…)
     usb: str | None = None  # VID:PID (serial adapters via serial.tools.list_ports, or USB devices)
-    usbip: str | None = None  # HOST:PORT of a USB/IP server to poll
+    usbip: str | None = None  # HOST:PORT of a USB/IP server to poll (a usbip:// URL is stored in this form)
     password: str = "000000"
     volumes: str | None = None  # mass-storage mount template, e.g. /run/egw/volumes/{serial}
     baud: int = 9600
     options: dict[str, Any] = field(default_factory=dict)
+    usbip_busid: str | None = None  # the bus id when usbip named one device (usbip://HOST:PORT/BUSID)
+
+    @property
+    def usbip_url(self) -> str | None:
+        """The ``usbip://`` URL the configuration named (server, and bus id if one was given)."""
+        if not self.usbip:
+            return None
+        return f"usbip://{self.usbip}" + (f"/{self.usbip_busid}" if self.usbip_busid else "")
 
 
 @dataclass(frozen=True)
@@ -93,8 +101,8 @@ _DEVICE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "kind": ((str,), "one of " + ", ".join(DEVICE_KINDS)),
     "name": ((str,), "a unique name for the bay or device"),
     "port": ((str,), "a serial device path or URL such as /dev/ttyUSB0 or socket://127.0.0.1:7001"),
-    "usb": ((str,), "VID:PID in hex, such as \"0403:6001\""),
-    "usbip": ((str,), "HOST:PORT of a USB/IP server"),
+    "usb": ((str,), "VID:PID in hex, such as \"0403:6001\" (or usb://0403:6001)"),
+    "usbip": ((str,), "HOST:PORT of a USB/IP server, or the usbip://HOST:PORT[/BUSID] URL a simulator prints"),
     "password": ((str,), "the 6-character device password"),
     "volumes": ((str,), "a directory template containing {serial}"),
     "baud": ((int,), "the serial baud rate, e.g. 9600"),
@@ -168,17 +176,14 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
             problems.append(f"{where}port: body cameras are USB devices; use usb = \"VID:PID\" or usbip = \"HOST:PORT\"")
         if kind in ("rapidtest", "fingerprint") and entry.get("usbip"):
             problems.append(f"{where}usbip: a {kind} is a serial device; use port = \"/dev/ttyUSB0\" (or socket://…) or usb = \"VID:PID\"")
-        _host_port(f"{where}usbip", entry.get("usbip"), problems)
-        usb = entry.get("usb")
-        if isinstance(usb, str) and not _is_vid_pid(usb):
-            problems.append(f"{where}usb: {usb!r} is not VID:PID in hex (e.g. \"1209:0001\")")
+        endpoint_values = _device_endpoints(where, entry, problems)
         volumes = entry.get("volumes")
         if kind == "bodycam" and isinstance(volumes, str) and "{serial}" not in volumes:
             problems.append(f"{where}volumes: the template must contain {{serial}} so each recorder finds its own volume")
         password = entry.get("password", "000000")
         if kind == "bodycam" and isinstance(password, str) and len(password) != 6:
             problems.append(f"{where}password: recorder passwords are 6 characters")
-        known = {k: v for k, v in entry.items() if k in _DEVICE_KEYS and k not in ("kind", "name")}
+        known = {k: v for k, v in entry.items() if k in _DEVICE_KEYS and k not in ("kind", "name")} | endpoint_values
         try:
             devices.append(DeviceConfig(kind=kind, name=name, **known))
         except TypeError as exc:
@@ -238,6 +243,68 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
         devices=tuple(devices),
         source=source,
     )
+
+
+def _device_endpoints(where: str, entry: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Check ``port``, ``usb`` and ``usbip`` with the transports' own URL parser; the values to store.
+
+    Each key takes what the simulators print verbatim (a pty path, ``socket://…``,
+    ``usbip://HOST:PORT[/BUSID]``) as well as the older short forms
+    (``usbip = "HOST:PORT"``, ``usb = "VID:PID"``), and stores the short form the
+    runtime has always read, so a deployed configuration keeps meaning the same."""
+    port, usb, usbip = entry.get("port"), entry.get("usb"), entry.get("usbip")
+    if isinstance(port, str) and port:
+        _check_port(where, port, problems)
+    values: dict[str, Any] = {}
+    if isinstance(usbip, str) and usbip:
+        values |= _usbip_values(where, usbip, problems)
+    if isinstance(usb, str):
+        values |= _usb_values(where, usb, problems)
+    return values
+
+
+def _check_port(where: str, port: str, problems: list[str]) -> None:
+    from firmware_bridge.transports import LoopUrl, Rfc2217Url, SerialPath, SocketUrl, parse_url
+
+    try:
+        if not isinstance(parse_url(port), (SerialPath, SocketUrl, Rfc2217Url, LoopUrl)):
+            problems.append(f"{where}port: {port!r} is a USB URL; put it in usb = or usbip =")
+    except ValueError as exc:
+        problems.append(f"{where}port: {exc}")
+
+
+def _usbip_values(where: str, usbip: str, problems: list[str]) -> dict[str, Any]:
+    """``HOST:PORT`` (deployed form) or ``usbip://HOST[:PORT][/BUSID]`` -> ``usbip`` = HOST:PORT and the bus id."""
+    from firmware_bridge.transports import UsbIpUrl, parse_url
+
+    is_url = "://" in usbip
+    try:
+        target = parse_url(usbip if is_url else f"usbip://{usbip}")
+    except ValueError:
+        target = None
+    if not isinstance(target, UsbIpUrl) or target.serial or (not is_url and target.busid):
+        problems.append(f"{where}usbip: {usbip!r} is not HOST:PORT or usbip://HOST:PORT[/BUSID] "
+                        "(e.g. 127.0.0.1:3240 or usbip://127.0.0.1:3240/1-1)")
+        return {}
+    if not is_url and ":" not in usbip.rpartition("]")[2]:
+        problems.append(f"{where}usbip: {usbip!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+        return {}
+    return {"usbip": target.server, "usbip_busid": target.busid}
+
+
+def _usb_values(where: str, usb: str, problems: list[str]) -> dict[str, Any]:
+    """``VID:PID`` or ``usb://VID:PID`` -> ``usb`` = VID:PID."""
+    from firmware_bridge.transports import UsbUrl, parse_url
+
+    try:
+        target = parse_url(usb) if usb.startswith("usb://") else None
+    except ValueError:
+        target = None
+    if isinstance(target, UsbUrl) and target.serial is None:
+        return {"usb": f"{target.vendor_id:04x}:{target.product_id:04x}"}
+    if not _is_vid_pid(usb):
+        problems.append(f"{where}usb: {usb!r} is not VID:PID in hex (e.g. \"1209:0001\")")
+    return {}
 
 
 def _is_vid_pid(value: str) -> bool:

@@ -80,7 +80,7 @@ inspector_id = "inspector-7"
 [[devices]]
 kind = "bodycam"
 name = "dock"
-usbip = "{usbip.removeprefix('usbip://')}"
+usbip = "{usbip}"
 volumes = "{volumes}/{{serial}}"
 [[devices]]
 kind = "rapidtest"

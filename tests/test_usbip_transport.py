@@ -14,9 +14,20 @@ import time
 import pytest
 import usb.core
 
-from firmware_bridge.errors import TransportClosed, TransportError, TransportTimeout, UsbError, UsbStall
+from firmware_bridge.errors import (
+    TransportClosed,
+    TransportError,
+    TransportTimeout,
+    UsbError,
+    UsbStall,
+)
+from firmware_bridge.transports import UsbIpUrl, UsbUrl, map_usb_error, parse_url
 from firmware_bridge.usb import EndpointSpec, InterfaceSpec, SetupPacket, UsbDeviceBase
-from firmware_bridge.usb_transport import UsbIpBackend, _translate, list_usbip_devices, open_usb_device, parse_usb_url
+from firmware_bridge.usb_transport import (
+    UsbIpBackend,
+    list_usbip_devices,
+    open_usb_device,
+)
 from firmware_bridge.usbip_client import UsbIpClient
 from firmware_bridge.usbip_server import UsbIpServer
 
@@ -81,12 +92,15 @@ def echo(server: UsbIpServer) -> EchoDevice:
 
 
 def test_url_parsing() -> None:
-    assert parse_usb_url("usbip://127.0.0.1:3241/1-1").port == 3241
-    assert parse_usb_url("usbip://localhost/2-1").port == 3240
-    target = parse_usb_url("usb://1209:0001/1234567")
-    assert (target.vendor_id, target.product_id, target.serial) == (0x1209, 1, "1234567")
-    with pytest.raises(ValueError, match="usbip://HOST:PORT/BUSID"):
-        parse_usb_url("usbip://127.0.0.1:3240")
+    target = parse_url("usbip://127.0.0.1:3241/1-1")
+    assert isinstance(target, UsbIpUrl) and (target.port, target.busid) == (3241, "1-1")
+    default = parse_url("usbip://localhost/2-1")
+    assert isinstance(default, UsbIpUrl) and default.port == 3240
+    usb_target = parse_url("usb://1209:0001/1234567")
+    assert isinstance(usb_target, UsbUrl)
+    assert (usb_target.vendor_id, usb_target.product_id, usb_target.serial) == (0x1209, 1, "1234567")
+    with pytest.raises(ValueError, match=r"usbip://HOST:PORT\[/BUSID\]"):
+        parse_url("usbip://127.0.0.1:3240/a b")
 
 
 def test_listing_shows_ids_serial_and_interfaces(server: UsbIpServer, echo: EchoDevice) -> None:
@@ -301,5 +315,5 @@ def test_usb_url_without_hardware_is_a_clear_transport_error() -> None:
 )
 def test_libusb_errors_map_to_our_tree(exc: usb.core.USBError, expected: type, words: str) -> None:
     """The errors pyusb's libusb1 backend raises (its code/errno pairs) become ours, for usb:// devices."""
-    got = _translate(exc, "usb://1209:0001", "read from endpoint 0x81")
+    got = map_usb_error(exc, "usb://1209:0001", "read from endpoint 0x81")
     assert type(got) is expected and words in str(got) and "usb://1209:0001" in str(got)

@@ -16,7 +16,12 @@ import numpy as np
 import numpy.typing as npt
 import serial
 
-from firmware_bridge.errors import FrameError, ProtocolError, UnknownCodeError
+from firmware_bridge.errors import (
+    BridgeError,
+    FrameError,
+    ProtocolError,
+    UnknownCodeError,
+)
 from firmware_bridge.r30x import (
     DEFAULT_ADDRESS,
     IMAGE_BYTES,
@@ -34,6 +39,7 @@ from firmware_bridge.r30x import (
     SystemParameters,
     unpack_image,
 )
+from firmware_bridge.transports import open_transport
 
 from .errors import (
     CaptureCancelled,
@@ -99,8 +105,8 @@ class FingerprintReader:
         self.codec = R30xCodec(Role.HOST, address)
         self.packet_errors = 0  # garbled replies seen (and recovered from) on this link
         try:
-            self._serial = serial.serial_for_url(url, baudrate=baudrate, timeout=timeout, write_timeout=timeout)
-        except (serial.SerialException, OSError, ValueError) as exc:
+            self._serial = open_transport(url, baudrate=baudrate, timeout=timeout, write_timeout=timeout)
+        except BridgeError as exc:
             raise DeviceGoneError(
                 f"cannot open fingerprint reader at {url!r}: {exc}; check the cable, the port name"
                 " and that no other program holds it"

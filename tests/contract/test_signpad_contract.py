@@ -170,13 +170,16 @@ def test_no_ok_within_the_timeout(device: SignPadBackend) -> None:
     model = device.plug([{"sign": SIGNER}])  # signs, never taps OK
     assert model is not None
     pad = device.pad()
+    # Over USB/IP the pad signs in real time: on a loaded machine the scripted signature alone can take
+    # longer than 3 s, so the timeout leaves it room (the loopback pad's clock is the driver's own).
+    limit = 3 if device.name == "loopback" else 10
     started = device.now()
-    with pytest.raises(SignPadTimeout, match="within 3 s"):
-        pad.capture(3)
+    with pytest.raises(SignPadTimeout, match=f"within {limit} s"):
+        pad.capture(limit)
     waited = device.now() - started
-    assert waited >= 3
+    assert waited >= limit
     if device.name == "loopback":  # the shared clock moves only by the driver's sleeps: exact, not timed
-        assert waited < 3.5
+        assert waited < limit + 0.5
     assert model.signer_done and not model.inking
 
 

@@ -1,4 +1,5 @@
 from serial.serialutil import SerialBase as SerialBase
+from serial.serialutil import PortNotOpenError as PortNotOpenError
 from serial.serialutil import SerialException as SerialException
 from serial.serialutil import SerialTimeoutException as SerialTimeoutException
 

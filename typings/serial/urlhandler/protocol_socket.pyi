@@ -1,3 +1,6 @@
+import socket
+
 from serial.serialutil import SerialBase
 
-class Serial(SerialBase): ...
+class Serial(SerialBase):
+    _socket: socket.socket | None

@@ -1,0 +1,3 @@
+from serial.serialutil import SerialBase
+
+class Serial(SerialBase): ...
