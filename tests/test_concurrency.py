@@ -47,9 +47,11 @@ def sources(tmp_path: Path) -> list[Path]:
 
 
 def menu(rng: random.Random, files: list[Path]) -> list[str]:
-    choice = rng.choice(["ingest", "ingest", "ingest", "status", "custody", "sync", "run"])
+    choice = rng.choice(["ingest", "ingest", "ingest", "status", "ls", "custody", "sync", "run"])
     if choice == "ingest":
         return ["ingest", *map(str, rng.sample(files, rng.randint(1, 3)))]
+    if choice == "ls":
+        return ["ls", "--json"]
     if choice == "custody":
         return ["custody", "verify"]
     if choice == "sync":

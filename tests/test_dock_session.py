@@ -177,8 +177,8 @@ def test_the_officer_reads_the_verdict_in_chinese_by_default():
     from gateway.commands.dock import _table
     from gateway.i18n import use_language
 
-    row = {"device_path": "DCIM/a.avi", "size": 1, "state": "queued", "released": False, "safe": False,
-           "problems": [], "error": None}
+    row = {"device_path": "DCIM/a.avi", "evidence_id": "0193a5b2-7c1d-7000-8000-000000000001", "size": 1,
+           "state": "queued", "released": False, "safe": False, "problems": [], "error": None}
     summary = {"serial": "1000001", "officer_name": "张三", "officer_no": "100001", "clock_offset_s": 0.0,
                "recordings": [row], "hostile_entries": [], "hostile_total": 0, "zfy_lossy_fields": [], "attention": [],
                "verdict": "waiting-for-receipts",
@@ -188,3 +188,4 @@ def test_the_officer_reads_the_verdict_in_chinese_by_default():
         _table(Console(file=out, width=200), [summary], [], "", safe=False)
     text = out.getvalue()
     assert "不可拔出：请查看上方标为“否”的行" in text and "录像" in text and "时钟偏差" in text, text
+    assert "证据编号" in text and "0193a5b2-7c1d-7000-8000-000000000001" in text, text  # which item each row became

@@ -222,11 +222,12 @@ def _table(console: Any, summaries: list[dict[str, Any]], failures: list[str], u
         table = Table(title=escape(_("recorder {serial} · {name} ({number}) · clock offset {offset} s").format(
             serial=summary["serial"], name=summary["officer_name"], number=summary["officer_no"],
             offset=f"{offset:+.1f}" if offset is not None else "?")))
-        for column in (_("recording"), _("MB"), _("state"), _("released"), _("safe"), _("notes")):
+        for column in (_("recording"), _("evidence id"), _("MB"), _("state"), _("released"), _("safe"), _("notes")):
             table.add_column(escape(column))
         for r in summary["recordings"]:
             notes = "; ".join(list(r["problems"]) + ([r["error"]] if r["error"] else []))
-            table.add_row(escape(r["device_path"]), f"{r['size'] / 1e6:.1f}", r["state"], yes if r["released"] else no,
+            table.add_row(escape(r["device_path"]), r["evidence_id"] or "—", f"{r['size'] / 1e6:.1f}", r["state"],
+                          yes if r["released"] else no,
                           f"[green]{escape(yes)}[/]" if r["safe"] else no_red, escape(notes))
         console.print(table)
         for hostile in summary["hostile_entries"]:
