@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from gateway.commands import common
@@ -26,7 +27,7 @@ from gateway.workflows.dock_session import (Delivery, DockSession, NoPlatform, O
 
 INTERRUPTED = 130
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("dock", help="ingest, upload and release docked body-worn cameras")
     p.add_argument("--usbip", required=True, metavar="URL", help="usbip://HOST:PORT (every recorder) or usbip://HOST:PORT/BUSID")
     p.add_argument("--volumes", default="/run/egw/volumes/{serial}", help="where a recorder's volume is mounted ({serial} is replaced)")
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace, cancelled: Callable[[], bool] | None = None) -
     sources = _sources(args)
     console = Console(file=common.err())
     interrupted = threading.Event()
-    stop = lambda: interrupted.is_set() or bool(cancelled and cancelled())  # noqa: E731
+    stop: Callable[[], bool] = lambda: interrupted.is_set() or bool(cancelled and cancelled())  # noqa: E731
     with open_evidence(args) as service:
         enrolled = (service.identity.directory / "platform.pem").exists()
         workflow = DockWorkflow(service, locator=args.volumes, password=args.password, release_policy=args.release,
@@ -163,8 +164,8 @@ class _Bars:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.progress.__exit__(exc_type, exc, tb)
 
     def listener(self, session: DockSession, event: str, n: int) -> None:
         from rich.markup import escape

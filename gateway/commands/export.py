@@ -9,7 +9,7 @@ from gateway.commands.common import add_data_dir, add_json, out, print_json, ope
 from gateway.evidence.bundle import export_bundle
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("export", help="write an evidence bundle for offline verification")
     p.add_argument("evidence_id")
     p.add_argument("directory", type=Path)

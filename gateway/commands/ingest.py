@@ -13,7 +13,7 @@ from gateway.evidence.manifest import KINDS, ManifestInput
 from gateway.evidence.evidence_service import path_as_data
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ingest", help="store, sign and queue files as evidence")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories (walked; symlinks are not followed)")
     p.add_argument("--device-id", help="the device the files came from")

@@ -16,7 +16,7 @@ from gateway.errors import ConfigError
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("platform", help="reference platform: enrolment tokens, what arrived")
     psub = parser.add_subparsers(dest="platform_command", metavar="ACTION")
     psub.required = True

@@ -7,7 +7,7 @@ import argparse
 from gateway.commands.common import add_data_dir, add_json, data_dir_of, out, print_json, open_evidence
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="counts per state, disk use, oldest undelivered item")
     add_data_dir(p)
     add_json(p)

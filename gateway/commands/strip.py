@@ -20,7 +20,7 @@ from gateway.errors import ConfigError
 __all__ = ["register", "run_read", "read_photos"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("strip", help="read colloidal-gold test strips from photos")
     strip_sub = parser.add_subparsers(dest="strip_command", metavar="ACTION")
     strip_sub.required = True

@@ -237,7 +237,7 @@ class _Verification:
             raise VerificationError("certificates.pem holds no certificate")
         how, when = self._chain_validity(certs)
         if self.envelope is not None:
-            kid = dsse.key_id(certs[0].public_key())  # type: ignore[arg-type]
+            kid = dsse.key_id(certs[0].public_key())  # type: ignore[arg-type]  # key_id() only needs public_bytes(), which every key type has
             claimed = [k for k, _ in self.envelope.signatures]
             if kid not in claimed:
                 raise VerificationError(

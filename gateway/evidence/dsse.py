@@ -11,7 +11,11 @@ from protos.dsse import Envelope as _Envelope
 from protos.dsse import EnvelopeError, key_id, pae, sign
 from protos.dsse import verify as _verify
 
-__all__ = ["Envelope", "pae", "sign", "verify", "key_id"]
+__all__ = ["Envelope", "SignedEnvelope", "pae", "sign", "verify", "key_id"]
+
+#: What ``sign`` returns: the shared envelope class, which ``Envelope`` below only refines for parsing.
+#: Annotate with it where an envelope may come from either (a fresh signature or a parsed file).
+SignedEnvelope = _Envelope
 
 
 class Envelope(_Envelope):

@@ -172,7 +172,7 @@ def load_identity(data_dir: Path) -> Identity:
 
 def store_enrolled_chain(identity: Identity, certificate: x509.Certificate, cas: list[x509.Certificate], platform: str) -> Identity:
     """Replace the self-signed certificate with the one the platform CA issued."""
-    if certificate.public_key().public_numbers() != identity.private_key.public_key().public_numbers():  # type: ignore[union-attr]
+    if certificate.public_key().public_numbers() != identity.private_key.public_key().public_numbers():  # type: ignore[union-attr]  # gateway keys are EC; narrowing would change the error
         raise IdentityError("the issued certificate is not for this gateway's key", "re-run `egw enroll` with a fresh token")
     verify_certificate_chain(certificate, cas, cas[-1:] if cas else [])
     _write_public(identity.directory / "gateway.crt", certificate.public_bytes(serialization.Encoding.PEM))

@@ -101,7 +101,7 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def sign_manifest(manifest: dict[str, Any], private_key: Any) -> dsse.Envelope:
+def sign_manifest(manifest: dict[str, Any], private_key: Any) -> dsse.SignedEnvelope:
     return dsse.sign(MANIFEST_TYPE, manifest_bytes(manifest), private_key)
 
 

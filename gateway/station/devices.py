@@ -69,6 +69,7 @@ def in_own_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":
             future.set_result(outcome)
 
     def run() -> None:
+        outcome: T | BaseException
         try:
             outcome, failed = fn(), False
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine

@@ -9,6 +9,7 @@ reloads the device list from the config file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import threading
@@ -160,7 +161,7 @@ class Runtime:
             # A serial analyzer or pad is cheap to retry (a stat, an open, a loopback/LAN connect) and an
             # officer who re-plugs one expects it back within seconds: cap its backoff at 5 s, not 30.
             backoff = Backoff(maximum=5.0) if device.kind != "bodycam" else Backoff()
-            self.supervisor.start(f"{device.kind}:{device.name}", lambda d=device, f=factory: f(self, d), backoff)
+            self.supervisor.start(f"{device.kind}:{device.name}", functools.partial(factory, self, device), backoff)
 
     def _device_failed(self, name: str, exc: BaseException) -> None:
         """Count the failure and show it on the device's card with when it is tried again."""
