@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,8 +297,8 @@ async def _until(predicate: Any, timeout: float, what: str, check_alive: Any = N
 
 
 def _items(runtime: Any) -> list[dict[str, Any]]:
-    from gateway.evidence.receipt import parse_receipt
     from gateway.evidence import dsse
+    from gateway.evidence.receipt import parse_receipt
 
     rows = []
     for row in runtime.service.state.all_evidence():

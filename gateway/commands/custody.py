@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.commands.common import add_data_dir, add_json, out, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, open_evidence, out, print_json
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -18,12 +18,11 @@ from types import TracebackType
 from typing import Any
 
 from gateway.commands import common
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, open_evidence, print_json
 from gateway.errors import ConfigError
 from gateway.i18n import _, ngettext
 from gateway.workflows.dock import RELEASE_POLICIES, DockWorkflow, mounted_serials
-from gateway.workflows.dock_session import (Delivery, DockSession, NoPlatform, OwnUploader, RecorderReport,
-                                            ServiceDelivery, Verdict)
+from gateway.workflows.dock_session import Delivery, DockSession, NoPlatform, OwnUploader, RecorderReport, ServiceDelivery, Verdict
 
 INTERRUPTED = 130
 
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace, cancelled: Callable[[], bool] | None = None) -
 
 
 def _start(args: argparse.Namespace, workflow: DockWorkflow, sources: list[tuple[str, str]], enrolled: bool,
-           stop: Callable[[], bool], bars: "_Bars") -> tuple[list[tuple[DockSession, bool]], Delivery]:
+           stop: Callable[[], bool], bars: _Bars) -> tuple[list[tuple[DockSession, bool]], Delivery]:
     """One session per recorder (joining one the service already runs), each on its own thread, and
     the delivery that feeds them receipts. Upload overlaps ingest: each recording is queued as soon as
     it is copied; our uploader ends once every recorder has been ingested and the queue is drained."""
@@ -160,7 +159,7 @@ class _Bars:
         self.tasks: dict[str, Any] = {}
         self.lock = threading.Lock()
 
-    def __enter__(self) -> "_Bars":
+    def __enter__(self) -> _Bars:
         self.progress.__enter__()
         return self
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, out, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, open_evidence, out, print_json
 from gateway.evidence.bundle import export_bundle
 
 

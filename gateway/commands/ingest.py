@@ -7,10 +7,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, CommandCancelled, check_cancelled, err, out, print_json, open_evidence
+from gateway.commands.common import CommandCancelled, add_data_dir, add_json, check_cancelled, err, open_evidence, out, print_json
 from gateway.errors import GatewayError
-from gateway.evidence.manifest import KINDS, ManifestInput
 from gateway.evidence.evidence_service import path_as_data
+from gateway.evidence.manifest import KINDS, ManifestInput
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

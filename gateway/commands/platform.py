@@ -56,7 +56,7 @@ def run_tokens(args: argparse.Namespace) -> int:
         print_json(info)
     else:
         print(info["token"])
-        expires = dt.datetime.fromtimestamp(info["expires_at"], dt.timezone.utc).isoformat(timespec="seconds")
+        expires = dt.datetime.fromtimestamp(info["expires_at"], dt.UTC).isoformat(timespec="seconds")
         print(f"single use, expires {expires}; on the gateway: egw enroll --platform {info['address']} --token <token>",
               file=__import__("sys").stderr)
     return 0

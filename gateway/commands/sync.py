@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.commands.common import add_data_dir, add_json, cancelled, data_dir_of, err, in_service, open_evidence, out, print_json
 from gateway.errors import ConfigError
 from gateway.evidence.state import UNRECEIPTED, EvidenceRow, EvidenceState, State
-from gateway.uplink.uploader import UploadOutcome, Uploader, UploadSettings, parse_rate
+from gateway.uplink.uploader import Uploader, UploadOutcome, UploadSettings, parse_rate
 
 if TYPE_CHECKING:
     from gateway.evidence.evidence_service import EvidenceService

@@ -22,7 +22,7 @@ class Envelope(_Envelope):
     """Same envelope; parsing errors surface as VerificationError."""
 
     @classmethod
-    def from_json(cls, data: Any) -> "Envelope":
+    def from_json(cls, data: Any) -> Envelope:
         try:
             parsed = _Envelope.from_json(data)
         except EnvelopeError as exc:
@@ -30,7 +30,7 @@ class Envelope(_Envelope):
         return cls(parsed.payload_type, parsed.payload, parsed.signatures)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "Envelope":
+    def from_bytes(cls, raw: bytes) -> Envelope:
         try:
             parsed = _Envelope.from_bytes(raw)
         except EnvelopeError as exc:

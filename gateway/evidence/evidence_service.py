@@ -78,7 +78,7 @@ class EvidenceService:
     def close(self) -> None:
         self.state.close()
 
-    def __enter__(self) -> "EvidenceService":
+    def __enter__(self) -> EvidenceService:
         return self
 
     def __exit__(self, *exc: object) -> None:

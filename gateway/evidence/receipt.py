@@ -56,7 +56,7 @@ def verify_receipt(
         stamp = parse_receipt(envelope).received_at
         if not stamp.seconds:
             raise VerificationError("receipt carries no received_at time to check its signer certificate against")
-        moment = stamp.ToDatetime(tzinfo=dt.timezone.utc)
+        moment = stamp.ToDatetime(tzinfo=dt.UTC)
     try:
         verify_certificate_chain(platform_certificate, [], ca_certificates, at=moment)
     except VerificationError as exc:

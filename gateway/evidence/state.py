@@ -30,7 +30,7 @@ __all__ = ["State", "EvidenceRow", "EvidenceListing", "EvidenceState", "STATES",
            "MIGRATIONS"]
 
 
-class EvidenceState(str, enum.Enum):
+class EvidenceState(str, enum.Enum):  # noqa: UP042 - StrEnum changes str() and format() of members, which are printed
     """Where an item is in the state machine. A ``str``: the value is what is stored in ``state.db``,
     printed and put in JSON, so ``EvidenceState.QUEUED == "queued"`` and ``json.dumps`` writes ``"queued"``."""
 
@@ -275,7 +275,7 @@ class State:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "State":
+    def __enter__(self) -> State:
         return self
 
     def __exit__(self, *exc: object) -> None:

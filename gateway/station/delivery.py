@@ -42,14 +42,14 @@ def _check_transport(enrolled_insecure: bool, config_insecure: bool) -> None:
 class UploaderComponent:
     """Runs the uploader continuously; without enrolment it stays idle and says why (once)."""
 
-    def __init__(self, runtime: "StationContext") -> None:
+    def __init__(self, runtime: StationContext) -> None:
         self.runtime = runtime
         self.stop_event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from gateway.uplink.link import load_link
-        from gateway.uplink.uploader import UploadSettings, Uploader
+        from gateway.uplink.uploader import Uploader, UploadSettings
 
         config = self.runtime.config
         try:
@@ -96,7 +96,7 @@ class UploaderComponent:
                 self.runtime.station.set_alarm("uplink", f"Uploads interrupted: {exc}; retrying")
                 try:
                     await asyncio.wait_for(self.stop_event.wait(), delay)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self.runtime.station.set_alarm("uplink", None)  # set again if the next one fails too
                 delay = min(delay * 2, 30.0)
@@ -106,7 +106,7 @@ class UploaderComponent:
         if self.task is not None:
             try:
                 await asyncio.wait_for(self.task, 8.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.task.cancel()
                 await asyncio.gather(self.task, return_exceptions=True)
 
@@ -119,7 +119,7 @@ class MqttComponent:
 
     DEVICE_STATE_MIN_INTERVAL_S = 1.0
 
-    def __init__(self, runtime: "StationContext") -> None:
+    def __init__(self, runtime: StationContext) -> None:
         self.runtime = runtime
         self.link: MqttLink | None = None
         self._last_device_publish: dict[str, tuple[float, str, bool]] = {}

@@ -13,7 +13,6 @@ import functools
 import logging
 import signal
 import threading
-
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,8 @@ from gateway.evidence.evidence_service import EvidenceService
 from gateway.station.context import Component
 from gateway.station.control import ControlServer
 from gateway.station.delivery import MqttComponent, UploaderComponent
-from gateway.station.metrics import Metrics
 from gateway.station.live_state import Station
+from gateway.station.metrics import Metrics
 from gateway.station.supervisor import Backoff, Supervisor
 
 if TYPE_CHECKING:
@@ -138,7 +137,7 @@ class Runtime:
 
         try:
             await asyncio.wait_for(stop_all(), STOP_GRACE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("some work did not stop within %.0f s; it resumes at the next start", STOP_GRACE_S)
         if self.config.screen_listen:
             await self.screen.stop()
@@ -250,7 +249,7 @@ class Runtime:
                 log.exception("status refresh failed")
             try:
                 await asyncio.wait_for(wake.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

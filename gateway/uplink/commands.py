@@ -41,7 +41,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -255,7 +255,7 @@ class CommandHandler:
             return make_reply(command.name, command.nonce, False, error=f"failed: {exc}")
 
     def _ping(self, command: VerifiedCommand) -> events_pb2.CommandReply:
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return make_reply(command.name, command.nonce, True,
                           result={"pong": "true", "gateway_id": self.gateway_id, "time": now, "version": __version__})
 

@@ -42,8 +42,8 @@ import grpc
 
 from gateway.errors import GatewayError, VerificationError
 from gateway.evidence import dsse
-from gateway.evidence.receipt import verify_receipt
 from gateway.evidence.evidence_service import EvidenceService
+from gateway.evidence.receipt import verify_receipt
 from gateway.evidence.state import EvidenceRow, EvidenceState
 from gateway.uplink.link import PlatformLink, load_link
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
@@ -174,7 +174,7 @@ class UploadSettings:
     backoff_max_s: float = 30.0
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "UploadSettings":
+    def from_env(cls, **overrides: Any) -> UploadSettings:
         """EGW_UPLOAD_CONCURRENCY / EGW_UPLOAD_BANDWIDTH, then explicit (non-None) overrides."""
         s = cls()
         if os.environ.get("EGW_UPLOAD_CONCURRENCY"):

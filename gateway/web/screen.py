@@ -78,7 +78,7 @@ def build_app(station: Station) -> web.Application:
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await response.write(b": heartbeat\n\n")
                     continue
                 await response.write(b"event: update\ndata: " + json.dumps(event, default=str).encode() + b"\n\n")

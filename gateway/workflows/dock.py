@@ -34,11 +34,11 @@ import hashlib
 import logging
 import os
 import re
-import time
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from drivers.bodycam import (
@@ -51,11 +51,11 @@ from drivers.bodycam import (
     open_storage,
 )
 from gateway.errors import DeviceError, GatewayError
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.media import probe_image, probe_video, thumbnail_jpeg
-from gateway.evidence.evidence_service import EvidenceService
-from gateway.evidence.store import StoredBlob
 from gateway.evidence.state import EvidenceState
+from gateway.evidence.store import StoredBlob
 
 __all__ = ["DockWorkflow", "DockState", "DockedRecording", "DockCancelled", "RELEASE_POLICIES", "mounted_serials"]
 
@@ -132,7 +132,7 @@ class DockState:
     reading: Any = None  # the DeviceClockReading taken before the sync (None for an adopted volume)
     id_code: str = ""
     adopted: bool = False  # found already mounted (e.g. after egw run was killed mid-dock)
-    listener: "Progress | None" = None  # this recorder's progress (the dock session that owns it)
+    listener: Progress | None = None  # this recorder's progress (the dock session that owns it)
     cancelled: Callable[[], bool] = lambda: False  # asked between copies and during each copy
 
     @property
@@ -297,7 +297,7 @@ class DockWorkflow:
             if session.reading is not None:
                 captured = session.reading.to_host_utc(name.start).timestamp()
             elif session.clock_offset_s is not None:  # adopted volume: the offset measured at the earlier dock
-                local = name.start.replace(tzinfo=timezone.utc) - timedelta(minutes=480)
+                local = name.start.replace(tzinfo=UTC) - timedelta(minutes=480)
                 captured = local.timestamp() - session.clock_offset_s
         return ManifestInput(
             source_path=item.device_path,
@@ -427,7 +427,7 @@ class DockWorkflow:
             recording.error = f"not released: {exc}"
             return False
         details = {"device_id": session.device_id, "device_path": recording.device_path, "device_sha256": fresh,
-                   "policy": self.release_policy, "at": datetime.now(timezone.utc).isoformat()}
+                   "policy": self.release_policy, "at": datetime.now(UTC).isoformat()}
         if row.state == EvidenceState.RECEIPTED:
             self.service.transition(row.id, EvidenceState.RELEASED, custody_event="released-from-device", details=details)
         else:
