@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ def _env() -> dict[str, str]:
 class Processes:
     """Children the demo started; stopped in reverse order, whatever happens."""
 
-    procs: list[tuple[str, subprocess.Popen[str]]] = field(default_factory=list)
+    procs: list[tuple[str, subprocess.Popen[Any]]] = field(default_factory=list)  # text and binary pipes alike
     log_dir: Path = Path(".")
     finite: set[str] = field(default_factory=set)  # children that end on their own (the analyzer after N tests)
 
@@ -111,7 +110,7 @@ def _start_broker(processes: Processes, workdir: Path) -> tuple[str, str, Any]:
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
         log = open(workdir / "logs" / "mosquitto.log", "w")
         proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=log, stderr=log)
-        processes.procs.append(("mosquitto", proc))  # type: ignore[arg-type]
+        processes.procs.append(("mosquitto", proc))
         _wait_port(port)
         return f"mqtt://127.0.0.1:{port}", "mosquitto", None
     from amqtt.broker import Broker
@@ -298,8 +297,8 @@ async def _until(predicate: Any, timeout: float, what: str, check_alive: Any = N
 
 
 def _items(runtime: Any) -> list[dict[str, Any]]:
-    from gateway.evidence.receipt import parse_receipt
     from gateway.evidence import dsse
+    from gateway.evidence.receipt import parse_receipt
 
     rows = []
     for row in runtime.service.state.all_evidence():

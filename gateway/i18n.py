@@ -17,7 +17,7 @@ import gettext
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 __all__ = ["DOMAIN", "LANGUAGES", "DEFAULT_LANGUAGE", "LOCALE_DIR", "_", "ngettext", "current_language",
@@ -57,7 +57,7 @@ def use_language(language: str | None) -> Iterator[str]:
         _language.reset(token)
 
 
-@lru_cache(maxsize=None)
+@cache
 def translator(language: str) -> gettext.NullTranslations:
     """The catalogue for ``language``; English (the source text) needs none."""
     if language == "en":

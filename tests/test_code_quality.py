@@ -19,7 +19,7 @@ import pytest
 
 #: Packages held to mypy --strict and ruff; add yours once `python -m mypy --strict <pkg>` and
 #: `python -m ruff check <pkg>` both pass.
-CHECKED_PACKAGES: tuple[str, ...] = ("firmware_bridge", "drivers")
+CHECKED_PACKAGES: tuple[str, ...] = ("firmware_bridge", "drivers", "gateway")
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "pyproject.toml"

@@ -54,7 +54,7 @@ class Delegation:
     ``gateway.station.control``): where its output goes, the service's own evidence service, the
     client's EGW_* environment, and whether the client has gone (Ctrl-C)."""
 
-    service: "EvidenceService"
+    service: EvidenceService
     out: TextIO
     err: TextIO
     env: dict[str, str] = field(default_factory=dict)
@@ -125,7 +125,7 @@ def err() -> TextIO:
 
 
 @contextmanager
-def open_evidence(args: argparse.Namespace, *, write: bool = True, **options: Any) -> Iterator["EvidenceService"]:
+def open_evidence(args: argparse.Namespace, *, write: bool = True, **options: Any) -> Iterator[EvidenceService]:
     """The evidence service for this command's data directory. Every command opens it through here
     (never ``EvidenceService(...)`` directly): ``write=False`` for commands that only read.
 
@@ -155,7 +155,7 @@ def open_evidence(args: argparse.Namespace, *, write: bool = True, **options: An
         writer_lock.release(lock)
 
 
-def _with_options(service: "EvidenceService", options: dict[str, Any]) -> "EvidenceService":
+def _with_options(service: EvidenceService, options: dict[str, Any]) -> EvidenceService:
     """The service's EvidenceService as this command asked for it: ``with_sm3`` is per command (a view
     sharing the same database, store and hooks); anything else is the service's configuration."""
     if options.get("with_sm3") and not service.with_sm3:

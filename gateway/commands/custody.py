@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.commands.common import add_data_dir, add_json, out, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, open_evidence, out, print_json
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("custody", help="the tamper-evident custody log")
     actions = p.add_subparsers(dest="custody_command", metavar="ACTION")
     actions.required = True

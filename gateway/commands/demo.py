@@ -8,7 +8,7 @@ from pathlib import Path
 from gateway.commands.common import add_json
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the platform, simulated devices and the station on loopback, end to end")
     p.add_argument("--workdir", type=Path, help="keep the demo's data here (default: a new temporary directory)")
     add_json(p)

@@ -14,19 +14,19 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from gateway.commands import common
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, open_evidence, print_json
 from gateway.errors import ConfigError
 from gateway.i18n import _, ngettext
 from gateway.workflows.dock import RELEASE_POLICIES, DockWorkflow, mounted_serials
-from gateway.workflows.dock_session import (Delivery, DockSession, NoPlatform, OwnUploader, RecorderReport,
-                                            ServiceDelivery, Verdict)
+from gateway.workflows.dock_session import Delivery, DockSession, NoPlatform, OwnUploader, RecorderReport, ServiceDelivery, Verdict
 
 INTERRUPTED = 130
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("dock", help="ingest, upload and release docked body-worn cameras")
     p.add_argument("--usbip", required=True, metavar="URL", help="usbip://HOST:PORT (every recorder) or usbip://HOST:PORT/BUSID")
     p.add_argument("--volumes", default="/run/egw/volumes/{serial}", help="where a recorder's volume is mounted ({serial} is replaced)")
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, cancelled: Callable[[], bool] | None = None) -
     sources = _sources(args)
     console = Console(file=common.err())
     interrupted = threading.Event()
-    stop = lambda: interrupted.is_set() or bool(cancelled and cancelled())  # noqa: E731
+    stop: Callable[[], bool] = lambda: interrupted.is_set() or bool(cancelled and cancelled())  # noqa: E731
     with open_evidence(args) as service:
         enrolled = (service.identity.directory / "platform.pem").exists()
         workflow = DockWorkflow(service, locator=args.volumes, password=args.password, release_policy=args.release,
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace, cancelled: Callable[[], bool] | None = None) -
 
 
 def _start(args: argparse.Namespace, workflow: DockWorkflow, sources: list[tuple[str, str]], enrolled: bool,
-           stop: Callable[[], bool], bars: "_Bars") -> tuple[list[tuple[DockSession, bool]], Delivery]:
+           stop: Callable[[], bool], bars: _Bars) -> tuple[list[tuple[DockSession, bool]], Delivery]:
     """One session per recorder (joining one the service already runs), each on its own thread, and
     the delivery that feeds them receipts. Upload overlaps ingest: each recording is queued as soon as
     it is copied; our uploader ends once every recorder has been ingested and the queue is drained."""
@@ -159,12 +159,12 @@ class _Bars:
         self.tasks: dict[str, Any] = {}
         self.lock = threading.Lock()
 
-    def __enter__(self) -> "_Bars":
+    def __enter__(self) -> _Bars:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.progress.__exit__(exc_type, exc, tb)
 
     def listener(self, session: DockSession, event: str, n: int) -> None:
         from rich.markup import escape

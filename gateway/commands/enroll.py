@@ -10,7 +10,7 @@ from gateway.uplink.enroll import enroll
 __all__ = ["register", "run"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("enroll", help="enrol this gateway with a platform (CSR + one-time token → certificate)")
     parser.add_argument("--platform", required=True, help="the platform's ingest address HOST:PORT")
     parser.add_argument("--token", required=True, help="one-time token from `egw platform tokens` (pins the platform CA)")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, out, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, open_evidence, out, print_json
 from gateway.evidence.bundle import export_bundle
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("export", help="write an evidence bundle for offline verification")
     p.add_argument("evidence_id")
     p.add_argument("directory", type=Path)

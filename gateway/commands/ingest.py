@@ -7,13 +7,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.commands.common import add_data_dir, add_json, CommandCancelled, check_cancelled, err, out, print_json, open_evidence
+from gateway.commands.common import CommandCancelled, add_data_dir, add_json, check_cancelled, err, open_evidence, out, print_json
 from gateway.errors import GatewayError
-from gateway.evidence.manifest import KINDS, ManifestInput
 from gateway.evidence.evidence_service import path_as_data
+from gateway.evidence.manifest import KINDS, ManifestInput
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ingest", help="store, sign and queue files as evidence")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories (walked; symlinks are not followed)")
     p.add_argument("--device-id", help="the device the files came from")

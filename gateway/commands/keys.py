@@ -8,7 +8,7 @@ from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_j
 from gateway.evidence.identity import PASSPHRASE_ENV, init_identity
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="the gateway's signing key")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
     keys_sub.required = True

@@ -30,7 +30,7 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ls", help="list evidence: id, kind, device, officer, source, size, state, receipt")
     p.add_argument("--device", help="only items from this device id (e.g. bodycam-1000001)")
     p.add_argument("--officer", help="only items of this officer (police number)")

@@ -21,7 +21,7 @@ from protos.egw.v1 import events_pb2
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("mqtt", help="inspect and drain the MQTT outbox")
     actions = parser.add_subparsers(dest="mqtt_action", metavar="ACTION")
     actions.required = True

@@ -16,7 +16,7 @@ from gateway.errors import ConfigError
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("platform", help="reference platform: enrolment tokens, what arrived")
     psub = parser.add_subparsers(dest="platform_command", metavar="ACTION")
     psub.required = True
@@ -56,7 +56,7 @@ def run_tokens(args: argparse.Namespace) -> int:
         print_json(info)
     else:
         print(info["token"])
-        expires = dt.datetime.fromtimestamp(info["expires_at"], dt.timezone.utc).isoformat(timespec="seconds")
+        expires = dt.datetime.fromtimestamp(info["expires_at"], dt.UTC).isoformat(timespec="seconds")
         print(f"single use, expires {expires}; on the gateway: egw enroll --platform {info['address']} --token <token>",
               file=__import__("sys").stderr)
     return 0

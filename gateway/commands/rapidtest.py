@@ -10,7 +10,7 @@ from gateway.commands.common import add_data_dir, add_json, err, open_evidence, 
 from gateway.errors import ConfigError, DeviceError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("rapidtest", help="receive rapid-test results (ASTM) and record them as signed evidence")
     p.add_argument("--port", required=True, help="serial device, pty path or socket://HOST:PORT")
     p.add_argument("--baud", type=int, default=9600)

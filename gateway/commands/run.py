@@ -13,7 +13,7 @@ from gateway.config import load_config
 from gateway.station.logs import setup_logging
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run the station service from a config file")
     p.add_argument("-c", "--config", type=Path, required=True, help="gateway.toml (see gateway.example.toml)")
     p.add_argument("--data-dir", type=Path, help="override data_dir from the config")

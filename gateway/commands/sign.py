@@ -9,7 +9,7 @@ from gateway.commands.common import add_data_dir, add_json, err, open_evidence, 
 from gateway.workflows.signing import ROLES, SigningRecord, SigningSession
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sign", help="capture a signature and a fingerprint bound to a document, as signed evidence")
     p.add_argument("--document", type=Path, required=True, help="the document being signed (hashed, never changed)")
     p.add_argument("--signer", required=True, help="the signer's name")

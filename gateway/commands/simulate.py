@@ -24,7 +24,7 @@ SIMULATORS: dict[str, str] = {
 }
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("simulate", help="run a device or platform simulator", add_help=False)
     parser.add_argument("kind", nargs="?", help="one of: " + ", ".join(sorted(SIMULATORS)) if SIMULATORS else "simulator kind")
     parser.add_argument("rest", nargs=argparse.REMAINDER)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from gateway.commands.common import add_data_dir, add_json, data_dir_of, out, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, data_dir_of, open_evidence, out, print_json
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="counts per state, disk use, oldest undelivered item")
     add_data_dir(p)
     add_json(p)

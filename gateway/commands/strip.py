@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from drivers.strip_reader import StripReader, StripReadError, StripThresholds
-from gateway.commands.common import add_data_dir, add_json, err, out, print_json, open_evidence
+from gateway.commands.common import add_data_dir, add_json, err, open_evidence, out, print_json
 from gateway.errors import ConfigError
 
 __all__ = ["register", "run_read", "read_photos"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("strip", help="read colloidal-gold test strips from photos")
     strip_sub = parser.add_subparsers(dest="strip_command", metavar="ACTION")
     strip_sub.required = True
@@ -72,8 +72,8 @@ def record_readings(args: argparse.Namespace, results: list[dict[str, Any]], sam
     """The photo is evidence first; the reading is a result document that names the photo by digest."""
     import json as _json
 
-    from gateway.evidence.manifest import ManifestInput
     from gateway.evidence.evidence_service import path_as_data
+    from gateway.evidence.manifest import ManifestInput
 
     with open_evidence(args) as service:
         for item in results:

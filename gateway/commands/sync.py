@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gateway.commands.common import add_data_dir, add_json, cancelled, data_dir_of, err, in_service, open_evidence, out, print_json
 from gateway.errors import ConfigError
-from gateway.evidence.state import UNRECEIPTED, EvidenceState, State
-from gateway.uplink.uploader import UploadOutcome, Uploader, UploadSettings, parse_rate
+from gateway.evidence.state import UNRECEIPTED, EvidenceRow, EvidenceState, State
+from gateway.uplink.uploader import Uploader, UploadOutcome, UploadSettings, parse_rate
+
+if TYPE_CHECKING:
+    from gateway.evidence.evidence_service import EvidenceService
 
 __all__ = ["register", "run"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("sync", help="deliver queued evidence to the platform now")
     parser.add_argument("--once", action="store_true", help="drain the queue and exit (continuous delivery runs inside `egw run`)")
     parser.add_argument("--concurrency", type=int, default=None, help="general upload slots (env EGW_UPLOAD_CONCURRENCY, default 2)")
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     data_dir = data_dir_of(args)
     outcomes: list[UploadOutcome] = []
-    left: list = []
+    left: list[EvidenceRow] = []
     if not args.no_upload:
         from gateway.uplink.link import load_link
         uploader = Uploader(data_dir, settings, link=load_link(data_dir, args.platform),
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 STALL_S = 30.0  # no pending item moved for this long: report them instead of waiting on
 
 
-def _pending(service: Any) -> dict[str, tuple[str, int, str, int, str | None]]:
+def _pending(service: EvidenceService) -> dict[str, tuple[str, int, str, int, str | None]]:
     """id → (state, upload offset, sha256, size, last error) of every item not yet receipted (no manifests:
     this is polled)."""
     return service.state.unreceipted_progress()

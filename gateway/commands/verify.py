@@ -10,7 +10,7 @@ from gateway.evidence.bundle import verify_bundle
 from gateway.evidence.identity import load_pem_certificates
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify", help="verify an exported bundle offline")
     p.add_argument("directory", type=Path)
     p.add_argument("--trust", type=Path, help="PEM file of CA certificates the signer must chain to")

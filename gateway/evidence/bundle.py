@@ -34,10 +34,10 @@ from cryptography import x509
 from gateway.errors import ConfigError, VerificationError
 from gateway.evidence import dsse, merkle
 from gateway.evidence.custody import verify_tree_head
+from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.identity import load_pem_certificates, verify_certificate_chain
 from gateway.evidence.manifest import MANIFEST_TYPE, parse_manifest
 from gateway.evidence.receipt import verify_receipt
-from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.store import sha256_file
 
 __all__ = ["export_bundle", "verify_bundle", "Check", "safe_file_name", "BUNDLE_FORMAT"]
@@ -162,7 +162,7 @@ def _signed_at(manifest: dict[str, Any] | None) -> dt.datetime | None:
         moment = dt.datetime.fromisoformat(str(manifest["ingested_at"]))
     except (KeyError, ValueError):
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def verify_bundle(root: Path, *, trust: list[x509.Certificate] | None = None, document: Path | None = None) -> list[Check]:
@@ -237,7 +237,7 @@ class _Verification:
             raise VerificationError("certificates.pem holds no certificate")
         how, when = self._chain_validity(certs)
         if self.envelope is not None:
-            kid = dsse.key_id(certs[0].public_key())  # type: ignore[arg-type]
+            kid = dsse.key_id(certs[0].public_key())  # type: ignore[arg-type]  # key_id() only needs public_bytes(), which every key type has
             claimed = [k for k, _ in self.envelope.signatures]
             if kid not in claimed:
                 raise VerificationError(

@@ -29,7 +29,7 @@ ENTRY_VERSION = "egw.custody/1"
 class TreeHead:
     tree_size: int
     root_hash: bytes
-    envelope: dsse.Envelope
+    envelope: dsse.SignedEnvelope
 
 
 @dataclass(frozen=True)

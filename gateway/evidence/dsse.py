@@ -11,14 +11,18 @@ from protos.dsse import Envelope as _Envelope
 from protos.dsse import EnvelopeError, key_id, pae, sign
 from protos.dsse import verify as _verify
 
-__all__ = ["Envelope", "pae", "sign", "verify", "key_id"]
+__all__ = ["Envelope", "SignedEnvelope", "pae", "sign", "verify", "key_id"]
+
+#: What ``sign`` returns: the shared envelope class, which ``Envelope`` below only refines for parsing.
+#: Annotate with it where an envelope may come from either (a fresh signature or a parsed file).
+SignedEnvelope = _Envelope
 
 
 class Envelope(_Envelope):
     """Same envelope; parsing errors surface as VerificationError."""
 
     @classmethod
-    def from_json(cls, data: Any) -> "Envelope":
+    def from_json(cls, data: Any) -> Envelope:
         try:
             parsed = _Envelope.from_json(data)
         except EnvelopeError as exc:
@@ -26,7 +30,7 @@ class Envelope(_Envelope):
         return cls(parsed.payload_type, parsed.payload, parsed.signatures)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "Envelope":
+    def from_bytes(cls, raw: bytes) -> Envelope:
         try:
             parsed = _Envelope.from_bytes(raw)
         except EnvelopeError as exc:

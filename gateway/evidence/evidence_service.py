@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from gateway.errors import SourceError
 from gateway.evidence import identity as identity_mod
@@ -26,7 +26,7 @@ from gateway.evidence.ids import uuid7
 from gateway.evidence.manifest import ManifestInput, build_manifest, sign_manifest
 from gateway.evidence.outbox import attach_outbox
 from gateway.evidence.state import EvidenceRow, EvidenceState, State
-from gateway.evidence.store import DEFAULT_RESERVE, BlobStore, ProgressCallback, StoredBlob
+from gateway.evidence.store import DEFAULT_RESERVE, BlobStore, ProgressCallback, Readable, StoredBlob
 
 __all__ = ["EvidenceService", "IngestResult", "TransitionHook", "path_as_data"]
 
@@ -78,7 +78,7 @@ class EvidenceService:
     def close(self) -> None:
         self.state.close()
 
-    def __enter__(self) -> "EvidenceService":
+    def __enter__(self) -> EvidenceService:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -100,10 +100,10 @@ class EvidenceService:
         return self._commit(blob, item, priority, source_mtime=st.st_mtime, enrich=enrich)
 
     def ingest_stream(
-        self, stream: BinaryIO, item: ManifestInput, *, expected_size: int | None = None, priority: int = 0,
+        self, stream: Readable, item: ManifestInput, *, expected_size: int | None = None, priority: int = 0,
         source_mtime: float | None = None, progress: ProgressCallback | None = None, enrich: Enricher | None = None,
     ) -> IngestResult:
-        blob = self.store.put_stream(stream, expected_size=expected_size, with_sm3=self.with_sm3, progress=progress)  # type: ignore[arg-type]
+        blob = self.store.put_stream(stream, expected_size=expected_size, with_sm3=self.with_sm3, progress=progress)
         return self._commit(blob, item, priority, source_mtime=source_mtime, enrich=enrich)
 
     def ingest_bytes(self, data: bytes, item: ManifestInput, *, priority: int = 0) -> IngestResult:

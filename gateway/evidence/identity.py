@@ -89,7 +89,7 @@ def default_gateway_id(public_key: ec.EllipticCurvePublicKey) -> str:
 
 def self_signed_certificate(key: ec.EllipticCurvePrivateKey, gateway_id: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "egw self-signed")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -172,7 +172,7 @@ def load_identity(data_dir: Path) -> Identity:
 
 def store_enrolled_chain(identity: Identity, certificate: x509.Certificate, cas: list[x509.Certificate], platform: str) -> Identity:
     """Replace the self-signed certificate with the one the platform CA issued."""
-    if certificate.public_key().public_numbers() != identity.private_key.public_key().public_numbers():  # type: ignore[union-attr]
+    if certificate.public_key().public_numbers() != identity.private_key.public_key().public_numbers():  # type: ignore[union-attr]  # gateway keys are EC; narrowing would change the error
         raise IdentityError("the issued certificate is not for this gateway's key", "re-run `egw enroll` with a fresh token")
     verify_certificate_chain(certificate, cas, cas[-1:] if cas else [])
     _write_public(identity.directory / "gateway.crt", certificate.public_bytes(serialization.Encoding.PEM))
@@ -202,7 +202,7 @@ def verify_certificate_chain(
     With no anchors, a self-signed leaf is accepted as such (integrity only);
     the returned string says which case held, for the verifier's report.
     """
-    moment = at or dt.datetime.now(dt.timezone.utc)
+    moment = at or dt.datetime.now(dt.UTC)
     clock = "" if at is not None else " by this machine's clock; if that clock is wrong, correct it (NTP) first"
     for cert in [leaf, *intermediates]:
         if moment < cert.not_valid_before_utc:

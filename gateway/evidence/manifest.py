@@ -13,7 +13,7 @@ import json
 import mimetypes
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import VerificationError
@@ -30,7 +30,7 @@ REQUIRED = ("v", "evidence_id", "sha256", "size", "media_type", "kind", "source"
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def guess_kind(media_type: str) -> str:
@@ -101,7 +101,7 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def sign_manifest(manifest: dict[str, Any], private_key: Any) -> dsse.Envelope:
+def sign_manifest(manifest: dict[str, Any], private_key: Any) -> dsse.SignedEnvelope:
     return dsse.sign(MANIFEST_TYPE, manifest_bytes(manifest), private_key)
 
 

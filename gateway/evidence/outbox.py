@@ -31,7 +31,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +265,7 @@ def _manifest_summary(row: EvidenceRow, gateway_id: str) -> evidence_pb2.Manifes
         manifest = json.loads(_envelope_payload(row.manifest))
         corrected = (manifest.get("capture") or {}).get("corrected")
         if corrected:
-            summary.captured_at.FromDatetime(datetime.fromisoformat(corrected.replace("Z", "+00:00")).astimezone(timezone.utc).replace(tzinfo=None))
+            summary.captured_at.FromDatetime(datetime.fromisoformat(corrected.replace("Z", "+00:00")).astimezone(UTC).replace(tzinfo=None))
         summary.important = bool(manifest.get("important"))
     except (ValueError, KeyError, TypeError):
         pass  # the summary is a convenience; the signed manifest stays the authority

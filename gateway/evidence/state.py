@@ -18,11 +18,11 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.errors import NotFoundError, StateError, TransitionError
 
@@ -30,7 +30,7 @@ __all__ = ["State", "EvidenceRow", "EvidenceListing", "EvidenceState", "STATES",
            "MIGRATIONS"]
 
 
-class EvidenceState(str, enum.Enum):
+class EvidenceState(str, enum.Enum):  # noqa: UP042 - StrEnum changes str() and format() of members, which are printed
     """Where an item is in the state machine. A ``str``: the value is what is stored in ``state.db``,
     printed and put in JSON, so ``EvidenceState.QUEUED == "queued"`` and ``json.dumps`` writes ``"queued"``."""
 
@@ -197,14 +197,18 @@ def _evidence_row(found: sqlite3.Row | tuple[Any, ...]) -> EvidenceRow:
     return EvidenceRow(**dict(zip(_EVIDENCE_FIELDS, found)))
 
 
-def _locked(method: Any) -> Any:
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[State, _P], _R]) -> Callable[Concatenate[State, _P], _R]:
     """Serialise use of the one connection across the service's threads."""
 
-    @functools.wraps(method)
-    def wrapper(self: "State", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: State, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self.lock:
             return method(self, *args, **kwargs)
 
+    functools.update_wrapper(wrapper, method)  # what @functools.wraps does, without retyping wrapper
     return wrapper
 
 
@@ -271,7 +275,7 @@ class State:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "State":
+    def __enter__(self) -> State:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -366,7 +370,7 @@ class State:
         return _evidence_row(found) if found else None
 
     @_locked
-    def transition(self, evidence_id: str, to_state: str, **fields: Any) -> str:
+    def transition(self, /, evidence_id: str, to_state: str, **fields: Any) -> str:
         """Move one item along the state machine; returns the state it left."""
         current = self.db.execute("SELECT state FROM evidence WHERE id = ?", (evidence_id,)).fetchone()
         if current is None:
@@ -439,7 +443,8 @@ class State:
         """Items matching every filter given, newest first (insertion order: ``created_at`` is the wall
         clock, which may have been stepped), fetched ``batch`` rows at a time so a store of a million
         items costs one batch of memory. The lock is held per batch, never across a caller's work."""
-        where, params = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        params: list[str | float] = []
         for column, value in (("device_id", device_id), ("officer_id", officer_id)):
             if value is not None:
                 where.append(f"{column} = ?")

@@ -296,7 +296,7 @@ class BlobStore:
                 if failed is not None:
                     raise failed
                 try:
-                    n = src.readinto(buffers[index])
+                    n = src.readinto(memoryview(buffers[index]))  # an mmap is a buffer, not a bytearray
                 except OSError as exc:
                     raise SourceError(f"reading the source failed after {size} bytes: {exc.strerror or exc}") from exc
                 if not n:

@@ -129,7 +129,7 @@ class _FrameStream(io.TextIOBase):
         self.pending = ""
 
     @property
-    def encoding(self) -> str:  # type: ignore[override]
+    def encoding(self) -> str:  # type: ignore[override]  # TextIOBase declares a plain attribute; read-only here
         return "utf-8"
 
     def isatty(self) -> bool:

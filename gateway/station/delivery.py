@@ -11,6 +11,9 @@ from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
     from gateway.station.context import StationContext
+    from gateway.uplink.mqtt_link import MqttLink
+    from gateway.workflows.rapidtest import RecordedResult
+    from protos.egw.v1 import events_pb2
 
 __all__ = ["UploaderComponent"]
 
@@ -39,14 +42,14 @@ def _check_transport(enrolled_insecure: bool, config_insecure: bool) -> None:
 class UploaderComponent:
     """Runs the uploader continuously; without enrolment it stays idle and says why (once)."""
 
-    def __init__(self, runtime: "StationContext") -> None:
+    def __init__(self, runtime: StationContext) -> None:
         self.runtime = runtime
         self.stop_event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from gateway.uplink.link import load_link
-        from gateway.uplink.uploader import UploadSettings, Uploader
+        from gateway.uplink.uploader import Uploader, UploadSettings
 
         config = self.runtime.config
         try:
@@ -93,7 +96,7 @@ class UploaderComponent:
                 self.runtime.station.set_alarm("uplink", f"Uploads interrupted: {exc}; retrying")
                 try:
                     await asyncio.wait_for(self.stop_event.wait(), delay)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self.runtime.station.set_alarm("uplink", None)  # set again if the next one fails too
                 delay = min(delay * 2, 30.0)
@@ -103,7 +106,7 @@ class UploaderComponent:
         if self.task is not None:
             try:
                 await asyncio.wait_for(self.task, 8.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.task.cancel()
                 await asyncio.gather(self.task, return_exceptions=True)
 
@@ -116,9 +119,9 @@ class MqttComponent:
 
     DEVICE_STATE_MIN_INTERVAL_S = 1.0
 
-    def __init__(self, runtime: "StationContext") -> None:
+    def __init__(self, runtime: StationContext) -> None:
         self.runtime = runtime
-        self.link: object | None = None
+        self.link: MqttLink | None = None
         self._last_device_publish: dict[str, tuple[float, str, bool]] = {}
 
     async def start(self) -> None:
@@ -151,31 +154,41 @@ class MqttComponent:
         if last and last[1:] == signature and now - last[0] < self.DEVICE_STATE_MIN_INTERVAL_S:
             return  # progress ticks: at most one per second per device; state changes always go out
         self._last_device_publish[key] = (now, *signature)
-        self.link.put_device_state(device_message(card))  # type: ignore[attr-defined]
+        self.link.put_device_state(device_message(card))
 
     async def stop(self) -> None:
         if self.link is not None:
-            await asyncio.to_thread(self.link.stop)  # type: ignore[attr-defined]
+            await asyncio.to_thread(self.link.stop)
 
 
-def device_message(card: dict[str, object]) -> object:
+def _int(value: object) -> int:
+    """``int()`` of a card field: the card is loosely typed (``object``), its numbers are JSON numbers."""
+    if isinstance(value, (int, float, str)):
+        return int(value)
+    raise TypeError(f"a device card field is not a number: {value!r}")
+
+
+def device_message(card: dict[str, object]) -> events_pb2.DeviceState:
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from protos.egw.v1 import events_pb2
 
     at = Timestamp()
-    at.FromSeconds(int(float(card.get("updated") or 0)))
+    updated = card.get("updated") or 0
+    if not isinstance(updated, (int, float, str)):
+        raise TypeError(f"a device card's update time is not a number: {updated!r}")
+    at.FromSeconds(int(float(updated)))
     return events_pb2.DeviceState(
         device_id=str(card["device_id"]).replace("/", "_").replace("+", "_").replace("#", "_"), kind=str(card["kind"]), state=str(card["state"]),
-        battery_percent=int(card.get("battery_percent") or 0), files_total=int(card.get("files_total") or 0),  # type: ignore[call-overload]
-        files_done=int(card.get("files_receipted") or 0), bytes_total=int(card.get("bytes_total") or 0),  # type: ignore[call-overload]
-        bytes_done=int(card.get("bytes_ingested") or 0), officer_id=str(card.get("officer_no") or ""),  # type: ignore[call-overload]
+        battery_percent=_int(card.get("battery_percent") or 0), files_total=_int(card.get("files_total") or 0),
+        files_done=_int(card.get("files_receipted") or 0), bytes_total=_int(card.get("bytes_total") or 0),
+        bytes_done=_int(card.get("bytes_ingested") or 0), officer_id=str(card.get("officer_no") or ""),
         detail=str(card.get("detail") or ""), at=at, safe_to_undock=bool(card.get("safe_to_undock")),
     )
 
 
-def result_message(recorded: object) -> object:
+def result_message(recorded: RecordedResult) -> events_pb2.RapidTestResult:
     """The MQTT form of a recorded rapid-test result (for callers holding a ``RecordedResult``)."""
     from gateway.workflows.rapidtest import result_message as build
 
-    return build(recorded.evidence_id, recorded.document, recorded.envelope)  # type: ignore[attr-defined]
+    return build(recorded.evidence_id, recorded.document, recorded.envelope)

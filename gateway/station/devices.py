@@ -50,7 +50,7 @@ STOP_WAIT_S = 5.0  # how long a cancelled analyzer watcher waits for its thread 
 T = TypeVar("T")
 
 
-def in_own_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":
+def in_own_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
     """Run ``fn`` in a new (non-daemon) thread; the future settles with its outcome.
 
     Cancelling the future does not stop ``fn``: the caller signals it (a stop
@@ -69,6 +69,7 @@ def in_own_thread(fn: Callable[[], T], name: str) -> "asyncio.Future[T]":
             future.set_result(outcome)
 
     def run() -> None:
+        outcome: T | BaseException
         try:
             outcome, failed = fn(), False
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
@@ -106,7 +107,7 @@ def _bodycam_urls(device: DeviceConfig) -> dict[str, str]:
     return found
 
 
-async def watch_bodycams(runtime: "StationContext", device: DeviceConfig) -> None:
+async def watch_bodycams(runtime: StationContext, device: DeviceConfig) -> None:
     """New recorders on the bus are docked; recorders found already mounted (a dock interrupted by a
     kill, a crash or ``egw dock``'s Ctrl-C) are adopted — each by one :class:`DockSession` (keyed by
     serial, shared with an ``egw dock`` run inside the service)."""
@@ -144,7 +145,7 @@ async def watch_bodycams(runtime: "StationContext", device: DeviceConfig) -> Non
         await asyncio.gather(*active.values(), return_exceptions=True)
 
 
-async def _dock_one(runtime: "StationContext", device: DeviceConfig, workflow: "DockWorkflow", key: str, source: str) -> bool:
+async def _dock_one(runtime: StationContext, device: DeviceConfig, workflow: DockWorkflow, key: str, source: str) -> bool:
     """Dock (or adopt) one recorder and show it on ONE card (keyed by the recorder, the same card
     across unplug and re-dock) until it is unplugged; False when it could not even be attached, so
     the caller may try again."""
@@ -189,14 +190,14 @@ class _BodycamCard:
     (``bodycam-<serial>``), so an unplug and re-dock updates the same card instead of adding one;
     byte counters are this session's, never above the total."""
 
-    def __init__(self, runtime: "StationContext", device: DeviceConfig, session: "DockSession") -> None:
+    def __init__(self, runtime: StationContext, device: DeviceConfig, session: DockSession) -> None:
         self.runtime, self.device, self.session = runtime, device, session
         self.card_id = f"bodycam-{session.key}"
 
     def show(self, **fields: Any) -> None:
         self.runtime.station.update_device(self.card_id, "bodycam", **fields)
 
-    def on_event(self, session: "DockSession", event: str, n: int) -> None:
+    def on_event(self, session: DockSession, event: str, n: int) -> None:
         state = session.state
         if event == "identified":
             if state.device_id and state.device_id != self.card_id:  # the recorder's own serial differs from the bus's
@@ -215,7 +216,7 @@ class _BodycamCard:
         elif event == "report" and session._last is not None:
             self.on_report(session._last)
 
-    def on_report(self, report: "RecorderReport") -> None:
+    def on_report(self, report: RecorderReport) -> None:
         self.show(state=report.verdict.card_state, safe_to_undock=report.safe_to_undock, detail=report.detail,
                   files_total=report.files_total, files_ingested=report.files_stored,
                   files_receipted=report.files_receipted, files_released=report.files_released,
@@ -239,7 +240,7 @@ def _serial_url(device: DeviceConfig) -> str | None:
     return None
 
 
-async def watch_rapidtest(runtime: "StationContext", device: DeviceConfig) -> None:
+async def watch_rapidtest(runtime: StationContext, device: DeviceConfig) -> None:
     from drivers.rapidtest import RapidTestAnalyzer, RapidTestError, RapidTestOverflow
     from gateway.workflows.rapidtest import RapidTestPipeline
 
@@ -294,7 +295,7 @@ async def watch_rapidtest(runtime: "StationContext", device: DeviceConfig) -> No
         raise
 
 
-async def _refused(runtime: "StationContext", device: DeviceConfig, card_id: str, url: str, exc: Exception) -> None:
+async def _refused(runtime: StationContext, device: DeviceConfig, card_id: str, url: str, exc: Exception) -> None:
     """A message beyond the limits: the operator must hear of it, and the custody log must say it happened."""
     alarm = (f"Rapid-test analyzer '{device.name}' ({url}) sent a message too large to accept; it was refused and "
              "the connection reset. That result was NOT recorded (a working analyzer still holds it). Check the "
@@ -322,7 +323,7 @@ def _result_row(document: dict[str, Any]) -> dict[str, Any]:
 
 # ---- devices used by signing sessions ------------------------------------------------------
 
-async def watch_presence(runtime: "StationContext", device: DeviceConfig) -> None:
+async def watch_presence(runtime: StationContext, device: DeviceConfig) -> None:
     card_id = f"{device.kind}:{device.name}"
     while not runtime.stopping.is_set():
         present = await asyncio.to_thread(_present, device)

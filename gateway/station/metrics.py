@@ -6,7 +6,12 @@ Names follow Prometheus conventions; each is documented in its help text so
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 __all__ = ["Metrics"]
 
@@ -28,7 +33,7 @@ class Metrics:
         self.device_retry_in = Gauge("egw_device_retry_in_seconds", "Backoff before the next attempt after a "
                                      "device's latest failure (0 once it works again)", ["device"], registry=r)
         self.outbox_depth = Gauge("egw_mqtt_outbox_messages", "MQTT messages waiting for PUBACK", registry=r)
-        self._server: object | None = None
+        self._server: WSGIServer | None = None
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP exporter in a daemon thread; returns the bound port."""
@@ -39,6 +44,6 @@ class Metrics:
     def stop(self) -> None:
         server = self._server
         if server is not None:
-            server.shutdown()  # type: ignore[attr-defined]
-            server.server_close()  # type: ignore[attr-defined]
+            server.shutdown()
+            server.server_close()
             self._server = None

@@ -9,10 +9,10 @@ reloads the device list from the config file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import threading
-
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +24,8 @@ from gateway.evidence.evidence_service import EvidenceService
 from gateway.station.context import Component
 from gateway.station.control import ControlServer
 from gateway.station.delivery import MqttComponent, UploaderComponent
-from gateway.station.metrics import Metrics
 from gateway.station.live_state import Station
+from gateway.station.metrics import Metrics
 from gateway.station.supervisor import Backoff, Supervisor
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class Runtime:
 
         try:
             await asyncio.wait_for(stop_all(), STOP_GRACE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("some work did not stop within %.0f s; it resumes at the next start", STOP_GRACE_S)
         if self.config.screen_listen:
             await self.screen.stop()
@@ -160,7 +160,7 @@ class Runtime:
             # A serial analyzer or pad is cheap to retry (a stat, an open, a loopback/LAN connect) and an
             # officer who re-plugs one expects it back within seconds: cap its backoff at 5 s, not 30.
             backoff = Backoff(maximum=5.0) if device.kind != "bodycam" else Backoff()
-            self.supervisor.start(f"{device.kind}:{device.name}", lambda d=device, f=factory: f(self, d), backoff)
+            self.supervisor.start(f"{device.kind}:{device.name}", functools.partial(factory, self, device), backoff)
 
     def _device_failed(self, name: str, exc: BaseException) -> None:
         """Count the failure and show it on the device's card with when it is tried again."""
@@ -249,7 +249,7 @@ class Runtime:
                 log.exception("status refresh failed")
             try:
                 await asyncio.wait_for(wake.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

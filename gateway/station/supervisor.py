@@ -58,7 +58,8 @@ class Supervisor:
         self.on_error = on_error
 
     def start(self, name: str, factory: Callable[[], Awaitable[None]], backoff: Backoff | None = None, restart: bool = True) -> None:
-        if name in self.units and self.units[name].task and not self.units[name].task.done():  # type: ignore[union-attr]
+        running = self.units.get(name)
+        if running is not None and running.task is not None and not running.task.done():
             return
         unit = _Unit(name, factory, backoff or Backoff())
         unit.task = asyncio.create_task(self._keep(unit, restart), name=f"device:{name}")

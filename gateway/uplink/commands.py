@@ -41,9 +41,9 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -56,6 +56,9 @@ from gateway.evidence import nonces
 from gateway.evidence.state import TRANSITIONS, EvidenceState
 from protos import dsse
 from protos.egw.v1 import events_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
 
 __all__ = [
     "COMMAND_TYPE", "MAX_COMMAND_BYTES", "MAX_LIFETIME_S", "CLOCK_SKEW_S", "COMMAND_NAMES",
@@ -121,7 +124,7 @@ def load_platform_key(source: PlatformKeySource) -> ec.EllipticCurvePublicKey | 
     return key
 
 
-def _ts_seconds(value: Any) -> float:
+def _ts_seconds(value: Timestamp) -> float:
     return float(value.seconds) + value.nanos / 1e9
 
 
@@ -252,7 +255,7 @@ class CommandHandler:
             return make_reply(command.name, command.nonce, False, error=f"failed: {exc}")
 
     def _ping(self, command: VerifiedCommand) -> events_pb2.CommandReply:
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return make_reply(command.name, command.nonce, True,
                           result={"pong": "true", "gateway_id": self.gateway_id, "time": now, "version": __version__})
 

@@ -58,7 +58,7 @@ def fetch_pinned_ca(host: str, port: int, ca_sha256: str) -> bytes:
     try:
         with socket.create_connection((host, port), timeout=TIMEOUT_S) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
             # public SSLSocket.get_unverified_chain() from Python 3.13; the same method on _sslobj before
-            getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain  # type: ignore[union-attr]
+            getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain  # type: ignore[attr-defined]  # private before 3.13, absent from typeshed
             chain = getter() or []
             ders = [c.public_bytes(2) for c in chain]  # 2 = _ssl.ENCODING_DER
     except OSError as exc:
@@ -100,8 +100,8 @@ def enroll(data_dir: Path, platform: str, token: str, *, insecure: bool = False)
                 ingest_pb2.EnrollRequest(csr_pem=csr.public_bytes(serialization.Encoding.PEM), token=secret,
                                          gateway_id=identity.gateway_id), timeout=TIMEOUT_S)
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
-        raise IdentityError(f"enrolment refused by the platform ({code.name}): {exc.details()}",  # type: ignore[attr-defined]
+        code = exc.code()
+        raise IdentityError(f"enrolment refused by the platform ({code.name}): {exc.details()}",
                             "get a fresh token with `egw platform tokens` and retry" if code == grpc.StatusCode.PERMISSION_DENIED
                             else "check the platform address and that it is running") from exc
     certificate = x509.load_pem_x509_certificate(reply.certificate_pem)

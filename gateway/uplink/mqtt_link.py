@@ -135,7 +135,7 @@ class MqttLink(LinkSession, OutboxPump, CommandReplies):
         self._state: State | None = None
 
     # ---- public API ---------------------------------------------------------
-    def start(self) -> "MqttLink":
+    def start(self) -> MqttLink:
         if self._thread is not None:
             raise ConfigError("the MQTT link is already started")
         # Open (and migrate) the database here, before any thread: concurrent first opens race.
@@ -159,7 +159,7 @@ class MqttLink(LinkSession, OutboxPump, CommandReplies):
         if self.writer is not None:
             self.writer.close(timeout)
 
-    def __enter__(self) -> "MqttLink":
+    def __enter__(self) -> MqttLink:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -108,7 +108,7 @@ class Outbox:
     def close(self) -> None:
         self.state.close()
 
-    def __enter__(self) -> "Outbox":
+    def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc: object) -> None:

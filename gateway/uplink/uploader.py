@@ -42,8 +42,8 @@ import grpc
 
 from gateway.errors import GatewayError, VerificationError
 from gateway.evidence import dsse
-from gateway.evidence.receipt import verify_receipt
 from gateway.evidence.evidence_service import EvidenceService
+from gateway.evidence.receipt import verify_receipt
 from gateway.evidence.state import EvidenceRow, EvidenceState
 from gateway.uplink.link import PlatformLink, load_link
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
@@ -136,7 +136,7 @@ class RetrySchedule:
         """Record a failed delivery; return the delay until the item is due again."""
         n = self._failures.get(evidence_id, 0) + 1
         self._failures[evidence_id] = n
-        delay = min(self.max_s, self.first_s * 2 ** (n - 1)) * self._rng.uniform(0.5, 1.0)
+        delay: float = min(self.max_s, self.first_s * 2 ** (n - 1)) * self._rng.uniform(0.5, 1.0)
         self._due_at[evidence_id] = now + delay
         if unreachable:
             self._unreachable.add(evidence_id)
@@ -174,7 +174,7 @@ class UploadSettings:
     backoff_max_s: float = 30.0
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "UploadSettings":
+    def from_env(cls, **overrides: Any) -> UploadSettings:
         """EGW_UPLOAD_CONCURRENCY / EGW_UPLOAD_BANDWIDTH, then explicit (non-None) overrides."""
         s = cls()
         if os.environ.get("EGW_UPLOAD_CONCURRENCY"):
@@ -304,7 +304,7 @@ class Uploader:
             try:
                 self._stub = ingest_pb2_grpc.EvidenceIngestStub(channel)
                 # Upload takes pre-encoded bytes (protos.upload_wire): one copy per chunk instead of two plus upb work
-                self._upload = channel.stream_unary("/egw.v1.EvidenceIngest/Upload", request_serializer=None,
+                self._upload: grpc.aio.StreamUnaryMultiCallable[bytes, ingest_pb2.UploadResponse] = channel.stream_unary("/egw.v1.EvidenceIngest/Upload", request_serializer=None,
                                                     response_deserializer=ingest_pb2.UploadResponse.FromString)
                 tasks = [asyncio.ensure_future(self._worker(False, stop, idle_poll_s)) for _ in range(self.settings.concurrency)]
                 tasks += [asyncio.ensure_future(self._worker(True, stop, idle_poll_s)) for _ in range(self.settings.express_slots)]

@@ -78,7 +78,7 @@ def build_app(station: Station) -> web.Application:
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await response.write(b": heartbeat\n\n")
                     continue
                 await response.write(b"event: update\ndata: " + json.dumps(event, default=str).encode() + b"\n\n")
@@ -115,7 +115,7 @@ class ScreenServer:
         site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()
         server = site._server  # noqa: SLF001 - the bound port when 0 was asked for
-        port = server.sockets[0].getsockname()[1] if server and server.sockets else self.port  # type: ignore[union-attr]
+        port = server.sockets[0].getsockname()[1] if isinstance(server, asyncio.Server) and server.sockets else self.port
         self.url = f"http://{self.host}:{port}/"
         return self.url
 

@@ -45,7 +45,7 @@ UNREACHABLE_TODO = "The platform is unreachable: copies stored and queued; the r
 Listener = Callable[["DockSession", str, int], None]  # (session, event, n): identified/scanned/bytes/ingested/report
 
 
-class Verdict(str, Enum):
+class Verdict(str, Enum):  # noqa: UP042 - StrEnum changes str() and format() of members
     SAFE = "safe"
     WAITING_FOR_RECEIPTS = "waiting-for-receipts"
     ATTENTION = "attention"
@@ -126,9 +126,9 @@ class TransitionNotifier:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._owner: dict[str, "DockSession"] = {}
-        self._sessions: set["DockSession"] = set()
-        self._hooked: "weakref.WeakSet[EvidenceService]" = weakref.WeakSet()
+        self._owner: dict[str, DockSession] = {}
+        self._sessions: set[DockSession] = set()
+        self._hooked: weakref.WeakSet[EvidenceService] = weakref.WeakSet()
 
     def attach(self, service: EvidenceService) -> None:
         """Be told of every transition ``service`` commits (once per service object)."""
@@ -161,13 +161,13 @@ class TransitionNotifier:
         if session is not None:
             session._wake(evidence_id, committer, unreachable)
 
-    def _watch(self, session: "DockSession", evidence_id: str | None = None) -> None:
+    def _watch(self, session: DockSession, evidence_id: str | None = None) -> None:
         with self._lock:
             self._sessions.add(session)
             if evidence_id is not None:
                 self._owner[evidence_id] = session
 
-    def _forget(self, session: "DockSession") -> None:
+    def _forget(self, session: DockSession) -> None:
         with self._lock:
             self._sessions.discard(session)
             for evidence_id in [e for e, s in self._owner.items() if s is session]:
@@ -222,7 +222,7 @@ class OwnUploader:
         self._thread.start()
 
     def _run(self, data_dir: Path, producing: Callable[[], bool]) -> None:
-        from gateway.uplink.uploader import UploadSettings, Uploader
+        from gateway.uplink.uploader import Uploader, UploadSettings
 
         try:
             uploader = Uploader(data_dir, UploadSettings.from_env(), on_outcome=transitions.upload_outcome)
@@ -273,7 +273,7 @@ class OwnUploader:
 class DockSession:
     """One recorder, from attach to verdict. ``run()`` blocks (call it in a thread of its own)."""
 
-    _running: dict[str, "DockSession"] = {}
+    _running: dict[str, DockSession] = {}
     _running_lock = threading.Lock()
 
     def __init__(self, workflow: DockWorkflow, source: str, *, key: str, delivery: Delivery,
@@ -304,7 +304,7 @@ class DockSession:
     # ---- one per recorder -------------------------------------------------------------------------
     @classmethod
     def start_or_join(cls, workflow: DockWorkflow, source: str, *, key: str, delivery: Delivery,
-                      cancelled: Callable[[], bool] = lambda: False) -> tuple["DockSession", bool]:
+                      cancelled: Callable[[], bool] = lambda: False) -> tuple[DockSession, bool]:
         """The running session for this recorder (joined: True), or a new one registered as running.
         The caller of a new one must call ``run()``; a joiner calls ``wait()``."""
         with cls._running_lock:
@@ -469,7 +469,7 @@ class DockSession:
     # ---- the report ---------------------------------------------------------------------------------
     def report(self) -> RecorderReport:
         """What is true now, read from the committed state."""
-        wf, s = self.workflow, self.state
+        s = self.state
         states = self._states([r.evidence_id for r in s.recordings if r.evidence_id])
         rows = tuple(self._row(r, states) for r in s.recordings)
         unplugged = s.volume is not None and not s.volume.present() or any(r.unplugged for r in s.recordings)

@@ -27,13 +27,13 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from drivers.rapidtest import RapidTestResult
+from gateway.evidence.evidence_service import EvidenceService, IngestResult
 from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.outbox import enqueue, to_json_bytes, topic_root
-from gateway.evidence.evidence_service import EvidenceService, IngestResult
 from gateway.evidence.state import EvidenceRow
 from protos.egw.v1 import events_pb2, evidence_pb2
 
@@ -70,7 +70,7 @@ def result_document(result: RapidTestResult, *, inspector_id: str | None, site: 
         "comments": list(result.comments),
         "started_at_instrument_clock": _iso(result.started_at),
         "tested_at_instrument_clock": _iso(result.tested_at),
-        "received_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "inspector_id": inspector_id,
         "site": site,
         "transcript": {"sha256": transcript_sha256, "evidence_id": transcript_evidence_id},

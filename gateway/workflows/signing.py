@@ -25,15 +25,15 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gateway.errors import DeviceError, GatewayError, SourceError
-from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.evidence_service import EvidenceService, path_as_data
+from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.store import sha256_file
 
 __all__ = ["SigningSession", "SigningRecord", "ROLES", "RECORD_MEDIA_TYPE"]
@@ -85,7 +85,7 @@ class SigningSession:
             raise GatewayError("a signing session needs a signature pad, a fingerprint reader, or both",
                                "pass --signpad URL and/or --fingerprint URL")
         doc_sha, doc_size = _document_digest(document)
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         pad = self._capture_signature(signpad_url, document.name, signer, pad_timeout) if signpad_url else None
         finger = self._capture_finger(fingerprint_url, finger_timeout) if fingerprint_url else None
         return self._record(document, doc_sha, doc_size, signer, role, started, pad, finger)
@@ -159,7 +159,7 @@ class SigningSession:
                                      "quality_measure": "egw ridge coherence × contrast (0–100; not NFIQ 2)",
                                      "captured_at": finger.captured_at.isoformat()}
         record["items"] = {name: {"evidence_id": items[name], "sha256": digests[name]} for name in items}
-        record["finished_at"] = datetime.now(timezone.utc).isoformat()
+        record["finished_at"] = datetime.now(UTC).isoformat()
         body = json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
         result = self.service.ingest_bytes(body, ManifestInput(
             source_path=f"signing/{session_id}/record.json", kind="signature", media_type=RECORD_MEDIA_TYPE,
