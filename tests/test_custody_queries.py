@@ -68,3 +68,28 @@ def test_last_dock_of_a_serial_is_that_serial_and_only_it(data_dir: Path, serial
         else:
             older = found is None or found["serial"] == probe  # docked by an earlier example: still exact
             assert older, found
+
+
+def test_a_redocked_recording_already_evidence_is_confirmed_by_digest_not_copied_again(data_dir: Path, tmp_path: Path) -> None:
+    """An interrupted dock is re-docked (adopted here): what is already evidence is hashed on the device and
+    matched, never copied into the store a second time. (A digest compared against a (digest, size) pair
+    made every re-dock copy everything again.)"""
+    volume = tmp_path / "volumes" / "EF01"
+    volume.mkdir(parents=True)
+    (volume / "clip-0001.mp4").write_bytes(b"recording bytes " * 4096)
+
+    class CountingService(EvidenceService):
+        copies = 0
+
+        def ingest_stream(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            type(self).copies += 1
+            return super().ingest_stream(*args, **kwargs)  # type: ignore[arg-type]
+
+    with CountingService(data_dir) as service:
+        workflow = DockWorkflow(service, locator=str(tmp_path / "volumes" / "{serial}"), release_policy="never")
+        first, again = DockState(url="volume://EF01"), DockState(url="volume://EF01")
+        workflow.adopt("EF01", first)
+        workflow.adopt("EF01", again)
+    assert CountingService.copies == 1
+    assert [r.copied for r in first.recordings] == [True] and [r.copied for r in again.recordings] == [False]
+    assert again.recordings[0].evidence_id == first.recordings[0].evidence_id

@@ -316,12 +316,13 @@ class DockWorkflow:
         item = recording.item
         mtime = item.mtime_ns / 1e9
         known = self.service.state.find_unchanged(session.device_id, item.device_path, item.size, mtime)
-        # KNOWN BUG, left for its owner (fixing it changes what a re-dock copies): _device_digest returns
-        # (digest, bytes read), so this never equals a sha256 and an unchanged recording is copied again.
-        if known is not None and self._device_digest(volume, item) == known.sha256:  # type: ignore[comparison-overlap]
-            recording.evidence_id, recording.sha256, recording.copied = known.id, known.sha256, False  # type: ignore[unreachable]  # see the KNOWN BUG above
-            self._emit(session, "bytes", item.size)
-            return
+        if known is not None:
+            # Re-docking after an interruption: what is already evidence is confirmed by its digest, not copied again.
+            device_sha256, read = self._device_digest(volume, item)
+            if read == item.size and device_sha256 == known.sha256:
+                recording.evidence_id, recording.sha256, recording.copied = known.id, known.sha256, False
+                self._emit(session, "bytes", item.size)
+                return
         container = volume.check_container(item)
         manifest_input = self._manifest_input(session, item)
         manifest_input.extra["container"] = {"status": container.status, "detail": container.detail}
