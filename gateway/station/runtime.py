@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
 
@@ -68,6 +69,20 @@ def _hold_data_dir(data_dir: Path) -> writer_lock.WriterLock:
     return lock
 
 
+def _start_memory_debug() -> None:
+    """Debug only: with ``EGW_DEBUG_TRACEMALLOC=path`` set, a daemon thread appends to ``path`` every
+    ``EGW_DEBUG_TRACEMALLOC_EVERY`` seconds (default 60) the RSS, the threads, the Python object types and
+    the allocation sites that grew since a warm-up, so a slow creep in a soak can be told apart: Python
+    objects piling up (a leak) or the allocator keeping freed memory (RSS grows, the sites do not)."""
+    path = os.environ.get("EGW_DEBUG_TRACEMALLOC")
+    if not path:
+        return
+    from gateway.station.memory_debug import dump_forever
+
+    every = float(os.environ.get("EGW_DEBUG_TRACEMALLOC_EVERY", "60"))
+    threading.Thread(target=dump_forever, args=(Path(path), every), daemon=True, name="egw-memdebug").start()
+
+
 class Runtime:
     def __init__(self, config: GatewayConfig, config_path: Path | None = None) -> None:
         self.config = config
@@ -92,6 +107,7 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        _start_memory_debug()
         await self._start_outputs()
         self.control = ControlServer(self.config.data_dir, self.service)
         self.control.start()
