@@ -121,15 +121,23 @@ class Runtime:
         log.info("egw running", extra={"fields": info})
         if ready:
             ready(info)
-        while not self.stopping.is_set():
-            await asyncio.wait([asyncio.create_task(self.stopping.wait())], timeout=0.5)
-            if self._reload_requested:
-                self._reload_requested = False
-                await self.reload_devices()
+        await self._serve_until_stopped()
         log.info("stopping: finishing work in flight")
         refresher.cancel()
         await self._stop_everything()
         return 0
+
+    async def _serve_until_stopped(self) -> None:
+        """Wake every half second for a SIGHUP reload until SIGTERM/SIGINT. One task waits for the stop
+        signal the whole time: a new one per wake-up was never cancelled by the timeout and stayed
+        parked on the event for the life of the service, two more every second (issue 13's soak:
+        ~0.75 KiB each, the top growing allocation site, an idle station's RSS +7.6 MB/h)."""
+        stopped = asyncio.create_task(self.stopping.wait(), name="stop-signal")
+        while not stopped.done():
+            await asyncio.wait([stopped], timeout=0.5)
+            if self._reload_requested:
+                self._reload_requested = False
+                await self.reload_devices()
 
     async def _start_outputs(self) -> None:
         if self.config.metrics_listen:
