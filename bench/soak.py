@@ -3,7 +3,7 @@
     python bench/soak.py [--minutes 30] [--recorders 3] [--replug-every 60] [--record 2]
                          [--recordings 2] [--analyzer-every 2] [--poll-every 10] [--sample-every 2]
                          [--settle 180] [--fd-noise 3] [--thread-noise 2] [--rss-mb-per-h 10]
-                         [--workdir DIR] [--keep]
+                         [--workdir DIR] [--keep] [--gateway-env KEY=VALUE ...]
 
 Starts the reference platform, an enrolled gateway (``egw run``, station screen on, no MQTT),
 ``--recorders`` simulated body-worn cameras on one USB/IP server (``--recordings`` each to begin
@@ -33,6 +33,9 @@ a traceback. The last line is the one-line summary with the load average beside 
 
 The lead's run: ``python bench/soak.py --minutes 30`` (about 31 minutes with start-up and settle).
 ``--record 0`` docks recorders that the gateway emptied (every file released): they must still mount.
+``--gateway-env`` sets variables for ``egw run`` only, to look into a drift: ``EGW_DEBUG_TRACEMALLOC=path``
+(with ``EGW_DEBUG_TRACEMALLOC_EVERY=seconds``) appends the growing allocation sites, object types and
+threads to ``path``; ``MALLOC_ARENA_MAX=2`` or ``GLIBC_TUNABLES=...`` try the allocator's settings.
 ``tests/test_soak.py`` runs a short one (2 recorders, a replug every ~15 s) through ``run()``.
 """
 
@@ -245,8 +248,11 @@ class SoakResult:
 # ---- processes ----------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
+GATEWAY_ENV: dict[str, str] = {}  # --gateway-env KEY=VALUE: for egw run only (e.g. EGW_DEBUG_TRACEMALLOC, MALLOC_ARENA_MAX)
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("EGW_LANG", "en")
     return env
@@ -255,13 +261,14 @@ def _env() -> dict[str, str]:
 class Child:
     """A child process: stdout lines collected by a thread (each with its arrival time), stderr to a log."""
 
-    def __init__(self, name: str, args: list[str], logs: Path, stdin: bool = False) -> None:
+    def __init__(self, name: str, args: list[str], logs: Path, stdin: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.lines: list[tuple[float, str]] = []
         self._cv = threading.Condition()
         self.log_path = logs / f"{name}.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=ROOT, env=_env(), text=True,
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=ROOT, env=_env(env), text=True,
                                      stdout=subprocess.PIPE, stderr=self._log,
                                      stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
         threading.Thread(target=self._drain, daemon=True, name=f"drain-{name}").start()
@@ -366,8 +373,8 @@ class Soak:
         self.started = 0.0
         self.doubled: set[str] = set()  # serials showing as more than one card right now
 
-    def spawn(self, name: str, *args: str, stdin: bool = False) -> Child:
-        child = Child(name, list(args), self.logs, stdin=stdin)
+    def spawn(self, name: str, *args: str, stdin: bool = False, env: dict[str, str] | None = None) -> Child:
+        child = Child(name, list(args), self.logs, stdin=stdin, env=env)
         self.children.append(child)
         return child
 
@@ -399,7 +406,7 @@ class Soak:
         config = write_bodycam_station_config(self.workdir / "gateway.toml", self.data, usbip, self.volumes)
         with open(config, "a") as fh:
             fh.write(f'[[devices]]\nkind = "rapidtest"\nname = "analyzer"\nport = "socket://127.0.0.1:{port}"\n')
-        self.gateway = self.spawn("egw-run", "run", "-c", str(config))
+        self.gateway = self.spawn("egw-run", "run", "-c", str(config), env=GATEWAY_ENV)
         self.screen = json.loads(self.gateway.line(0, 60))["screen"]
         self.result.recordings_made = self.o.recorders * self.o.recordings
 
@@ -631,7 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(flag, type=type(value), default=value, help=f"{FLAG_HELP[name]} (default {value})")
     parser.add_argument("--workdir", type=Path, help="where data and logs go (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (always kept when a check fails)")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment for egw run only, e.g. EGW_DEBUG_TRACEMALLOC=/tmp/mem.txt or MALLOC_ARENA_MAX=2")
     args = parser.parse_args(argv)
+    GATEWAY_ENV.update(item.split("=", 1) for item in args.gateway_env)
     options = SoakOptions(**{name: getattr(args, name) for name in vars(defaults)})
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="egw-soak-"))
     result = run(workdir, options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import threading
 from collections.abc import Awaitable, Callable
@@ -68,6 +69,20 @@ def _hold_data_dir(data_dir: Path) -> writer_lock.WriterLock:
     return lock
 
 
+def _start_memory_debug() -> None:
+    """Debug only: with ``EGW_DEBUG_TRACEMALLOC=path`` set, a daemon thread appends to ``path`` every
+    ``EGW_DEBUG_TRACEMALLOC_EVERY`` seconds (default 60) the RSS, the threads, the Python object types and
+    the allocation sites that grew since a warm-up, so a slow creep in a soak can be told apart: Python
+    objects piling up (a leak) or the allocator keeping freed memory (RSS grows, the sites do not)."""
+    path = os.environ.get("EGW_DEBUG_TRACEMALLOC")
+    if not path:
+        return
+    from gateway.station.memory_debug import dump_forever
+
+    every = float(os.environ.get("EGW_DEBUG_TRACEMALLOC_EVERY", "60"))
+    threading.Thread(target=dump_forever, args=(Path(path), every), daemon=True, name="egw-memdebug").start()
+
+
 class Runtime:
     def __init__(self, config: GatewayConfig, config_path: Path | None = None) -> None:
         self.config = config
@@ -92,6 +107,7 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        _start_memory_debug()
         await self._start_outputs()
         self.control = ControlServer(self.config.data_dir, self.service)
         self.control.start()
@@ -105,15 +121,23 @@ class Runtime:
         log.info("egw running", extra={"fields": info})
         if ready:
             ready(info)
-        while not self.stopping.is_set():
-            await asyncio.wait([asyncio.create_task(self.stopping.wait())], timeout=0.5)
-            if self._reload_requested:
-                self._reload_requested = False
-                await self.reload_devices()
+        await self._serve_until_stopped()
         log.info("stopping: finishing work in flight")
         refresher.cancel()
         await self._stop_everything()
         return 0
+
+    async def _serve_until_stopped(self) -> None:
+        """Wake every half second for a SIGHUP reload until SIGTERM/SIGINT. One task waits for the stop
+        signal the whole time: a new one per wake-up was never cancelled by the timeout and stayed
+        parked on the event for the life of the service, two more every second (issue 13's soak:
+        ~0.75 KiB each, the top growing allocation site, an idle station's RSS +7.6 MB/h)."""
+        stopped = asyncio.create_task(self.stopping.wait(), name="stop-signal")
+        while not stopped.done():
+            await asyncio.wait([stopped], timeout=0.5)
+            if self._reload_requested:
+                self._reload_requested = False
+                await self.reload_devices()
 
     async def _start_outputs(self) -> None:
         if self.config.metrics_listen:
