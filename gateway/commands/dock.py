@@ -226,7 +226,7 @@ def _table(console: Any, summaries: list[dict[str, Any]], failures: list[str], u
             table.add_column(escape(column))
         for r in summary["recordings"]:
             notes = "; ".join(list(r["problems"]) + ([r["error"]] if r["error"] else []))
-            table.add_row(escape(r["device_path"]), r["evidence_id"] or "—", f"{r['size'] / 1e6:.1f}", r["state"],
+            table.add_row(escape(r["device_path"]), r.get("evidence_id") or "—", f"{r['size'] / 1e6:.1f}", r["state"],
                           yes if r["released"] else no,
                           f"[green]{escape(yes)}[/]" if r["safe"] else no_red, escape(notes))
         console.print(table)
