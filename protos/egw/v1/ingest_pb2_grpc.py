@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.egw.v1 import ingest_pb2 as protos_dot_egw_dot_v1_dot_ingest__pb2
+from protos.egw.v1 import ingest_pb2 as egw_dot_v1_dot_ingest__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/egw/v1/ingest_pb2_grpc.py depends on'
+        + ' but the generated code in egw/v1/ingest_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -40,18 +40,18 @@ class EvidenceIngestStub:
         """
         self.QueryUpload = channel.unary_unary(
                 '/egw.v1.EvidenceIngest/QueryUpload',
-                request_serializer=protos_dot_egw_dot_v1_dot_ingest__pb2.QueryUploadRequest.SerializeToString,
-                response_deserializer=protos_dot_egw_dot_v1_dot_ingest__pb2.QueryUploadResponse.FromString,
+                request_serializer=egw_dot_v1_dot_ingest__pb2.QueryUploadRequest.SerializeToString,
+                response_deserializer=egw_dot_v1_dot_ingest__pb2.QueryUploadResponse.FromString,
                 _registered_method=True)
         self.Upload = channel.stream_unary(
                 '/egw.v1.EvidenceIngest/Upload',
-                request_serializer=protos_dot_egw_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
-                response_deserializer=protos_dot_egw_dot_v1_dot_ingest__pb2.UploadResponse.FromString,
+                request_serializer=egw_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
+                response_deserializer=egw_dot_v1_dot_ingest__pb2.UploadResponse.FromString,
                 _registered_method=True)
         self.Enroll = channel.unary_unary(
                 '/egw.v1.EvidenceIngest/Enroll',
-                request_serializer=protos_dot_egw_dot_v1_dot_ingest__pb2.EnrollRequest.SerializeToString,
-                response_deserializer=protos_dot_egw_dot_v1_dot_ingest__pb2.EnrollResponse.FromString,
+                request_serializer=egw_dot_v1_dot_ingest__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=egw_dot_v1_dot_ingest__pb2.EnrollResponse.FromString,
                 _registered_method=True)
 
 
@@ -85,18 +85,18 @@ def add_EvidenceIngestServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'QueryUpload': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryUpload,
-                    request_deserializer=protos_dot_egw_dot_v1_dot_ingest__pb2.QueryUploadRequest.FromString,
-                    response_serializer=protos_dot_egw_dot_v1_dot_ingest__pb2.QueryUploadResponse.SerializeToString,
+                    request_deserializer=egw_dot_v1_dot_ingest__pb2.QueryUploadRequest.FromString,
+                    response_serializer=egw_dot_v1_dot_ingest__pb2.QueryUploadResponse.SerializeToString,
             ),
             'Upload': grpc.stream_unary_rpc_method_handler(
                     servicer.Upload,
-                    request_deserializer=protos_dot_egw_dot_v1_dot_ingest__pb2.UploadRequest.FromString,
-                    response_serializer=protos_dot_egw_dot_v1_dot_ingest__pb2.UploadResponse.SerializeToString,
+                    request_deserializer=egw_dot_v1_dot_ingest__pb2.UploadRequest.FromString,
+                    response_serializer=egw_dot_v1_dot_ingest__pb2.UploadResponse.SerializeToString,
             ),
             'Enroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Enroll,
-                    request_deserializer=protos_dot_egw_dot_v1_dot_ingest__pb2.EnrollRequest.FromString,
-                    response_serializer=protos_dot_egw_dot_v1_dot_ingest__pb2.EnrollResponse.SerializeToString,
+                    request_deserializer=egw_dot_v1_dot_ingest__pb2.EnrollRequest.FromString,
+                    response_serializer=egw_dot_v1_dot_ingest__pb2.EnrollResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -128,8 +128,8 @@ class EvidenceIngest:
             request,
             target,
             '/egw.v1.EvidenceIngest/QueryUpload',
-            protos_dot_egw_dot_v1_dot_ingest__pb2.QueryUploadRequest.SerializeToString,
-            protos_dot_egw_dot_v1_dot_ingest__pb2.QueryUploadResponse.FromString,
+            egw_dot_v1_dot_ingest__pb2.QueryUploadRequest.SerializeToString,
+            egw_dot_v1_dot_ingest__pb2.QueryUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -155,8 +155,8 @@ class EvidenceIngest:
             request_iterator,
             target,
             '/egw.v1.EvidenceIngest/Upload',
-            protos_dot_egw_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
-            protos_dot_egw_dot_v1_dot_ingest__pb2.UploadResponse.FromString,
+            egw_dot_v1_dot_ingest__pb2.UploadRequest.SerializeToString,
+            egw_dot_v1_dot_ingest__pb2.UploadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -182,8 +182,8 @@ class EvidenceIngest:
             request,
             target,
             '/egw.v1.EvidenceIngest/Enroll',
-            protos_dot_egw_dot_v1_dot_ingest__pb2.EnrollRequest.SerializeToString,
-            protos_dot_egw_dot_v1_dot_ingest__pb2.EnrollResponse.FromString,
+            egw_dot_v1_dot_ingest__pb2.EnrollRequest.SerializeToString,
+            egw_dot_v1_dot_ingest__pb2.EnrollResponse.FromString,
             options,
             channel_credentials,
             insecure,
