@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "gateway.commands.enroll",
     "gateway.commands.sync",
     "gateway.commands.platform",
+    "gateway.commands.conformance",
 ]
 
 
