@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.evidence.identity import init_identity
 from gateway.evidence.manifest import ManifestInput
@@ -156,3 +158,19 @@ def test_parked_messages_are_kept_counted_and_requeued(gw):
         with box.state.transaction() as db:
             assert ob.requeue_parked(db) == 1
         assert len(ob.fetch(box.state.db, "results", 0, 10)) == 2
+
+
+@given(seq=st.integers(min_value=1, max_value=2**63 - 1))
+def test_the_prepacked_sequence_property_is_what_paho_packs(seq):
+    """The outbox packs egw-seq by hand for speed; the bytes must be paho's own, for every id."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from gateway.uplink.mqtt_pump import SeqProperties
+
+    reference = Properties(PacketTypes.PUBLISH)
+    reference.UserProperty = ("egw-seq", str(seq))
+    assert SeqProperties(seq).pack() == reference.pack()
+    decoded = Properties(PacketTypes.PUBLISH)
+    decoded.unpack(SeqProperties(seq).pack())
+    assert decoded.UserProperty == [("egw-seq", str(seq))]

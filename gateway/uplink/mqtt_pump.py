@@ -22,9 +22,54 @@ from gateway.uplink.mqtt_config import BATCH_READ, DELETE_BATCH, LINK_NAME, SEQ_
 from gateway.uplink.mqtt_core import LinkCore
 from protos.egw.v1 import events_pb2
 
-__all__ = ["OutboxPump"]
+__all__ = ["OutboxPump", "SeqProperties"]
 
 log = logging.getLogger("egw.mqtt")
+
+
+_USER_PROPERTY = 0x26  # MQTT 5 §2.2.2.2: User Property, a UTF-8 string pair
+
+
+def _utf8(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        value, digit = divmod(value, 128)
+        out.append(digit | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+class SeqProperties(Properties):
+    """The PUBLISH properties of a lane message: only ``egw-seq``, packed once, by hand.
+
+    Why not ``Properties``: paho builds two dictionaries per instance and looks the property name
+    up linearly on every assignment, ~56 µs per message, a third of the outbox's cost per message
+    (#18). paho only ever calls ``pack()`` on what it is given (and ``str()`` in debug logs), so
+    this subclass skips ``Properties.__init__`` and returns the bytes the MQTT 5 encoding
+    prescribes, identical to what paho itself packs (tests/test_outbox_store.py compares them).
+    """
+
+    _packed: bytes
+    _seq: int
+
+    def __init__(self, seq: int) -> None:  # Properties.__init__ is skipped on purpose
+        body = bytes([_USER_PROPERTY]) + _utf8(SEQ_PROPERTY) + _utf8(str(seq))
+        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
+        object.__setattr__(self, "_packed", _varint(len(body)) + body)
+        object.__setattr__(self, "_seq", seq)
+
+    def pack(self) -> bytes:
+        return self._packed
+
+    def __str__(self) -> str:
+        return f"[UserProperty : [('{SEQ_PROPERTY}', '{self._seq}')]]"
+
+    __repr__ = __str__
 
 
 class OutboxPump(LinkCore):
@@ -54,10 +99,7 @@ class OutboxPump(LinkCore):
             msg = self._next_message()
             if msg is None:
                 return
-            properties = None
-            if self._protocol == MQTTProtocolVersion.MQTTv5:
-                properties = Properties(PacketTypes.PUBLISH)
-                properties.UserProperty = (SEQ_PROPERTY, str(msg.id))
+            properties = SeqProperties(msg.id) if self._protocol == MQTTProtocolVersion.MQTTv5 else None
             info = client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=properties)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS and info.rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
                 self._buffers[msg.lane].appendleft(msg)
