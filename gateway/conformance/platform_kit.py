@@ -259,7 +259,7 @@ class _Run:
         self._refused(gw, "a manifest naming another gateway is refused", StatusCode.PERMISSION_DENIED,
                       lambda body: body.update(gateway_id="someone-else"))
         self._refused(gw, "an unknown manifest schema version is refused", StatusCode.INVALID_ARGUMENT,
-                      lambda body: body.update(schema="egw.manifest/99"))
+                      lambda body: body.update(v="egw.manifest/99"))
         self._refused(gw, "an evidence id that is not a UUIDv7 is refused", StatusCode.INVALID_ARGUMENT,
                       lambda body: body.update(evidence_id="not-a-uuid"))
         self._refused(gw, "digests.sha256 contradicting sha256 is refused", StatusCode.INVALID_ARGUMENT,
