@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 MB = 1_000_000
+# glibc malloc for processes that move bytes through gRPC (README, "Operations"): without raised trim and
+# mmap thresholds every received 1 MiB message is returned to the kernel and faulted in again.
+GRPC_MALLOC_TUNABLES = "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432"
 
 
 def make_files(directory: Path, count: int, size: int) -> list[Path]:
@@ -121,3 +125,64 @@ def load_average() -> str:
     """The 1/5/15-minute load average, quoted next to every figure: this machine is shared."""
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def _child_cpu(command: list[str], **kwargs: object) -> float:
+    """CPU seconds (user + system) one command took, measured by the kernel, not the wall clock."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _aes_gcm_cpu_s_per_gb() -> float:
+    """AES-256-GCM (TLS 1.3's bulk cipher here) at 16 KiB records, from ``openssl speed``."""
+    out = subprocess.run(["openssl", "speed", "-evp", "aes-256-gcm", "-bytes", "16384", "-seconds", "1"],
+                         check=True, capture_output=True, text=True).stdout
+    row = [line for line in out.splitlines() if line.startswith("AES-256-GCM") or line.startswith("aes-256-gcm")][-1]
+    kbytes_per_s = float(row.split()[-1].rstrip("k"))  # "aes-256-gcm  …  1234567.89k": thousands of bytes/s
+    return 1e9 / (kbytes_per_s * 1000)
+
+
+def unavoidable_cpu_s_per_gb(files: list[Path], scratch: Path) -> dict[str, float]:
+    """CPU-s per GB of each operation a dock cannot avoid, timed with standard tools on the same files.
+
+    Per byte docked: the gateway reads it from the recorder, hashes it (SHA-256), writes it to its
+    store and syncs, encrypts it for TLS and sends it; the platform receives, decrypts, hashes, writes
+    and syncs; the gateway reads and hashes the device copy once more before deleting it. Each is
+    timed here (cat, openssl dgst, dd oflag=direct conv=fsync, openssl speed, a loopback socket),
+    so ``limit`` is what two cores could do if the software added nothing.
+    """
+    total = sum(p.stat().st_size for p in files)
+    gb = total / 1e9
+    read = _child_cpu(["cat", *map(str, files)]) / gb
+    sha = _child_cpu(["openssl", "dgst", "-sha256", *map(str, files)]) / gb
+    write = sum(_child_cpu(["dd", f"if={p}", f"of={scratch / 'limit.bin'}", "bs=1M", "oflag=direct", "conv=fsync"])
+                for p in files) / gb
+    (scratch / "limit.bin").unlink(missing_ok=True)
+    startup = _child_cpu([sys.executable, "-c", "pass"])
+    loopback = max(0.0, _child_cpu([sys.executable, "-c", _LOOPBACK, *map(str, files)]) - startup) / gb
+    aes = _aes_gcm_cpu_s_per_gb()
+    per_side = {"read": read, "sha256": sha, "write+fsync": write, "aes-gcm": aes, "loopback": loopback}
+    gateway = read + sha + write + aes + loopback / 2 + read + sha  # … + the re-hash of the device copy
+    platform = loopback / 2 + aes + sha + write
+    return {**per_side, "gateway": gateway, "platform": platform, "total": gateway + platform}
+
+
+# A sender and a receiver of every file over a loopback TCP socket (sendfile / recv_into): the kernel's
+# share of moving the bytes between two processes.
+_LOOPBACK = """
+import os, socket, sys, threading
+server = socket.create_server(("127.0.0.1", 0))
+def drain():
+    conn, _ = server.accept()
+    buf = memoryview(bytearray(1 << 20))
+    while conn.recv_into(buf):
+        pass
+t = threading.Thread(target=drain); t.start()
+with socket.create_connection(server.getsockname()) as out:
+    for path in sys.argv[1:]:
+        with open(path, "rb") as fh:
+            out.sendfile(fh)
+t.join()
+"""

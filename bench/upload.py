@@ -55,14 +55,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TUNABLES = "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432"
+from bench._common import GRPC_MALLOC_TUNABLES  # noqa: E402
+
 MB = 1_000_000
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("GLIBC_TUNABLES", TUNABLES)
+    env.setdefault("GLIBC_TUNABLES", GRPC_MALLOC_TUNABLES)
     return env
 
 
