@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import PeakRss, write_bodycam_station_config  # noqa: E402
+from bench._common import PeakRss, load_average, write_bodycam_station_config  # noqa: E402
 from bench.dock import egw, read_lines, spawn, stop  # noqa: E402
 
 RSS_LIMIT_MB = 250
@@ -271,6 +271,9 @@ def main() -> int:
     for problem in problems:
         print(f"FAIL {problem}")
     print("ok" if not problems else f"{len(problems)} problem(s)")
+    docking = outcome.seconds.get("egw run until killed", 0.0) + outcome.seconds.get("egw dock (re-dock)", 0.0)
+    print(f"small_files_per_s = {outcome.files / docking if docking else float('nan'):.0f}   "
+          f"(stored, receipted and released, over both docks; load average {load_average()})")
     return 1 if problems else 0
 
 
