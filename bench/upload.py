@@ -122,10 +122,21 @@ class _HashingSink:
             self.digest.update(memoryview(buf)[:n])
             self.free.put(buf)
 
+    @staticmethod
+    def _fill(tls: ssl.SSLSocket, view: memoryview) -> int:
+        """Fill the whole buffer (one TLS record, 16 KiB, arrives per recv): hand off 1 MiB at a time."""
+        got = 0
+        while got < len(view):
+            n = tls.recv_into(view[got:])
+            if not n:
+                break
+            got += n
+        return got
+
     def receive(self, tls: ssl.SSLSocket, remaining: int) -> None:
         while remaining:
             buf = self.free.get()
-            got = tls.recv_into(buf, min(len(buf), remaining))
+            got = self._fill(tls, memoryview(buf)[:min(len(buf), remaining)])
             if not got:
                 break
             os.write(self.fd, memoryview(buf)[:got])
