@@ -32,6 +32,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pyhanko.pdf_utils.misc import PdfError
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.sign.diff_analysis import ModificationLevel
 from pyhanko.sign.validation import SignatureCoverageLevel, ades, async_validate_pdf_timestamp
@@ -226,6 +227,14 @@ def _embedded_roots(signatures: list[Any]) -> list[x509.Certificate]:
 
 
 async def _verify(path: Path, anchors: list[x509.Certificate], crls: list[x509.CertificateRevocationList]) -> PdfReport:
+    try:
+        return await _verify_readable(path, anchors, crls)
+    except (PdfError, ValueError, KeyError, TypeError) as exc:
+        # a structure so broken pyHanko cannot read it: a damaged or tampered file is a failed check, never a usage error
+        return PdfReport(path, [], [f"the file is not a readable signed PDF ({type(exc).__name__}: {exc})"], anchored=bool(anchors))
+
+
+async def _verify_readable(path: Path, anchors: list[x509.Certificate], crls: list[x509.CertificateRevocationList]) -> PdfReport:
     findings: list[PdfFinding] = []
     problems: list[str] = []
     with open(path, "rb") as handle:

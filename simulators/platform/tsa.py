@@ -20,7 +20,7 @@ import datetime as dt
 import secrets
 import threading
 
-from asn1crypto import cms, keys, tsp
+from asn1crypto import cms, core, keys, tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -31,7 +31,7 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 from protos.pki_roles import EGW_ARC
 from simulators.platform.role_certs import TrustMaterial
 
-__all__ = ["TimeStampAuthority", "LocalTimeStamper", "TSA_POLICY", "QUERY_TYPE", "REPLY_TYPE"]
+__all__ = ["TimeStampAuthority", "TimeStampResponse", "LocalTimeStamper", "TSA_POLICY", "QUERY_TYPE", "REPLY_TYPE"]
 
 TSA_POLICY = EGW_ARC + ".2.1"
 """The policy every token names: the reference platform's clock, to one second (docs/documents-sealing.md)."""
@@ -52,9 +52,15 @@ def asn1_private_key(material: TrustMaterial) -> keys.PrivateKeyInfo:
     return keys.PrivateKeyInfo.load(der)
 
 
+class TimeStampResponse(core.Sequence):  # type: ignore[misc]
+    """TimeStampResp as RFC 3161 §2.4.2 has it: asn1crypto's schema lacks the OPTIONAL on timeStampToken."""
+
+    _fields = [("status", tsp.PKIStatusInfo), ("time_stamp_token", cms.ContentInfo, {"optional": True})]
+
+
 def _rejection(failure: str, text: str) -> bytes:
     status = tsp.PKIStatusInfo({"status": "rejection", "status_string": [text], "fail_info": tsp.PKIFailureInfo({failure})})
-    return tsp.TimeStampResp({"status": status}).dump()
+    return bytes(TimeStampResponse({"status": status}).dump())
 
 
 class TimeStampAuthority:
