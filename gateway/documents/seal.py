@@ -22,14 +22,14 @@ See docs/documents-sealing.md.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
+import shutil
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 from asn1crypto import keys as asn1_keys
@@ -40,7 +40,7 @@ from pyhanko.pdf_utils.images import PdfImage
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.sign import fields, signers
 from pyhanko.sign.signers.pdf_signer import DSSContentSettings, PdfTBSDocument, TimestampDSSContentSettings
-from pyhanko.sign.timestamps.aiohttp_client import AIOHttpTimeStamper
+from pyhanko.sign.timestamps.aiohttp_client import HTTPTimeStamper
 from pyhanko.stamp import StaticStampStyle
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.registry import SimpleCertificateStore
@@ -128,9 +128,9 @@ class SealService:
             raise RuntimeError("use SealService inside `async with`")
         return self._session
 
-    def timestamper(self) -> AIOHttpTimeStamper:
+    def timestamper(self) -> HTTPTimeStamper:
         """pyHanko's RFC 3161 client, pointed at the platform TSA through this mutual-TLS session."""
-        return AIOHttpTimeStamper(f"{self.base_url}/tsa", session=self.session, timeout=int(REQUEST_TIMEOUT_S))
+        return HTTPTimeStamper(f"{self.base_url}/tsa", https=True, session=self.session, timeout=int(REQUEST_TIMEOUT_S))
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> bytes:
         try:
@@ -139,7 +139,7 @@ class SealService:
                 if response.status != 200:
                     raise SealingError(f"the platform refused {method} {path} ({response.status}): {_error_text(body)}")
                 return body
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise SealingError(f"the platform's trust services at {self.base_url} cannot be reached: {exc}") from exc
 
     async def profile(self) -> SealProfile:
@@ -164,6 +164,13 @@ def _error_text(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace")
 
 
+def _store(certs: list[x509.Certificate]) -> SimpleCertificateStore:
+    store = SimpleCertificateStore()
+    for cert in certs:
+        store.register(_asn1_cert(cert))
+    return store
+
+
 def _validation_context(anchors: list[x509.Certificate], others: list[x509.Certificate],
                         crl: x509.CertificateRevocationList | None) -> ValidationContext:
     """Offline context for embedding validation data: everything it needs is handed over, nothing fetched."""
@@ -176,10 +183,11 @@ def _field_spec(name: str, box: tuple[int, int, int, int]) -> fields.SigFieldSpe
     return fields.SigFieldSpec(sig_field_name=name, on_page=-1, box=box)
 
 
-def _write_atomically(target: Path, data: io.BytesIO) -> None:
+def _write_atomically(target: Path, data: IO[bytes]) -> None:
     tmp = target.with_name(target.name + ".tmp")
+    data.seek(0)
     with open(tmp, "wb") as out:
-        out.write(data.getbuffer())
+        shutil.copyfileobj(data, out)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, target)
@@ -192,7 +200,7 @@ async def seal_pdf(source: Path, target: Path, service: SealService, reason: str
     context = _validation_context(anchors, [profile.certificate, *profile.chain], profile.crl)
     signer = signers.ExternalSigner(
         signing_cert=_asn1_cert(profile.certificate), signature_value=bytes(72),
-        cert_registry=SimpleCertificateStore.from_certs([_asn1_cert(c) for c in profile.chain]))
+        cert_registry=_store(profile.chain))
     meta = signers.PdfSignatureMetadata(
         field_name=AGENCY_SEAL_FIELD, md_algorithm="sha256", subfilter=fields.SigSeedSubFilter.PADES,
         reason=reason, name=profile.unit_name, embed_validation_info=True, use_pades_lta=True, validation_context=context,
@@ -236,7 +244,7 @@ async def seal_provisionally(source: Path, target: Path, identity: Identity,
                                                  serialization.NoEncryption())
     signer = signers.SimpleSigner(
         signing_cert=_asn1_cert(identity.certificate), signing_key=asn1_keys.PrivateKeyInfo.load(key_der),
-        cert_registry=SimpleCertificateStore.from_certs([_asn1_cert(c) for c in identity.ca_certificates]))
+        cert_registry=_store(identity.ca_certificates))
     meta = signers.PdfSignatureMetadata(field_name=PROVISIONAL_FIELD, md_algorithm="sha256",
                                         subfilter=fields.SigSeedSubFilter.PADES, reason="临时签章：待机构电子印章",
                                         name=identity.gateway_id)

@@ -21,9 +21,10 @@ Exit codes as in docs/trust.md: 0 VERIFIED, 1 FAILED, 3 CONSISTENT, UNTRUSTED.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ class PdfFinding:
     time_source: str | None
     intact: bool
     trusted: bool
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -117,7 +118,7 @@ def _crypto(cert: asn1_x509.Certificate) -> x509.Certificate:
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
-    return moment.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
 
 
 def _signer_role(cert: asn1_x509.Certificate) -> tuple[str, str, bool]:
@@ -173,6 +174,9 @@ class _Checker:
         status = result.api_status
         kind, signer, _ = _signer_role(sig.signer_cert)
         problems: list[str] = []
+        if status is None:
+            problems.append(f"the signature could not be evaluated: {result.failure_msg or result.ades_subindic}")
+            return PdfFinding(sig.field_name, kind, signer, None, None, False, False, problems)
         if not (status.intact and status.valid):
             problems.append("the signature does not match the signed bytes (the document was changed)")
         ts = status.timestamp_validity

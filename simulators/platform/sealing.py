@@ -66,7 +66,7 @@ class SealingService:
         return bytes(signature.dump())
 
     def _record(self, gateway_id: str, algorithm: str, digest_hex: str) -> None:
-        line = json.dumps({"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "gateway_id": gateway_id,
+        line = json.dumps({"at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "gateway_id": gateway_id,
                            "unit_code": self.roles.unit_code, "digest_algorithm": algorithm, "document_digest": digest_hex},
                           ensure_ascii=False)
         with self._lock, open(self._log_path, "a", encoding="utf-8") as log:

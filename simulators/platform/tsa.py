@@ -110,7 +110,7 @@ class TimeStampAuthority:
             "policy": TSA_POLICY,
             "message_imprint": request["message_imprint"],
             "serial_number": secrets.randbits(127),
-            "gen_time": dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
+            "gen_time": dt.datetime.now(dt.UTC).replace(microsecond=0),
             "accuracy": tsp.Accuracy({"seconds": 1}),
             "ordering": False,
             "tsa": asn1_x509.GeneralName(name="directory_name", value=self._tsa_cert.subject),

@@ -1,0 +1,189 @@
+"""The agency's seal on a PDF (PAdES B-LTA via the platform's sealing service) and `egw verify FILE.pdf`.
+
+Real pieces only: the platform's trust services on loopback HTTPS with mutual
+TLS, an enrolled gateway's certificate, pyHanko signing, `egw verify` as a
+subprocess, poppler's `pdfsig` as the independent validator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.sign.signers import PdfTimeStamper
+
+from gateway.documents.seal import SealService, seal_pdf, seal_provisionally
+from gateway.documents.verify_pdf import verify_pdf
+from gateway.errors import SealingError
+from gateway.evidence.identity import load_pem_certificates
+from simulators.platform.pki import PlatformPKI
+from simulators.platform.role_certs import load_or_issue
+from simulators.platform.tsa import LocalTimeStamper, TimeStampAuthority
+from tests.conftest import run_egw
+from tests.seal_support import UNIT_CODE, UNIT_NAME, enrolled_gateway, record_pdf, seal, trust_platform
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _egw_verify(pdf: Path, *extra: str) -> tuple[int, str]:
+    """The real command (its exit code is the contract); a few tests only: each run imports pyHanko afresh."""
+    proc = run_egw("verify", str(pdf), *extra)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _verify(pdf: Path, *extra: str) -> tuple[int, str]:
+    """What `egw verify PDF [--trust CA]` decides, computed in this process (the same function the command calls)."""
+    anchors = load_pem_certificates(Path(extra[1]).read_bytes()) if extra else []
+    report = verify_pdf(pdf, anchors)
+    lines = [f.line() for f in report.findings] + [f"FAILED: {p}" for p in report.problems] + [report.verdict]
+    return report.exit_code, "\n".join(lines)
+
+
+def _pdfsig(pdf: Path) -> str:
+    return subprocess.run(["pdfsig", str(pdf)], capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def sealed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One platform, one gateway: an agency-sealed record, a provisional one and a counter-sealed one."""
+    root = tmp_path_factory.mktemp("seal")
+    with trust_platform(root / "platform") as platform:
+        gateway = enrolled_gateway(root / "gw", platform)
+        record = record_pdf(root / "record.pdf")
+        seal(record, root / "sealed.pdf", platform, gateway)
+        asyncio.run(seal_provisionally(record, root / "provisional.pdf", gateway))
+        seal(root / "provisional.pdf", root / "countersealed.pdf", platform, gateway)
+        return {"root": root, "record": record, "ca": platform.ca_file(), "sealed": root / "sealed.pdf",
+                "provisional": root / "provisional.pdf", "countersealed": root / "countersealed.pdf"}
+
+
+def test_a_sealed_record_verifies_and_names_the_agency_and_the_time_source(sealed: dict[str, Path]) -> None:
+    code, output = _egw_verify(sealed["sealed"], "--trust", str(sealed["ca"]))
+    assert code == 0, output
+    assert output.strip().endswith("VERIFIED")
+    assert f"agency seal urn:egw:agency:{UNIT_CODE} ({UNIT_NAME})" in output
+    assert "per time-stamp by O=egw,CN=platform-" in output and "time-stamping authority" in output
+    assert "document time-stamp" in output  # PAdES B-LTA: the archive time-stamp is there and checked
+
+    report = json.loads(run_egw("verify", str(sealed["sealed"]), "--trust", str(sealed["ca"]), "--json").stdout)
+    assert report["verdict"] == "VERIFIED" and [s["kind"] for s in report["signatures"]] == ["agency seal", "document time-stamp"]
+
+
+def test_pdfsig_finds_the_seal_valid_and_the_stamp_is_drawn(sealed: dict[str, Path]) -> None:
+    output = _pdfsig(sealed["sealed"])
+    assert "Signature Field Name: AgencySeal" in output and f"CN={UNIT_NAME}" in output
+    first = output.split("Signature #2")[0]
+    assert "Signature Validation: Signature is Valid." in first and "ETSI.CAdES.detached" in first
+    images = subprocess.run(["pdfimages", "-list", str(sealed["sealed"])], capture_output=True, text=True).stdout
+    assert "smask" in images  # the round stamp is an image with transparency, not a drawn box
+
+
+def test_without_a_trust_anchor_the_seal_is_consistent_but_untrusted(sealed: dict[str, Path]) -> None:
+    code, output = _egw_verify(sealed["sealed"])
+    assert code == 3, output
+    assert "CONSISTENT, UNTRUSTED" in output
+
+
+def test_a_one_byte_change_anywhere_fails(sealed: dict[str, Path], tmp_path: Path) -> None:
+    original = sealed["sealed"].read_bytes()
+    size = len(sealed["record"].read_bytes())
+    # in the original document, in the seal's own revision, in the DSS/time-stamp revision, and the very last byte
+    for offset in (size // 3, size + 200, len(original) - 3000, len(original) - 1):
+        tampered = bytearray(original)
+        tampered[offset] ^= 0x01
+        target = tmp_path / f"tampered-{offset}.pdf"
+        target.write_bytes(tampered)
+        code, output = _verify(target, "--trust", str(sealed["ca"]))
+        assert code == 1, f"byte {offset} changed yet: {output}"
+        assert "FAILED" in output
+    appended = tmp_path / "appended.pdf"
+    appended.write_bytes(original + b"\n% one more line\n")
+    code, output = _verify(appended, "--trust", str(sealed["ca"]))
+    assert code == 1 and "covered by nothing" in output
+    code, output = _egw_verify(tmp_path / f"tampered-{size // 3}.pdf", "--trust", str(sealed["ca"]))
+    assert code == 1 and output.strip().endswith("FAILED"), output
+
+
+def test_a_gateway_signature_is_not_the_agency_seal(sealed: dict[str, Path]) -> None:
+    code, output = _verify(sealed["provisional"], "--trust", str(sealed["ca"]))
+    assert code == 1, output
+    assert "provisional gateway signature" in output and "no agency seal" in output
+
+
+def test_a_provisional_signature_counter_sealed_later_verifies_with_both(sealed: dict[str, Path]) -> None:
+    code, output = _verify(sealed["countersealed"], "--trust", str(sealed["ca"]))
+    assert code == 0, output
+    assert output.index("[GatewaySeal] provisional gateway signature") < output.index("[AgencySeal] agency seal")
+    assert "signing time unproven" in output  # the provisional signature had no time-stamp, and says so
+    sigs = _pdfsig(sealed["countersealed"])
+    assert sigs.count("Signature Validation: Signature is Valid.") == 2
+
+
+def test_a_seal_trusted_by_another_ca_fails(sealed: dict[str, Path], tmp_path: Path) -> None:
+    foreign = PlatformPKI.load_or_create(tmp_path / "foreign")
+    (tmp_path / "foreign-ca.pem").write_bytes(foreign.ca_pem())
+    code, output = _verify(sealed["sealed"], "--trust", str(tmp_path / "foreign-ca.pem"))
+    assert code == 1, output
+    assert "does not chain to the trust anchors" in output
+
+
+def test_a_document_time_stamp_from_a_foreign_tsa_fails(sealed: dict[str, Path], tmp_path: Path) -> None:
+    foreign_pki = PlatformPKI.load_or_create(tmp_path / "foreign")
+    roles = load_or_issue(foreign_pki, tmp_path / "foreign", "https://127.0.0.1:9/crl", "999", "冒名单位")
+    stamper = PdfTimeStamper(LocalTimeStamper(TimeStampAuthority(roles.tsa, foreign_pki.ca_cert)))
+    target = tmp_path / "foreign-timestamp.pdf"
+    with open(sealed["sealed"], "rb") as source, open(target, "wb") as out:
+        asyncio.run(stamper.async_timestamp_pdf(IncrementalPdfFileWriter(source), "sha256", output=out))
+    code, output = _verify(target, "--trust", str(sealed["ca"]))
+    assert code == 1, output
+    assert "from a TSA no trust anchor vouches for" in output
+
+
+def test_the_sealing_service_refuses_revoked_and_unenrolled_gateways(tmp_path: Path) -> None:
+    with trust_platform(tmp_path / "platform") as platform:
+        gateway = enrolled_gateway(tmp_path / "gw", platform)
+        record = record_pdf(tmp_path / "record.pdf")
+        now = dt.datetime.now(dt.UTC)
+        crl = (x509.CertificateRevocationListBuilder().issuer_name(platform.pki.ca_cert.subject)
+               .last_update(now - dt.timedelta(minutes=1)).next_update(now + dt.timedelta(days=7))
+               .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(gateway.certificate.serial_number)
+                                        .revocation_date(now - dt.timedelta(minutes=1)).build())
+               .add_extension(x509.CRLNumber(7), critical=False)
+               .sign(platform.pki.ca_key, hashes.SHA256()))
+        from cryptography.hazmat.primitives import serialization
+
+        (platform.directory / "pki" / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        with pytest.raises(SealingError, match="revoked"):
+            seal(record, tmp_path / "out.pdf", platform, gateway)
+        assert not (tmp_path / "out.pdf").exists()
+
+        from gateway.evidence.identity import init_identity
+
+        stranger = init_identity(tmp_path / "stranger", "gw-stranger")
+        with pytest.raises(SealingError, match="not enrolled"):
+            SealService(platform.url, stranger)
+        sealed_log = (platform.directory / "seals.jsonl").read_text() if (platform.directory / "seals.jsonl").exists() else ""
+        assert sealed_log == ""  # nothing was sealed for either
+
+
+def test_an_unreachable_platform_is_a_sealing_error_and_the_provisional_seal_still_works(tmp_path: Path) -> None:
+    with trust_platform(tmp_path / "platform") as platform:
+        gateway = enrolled_gateway(tmp_path / "gw", platform)
+        url = platform.url
+    record = record_pdf(tmp_path / "record.pdf")
+
+    async def attempt() -> None:
+        async with SealService(url, gateway) as service:
+            await seal_pdf(record, tmp_path / "out.pdf", service)
+
+    with pytest.raises(SealingError, match="cannot be reached"):
+        asyncio.run(attempt())
+    result = asyncio.run(seal_provisionally(record, tmp_path / "provisional.pdf", gateway))
+    assert result.field == "GatewaySeal" and "Signature is Valid." in _pdfsig(tmp_path / "provisional.pdf")
