@@ -79,4 +79,7 @@ def draw_stamp(unit_name: str, purpose: str = "电子印章", provisional: bool 
     _star(draw, (SIZE_PX / 2, SIZE_PX / 2), 52, colour)
     label = ("临时" + purpose) if provisional else purpose
     draw.text((SIZE_PX / 2, SIZE_PX / 2 + 92), label, font=_font(34), fill=colour, anchor="mm")
-    return image
+    # one flat colour, the shape in the alpha channel only: the colour plane then compresses to almost nothing
+    flat = Image.new("RGBA", image.size, colour)
+    flat.putalpha(image.getchannel("A"))
+    return flat
