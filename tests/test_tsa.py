@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -9,6 +11,13 @@ import pytest
 from asn1crypto import algos, tsp
 from cryptography import x509
 
+from gateway.documents.seal import SealService
+from gateway.errors import VerificationError
+from gateway.evidence import tree_head_stamps
+from gateway.evidence.custody import CustodyLog
+from gateway.evidence.identity import Identity
+from gateway.evidence.state import State
+from gateway.uplink.time_stamps import check_token_sync, stamp_tree_heads
 from simulators.platform.pki import PlatformPKI, pem
 from simulators.platform.role_certs import load_or_issue
 from simulators.platform.tsa import QUERY_TYPE, REPLY_TYPE, TSA_POLICY, TimeStampAuthority, TimeStampResponse
@@ -113,3 +122,63 @@ def test_only_enrolled_gateways_get_tokens_but_anyone_gets_the_crl(tmp_path: Pat
         crl = x509.load_der_x509_crl(crl_der)
         assert crl.is_signature_valid(platform.pki.ca_cert.public_key())  # type: ignore[arg-type]
         assert https(platform, "GET", "/nothing", identity=gateway)[0] == 404
+
+
+def _custody_with_heads(data_dir: Path, identity: Identity, heads: int) -> State:
+    state = State(data_dir)
+    log = CustodyLog(state, identity)
+    for i in range(heads):
+        with state.transaction() as db:
+            log.append(db, "note", None, {"n": i})
+        log.sign_tree_head()
+    return state
+
+
+def test_signed_tree_heads_are_time_stamped_once_and_the_tokens_verify_with_openssl(tmp_path: Path) -> None:
+    with trust_platform(tmp_path / "platform") as platform:
+        gateway = enrolled_gateway(tmp_path / "gw", platform)
+        state = _custody_with_heads(tmp_path / "gw", gateway, heads=2)
+
+        async def stamp() -> tuple[int, int]:
+            async with SealService(platform.url, gateway) as service:
+                return await stamp_tree_heads(state, service), await stamp_tree_heads(state, service)
+
+        first, again = asyncio.run(stamp())
+        ca_pem, tsa_pem = pem(platform.pki.ca_cert), pem(platform.services.roles.tsa.certificate)
+    assert (first, again) == (2, 0)
+    with state.lock:
+        stamped = tree_head_stamps.stamped_heads(state.db)
+    assert [s.tree_size for s in stamped] == [1, 2] and all("time-stamping authority" in s.tsa for s in stamped)
+    head = tmp_path / "head.dsse"
+    head.write_bytes(stamped[1].envelope)
+    (tmp_path / "token.der").write_bytes(stamped[1].token)
+    (tmp_path / "ca.pem").write_bytes(ca_pem)
+    (tmp_path / "tsa.pem").write_bytes(tsa_pem)
+    verified = subprocess.run(["openssl", "ts", "-verify", "-token_in", "-in", str(tmp_path / "token.der"), "-data", str(head),
+                               "-CAfile", str(tmp_path / "ca.pem"), "-untrusted", str(tmp_path / "tsa.pem")],
+                              capture_output=True, text=True)
+    assert verified.returncode == 0 and "Verification: OK" in verified.stdout, verified.stdout + verified.stderr
+    anchors = [x509.load_pem_x509_certificate(ca_pem)]
+    assert check_token_sync(stamped[1].token, stamped[1].envelope, anchors).gen_time == stamped[1].gen_time
+    with pytest.raises(VerificationError, match="not over these bytes"):
+        check_token_sync(stamped[1].token, stamped[0].envelope, anchors)  # the token of head 2 says nothing about head 1
+
+
+def test_a_tree_head_token_from_a_foreign_tsa_is_refused(tmp_path: Path) -> None:
+    data = b'{"tree_size": 1}'
+    foreign_pki = PlatformPKI.load_or_create(tmp_path / "foreign")
+    foreign = load_or_issue(foreign_pki, tmp_path / "foreign", "https://127.0.0.1:9/crl", "999", "冒名单位")
+    reply = TimeStampResponse.load(TimeStampAuthority(foreign.tsa, foreign_pki.ca_cert).respond(
+        _request("sha256", hashlib.sha256(data).digest())))
+    token = reply["time_stamp_token"].dump()
+    ours = PlatformPKI.load_or_create(tmp_path / "ours")
+    with pytest.raises(VerificationError, match="does not chain to the trust anchors"):
+        check_token_sync(token, data, [ours.ca_cert])
+    assert "time-stamping authority" in check_token_sync(token, data, [foreign_pki.ca_cert]).tsa  # fine for its own CA
+
+    # a certificate from the right CA but without the time-stamping role cannot make tokens either
+    imposter = load_or_issue(ours, tmp_path / "ours", "https://127.0.0.1:9/crl", "1", "单位").seal
+    forged = TimeStampResponse.load(TimeStampAuthority(imposter, ours.ca_cert).respond(
+        _request("sha256", hashlib.sha256(data).digest())))["time_stamp_token"].dump()
+    with pytest.raises(VerificationError, match="not from a time-stamping authority"):
+        check_token_sync(forged, data, [ours.ca_cert])
