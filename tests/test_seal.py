@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.sign.signers import PdfTimeStamper
 
@@ -27,7 +27,7 @@ from simulators.platform.pki import PlatformPKI
 from simulators.platform.role_certs import load_or_issue
 from simulators.platform.tsa import LocalTimeStamper, TimeStampAuthority
 from tests.conftest import run_egw
-from tests.seal_support import UNIT_CODE, UNIT_NAME, enrolled_gateway, record_pdf, seal, trust_platform
+from tests.seal_support import UNIT_CODE, UNIT_NAME, Platform, enrolled_gateway, record_pdf, seal, trust_platform
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -146,20 +146,32 @@ def test_a_document_time_stamp_from_a_foreign_tsa_fails(sealed: dict[str, Path],
     assert "from a TSA no trust anchor vouches for" in output
 
 
+def _publish_crl_revoking(platform: Platform, serial: int) -> None:
+    """What the platform does on `egw platform revoke`: a CA-signed CRL in pki/crl.pem listing ``serial``."""
+    now = dt.datetime.now(dt.UTC)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(platform.pki.ca_cert.subject)
+           .last_update(now - dt.timedelta(minutes=1)).next_update(now + dt.timedelta(days=7))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                    .revocation_date(now - dt.timedelta(minutes=1)).build())
+           .add_extension(x509.CRLNumber(7), critical=False)
+           .sign(platform.pki.ca_key, hashes.SHA256()))
+    (platform.directory / "pki" / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_revoked_seal_certificate_is_not_used(tmp_path: Path) -> None:
+    with trust_platform(tmp_path / "platform") as platform:
+        gateway = enrolled_gateway(tmp_path / "gw", platform)
+        _publish_crl_revoking(platform, platform.services.roles.seal.certificate.serial_number)
+        with pytest.raises(SealingError, match="revoked or expired"):
+            seal(record_pdf(tmp_path / "record.pdf"), tmp_path / "out.pdf", platform, gateway)
+        assert not (tmp_path / "out.pdf").exists()
+
+
 def test_the_sealing_service_refuses_revoked_and_unenrolled_gateways(tmp_path: Path) -> None:
     with trust_platform(tmp_path / "platform") as platform:
         gateway = enrolled_gateway(tmp_path / "gw", platform)
         record = record_pdf(tmp_path / "record.pdf")
-        now = dt.datetime.now(dt.UTC)
-        crl = (x509.CertificateRevocationListBuilder().issuer_name(platform.pki.ca_cert.subject)
-               .last_update(now - dt.timedelta(minutes=1)).next_update(now + dt.timedelta(days=7))
-               .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(gateway.certificate.serial_number)
-                                        .revocation_date(now - dt.timedelta(minutes=1)).build())
-               .add_extension(x509.CRLNumber(7), critical=False)
-               .sign(platform.pki.ca_key, hashes.SHA256()))
-        from cryptography.hazmat.primitives import serialization
-
-        (platform.directory / "pki" / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        _publish_crl_revoking(platform, gateway.certificate.serial_number)
         with pytest.raises(SealingError, match="revoked"):
             seal(record, tmp_path / "out.pdf", platform, gateway)
         assert not (tmp_path / "out.pdf").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from gateway.uplink.time_stamps import check_token_sync, stamp_tree_heads
 from simulators.platform.pki import PlatformPKI, pem
 from simulators.platform.role_certs import load_or_issue
 from simulators.platform.tsa import QUERY_TYPE, REPLY_TYPE, TSA_POLICY, TimeStampAuthority, TimeStampResponse
+from tests.conftest import spawn_egw
 from tests.seal_support import enrolled_gateway, https, trust_platform
 
 pytestmark = pytest.mark.timeout(60)
@@ -182,3 +185,26 @@ def test_a_tree_head_token_from_a_foreign_tsa_is_refused(tmp_path: Path) -> None
         _request("sha256", hashlib.sha256(data).digest())))["time_stamp_token"].dump()
     with pytest.raises(VerificationError, match="not from a time-stamping authority"):
         check_token_sync(forged, data, [ours.ca_cert])
+
+
+def test_egw_simulate_platform_runs_the_trust_services_when_given_an_agency_unit(tmp_path: Path) -> None:
+    proc = spawn_egw("simulate", "platform", "--data", str(tmp_path), "--agency-unit", "110105000000", "--agency-name", "测试分局")
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline().strip() for _ in range(3)]
+        assert lines[2].startswith("trust https://127.0.0.1:"), lines
+        host, port = lines[2].removeprefix("trust https://").rsplit(":", 1)
+        context = ssl.create_default_context(cafile=str(tmp_path / "pki" / "ca.pem"))
+        connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=10)
+        connection.request("GET", "/crl")
+        response = connection.getresponse()
+        assert response.status == 200
+        ca = x509.load_pem_x509_certificate((tmp_path / "pki" / "ca.pem").read_bytes())
+        assert x509.load_der_x509_crl(response.read()).is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        connection.close()
+        seal_cert = x509.load_pem_x509_certificate((tmp_path / "pki" / "agency-seal.pem").read_bytes())
+        assert "测试分局" in seal_cert.subject.rfc4514_string()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from pyhanko.pdf_utils.images import PdfImage
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.sign import fields, signers
+from pyhanko.sign.general import SigningError
 from pyhanko.sign.signers.pdf_signer import DSSContentSettings, PdfTBSDocument, TimestampDSSContentSettings
 from pyhanko.sign.timestamps.aiohttp_client import HTTPTimeStamper
 from pyhanko.stamp import StaticStampStyle
@@ -213,7 +214,12 @@ async def seal_pdf(source: Path, target: Path, service: SealService, reason: str
     original = source.stat().st_size
     with open(source, "rb") as infile:
         writer = IncrementalPdfFileWriter(infile, strict=False)
-        prepared, tbs, output = await pdf_signer.async_digest_doc_for_signing(writer, bytes_reserved=RESERVED_HEX)
+        try:
+            prepared, tbs, output = await pdf_signer.async_digest_doc_for_signing(writer, bytes_reserved=RESERVED_HEX)
+        except SigningError as exc:
+            raise SealingError(f"the platform's seal certificate does not validate against the pinned CA and its CRL "
+                               f"(revoked or expired?): {exc}", hint="the platform must issue a new seal certificate; "
+                               "seal provisionally meanwhile") from exc
         signature = await service.sign_digest(prepared.document_digest, "sha256")
         _check_signer(signature, profile.certificate)
         await PdfTBSDocument.async_finish_signing(output, prepared, signature, post_sign_instr=tbs.post_sign_instructions,
@@ -237,8 +243,7 @@ def _check_signer(signature: bytes, expected: x509.Certificate) -> None:
         raise SealingError("the platform's seal answer is signed by another certificate than the seal it announced")
 
 
-async def seal_provisionally(source: Path, target: Path, identity: Identity,
-                             crl: x509.CertificateRevocationList | None = None) -> SealResult:
+async def seal_provisionally(source: Path, target: Path, identity: Identity) -> SealResult:
     """Sign ``source`` with the gateway's own key (no platform needed); the agency seal is added later by ``seal_pdf``."""
     key_der = identity.private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                                  serialization.NoEncryption())
