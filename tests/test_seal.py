@@ -17,9 +17,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign import fields
 from pyhanko.sign.signers import PdfTimeStamper
 
-from gateway.documents.seal import SealService, seal_pdf, seal_provisionally
+from gateway.documents.seal import AGENCY_SEAL_FIELD, SealService, seal_pdf, seal_provisionally
 from gateway.documents.verify_pdf import verify_pdf
 from gateway.errors import SealingError
 from gateway.evidence.identity import load_pem_certificates
@@ -199,3 +201,22 @@ def test_an_unreachable_platform_is_a_sealing_error_and_the_provisional_seal_sti
         asyncio.run(attempt())
     result = asyncio.run(seal_provisionally(record, tmp_path / "provisional.pdf", gateway))
     assert result.field == "GatewaySeal" and "Signature is Valid." in _pdfsig(tmp_path / "provisional.pdf")
+
+
+def test_a_place_the_renderer_reserved_for_the_seal_is_used(tmp_path: Path) -> None:
+    record = record_pdf(tmp_path / "record.pdf")
+    reserved = tmp_path / "reserved.pdf"
+    with open(record, "rb") as source:
+        writer = IncrementalPdfFileWriter(source)
+        fields.append_signature_field(writer, fields.SigFieldSpec(AGENCY_SEAL_FIELD, on_page=0, box=(60, 500, 190, 630)))
+        with open(reserved, "wb") as out:
+            writer.write(out)
+    with trust_platform(tmp_path / "platform") as platform:
+        gateway = enrolled_gateway(tmp_path / "gw", platform)
+        seal(reserved, tmp_path / "sealed.pdf", platform, gateway)
+        code, output = _verify(tmp_path / "sealed.pdf", "--trust", str(platform.ca_file()))
+    assert code == 0, output
+    with open(tmp_path / "sealed.pdf", "rb") as handle:
+        sigs = PdfFileReader(handle).embedded_signatures
+        assert [s.field_name for s in sigs][0] == AGENCY_SEAL_FIELD
+        assert [round(float(v)) for v in sigs[0].sig_field["/Rect"]] == [60, 500, 190, 630]  # the reserved place

@@ -184,6 +184,11 @@ def _field_spec(name: str, box: tuple[int, int, int, int]) -> fields.SigFieldSpe
     return fields.SigFieldSpec(sig_field_name=name, on_page=-1, box=box)
 
 
+def _has_empty_field(writer: IncrementalPdfFileWriter, name: str) -> bool:
+    """True when the document already carries an empty signature field ``name`` (a place reserved for the seal)."""
+    return any(True for _ in fields.enumerate_sig_fields(writer, filled_status=False, with_name=name))
+
+
 def _write_atomically(target: Path, data: IO[bytes]) -> None:
     tmp = target.with_name(target.name + ".tmp")
     data.seek(0)
@@ -194,26 +199,31 @@ def _write_atomically(target: Path, data: IO[bytes]) -> None:
     os.replace(tmp, target)
 
 
-async def seal_pdf(source: Path, target: Path, service: SealService, reason: str = "电子印章") -> SealResult:
-    """The agency seal on ``source`` (PAdES B-LTA), written to ``target``; SealingError if the platform cannot seal."""
-    profile = await service.profile()
-    anchors = service.identity.ca_certificates
-    context = _validation_context(anchors, [profile.certificate, *profile.chain], profile.crl)
-    signer = signers.ExternalSigner(
-        signing_cert=_asn1_cert(profile.certificate), signature_value=bytes(72),
-        cert_registry=_store(profile.chain))
+def _agency_signer(profile: SealProfile, context: ValidationContext, service: SealService, reserved: bool,
+                   reason: str) -> signers.PdfSigner:
+    """The pyHanko signer that prepares the document for the platform's signature (it holds no key)."""
+    placeholder = signers.ExternalSigner(signing_cert=_asn1_cert(profile.certificate), signature_value=bytes(72),
+                                         cert_registry=_store(profile.chain))
     meta = signers.PdfSignatureMetadata(
         field_name=AGENCY_SEAL_FIELD, md_algorithm="sha256", subfilter=fields.SigSeedSubFilter.PADES,
         reason=reason, name=profile.unit_name, embed_validation_info=True, use_pades_lta=True, validation_context=context,
         # the TSA's validation data goes in *before* the document time-stamp, so that time-stamp covers the whole file
         dss_settings=DSSContentSettings(include_vri=False, next_ts_settings=TimestampDSSContentSettings(
             include_vri=False, update_before_ts=True)))
-    pdf_signer = signers.PdfSigner(meta, signer=signer, timestamper=service.timestamper(),
-                                   stamp_style=StaticStampStyle(background=PdfImage(draw_stamp(profile.unit_name))),
-                                   new_field_spec=_field_spec(AGENCY_SEAL_FIELD, SEAL_BOX))
+    return signers.PdfSigner(meta, signer=placeholder, timestamper=service.timestamper(),
+                             stamp_style=StaticStampStyle(background=PdfImage(draw_stamp(profile.unit_name))),
+                             # a field the renderer reserved for the seal is used as it is; otherwise one is added
+                             new_field_spec=None if reserved else _field_spec(AGENCY_SEAL_FIELD, SEAL_BOX))
+
+
+async def seal_pdf(source: Path, target: Path, service: SealService, reason: str = "电子印章") -> SealResult:
+    """The agency seal on ``source`` (PAdES B-LTA), written to ``target``; SealingError if the platform cannot seal."""
+    profile = await service.profile()
+    context = _validation_context(service.identity.ca_certificates, [profile.certificate, *profile.chain], profile.crl)
     original = source.stat().st_size
     with open(source, "rb") as infile:
         writer = IncrementalPdfFileWriter(infile, strict=False)
+        pdf_signer = _agency_signer(profile, context, service, _has_empty_field(writer, AGENCY_SEAL_FIELD), reason)
         try:
             prepared, tbs, output = await pdf_signer.async_digest_doc_for_signing(writer, bytes_reserved=RESERVED_HEX)
         except SigningError as exc:
@@ -225,8 +235,7 @@ async def seal_pdf(source: Path, target: Path, service: SealService, reason: str
         await PdfTBSDocument.async_finish_signing(output, prepared, signature, post_sign_instr=tbs.post_sign_instructions,
                                                   validation_context=context)
     _write_atomically(target, output)
-    identity = f"urn:egw:agency:{profile.unit_code}"
-    return SealResult(target, AGENCY_SEAL_FIELD, identity, target.stat().st_size - original)
+    return SealResult(target, AGENCY_SEAL_FIELD, f"urn:egw:agency:{profile.unit_code}", target.stat().st_size - original)
 
 
 def _check_signer(signature: bytes, expected: x509.Certificate) -> None:

@@ -23,6 +23,7 @@ unacceptable client certificate) or 404.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import threading
 from http import HTTPStatus
@@ -113,9 +114,10 @@ class TrustServices:
             return str(names[0].value) if names else cert.subject.rfc4514_string()
 
     def _tls_context(self) -> ssl.SSLContext:
-        material = self.data_dir / "pki" / "trust-services-tls.pem"
-        material.touch(mode=0o600)
-        material.write_bytes(self.pki.server_chain_pem() + self.pki.server_key_pem())
+        material = self.data_dir / "pki" / "trust-services-tls.pem"  # ssl loads a key only from a file: mode 0600 from the start
+        fd = os.open(material, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(self.pki.server_chain_pem() + self.pki.server_key_pem())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(material))
@@ -175,7 +177,10 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = self.headers.get("Content-Type", "").split(";", 1)[0].strip()
         if content_type != expected_type:
             raise _Refusal(HTTPStatus.BAD_REQUEST, f"Content-Type must be {expected_type}, not {content_type or 'missing'}")
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
         if not 0 < length <= MAX_BODY:
             raise _Refusal(HTTPStatus.BAD_REQUEST, f"the body must be 1..{MAX_BODY} bytes with a Content-Length")
         return self.rfile.read(length)
