@@ -220,3 +220,14 @@ def test_a_place_the_renderer_reserved_for_the_seal_is_used(tmp_path: Path) -> N
         sigs = PdfFileReader(handle).embedded_signatures
         assert [s.field_name for s in sigs][0] == AGENCY_SEAL_FIELD
         assert [round(float(v)) for v in sigs[0].sig_field["/Rect"]] == [60, 500, 190, 630]  # the reserved place
+
+
+def test_an_unsigned_or_broken_pdf_fails_and_a_missing_one_is_a_usage_error(sealed: dict[str, Path], tmp_path: Path) -> None:
+    code, output = _verify(sealed["record"], "--trust", str(sealed["ca"]))
+    assert code == 1 and "no signature at all" in output
+    garbage = tmp_path / "garbage.pdf"
+    garbage.write_bytes(b"%PDF-1.7\nthis is not a pdf body\n%%EOF\n")
+    code, output = _verify(garbage, "--trust", str(sealed["ca"]))
+    assert code == 1 and "FAILED" in output
+    code, output = _egw_verify(tmp_path / "missing.pdf", "--trust", str(sealed["ca"]))
+    assert code == 2 and "error:" in output and "Traceback" not in output
