@@ -231,3 +231,34 @@ def test_an_unsigned_or_broken_pdf_fails_and_a_missing_one_is_a_usage_error(seal
     assert code == 1 and "FAILED" in output
     code, output = _egw_verify(tmp_path / "missing.pdf", "--trust", str(sealed["ca"]))
     assert code == 2 and "error:" in output and "Traceback" not in output
+
+
+def _crl_revoking(pki: PlatformPKI, serial: int, revoked_at: dt.datetime) -> x509.CertificateRevocationList:
+    now = dt.datetime.now(dt.UTC)
+    return (x509.CertificateRevocationListBuilder().issuer_name(pki.ca_cert.subject)
+            .last_update(now - dt.timedelta(minutes=1)).next_update(now + dt.timedelta(days=7))
+            .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(revoked_at).build())
+            .add_extension(x509.CRLNumber(9), critical=False).sign(pki.ca_key, hashes.SHA256()))
+
+
+def test_a_revoked_gateway_signature_counts_only_if_proven_before_the_revocation(sealed: dict[str, Path]) -> None:
+    pki = PlatformPKI.load_or_create(sealed["root"] / "platform")
+    anchors = load_pem_certificates(sealed["ca"].read_bytes())
+    gateway_cert = load_pem_certificates((sealed["root"] / "gw" / "identity" / "gateway.crt").read_bytes())[0]
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+
+    before = verify_pdf(sealed["countersealed"], anchors, [_crl_revoking(pki, gateway_cert.serial_number, long_ago)])
+    assert before.exit_code == 1
+    assert any("was revoked at" in p and "it was signed at" in p for f in before.findings for p in f.problems)
+
+    after = verify_pdf(sealed["countersealed"], anchors, [_crl_revoking(pki, gateway_cert.serial_number, later)])
+    assert after.exit_code == 0, [f.line() for f in after.findings]  # the counter-seal's time-stamp proves it existed before
+    assert "existed by" in after.findings[0].line()
+
+    unproven = verify_pdf(sealed["provisional"], anchors, [_crl_revoking(pki, gateway_cert.serial_number, later)])
+    assert any("signing time is unproven" in p for p in unproven.findings[0].problems)
+
+    foreign = PlatformPKI.load_or_create(sealed["root"] / "foreign-crl-issuer")
+    ignored = verify_pdf(sealed["countersealed"], anchors, [_crl_revoking(foreign, gateway_cert.serial_number, long_ago)])
+    assert ignored.exit_code == 0  # a CRL no trust anchor signed counts for nothing

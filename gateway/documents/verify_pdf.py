@@ -32,6 +32,7 @@ from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pyhanko.pdf_utils.misc import PdfError
 from pyhanko.pdf_utils.reader import PdfFileReader
@@ -71,6 +72,8 @@ class PdfFinding:
     intact: bool
     trusted: bool
     problems: list[str] = dataclasses.field(default_factory=list)
+    existed_by: str | None = None
+    """For a signature without its own time-stamp: when a later time-stamp proves it existed."""
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,8 @@ class PdfFinding:
 
     def line(self) -> str:
         when = f"at {self.signed_at} per time-stamp by {self.time_source}" if self.signed_at else "signing time unproven (no time-stamp)"
+        if self.existed_by:
+            when += f", existed by {self.existed_by} (a later time-stamp covers it)"
         state = "ok" if self.ok else "FAILED: " + "; ".join(self.problems)
         trust = "" if self.trusted else " (no trust anchor vouches for it)"
         return f"[{self.field}] {self.kind} {self.signer}, {when}: {state}{trust}"
@@ -105,7 +110,7 @@ class PdfReport:
     def as_json(self) -> dict[str, Any]:
         return {"file": str(self.path), "verdict": self.verdict, "exit_code": self.exit_code, "problems": self.problems,
                 "signatures": [{"field": f.field, "kind": f.kind, "signer": f.signer, "signed_at": f.signed_at,
-                                "time_source": f.time_source, "intact": f.intact, "trusted": f.trusted, "ok": f.ok,
+                                "time_source": f.time_source, "existed_by": f.existed_by, "intact": f.intact, "trusted": f.trusted, "ok": f.ok,
                                 "problems": f.problems} for f in self.findings]}
 
 
@@ -155,10 +160,19 @@ def _tsa_name(cert: asn1_x509.Certificate, problems: list[str]) -> str:
         return _crypto(cert).subject.rfc4514_string()
 
 
+def _signed_by(crl: x509.CertificateRevocationList, anchor: x509.Certificate) -> bool:
+    """A CRL counts only if a trust anchor signed it (trust.md, Revocation)."""
+    public = anchor.public_key()
+    if crl.issuer != anchor.subject or not isinstance(public, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+        return False
+    return crl.is_signature_valid(public)
+
+
 class _Checker:
     def __init__(self, anchors: list[x509.Certificate], crls: list[x509.CertificateRevocationList]) -> None:
         self.anchors = [_asn1(c) for c in anchors]
-        self.crls = [asn1_crl.CertificateList.load(c.public_bytes(serialization.Encoding.DER)) for c in crls]
+        self.anchored_crls = [c for c in crls if any(_signed_by(c, a) for a in anchors)]
+        self.crls = [asn1_crl.CertificateList.load(c.public_bytes(serialization.Encoding.DER)) for c in self.anchored_crls]
         policy = CertValidationPolicySpec(
             trust_manager=SimpleTrustManager.build(trust_roots=self.anchors),
             revinfo_policy=CertRevTrustPolicy(RevocationCheckingPolicy.from_legacy("hard-fail")))
@@ -189,13 +203,32 @@ class _Checker:
                 problems.append("its time-stamp is from a TSA no trust anchor vouches for")
         elif kind == "agency seal":
             problems.append("an agency seal without a signature time-stamp")
+        proven = ts.timestamp if ts is not None else getattr(result, "oldest_evidence_record_timestamp", None)
         if status.revoked:
             problems.append("the signing certificate was revoked at the signing time")
+        self._check_revocation_lists(_crypto(sig.signer_cert), proven, problems)
         self._check_later_changes(status, problems)
         trusted = bool(status.trusted) and (ts is None or bool(ts.trusted))
         if self.anchors and status.intact and status.valid and not status.trusted and not status.revoked:
             problems.append(f"the signer's certificate does not chain to the trust anchors ({result.ades_subindic})")
-        return PdfFinding(sig.field_name, kind, signer, signed_at, time_source, bool(status.intact and status.valid), trusted, problems)
+        finding = PdfFinding(sig.field_name, kind, signer, signed_at, time_source, bool(status.intact and status.valid), trusted, problems)
+        if ts is None and proven is not None:
+            finding.existed_by = _iso(proven)
+        return finding
+
+    def _check_revocation_lists(self, cert: x509.Certificate, proven: dt.datetime | None, problems: list[str]) -> None:
+        """trust.md, Revocation: revoked at R fails a signature proven at or after R, and one whose time is unproven.
+
+        pyHanko judges certificates that name a CRL distribution point; a gateway certificate names none, so
+        the CRLs given with ``--crl`` (signed by a trust anchor) are applied here to every signer."""
+        for crl in self.anchored_crls:
+            entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if entry is None or crl.issuer != cert.issuer:
+                continue
+            revoked_at = entry.revocation_date_utc
+            if proven is None or proven >= revoked_at:
+                when = "its signing time is unproven" if proven is None else f"it was signed at {_iso(proven)}"
+                problems.append(f"the signing certificate was revoked at {_iso(revoked_at)} and {when}")
 
     async def document_timestamp(self, sig: Any) -> PdfFinding:
         context = ValidationContext(trust_roots=self.anchors, crls=self.crls, allow_fetching=False)
