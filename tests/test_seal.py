@@ -87,6 +87,16 @@ def test_pdfsig_finds_the_seal_valid_and_the_stamp_is_drawn(sealed: dict[str, Pa
     assert "smask" in images  # the round stamp is an image with transparency, not a drawn box
 
 
+def test_pdfsig_trusts_the_seal_once_the_platform_ca_is_in_its_nss_database(sealed: dict[str, Path], tmp_path: Path) -> None:
+    nss = f"sql:{tmp_path}"
+    subprocess.run(["certutil", "-N", "-d", nss, "--empty-password"], check=True, capture_output=True)
+    subprocess.run(["certutil", "-A", "-d", nss, "-n", "egw platform CA", "-t", "C,C,C", "-i", str(sealed["ca"])],
+                   check=True, capture_output=True)
+    output = subprocess.run(["pdfsig", "-nssdir", nss, "-no-ocsp", str(sealed["sealed"])], capture_output=True, text=True).stdout
+    seal_part = output.split("Signature #2")[0]
+    assert "Signature is Valid." in seal_part and "Certificate is Trusted." in seal_part, output
+
+
 def test_without_a_trust_anchor_the_seal_is_consistent_but_untrusted(sealed: dict[str, Path]) -> None:
     code, output = _egw_verify(sealed["sealed"])
     assert code == 3, output

@@ -105,7 +105,9 @@ def _issue_seal(pki: PlatformPKI, public: ec.EllipticCurvePublicKey, crl_url: st
     return (_builder(pki, subject, public, crl_url)
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
                 identity_uri(Role.AGENCY_SEAL, unit_code))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([Role.AGENCY_SEAL.purpose]), critical=False)
+            # emailProtection too: NSS-based validators (poppler's pdfsig, Thunderbird) accept a document signer only for
+            # that usage; it grants no egw role (docs/trust.md), so nothing here treats it as one
+            .add_extension(x509.ExtendedKeyUsage([Role.AGENCY_SEAL.purpose, ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
             .sign(pki.ca_key, hashes.SHA256()))
 
 
