@@ -29,7 +29,7 @@ from simulators.platform.pki import PlatformPKI
 from simulators.platform.role_certs import load_or_issue
 from simulators.platform.tsa import LocalTimeStamper, TimeStampAuthority
 from tests.conftest import run_egw
-from tests.seal_support import UNIT_CODE, UNIT_NAME, Platform, enrolled_gateway, record_pdf, seal, trust_platform
+from tests.seal_support import UNIT_CODE, UNIT_NAME, Platform, enrolled_gateway, https, record_pdf, seal, trust_platform
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -272,3 +272,18 @@ def test_a_revoked_gateway_signature_counts_only_if_proven_before_the_revocation
     foreign = PlatformPKI.load_or_create(sealed["root"] / "foreign-crl-issuer")
     ignored = verify_pdf(sealed["countersealed"], anchors, [_crl_revoking(foreign, gateway_cert.serial_number, long_ago)])
     assert ignored.exit_code == 0  # a CRL no trust anchor signed counts for nothing
+
+
+def test_the_platform_signs_only_well_formed_digests_for_gateways_and_records_each_seal(tmp_path: Path) -> None:
+    with trust_platform(tmp_path / "platform") as platform:
+        gateway = enrolled_gateway(tmp_path / "gw", platform, "gw-audit-7")
+        good = json.dumps({"document_digest": "ab" * 32, "digest_algorithm": "sha256"}).encode()
+        assert https(platform, "POST", "/seal", good, "application/json")[0] == 403  # no client certificate
+        for body in (b"{}", b"not json", json.dumps({"document_digest": "ab" * 31}).encode(),
+                     json.dumps({"document_digest": "ab" * 32, "digest_algorithm": "md5"}).encode()):
+            status, answer, _ = https(platform, "POST", "/seal", body, "application/json", gateway)
+            assert status == 400 and b"bad seal request" in answer, (body, answer)
+        status, signature, content_type = https(platform, "POST", "/seal", good, "application/json", gateway)
+        assert status == 200 and content_type == "application/pkcs7-signature" and signature[:1] == b"\x30"
+        records = [json.loads(line) for line in (platform.directory / "seals.jsonl").read_text().splitlines()]
+    assert [(r["gateway_id"], r["document_digest"], r["unit_code"]) for r in records] == [("gw-audit-7", "ab" * 32, UNIT_CODE)]
