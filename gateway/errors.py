@@ -13,7 +13,8 @@ prints ``error: <message>`` and, on the next line, ``hint: <hint>``.
     │   └── TransitionError    an evidence state change the state machine forbids
     ├── NotFoundError          no such evidence id
     ├── DeviceError            a device could not be reached or failed mid-way (wraps driver errors)
-    └── VerificationError      a signature, proof or digest does not hold
+    ├── VerificationError      a signature, proof or digest does not hold
+    └── SealingError           the platform's seal or time-stamp service refused or could not be reached
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "NotFoundError",
     "DeviceError",
     "VerificationError",
+    "SealingError",
 ]
 
 
@@ -81,3 +83,8 @@ class DeviceError(GatewayError):
 
 class VerificationError(GatewayError):
     default_hint = "the material does not hold together; treat it as tampered until explained"
+
+
+class SealingError(GatewayError):
+    default_hint = ("check that the platform's trust services are reachable and the gateway is enrolled; "
+                    "a document can be sealed provisionally with the gateway's own certificate meanwhile")

@@ -11,7 +11,7 @@ from gateway.evidence.identity import load_pem_certificates
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("verify", help="verify an exported bundle offline")
+    p = sub.add_parser("verify", help="verify an exported bundle (DIR) or a sealed document (FILE.pdf) offline")
     p.add_argument("directory", type=Path)
     p.add_argument("--trust", type=Path, help="PEM file of CA certificates the signer must chain to")
     p.add_argument("--document", type=Path, help="the document a signing record must bind to")
@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.directory.suffix.lower() == ".pdf":  # a sealed document, not a bundle: gateway/documents/verify_pdf.py
+        from gateway.commands.verify_document import run_pdf
+
+        return run_pdf(args)
     trust = load_pem_certificates(args.trust.read_bytes()) if args.trust else None
     checks = verify_bundle(args.directory, trust=trust, document=args.document)
     ok = all(c.ok for c in checks)

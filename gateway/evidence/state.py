@@ -143,6 +143,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX command_nonces_expiry ON command_nonces(expires_at);
     """,
+    # 3: RFC 3161 time-stamp tokens from the platform TSA over signed tree heads: the independent
+    # proof of when the log had that content (docs/trust.md, Time; docs/documents-sealing.md).
+    """
+    CREATE TABLE tree_head_timestamps (
+        tree_size INTEGER PRIMARY KEY REFERENCES tree_heads(tree_size),
+        token     BLOB NOT NULL,
+        gen_time  TEXT NOT NULL,
+        tsa       TEXT NOT NULL,
+        at        REAL NOT NULL
+    );
+    """,
 ]
 
 

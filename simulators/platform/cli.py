@@ -34,12 +34,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--receipt-fault", choices=RECEIPT_FAULTS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mqtt", default=None, metavar="URL",
                         help="also subscribe to egw/v1/# on this broker: verify and record what gateways publish, send signed commands")
+    parser.add_argument("--agency-unit", default=None, metavar="CODE",
+                        help="also run the trust services (RFC 3161 TSA, the agency seal for unit CODE, the CRL) over HTTPS")
+    parser.add_argument("--agency-name", default="电子印章测试单位", help="the unit's name on its seal (with --agency-unit)")
+    parser.add_argument("--trust-listen", default="127.0.0.1:0", help="trust services address (with --agency-unit)")
     args = parser.parse_args(argv)
     server = PlatformServer(args.data, listen=args.listen, enroll_listen=args.enroll_listen, insecure=args.insecure,
                             receipt_fault=args.receipt_fault, reserve_bytes=args.reserve_bytes)
     address, enroll_address = server.start()
     print(address, flush=True)
     print(f"enroll {enroll_address}", flush=True)
+    trust = None
+    if args.agency_unit:
+        from simulators.platform.trust_services import TrustServices
+
+        trust = TrustServices(args.data, server.pki, args.agency_unit, args.agency_name, listen=args.trust_listen)
+        print(f"trust {trust.start()}", flush=True)
     print(f"platform {server.pki.platform_id} ca-sha256 {fingerprint(server.pki.ca_cert)} data {args.data}",
           file=sys.stderr, flush=True)
     recorder = None
@@ -55,6 +65,8 @@ def main(argv: list[str]) -> int:
         pass
     if recorder is not None:
         recorder.__exit__()
+    if trust is not None:
+        trust.stop()
     server.stop(1.0)
     return 0
 
