@@ -1,0 +1,294 @@
+"""`egw record`: enforcement documents as PDF/A-3b, checked with poppler (pdftotext, pdffonts, pdfdetach,
+pdftoppm) and OpenCV's QR decoder; and the pad simulator writing a Chinese name as handwriting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import run_egw, spawn_egw
+
+FORM = """\
+agency = "某市市场监督管理局"
+case_number = "市监检〔2026〕017号"
+time = "2026年12月6日 09:30至10:15"
+place = "某市某区农贸市场3号摊位"
+findings = \"\"\"经现场检查，当事人经营的散装大米未标明产地、生产日期和保质期。
+执法人员当场抽取样品一份进行快速检测，检测结果附后。\"\"\"
+
+[[officers]]
+name = "张伟"
+id = "31010001"
+
+[[officers]]
+name = "李娜"
+id = "31010002"
+
+[party]
+name = "王小明"
+id_number = "310101199001011234"
+address = "某市某区农贸市场3号摊位"
+"""
+CHINESE_FIELDS = ["某市市场监督管理局", "市监检〔2026〕017号", "2026年12月6日 09:30至10:15", "某市某区农贸市场3号摊位",
+                  "经现场检查，当事人经营的散装大米未标明产地、生产日期和保质期。\n执法人员当场抽取样品一份进行快速检测，检测结果附后。",
+                  "张伟", "李娜", "王小明", "310101199001011234", "现场检查笔录"]
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def _tool(*args: str) -> str:
+    return subprocess.run(list(args), capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(d), check=True)
+    return d
+
+
+@pytest.fixture
+def form(tmp_path):
+    path = tmp_path / "form.toml"
+    path.write_text(FORM, encoding="utf-8")
+    return path
+
+
+def _ingest(data_dir, path, *extra: str) -> dict:
+    out = json.loads(run_egw("ingest", str(path), "--data-dir", str(data_dir), "--json", *extra, check=True).stdout)
+    return out["items"][0]
+
+
+def _evidence(tmp_path, data_dir) -> tuple[dict, dict]:
+    photo = tmp_path / "IMG_0001.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 a photo of stall 3\xff\xd9")
+    result = tmp_path / "rapidtest-result.json"
+    result.write_text(json.dumps({"v": "egw.rapidtest-result/1", "assay": "aflatoxin B1", "result": "negative"}), encoding="utf-8")
+    return _ingest(data_dir, photo), _ingest(data_dir, result, "--kind", "result")
+
+
+def _simulators():
+    finger = spawn_egw("simulate", "fingerprint", "--tcp", "0", "--baud", "0", "--finger", "present", "--quality", "0.9")
+    finger_url = finger.stdout.readline().strip()
+    pad = spawn_egw("simulate", "signpad", "--listen", "127.0.0.1:0", "--signer", "王小明")
+    pad_url = pad.stdout.readline().strip()
+    assert finger_url.startswith("socket://") and pad_url.startswith("usbip://"), (finger_url, pad_url)
+    return (finger, finger_url), (pad, pad_url)
+
+
+def _stop(*procs) -> None:
+    for proc in procs:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def _catalogue_and_filespecs(pdf: bytes) -> tuple[int, list[bytes]]:
+    """(entries in the catalogue's /AF array, every /Filespec dictionary), from the PDF's object dictionaries
+    (fpdf2 writes them uncompressed, one object per ``N 0 obj … endobj``)."""
+    objects = [m.group(1) for m in re.finditer(rb"\d+ 0 obj\n(<<.*?>>)\n(?:stream|endobj)", pdf, re.S)]
+    catalogue = [o for o in objects if b"/Type /Catalog" in o]
+    assert len(catalogue) == 1
+    af = re.search(rb"/AF \[([^\]]*)\]", catalogue[0])
+    assert af, "the catalogue has no /AF (associated files) array"
+    return len(re.findall(rb"\d+ 0 R", af.group(1))), [o for o in objects if b"/Type /Filespec" in o]
+
+
+def _qr_codes(pdf_path, tmp_path) -> set[str]:
+    _tool("pdftoppm", "-r", "200", "-png", str(pdf_path), str(tmp_path / "page"))
+    found: set[str] = set()
+    detector = cv2.QRCodeDetector()
+    for page in sorted(tmp_path.glob("page*.png")):
+        image = cv2.imread(str(page))
+        ok, texts, _, _ = detector.detectAndDecodeMulti(image)
+        if ok:
+            found |= {t for t in texts if t}
+    return found
+
+
+def test_signed_onsite_record_is_pdfa3_with_its_evidence_embedded(tmp_path, data_dir, form):
+    photo, result = _evidence(tmp_path, data_dir)
+    draft = tmp_path / "draft.pdf"
+    drafted = run_egw("record", "draft", "--template", "onsite", "--form", str(form), "--cite", photo["evidence_id"],
+                      "--cite", result["evidence_id"], "-o", str(draft), "--data-dir", str(data_dir))
+    assert drafted.returncode == 0, drafted.stderr
+    (finger, finger_url), (pad, pad_url) = _simulators()
+    try:
+        signed = run_egw("sign", "--document", str(draft), "--signer", "王小明", "--signpad", pad_url, "--fingerprint", finger_url,
+                         "--data-dir", str(data_dir), "--json", timeout=120)
+    finally:
+        _stop(pad, finger)
+    assert signed.returncode == 0, signed.stderr
+    signing = json.loads(signed.stdout)
+    record = signing["record"]
+
+    out = tmp_path / "record.pdf"
+    made = run_egw("record", "new", "--template", "onsite", "--form", str(form), "--cite", photo["evidence_id"],
+                   "--cite", result["evidence_id"], "--signing", signing["evidence_id"], "--signed-draft", str(draft),
+                   "-o", str(out), "--data-dir", str(data_dir), "--json")
+    assert made.returncode == 0, made.stderr
+    document = json.loads(made.stdout)
+    assert document["sealed"] is False and "未加盖" in made.stderr  # no sealer configured: said, not hidden
+    assert document["sha256"] == _sha(out)
+
+    # The text a person reads is the form's, character for character.
+    text = _squash(_tool("pdftotext", "-enc", "UTF-8", str(out), "-"))
+    for value in CHINESE_FIELDS:
+        assert _squash(value) in text, value
+    assert photo["evidence_id"] in text and photo["sha256"] in text
+
+    # PDF/A-3b: identification in XMP, an output intent, every font embedded.
+    xmp = _tool("pdfinfo", "-meta", str(out))
+    assert re.search(r"<pdfaid:part>3</pdfaid:part>", xmp) and re.search(r"<pdfaid:conformance>B</pdfaid:conformance>", xmp)
+    raw = out.read_bytes()
+    assert b"/OutputIntents" in raw and b"/S /GTS_PDFA1" in raw and b"/DestOutputProfile" in raw
+    fonts = _tool("pdffonts", str(out)).splitlines()[2:]
+    assert fonts and all(line.split()[-5] == "yes" for line in fonts), fonts  # the "emb" column
+
+    # Associated files: each with an AFRelationship, listed in the catalogue's /AF, digests as the store has them.
+    af_count, filespecs = _catalogue_and_filespecs(raw)
+    assert len(filespecs) == af_count == len(document["embedded"])
+    assert all(b"/AFRelationship /" in spec for spec in filespecs)
+    files = tmp_path / "embedded"
+    files.mkdir()
+    _tool("pdfdetach", "-saveall", "-o", str(files), str(out))
+    digests = {path.name: _sha(path) for path in files.iterdir()}
+    assert digests == document["embedded"]
+    assert digests["signature.iso19794-7"] == record["signature"]["iso_19794_7_sha256"]
+    assert digests["fingerprint.iso19794-4"] == record["fingerprint"]["iso_19794_4_sha256"]
+    assert digests["signature.png"] == record["signature"]["image_sha256"]
+    assert digests["signed-draft.pdf"] == record["document"]["sha256"] == _sha(draft)
+    assert digests[f"{result['evidence_id']}-rapidtest-result.json"] == result["sha256"]
+    listing = {row["evidence_id"]: row for row in json.loads(run_egw("ls", "--data-dir", str(data_dir), "--json", check=True).stdout)}
+    assert digests["signing-record.json"] == hashlib.sha256((files / "signing-record.json").read_bytes()).hexdigest()
+    assert json.loads((files / "signing-record.json").read_text(encoding="utf-8")) == record
+    described = json.loads((files / "document.json").read_text(encoding="utf-8"))
+    assert described["signing"]["evidence_id"] == signing["evidence_id"] and described["form"]["party"]["name"] == "王小明"
+
+    # A QR code per citation, decoding to its evidence id and digest.
+    codes = _qr_codes(out, tmp_path)
+    assert {f"egw-evidence:{photo['evidence_id']}#sha256={photo['sha256']}",
+            f"egw-evidence:{result['evidence_id']}#sha256={result['sha256']}"} <= codes, codes
+
+    # Stored as evidence of kind document, manifested and queued like the rest.
+    stored = listing[document["evidence_id"]]
+    assert stored["kind"] == "document" and stored["state"] == "queued"
+
+
+def test_english_document_and_operator_mistakes(tmp_path, data_dir, form):
+    out = tmp_path / "en.pdf"
+    made = run_egw("record", "draft", "--template", "sampling", "--form", str(form), "-o", str(out), "--data-dir", str(data_dir))
+    assert made.returncode == 2 and "lacks 'samples'" in made.stderr and "Traceback" not in made.stderr
+    made = run_egw("record", "draft", "--template", "delivery", "--form", str(form), "--set", "colour=red", "-o", str(out),
+                   "--data-dir", str(data_dir))
+    assert made.returncode == 2 and "does not know: colour" in made.stderr
+    delivery = tmp_path / "delivery.toml"
+    delivery.write_text(FORM.replace('time = "', 'served_document = "决定书 市监罚〔2026〕017号"\nmethod = "直接送达"\ntime = "'),
+                        encoding="utf-8")
+    made = run_egw("record", "draft", "--template", "delivery", "--form", str(delivery), "--lang", "en", "-o", str(out),
+                   "--data-dir", str(data_dir))
+    assert made.returncode == 0, made.stderr
+    text = _squash(_tool("pdftotext", "-enc", "UTF-8", str(out), "-"))
+    assert "Deliveryreceipt" in text and "Recipient" in text and "DRAFT" in text and "决定书市监罚〔2026〕017号" in text
+    missing = run_egw("record", "draft", "--template", "onsite", "--form", str(form), "--set", "case_number=", "-o", str(out),
+                      "--data-dir", str(data_dir))
+    assert missing.returncode == 2 and "lacks 'case_number'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_signature_from_another_draft_or_party_is_refused(tmp_path, data_dir, form):
+    """Attack: paste a signing session onto a document whose draft the party never signed (or onto another party's)."""
+    draft = tmp_path / "draft.pdf"
+    run_egw("record", "draft", "--template", "onsite", "--form", str(form), "-o", str(draft), "--data-dir", str(data_dir), check=True)
+    finger = spawn_egw("simulate", "fingerprint", "--tcp", "0", "--baud", "0", "--finger", "present", "--quality", "0.9")
+    try:
+        url = finger.stdout.readline().strip()
+        signed = json.loads(run_egw("sign", "--document", str(draft), "--signer", "李四", "--fingerprint", url,
+                                    "--data-dir", str(data_dir), "--json", check=True).stdout)
+    finally:
+        _stop(finger)
+    other = tmp_path / "other.pdf"
+    other.write_bytes(draft.read_bytes() + b"\n% changed after signing\n")
+    before = json.loads(run_egw("status", "--data-dir", str(data_dir), "--json", check=True).stdout)["total"]
+    common = ("record", "new", "--template", "onsite", "--form", str(form), "--signing", signed["evidence_id"],
+              "-o", str(tmp_path / "r.pdf"), "--data-dir", str(data_dir))
+    wrong_draft = run_egw(*common, "--signed-draft", str(other))
+    assert wrong_draft.returncode == 2 and "is not the document signing record" in wrong_draft.stderr
+    wrong_party = run_egw(*common, "--signed-draft", str(draft))
+    assert wrong_party.returncode == 2 and "signed by '李四'" in wrong_party.stderr
+    no_draft = run_egw(*common)
+    assert no_draft.returncode == 2 and "--signing needs --signed-draft" in no_draft.stderr
+    after = json.loads(run_egw("status", "--data-dir", str(data_dir), "--json", check=True).stdout)["total"]
+    assert after == before  # nothing stored
+
+
+def test_tampered_blob_is_not_embedded(tmp_path, data_dir, form):
+    """Attack: change a result's bytes in the store; the document must refuse to embed (and vouch for) them."""
+    _, result = _evidence(tmp_path, data_dir)
+    blob = data_dir / "blobs" / "sha256" / result["sha256"][:2] / result["sha256"][2:]
+    assert blob.is_file()
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes().replace(b"negative", b"positive"))
+    made = run_egw("record", "new", "--template", "onsite", "--form", str(form), "--cite", result["evidence_id"],
+                   "-o", str(tmp_path / "r.pdf"), "--data-dir", str(data_dir))
+    assert made.returncode == 1 and "does not hash to" in made.stderr and not (tmp_path / "r.pdf").exists()
+
+
+# ---- the pad simulator's handwriting ----------------------------------------------------------
+
+def _ink(name: str) -> np.ndarray:
+    """What the simulated signer draws for ``name`` on a blank 800×480 screen, as a 0/1 image."""
+    from simulators.signpad.signer import PenSample, build_phase
+
+    events, _ = build_phase([{"sign": name}], 0, np.full((480, 800, 3), 255, np.uint8), [])
+    ink = np.zeros((480, 800), np.uint8)
+    previous = None
+    for event in events:
+        if isinstance(event, PenSample) and event.touching:
+            if previous is not None:
+                cv2.line(ink, (round(previous.x), round(previous.y)), (round(event.x), round(event.y)), 1, 2)
+            previous = event
+        else:
+            previous = None
+    return ink
+
+
+def _coverage(target: np.ndarray, ink: np.ndarray, tolerance_px: int = 7) -> float:
+    """Share of ``target`` pixels with ink within ``tolerance_px``."""
+    near = cv2.dilate(ink, np.ones((2 * tolerance_px + 1,) * 2, np.uint8))
+    return float((near[: target.shape[0], : target.shape[1]] & target).sum() / max(1, target.sum()))
+
+
+def _centre_lines(name: str) -> np.ndarray:
+    from simulators.signpad.handwriting import glyph_mask
+    from simulators.signpad.signer import _thin
+
+    mask = glyph_mask(name, (int(0.08 * 800), int(0.28 * 480), int(0.92 * 800), int(0.75 * 480) - int(0.06 * 480)))  # the signer's box
+    lines = np.zeros((480, 800), np.uint8)
+    thin = _thin(mask > 0)[:480, :800]
+    lines[: thin.shape[0], : thin.shape[1]] = thin
+    return lines
+
+
+def test_chinese_name_is_handwritten_from_its_glyphs_not_an_x():
+    ink = _ink("王小明")
+    glyphs = _centre_lines("王小明")
+    assert ink.sum() > 500
+    assert _coverage(glyphs, ink) > 0.85  # the pen went along the strokes of 王小明
+    assert _coverage(ink, glyphs.astype(np.uint8), 12) > 0.85  # and hardly anywhere else
+    assert _coverage(_centre_lines("李大海"), ink) < 0.6  # another name's strokes are not what was written
+    cross = np.zeros_like(ink)
+    cv2.line(cross, (64, 134), (736, 332), 1, 1)
+    cv2.line(cross, (64, 332), (736, 134), 1, 1)
+    assert _coverage(cross, ink, 3) < 0.3  # not an X
+    assert not np.array_equal(_ink("王小明"), _ink("王小红"))  # 明 and 红 differ
