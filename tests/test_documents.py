@@ -40,6 +40,20 @@ CHINESE_FIELDS = ["某市市场监督管理局", "市监检〔2026〕017号", "2
                   "张伟", "李娜", "王小明", "310101199001011234", "现场检查笔录"]
 
 
+def egw_here(*args: str) -> tuple[int, str, str]:
+    """``egw ARGS`` in this process (the same code path as the command line, without starting an interpreter:
+    the refusals below are many short runs). Returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from gateway.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
 def _squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
@@ -55,7 +69,7 @@ def _sha(path) -> str:
 @pytest.fixture
 def data_dir(tmp_path):
     d = tmp_path / "data"
-    run_egw("keys", "init", "--data-dir", str(d), check=True)
+    assert egw_here("keys", "init", "--data-dir", d)[0] == 0
     return d
 
 
@@ -67,8 +81,9 @@ def form(tmp_path):
 
 
 def _ingest(data_dir, path, *extra: str) -> dict:
-    out = json.loads(run_egw("ingest", str(path), "--data-dir", str(data_dir), "--json", *extra, check=True).stdout)
-    return out["items"][0]
+    code, out, err = egw_here("ingest", path, "--data-dir", data_dir, "--json", *extra)
+    assert code == 0, err
+    return json.loads(out)["items"][0]
 
 
 def _evidence(tmp_path, data_dir) -> tuple[dict, dict]:
@@ -120,9 +135,9 @@ def _qr_codes(pdf_path, tmp_path) -> set[str]:
 def test_signed_onsite_record_is_pdfa3_with_its_evidence_embedded(tmp_path, data_dir, form):
     photo, result = _evidence(tmp_path, data_dir)
     draft = tmp_path / "draft.pdf"
-    drafted = run_egw("record", "draft", "--template", "onsite", "--form", str(form), "--cite", photo["evidence_id"],
-                      "--cite", result["evidence_id"], "-o", str(draft), "--data-dir", str(data_dir))
-    assert drafted.returncode == 0, drafted.stderr
+    code, _, err = egw_here("record", "draft", "--template", "onsite", "--form", form, "--cite", photo["evidence_id"],
+                            "--cite", result["evidence_id"], "-o", draft, "--data-dir", data_dir)
+    assert code == 0, err
     (finger, finger_url), (pad, pad_url) = _simulators()
     try:
         signed = run_egw("sign", "--document", str(draft), "--signer", "王小明", "--signpad", pad_url, "--fingerprint", finger_url,
@@ -134,12 +149,12 @@ def test_signed_onsite_record_is_pdfa3_with_its_evidence_embedded(tmp_path, data
     record = signing["record"]
 
     out = tmp_path / "record.pdf"
-    made = run_egw("record", "new", "--template", "onsite", "--form", str(form), "--cite", photo["evidence_id"],
-                   "--cite", result["evidence_id"], "--signing", signing["evidence_id"], "--signed-draft", str(draft),
-                   "-o", str(out), "--data-dir", str(data_dir), "--json")
-    assert made.returncode == 0, made.stderr
-    document = json.loads(made.stdout)
-    assert document["sealed"] is False and "未加盖" in made.stderr  # no sealer configured: said, not hidden
+    code, made, err = egw_here("record", "new", "--template", "onsite", "--form", form, "--cite", photo["evidence_id"],
+                               "--cite", result["evidence_id"], "--signing", signing["evidence_id"], "--signed-draft", draft,
+                               "-o", out, "--data-dir", data_dir, "--json")
+    assert code == 0, err
+    document = json.loads(made)
+    assert document["sealed"] is False and "未加盖" in err  # no sealer configured: said, not hidden
     assert document["sha256"] == _sha(out)
 
     # The text a person reads is the form's, character for character.
@@ -170,7 +185,7 @@ def test_signed_onsite_record_is_pdfa3_with_its_evidence_embedded(tmp_path, data
     assert digests["signature.png"] == record["signature"]["image_sha256"]
     assert digests["signed-draft.pdf"] == record["document"]["sha256"] == _sha(draft)
     assert digests[f"{result['evidence_id']}-rapidtest-result.json"] == result["sha256"]
-    listing = {row["evidence_id"]: row for row in json.loads(run_egw("ls", "--data-dir", str(data_dir), "--json", check=True).stdout)}
+    listing = {row["evidence_id"]: row for row in json.loads(egw_here("ls", "--data-dir", data_dir, "--json")[1])}
     assert digests["signing-record.json"] == hashlib.sha256((files / "signing-record.json").read_bytes()).hexdigest()
     assert json.loads((files / "signing-record.json").read_text(encoding="utf-8")) == record
     described = json.loads((files / "document.json").read_text(encoding="utf-8"))
@@ -188,28 +203,33 @@ def test_signed_onsite_record_is_pdfa3_with_its_evidence_embedded(tmp_path, data
 
 def test_english_document_and_operator_mistakes(tmp_path, data_dir, form):
     out = tmp_path / "en.pdf"
-    made = run_egw("record", "draft", "--template", "sampling", "--form", str(form), "-o", str(out), "--data-dir", str(data_dir))
-    assert made.returncode == 2 and "lacks 'samples'" in made.stderr and "Traceback" not in made.stderr
-    made = run_egw("record", "draft", "--template", "delivery", "--form", str(form), "--set", "colour=red", "-o", str(out),
-                   "--data-dir", str(data_dir))
-    assert made.returncode == 2 and "does not know: colour" in made.stderr
+    code, _, err = egw_here("record", "draft", "--template", "sampling", "--form", form, "-o", out, "--data-dir", data_dir)
+    assert code == 2 and "lacks 'samples'" in err and "Traceback" not in err
+    code, _, err = egw_here("record", "draft", "--template", "delivery", "--form", form, "--set", "colour=red", "-o", out,
+                            "--data-dir", data_dir)
+    assert code == 2 and "does not know: colour" in err
+    code, _, err = egw_here("record", "draft", "--template", "onsite", "--form", form, "--set", "case_number=", "-o", out,
+                            "--data-dir", data_dir)
+    assert code == 2 and "lacks 'case_number'" in err and not out.exists()
+    code, _, err = egw_here("record", "draft", "--template", "onsite", "--form", form, "--cite", "no-such-id", "-o", out,
+                            "--data-dir", data_dir)
+    assert code == 1 and "cites 'no-such-id', which is not evidence" in err and not out.exists()
+
     delivery = tmp_path / "delivery.toml"
     delivery.write_text(FORM.replace('time = "', 'served_document = "决定书 市监罚〔2026〕017号"\nmethod = "直接送达"\ntime = "'),
                         encoding="utf-8")
-    made = run_egw("record", "draft", "--template", "delivery", "--form", str(delivery), "--lang", "en", "-o", str(out),
-                   "--data-dir", str(data_dir))
-    assert made.returncode == 0, made.stderr
+    code, _, err = egw_here("record", "draft", "--template", "delivery", "--form", delivery, "--lang", "en", "-o", out,
+                            "--data-dir", data_dir)
+    assert code == 0, err
     text = _squash(_tool("pdftotext", "-enc", "UTF-8", str(out), "-"))
     assert "Deliveryreceipt" in text and "Recipient" in text and "DRAFT" in text and "决定书市监罚〔2026〕017号" in text
-    missing = run_egw("record", "draft", "--template", "onsite", "--form", str(form), "--set", "case_number=", "-o", str(out),
-                      "--data-dir", str(data_dir))
-    assert missing.returncode == 2 and "lacks 'case_number'" in missing.stderr and "Traceback" not in missing.stderr
+    assert "Noevidenceiscited." in text
 
 
 def test_signature_from_another_draft_or_party_is_refused(tmp_path, data_dir, form):
     """Attack: paste a signing session onto a document whose draft the party never signed (or onto another party's)."""
     draft = tmp_path / "draft.pdf"
-    run_egw("record", "draft", "--template", "onsite", "--form", str(form), "-o", str(draft), "--data-dir", str(data_dir), check=True)
+    assert egw_here("record", "draft", "--template", "onsite", "--form", form, "-o", draft, "--data-dir", data_dir)[0] == 0
     finger = spawn_egw("simulate", "fingerprint", "--tcp", "0", "--baud", "0", "--finger", "present", "--quality", "0.9")
     try:
         url = finger.stdout.readline().strip()
@@ -219,17 +239,20 @@ def test_signature_from_another_draft_or_party_is_refused(tmp_path, data_dir, fo
         _stop(finger)
     other = tmp_path / "other.pdf"
     other.write_bytes(draft.read_bytes() + b"\n% changed after signing\n")
-    before = json.loads(run_egw("status", "--data-dir", str(data_dir), "--json", check=True).stdout)["total"]
-    common = ("record", "new", "--template", "onsite", "--form", str(form), "--signing", signed["evidence_id"],
-              "-o", str(tmp_path / "r.pdf"), "--data-dir", str(data_dir))
-    wrong_draft = run_egw(*common, "--signed-draft", str(other))
-    assert wrong_draft.returncode == 2 and "is not the document signing record" in wrong_draft.stderr
-    wrong_party = run_egw(*common, "--signed-draft", str(draft))
-    assert wrong_party.returncode == 2 and "signed by '李四'" in wrong_party.stderr
-    no_draft = run_egw(*common)
-    assert no_draft.returncode == 2 and "--signing needs --signed-draft" in no_draft.stderr
-    after = json.loads(run_egw("status", "--data-dir", str(data_dir), "--json", check=True).stdout)["total"]
-    assert after == before  # nothing stored
+    before = json.loads(egw_here("status", "--data-dir", data_dir, "--json")[1])["total"]
+    common = ("record", "new", "--template", "onsite", "--form", form, "--signing", signed["evidence_id"],
+              "-o", tmp_path / "r.pdf", "--data-dir", data_dir)
+    code, _, err = egw_here(*common, "--signed-draft", other)
+    assert code == 2 and "is not the document signing record" in err
+    code, _, err = egw_here(*common, "--signed-draft", draft)
+    assert code == 2 and "signed by '李四'" in err
+    code, _, err = egw_here(*common)
+    assert code == 2 and "--signing needs --signed-draft" in err
+    code, _, err = egw_here("record", "new", "--template", "onsite", "--form", form, "--signing", signed["items"]["fingerprint.png"],
+                            "--signed-draft", draft, "-o", tmp_path / "r.pdf", "--data-dir", data_dir)
+    assert code == 2 and "is not a signing record" in err
+    assert json.loads(egw_here("status", "--data-dir", data_dir, "--json")[1])["total"] == before  # nothing stored
+    assert not (tmp_path / "r.pdf").exists()
 
 
 def test_tampered_blob_is_not_embedded(tmp_path, data_dir, form):
@@ -239,9 +262,29 @@ def test_tampered_blob_is_not_embedded(tmp_path, data_dir, form):
     assert blob.is_file()
     blob.chmod(0o644)
     blob.write_bytes(blob.read_bytes().replace(b"negative", b"positive"))
-    made = run_egw("record", "new", "--template", "onsite", "--form", str(form), "--cite", result["evidence_id"],
-                   "-o", str(tmp_path / "r.pdf"), "--data-dir", str(data_dir))
-    assert made.returncode == 1 and "does not hash to" in made.stderr and not (tmp_path / "r.pdf").exists()
+    code, _, err = egw_here("record", "new", "--template", "onsite", "--form", form, "--cite", result["evidence_id"],
+                            "-o", tmp_path / "r.pdf", "--data-dir", data_dir)
+    assert code == 1 and "does not hash to" in err and not (tmp_path / "r.pdf").exists()
+
+
+def test_record_new_runs_inside_egw_run(tmp_path, data_dir, form):
+    """With `egw run` holding the data directory, `egw record new` is delegated through the control socket
+    (relative paths are the client's), stored by the service, and the unsealed note reaches the client."""
+    from tests.test_one_writer import egw_in, serve
+
+    photo, _ = _evidence(tmp_path, data_dir)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "form.toml").write_text(form.read_text(encoding="utf-8"), encoding="utf-8")
+    with serve(tmp_path, data_dir):
+        made = egw_in(work, "--no-wait", "record", "new", "--template", "onsite", "--form", "./form.toml",
+                      "--cite", photo["evidence_id"], "-o", "./record.pdf", "--data-dir", str(data_dir), "--json")
+        assert made.returncode == 0, made.stderr
+        assert "未加盖电子印章" in made.stderr and "Traceback" not in made.stderr
+        document = json.loads(made.stdout)
+        assert document["path"] == str(work / "record.pdf") and _sha(work / "record.pdf") == document["sha256"]
+        listing = json.loads(egw_in(work, "ls", "--data-dir", str(data_dir), "--json").stdout)
+    assert {row["evidence_id"]: row["kind"] for row in listing}[document["evidence_id"]] == "document"
 
 
 # ---- the pad simulator's handwriting ----------------------------------------------------------
