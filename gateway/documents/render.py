@@ -182,7 +182,7 @@ class _Writer:
     def signature(self, signing: SigningParts | None) -> None:
         pdf = self.pdf
         (sig_w, sig_h), (fp_w, fp_h) = SIGNATURE_BOX_MM, FINGERPRINT_BOX_MM
-        if pdf.will_page_break(sig_h + 22):
+        if pdf.will_page_break(sig_h + 28):
             pdf.add_page()
         pdf.set_font(FONT, size=11)
         pdf.cell(0, LINE_MM, f"{self.template.text(self.template.signature_label, self.language)}：",
@@ -199,7 +199,7 @@ class _Writer:
         pdf.set_font(FONT, size=8)
         pdf.set_xy(left + sig_w + 6, top + fp_h)
         pdf.cell(fp_w, 4.5, _("Fingerprint"), align="C")
-        pdf.set_xy(left, top + sig_h + 1)
+        pdf.set_xy(left, top + max(sig_h, fp_h) + 6)
         if signing is not None:
             signer = signing.signer
             started = str(signing.record.get("started_at", ""))[:19].replace("T", " ")
