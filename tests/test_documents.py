@@ -335,3 +335,31 @@ def test_chinese_name_is_handwritten_from_its_glyphs_not_an_x():
     cv2.line(cross, (64, 332), (736, 134), 1, 1)
     assert _coverage(cross, ink, 3) < 0.3  # not an X
     assert not np.array_equal(_ink("王小明"), _ink("王小红"))  # 明 and 红 differ
+
+
+def test_sealer_seam_stores_the_sealed_file_and_a_misnamed_sealer_is_refused(tmp_path, data_dir, form, monkeypatch):
+    from gateway.documents.seal import register_sealer
+
+    seen = []
+
+    def seal(path):
+        seen.append(_sha(path))
+        sealed = path.with_name(path.stem + "-sealed.pdf")
+        sealed.write_bytes(path.read_bytes() + b"%stand-in for an incremental PAdES update\n")
+        return sealed
+
+    register_sealer(seal)
+    try:
+        code, out, err = egw_here("record", "new", "--template", "onsite", "--form", form, "-o", tmp_path / "r.pdf",
+                                  "--data-dir", data_dir, "--json")
+    finally:
+        register_sealer(None)
+    assert code == 0, err
+    document = json.loads(out)
+    sealed = tmp_path / "r-sealed.pdf"
+    assert document["sealed"] is True and document["path"] == str(sealed) and document["sha256"] == _sha(sealed)
+    assert seen == [_sha(tmp_path / "r.pdf")] and "未加盖" not in err  # the sealer got the rendered PDF, unchanged
+
+    monkeypatch.setenv("EGW_DOCUMENT_SEALER", "gateway.no_such_module:seal")
+    code, _, err = egw_here("record", "new", "--template", "onsite", "--form", form, "-o", tmp_path / "r2.pdf", "--data-dir", data_dir)
+    assert code == 2 and "EGW_DOCUMENT_SEALER" in err and not (tmp_path / "r2.pdf").exists()
