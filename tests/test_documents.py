@@ -363,3 +363,18 @@ def test_sealer_seam_stores_the_sealed_file_and_a_misnamed_sealer_is_refused(tmp
     monkeypatch.setenv("EGW_DOCUMENT_SEALER", "gateway.no_such_module:seal")
     code, _, err = egw_here("record", "new", "--template", "onsite", "--form", form, "-o", tmp_path / "r2.pdf", "--data-dir", data_dir)
     assert code == 2 and "EGW_DOCUMENT_SEALER" in err and not (tmp_path / "r2.pdf").exists()
+
+
+def test_a_hostile_file_name_is_shown_not_obeyed(tmp_path, data_dir, form):
+    """A device's file name with a terminal escape and a right-to-left override is printed as escapes, and the
+    associated file gets a portable name (its evidence id first)."""
+    hostile = tmp_path / "样品\x1b[2J\u202egpj.json"
+    hostile.write_text('{"result": "negative"}', encoding="utf-8")
+    item = _ingest(data_dir, hostile, "--kind", "result")
+    code, out, err = egw_here("record", "new", "--template", "onsite", "--form", form, "--cite", item["evidence_id"],
+                              "-o", tmp_path / "r.pdf", "--data-dir", data_dir, "--json")
+    assert code == 0, err
+    names = list(json.loads(out)["embedded"])
+    assert f"{item['evidence_id']}-u001b_2J_u202egpj.json" in names and all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names)
+    text = _tool("pdftotext", "-enc", "UTF-8", str(tmp_path / "r.pdf"), "-")
+    assert "样品\\u001b[2J\\u202egpj.json" in text and "\x1b" not in text and "\u202e" not in text

@@ -128,6 +128,8 @@ def _signing(service: Any, args: argparse.Namespace, form: Any) -> tuple[Any, by
     if args.signed_draft is None:
         raise ConfigError("--signing needs --signed-draft FILE: the draft the party signed",
                           "pass the PDF you gave `egw sign --document`; the document carries it")
+    if args.signed_draft.resolve() == args.output.resolve():
+        raise ConfigError(f"-o {args.output} is the signed draft itself", "write the document to another file; the draft is kept")
     parts = signing_parts(service, args.signing)
     try:
         draft = args.signed_draft.read_bytes()

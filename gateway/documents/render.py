@@ -30,7 +30,7 @@ from fpdf.enums import XPos, YPos
 
 from gateway.documents.fonts import find_font
 from gateway.documents.form import Form
-from gateway.documents.sources import Citation, SigningParts, qr_payload
+from gateway.documents.sources import Citation, SigningParts, attachment_name, qr_payload
 from gateway.documents.templates import Field, Template
 from gateway.i18n import _, current_language
 
@@ -239,7 +239,7 @@ def _embed_all(pdf: FPDF, description: dict[str, Any], citations: Sequence[Citat
         add("signed-draft.pdf", signed_draft, "application/pdf", "Source", "the draft the party read and signed")
     for citation in citations:
         if citation.content is not None:
-            add(f"{citation.evidence_id}-{citation.name}", citation.content, citation.media_type.split(";")[0].strip().lower()
+            add(attachment_name(citation.evidence_id, citation.name), citation.content, citation.media_type.split(";")[0].strip().lower()
                 if "/" in citation.media_type else "application/octet-stream", "Data", f"cited evidence {citation.evidence_id}")
     return embedded
 

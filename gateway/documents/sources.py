@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -18,7 +20,7 @@ from gateway.evidence import dsse
 from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import EvidenceRow
 
-__all__ = ["Citation", "SigningParts", "EMBEDDED_KINDS", "MAX_EMBEDDED_BYTES", "cite", "signing_parts", "qr_payload"]
+__all__ = ["Citation", "SigningParts", "attachment_name", "EMBEDDED_KINDS", "MAX_EMBEDDED_BYTES", "cite", "signing_parts", "qr_payload"]
 
 SIGNING_RECORD_MEDIA_TYPE = "application/vnd.egw.signing-record+json"  # gateway.workflows.signing.RECORD_MEDIA_TYPE
 EMBEDDED_KINDS = ("result", "signature")  # cited items small enough to travel inside the PDF (results, records)
@@ -96,8 +98,21 @@ def _receipt_id(row: EvidenceRow) -> str | None:
         return None  # the receipt was verified when it arrived; a listing that cannot read it shows none
 
 
+MAX_NAME_CHARS = 120
+
+
 def _source_name(row: EvidenceRow) -> str:
-    return PurePosixPath(row.source_path.replace("\\", "/")).name or row.source_path
+    """The cited file's name as printed: control and format characters from a device's file name are shown
+    as ``\\uXXXX`` (never obeyed by a viewer), and a very long name is cut with an ellipsis."""
+    name = PurePosixPath(row.source_path.replace("\\", "/")).name or row.source_path
+    shown = "".join(ch if unicodedata.category(ch)[0] != "C" else f"\\u{ord(ch):04x}" for ch in name)
+    return shown if len(shown) <= MAX_NAME_CHARS else shown[: MAX_NAME_CHARS - 1] + "…"
+
+
+def attachment_name(evidence_id: str, name: str) -> str:
+    """The associated file's name for a cited item: its evidence id and its name in portable characters."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "item"
+    return f"{evidence_id}-{safe[:80]}"
 
 
 def cite(service: EvidenceService, evidence_id: str) -> Citation:
