@@ -378,3 +378,28 @@ def test_a_hostile_file_name_is_shown_not_obeyed(tmp_path, data_dir, form):
     assert f"{item['evidence_id']}-u001b_2J_u202egpj.json" in names and all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names)
     text = _tool("pdftotext", "-enc", "UTF-8", str(tmp_path / "r.pdf"), "-")
     assert "样品\\u001b[2J\\u202egpj.json" in text and "\x1b" not in text and "\u202e" not in text
+
+
+def test_a_receipted_item_is_cited_with_the_platforms_receipt_id(tmp_path):
+    from tests.test_dock import enrolled_gateway
+    from tests.uplink_support import spawn_platform, stop_process
+
+    platform, address, _ = spawn_platform(tmp_path / "platform")
+    try:
+        data = enrolled_gateway(tmp_path, tmp_path / "platform", address)
+        photo = tmp_path / "IMG_0002.jpg"
+        photo.write_bytes(b"\xff\xd8\xff\xe0 stall 3, scale\xff\xd9")
+        item = _ingest(data, photo)
+        assert run_egw("sync", "--once", "--data-dir", str(data)).returncode == 0
+    finally:
+        stop_process(platform)
+    (row,) = json.loads(egw_here("ls", "--data-dir", data, "--json")[1])
+    assert row["evidence_id"] == item["evidence_id"] and row["receipt_id"]
+    form = tmp_path / "form.toml"
+    form.write_text(FORM, encoding="utf-8")
+    out = tmp_path / "d.pdf"
+    code, _, err = egw_here("record", "draft", "--template", "onsite", "--form", form, "--cite", item["evidence_id"], "-o", out,
+                            "--data-dir", data)
+    assert code == 0, err
+    text = _squash(_tool("pdftotext", "-enc", "UTF-8", str(out), "-"))
+    assert f"平台回执{row['receipt_id']}" in text and "尚未出具" not in text
