@@ -235,6 +235,8 @@ def test_signature_from_another_draft_or_party_is_refused(tmp_path, data_dir, fo
         url = finger.stdout.readline().strip()
         signed = json.loads(run_egw("sign", "--document", str(draft), "--signer", "李四", "--fingerprint", url,
                                     "--data-dir", str(data_dir), "--json", check=True).stdout)
+        witness = json.loads(run_egw("sign", "--document", str(draft), "--signer", "王小明", "--role", "witness",
+                                     "--fingerprint", url, "--data-dir", str(data_dir), "--json", check=True).stdout)
     finally:
         _stop(finger)
     other = tmp_path / "other.pdf"
@@ -248,6 +250,9 @@ def test_signature_from_another_draft_or_party_is_refused(tmp_path, data_dir, fo
     assert code == 2 and "signed by '李四'" in err
     code, _, err = egw_here(*common)
     assert code == 2 and "--signing needs --signed-draft" in err
+    code, _, err = egw_here("record", "new", "--template", "onsite", "--form", form, "--signing", witness["evidence_id"],
+                            "--signed-draft", draft, "-o", tmp_path / "r.pdf", "--data-dir", data_dir)
+    assert code == 2 and "is a witness signature" in err  # the party's field never holds a witness's hand
     code, _, err = egw_here("record", "new", "--template", "onsite", "--form", form, "--signing", signed["items"]["fingerprint.png"],
                             "--signed-draft", draft, "-o", tmp_path / "r.pdf", "--data-dir", data_dir)
     assert code == 2 and "is not a signing record" in err
@@ -359,6 +364,25 @@ def test_sealer_seam_stores_the_sealed_file_and_a_misnamed_sealer_is_refused(tmp
     sealed = tmp_path / "r-sealed.pdf"
     assert document["sealed"] is True and document["path"] == str(sealed) and document["sha256"] == _sha(sealed)
     assert seen == [_sha(tmp_path / "r.pdf")] and "未加盖" not in err  # the sealer got the rendered PDF, unchanged
+
+    before = json.loads(egw_here("status", "--data-dir", data_dir, "--json")[1])["total"]
+
+    def broken(path):
+        raise RuntimeError("HSM not reachable")
+
+    def in_place(path):
+        path.write_bytes(path.read_bytes() + b"%changed\n")
+        return path
+
+    for sealer, said in ((broken, "could not be applied to"), (in_place, "which is not a new file")):
+        register_sealer(sealer)
+        try:
+            code, _, err = egw_here("record", "new", "--template", "onsite", "--form", form, "-o", tmp_path / "r3.pdf",
+                                    "--data-dir", data_dir)
+        finally:
+            register_sealer(None)
+        assert code == 1 and said in err and "Traceback" not in err, err
+    assert json.loads(egw_here("status", "--data-dir", data_dir, "--json")[1])["total"] == before  # nothing stored unsealed
 
     monkeypatch.setenv("EGW_DOCUMENT_SEALER", "gateway.no_such_module:seal")
     code, _, err = egw_here("record", "new", "--template", "onsite", "--form", form, "-o", tmp_path / "r2.pdf", "--data-dir", data_dir)

@@ -141,10 +141,33 @@ def _signing(service: Any, args: argparse.Namespace, form: Any) -> tuple[Any, by
                           "pass the very draft the party signed, or sign this one with `egw sign` first")
     signer = parts.signer
     party = form.party.get("name", "")
-    if signer["role"] == "party" and party and signer["name"] != party:
+    if signer["role"] != "party":
+        raise ConfigError(f"signing record {args.signing} is a {signer['role'] or 'role-less'} signature; the document's signature "
+                          "field is the party's", "run `egw sign --role party` for the party")
+    if signer["name"] != party:
         raise ConfigError(f"signing record {args.signing} was signed by {signer['name']!r}, but the form's party is {party!r}",
                           "use the signing session of this party, or correct party.name in the form")
     return parts, draft
+
+
+def _seal(sealer: Any, rendered: Path) -> Path:
+    """The sealed copy of ``rendered`` from the configured sealer, checked: a new file, and the rendered one unchanged."""
+    from gateway.errors import GatewayError
+
+    before = hashlib.sha256(rendered.read_bytes()).hexdigest()
+    try:
+        sealed = Path(sealer(rendered))
+    except GatewayError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - another component's failure, reported as one line, nothing stored
+        raise GatewayError(f"the agency seal could not be applied to {rendered}: {type(exc).__name__}: {exc}",
+                           "nothing was stored; check the sealer's configuration (EGW_DOCUMENT_SEALER) and run again") from exc
+    if sealed == rendered or not sealed.is_file():
+        raise GatewayError(f"the sealer returned {sealed}, which is not a new file beside {rendered}",
+                           "nothing was stored; the sealer must write the sealed copy to a new file")
+    if hashlib.sha256(rendered.read_bytes()).hexdigest() != before:
+        raise GatewayError(f"the sealer changed the rendered document {rendered}", "nothing was stored; the sealer must not change its input")
+    return sealed
 
 
 def _new(args: argparse.Namespace) -> int:
@@ -163,7 +186,7 @@ def _new(args: argparse.Namespace) -> int:
         document_id = str(uuid7())
         rendered = render_document(template, form, args.output, document_id=document_id, citations=citations,
                                    signing=signing, signed_draft=draft)
-        final = sealer(args.output) if sealer is not None else args.output
+        final = _seal(sealer, args.output) if sealer is not None else args.output
         check_cancelled()
         officer = args.officer_id or (form.officers[0].id if form.officers and form.officers[0].id else None)
         extra = {"document": {"id": document_id, "template": template.kind, "case_number": form.values.get("case_number"),

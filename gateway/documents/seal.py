@@ -10,7 +10,7 @@ A sealer is named by ``EGW_DOCUMENT_SEALER=package.module:function`` (the client
 runs inside ``egw run``), or registered in-process with ``register_sealer`` (tests, an embedding service).
 The function gets the unsealed path and must return the path of a new file next to it; it must not change its
 input, and raises a ``GatewayError`` when it cannot seal (the command then fails: no unsealed document is
-stored in place of one the operator asked to seal).
+stored in place of one the operator asked to seal). ``egw record`` checks both (gateway/commands/record.py).
 """
 
 from __future__ import annotations
