@@ -104,8 +104,10 @@ def _draft(args: argparse.Namespace) -> int:
 
     template, form = _form(args)
     _check_output(args.output)
-    with open_evidence(args, write=False) as service:
-        citations = [cite(service, evidence_id) for evidence_id in _unique(args.cite)]
+    citations = []
+    if _unique(args.cite):  # a draft citing nothing needs no data directory (a form printed before any evidence exists)
+        with open_evidence(args, write=False) as service:
+            citations = [cite(service, evidence_id) for evidence_id in _unique(args.cite)]
     rendered = render_document(template, form, args.output, document_id=str(uuid7()), citations=citations, draft=True)
     sha256 = hashlib.sha256(args.output.read_bytes()).hexdigest()
     if args.json:
