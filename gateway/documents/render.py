@@ -150,6 +150,8 @@ class _Writer:
     def citations(self, citations: Sequence[Citation]) -> None:
         pdf = self.pdf
         pdf.ln(2)
+        if citations and pdf.will_page_break(8 + QR_MM + 2):  # the heading stays with its first item
+            pdf.add_page()
         pdf.set_font(FONT, size=12)
         pdf.cell(0, 8, _("Evidence cited"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         if not citations:
