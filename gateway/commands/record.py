@@ -18,11 +18,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gateway.commands.common import add_data_dir, add_json, check_cancelled, err, getenv, open_evidence, out, print_json
 from gateway.errors import ConfigError
 from gateway.i18n import _, current_language, use_language
+
+if TYPE_CHECKING:
+    from gateway.documents.form import Form
+    from gateway.documents.seal import Sealer
+    from gateway.documents.sources import Citation, SigningParts
+    from gateway.documents.templates import Template
+    from gateway.evidence.evidence_service import EvidenceService
 
 __all__ = ["register", "run"]
 
@@ -78,7 +85,7 @@ def _templates(args: argparse.Namespace) -> int:
     return 0
 
 
-def _form(args: argparse.Namespace) -> Any:
+def _form(args: argparse.Namespace) -> tuple[Template, Form]:
     from gateway.documents.form import check_form, load_form
     from gateway.documents.templates import load_template
 
@@ -104,7 +111,7 @@ def _draft(args: argparse.Namespace) -> int:
 
     template, form = _form(args)
     _check_output(args.output)
-    citations = []
+    citations: list[Citation] = []
     if _unique(args.cite):  # a draft citing nothing needs no data directory (a form printed before any evidence exists)
         with open_evidence(args, write=False) as service:
             citations = [cite(service, evidence_id) for evidence_id in _unique(args.cite)]
@@ -119,7 +126,7 @@ def _draft(args: argparse.Namespace) -> int:
     return 0
 
 
-def _signing(service: Any, args: argparse.Namespace, form: Any) -> tuple[Any, bytes | None]:
+def _signing(service: EvidenceService, args: argparse.Namespace, form: Form) -> tuple[SigningParts | None, bytes | None]:
     """The signing session's parts and the draft it bound, checked: same draft, same party."""
     from gateway.documents.sources import signing_parts
 
@@ -152,7 +159,7 @@ def _signing(service: Any, args: argparse.Namespace, form: Any) -> tuple[Any, by
     return parts, draft
 
 
-def _seal(sealer: Any, rendered: Path) -> Path:
+def _seal(sealer: Sealer, rendered: Path) -> Path:
     """The sealed copy of ``rendered`` from the configured sealer, checked: a new file, and the rendered one unchanged."""
     from gateway.errors import GatewayError
 
