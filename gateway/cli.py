@@ -38,12 +38,13 @@ COMMAND_MODULES = [
     "gateway.commands.sync",
     "gateway.commands.platform",
     "gateway.commands.conformance",
+    "gateway.commands.record",
 ]
 
 
 # Commands that write to the data directory: they need its writer lock, or run inside the `egw run`
 # that holds it (see gateway.evidence.writer_lock and gateway.station.control).
-WRITING_COMMANDS = frozenset({"ingest", "dock", "sign", "rapidtest", "sync", "export"})
+WRITING_COMMANDS = frozenset({"ingest", "dock", "sign", "rapidtest", "sync", "export", "record"})
 BUSY_EXIT = 75  # EX_TEMPFAIL: another process writes to the data directory and we did not wait
 
 
@@ -68,6 +69,8 @@ def writes(args: argparse.Namespace) -> bool:
     """Does this command change the data directory (and so need its one writer)?"""
     if args.command == "strip":
         return bool(getattr(args, "record", False))
+    if args.command == "record":  # `record draft` and `record templates` only read
+        return getattr(args, "record_action", None) == "new"
     return args.command in WRITING_COMMANDS
 
 

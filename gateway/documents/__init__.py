@@ -1,4 +1,12 @@
-"""Documents the station produces for people: the on-site record as PDF/A, its electronic seal, their verification."""
+"""Documents the station produces for people: enforcement documents as PDF/A-3b, their electronic seal, their verification.
+
+``templates`` (one JSON data file per kind) say what a kind contains; ``form`` checks what was filled in;
+``sources`` looks up the evidence a document cites and the signing session it carries; ``render`` writes the
+PDF/A-3b; ``sealer`` is the seam where a seal is applied and ``seal`` the PAdES seal itself (agency seal from
+the platform's sealing service, or provisional with the gateway's key); ``verify_pdf`` checks sealed
+documents offline. ``egw record`` (gateway/commands/record.py) stores the result as evidence. Formats:
+docs/formats/document.md, docs/documents-sealing.md.
+"""
 
 import warnings
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -207,12 +208,20 @@ def _thin(mask: np.ndarray) -> np.ndarray:
 
 
 def name_strokes(name: str, box: tuple[int, int, int, int]) -> list[list[tuple[float, float]]]:
-    """The name in OpenCV's script font, fitted into ``box``, as pen paths (one per glyph blob).
+    """The name fitted into ``box`` as pen paths: an ASCII name in OpenCV's script font (one path per glyph
+    blob), any other (王小明) as handwriting from a CJK font's glyph outlines (``handwriting``).
 
     The glyphs are thinned to 1-pixel lines and each line's outline is traced,
     so the pen goes along a stroke and back over it, which renders like the
     glyph itself.
     """
+    from .handwriting import FontMissing, handwriting_strokes, needs_cjk_font
+
+    if needs_cjk_font(name):
+        try:
+            return handwriting_strokes(name.strip(), box, _thin)
+        except FontMissing as exc:
+            print(f"signpad: {exc}; signing an X instead", file=sys.stderr, flush=True)
     x0, y0, x1, y1 = box
     text = _ascii(name)
     font = cv2.FONT_HERSHEY_SCRIPT_SIMPLEX

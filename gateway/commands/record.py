@@ -1,0 +1,218 @@
+"""``egw record``: enforcement documents (on-site record, sampling record, decision, delivery receipt) as PDF/A-3b.
+
+The flow at the scene::
+
+    egw record draft --template onsite --form form.toml --cite ID… -o draft.pdf    # the party reads it
+    egw sign --document draft.pdf --signer 王小明 --signpad … --fingerprint …        # and signs it
+    egw record new --template onsite --form form.toml --cite ID… \\
+        --signing SIGNING_RECORD_ID --signed-draft draft.pdf -o record.pdf         # the record, as evidence
+
+``draft`` only reads the evidence store (it runs beside ``egw run``); ``new`` writes: it runs inside a running
+``egw run`` through the control socket like ``egw sign``, stores the PDF as evidence of kind ``document``
+(manifested, in custody, delivered like the rest), and seals it first when a sealer is configured
+(gateway/documents/sealer.py). ``templates`` lists the kinds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.commands.common import add_data_dir, add_json, check_cancelled, err, getenv, open_evidence, out, print_json
+from gateway.errors import ConfigError
+from gateway.i18n import _, current_language, use_language
+
+if TYPE_CHECKING:
+    from gateway.documents.form import Form
+    from gateway.documents.sealer import Sealer
+    from gateway.documents.sources import Citation, SigningParts
+    from gateway.documents.templates import Template
+    from gateway.evidence.evidence_service import EvidenceService
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("record", help="render an enforcement document (PDF/A-3b) with its evidence and signature")
+    actions = p.add_subparsers(dest="record_action", metavar="ACTION")
+    actions.required = True
+    listing = actions.add_parser("templates", help="list the document kinds")
+    add_json(listing)
+    listing.set_defaults(func=run)
+    draft = actions.add_parser("draft", help="render the document for the party to read and sign (not stored)")
+    _add_document_options(draft)
+    new = actions.add_parser("new", help="render the signed document and store it as evidence")
+    _add_document_options(new)
+    new.add_argument("--signing", metavar="EVIDENCE_ID", help="the signing record `egw sign` made for the draft")
+    new.add_argument("--signed-draft", type=Path, metavar="FILE",
+                     help="the draft the party signed (with --signing: it must be the document that session bound)")
+    new.add_argument("--officer-id", help="the officer storing the document (default: the form's first officer)")
+
+
+def _add_document_options(p: argparse.ArgumentParser) -> None:
+    from gateway.documents.templates import template_kinds
+
+    p.add_argument("--template", required=True, choices=template_kinds(), help="the kind of document")
+    p.add_argument("--form", type=Path, help="the filled-in fields (.toml or .json; see docs/formats/document.md)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a field on the command line (party.name=… for the party)")
+    p.add_argument("--cite", action="append", default=[], metavar="EVIDENCE_ID", help="evidence the document cites (repeatable)")
+    p.add_argument("--lang", choices=("zh_CN", "en"), help="the document's language (default: EGW_LANG, else zh_CN)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="where to write the PDF")
+    add_data_dir(p)
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.record_action == "templates":
+        return _templates(args)
+    with use_language(args.lang or current_language()):
+        return _draft(args) if args.record_action == "draft" else _new(args)
+
+
+def _templates(args: argparse.Namespace) -> int:
+    from gateway.documents.templates import load_template, template_kinds
+
+    kinds = {kind: load_template(kind).title for kind in template_kinds()}
+    if args.json:
+        print_json(kinds)
+    else:
+        language = current_language()
+        for kind, title in kinds.items():
+            out().write(f"{kind:10} {title.get(language) or title['zh_CN']}\n")
+    return 0
+
+
+def _form(args: argparse.Namespace) -> tuple[Template, Form]:
+    from gateway.documents.form import check_form, load_form
+    from gateway.documents.templates import load_template
+
+    template = load_template(args.template)
+    return template, check_form(template, load_form(args.form, args.set))
+
+
+def _unique(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(i.strip() for i in ids if i.strip()))
+
+
+def _check_output(path: Path) -> None:
+    if path.suffix.lower() != ".pdf":
+        raise ConfigError(f"-o {path} does not end in .pdf", "name the output file something.pdf")
+    if not path.parent.is_dir():
+        raise ConfigError(f"the directory of -o {path} does not exist", "create it first or write elsewhere")
+
+
+def _draft(args: argparse.Namespace) -> int:
+    from gateway.documents.render import render_document
+    from gateway.documents.sources import cite
+    from gateway.evidence.ids import uuid7
+
+    template, form = _form(args)
+    _check_output(args.output)
+    citations: list[Citation] = []
+    if _unique(args.cite):  # a draft citing nothing needs no data directory (a form printed before any evidence exists)
+        with open_evidence(args, write=False) as service:
+            citations = [cite(service, evidence_id) for evidence_id in _unique(args.cite)]
+    rendered = render_document(template, form, args.output, document_id=str(uuid7()), citations=citations, draft=True)
+    sha256 = hashlib.sha256(args.output.read_bytes()).hexdigest()
+    if args.json:
+        print_json({"path": str(args.output), "document_id": rendered.document_id, "sha256": sha256, "draft": True})
+    else:
+        out().write(f"{args.output}  sha256 {sha256}\n")
+        err().write(_("Draft written: let the party read it, then sign it with `egw sign --document {path}`.").format(
+            path=args.output) + "\n")
+    return 0
+
+
+def _signing(service: EvidenceService, args: argparse.Namespace, form: Form) -> tuple[SigningParts | None, bytes | None]:
+    """The signing session's parts and the draft it bound, checked: same draft, same party."""
+    from gateway.documents.sources import signing_parts
+
+    if args.signing is None:
+        if args.signed_draft is not None:
+            raise ConfigError("--signed-draft without --signing", "name the signing record too: --signing EVIDENCE_ID")
+        return None, None
+    if args.signed_draft is None:
+        raise ConfigError("--signing needs --signed-draft FILE: the draft the party signed",
+                          "pass the PDF you gave `egw sign --document`; the document carries it")
+    if args.signed_draft.resolve() == args.output.resolve():
+        raise ConfigError(f"-o {args.output} is the signed draft itself", "write the document to another file; the draft is kept")
+    parts = signing_parts(service, args.signing)
+    try:
+        draft = args.signed_draft.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the signed draft {args.signed_draft}: {exc.strerror}", "check the path") from exc
+    bound = str((parts.record.get("document") or {}).get("sha256", ""))
+    if hashlib.sha256(draft).hexdigest() != bound:
+        raise ConfigError(f"{args.signed_draft} is not the document signing record {args.signing} binds (SHA-256 {bound})",
+                          "pass the very draft the party signed, or sign this one with `egw sign` first")
+    signer = parts.signer
+    party = form.party.get("name", "")
+    if signer["role"] != "party":
+        raise ConfigError(f"signing record {args.signing} is a {signer['role'] or 'role-less'} signature; the document's signature "
+                          "field is the party's", "run `egw sign --role party` for the party")
+    if signer["name"] != party:
+        raise ConfigError(f"signing record {args.signing} was signed by {signer['name']!r}, but the form's party is {party!r}",
+                          "use the signing session of this party, or correct party.name in the form")
+    return parts, draft
+
+
+def _seal(sealer: Sealer, rendered: Path) -> Path:
+    """The sealed copy of ``rendered`` from the configured sealer, checked: a new file, and the rendered one unchanged."""
+    from gateway.errors import GatewayError
+
+    before = hashlib.sha256(rendered.read_bytes()).hexdigest()
+    try:
+        sealed = Path(sealer(rendered))
+    except GatewayError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - another component's failure, reported as one line, nothing stored
+        raise GatewayError(f"the agency seal could not be applied to {rendered}: {type(exc).__name__}: {exc}",
+                           "nothing was stored; check the sealer's configuration (EGW_DOCUMENT_SEALER) and run again") from exc
+    if sealed == rendered or not sealed.is_file():
+        raise GatewayError(f"the sealer returned {sealed}, which is not a new file beside {rendered}",
+                           "nothing was stored; the sealer must write the sealed copy to a new file")
+    if hashlib.sha256(rendered.read_bytes()).hexdigest() != before:
+        raise GatewayError(f"the sealer changed the rendered document {rendered}", "nothing was stored; the sealer must not change its input")
+    return sealed
+
+
+def _new(args: argparse.Namespace) -> int:
+    from gateway.documents.render import render_document
+    from gateway.documents.sealer import SEALER_SETTING, find_sealer
+    from gateway.documents.sources import cite
+    from gateway.evidence.ids import uuid7
+    from gateway.evidence.manifest import ManifestInput
+
+    template, form = _form(args)
+    _check_output(args.output)
+    sealer = find_sealer(getenv(SEALER_SETTING))  # a misnamed sealer fails before anything is rendered
+    with open_evidence(args) as service:
+        citations = [cite(service, evidence_id) for evidence_id in _unique(args.cite)]
+        signing, draft = _signing(service, args, form)
+        document_id = str(uuid7())
+        rendered = render_document(template, form, args.output, document_id=document_id, citations=citations,
+                                   signing=signing, signed_draft=draft)
+        final = _seal(sealer, args.output) if sealer is not None else args.output
+        check_cancelled()
+        officer = args.officer_id or (form.officers[0].id if form.officers and form.officers[0].id else None)
+        extra = {"document": {"id": document_id, "template": template.kind, "case_number": form.values.get("case_number"),
+                              "format": "PDF/A-3b", "sealed": sealer is not None, "cites": [c.evidence_id for c in citations],
+                              "signing_record": signing.evidence_id if signing is not None else None}}
+        result = service.ingest_file(final, ManifestInput(
+            source_path=f"documents/{document_id}/{final.name}", kind="document", media_type="application/pdf",
+            officer_id=officer, extra=extra), priority=2)
+        service.sign_tree_head()
+    if args.json:
+        print_json({"evidence_id": result.evidence_id, "document_id": document_id, "path": str(final), "sha256": result.sha256,
+                    "size": result.size, "sealed": sealer is not None, "embedded": rendered.embedded,
+                    "citations": [c.as_json() for c in citations]})
+    else:
+        title = template.text(template.title, current_language())
+        out().write(f"{result.evidence_id}  {title} {form.values.get('case_number', '')}  {final}  (sha256 {result.sha256})\n")
+    if sealer is None:
+        err().write(_("Not sealed: no agency seal is configured on this gateway; the document was stored unsealed.") + "\n")
+    err().flush()
+    return 0
