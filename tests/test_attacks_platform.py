@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.evidence import dsse as gateway_dsse
 from gateway.evidence.identity import init_identity, load_identity
@@ -26,12 +28,14 @@ from gateway.uplink.enroll import enroll
 from protos import dsse
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
 from protos.pki_roles import Role, RoleError, require_role
-from simulators.platform.cli import PlatformAdminError, issue_token
+from simulators.platform.cli import PlatformAdminError, issue_token, revoke_gateway
 from simulators.platform.index import TOKEN_REFUSED, Index
 from simulators.platform.pki import _leaf, fingerprint, pem
 from simulators.platform.revocation import crl_number
 from simulators.platform.server import MANIFEST_TYPE, RECEIPT_TYPE, PlatformServer
+from simulators.platform_mqtt import TREE_HEAD_TYPE, PlatformMqtt
 from tests.conftest import run_egw
+from tests.mqtt_support import Mosquitto
 from tests.uplink_support import LinkedGateway, ingest_random, make_gateway, platform_server, spawn_platform, stop_process, stub_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -406,3 +410,51 @@ def test_abandoned_uploads_hold_no_threads_hang_no_longer_than_the_idle_timeout_
         assert _threads(proc.pid) <= baseline + 4
     finally:
         stop_process(proc)
+
+
+# ---- MQTT: the platform checks gateway signatures ------------------------------------------------------------------
+
+def _tree_head(gateway_id: str, key: ec.EllipticCurvePrivateKey, size: int) -> bytes:
+    payload = json.dumps({"gateway_id": gateway_id, "treeSize": str(size), "rootHash": "00" * 32}).encode()
+    return json.dumps({"envelope": dsse.sign(TREE_HEAD_TYPE, payload, key).to_json()}).encode()
+
+
+def test_forged_mqtt_tree_heads_are_rejected_and_counted(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path).start()
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    try:
+        with platform_server(tmp_path / "p") as server:
+            gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+            gid = gw.link.identity.gateway_id
+            recorder = PlatformMqtt(tmp_path / "p", broker.url).start()  # no keys given: the platform's own index
+            try:
+                publisher.connect("127.0.0.1", broker.port)
+                publisher.loop_start()
+                attacker = ec.generate_private_key(ec.SECP256R1())
+                sent = [
+                    (gid, load_identity(gw.data_dir).private_key, True),   # genuine
+                    (gid, attacker, False),                                # forged for an enrolled gateway
+                    ("gw-never-enrolled", attacker, False),                # a gateway the platform does not know
+                ]
+                for n, (topic_id, key, _) in enumerate(sent):
+                    publisher.publish(f"egw/v1/{topic_id}/custody/sth", _tree_head(topic_id, key, n + 1), qos=1).wait_for_publish(10)
+                _wait_for(lambda: len(recorder.records(kind="custody-sth")) == 3, "three tree heads recorded")
+                verdicts = [r.verified for r in recorder.records(kind="custody-sth")]
+                assert verdicts == [expected for *_, expected in sent]
+                assert recorder.status() == {"verified": 1, "failed": 2, "unchecked": 0}
+                notes = [r.note for r in recorder.records(kind="custody-sth")]
+                assert "not enrolled" in str(notes[2])
+
+                # once revoked, even the gateway's real key is no longer believed
+                revoke_gateway(tmp_path / "p", gid)
+                publisher.publish(f"egw/v1/{gid}/custody/sth", _tree_head(gid, load_identity(gw.data_dir).private_key, 9), qos=1)
+                _wait_for(lambda: len(recorder.records(kind="custody-sth")) == 4, "the fourth tree head")
+                assert recorder.records(kind="custody-sth")[-1].verified is False
+            finally:
+                recorder.stop()
+        status = json.loads(run_egw("platform", "status", "--data", str(tmp_path / "p"), "--json", check=True).stdout)
+        assert status["mqtt_signatures"] == {"verified": 1, "failed": 3, "unchecked": 0}
+    finally:
+        publisher.loop_stop()
+        publisher.disconnect()
+        broker.kill()

@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="recorded in the revocation log")
     add_json(revoke)
     revoke.set_defaults(func=run_revoke)
+    status = psub.add_parser("status", help="enrolled and revoked gateways, the CRL, and MQTT signatures that failed")
+    status.add_argument("--data", type=Path, required=True, help="the platform's data directory")
+    add_json(status)
+    status.set_defaults(func=run_status)
     ls = psub.add_parser("ls", help="list what arrived, with receipt ids")
     ls.add_argument("--data", type=Path, required=True, help="the platform's data directory")
     add_json(ls)
@@ -94,6 +98,20 @@ def run_revoke(args: argparse.Namespace) -> int:
     else:
         print(f"revoked gateway {args.gateway_id}: serial(s) {', '.join(info['revoked_serials'])}; "
               f"CRL number {info['crl_number']} written to {info['crl']}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from simulators.platform.cli import platform_status
+    _check(args.data)
+    info = platform_status(args.data)
+    if args.json:
+        print_json(info)
+        return 0
+    mqtt = info["mqtt_signatures"]
+    print(f"{info['enrolled_gateways']} enrolled gateway(s), {info['revocations']} revocation(s), CRL number {info['crl_number']}, "
+          f"{info['receipts']} receipt(s)")
+    print(f"MQTT signed messages: {mqtt['verified']} verified, {mqtt['failed']} FAILED, {mqtt['unchecked']} unchecked")
     return 0
 
 

@@ -17,13 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from protos.enrolment_token import format_token
 from simulators.platform.index import DEFAULT_TOKEN_TTL, Index
 from simulators.platform.pki import PlatformPKI, fingerprint
 from simulators.platform.revocation import publish_crl
 from simulators.platform.server import DEFAULT_ENROL_FAILURES, DEFAULT_RESERVE, RECEIPT_FAULTS, PlatformServer, UploadLimits
 
-__all__ = ["main", "issue_token", "revoke_gateway", "list_received", "PlatformAdminError"]
+__all__ = ["main", "issue_token", "revoke_gateway", "list_received", "platform_status", "PlatformAdminError"]
 
 _GW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -129,6 +131,35 @@ def revoke_gateway(data_dir: Path, gateway_id: str, reason: str = "unspecified")
         index.close()
     return {"gateway_id": gateway_id, "revoked_serials": [format(r.serial, "x") for r in done], "crl_number": number,
             "crl": str(pki.directory / "crl.pem")}
+
+
+def platform_status(data_dir: Path) -> dict[str, Any]:
+    """Enrolled and revoked gateways, the CRL, receipts, and the MQTT recorder's signature verdicts."""
+    import sqlite3
+
+    from simulators.platform.revocation import crl_number
+
+    index = Index(data_dir)
+    try:
+        gateways = index.db.execute("SELECT COUNT(DISTINCT gateway_id) FROM gateways WHERE revoked_at IS NULL").fetchone()[0]
+        revocations = index.check_revocation_log()
+        receipts = len(index.receipts())
+    finally:
+        index.close()
+    crl_path = data_dir / "pki" / "crl.pem"
+    number = crl_number(x509.load_pem_x509_crl(crl_path.read_bytes())) if crl_path.exists() else None
+    mqtt: dict[str, int] = {"verified": 0, "failed": 0, "unchecked": 0}
+    mqtt_db = data_dir / "platform_mqtt.db"
+    if mqtt_db.exists():
+        db = sqlite3.connect(f"file:{mqtt_db}?mode=ro", uri=True, timeout=30)
+        try:
+            for verified, count in db.execute("SELECT verified, COUNT(*) FROM messages WHERE kind IN ('custody-sth', 'result') "
+                                              "GROUP BY verified"):
+                mqtt[{1: "verified", 0: "failed", None: "unchecked"}[verified]] += int(count)
+        finally:
+            db.close()
+    return {"enrolled_gateways": int(gateways), "revocations": revocations, "crl_number": number, "receipts": receipts,
+            "mqtt_signatures": mqtt}
 
 
 def list_received(data_dir: Path) -> list[dict[str, Any]]:
