@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import paho.mqtt.client as mqtt
@@ -458,3 +459,82 @@ def test_forged_mqtt_tree_heads_are_rejected_and_counted(tmp_path: Path) -> None
         publisher.loop_stop()
         publisher.disconnect()
         broker.kill()
+
+
+# ---- the manifest schema, enforced, in words an integrator can act on (issue #17) -----------------------------------
+
+def _resigned_header(gw: LinkedGateway, evidence_id: str, mutate: Callable[[dict[str, Any]], None]) -> ingest_pb2.UploadRequest:
+    [header] = upload_requests(gw, evidence_id, None)
+    body = json.loads(header.header.manifest.payload)
+    mutate(body)
+    signed = dsse.sign(MANIFEST_TYPE, json.dumps(body).encode(), load_identity(gw.data_dir).private_key)
+    header.header.manifest.CopyFrom(evidence_pb2.Envelope(
+        payload_type=signed.payload_type, payload=signed.payload,
+        signatures=[evidence_pb2.Signature(keyid=k, sig=s) for k, s in signed.signatures]))
+    return header
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(body: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target = body
+        for key in parents:
+            target = target[key]
+        target[last] = value
+    return mutate
+
+
+def _rename(old: str, new: str) -> Callable[[dict[str, Any]], None]:
+    return lambda body: body.__setitem__(new, body.pop(old))
+
+
+def test_manifests_outside_the_published_schema_are_refused_with_a_clear_message(tmp_path: Path) -> None:
+    with platform_server(tmp_path / "p") as server:
+        gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
+        item = ingest_random(gw, 300, "s.bin")
+        data = source_bytes(gw, "s.bin")
+        chunk = ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=0, data=data))
+        cases = [
+            (_set("v", "egw.manifest/2"), ["egw.manifest/2", "accepts egw.manifest/1 only"]),
+            (_set("evidence_id", "4f1c6a53-2b1e-4c3a-9d0e-1a2b3c4d5e6f"), ["evidence_id", "UUIDv7"]),
+            (_set("digests.sha256", "ab" * 32), ["digests.sha256", "differs from sha256"]),
+            (_rename("evidence_id", "evidenceId"), ["'evidenceId'", "snake_case", "'evidence_id'"]),
+            (_set("size", str(item.size)), ["size", "JSON integer", f"'{item.size}'"]),
+            (_set("kind", "hologram"), ["kind", "one of"]),
+            (lambda body: body.pop("gateway_id"), ["lacks the field gateway_id"]),
+            (_set("officer_id", 7), ["officer_id", "null"]),
+        ]
+        with stub_for(gw.link) as stub:
+            messages = []
+            for mutate, fragments in cases:
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Upload(iter([_resigned_header(gw, item.evidence_id, mutate), chunk]), timeout=10)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+                for fragment in fragments:
+                    assert fragment in refused.value.details()
+                messages.append(refused.value.details())
+            # an unsigned envelope: said as such
+            [unsigned] = upload_requests(gw, item.evidence_id, None)
+            del unsigned.header.manifest.signatures[:]
+            with pytest.raises(grpc.RpcError) as no_signature:
+                stub.Upload(iter([unsigned, chunk]), timeout=10)
+            assert no_signature.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "carries no signature" in no_signature.value.details()
+            messages.append(no_signature.value.details())
+            # the genuine manifest still goes through
+            assert stub.Upload(iter(upload_requests(gw, item.evidence_id, data)), timeout=10).HasField("receipt")
+        for message in messages:
+            assert "None" not in message and "jsonschema" not in message and "Traceback" not in message and "{" not in message
+
+        channel, enrol = _enrol_stub(server)
+        try:
+            token = issue_token(tmp_path / "p", gateway_id="gw-csr")["token"]
+            with pytest.raises(grpc.RpcError) as bad_csr:
+                enrol.Enroll(ingest_pb2.EnrollRequest(csr_pem=b"-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n", token=token,
+                                                      gateway_id="gw-csr"), timeout=10)
+            assert bad_csr.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a PEM certificate signing request" in bad_csr.value.details()
+            assert "the token was not used" in bad_csr.value.details()
+            assert "ValueError" not in bad_csr.value.details() and "Unable to load" not in bad_csr.value.details()
+        finally:
+            channel.close()

@@ -239,7 +239,7 @@ def test_enroll_rejects_bad_gateway_ids_and_csrs_without_burning_the_token(tmp_p
             good_csr = csr_for(ec.generate_private_key(ec.SECP256R1()))
             for gateway_id, csr, fragment in [
                 ("..", good_csr, "gateway_id"),  # refused before the token is even looked at
-                ("gw-1", b"not a csr", "not valid PEM"),
+                ("gw-1", b"not a csr", "not a PEM certificate signing request"),
                 ("gw-1", csr_for(rsa.generate_private_key(65537, 2048)), "P-256"),
             ]:
                 with pytest.raises(grpc.RpcError) as bad:

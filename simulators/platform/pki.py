@@ -196,12 +196,12 @@ class PlatformPKI:
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as exc:
-            raise PKIError(f"the CSR is not valid PEM: {exc}") from exc
+            raise PKIError("the CSR is not a PEM certificate signing request (-----BEGIN CERTIFICATE REQUEST-----)") from exc
         if not csr.is_signature_valid:
             raise PKIError("the CSR signature does not verify (was it made with the gateway key?)")
         public = csr.public_key()
         if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
-            raise PKIError("the CSR key is not ECDSA P-256")
+            raise PKIError("the CSR key is not ECDSA P-256 (the only key type gateways use)")
         if not gateway_id or len(gateway_id) > 64:
             raise PKIError("gateway_id must be 1..64 characters")
         return self.issue_for_key(public, gateway_id)

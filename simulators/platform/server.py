@@ -56,6 +56,7 @@ from protos.enrolment_token import TokenFormatError, parse_token
 from protos.pki_roles import Role, RoleError, require_role
 from protos.upload_wire import ChunkView, decode_upload_request
 from simulators.platform.index import Index, TokenError
+from simulators.platform.manifest_check import ManifestRejected, check_manifest
 from simulators.platform.pki import PKIError, PlatformPKI, fingerprint, pem
 from simulators.platform.revocation import current_crl, publish_crl
 from simulators.platform.uploads import PartialUploads, UploadLimits, boot_id
@@ -291,14 +292,20 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
 
     def _check_manifest(self, peer: _Peer, header: ingest_pb2.UploadHeader, context: grpc.ServicerContext) -> tuple[dict[str, Any], bytes]:
         env_pb = header.manifest
-        if env_pb.payload_type != MANIFEST_TYPE or not env_pb.signatures:
+        if env_pb.payload_type != MANIFEST_TYPE:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"header.manifest must be a signed DSSE envelope of type {MANIFEST_TYPE}, got {env_pb.payload_type!r}")
+                          f"header.manifest must be a DSSE envelope of type {MANIFEST_TYPE}, "
+                          f"not {env_pb.payload_type[:80]!r}" if env_pb.payload_type else
+                          f"header.manifest is missing or has no payload type: send the signed manifest envelope ({MANIFEST_TYPE})")
+        if not env_pb.signatures:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "the manifest envelope carries no signature: the platform accepts only manifests signed with the "
+                          "gateway key (egw signs at ingest); send the signed envelope")
         envelope = dsse.Envelope(env_pb.payload_type, env_pb.payload, tuple((s.keyid, s.sig) for s in env_pb.signatures))
         try:
             body = envelope.payload_json()
-        except dsse.EnvelopeError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"manifest: {exc}")
+        except dsse.EnvelopeError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the manifest payload is not UTF-8 JSON; send the manifest as signed at ingest")
         cert = peer.certificate
         if cert is None:  # plaintext platform: the enrolled certificate of the claimed gateway
             known = self.index.gateway_cert_by_key(envelope.signatures[0][0])
@@ -311,15 +318,18 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           f"the manifest is not signed by the certificate of this connection (gateway {peer.gateway_id}): {exc}; "
                           "upload evidence only from the gateway that signed it")
-        if body.get("gateway_id") != peer.gateway_id:
+        try:
+            check_manifest(body)
+        except ManifestRejected as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if body["gateway_id"] != peer.gateway_id:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"the manifest names gateway {body.get('gateway_id')!r} but the connection is from {peer.gateway_id!r}")
-        if body.get("sha256") != header.sha256 or body.get("size") != header.size:
+                          f"the manifest names gateway {body['gateway_id'][:80]!r} but the connection is from {peer.gateway_id!r}: "
+                          "a gateway may deliver only evidence it signed itself")
+        if body["sha256"] != header.sha256 or body["size"] != header.size:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"header says {header.sha256}/{header.size} bytes, the signed manifest says {body.get('sha256')}/{body.get('size')}; "
-                          "send the header the manifest was signed for")
-        if not isinstance(body.get("evidence_id"), str) or not body["evidence_id"]:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the manifest has no evidence_id")
+                          f"the header says {header.sha256} with {header.size} bytes, the signed manifest says {body['sha256']} "
+                          f"with {body['size']} bytes; send the header the manifest was signed for")
         return body, env_pb.payload
 
     # ---- receipts ---------------------------------------------------------
