@@ -446,6 +446,19 @@ def test_forged_mqtt_tree_heads_are_rejected_and_counted(tmp_path: Path) -> None
                 notes = [r.note for r in recorder.records(kind="custody-sth")]
                 assert "not enrolled" in str(notes[2])
 
+                # a result: the signed manifest must be this gateway's and the evidence the message names
+                item = ingest_random(gw, 100, "result.json")
+                with gw.service() as svc:
+                    row = svc.state.get(item.evidence_id)
+                assert row is not None
+                signed = dsse.Envelope.from_bytes(row.manifest).to_json()
+                for evidence_id in (item.evidence_id, "01890a5d-ac96-774b-bcce-b302099a8057"):
+                    message = {"messageId": evidence_id, "evidenceId": evidence_id, "signedResult": signed, "value": "0.1"}
+                    publisher.publish(f"egw/v1/{gid}/results/rapidtest", json.dumps(message).encode(), qos=1).wait_for_publish(10)
+                _wait_for(lambda: len(recorder.records(kind="result")) == 2, "two results recorded")
+                assert [r.verified for r in recorder.records(kind="result")] == [True, False]
+                assert "another evidence id" in str(recorder.records(kind="result")[1].note)
+
                 # once revoked, even the gateway's real key is no longer believed
                 revoke_gateway(tmp_path / "p", gid)
                 publisher.publish(f"egw/v1/{gid}/custody/sth", _tree_head(gid, load_identity(gw.data_dir).private_key, 9), qos=1)
@@ -454,7 +467,7 @@ def test_forged_mqtt_tree_heads_are_rejected_and_counted(tmp_path: Path) -> None
             finally:
                 recorder.stop()
         status = json.loads(run_egw("platform", "status", "--data", str(tmp_path / "p"), "--json", check=True).stdout)
-        assert status["mqtt_signatures"] == {"verified": 1, "failed": 3, "unchecked": 0}
+        assert status["mqtt_signatures"] == {"verified": 2, "failed": 4, "unchecked": 0}
     finally:
         publisher.loop_stop()
         publisher.disconnect()

@@ -159,6 +159,10 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
                 if not _GW_RE.match(gid):
                     context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                   "plaintext platform: send your gateway id in the egw-gateway-id metadata (egw does this with --insecure)")
+                if self.index.active_certificate(gid) is None:
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"gateway {gid} is not enrolled on this platform, or its certificate was revoked; "
+                                  f"enrol it with a token from `egw platform token --gateway-id {gid}`")
                 return _Peer(gid, None)
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "no client certificate: this is the enrolment port, which only serves Enroll; "

@@ -55,6 +55,7 @@ __all__ = [
 
 COMMAND_TYPE = "application/vnd.egw.command.v1+json"
 TREE_HEAD_TYPE = "application/vnd.egw.tree-head.v1+json"
+RESULT_TYPE = "application/vnd.egw.manifest.v1+json"  # a rapid-test result is signed as its evidence manifest
 SIGNING_KEY_NAMES = (
     "pki/signer.key", "signing.key", "platform-signing.key", "pki/signing.key", "keys/signing.key", "ca/signing.key",
 )  # never pki/platform.key: that is the TLS server key, which signs nothing (docs/trust.md)
@@ -322,7 +323,7 @@ class PlatformMqtt:
         if rest == ["custody", "sth"] and isinstance(doc, dict):
             kind, envelope_json, expected_type = "custody-sth", doc.get("envelope"), TREE_HEAD_TYPE
         elif rest == ["results", "rapidtest"] and isinstance(doc, dict):
-            kind, envelope_json = "result", doc.get("signedResult")
+            kind, envelope_json, expected_type = "result", doc.get("signedResult"), RESULT_TYPE
         if envelope_json is not None:
             key, why = self._gateway_key(gateway_id)
             try:
@@ -333,8 +334,11 @@ class PlatformMqtt:
                 else:
                     dsse.verify(envelope, key, expected_type)
                     verified = True
-                    if kind == "custody-sth" and envelope.payload_json().get("gateway_id") != gateway_id:
-                        verified, note = False, "tree head signed for another gateway"
+                    signed = envelope.payload_json()
+                    if signed.get("gateway_id") != gateway_id:
+                        verified, note = False, f"{'tree head' if kind == 'custody-sth' else 'result'} signed for another gateway"
+                    elif kind == "result" and signed.get("evidence_id") != doc.get("evidenceId"):
+                        verified, note = False, "the signed result is for another evidence id than the message names"
             except dsse.EnvelopeError as exc:
                 verified, note = False, str(exc)
         return gateway_id, kind, message_id, verified, note
