@@ -122,7 +122,7 @@ def main() -> int:
     try:
         address = read_lines(platform, 2, 60, "the platform")[0].strip()
         egw("keys", "init", "--data-dir", str(data), "--gateway-id", "gw-bench-dock")
-        token = json.loads(egw("platform", "tokens", "--data", str(platform_data), "--json").stdout)["token"]
+        token = json.loads(egw("platform", "token", "--data", str(platform_data), "--gateway-id", "gw-bench-dock", "--json").stdout)["token"]
         egw("enroll", "--platform", address, "--token", token, "--data-dir", str(data))
         recorders = spawn("simulate", "bodycam", "--count", str(args.count), "--fill-mb", str(args.fill_mb),
                           "--recordings", "1", "--small", "--volumes", str(volumes), "--listen", "127.0.0.1:0",

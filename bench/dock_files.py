@@ -125,7 +125,7 @@ def run(workdir: Path, files: int, log=print) -> Outcome:
         procs.append(platform)
         address = read_lines(platform, 2, 60, "the platform")[0].strip()
         egw("keys", "init", "--data-dir", str(data), "--gateway-id", "gw-bench-files")
-        token = json.loads(egw("platform", "tokens", "--data", str(platform_data), "--json").stdout)["token"]
+        token = json.loads(egw("platform", "token", "--data", str(platform_data), "--gateway-id", "gw-bench-files", "--json").stdout)["token"]
         egw("enroll", "--platform", address, "--token", token, "--data-dir", str(data))
         started = time.monotonic()
         recorders = spawn("simulate", "bodycam", "--count", "1", "--recordings", "2", "--tiny-recordings", str(files),

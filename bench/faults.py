@@ -219,7 +219,7 @@ class Trial(TrialFaults, TrialCounting):
 
         init_identity(self.data, gateway_id=f"gw-faults-{self.index}")
         address = f"127.0.0.1:{self.platform_port}"
-        enroll(self.data, address, issue_token(self.platform_data)["token"])
+        enroll(self.data, address, issue_token(self.platform_data, gateway_id=f"gw-faults-{self.index}")["token"])
         if "net" in self.opts.faults:
             self.proxy = FaultyProxy(self.platform_port, self.rng)
             address = f"127.0.0.1:{self.proxy.port}"

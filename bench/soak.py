@@ -204,7 +204,7 @@ class Soak:
         self.platform.line(1, 60)
         for step in (("keys", "init", "--data-dir", str(self.data), "--gateway-id", "gw-soak"),):
             _check(egw(*step))
-        token = json.loads(_check(egw("platform", "tokens", "--data", str(self.platform_data), "--json")).stdout)["token"]
+        token = json.loads(_check(egw("platform", "token", "--data", str(self.platform_data), "--gateway-id", "gw-soak", "--json")).stdout)["token"]
         _check(egw("enroll", "--platform", address, "--token", token, "--data-dir", str(self.data)))
         self.recorders = self.spawn("recorders", "simulate", "bodycam", "--count", str(self.o.recorders),
                                     "--recordings", str(self.o.recordings), "--small", "--minutes", "0.02",

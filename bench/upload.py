@@ -242,9 +242,9 @@ def main(argv: list[str]) -> int:
         procs.append(platform)
         address = _read_lines(platform, 2)[0]
         gw_dir = work / "gateway"
-        init_identity(gw_dir)
+        gw_identity = init_identity(gw_dir)
         from simulators.platform.cli import issue_token
-        enroll(gw_dir, address, issue_token(work / "platform")["token"])
+        enroll(gw_dir, address, issue_token(work / "platform", gateway_id=gw_identity.gateway_id)["token"])
         identity = load_link(gw_dir).identity
         (work / "bench-client.key").write_bytes(identity.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))

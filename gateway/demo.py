@@ -175,7 +175,7 @@ def run_demo(workdir: Path | None, as_json: bool) -> int:
         from simulators.platform.cli import issue_token
 
         init_identity(data_dir, gateway_id="gw-demo")
-        token = issue_token(platform_data)["token"]
+        token = issue_token(platform_data, gateway_id="gw-demo")["token"]
         enroll(data_dir, address, token)
         console.print("gateway gw-demo enrolled with the platform CA (mutual TLS from here on)")
         return asyncio.run(_run_station(console, workdir, data_dir, platform_data, broker_url, usbip_url, analyzer_url,

@@ -24,7 +24,7 @@ def start_recorders(tmp_path: Path, *extra: str):
 def enrolled_gateway(tmp_path: Path, platform_data: Path, address: str) -> Path:
     data = tmp_path / "gw"
     run_egw("keys", "init", "--data-dir", str(data), "--gateway-id", "gw-dock", check=True)
-    token = json.loads(run_egw("platform", "tokens", "--data", str(platform_data), "--json", check=True).stdout)["token"]
+    token = json.loads(run_egw("platform", "token", "--data", str(platform_data), "--gateway-id", "gw-dock", "--json", check=True).stdout)["token"]
     run_egw("enroll", "--platform", address, "--token", token, "--data-dir", str(data), check=True)
     return data
 

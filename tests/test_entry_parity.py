@@ -83,7 +83,7 @@ def new_gateway(shared: Shared, name: str) -> tuple[Path, str]:
     gateway_id = f"gw-{name}-{uuid.uuid4().hex[:8]}"  # fresh: no retained message of an earlier run
     data = shared.tmp / gateway_id
     run_egw("keys", "init", "--data-dir", str(data), "--gateway-id", gateway_id, check=True)
-    token = json.loads(run_egw("platform", "tokens", "--data", str(shared.platform_data), "--json", check=True).stdout)["token"]
+    token = json.loads(run_egw("platform", "token", "--data", str(shared.platform_data), "--gateway-id", gateway_id, "--json", check=True).stdout)["token"]
     run_egw("enroll", "--platform", shared.address, "--token", token, "--data-dir", str(data), check=True)
     return data, gateway_id
 

@@ -49,7 +49,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     try:
         data = root / "gw"
         run_egw("keys", "init", "--data-dir", str(data), "--gateway-id", "gw-ls", check=True)
-        token = json.loads(run_egw("platform", "tokens", "--data", str(root / "platform"), "--json", check=True).stdout)["token"]
+        token = json.loads(run_egw("platform", "token", "--data", str(root / "platform"), "--gateway-id", "gw-ls", "--json", check=True).stdout)["token"]
         run_egw("enroll", "--platform", address, "--token", token, "--data-dir", str(data), check=True)
         src = root / "src"
         src.mkdir()

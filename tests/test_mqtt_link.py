@@ -230,13 +230,14 @@ def test_signed_results_verify_at_the_platform_and_a_tampered_one_does_not(gw, t
     data_dir, gid = gw
     ident = load_identity(data_dir)
     platform = PlatformMqtt(tmp_path / "platform", SHARED_BROKER, gateway_keys={gid: ident.certificate}).start()
-    body = b'{"sample_id":"S1","judgement":"negative"}'
-    good = dsse.sign("application/vnd.egw.result.v1+json", body, ident.private_key)
+    # a result is signed as its evidence manifest: this gateway's, for the evidence id the message names
+    body = ('{"gateway_id":"%s","evidence_id":"e1","sample_id":"S1","judgement":"negative"}' % gid).encode()
+    good = dsse.sign("application/vnd.egw.manifest.v1+json", body, ident.private_key)
     bad = dsse.Envelope(good.payload_type, body.replace(b"negative", b"positive"), good.signatures)
     try:
         with ob.Outbox(data_dir, gid) as box:
             for mid, env in (("good", good), ("bad", bad)):
-                msg = events_pb2.RapidTestResult(message_id=mid, sample_id="S1")
+                msg = events_pb2.RapidTestResult(message_id=mid, evidence_id="e1", sample_id="S1")
                 msg.signed_result.payload_type = env.payload_type
                 msg.signed_result.payload = env.payload
                 for kid, sig in env.signatures:

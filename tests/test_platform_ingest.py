@@ -51,20 +51,20 @@ def test_enrolment_issues_a_chain_and_tokens_are_single_use_and_expire(tmp_path:
         assert link.platform_certificate == server.pki.platform_cert
         assert (gw.data_dir / "identity" / "platform.pem").read_bytes() == _pem(server.pki.platform_cert)
 
-        token = issue_token(tmp_path / "p")["token"]
-        init_identity(tmp_path / "g2")
+        token = issue_token(tmp_path / "p", gateway_id="gw-2")["token"]
+        init_identity(tmp_path / "g2", gateway_id="gw-2")
         enroll(tmp_path / "g2", server.address, token)
-        init_identity(tmp_path / "g3")
-        with pytest.raises(IdentityError, match="already used"):
+        init_identity(tmp_path / "g3", gateway_id="gw-3")
+        with pytest.raises(IdentityError, match="not valid for this gateway"):  # used, and for another id
             enroll(tmp_path / "g3", server.address, token)
-        expired = issue_token(tmp_path / "p", ttl_s=-1)["token"]
-        with pytest.raises(IdentityError, match="expired"):
+        expired = issue_token(tmp_path / "p", ttl_s=-1, gateway_id="gw-3")["token"]
+        with pytest.raises(IdentityError, match="not valid for this gateway"):
             enroll(tmp_path / "g3", server.address, expired)
         unknown = expired[:-32] + "0" * 32
-        with pytest.raises(IdentityError, match="unknown"):
+        with pytest.raises(IdentityError, match="not valid for this gateway"):
             enroll(tmp_path / "g3", server.address, unknown)
         # a token pinning another CA: the gateway refuses to talk to this platform at all
-        fresh = issue_token(tmp_path / "p")["token"]
+        fresh = issue_token(tmp_path / "p", gateway_id="gw-3")["token"]
         parts = fresh.split(".")
         parts[2] = hashlib.sha256(b"another CA").hexdigest()
         with pytest.raises(VerificationError, match="did not present the CA"):
@@ -183,8 +183,8 @@ def test_insecure_platform_enrols_and_receipts_only_when_asked(tmp_path: Path) -
     from gateway.uplink.uploader import Uploader
 
     with platform_server(tmp_path / "p", insecure=True) as server:
-        init_identity(tmp_path / "g")
-        token = issue_token(tmp_path / "p")["token"]
+        identity = init_identity(tmp_path / "g")
+        token = issue_token(tmp_path / "p", gateway_id=identity.gateway_id)["token"]
         enroll(tmp_path / "g", server.address, token, insecure=True)
         from tests.uplink_support import LinkedGateway
         gw = LinkedGateway(tmp_path / "g")
@@ -203,13 +203,13 @@ def test_cli_end_to_end_platform_tokens_enroll_sync_ls(tmp_path: Path) -> None:
 
     proc, address, enroll_address = spawn_platform(tmp_path / "p")
     try:
-        token = run_egw("platform", "tokens", "--data", str(tmp_path / "p"), check=True).stdout.strip()
+        init_identity(tmp_path / "g", gateway_id="gw-cli")
+        token = run_egw("platform", "token", "--data", str(tmp_path / "p"), "--gateway-id", "gw-cli", check=True).stdout.strip()
         assert token.startswith(f"egw1.{enroll_address.rsplit(':', 1)[1]}.")
-        init_identity(tmp_path / "g")
         enrolled = run_egw("enroll", "--platform", address, "--token", token, "--data-dir", str(tmp_path / "g"), check=True)
         assert "enrolled gateway" in enrolled.stdout
         again = run_egw("enroll", "--platform", address, "--token", token, "--data-dir", str(tmp_path / "g"))
-        assert again.returncode == 1 and "single-use" in again.stderr and "hint:" in again.stderr
+        assert again.returncode == 1 and "not valid for this gateway" in again.stderr and "hint:" in again.stderr
         item = ingest_random(LinkedGateway(tmp_path / "g"), 123_456, "clip.mp4")
         synced = run_egw("sync", "--once", "--data-dir", str(tmp_path / "g"), check=True)
         assert f"receipted {item.evidence_id}" in synced.stdout and "0 left undelivered" in synced.stdout
@@ -231,15 +231,15 @@ def test_enroll_rejects_bad_gateway_ids_and_csrs_without_burning_the_token(tmp_p
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")])).sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     with platform_server(tmp_path / "p") as server:
-        secret = issue_token(tmp_path / "p")["token"].rsplit(".", 1)[1]
+        secret = issue_token(tmp_path / "p", gateway_id="gw-1")["token"].rsplit(".", 1)[1]
         channel = grpc.secure_channel(server.enroll_address, grpc.ssl_channel_credentials(server.pki.ca_pem()))
         try:
             from protos.egw.v1 import ingest_pb2_grpc
             stub = ingest_pb2_grpc.EvidenceIngestStub(channel)
             good_csr = csr_for(ec.generate_private_key(ec.SECP256R1()))
             for gateway_id, csr, fragment in [
-                ("..", good_csr, "gateway_id"),
-                ("gw-1", b"not a csr", "not valid PEM"),
+                ("..", good_csr, "gateway_id"),  # refused before the token is even looked at
+                ("gw-1", b"not a csr", "not a PEM certificate signing request"),
                 ("gw-1", csr_for(rsa.generate_private_key(65537, 2048)), "P-256"),
             ]:
                 with pytest.raises(grpc.RpcError) as bad:
@@ -253,7 +253,7 @@ def test_enroll_rejects_bad_gateway_ids_and_csrs_without_burning_the_token(tmp_p
             channel.close()
 
 
-def test_restarted_platform_keeps_its_addresses_and_drops_stale_partials(tmp_path: Path) -> None:
+def test_restarted_platform_keeps_its_addresses_and_each_gateway_its_own_partials(tmp_path: Path) -> None:
     data = (bytes(range(256)) * 2000)
     with platform_server(tmp_path / "p") as server:
         first = (server.address, server.enroll_address)
@@ -272,8 +272,9 @@ def test_restarted_platform_keeps_its_addresses_and_drops_stale_partials(tmp_pat
             assert reply.HasField("receipt")
         with stub_for(gw_b.link) as stub:
             query = stub.QueryUpload(ingest_pb2.QueryUploadRequest(sha256=item_b.sha256, evidence_id=item_b.evidence_id), timeout=5)
-        assert query.committed_offset == len(data) and not query.complete
-        assert not partial_b.exists()
+        # B learns nothing from A's upload (issue #15): its own partial, its own offset; the sweeper ends it
+        assert query.committed_offset == 1000 and not query.complete
+        assert partial_b.stat().st_size == 1000
 
 
 def test_after_a_reboot_a_partial_is_cut_back_to_its_last_synced_offset(tmp_path: Path) -> None:

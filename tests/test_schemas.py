@@ -85,7 +85,7 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
 
     platform_data = root / "platform"
     with platform_server(platform_data) as server:
-        token = issue_token(platform_data)["token"]
+        token = issue_token(platform_data, gateway_id="gw-schemas")["token"]
         out["enroll"] = egw_json("enroll", "--data-dir", str(data), "--platform", server.address, "--token", token)
         out["sync"] = egw_json("sync", "--once", "--data-dir", str(data))
     out["bundle"] = root / "bundle"

@@ -86,10 +86,11 @@ def test_passphrase_token_and_broker_password_never_reach_logs_status_or_metrics
     data = tmp_path / "gw"
     seen: list[str] = []  # everything an operator could read
     try:
-        seen.append(run_egw("keys", "init", "--data-dir", str(data), env=env, check=True).stdout)
+        seen.append(run_egw("keys", "init", "--data-dir", str(data), "--gateway-id", "gw-secrets", env=env, check=True).stdout)
         key = data / "identity" / "gateway.key"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600 and b"ENCRYPTED" in key.read_bytes()
-        token = json.loads(run_egw("platform", "tokens", "--data", str(tmp_path / "platform"), "--json", check=True).stdout)["token"]
+        token = json.loads(run_egw("platform", "token", "--data", str(tmp_path / "platform"), "--gateway-id", "gw-secrets",
+                                   "--json", check=True).stdout)["token"]
         enrolled = run_egw("enroll", "--platform", address, "--token", token, "--data-dir", str(data), env=env, check=True)
         seen += [enrolled.stdout, enrolled.stderr]
         assert stat.S_IMODE(key.stat().st_mode) == 0o600  # enrolment rewrote identity files: still private
@@ -138,8 +139,9 @@ def test_plaintext_to_the_platform_needs_the_config_to_ask_for_it_too(tmp_path: 
     platform, address, _ = spawn_platform(tmp_path / "platform", "--insecure")
     data = tmp_path / "gw"
     try:
-        run_egw("keys", "init", "--data-dir", str(data), check=True)
-        token = json.loads(run_egw("platform", "tokens", "--data", str(tmp_path / "platform"), "--json", check=True).stdout)["token"]
+        run_egw("keys", "init", "--data-dir", str(data), "--gateway-id", "gw-plain", check=True)
+        token = json.loads(run_egw("platform", "token", "--data", str(tmp_path / "platform"), "--gateway-id", "gw-plain",
+                                   "--json", check=True).stdout)["token"]
         run_egw("enroll", "--platform", address, "--token", token, "--data-dir", str(data), "--insecure", check=True)
         from tests.uplink_support import LinkedGateway
 

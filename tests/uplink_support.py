@@ -86,8 +86,8 @@ class LinkedGateway:
 
 def make_gateway(root: Path, name: str, platform_data: Path, address: str) -> LinkedGateway:
     data_dir = root / name
-    init_identity(data_dir)
-    token = issue_token(platform_data)["token"]
+    identity = init_identity(data_dir)
+    token = issue_token(platform_data, gateway_id=identity.gateway_id)["token"]
     enroll(data_dir, address, token)
     return LinkedGateway(data_dir)
 

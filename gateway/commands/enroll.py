@@ -13,7 +13,7 @@ __all__ = ["register", "run"]
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("enroll", help="enrol this gateway with a platform (CSR + one-time token → certificate)")
     parser.add_argument("--platform", required=True, help="the platform's ingest address HOST:PORT")
-    parser.add_argument("--token", required=True, help="one-time token from `egw platform tokens` (pins the platform CA)")
+    parser.add_argument("--token", required=True, help="one-time token from `egw platform token --gateway-id ID` (pins the platform CA, enrols only that id)")
     parser.add_argument("--insecure", action="store_true",
                         help="plaintext gRPC, no TLS at all — only for local experiments with `egw simulate platform --insecure`")
     add_data_dir(parser)

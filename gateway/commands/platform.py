@@ -1,4 +1,4 @@
-"""``egw platform tokens|ls``: operate the reference platform's data directory.
+"""``egw platform token|reenrol|revoke|ls|cmd``: operate the reference platform's data directory.
 
 The platform is a simulator; this command only exists so integrators can
 drive it from the one ``egw`` entry point (the gateway proper never imports it).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from pathlib import Path
 
 from gateway.commands.common import add_json, print_json
@@ -20,11 +21,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("platform", help="reference platform: enrolment tokens, what arrived")
     psub = parser.add_subparsers(dest="platform_command", metavar="ACTION")
     psub.required = True
-    tokens = psub.add_parser("tokens", help="issue a single-use enrolment token")
-    tokens.add_argument("--data", type=Path, required=True, help="the platform's data directory")
-    tokens.add_argument("--ttl", type=float, default=3600.0, help="seconds until the token expires (default 3600)")
-    add_json(tokens)
-    tokens.set_defaults(func=run_tokens)
+    token = psub.add_parser("token", aliases=["tokens"], help="issue a single-use enrolment token for one gateway id")
+    token.add_argument("--data", type=Path, required=True, help="the platform's data directory")
+    token.add_argument("--gateway-id", required=True, help="the only gateway id this token may enrol (`egw keys init` and `egw status` print it)")
+    token.add_argument("--site", default=None, help="the site the gateway is installed at (recorded with its certificate)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until the token expires (default 3600)")
+    add_json(token)
+    token.set_defaults(func=run_token, reenrol=False)
+    reenrol = psub.add_parser("reenrol", help="issue a token that replaces an enrolled gateway's certificate (the old one is revoked)")
+    reenrol.add_argument("--data", type=Path, required=True, help="the platform's data directory")
+    reenrol.add_argument("gateway_id", metavar="GATEWAY_ID", help="the enrolled gateway")
+    reenrol.add_argument("--site", default=None, help="the site the gateway is installed at")
+    reenrol.add_argument("--ttl", type=float, default=3600.0, help="seconds until the token expires (default 3600)")
+    add_json(reenrol)
+    reenrol.set_defaults(func=run_token, reenrol=True)
+    revoke = psub.add_parser("revoke", help="revoke a gateway's certificate and publish the new CRL")
+    revoke.add_argument("--data", type=Path, required=True, help="the platform's data directory")
+    revoke.add_argument("gateway_id", metavar="GATEWAY_ID", help="the gateway whose certificate is revoked")
+    revoke.add_argument("--reason", default="unspecified", choices=("unspecified", "key-compromise", "decommissioned"),
+                        help="recorded in the revocation log")
+    add_json(revoke)
+    revoke.set_defaults(func=run_revoke)
+    status = psub.add_parser("status", help="enrolled and revoked gateways, the CRL, and MQTT signatures that failed")
+    status.add_argument("--data", type=Path, required=True, help="the platform's data directory")
+    add_json(status)
+    status.set_defaults(func=run_status)
     ls = psub.add_parser("ls", help="list what arrived, with receipt ids")
     ls.add_argument("--data", type=Path, required=True, help="the platform's data directory")
     add_json(ls)
@@ -45,20 +66,52 @@ def _check(data: Path) -> None:
         raise ConfigError(f"{data} is not a platform data directory", f"start one with `egw simulate platform --data {data}`")
 
 
-def run_tokens(args: argparse.Namespace) -> int:
-    from simulators.platform.cli import issue_token
+def run_token(args: argparse.Namespace) -> int:
+    from simulators.platform.cli import PlatformAdminError, issue_token
     _check(args.data)
     try:
-        info = issue_token(args.data, args.ttl)
+        info = issue_token(args.data, args.ttl, gateway_id=args.gateway_id, site=args.site, reenrol=args.reenrol)
     except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from exc
+    except PlatformAdminError as exc:
         raise ConfigError(str(exc)) from exc
     if args.json:
         print_json(info)
     else:
         print(info["token"])
         expires = dt.datetime.fromtimestamp(info["expires_at"], dt.UTC).isoformat(timespec="seconds")
-        print(f"single use, expires {expires}; on the gateway: egw enroll --platform {info['address']} --token <token>",
-              file=__import__("sys").stderr)
+        what = "re-enrolment (revokes the current certificate)" if args.reenrol else "enrolment"
+        print(f"single use, {what} of gateway {args.gateway_id} only, expires {expires}; "
+              f"on the gateway: egw enroll --platform {info['address']} --token <token>", file=sys.stderr)
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    from simulators.platform.cli import PlatformAdminError, revoke_gateway
+    _check(args.data)
+    try:
+        info = revoke_gateway(args.data, args.gateway_id, args.reason)
+    except (FileNotFoundError, PlatformAdminError) as exc:
+        raise ConfigError(str(exc)) from exc
+    if args.json:
+        print_json(info)
+    else:
+        print(f"revoked gateway {args.gateway_id}: serial(s) {', '.join(info['revoked_serials'])}; "
+              f"CRL number {info['crl_number']} written to {info['crl']}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from simulators.platform.cli import platform_status
+    _check(args.data)
+    info = platform_status(args.data)
+    if args.json:
+        print_json(info)
+        return 0
+    mqtt = info["mqtt_signatures"]
+    print(f"{info['enrolled_gateways']} enrolled gateway(s), {info['revocations']} revocation(s), CRL number {info['crl_number']}, "
+          f"{info['receipts']} receipt(s)")
+    print(f"MQTT signed messages: {mqtt['verified']} verified, {mqtt['failed']} FAILED, {mqtt['unchecked']} unchecked")
     return 0
 
 
@@ -88,7 +141,7 @@ def run_cmd(args: argparse.Namespace) -> int:
             raise ConfigError(f"command argument {item!r} is not KEY=VALUE", "e.g. evidence_id=01a2…")
         pairs[key] = value
     reply = send_command(args.data, args.mqtt, args.gateway, args.name, pairs,
-                         signing_key=args.data / "pki" / "platform.key", timeout=args.timeout)
+                         signing_key=args.data / "pki" / "signer.key", timeout=args.timeout)
     if args.json:
         print(json_format.MessageToJson(reply))
     else:

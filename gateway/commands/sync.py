@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.commands.common import add_data_dir, add_json, cancelled, data_dir_of, err, in_service, open_evidence, out, print_json
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, VerificationError
 from gateway.evidence.state import UNRECEIPTED, EvidenceRow, EvidenceState, State
 from gateway.uplink.uploader import Uploader, UploadOutcome, UploadSettings, parse_rate
 
@@ -58,9 +58,15 @@ def run(args: argparse.Namespace) -> int:
     left: list[EvidenceRow] = []
     if not args.no_upload:
         from gateway.uplink.link import load_link
-        uploader = Uploader(data_dir, settings, link=load_link(data_dir, args.platform),
+        from gateway.uplink.revocation import refresh_revocation_list
+        link = load_link(data_dir, args.platform)
+        uploader = Uploader(data_dir, settings, link=link,
                             on_outcome=None if args.json else lambda o: print(_line(o), file=out(), flush=True))
         outcomes = asyncio.run(uploader.run_once())
+        try:
+            refresh_revocation_list(link, args.platform)  # DATA_DIR/identity/crl.pem for bundles and verifiers
+        except (ConfigError, VerificationError) as exc:
+            print(f"warning: {exc} ({exc.hint})", file=err(), flush=True)
         with State(data_dir) as state:
             left = [r for r in state.all_evidence() if r.state in UNRECEIPTED]
     drain = None

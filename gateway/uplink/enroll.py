@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import ssl
@@ -31,6 +32,7 @@ from protos.enrolment_token import TokenFormatError, parse_token
 __all__ = ["EnrolmentResult", "enroll", "split_address", "fetch_pinned_ca"]
 
 TIMEOUT_S = 15.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def enroll(data_dir: Path, platform: str, token: str, *, insecure: bool = False)
         try:
             parsed = parse_token(token)
         except TokenFormatError as exc:
-            raise ConfigError(str(exc), "copy the whole token printed by `egw platform tokens --data DIR`") from exc
+            raise ConfigError(str(exc), "copy the whole token printed by `egw platform token --data DIR --gateway-id ID`") from exc
         secret = parsed.secret
         pinned = fetch_pinned_ca(host, parsed.enroll_port, parsed.ca_sha256)
         channel = grpc.secure_channel(f"{host}:{parsed.enroll_port}", grpc.ssl_channel_credentials(root_certificates=pinned),
@@ -101,9 +103,7 @@ def enroll(data_dir: Path, platform: str, token: str, *, insecure: bool = False)
                                          gateway_id=identity.gateway_id), timeout=TIMEOUT_S)
     except grpc.RpcError as exc:
         code = exc.code()
-        raise IdentityError(f"enrolment refused by the platform ({code.name}): {exc.details()}",
-                            "get a fresh token with `egw platform tokens` and retry" if code == grpc.StatusCode.PERMISSION_DENIED
-                            else "check the platform address and that it is running") from exc
+        raise IdentityError(f"enrolment refused by the platform ({code.name}): {exc.details()}", _refusal_hint(code, identity.gateway_id)) from exc
     certificate = x509.load_pem_x509_certificate(reply.certificate_pem)
     cas = x509.load_pem_x509_certificates(reply.ca_chain_pem)
     if pinned is not None and x509.load_pem_x509_certificate(pinned) not in cas:
@@ -116,9 +116,29 @@ def enroll(data_dir: Path, platform: str, token: str, *, insecure: bool = False)
     meta = json.loads(meta_path.read_text())
     meta.update({"platform_id": reply.platform_id, "insecure": insecure})
     _write(meta_path, json.dumps(meta, indent=2).encode())
+    _first_revocation_list(data_dir)
     return EnrolmentResult(identity.gateway_id, reply.platform_id, platform,
                            hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest(),
                            certificate.not_valid_after_utc.isoformat())
+
+
+def _refusal_hint(code: grpc.StatusCode, gateway_id: str) -> str:
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return f"ask the platform operator for a token for this gateway: `egw platform token --gateway-id {gateway_id}`"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "too many refused attempts from this address: wait a minute, then retry with a token issued for this gateway"
+    return "check the platform address and that it is running"
+
+
+def _first_revocation_list(data_dir: Path) -> None:
+    """The CA's CRL right after enrolment; a failure only means the next sync fetches it (the enrolment stands)."""
+    from gateway.uplink.link import load_link
+    from gateway.uplink.revocation import refresh_revocation_list
+
+    try:
+        refresh_revocation_list(load_link(data_dir))
+    except (ConfigError, VerificationError) as exc:
+        log.warning("enrolled, but the revocation list was not fetched: %s (%s)", exc, exc.hint)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -29,9 +29,11 @@ the same transaction. Nothing half-received ever becomes "stored".
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -50,19 +52,25 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import dsse
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
+from protos.enrolment_token import TokenFormatError, parse_token
+from protos.pki_roles import Role, RoleError, require_role
 from protos.upload_wire import ChunkView, decode_upload_request
 from simulators.platform.index import Index, TokenError
+from simulators.platform.manifest_check import ManifestRejected, check_manifest
 from simulators.platform.pki import PKIError, PlatformPKI, fingerprint, pem
-from simulators.platform.uploads import PartialUploads, boot_id
+from simulators.platform.revocation import current_crl, publish_crl
+from simulators.platform.uploads import PartialUploads, UploadLimits, boot_id
 
-__all__ = ["PlatformServer", "IngestServicer", "RECEIPT_TYPE", "MANIFEST_TYPE", "SERVER_OPTIONS", "RECEIPT_FAULTS", "boot_id"]
+__all__ = ["PlatformServer", "IngestServicer", "UploadLimits", "RECEIPT_TYPE", "MANIFEST_TYPE", "SERVER_OPTIONS", "RECEIPT_FAULTS", "boot_id"]
 
 RECEIPT_TYPE = "application/vnd.egw.receipt.v1+json"
 MANIFEST_TYPE = "application/vnd.egw.manifest.v1+json"
 MAX_MESSAGE = 8 * 1024 * 1024
 DEFAULT_RESERVE = 64 * 1024 * 1024
+DEFAULT_ENROL_FAILURES = 10  # refused enrolments per peer per minute before RESOURCE_EXHAUSTED
 RECEIPT_FAULTS = ("wrong-key", "alter")  # test variants: a forged or an altered receipt
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_SECRET_RE = re.compile(r"^[0-9a-f]{32}$")
 _GW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # also a directory name: no "." or ".."
 
 # Measured on this class of machine (2 vCPUs, loopback): disabling BDP probing costs 30 %, a 16 MiB
@@ -78,6 +86,46 @@ SERVER_OPTIONS = [
 ]
 
 
+class _AlreadyEnrolled(Exception):
+    def __init__(self, gateway_id: str) -> None:
+        super().__init__(
+            f"enrolment refused: gateway {gateway_id} already has a certificate on this platform and this token may not "
+            f"replace it; the operator issues a re-enrolment token with `egw platform reenrol {gateway_id}` "
+            "(the old certificate is then revoked)")
+
+
+class FailureLimiter:
+    """Refused enrolments per peer host in a sliding window: past ``limit``, the peer is refused outright."""
+
+    def __init__(self, limit: int, window_s: float = 60.0) -> None:
+        self.limit, self.window_s = limit, window_s
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, peer: str, now: float) -> collections.deque[float]:
+        times = self._failures.setdefault(peer, collections.deque())
+        while times and times[0] < now - self.window_s:
+            times.popleft()
+        return times
+
+    def allow(self, peer: str) -> bool:
+        with self._lock:
+            recent = self._recent(peer, time.monotonic())
+            if not recent:
+                self._failures.pop(peer, None)  # bounded: only peers with recent failures are remembered
+            return len(recent) < self.limit
+
+    def failed(self, peer: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._recent(peer, now).append(now)
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:127.0.0.1:5555`` → ``ipv4:127.0.0.1``: a peer is its address, whatever source port it picks."""
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+
+
 @dataclass
 class _Peer:
     gateway_id: str
@@ -86,8 +134,11 @@ class _Peer:
 
 class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
     def __init__(self, data_dir: Path, pki: PlatformPKI, index: Index, *, insecure: bool = False,
-                 receipt_fault: str | None = None, reserve_bytes: int = DEFAULT_RESERVE) -> None:
+                 receipt_fault: str | None = None, reserve_bytes: int = DEFAULT_RESERVE,
+                 enrol_failures: int = DEFAULT_ENROL_FAILURES, limits: UploadLimits | None = None) -> None:
         self.data_dir = data_dir
+        self.limits = limits or UploadLimits()
+        self.enrol_limiter = FailureLimiter(enrol_failures)
         self.pki = pki
         self.index = index
         self.insecure = insecure
@@ -108,6 +159,10 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
                 if not _GW_RE.match(gid):
                     context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                   "plaintext platform: send your gateway id in the egw-gateway-id metadata (egw does this with --insecure)")
+                if self.index.active_certificate(gid) is None:
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"gateway {gid} is not enrolled on this platform, or its certificate was revoked; "
+                                  f"enrol it with a token from `egw platform token --gateway-id {gid}`")
                 return _Peer(gid, None)
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "no client certificate: this is the enrolment port, which only serves Enroll; "
@@ -117,31 +172,72 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
             self.pki.check_issued(cert)
         except PKIError as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{exc}; enrol this gateway with `egw enroll`")
-        gid = self.index.gateway_by_cert(fingerprint(cert))
-        if gid is None:
+        try:
+            claimed = require_role(cert, Role.GATEWAY)
+        except RoleError as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{exc}; connect with the certificate `egw enroll` stored")
+        row = self.index.gateway_by_cert(fingerprint(cert))
+        if row is None or row.gateway_id != claimed:
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           f"unknown gateway: certificate {cert.subject.rfc4514_string()} was not enrolled on this platform "
-                          "(revoked, or the platform data was reset); re-enrol with `egw enroll --token …`")
-        return _Peer(gid, cert)
+                          "(the platform data was reset?); re-enrol with `egw enroll --token …`")
+        if row.revoked_at is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"the certificate of gateway {claimed} was revoked on this platform; "
+                          f"the operator issues a new token with `egw platform reenrol {claimed}` or `egw platform token --gateway-id {claimed}`")
+        return _Peer(claimed, cert)
 
     # ---- Enroll ----------------------------------------------------------
     def Enroll(self, request: ingest_pb2.EnrollRequest, context: grpc.ServicerContext) -> ingest_pb2.EnrollResponse:
+        peer = _peer_host(context.peer())
+        if not self.enrol_limiter.allow(peer):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"too many refused enrolments from {peer}: wait {self.enrol_limiter.window_s:g} s before trying again, "
+                          "with a token issued for this gateway id")
         if not _GW_RE.match(request.gateway_id):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "gateway_id must be 1–64 characters of A–Z a–z 0–9 . _ -, starting with a letter or digit")
-        try:
-            cert = self.pki.issue(request.csr_pem, request.gateway_id)
-        except PKIError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc}; re-run `egw enroll` (it makes a fresh CSR)")
+        secret = self._token_secret(request.token)
         try:
             with self.index.tx() as db:
-                self.index.use_token(db, request.token, request.gateway_id)
-                self.index.add_gateway(db, request.gateway_id, fingerprint(cert), dsse.key_id(cert.public_key()), pem(cert))  # type: ignore[arg-type]
+                grant = self.index.redeem_token(db, secret, request.gateway_id)
+                replaces = self.index.active_certificate(grant.gateway_id, db) is not None
+                if replaces and not grant.reenrol:
+                    raise _AlreadyEnrolled(grant.gateway_id)
+                cert = self.pki.issue(request.csr_pem, grant.gateway_id)  # only now: the token was good
+                if replaces:
+                    self.index.revoke(db, grant.gateway_id, "superseded")
+                self.index.add_gateway(db, grant.gateway_id, fingerprint(cert), dsse.key_id(cert.public_key()), pem(cert),  # type: ignore[arg-type]
+                                       grant.site)
         except TokenError as exc:
+            self.enrol_limiter.failed(peer)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except _AlreadyEnrolled as exc:
+            self.enrol_limiter.failed(peer)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except PKIError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc}; re-run `egw enroll` (it makes a fresh CSR; the token was not used)")
+        if replaces:
+            publish_crl(self.pki, self.index)
         return ingest_pb2.EnrollResponse(
             certificate_pem=pem(cert), ca_chain_pem=self.pki.ca_pem(), platform_id=self.pki.platform_id,
-            platform_certificate_pem=pem(self.pki.platform_cert),
+            platform_certificate_pem=pem(self.pki.signer_cert),
         )
+
+    def _token_secret(self, token: str) -> str:
+        """The secret of a whole ``egw1.…`` token (which must pin this CA) or of a bare secret; "" when neither."""
+        if token.startswith("egw1."):
+            try:
+                parsed = parse_token(token)
+            except TokenFormatError:
+                return ""
+            return parsed.secret if parsed.ca_sha256 == fingerprint(self.pki.ca_cert) else ""
+        return token if _SECRET_RE.match(token) else ""
+
+    # ---- GetRevocationList -------------------------------------------------
+    def GetRevocationList(self, request: ingest_pb2.RevocationListRequest, context: grpc.ServicerContext) -> ingest_pb2.RevocationList:
+        self._peer(context)
+        data, number = current_crl(self.pki, self.index)
+        return ingest_pb2.RevocationList(crl_pem=data, crl_number=number)
 
     # ---- QueryUpload ------------------------------------------------------
     def QueryUpload(self, request: ingest_pb2.QueryUploadRequest, context: grpc.ServicerContext) -> ingest_pb2.QueryUploadResponse:
@@ -153,10 +249,7 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
                  else self.index.receipt_by_digest(peer.gateway_id, sha))
         if found is not None and found.sha256 == sha:
             return ingest_pb2.QueryUploadResponse(committed_offset=found.size, complete=True, receipt=_to_proto(found.envelope))
-        stored = self.index.blob_size(sha)
-        if stored is not None:
-            self._discard_stale_partial(peer.gateway_id, sha)
-            return ingest_pb2.QueryUploadResponse(committed_offset=stored)
+        # only this gateway's own progress: whether anyone else stored these bytes is not the caller's business
         return ingest_pb2.QueryUploadResponse(committed_offset=self._recover_partial(peer.gateway_id, sha))
 
     # ---- Upload ------------------------------------------------------------
@@ -185,30 +278,38 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
             context.abort(grpc.StatusCode.ABORTED,
                           f"an upload of {sha} from this gateway is already in progress; retry after QueryUpload")
         try:
-            stored = self.index.blob_size(sha)
-            if stored is None:
-                if not self._receive(peer.gateway_id, header, request_iterator, context):
-                    # the client ended the stream early: answer how far it got, no receipt
-                    return ingest_pb2.UploadResponse(committed_offset=self._recover_partial(*key))
-                stored = size
-            if stored != size:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"the platform holds {sha} with {stored} bytes, the header says {size}; fix the manifest size")
+            self._admit(peer.gateway_id, context)
+        except BaseException:
+            lock.release()
+            raise
+        try:
+            # the bytes are always streamed and hashed, even when the blob is stored already: a receipt
+            # says this gateway delivered them, which knowing a digest does not prove
+            if not self._receive(peer.gateway_id, header, request_iterator, context):
+                # the client ended the stream early: answer how far it got, no receipt
+                return ingest_pb2.UploadResponse(committed_offset=self._recover_partial(*key))
             envelope = self._issue_receipt(peer.gateway_id, evidence_id, sha, size, manifest_raw)
             return ingest_pb2.UploadResponse(committed_offset=size, receipt=_to_proto(envelope))
         finally:
+            self._release(peer.gateway_id)
             lock.release()
 
     def _check_manifest(self, peer: _Peer, header: ingest_pb2.UploadHeader, context: grpc.ServicerContext) -> tuple[dict[str, Any], bytes]:
         env_pb = header.manifest
-        if env_pb.payload_type != MANIFEST_TYPE or not env_pb.signatures:
+        if env_pb.payload_type != MANIFEST_TYPE:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"header.manifest must be a signed DSSE envelope of type {MANIFEST_TYPE}, got {env_pb.payload_type!r}")
+                          f"header.manifest must be a DSSE envelope of type {MANIFEST_TYPE}, "
+                          f"not {env_pb.payload_type[:80]!r}" if env_pb.payload_type else
+                          f"header.manifest is missing or has no payload type: send the signed manifest envelope ({MANIFEST_TYPE})")
+        if not env_pb.signatures:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "the manifest envelope carries no signature: the platform accepts only manifests signed with the "
+                          "gateway key (egw signs at ingest); send the signed envelope")
         envelope = dsse.Envelope(env_pb.payload_type, env_pb.payload, tuple((s.keyid, s.sig) for s in env_pb.signatures))
         try:
             body = envelope.payload_json()
-        except dsse.EnvelopeError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"manifest: {exc}")
+        except dsse.EnvelopeError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the manifest payload is not UTF-8 JSON; send the manifest as signed at ingest")
         cert = peer.certificate
         if cert is None:  # plaintext platform: the enrolled certificate of the claimed gateway
             known = self.index.gateway_cert_by_key(envelope.signatures[0][0])
@@ -221,15 +322,18 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           f"the manifest is not signed by the certificate of this connection (gateway {peer.gateway_id}): {exc}; "
                           "upload evidence only from the gateway that signed it")
-        if body.get("gateway_id") != peer.gateway_id:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          f"the manifest names gateway {body.get('gateway_id')!r} but the connection is from {peer.gateway_id!r}")
-        if body.get("sha256") != header.sha256 or body.get("size") != header.size:
+        try:
+            check_manifest(body)
+        except ManifestRejected as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if body["gateway_id"] != peer.gateway_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"the manifest names gateway {body['gateway_id'][:80]!r} but the connection is from {peer.gateway_id!r}: "
+                          "a gateway may deliver only evidence it signed itself")
+        if body["sha256"] != header.sha256 or body["size"] != header.size:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"header says {header.sha256}/{header.size} bytes, the signed manifest says {body.get('sha256')}/{body.get('size')}; "
-                          "send the header the manifest was signed for")
-        if not isinstance(body.get("evidence_id"), str) or not body["evidence_id"]:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the manifest has no evidence_id")
+                          f"the header says {header.sha256} with {header.size} bytes, the signed manifest says {body['sha256']} "
+                          f"with {body['size']} bytes; send the header the manifest was signed for")
         return body, env_pb.payload
 
     # ---- receipts ---------------------------------------------------------
@@ -246,7 +350,7 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
                 platform_id=self.pki.platform_id, gateway_id=gateway_id,
             )
             payload = json_format.MessageToJson(receipt, indent=2, sort_keys=True).encode("utf-8")
-            key = self._forger if self.receipt_fault == "wrong-key" else self.pki.platform_key
+            key = self._forger if self.receipt_fault == "wrong-key" else self.pki.signer_key
             envelope = dsse.sign(RECEIPT_TYPE, payload, key)
             if self.receipt_fault == "alter":
                 receipt.size = size + 1
@@ -276,6 +380,9 @@ def _ingest_handlers(servicer: IngestServicer) -> grpc.GenericRpcHandler:
         "Enroll": grpc.unary_unary_rpc_method_handler(
             servicer.Enroll, request_deserializer=ingest_pb2.EnrollRequest.FromString,
             response_serializer=ingest_pb2.EnrollResponse.SerializeToString),
+        "GetRevocationList": grpc.unary_unary_rpc_method_handler(
+            servicer.GetRevocationList, request_deserializer=ingest_pb2.RevocationListRequest.FromString,
+            response_serializer=ingest_pb2.RevocationList.SerializeToString),
     })
 
 
@@ -288,7 +395,8 @@ class PlatformServer:
 
     def __init__(self, data_dir: Path, *, listen: str = "127.0.0.1:0", enroll_listen: str = "127.0.0.1:0",
                  insecure: bool = False, receipt_fault: str | None = None, reserve_bytes: int = DEFAULT_RESERVE,
-                 workers: int = 16) -> None:
+                 workers: int = 16, enrol_failures: int = DEFAULT_ENROL_FAILURES, limits: UploadLimits | None = None,
+                 max_rpcs: int | None = None) -> None:
         if receipt_fault is not None and receipt_fault not in RECEIPT_FAULTS:
             raise ValueError(f"receipt_fault must be one of {RECEIPT_FAULTS}")
         self.data_dir = Path(data_dir)
@@ -296,10 +404,15 @@ class PlatformServer:
         self.pki = PlatformPKI.load_or_create(self.data_dir)
         self.index = Index(self.data_dir)
         self.servicer = IngestServicer(self.data_dir, self.pki, self.index, insecure=insecure,
-                                       receipt_fault=receipt_fault, reserve_bytes=reserve_bytes)
+                                       receipt_fault=receipt_fault, reserve_bytes=reserve_bytes, enrol_failures=enrol_failures,
+                                       limits=limits)
+        current_crl(self.pki, self.index)  # pki/crl.pem exists (and is fresh) from the first start on
         self.listen, self.enroll_listen, self.insecure = listen, enroll_listen, insecure
         self.executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="platform")
-        self.server = grpc.server(self.executor, options=SERVER_OPTIONS)
+        # RPCs beyond max_rpcs are refused (RESOURCE_EXHAUSTED) rather than queued without end
+        self.server = grpc.server(self.executor, options=SERVER_OPTIONS, maximum_concurrent_rpcs=max_rpcs or workers * 8)
+        self._stopping = threading.Event()
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="platform-housekeeping", daemon=True)
         self.server.add_generic_rpc_handlers((_ingest_handlers(self.servicer),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -330,6 +443,7 @@ class PlatformServer:
             self.address = f"{_host(self.listen)}:{port}"
             self.enroll_address = f"{_host(self.enroll_listen)}:{eport}"
         self.server.start()
+        self._housekeeper.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set("egw.v1.EvidenceIngest", health_pb2.HealthCheckResponse.SERVING)
         (self.data_dir / "platform.json").write_text(json.dumps({
@@ -351,7 +465,25 @@ class PlatformServer:
                 pass  # taken by now: any free port, the caller prints it
         return add(listen)
 
+    def _housekeeping(self) -> None:
+        """Cancel idle upload streams and sweep stale partials, until stopped."""
+        limits = self.servicer.limits
+        tick = max(0.05, min(1.0, limits.idle_timeout_s / 4))
+        sweep_every = max(tick, min(60.0, limits.partial_ttl_s / 4))
+        next_sweep = 0.0
+        while not self._stopping.wait(tick):
+            self.servicer.cancel_idle_streams()
+            if time.monotonic() >= next_sweep:
+                removed = self.servicer.sweep_partials()
+                if removed:
+                    print(f"platform: swept {removed} partial upload(s) untouched for {limits.partial_ttl_s:g} s",
+                          file=sys.stderr, flush=True)
+                next_sweep = time.monotonic() + sweep_every
+
     def stop(self, grace: float | None = 1.0) -> None:
+        self._stopping.set()
+        if self._housekeeper.is_alive():
+            self._housekeeper.join()
         self.server.stop(grace).wait()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.index.close()

@@ -3,6 +3,11 @@ survives a kill or a reboot, and how chunks are written and hashed on the way to
 
 A mixin of :class:`simulators.platform.server.IngestServicer` (which checks who is calling and what the
 upload claims before any of this runs); see that module's docstring for the design.
+
+Bounded resources: a gateway may run ``max_uploads_per_gateway`` uploads at once (RESOURCE_EXHAUSTED
+beyond); a stream that sends nothing for ``idle_timeout_s`` is cancelled (its committed part stays); an
+idle partial holds no thread, only its digest state; and the sweeper deletes partials untouched for
+``partial_ttl_s``. Without these, 300 uploads that each sent one byte held 300 threads and 300 files forever.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import hashlib
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +31,18 @@ from protos.egw.v1 import ingest_pb2
 from protos.upload_wire import ChunkView
 from simulators.platform.index import Index
 
-__all__ = ["SYNC_EVERY", "Hasher", "PartialUploads", "boot_id"]
+__all__ = ["SYNC_EVERY", "Hasher", "PartialUploads", "UploadLimits", "boot_id"]
 
 SYNC_EVERY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """What one platform grants its uploads; options of ``egw simulate platform``."""
+
+    max_uploads_per_gateway: int = 4
+    idle_timeout_s: float = 120.0     # no chunk for this long: the stream is cancelled
+    partial_ttl_s: float = 7 * 86400  # a partial untouched this long is deleted by the sweeper
 
 
 def boot_id() -> str:
@@ -65,6 +81,11 @@ class Hasher:
     def stop(self) -> None:
         self.inbox.put(None)
 
+    def park(self) -> tuple[int, Any]:
+        """End the thread and keep only (offset, digest state): an idle partial must not hold a thread."""
+        self.inbox.put(None)
+        self.thread.join()
+        return self.offset, self.h
 
 
 def _fsync_dir(path: Path) -> None:
@@ -76,20 +97,24 @@ def _fsync_dir(path: Path) -> None:
 
 
 class PartialUploads:
-    """Partials under ``partial_root``, their running digests, and receiving an upload into them."""
+    """Partials under ``partial_root``, their digest states, and receiving an upload into them."""
 
     data_dir: Path
     index: Index
     reserve_bytes: int
     blobs: Path
+    limits: UploadLimits
 
     def _init_partials(self, data_dir: Path) -> None:
         self.partial_root = data_dir / "partial"
         self.partial_root.mkdir(parents=True, exist_ok=True)
         self.boot = boot_id()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._hashers: dict[tuple[str, str], Hasher] = {}
+        self._states: dict[tuple[str, str], tuple[int, Any]] = {}  # (offset, hashlib state) of idle partials
+        self._active: dict[str, int] = {}  # uploads in progress per gateway
+        self._streams: dict[int, tuple[grpc.ServicerContext, list[float]]] = {}  # id → (context, [last activity])
         self._mutex = threading.Lock()
+        self.swept = 0
 
     def _partial_path(self, gateway_id: str, sha: str) -> Path:
         return self.partial_root / gateway_id / sha
@@ -104,42 +129,20 @@ class PartialUploads:
         row = self.index.partial(gateway_id, sha)
         if row is not None and row.boot_id != self.boot and length > row.synced_offset:
             os.truncate(path, row.synced_offset)
-            self._drop_hasher((gateway_id, sha))
+            self._drop_state((gateway_id, sha))
             return row.synced_offset
         return length
 
-    def _discard_stale_partial(self, gateway_id: str, sha: str) -> None:
-        """Another gateway completed this content first: this gateway's partial copy is not needed."""
-        path = self._partial_path(gateway_id, sha)
-        if not path.exists():
-            return
-        key = (gateway_id, sha)
+    def _drop_state(self, key: tuple[str, str]) -> None:
         with self._mutex:
-            lock = self._locks.setdefault(key, threading.Lock())
-        if not lock.acquire(blocking=False):
-            return  # an upload of it is running; it ends with the stored blob anyway
-        try:
-            path.unlink(missing_ok=True)
-            with self.index.tx() as db:
-                self.index.drop_partial(db, gateway_id, sha)
-            self._drop_hasher(key)
-        finally:
-            lock.release()
-
-    def _drop_hasher(self, key: tuple[str, str]) -> None:
-        with self._mutex:
-            old = self._hashers.pop(key, None)
-        if old is not None:
-            old.stop()
+            self._states.pop(key, None)
 
     def _hasher_at(self, key: tuple[str, str], path: Path, offset: int) -> Hasher:
         """The running digest of the first ``offset`` bytes; re-read from disk after a restart."""
         with self._mutex:
-            cached = self._hashers.pop(key, None)
-        if cached is not None and cached.offset == offset:
-            return cached
-        if cached is not None:
-            cached.stop()
+            cached = self._states.pop(key, None)
+        if cached is not None and cached[0] == offset:
+            return Hasher(offset, cached[1])
         h = hashlib.sha256()
         with open(path, "rb") as fh:
             remaining = offset
@@ -150,6 +153,84 @@ class PartialUploads:
                 h.update(block)
                 remaining -= len(block)
         return Hasher(offset, h)
+
+    def _park(self, key: tuple[str, str], hasher: Hasher) -> None:
+        state = hasher.park()
+        with self._mutex:
+            self._states[key] = state
+
+    # ---- limits -------------------------------------------------------------------------
+    def _admit(self, gateway_id: str, context: grpc.ServicerContext) -> None:
+        """Count one more upload of ``gateway_id``, or abort with RESOURCE_EXHAUSTED past the limit."""
+        limit = self.limits.max_uploads_per_gateway
+        with self._mutex:
+            running = self._active.get(gateway_id, 0)
+            if running < limit:
+                self._active[gateway_id] = running + 1
+                return
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"gateway {gateway_id} already has {running} uploads in progress, the most this platform accepts at once "
+                      f"({limit}); retry when one has finished")
+
+    def _release(self, gateway_id: str) -> None:
+        with self._mutex:
+            left = self._active.get(gateway_id, 1) - 1
+            if left > 0:
+                self._active[gateway_id] = left
+            else:
+                self._active.pop(gateway_id, None)
+
+    def _watch(self, context: grpc.ServicerContext) -> list[float]:
+        """Register a stream for the idle check; the caller stores ``time.monotonic()`` into the list on activity."""
+        activity = [time.monotonic()]
+        with self._mutex:
+            self._streams[id(activity)] = (context, activity)
+        return activity
+
+    def _unwatch(self, activity: list[float]) -> None:
+        with self._mutex:
+            self._streams.pop(id(activity), None)
+
+    def cancel_idle_streams(self) -> int:
+        """Cancel every upload stream idle for longer than the limit (its committed part stays); how many."""
+        deadline = time.monotonic() - self.limits.idle_timeout_s
+        with self._mutex:
+            idle = [(key, ctx) for key, (ctx, activity) in self._streams.items() if activity[0] < deadline]
+            for key, _ in idle:
+                self._streams.pop(key, None)
+        for _, ctx in idle:
+            print(f"platform: cancelled an upload stream idle for over {self.limits.idle_timeout_s:g} s "
+                  f"(peer {ctx.peer()})", file=sys.stderr, flush=True)
+            ctx.cancel()
+        return len(idle)
+
+    def sweep_partials(self) -> int:
+        """Delete partial uploads untouched for longer than the TTL and not being uploaded now; how many."""
+        cutoff = time.time() - self.limits.partial_ttl_s
+        removed = 0
+        for path in self.partial_root.glob("*/*"):
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            key = (path.parent.name, path.name)
+            with self._mutex:
+                lock = self._locks.setdefault(key, threading.Lock())
+            if not lock.acquire(blocking=False):
+                continue  # being uploaded right now
+            try:
+                path.unlink(missing_ok=True)
+                with self.index.tx() as db:
+                    self.index.drop_partial(db, *key)
+                with self._mutex:
+                    self._states.pop(key, None)
+                    self._locks.pop(key, None)
+                removed += 1
+            finally:
+                lock.release()
+        self.swept += removed
+        return removed
 
     def _receive(self, gateway_id: str, header: ingest_pb2.UploadHeader,
                  requests: Iterator[ingest_pb2.UploadRequest | ChunkView], context: grpc.ServicerContext) -> bool:
@@ -171,8 +252,7 @@ class PartialUploads:
             if not completed:
                 os.fdatasync(fd)
                 self.index.save_partial(gateway_id, sha, size, committed, self.boot)
-                with self._mutex:
-                    self._hashers[key] = hasher
+                self._park(key, hasher)
                 hasher = None
                 return False
             digest = hasher.finish()
@@ -189,8 +269,7 @@ class PartialUploads:
         except BaseException:
             # a broken stream or a rejection: what is written stays committed (its length), the digest state is kept
             if hasher is not None and not completed:
-                with self._mutex:
-                    self._hashers[key] = hasher
+                self._park(key, hasher)
             raise
         finally:
             if fd >= 0:
@@ -213,9 +292,19 @@ class PartialUploads:
                       requests: Iterator[ingest_pb2.UploadRequest | ChunkView], committed: int, hasher: Hasher,
                       context: grpc.ServicerContext) -> tuple[int, bool]:
         """Write and hash the chunks in order, syncing every ``SYNC_EVERY`` bytes; (committed offset, complete)."""
-        sha, size = header.sha256, header.size
         synced = committed
+        activity = self._watch(context)
+        try:
+            return self._write_stream(fd, gateway_id, header, requests, committed, synced, hasher, context, activity)
+        finally:
+            self._unwatch(activity)
+
+    def _write_stream(self, fd: int, gateway_id: str, header: ingest_pb2.UploadHeader,
+                      requests: Iterator[ingest_pb2.UploadRequest | ChunkView], committed: int, synced: int, hasher: Hasher,
+                      context: grpc.ServicerContext, activity: list[float]) -> tuple[int, bool]:
+        sha, size = header.sha256, header.size
         for request in requests:
+            activity[0] = time.monotonic()
             if isinstance(request, ChunkView):
                 chunk = request  # the fast path: data is a view into the received message
             elif request.WhichOneof("part") == "chunk":
@@ -256,7 +345,10 @@ class PartialUploads:
         """Rename the verified, fsynced partial into ``DIR/blobs`` and only then index it."""
         final = self.blobs / sha[:2] / sha[2:]
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, final)
+        if final.exists():
+            path.unlink()  # stored once already: these verified bytes only proved possession
+        else:
+            os.replace(path, final)
         _fsync_dir(final.parent)
         with self.index.tx() as db:
             db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (sha, size, time.time()))

@@ -9,8 +9,13 @@ What it does:
   ``DATA_DIR/platform_mqtt.db`` (topic, gateway, kind, payload, message id,
   retained flag, whether a signature verified and why not);
 - verifies what is signed: custody tree heads and rapid-test result
-  envelopes, with the gateway's public key when it knows it (``gateway_keys``:
-  a dict gateway id → key/cert, or a directory of ``<gateway_id>.pem``);
+  envelopes. By default against the gateway's enrolled, unrevoked certificate
+  from the platform index (``DATA_DIR/index.db``), which must hold the gateway
+  role for the id in the topic (``protos/pki_roles.py``); a message from a
+  gateway the platform did not enrol fails. ``gateway_keys`` (a dict gateway
+  id → key/cert, a directory of ``<gateway_id>.pem`` or a callable) replaces
+  the index with keys the caller chose, for standalone recorders and tests.
+  Failures are logged and counted (``status()``, ``egw platform status``);
 - signs commands (``Command`` as a DSSE payload, expiry and nonce) with the
   platform key and waits for the reply (MQTT 5 response topic + correlation
   data; 3.1.1: ``cmd/<name>/reply``).
@@ -41,6 +46,7 @@ from paho.mqtt.properties import Properties
 
 from protos import dsse
 from protos.egw.v1 import events_pb2
+from protos.pki_roles import Role, RoleError, require_role
 
 __all__ = [
     "COMMAND_TYPE", "TREE_HEAD_TYPE", "PlatformMqtt", "PlatformMqttError", "Record", "TlsFiles",
@@ -49,10 +55,10 @@ __all__ = [
 
 COMMAND_TYPE = "application/vnd.egw.command.v1+json"
 TREE_HEAD_TYPE = "application/vnd.egw.tree-head.v1+json"
+RESULT_TYPE = "application/vnd.egw.manifest.v1+json"  # a rapid-test result is signed as its evidence manifest
 SIGNING_KEY_NAMES = (
-    "signing.key", "platform-signing.key", "pki/signing.key", "keys/signing.key", "ca/signing.key",
-    "platform.key", "pki/platform.key",
-)
+    "pki/signer.key", "signing.key", "platform-signing.key", "pki/signing.key", "keys/signing.key", "ca/signing.key",
+)  # never pki/platform.key: that is the TLS server key, which signs nothing (docs/trust.md)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -184,6 +190,7 @@ class PlatformMqtt:
             if stmt.strip():
                 self._db.execute(stmt)
         self._lock = threading.Lock()
+        self.counts = {"verified": 0, "failed": 0, "unchecked": 0}
         self._replies: dict[str, tuple[threading.Event, list[events_pb2.CommandReply]]] = {}
         self._subscribed = threading.Event()
         self._client: mqtt.Client | None = None
@@ -246,19 +253,48 @@ class PlatformMqtt:
             client.subscribe("egw/v1/#", qos=1)
 
     # ---- recording --------------------------------------------------------------
-    def _gateway_key(self, gateway_id: str) -> ec.EllipticCurvePublicKey | None:
+    def _gateway_key(self, gateway_id: str) -> tuple[ec.EllipticCurvePublicKey | None, str]:
+        """The key to check ``gateway_id``'s signatures with, or None and why there is none."""
         source = self.gateway_keys
+        if source is None:
+            return self._enrolled_key(gateway_id)
         try:
-            if source is None:
-                return None
             if callable(source):
-                return _public_key(source(gateway_id))
-            if isinstance(source, dict):
-                return _public_key(source.get(gateway_id))
-            path = Path(source) / f"{gateway_id}.pem"
-            return _public_key(path) if path.is_file() else None
+                key = _public_key(source(gateway_id))
+            elif isinstance(source, dict):
+                key = _public_key(source.get(gateway_id))
+            else:
+                path = Path(source) / f"{gateway_id}.pem"
+                key = _public_key(path) if path.is_file() else None
         except (ValueError, OSError):
-            return None
+            key = None
+        return key, "" if key is not None else "gateway key unknown to the platform: signature not checked"
+
+    def _enrolled_key(self, gateway_id: str) -> tuple[ec.EllipticCurvePublicKey | None, str]:
+        """The public key of the gateway's enrolled, unrevoked certificate, if it holds the gateway role for this id."""
+        index = self.data_dir / "index.db"
+        row = None
+        if index.exists():
+            db = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=30)
+            try:
+                row = db.execute("SELECT certificate FROM gateways WHERE gateway_id = ? AND revoked_at IS NULL "
+                                 "ORDER BY enrolled_at DESC LIMIT 1", (gateway_id,)).fetchone()
+            except sqlite3.Error:
+                row = None
+            finally:
+                db.close()
+        if row is None:
+            return None, f"gateway {gateway_id} is not enrolled on this platform (or its certificate was revoked)"
+        cert = x509.load_pem_x509_certificate(bytes(row[0]))
+        try:
+            require_role(cert, Role.GATEWAY, gateway_id)
+        except RoleError as exc:
+            return None, str(exc)
+        now = time.time()
+        if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
+            return None, f"the certificate of gateway {gateway_id} is expired or not yet valid"
+        key = cert.public_key()
+        return (key, "") if isinstance(key, ec.EllipticCurvePublicKey) else (None, "the gateway key is not EC P-256")
 
     def _classify(self, topic: str, payload: bytes) -> tuple[str | None, str, str | None, bool | None, str | None]:
         """(gateway_id, kind, message_id, verified, note) for one message."""
@@ -287,24 +323,30 @@ class PlatformMqtt:
         if rest == ["custody", "sth"] and isinstance(doc, dict):
             kind, envelope_json, expected_type = "custody-sth", doc.get("envelope"), TREE_HEAD_TYPE
         elif rest == ["results", "rapidtest"] and isinstance(doc, dict):
-            kind, envelope_json = "result", doc.get("signedResult")
+            kind, envelope_json, expected_type = "result", doc.get("signedResult"), RESULT_TYPE
         if envelope_json is not None:
-            key = self._gateway_key(gateway_id)
+            key, why = self._gateway_key(gateway_id)
             try:
                 envelope = dsse.Envelope.from_json(envelope_json)
                 if key is None:
-                    note = "gateway key unknown to the platform: signature not checked"
+                    verified = None if self.gateway_keys is not None else False
+                    note = why
                 else:
                     dsse.verify(envelope, key, expected_type)
                     verified = True
-                    if kind == "custody-sth" and envelope.payload_json().get("gateway_id") != gateway_id:
-                        verified, note = False, "tree head signed for another gateway"
+                    signed = envelope.payload_json()
+                    if signed.get("gateway_id") != gateway_id:
+                        verified, note = False, f"{'tree head' if kind == 'custody-sth' else 'result'} signed for another gateway"
+                    elif kind == "result" and signed.get("evidence_id") != doc.get("evidenceId"):
+                        verified, note = False, "the signed result is for another evidence id than the message names"
             except dsse.EnvelopeError as exc:
                 verified, note = False, str(exc)
         return gateway_id, kind, message_id, verified, note
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         gateway_id, kind, message_id, verified, note = self._classify(message.topic, bytes(message.payload))
+        if kind in ("custody-sth", "result"):
+            self._count(message.topic, verified, note)
         with self._lock:
             try:
                 self._db.execute(
@@ -324,6 +366,18 @@ class PlatformMqtt:
             if waiter is not None:
                 waiter[1].append(reply)
                 waiter[0].set()
+
+    def _count(self, topic: str, verified: bool | None, note: str | None) -> None:
+        outcome = {True: "verified", False: "failed", None: "unchecked"}[verified]
+        with self._lock:
+            self.counts[outcome] += 1
+        if verified is False:
+            print(f"platform-mqtt: REJECTED signed message on {topic}: {note}", file=sys.stderr, flush=True)
+
+    def status(self) -> dict[str, int]:
+        """Signed messages since start: verified, failed (bad or unknown signer), unchecked (no key given)."""
+        with self._lock:
+            return dict(self.counts)
 
     def records(self, topic_prefix: str = "", kind: str | None = None, after_id: int = 0) -> list[Record]:
         query = "SELECT * FROM messages WHERE id > ? AND substr(topic, 1, ?) = ?"

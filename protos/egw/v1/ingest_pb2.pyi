@@ -81,3 +81,15 @@ class EnrollResponse(_message.Message):
     platform_id: str
     platform_certificate_pem: bytes
     def __init__(self, certificate_pem: _Optional[bytes] = ..., ca_chain_pem: _Optional[bytes] = ..., platform_id: _Optional[str] = ..., platform_certificate_pem: _Optional[bytes] = ...) -> None: ...
+
+class RevocationListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RevocationList(_message.Message):
+    __slots__ = ("crl_pem", "crl_number")
+    CRL_PEM_FIELD_NUMBER: _ClassVar[int]
+    CRL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    crl_pem: bytes
+    crl_number: int
+    def __init__(self, crl_pem: _Optional[bytes] = ..., crl_number: _Optional[int] = ...) -> None: ...

@@ -53,6 +53,11 @@ class EvidenceIngestStub:
                 request_serializer=egw_dot_v1_dot_ingest__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=egw_dot_v1_dot_ingest__pb2.EnrollResponse.FromString,
                 _registered_method=True)
+        self.GetRevocationList = channel.unary_unary(
+                '/egw.v1.EvidenceIngest/GetRevocationList',
+                request_serializer=egw_dot_v1_dot_ingest__pb2.RevocationListRequest.SerializeToString,
+                response_deserializer=egw_dot_v1_dot_ingest__pb2.RevocationList.FromString,
+                _registered_method=True)
 
 
 class EvidenceIngestServicer:
@@ -80,6 +85,13 @@ class EvidenceIngestServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRevocationList(self, request, context):
+        """The platform CA's current CRL (docs/trust.md); enrolled gateways only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvidenceIngestServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +109,11 @@ def add_EvidenceIngestServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=egw_dot_v1_dot_ingest__pb2.EnrollRequest.FromString,
                     response_serializer=egw_dot_v1_dot_ingest__pb2.EnrollResponse.SerializeToString,
+            ),
+            'GetRevocationList': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRevocationList,
+                    request_deserializer=egw_dot_v1_dot_ingest__pb2.RevocationListRequest.FromString,
+                    response_serializer=egw_dot_v1_dot_ingest__pb2.RevocationList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +201,33 @@ class EvidenceIngest:
             '/egw.v1.EvidenceIngest/Enroll',
             egw_dot_v1_dot_ingest__pb2.EnrollRequest.SerializeToString,
             egw_dot_v1_dot_ingest__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRevocationList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/egw.v1.EvidenceIngest/GetRevocationList',
+            egw_dot_v1_dot_ingest__pb2.RevocationListRequest.SerializeToString,
+            egw_dot_v1_dot_ingest__pb2.RevocationList.FromString,
             options,
             channel_credentials,
             insecure,
