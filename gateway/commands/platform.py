@@ -88,7 +88,7 @@ def run_cmd(args: argparse.Namespace) -> int:
             raise ConfigError(f"command argument {item!r} is not KEY=VALUE", "e.g. evidence_id=01a2…")
         pairs[key] = value
     reply = send_command(args.data, args.mqtt, args.gateway, args.name, pairs,
-                         signing_key=args.data / "pki" / "platform.key", timeout=args.timeout)
+                         signing_key=args.data / "pki" / "signer.key", timeout=args.timeout)
     if args.json:
         print(json_format.MessageToJson(reply))
     else:

@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     if args.mqtt:
         from simulators.platform_mqtt import PlatformMqtt
 
-        recorder = PlatformMqtt(args.data, args.mqtt, signing_key=args.data / "pki" / "platform.key").start()
+        recorder = PlatformMqtt(args.data, args.mqtt, signing_key=args.data / "pki" / "signer.key").start()
         print(f"mqtt {args.mqtt}: recording egw/v1/# into {args.data}", file=sys.stderr, flush=True)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

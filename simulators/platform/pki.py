@@ -2,11 +2,16 @@
 
 Files in ``DIR/pki/`` (created on first start, kept afterwards)::
 
-    ca.key / ca.pem              the CA that issues gateway certificates
-    platform.key / platform.pem  the platform: TLS server certificate AND receipt signer
+    ca.key / ca.pem              the CA that issues every certificate below
+    platform.key / platform.pem  the TLS server certificate (serverAuth only: it signs nothing)
+    signer.key / signer.pem      the platform signer: receipt-signer and command-signer roles,
+                                 URI SAN ``urn:egw:platform:<platform_id>``
+    crl.pem                      the CA's revocation list (see ``simulators/platform/revocation.py``)
 
-One platform key serves TLS and receipts so that a gateway that trusts the
-CA can check both with the one certificate it received at enrolment.
+Certificates carry roles (``protos/pki_roles.py``, ``docs/trust.md``): a key
+that terminates TLS must not also sign receipts, and a gateway certificate
+must not pass as the platform's. A data directory from before roles existed
+gets its signer created on load; its TLS certificate keeps the platform id.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["PlatformPKI", "PKIError", "fingerprint", "pem"]
+from protos.pki_roles import Role, identity_uri
+
+__all__ = ["PlatformPKI", "PKIError", "fingerprint", "pem", "load_key"]
 
 CA_YEARS = 10
 PLATFORM_YEARS = 5
@@ -59,17 +66,89 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
+def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """An unencrypted P-256 private key written by this module."""
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"{path} does not hold an EC P-256 private key; restore it from backup or start a new platform directory")
+    return key
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _leaf(subject: str, public: ec.EllipticCurvePublicKey, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
+          days: int, names: list[x509.GeneralName], purposes: list[x509.ObjectIdentifier]) -> x509.Certificate:
+    """An end-entity certificate: digitalSignature only, the given SANs and extended key usages (the roles)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(ca_cert.subject).public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+def _create_ca(directory: Path) -> None:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "egw reference platform CA"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "egw")])
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now() - dt.timedelta(minutes=5))
+        .not_valid_after(_now() + dt.timedelta(days=365 * CA_YEARS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(directory / "ca.pem", pem(ca_cert))
+    _write(directory / "ca.key", _key_pem(ca_key), 0o600)  # written last: its presence means "CA complete"
+
+
+def _create_tls(directory: Path, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate) -> None:
+    """The TLS server certificate; its CN is the platform id (kept from before roles existed)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pid = "platform-" + hashlib.sha256(key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()[:12]
+    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                     x509.IPAddress(ipaddress.ip_address("::1"))]
+    cert = _leaf(pid, key.public_key(), ca_key, ca_cert, 365 * PLATFORM_YEARS, names, [ExtendedKeyUsageOID.SERVER_AUTH])
+    _write(directory / "platform.pem", pem(cert))
+    _write(directory / "platform.key", _key_pem(key), 0o600)
+
+
+def _create_signer(directory: Path, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, platform_id: str) -> None:
+    """The platform's signing identity: receipts and MQTT commands, nothing else (no TLS)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity_uri(Role.RECEIPT_SIGNER, platform_id))]
+    cert = _leaf(f"{platform_id} signer", key.public_key(), ca_key, ca_cert, 365 * PLATFORM_YEARS, names,
+                 [Role.RECEIPT_SIGNER.purpose, Role.COMMAND_SIGNER.purpose])
+    _write(directory / "signer.pem", pem(cert))
+    _write(directory / "signer.key", _key_pem(key), 0o600)  # written last: its presence means "signer complete"
+
+
 @dataclass
 class PlatformPKI:
+    """The CA, the TLS server identity and the signer of one platform data directory."""
+
     ca_key: ec.EllipticCurvePrivateKey
     ca_cert: x509.Certificate
-    platform_key: ec.EllipticCurvePrivateKey
-    platform_cert: x509.Certificate
+    tls_key: ec.EllipticCurvePrivateKey
+    tls_cert: x509.Certificate
+    signer_key: ec.EllipticCurvePrivateKey
+    signer_cert: x509.Certificate
     platform_id: str
+    directory: Path
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> "PlatformPKI":
@@ -77,57 +156,36 @@ class PlatformPKI:
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         if not (directory / "ca.key").exists():
-            ca_key = ec.generate_private_key(ec.SECP256R1())
-            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "egw reference platform CA"),
-                              x509.NameAttribute(NameOID.ORGANIZATION_NAME, "egw")])
-            ca_cert = (
-                x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(_now() - dt.timedelta(minutes=5))
-                .not_valid_after(_now() + dt.timedelta(days=365 * CA_YEARS))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-                .sign(ca_key, hashes.SHA256())
-            )
-            _write(directory / "ca.pem", pem(ca_cert))
-            _write(directory / "ca.key", _key_pem(ca_key), 0o600)  # written last: its presence means "CA complete"
-        ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+            _create_ca(directory)
+        ca_key = load_key(directory / "ca.key")
         ca_cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
         if not (directory / "platform.key").exists():
-            pkey = ec.generate_private_key(ec.SECP256R1())
-            pid = "platform-" + hashlib.sha256(pkey.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()[:12]
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, pid)]))
-                .issuer_name(ca_cert.subject).public_key(pkey.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(_now() - dt.timedelta(minutes=5))
-                .not_valid_after(_now() + dt.timedelta(days=365 * PLATFORM_YEARS))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.SubjectAlternativeName([
-                    x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    x509.IPAddress(ipaddress.ip_address("::1"))]), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-                .sign(ca_key, hashes.SHA256())
-            )
-            _write(directory / "platform.pem", pem(cert))
-            _write(directory / "platform.key", _key_pem(pkey), 0o600)
-        pkey = serialization.load_pem_private_key((directory / "platform.key").read_bytes(), None)
-        pcert = x509.load_pem_x509_certificate((directory / "platform.pem").read_bytes())
-        assert isinstance(pkey, ec.EllipticCurvePrivateKey)
-        pid = pcert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-        return cls(ca_key, ca_cert, pkey, pcert, str(pid))
+            _create_tls(directory, ca_key, ca_cert)
+        tls_key = load_key(directory / "platform.key")
+        tls_cert = x509.load_pem_x509_certificate((directory / "platform.pem").read_bytes())
+        pid = str(tls_cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+        if not (directory / "signer.key").exists():
+            _create_signer(directory, ca_key, ca_cert, pid)
+        signer_key = load_key(directory / "signer.key")
+        signer_cert = x509.load_pem_x509_certificate((directory / "signer.pem").read_bytes())
+        return cls(ca_key, ca_cert, tls_key, tls_cert, signer_key, signer_cert, pid, directory)
+
+    @property
+    def platform_key(self) -> ec.EllipticCurvePrivateKey:
+        """The key gateways pin at enrolment: it signs receipts and commands (the signer, not the TLS key)."""
+        return self.signer_key
+
+    @property
+    def platform_cert(self) -> x509.Certificate:
+        """The certificate ``EnrollResponse.platform_certificate_pem`` carries: the signer's."""
+        return self.signer_cert
 
     # ---- TLS material ---------------------------------------------------
     def server_key_pem(self) -> bytes:
-        return _key_pem(self.platform_key)
+        return _key_pem(self.tls_key)
 
     def server_chain_pem(self) -> bytes:
-        return pem(self.platform_cert) + pem(self.ca_cert)
+        return pem(self.tls_cert) + pem(self.ca_cert)
 
     def ca_pem(self) -> bytes:
         return pem(self.ca_cert)
@@ -149,20 +207,10 @@ class PlatformPKI:
         return self.issue_for_key(public, gateway_id)
 
     def issue_for_key(self, public: ec.EllipticCurvePublicKey, gateway_id: str, days: int = GATEWAY_DAYS) -> x509.Certificate:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id),
-                                     x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "egw gateway")]))
-            .issuer_name(self.ca_cert.subject).public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - dt.timedelta(minutes=5))
-            .not_valid_after(_now() + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.ca_key.public_key()), critical=False)
-            .sign(self.ca_key, hashes.SHA256())
-        )
+        """A gateway certificate: the gateway role and clientAuth, URI SAN ``urn:egw:gateway:<id>``."""
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity_uri(Role.GATEWAY, gateway_id))]
+        return _leaf(gateway_id, public, self.ca_key, self.ca_cert, days, names,
+                     [Role.GATEWAY.purpose, ExtendedKeyUsageOID.CLIENT_AUTH])
 
     def check_issued(self, cert: x509.Certificate) -> None:
         """Raise PKIError unless ``cert`` was issued by this CA and is valid now."""

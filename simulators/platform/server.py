@@ -140,7 +140,7 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return ingest_pb2.EnrollResponse(
             certificate_pem=pem(cert), ca_chain_pem=self.pki.ca_pem(), platform_id=self.pki.platform_id,
-            platform_certificate_pem=pem(self.pki.platform_cert),
+            platform_certificate_pem=pem(self.pki.signer_cert),
         )
 
     # ---- QueryUpload ------------------------------------------------------
@@ -246,7 +246,7 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
                 platform_id=self.pki.platform_id, gateway_id=gateway_id,
             )
             payload = json_format.MessageToJson(receipt, indent=2, sort_keys=True).encode("utf-8")
-            key = self._forger if self.receipt_fault == "wrong-key" else self.pki.platform_key
+            key = self._forger if self.receipt_fault == "wrong-key" else self.pki.signer_key
             envelope = dsse.sign(RECEIPT_TYPE, payload, key)
             if self.receipt_fault == "alter":
                 receipt.size = size + 1

@@ -50,9 +50,8 @@ __all__ = [
 COMMAND_TYPE = "application/vnd.egw.command.v1+json"
 TREE_HEAD_TYPE = "application/vnd.egw.tree-head.v1+json"
 SIGNING_KEY_NAMES = (
-    "signing.key", "platform-signing.key", "pki/signing.key", "keys/signing.key", "ca/signing.key",
-    "platform.key", "pki/platform.key",
-)
+    "pki/signer.key", "signing.key", "platform-signing.key", "pki/signing.key", "keys/signing.key", "ca/signing.key",
+)  # never pki/platform.key: that is the TLS server key, which signs nothing (docs/trust.md)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
