@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
@@ -266,7 +267,20 @@ class _Verification:
                     f"certificate {certs[0].subject.rfc4514_string()} (key {kid[:16]}…) is not the key that signed "
                     f"the manifest (key {signed[0][:16]}…)")
         judged = f"at {when.at.isoformat()}" if when.at else "now (signing time unproven)"
-        return f"gateway {gateway}, {how}, valid and not revoked {judged}", certs
+        return f"gateway {gateway}, {how}, valid and not revoked {judged}{self._clock_note(certs[0])}", certs
+
+    def _clock_note(self, cert: x509.Certificate) -> str:
+        """The manifest's own time proves nothing, but one outside its certificate's life tells an investigator
+        the gateway's clock was wrong when it ingested."""
+        try:
+            claimed = dt.datetime.fromisoformat(str((self.manifest or {})["ingested_at"]))
+        except (KeyError, ValueError):
+            return ""
+        claimed = claimed if claimed.tzinfo else claimed.replace(tzinfo=dt.UTC)
+        if cert.not_valid_before_utc <= claimed <= cert.not_valid_after_utc:
+            return ""
+        return (f"; note: the manifest's own time {claimed.isoformat()} is outside this certificate's validity: "
+                "the gateway's clock was probably wrong then (that time is not relied on)")
 
     def content(self) -> tuple[str, None]:
         manifest = self.manifest
