@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.errors import ConfigError, VerificationError
 from gateway.evidence.identity import load_pem_certificates, verify_certificate_chain
-from protos.pki_roles import Role, RoleError, require_role
+from protos.pki_roles import EGW_ARC, Role, RoleError, require_role
 
 __all__ = [
     "Anchors", "SigningTime", "Revocations", "load_anchor_paths", "pinned_anchors", "select_crl",
@@ -214,5 +214,17 @@ def check_signer(cert: x509.Certificate, intermediates: list[x509.Certificate], 
     try:
         identity = require_role(cert, role, claimed_id)
     except RoleError as exc:
-        raise VerificationError(str(exc)) from exc
+        raise VerificationError(str(exc) + _legacy_hint(cert)) from exc
     return how, identity
+
+
+def _legacy_hint(cert: x509.Certificate) -> str:
+    """Certificates made before egw's PKI roles carry no egw purpose at all: say so, so nobody reads forgery."""
+    try:
+        purposes = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        purposes = []
+    if any(p.dotted_string.startswith(EGW_ARC + ".") for p in purposes):
+        return ""
+    return (" (it carries no egw role at all, as certificates issued before roles existed do: its signatures cannot "
+            "show whom they speak for; re-enrol the gateway so that new evidence can)")
