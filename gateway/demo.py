@@ -250,10 +250,11 @@ async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_dat
         video = next(r for r in rows if r["kind"] == "video")
         bundle = workdir / "bundle"
         from gateway.evidence.bundle import export_bundle, verify_bundle
+        from gateway.evidence.trust import pinned_anchors
 
         shutil.rmtree(bundle, ignore_errors=True)
         export_bundle(runtime.service, video["evidence_id"], bundle)
-        checks = verify_bundle(bundle)
+        checks = verify_bundle(bundle, anchors=pinned_anchors(data_dir))  # the platform CA pinned at enrolment
         failures += [c.line() for c in checks if not c.ok]
         _, problems = runtime.service.custody.verify()
         failures += [f"custody: {p.message}" for p in problems]

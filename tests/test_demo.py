@@ -19,7 +19,7 @@ def test_demo_receipts_and_verifies_everything(tmp_path, broker):
     assert sum(counts["result"].values()) == 5
     assert all(item["receipt_id"] for item in summary["items"])
     assert any("ok   receipt" in line for line in summary["bundle_checks"])
-    assert run_egw("verify", summary["verified_bundle"]).returncode == 0
+    assert run_egw("verify", summary["verified_bundle"], "--data-dir", summary["gateway_data"]).returncode == 0
 
 
 def test_demo_stops_at_once_naming_a_part_that_died(tmp_path):

@@ -59,7 +59,7 @@ def test_dock_ingests_uploads_and_releases_only_after_receipts(tmp_path):
         first = next(r for r in rows if r["device_path"].endswith(".avi"))
         bundle = tmp_path / "bundle"
         run_egw("export", first["evidence_id"], str(bundle), "--data-dir", str(data), check=True)
-        verified = run_egw("verify", str(bundle))
+        verified = run_egw("verify", str(bundle), "--data-dir", str(data))  # the CA pinned at enrolment
         assert verified.returncode == 0 and "ok   receipt" in verified.stdout, verified.stdout
         manifest = json.loads(__import__("base64").b64decode(json.loads((bundle / "manifest.dsse.json").read_text())["payload"]))
         assert manifest["capture"]["clock_offset_s"] is not None and manifest["capture"]["corrected"]

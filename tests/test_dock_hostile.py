@@ -151,7 +151,7 @@ def test_officer_name_that_is_not_gbk_is_read_with_replacement_and_its_bytes_rec
         assert docked["zfy_info_hex"] == sent.hex() and docked["zfy_lossy_fields"] == ["user_name", "unit_name"]
         bundle = tmp_path / "bundle"
         run_egw("export", rows[0]["evidence_id"], str(bundle), "--data-dir", str(data), check=True)
-        assert run_egw("verify", str(bundle)).returncode == 0
+        assert run_egw("verify", str(bundle), "--data-dir", str(data)).returncode == 0  # the CA pinned at enrolment
         manifest = json.loads(base64.b64decode(json.loads((bundle / "manifest.dsse.json").read_text())["payload"]))
         assert manifest["officer_id"] == "100001" and manifest["source"]["device_id"] == "bodycam-1000001"
         device = manifest["extra"]["device"]

@@ -20,6 +20,12 @@ def data_dir(tmp_path):
     return d
 
 
+def trusting(data_dir):
+    """An unenrolled gateway's bundle proves origin only to a verifier who chooses to trust that gateway's own
+    certificate (docs/trust.md); without a trust anchor the best verdict is CONSISTENT, UNTRUSTED (exit 3)."""
+    return ("--trust", str(data_dir / "identity" / "gateway.crt"))
+
+
 def ingest(data_dir, *paths, extra=()):
     proc = run_egw("ingest", "--data-dir", str(data_dir), "--json", *extra, *map(str, paths))
     return proc, json.loads(proc.stdout)
@@ -60,9 +66,11 @@ def test_ingest_export_verify_round_trip(tmp_path, data_dir):
 
     bundle = tmp_path / "bundle"
     run_egw("export", item["evidence_id"], str(bundle), "--data-dir", str(data_dir), check=True)
-    verified = run_egw("verify", str(bundle))
+    verified = run_egw("verify", str(bundle), *trusting(data_dir))
     assert verified.returncode == 0, verified.stdout
     assert "VERIFIED" in verified.stdout and "FAIL" not in verified.stdout
+    untrusted = run_egw("verify", str(bundle), "--data-dir", str(data_dir))  # not enrolled: no pinned CA
+    assert untrusted.returncode == 3 and untrusted.stdout.rstrip().endswith("CONSISTENT, UNTRUSTED"), untrusted.stdout
     assert (bundle / "content" / "clip.avi").read_bytes() == video.read_bytes()
     manifest = json.loads(base64.b64decode(json.loads((bundle / "manifest.dsse.json").read_text())["payload"]))
     assert manifest["officer_id"] == "000042" and manifest["source"]["device_id"] == "cam-7"
@@ -134,15 +142,15 @@ def test_each_kind_of_tampering_is_caught_by_its_own_check(tmp_path, data_dir, w
         ingest(data_dir, extra)
     bundle = tmp_path / "bundle"
     run_egw("export", out["items"][0]["evidence_id"], str(bundle), "--data-dir", str(data_dir), check=True)
-    assert run_egw("verify", str(bundle)).returncode == 0
+    assert run_egw("verify", str(bundle), *trusting(data_dir)).returncode == 0
     TAMPERINGS[what](bundle, tmp_path)
-    proc = run_egw("verify", str(bundle), "--json")
+    proc = run_egw("verify", str(bundle), "--json", *trusting(data_dir))
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     failed = {c["name"] for c in report["checks"] if not c["ok"]}
     assert what in failed, report
-    text = run_egw("verify", str(bundle)).stdout
-    assert f"FAIL {what}:" in text and "NOT VERIFIED" in text
+    text = run_egw("verify", str(bundle), *trusting(data_dir)).stdout
+    assert f"FAIL {what}:" in text and "FAILED" in text.splitlines()[-1]
 
 
 def test_missing_and_escaping_bundle_files_are_reported(tmp_path, data_dir):
@@ -154,6 +162,10 @@ def test_missing_and_escaping_bundle_files_are_reported(tmp_path, data_dir):
     index = json.loads((bundle / "bundle.json").read_text())
     index["content"] = "../../etc/passwd"
     (bundle / "bundle.json").write_text(json.dumps(index))
+    proc = run_egw("verify", str(bundle))
+    assert proc.returncode == 1 and "bundle-index.schema.json at content" in proc.stdout  # the published format
+    (bundle / "content" / "link").symlink_to("/etc/passwd")  # a name the format allows, resolving elsewhere
+    (bundle / "bundle.json").write_text(json.dumps({**index, "content": "content/link"}))
     proc = run_egw("verify", str(bundle))
     assert proc.returncode == 1 and "points outside the bundle" in proc.stdout
     shutil.rmtree(bundle)
@@ -189,7 +201,7 @@ def test_hostile_file_names_are_data_never_paths(tmp_path, data_dir):
         contents = list((bundle / "content").iterdir())
         assert len(contents) == 1 and contents[0].parent == bundle / "content"
         assert not any(ord(c) < 32 for c in contents[0].name)
-        assert run_egw("verify", str(bundle)).returncode == 0
+        assert run_egw("verify", str(bundle), *trusting(data_dir)).returncode == 0
 
 
 def test_unreadable_and_vanished_sources_fail_clearly_and_the_rest_go_on(tmp_path, data_dir):

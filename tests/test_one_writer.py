@@ -104,7 +104,7 @@ def test_readers_work_during_a_slow_ingest_and_the_ingest_survives(tmp_path: Pat
         assert json.loads(status.stdout)["total"] == 1
         custody = run_egw("custody", "verify", "--data-dir", str(data), "--json")
         assert custody.returncode == 0 and json.loads(custody.stdout)["ok"], custody.stderr
-        verified = run_egw("verify", str(bundle))
+        verified = run_egw("verify", str(bundle), "--trust", str(data / "identity" / "gateway.crt"))  # not enrolled
         assert verified.returncode == 0 and "VERIFIED" in verified.stdout, verified.stdout + verified.stderr
         # export records a custody event, so it is a writer: with --no-wait it says who writes, in one line
         busy = run_egw("--no-wait", "export", first["evidence_id"], str(tmp_path / "b2"), "--data-dir", str(data))
@@ -246,7 +246,7 @@ def test_ingest_while_egw_run_runs_is_delegated_with_a_relative_path(tmp_path: P
 
     exported = egw_in(work, "export", item["evidence_id"], "./bundle", "--data-dir", str(data))  # a writer too
     assert exported.returncode == 0 and exported.stdout == f"exported {item['evidence_id']} to {work / 'bundle'}\n"
-    verified = egw_in(work, "verify", "./bundle")
+    verified = egw_in(work, "verify", "./bundle", "--trust", str(data / "identity" / "gateway.crt"))  # not enrolled
     assert verified.returncode == 0 and "VERIFIED" in verified.stdout
 
     # errors: the same lines and exit code as a local run, never a traceback

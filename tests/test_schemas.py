@@ -90,12 +90,13 @@ def produced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
         out["sync"] = egw_json("sync", "--once", "--data-dir", str(data))
     out["bundle"] = root / "bundle"
     out["export"] = egw_json("export", evidence_id, str(out["bundle"]), "--data-dir", str(data))
-    out["verify"] = egw_json("verify", str(out["bundle"]))
+    out["verify"] = egw_json("verify", str(out["bundle"]), "--data-dir", str(data))  # the CA pinned at enrolment
     tampered = root / "tampered"
     shutil.copytree(out["bundle"], tampered)
     content = tampered / out["export"]["content"]
     content.write_bytes(content.read_bytes()[:-1] + b"!")
-    out["verify-tampered"] = egw_json("verify", str(tampered), expect=1)
+    out["verify-tampered"] = egw_json("verify", str(tampered), "--data-dir", str(data), expect=1)
+    out["verify-untrusted"] = egw_json("verify", str(out["bundle"]), "--data-dir", str(root / "elsewhere"), expect=3)
     out["custody"] = egw_json("custody", "verify", "--data-dir", str(data))
     out["status"] = egw_json("status", "--data-dir", str(data))
     with sqlite3.connect(data / "state.db") as db:
@@ -194,7 +195,7 @@ SAMPLES: dict[str, Any] = {
     "cli-status": lambda p: [p["status-local"], p["status"]],
     "cli-enroll": lambda p: [p["enroll"]],
     "cli-sync": lambda p: [p["sync"]],
-    "cli-verify": lambda p: [p["verify"], p["verify-tampered"]],
+    "cli-verify": lambda p: [p["verify"], p["verify-tampered"], p["verify-untrusted"]],
     "cli-custody-verify": lambda p: [p["custody"]],
     "bundle-index": lambda p: _bundle_json(p, "bundle.json"),
     "dsse-envelope": _envelopes,
@@ -263,7 +264,8 @@ def test_the_outputs_are_the_interesting_cases(produced: dict[str, Any]) -> None
     assert produced["export-local"]["receipt"] is None and produced["export"]["receipt"] == "receipt.dsse.json"
     assert produced["sync"]["outcomes"][0]["status"] == "receipted"
     assert produced["status"]["counts"]["receipted"] == 2 and produced["status"]["enrolled"]
-    assert produced["verify"]["ok"] and not produced["verify-tampered"]["ok"]
+    assert produced["verify"]["ok"] and not produced["verify-tampered"]["ok"] and not produced["verify-untrusted"]["ok"]
+    assert (produced["verify"]["verdict"], produced["verify-untrusted"]["verdict"]) == ("VERIFIED", "CONSISTENT, UNTRUSTED")
     assert any(c["name"] == "receipt" and c["ok"] for c in produced["verify"]["checks"])
 
 

@@ -37,11 +37,12 @@ def test_fingerprint_session_binds_the_document_and_verifies(tmp_path, data_dir,
 
     bundle = tmp_path / "bundle"
     run_egw("export", out["evidence_id"], str(bundle), "--data-dir", str(data_dir), check=True)
-    good = run_egw("verify", str(bundle), "--document", str(document))
+    trust = ("--trust", str(data_dir / "identity" / "gateway.crt"))  # not enrolled: the verifier trusts this gateway
+    good = run_egw("verify", str(bundle), "--document", str(document), *trust)
     assert good.returncode == 0 and "binds inspection-record.pdf" in good.stdout, good.stdout
     other = tmp_path / "forged.pdf"
     other.write_bytes(b"%PDF-1.4 a different record\n")
-    bad = run_egw("verify", str(bundle), "--document", str(other))
+    bad = run_egw("verify", str(bundle), "--document", str(other), *trust)
     assert bad.returncode == 1
     assert f"binds document SHA-256 {record['document']['sha256']}" in bad.stdout and "FAIL document" in bad.stdout
 
@@ -93,7 +94,7 @@ def test_pad_and_fingerprint_session_reaches_the_platform(tmp_path, fingerprint_
         assert run_egw("sync", "--once", "--data-dir", str(data)).returncode == 0
         bundle = tmp_path / "bundle"
         run_egw("export", out["evidence_id"], str(bundle), "--data-dir", str(data), check=True)
-        verified = run_egw("verify", str(bundle), "--document", str(document))
+        verified = run_egw("verify", str(bundle), "--document", str(document), "--data-dir", str(data))
         assert verified.returncode == 0 and "ok   receipt" in verified.stdout and "ok   document" in verified.stdout
     finally:
         stop_process(pad)

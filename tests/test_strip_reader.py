@@ -422,6 +422,7 @@ def test_recorded_readings_become_signed_evidence(tmp_path):
     assert all(r["evidence_id"] and r["photo_evidence_id"] for r in readings)
     bundle = tmp_path / "bundle"
     run_egw("export", readings[0]["evidence_id"], str(bundle), "--data-dir", str(data), check=True)
-    assert run_egw("verify", str(bundle)).returncode == 0
+    # not enrolled: the verifier chooses to trust this gateway's own certificate (docs/trust.md)
+    assert run_egw("verify", str(bundle), "--trust", str(data / "identity" / "gateway.crt")).returncode == 0
     document = json.loads(next((bundle / "content").iterdir()).read_text())
     assert document["sample_id"] == "S-17" and document["reading"]["judgement"] == readings[0]["judgement"]

@@ -44,7 +44,8 @@ def test_upload_is_receipted_verified_and_idempotent(tmp_path: Path) -> None:
         row = _row(gw.data_dir, big.evidence_id)
         assert row.state == "receipted" and row.receipt and row.last_error is None
         receipt = verify_receipt(dsse.Envelope.from_bytes(row.receipt), gw.link.platform_certificate,
-                                 gw.link.identity.ca_certificates, evidence_id=big.evidence_id, sha256=big.sha256, size=big.size)
+                                 gw.link.identity.ca_certificates, evidence_id=big.evidence_id, sha256=big.sha256, size=big.size,
+                                 gateway_id=gw.link.identity.gateway_id)
         assert receipt.platform_id == server.pki.platform_id and receipt.gateway_id == gw.link.identity.gateway_id
         with EvidenceService(gw.data_dir) as svc:
             events = svc.custody.events_for(big.evidence_id)

@@ -24,9 +24,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import IdentityError, VerificationError
+from protos.pki_roles import Role, RoleError, identity_uri
 
 __all__ = ["Identity", "init_identity", "load_identity", "PASSPHRASE_ENV", "verify_certificate_chain", "load_pem_certificates"]
 
@@ -88,6 +89,10 @@ def default_gateway_id(public_key: ec.EllipticCurvePublicKey) -> str:
 
 
 def self_signed_certificate(key: ec.EllipticCurvePrivateKey, gateway_id: str) -> x509.Certificate:
+    try:
+        uri = identity_uri(Role.GATEWAY, gateway_id)
+    except RoleError as exc:
+        raise IdentityError(str(exc), "choose a gateway id of letters, digits, '-' or '_'") from exc
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "egw self-signed")])
     now = dt.datetime.now(dt.UTC)
     return (
@@ -102,6 +107,10 @@ def self_signed_certificate(key: ec.EllipticCurvePrivateKey, gateway_id: str) ->
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
         )
+        # The gateway role and identity of docs/trust.md: a verifier that chooses to trust this very
+        # certificate (`egw verify --trust gateway.crt`) still checks who it may speak for.
+        .add_extension(x509.ExtendedKeyUsage([Role.GATEWAY.purpose, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
         .sign(key, hashes.SHA256())
     )
 
@@ -222,6 +231,7 @@ def verify_certificate_chain(
         return "self-signed (gateway not enrolled with a platform CA)"
     chain = [leaf, *[c for c in intermediates if c != leaf]]
     for child, parent in zip(chain, chain[1:]):
+        _check_may_issue(parent)
         _check_signed_by(child, parent)
     top = chain[-1]
     trusted = anchors or [c for c in intermediates if c.issuer == c.subject]
@@ -229,7 +239,29 @@ def verify_certificate_chain(
         if top == anchor:
             _check_signed_by(anchor, anchor)
             return f"issued by {anchor.subject.rfc4514_string()}"
-        if top.issuer == anchor.subject:
-            _check_signed_by(top, anchor)
+    for anchor in trusted:  # several anchors may share a name (an attacker's look-alike CA): try each
+        if top.issuer == anchor.subject and _is_ca(anchor):
+            try:
+                _check_signed_by(top, anchor)
+            except VerificationError:
+                continue
             return f"issued by {anchor.subject.rfc4514_string()}"
-    raise VerificationError(f"certificate chain of {leaf.subject.rfc4514_string()} does not end at a trusted CA")
+    raise VerificationError(
+        f"certificate chain of {leaf.subject.rfc4514_string()} does not end at a trusted CA "
+        f"(it ends at {top.issuer.rfc4514_string()}, which no trust anchor with that name signed)")
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _check_may_issue(issuer: x509.Certificate) -> None:
+    """Only a CA certificate may vouch for another: a gateway certificate the CA issued must not mint
+    a "platform" certificate of its own."""
+    if not _is_ca(issuer):
+        raise VerificationError(
+            f"certificate {issuer.subject.rfc4514_string()} is not a CA (basic constraints) but issued another "
+            "certificate in the chain; only the platform CA may issue certificates")

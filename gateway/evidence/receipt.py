@@ -1,9 +1,11 @@
-"""Platform receipts: a DSSE envelope signed by the platform key whose payload
-is ``egw.v1.Receipt`` in the proto3 JSON mapping.
+"""Platform receipts: a DSSE envelope signed by the platform's receipt signer whose payload is
+``egw.v1.Receipt`` in the proto3 JSON mapping.
 
-A receipt is only believed when its signature verifies with the platform
-certificate, that certificate chains to the platform CA the gateway enrolled
-with, and its digest, size and evidence id are the ones we sent.
+A receipt is believed only when (docs/trust.md) its signer certificate chains to the trust anchor,
+holds ``Role.RECEIPT_SIGNER`` (a gateway's own certificate, also issued by the platform CA, must not
+be able to sign "platform receipts"), the signature verifies, and it is for exactly what we hold:
+digest, size, ``evidenceId`` and ``gatewayId`` (both required). The gateway, receiving a receipt
+live, also requires the very certificate pinned at enrolment (``gateway/uplink/link.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from gateway.errors import VerificationError
 from gateway.evidence import dsse
 from gateway.evidence.identity import verify_certificate_chain
 from protos.egw.v1 import evidence_pb2
+from protos.pki_roles import Role, RoleError, require_role
 
-__all__ = ["RECEIPT_TYPE", "verify_receipt", "parse_receipt"]
+__all__ = ["RECEIPT_TYPE", "verify_receipt", "parse_receipt", "received_at"]
 
 RECEIPT_TYPE = "application/vnd.egw.receipt.v1+json"
 
@@ -32,6 +35,13 @@ def parse_receipt(envelope: dsse.Envelope) -> evidence_pb2.Receipt:
         raise VerificationError(f"receipt payload is not an egw.v1.Receipt: {exc}") from exc
 
 
+def received_at(receipt: evidence_pb2.Receipt) -> dt.datetime:
+    """When the platform says it received the item; VerificationError when the receipt has no time."""
+    if not receipt.received_at.seconds:
+        raise VerificationError("receipt carries no receivedAt time to check its signer certificate against")
+    return receipt.received_at.ToDatetime(tzinfo=dt.UTC)
+
+
 def verify_receipt(
     envelope: dsse.Envelope,
     platform_certificate: x509.Certificate,
@@ -40,26 +50,23 @@ def verify_receipt(
     evidence_id: str,
     sha256: str,
     size: int,
+    gateway_id: str,
+    intermediates: list[x509.Certificate] | None = None,
     at_signing_time: bool = False,
 ) -> evidence_pb2.Receipt:
     """Raise VerificationError naming the first thing that does not hold.
 
-    ``at_signing_time``: check the platform certificate's validity at the receipt's own
-    ``received_at`` instead of now — for a bundle read years later, after that certificate
-    expired (the signature is what proves the receipt; the validity period bounds when it
-    could be made). The gateway, receiving a receipt live, checks at now.
+    ``at_signing_time``: check the signer certificate's validity at the receipt's own
+    ``receivedAt`` instead of now — for a bundle read years later, after that certificate
+    expired. The gateway, receiving a receipt live, checks at now.
     """
     if not ca_certificates:
         raise VerificationError("no platform CA certificate to check the receipt signer against (gateway not enrolled?)")
-    moment = None
-    if at_signing_time:
-        stamp = parse_receipt(envelope).received_at
-        if not stamp.seconds:
-            raise VerificationError("receipt carries no received_at time to check its signer certificate against")
-        moment = stamp.ToDatetime(tzinfo=dt.UTC)
+    moment = received_at(parse_receipt(envelope)) if at_signing_time else None
     try:
-        verify_certificate_chain(platform_certificate, [], ca_certificates, at=moment)
-    except VerificationError as exc:
+        verify_certificate_chain(platform_certificate, intermediates or [], ca_certificates, at=moment)
+        require_role(platform_certificate, Role.RECEIPT_SIGNER)
+    except (VerificationError, RoleError) as exc:
         raise VerificationError(f"receipt signer certificate: {exc}") from exc
     try:
         dsse.verify(envelope, platform_certificate.public_key(), RECEIPT_TYPE)  # type: ignore[arg-type]  # a non-EC key fails verify(); narrowing would change that error
@@ -70,6 +77,8 @@ def verify_receipt(
         raise VerificationError(f"receipt is for digest {receipt.sha256}, not {sha256}")
     if receipt.size != size:
         raise VerificationError(f"receipt is for {receipt.size} bytes, not {size}")
-    if receipt.evidence_id and receipt.evidence_id != evidence_id:
-        raise VerificationError(f"receipt names evidence {receipt.evidence_id}, not {evidence_id}")
+    if receipt.evidence_id != evidence_id:
+        raise VerificationError(f"receipt names evidence {receipt.evidence_id or '(none)'}, not {evidence_id}")
+    if receipt.gateway_id != gateway_id:
+        raise VerificationError(f"receipt names gateway {receipt.gateway_id or '(none)'}, not {gateway_id}")
     return receipt

@@ -9,6 +9,7 @@ the reason code each failure puts in the reply's ``error``::
     malformed        not JSON / not a SignedCommand / payload not a Command
     unsigned         no envelope or no signature in it
     no-trust-anchor  this gateway has no platform certificate yet (not enrolled)
+    wrong-role       the pinned platform certificate lacks the command-signer role (docs/trust.md)
     bad-signature    no signature verifies with the platform key (forged, altered)
     wrong-type       envelope payloadType is not the command type
     wrong-gateway    the command names another gateway (a copy sent elsewhere)
@@ -56,13 +57,15 @@ from gateway.evidence import nonces
 from gateway.evidence.state import TRANSITIONS, EvidenceState
 from protos import dsse
 from protos.egw.v1 import events_pb2
+from protos.pki_roles import Role, RoleError, require_role
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
 
 __all__ = [
     "COMMAND_TYPE", "MAX_COMMAND_BYTES", "MAX_LIFETIME_S", "CLOCK_SKEW_S", "COMMAND_NAMES",
-    "CommandRejected", "VerifiedCommand", "CommandVerifier", "CommandHandler", "load_platform_key", "make_reply",
+    "CommandRejected", "VerifiedCommand", "CommandVerifier", "CommandHandler", "load_platform_key",
+    "load_command_signer", "make_reply",
 ]
 
 log = logging.getLogger("egw.mqtt.commands")
@@ -124,6 +127,32 @@ def load_platform_key(source: PlatformKeySource) -> ec.EllipticCurvePublicKey | 
     return key
 
 
+CommandSigner = x509.Certificate | ec.EllipticCurvePublicKey | None
+
+
+def load_command_signer(source: PlatformKeySource) -> CommandSigner:
+    """Like ``load_platform_key``, but a certificate stays a certificate, so the verifier can check that it
+    holds ``Role.COMMAND_SIGNER``. A bare public key is an operator's explicit pin and has no role to check."""
+    if isinstance(source, (str, Path, bytes)):
+        if isinstance(source, bytes):
+            data = source
+        else:
+            try:
+                data = Path(source).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the platform certificate {source}: {exc.strerror}",
+                                  "enrol the gateway (`egw enroll`) or pass the platform certificate path") from exc
+        if b"CERTIFICATE" in data:
+            try:
+                return x509.load_pem_x509_certificate(data)
+            except ValueError as exc:
+                raise ConfigError(f"the platform certificate is not valid PEM: {exc}") from exc
+        return load_platform_key(data)
+    if isinstance(source, x509.Certificate):
+        return source
+    return load_platform_key(source)
+
+
 def _ts_seconds(value: Timestamp) -> float:
     return float(value.seconds) + value.nanos / 1e9
 
@@ -131,10 +160,17 @@ def _ts_seconds(value: Timestamp) -> float:
 class CommandVerifier:
     """Decides whether a signed command may run. Pure except for the nonce table."""
 
-    def __init__(self, gateway_id: str, platform_key: ec.EllipticCurvePublicKey | None, *,
+    def __init__(self, gateway_id: str, platform_key: CommandSigner, *,
                  clock: Callable[[], float] = time.time, max_lifetime_s: float = MAX_LIFETIME_S,
                  skew_s: float = CLOCK_SKEW_S) -> None:
         self.gateway_id = gateway_id
+        self.wrong_role: str | None = None
+        if isinstance(platform_key, x509.Certificate):
+            try:  # a platform certificate that may not sign commands (the TLS one, a receipt-only signer) never will
+                require_role(platform_key, Role.COMMAND_SIGNER)
+            except RoleError as exc:
+                self.wrong_role = str(exc)
+            platform_key = load_platform_key(platform_key)
         self.platform_key = platform_key
         self.clock = clock
         self.max_lifetime_s = max_lifetime_s
@@ -170,6 +206,8 @@ class CommandVerifier:
         """Run every check; on success record the nonce inside the caller's transaction."""
         command, envelope = self.parse(payload)
         assert envelope is not None
+        if self.wrong_role is not None:
+            raise CommandRejected("wrong-role", f"the pinned platform certificate is refused: {self.wrong_role}")
         if self.platform_key is None:
             raise CommandRejected("no-trust-anchor", "this gateway has no platform certificate; enrol it first")
         try:

@@ -17,7 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.errors import ConfigError, IdentityError
+from gateway.evidence import dsse
 from gateway.evidence.identity import Identity, load_identity
+from gateway.evidence.receipt import verify_receipt
+from protos.egw.v1 import evidence_pb2
 
 __all__ = ["PlatformLink", "CHANNEL_OPTIONS", "load_link"]
 
@@ -50,6 +53,13 @@ class PlatformLink:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Plaintext platforms learn who calls from metadata; with mTLS the certificate says it."""
         return (("egw-gateway-id", self.identity.gateway_id),) if self.insecure else ()
+
+    def verify_receipt(self, envelope: dsse.Envelope, *, evidence_id: str, sha256: str, size: int) -> evidence_pb2.Receipt:
+        """A receipt arriving live: signed by exactly the signer pinned at enrolment (``identity/platform.pem``),
+        which must chain to the pinned CA and hold the receipt-signer role, for this gateway and this item.
+        Any other certificate the CA issued (another gateway's, the TLS server's) is not the platform speaking."""
+        return verify_receipt(envelope, self.platform_certificate, self.identity.ca_certificates,
+                              evidence_id=evidence_id, sha256=sha256, size=size, gateway_id=self.identity.gateway_id)
 
     def aio_channel(self, address: str | None = None) -> grpc.aio.Channel:
         target = address or self.address

@@ -62,7 +62,7 @@ from gateway.errors import ConfigError
 from gateway.evidence import identity as identity_mod
 from gateway.evidence.state import State
 from gateway.uplink import outbox as ob
-from gateway.uplink.commands import CommandHandler, CommandVerifier, load_platform_key
+from gateway.uplink.commands import CommandHandler, CommandVerifier, load_command_signer
 from gateway.uplink.mqtt_config import (
     LINK_NAME,
     LinkConfig,
@@ -100,7 +100,7 @@ class MqttLink(LinkSession, OutboxPump, CommandReplies):
         default_platform = self.data_dir / "identity" / "platform.pem"
         if platform_source is None and default_platform.exists():
             platform_source = default_platform
-        self.verifier = CommandVerifier(self.gateway_id, load_platform_key(platform_source))
+        self.verifier = CommandVerifier(self.gateway_id, load_command_signer(platform_source))
         self.commands = CommandHandler(self.data_dir, self.gateway_id, list(sync_time_hooks or []),
                                        status_extra=self._status_extra, evidence_service=evidence_service,
                                        identity=self.identity)

@@ -43,7 +43,6 @@ import grpc
 from gateway.errors import GatewayError, VerificationError
 from gateway.evidence import dsse
 from gateway.evidence.evidence_service import EvidenceService
-from gateway.evidence.receipt import verify_receipt
 from gateway.evidence.state import EvidenceRow, EvidenceState
 from gateway.uplink.link import PlatformLink, load_link
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
@@ -440,12 +439,9 @@ class Uploader:
     def _check_receipt(self, item: EvidenceRow, pb: evidence_pb2.Envelope) -> tuple[bytes, evidence_pb2.Receipt]:
         envelope = dsse.Envelope(pb.payload_type, bytes(pb.payload), tuple((sg.keyid, bytes(sg.sig)) for sg in pb.signatures))
         try:
-            receipt = verify_receipt(envelope, self.link.platform_certificate, self.link.identity.ca_certificates,
-                                     evidence_id=item.id, sha256=item.sha256, size=item.size)
+            receipt = self.link.verify_receipt(envelope, evidence_id=item.id, sha256=item.sha256, size=item.size)
         except VerificationError as exc:
             raise _Fatal(f"receipt rejected: {exc} — the item stays queued; check the platform's signing key") from exc
-        if receipt.gateway_id and receipt.gateway_id != self.link.identity.gateway_id:
-            raise _Fatal(f"receipt rejected: it names gateway {receipt.gateway_id}, not {self.link.identity.gateway_id}")
         return envelope.to_bytes(), receipt
 
     async def _requests(self, item: EvidenceRow, offset: int, out: UploadOutcome, express: bool) -> AsyncIterator[bytes]:
