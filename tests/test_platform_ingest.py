@@ -116,7 +116,7 @@ def test_unknown_and_mismatched_client_certificates_are_refused(tmp_path: Path) 
         requests = [_header(gw_a, item), ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=0, data=data))]
         with stub_for(gw_b.link) as stub, pytest.raises(grpc.RpcError) as mismatch:
             stub.Upload(iter(requests), timeout=5)
-        assert mismatch.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert mismatch.value.code() == grpc.StatusCode.PERMISSION_DENIED  # authenticated, but not the signer
         assert "not signed by the certificate of this connection" in mismatch.value.details()
 
         # 4. the enrolment port (no client certificate) serves Enroll only

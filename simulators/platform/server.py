@@ -318,8 +318,8 @@ class IngestServicer(PartialUploads, ingest_pb2_grpc.EvidenceIngestServicer):
             cert = x509.load_pem_x509_certificate(known[1])
         try:
             dsse.verify(envelope, cert.public_key(), MANIFEST_TYPE)  # type: ignore[arg-type]
-        except dsse.EnvelopeError as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+        except dsse.EnvelopeError as exc:  # the caller is authenticated; it may not upload what another key signed
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"the manifest is not signed by the certificate of this connection (gateway {peer.gateway_id}): {exc}; "
                           "upload evidence only from the gateway that signed it")
         try:
