@@ -75,7 +75,7 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _leaf(subject: str, public: ec.EllipticCurvePublicKey, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
@@ -151,7 +151,7 @@ class PlatformPKI:
     directory: Path
 
     @classmethod
-    def load_or_create(cls, data_dir: Path) -> "PlatformPKI":
+    def load_or_create(cls, data_dir: Path) -> PlatformPKI:
         directory = data_dir / "pki"
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)

@@ -48,7 +48,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import json_format, timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from protos import dsse
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
@@ -58,6 +57,7 @@ from protos.upload_wire import ChunkView, decode_upload_request
 from simulators.platform.index import Index, TokenError
 from simulators.platform.manifest_check import ManifestRejected, check_manifest
 from simulators.platform.pki import PKIError, PlatformPKI, fingerprint, pem
+from simulators.platform.reflection import enable_reflection
 from simulators.platform.revocation import current_crl, publish_crl
 from simulators.platform.uploads import PartialUploads, UploadLimits, boot_id
 
@@ -417,8 +417,8 @@ class PlatformServer:
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (ingest_pb2.DESCRIPTOR.services_by_name["EvidenceIngest"].full_name,
-                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.server)
+                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        enable_reflection(names, self.server)  # v1 and v1alpha
         self.address = ""
         self.enroll_address = ""
 
