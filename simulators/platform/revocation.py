@@ -10,6 +10,7 @@ from its own process while the platform runs, so publication holds a file lock.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import fcntl
 import os
 from pathlib import Path
@@ -57,7 +58,9 @@ def _build(pki: PlatformPKI, index: Index, number: int) -> bytes:
         revoked = (
             x509.RevokedCertificateBuilder()
             .serial_number(entry.serial)
-            .revocation_date(dt.datetime.fromtimestamp(entry.revoked_at, dt.UTC))
+            # X.509 times have whole seconds: round up, never down, or a receipt issued in the last second
+            # before the revocation would read as signed after it (the platform issues none afterwards).
+            .revocation_date(dt.datetime.fromtimestamp(math.ceil(entry.revoked_at), dt.UTC))
             .add_extension(x509.CRLReason(reason), critical=False)
             .build()
         )
