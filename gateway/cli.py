@@ -38,6 +38,7 @@ COMMAND_MODULES = [
     "gateway.commands.sync",
     "gateway.commands.platform",
     "gateway.commands.conformance",
+    "gateway.commands.terminal",
 ]
 
 
@@ -68,6 +69,10 @@ def writes(args: argparse.Namespace) -> bool:
     """Does this command change the data directory (and so need its one writer)?"""
     if args.command == "strip":
         return bool(getattr(args, "record", False))
+    if args.command == "terminal":
+        from gateway.commands.terminal import WRITING_ACTIONS
+
+        return args.terminal_command in WRITING_ACTIONS
     return args.command in WRITING_COMMANDS
 
 

@@ -20,6 +20,7 @@ DATABASE_MODULES = frozenset({
     "gateway/evidence/outbox.py",       # the MQTT outbox table
     "gateway/evidence/link_status.py",  # what `egw status` shows of each uplink
     "gateway/evidence/nonces.py",       # nonces of signed MQTT commands already used
+    "gateway/evidence/terminals.py",    # paired mobile terminals, pairing codes, cases
 })
 
 # What only code that talks to SQLite writes: a statement, a batch, the raw connection, a new one.

@@ -1,6 +1,7 @@
 """Serves the station screen: ``/`` (the page, rendered with the station as it is), ``/screen`` (the
 same, below the header: what the page swaps in on a change), ``/station.js`` and ``/station.css``,
-``/api/state`` (snapshot JSON), ``/events`` (server-sent events, one per change) and ``/healthz``.
+``/api/state`` (snapshot JSON), ``/events`` (server-sent events, one per change), ``/healthz`` and, when
+mobile terminals are served, ``/pairing`` (a QR code with a fresh one-time pairing code).
 
 aiohttp because it is a small, well-kept asyncio server that lives on the
 service's own event loop: no second process, no framework.
@@ -35,6 +36,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 STATIC = {"station.js": "text/javascript", "station.css": "text/css"}
+# A fresh one-time pairing offer for a mobile terminal (gateway.terminal.server.TerminalServer.pairing_offer).
+PairingOffer = Callable[..., dict[str, str]]
 
 
 def chosen_language(request: web.Request) -> str:
@@ -43,7 +46,7 @@ def chosen_language(request: web.Request) -> str:
     return normalise_language(asked)
 
 
-def build_app(station: Station) -> web.Application:
+def build_app(station: Station, pairing: PairingOffer | None = None) -> web.Application:
     app = web.Application()
     static = {name: resources.files("gateway.web").joinpath(name).read_bytes() for name in STATIC}
 
@@ -98,19 +101,29 @@ def build_app(station: Station) -> web.Application:
     app.router.add_get("/api/state", state)
     app.router.add_get("/events", events)
     app.router.add_get("/healthz", health)
+    if pairing is not None:
+        from gateway.terminal.pairing_page import render_pairing_page
+
+        async def pairing_page(request: web.Request) -> web.Response:
+            offer = await asyncio.to_thread(pairing)  # each view issues a new code; the old ones simply expire
+            with use_language(chosen_language(request)):
+                page = render_pairing_page(offer)
+            return web.Response(text=page, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+
+        app.router.add_get("/pairing", pairing_page)
     return app
 
 
 class ScreenServer:
     """Runs the app on the current loop; ``url`` is known after ``start()``."""
 
-    def __init__(self, station: Station, host: str = "127.0.0.1", port: int = 8080) -> None:
-        self.station, self.host, self.port = station, host, port
+    def __init__(self, station: Station, host: str = "127.0.0.1", port: int = 8080, pairing: PairingOffer | None = None) -> None:
+        self.station, self.host, self.port, self.pairing = station, host, port, pairing
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> str:
-        self.runner = web.AppRunner(build_app(self.station), access_log=None, shutdown_timeout=1.0)
+        self.runner = web.AppRunner(build_app(self.station, self.pairing), access_log=None, shutdown_timeout=1.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()
