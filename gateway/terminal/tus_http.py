@@ -3,7 +3,8 @@
 ``OPTIONS /files`` (what the server supports), ``POST /files`` (create; ``Upload-Length``,
 ``Upload-Metadata``), ``HEAD /files/{id}`` (``Upload-Offset``), ``PATCH /files/{id}``
 (``application/offset+octet-stream`` at ``Upload-Offset``), ``DELETE /files/{id}``. When the last byte
-is in, the response carries ``Egw-Evidence-Id`` (HEAD does too, from then on).
+is in, the response carries ``Egw-Evidence-Id`` and ``Egw-Sha256`` (HEAD does too, from then on), so the
+terminal can check that what the station stored is what it sent.
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ def _int_header(request: web.Request, name: str) -> int | None:
     return int(value) if value.isdigit() and len(value) <= 20 else None
 
 
+async def _append(uploads: UploadArea, upload: Upload, running: Running, data: bytearray) -> None:
+    """Append in a thread and wait for it even when the request is cancelled (the client hung up): a
+    write still running when the next one starts would interleave bytes, and a cancelled await that
+    left its batch to be written again would duplicate them. The digest must be of exactly the file."""
+    task = asyncio.ensure_future(asyncio.to_thread(uploads.append, upload, running, data))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
 async def _stream_into(request: web.Request, uploads: UploadArea, upload: Upload, running: Running) -> None:
     """Append the body as it arrives, a batch at a time, off the event loop."""
     batch = bytearray()
@@ -49,11 +62,11 @@ async def _stream_into(request: web.Request, uploads: UploadArea, upload: Upload
         async for chunk in request.content.iter_chunked(WRITE_BATCH):
             batch += chunk
             if len(batch) >= WRITE_BATCH:
-                await asyncio.to_thread(uploads.append, upload, running, batch)
-                batch = bytearray()
+                full, batch = batch, bytearray()  # handed over before the await: never written twice
+                await _append(uploads, upload, running, full)
     finally:  # what arrived before the client was cut off is kept: it resumes after those bytes
         if batch:
-            await asyncio.to_thread(uploads.append, upload, running, batch)
+            await _append(uploads, upload, running, batch)
 
 
 def add_tus_routes(app: web.Application) -> None:
@@ -90,6 +103,8 @@ def add_tus_routes(app: web.Application) -> None:
         headers = {**TUS_HEADERS, "Upload-Offset": str(offset), "Upload-Length": str(upload.length)}
         if upload.evidence_id:
             headers["Egw-Evidence-Id"] = upload.evidence_id
+        if upload.sha256:  # the terminal compares it with its own: what the station stored is what it sent
+            headers["Egw-Sha256"] = upload.sha256
         return headers
 
     async def head(request: web.Request) -> web.Response:
@@ -147,7 +162,7 @@ def add_tus_routes(app: web.Application) -> None:
             result = await asyncio.to_thread(uploads.finish, upload)
             await asyncio.to_thread(registry.audit, ctx.service, terminal, "upload_completed",
                                     {"upload_id": upload.id, "sha256": result.sha256, "size": result.size}, result.evidence_id)
-            upload.evidence_id = result.evidence_id
+            upload.evidence_id, upload.sha256 = result.evidence_id, result.sha256
         return web.Response(status=204, headers=done_headers(upload, running.offset))
 
     async def delete(request: web.Request) -> web.Response:
