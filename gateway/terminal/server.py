@@ -28,6 +28,7 @@ from gateway.terminal import registry
 from gateway.terminal.api import add_api_routes
 from gateway.terminal.ca import TerminalCA
 from gateway.terminal.context import TERMINAL, TerminalContext, error_response
+from gateway.terminal.mobile import add_mobile_routes
 from gateway.terminal.tus import UploadArea
 from gateway.terminal.tus_http import add_tus_routes
 
@@ -122,6 +123,7 @@ def build_api_app(ctx: TerminalContext) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     add_tus_routes(app)
     add_api_routes(app)
+    add_mobile_routes(app)
     return app
 
 
