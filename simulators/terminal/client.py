@@ -141,3 +141,63 @@ class TerminalClient:
         if status != 200:
             raise RuntimeError(f"GET {path}: {status} {body[:200]!r}")
         return json.loads(body)
+
+
+class UploadFailed(Exception):
+    """The station refused or kept failing an upload; the message says what it answered."""
+
+
+def tus_upload(client: TerminalClient, path: Path, *, media_type: str, chunk_size: int = 8 << 20, attempts: int = 5,
+               timeout: float = 60) -> dict[str, Any]:
+    """Upload ``path`` with tus 1.0 (creation, HEAD, PATCH), resuming from the station's offset after a
+    failure; memory stays at one socket buffer whatever the size. Returns the station's answer headers."""
+    import base64
+
+    size = path.stat().st_size
+    meta = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in (("filename", path.name), ("filetype", media_type)))
+    status, headers, body = client.request("POST", "/files", headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(size),
+                                                                       "Upload-Metadata": meta})
+    if status != 201:
+        raise UploadFailed(f"creating the upload was refused ({status}): {body[:300]!r}")
+    location = "/" + headers["location"].split("/", 3)[3]
+    offset, failures, answer = 0, 0, headers
+    while offset < size or "egw-evidence-id" not in answer:
+        try:
+            answer = _patch(client, location, path, offset, min(chunk_size, size - offset), timeout)
+            offset = int(answer["upload-offset"])
+            failures = 0
+        except (OSError, http.client.HTTPException, UploadFailed):
+            failures += 1
+            if failures >= attempts:
+                raise
+            status, answer, _ = client.request("HEAD", location, headers={"Tus-Resumable": "1.0.0"})
+            if status != 200:
+                raise UploadFailed(f"the station lost the upload ({status})") from None
+            offset = int(answer["upload-offset"])
+    return {"evidence_id": answer["egw-evidence-id"], "sha256": answer.get("egw-sha256"), "size": size, "upload": location}
+
+
+def _patch(client: TerminalClient, location: str, path: Path, offset: int, length: int, timeout: float) -> dict[str, str]:
+    conn = _connection(client.api_url, client.ssl_context(), timeout)
+    try:
+        conn.putrequest("PATCH", location)
+        for name, value in {"Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream",
+                            "Upload-Offset": str(offset), "Content-Length": str(length)}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            left = length
+            while left:
+                chunk = fh.read(min(left, 1 << 20))
+                if not chunk:
+                    raise UploadFailed(f"{path} shrank while it was uploaded")
+                conn.send(chunk)
+                left -= len(chunk)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 204:
+            raise UploadFailed(f"PATCH at {offset} refused ({response.status})")
+        return {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
