@@ -60,6 +60,7 @@ class GatewayConfig:
     terminal_listen: str | None = None  # the mutual-TLS API for mobile terminals (off unless configured)
     terminal_pairing_listen: str | None = None  # server-TLS only: where terminals pair
     terminal_names: tuple[str, ...] = ()  # extra DNS names / IPs in the station's terminal TLS certificate
+    terminal_announce: bool = True  # DNS-SD _egw._tcp on the API's interface
     log_format: str = "auto"  # auto | json | human
     log_level: str = "info"  # debug | info | warning | error
     inspector_id: str | None = None
@@ -98,6 +99,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "listen": ((str,), "HOST:PORT of the mutual-TLS API for mobile terminals, or \"\" to turn it off"),
         "pairing_listen": ((str,), "HOST:PORT where terminals pair (server TLS only)"),
         "names": ((str,), "comma-separated extra DNS names or IP addresses terminals reach the station by"),
+        "announce": ((bool,), "true to announce the station by DNS-SD (_egw._tcp), false not to"),
     },
     "defaults": {
         "inspector_id": ((str,), "the inspector id recorded with results"),
@@ -246,6 +248,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
         metrics_listen=get("metrics", "listen", "127.0.0.1:9108") or None,
         terminal_listen=get("terminal", "listen", None) or None,
         terminal_pairing_listen=get("terminal", "pairing_listen", None) or None,
+        terminal_announce=get("terminal", "announce", True),
         terminal_names=tuple(n.strip() for n in str(get("terminal", "names", "")).split(",") if n.strip()),
         log_format=log_format,
         log_level=log_level,

@@ -13,10 +13,11 @@ from simulators.terminal.client import TerminalClient, parse_offer
 from tests.conftest import run_egw, spawn_egw
 
 
-def write_config(tmp_path: Path, data: Path, *, api_port: int = 0, pairing_port: int = 0) -> Path:
+def write_config(tmp_path: Path, data: Path, *, api_port: int = 0, pairing_port: int = 0, announce: bool = False) -> Path:
     config = tmp_path / "gateway.toml"
     config.write_text(f'data_dir = "{data}"\n[screen]\nlisten = "127.0.0.1:0"\n[metrics]\nlisten = ""\n'
-                      f'[terminal]\nlisten = "127.0.0.1:{api_port}"\npairing_listen = "127.0.0.1:{pairing_port}"\n')
+                      f'[terminal]\nlisten = "127.0.0.1:{api_port}"\npairing_listen = "127.0.0.1:{pairing_port}"\n'
+                      f'announce = {"true" if announce else "false"}\n')
     return config
 
 

@@ -25,6 +25,7 @@ from gateway.errors import GatewayError, TerminalError
 from gateway.evidence.evidence_service import EvidenceService
 from gateway.station.live_state import Station
 from gateway.terminal import registry
+from gateway.terminal.announce import Announcer
 from gateway.terminal.api import add_api_routes
 from gateway.terminal.ca import TerminalCA
 from gateway.terminal.context import TERMINAL, TerminalContext, error_response
@@ -159,13 +160,15 @@ class TerminalServer:
     """Both listeners; ``api_url``/``pairing_url`` are known after ``start()``."""
 
     def __init__(self, service: EvidenceService, station: Station, *, api_listen: tuple[str, int],
-                 pairing_listen: tuple[str, int], server_names: tuple[str, ...] = ()) -> None:
+                 pairing_listen: tuple[str, int], server_names: tuple[str, ...] = (), announce: bool = False) -> None:
         hosts = tuple(h for h in (api_listen[0], pairing_listen[0]) if h not in ("", "0.0.0.0", "::"))
         self.ctx = TerminalContext(service, station, TerminalCA(service.data_dir, service.identity.gateway_id,
                                                                 (*hosts, *server_names)), UploadArea(service))
         self.api_listen, self.pairing_listen = api_listen, pairing_listen
         self.runners: list[web.AppRunner] = []
         self.servers: list[asyncio.Server] = []
+        self.announce = announce
+        self.announcer: Announcer | None = None
 
     @property
     def api_url(self) -> str:
@@ -183,6 +186,10 @@ class TerminalServer:
         pairing_port = await self._serve(build_pairing_app(self.ctx), self.pairing_listen, self.ctx.ca.pairing_context(), gate=False)
         self.ctx.api_url = f"https://{_url_host(self.api_listen[0])}:{api_port}/"
         self.ctx.pairing_url = f"https://{_url_host(self.pairing_listen[0])}:{pairing_port}/"
+        if self.announce:
+            self.announcer = Announcer(self.ctx.service.identity.gateway_id, self.api_listen[0], api_port, pairing_port,
+                                       self.ctx.ca.station_fingerprint)
+            await self.announcer.start()
 
     async def _serve(self, app: web.Application, listen: tuple[str, int], context: ssl.SSLContext, *, gate: bool) -> int:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
@@ -202,6 +209,8 @@ class TerminalServer:
         return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        if self.announcer is not None:
+            await self.announcer.stop()
         for server in self.servers:
             server.close()
         for runner in self.runners:
