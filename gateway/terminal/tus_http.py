@@ -43,30 +43,38 @@ def _int_header(request: web.Request, name: str) -> int | None:
     return int(value) if value.isdigit() and len(value) <= 20 else None
 
 
-async def _append(uploads: UploadArea, upload: Upload, running: Running, data: bytearray) -> None:
-    """Append in a thread and wait for it even when the request is cancelled (the client hung up): a
-    write still running when the next one starts would interleave bytes, and a cancelled await that
-    left its batch to be written again would duplicate them. The digest must be of exactly the file."""
-    task = asyncio.ensure_future(asyncio.to_thread(uploads.append, upload, running, data))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        raise
-
-
 async def _stream_into(request: web.Request, uploads: UploadArea, upload: Upload, running: Running) -> None:
-    """Append the body as it arrives, a batch at a time, off the event loop."""
+    """Append the body as it arrives, off the event loop, one batch in flight while the next is received
+    (decrypting on the loop overlaps hashing and writing in the thread).
+
+    Batches are written strictly in order, never two at once, and each exactly once: a write still running
+    when the request is cancelled (the client hung up) is waited for before the rest is written, since a
+    write racing the next would interleave bytes and a batch left to be written again would duplicate
+    them. The digest must be of exactly the file."""
+    in_flight: asyncio.Future[None] | None = None
     batch = bytearray()
     try:
         async for chunk in request.content.iter_chunked(WRITE_BATCH):
             batch += chunk
             if len(batch) >= WRITE_BATCH:
-                full, batch = batch, bytearray()  # handed over before the await: never written twice
-                await _append(uploads, upload, running, full)
+                if in_flight is not None:
+                    await asyncio.shield(in_flight)
+                full, batch = batch, bytearray()  # handed over before any await: never written twice
+                in_flight = asyncio.ensure_future(asyncio.to_thread(uploads.append, upload, running, full))
     finally:  # what arrived before the client was cut off is kept: it resumes after those bytes
+        if in_flight is not None:
+            await _through_cancellation(in_flight)
         if batch:
-            await _append(uploads, upload, running, batch)
+            await _through_cancellation(asyncio.ensure_future(asyncio.to_thread(uploads.append, upload, running, batch)))
+
+
+async def _through_cancellation(write: asyncio.Future[None]) -> None:
+    """Wait for a write even if this task is cancelled meanwhile (then re-raise the cancellation after it)."""
+    try:
+        await asyncio.shield(write)
+    except asyncio.CancelledError:
+        await asyncio.wait([write])
+        raise
 
 
 def add_tus_routes(app: web.Application) -> None:
