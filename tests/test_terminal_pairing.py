@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import ssl
+import urllib.error
 import urllib.request
 
 import pytest
@@ -133,3 +134,39 @@ def test_the_station_screen_shows_a_qr_code_that_pairs(tmp_path, running):
     client = TerminalClient(tmp_path / "from-screen")
     client.pair(offer, officer_id="100005")
     assert client.get_json("/api/v1/me")["officer_id"] == "100005"
+
+
+def _non_loopback_address() -> str:
+    """This host's own LAN address (the connection stays on the host)."""
+    import subprocess
+
+    addresses = [a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+                 if "." in a and not a.startswith("127.")]
+    assert addresses, "the host has no IPv4 address besides loopback to test from"
+    return addresses[0]
+
+
+def test_the_pairing_page_is_not_served_to_the_network(tmp_path):
+    """Whoever reads a code can pair: the screen listening on the LAN must not hand codes to the LAN."""
+    data = init_data(tmp_path)
+    config = write_config(tmp_path, data)
+    config.write_text(config.read_text().replace('[screen]\nlisten = "127.0.0.1:0"', '[screen]\nlisten = "0.0.0.0:0"'))
+    with station(config) as (_, ready):
+        port = ready["screen"].rstrip("/").rsplit(":", 1)[1]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://{_non_loopback_address()}:{port}/pairing", timeout=10)
+        assert refused.value.code == 403 and b"station's own screen" in refused.value.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/pairing", timeout=10) as page:
+            assert b'id="pairing-code"' in page.read()
+
+
+def test_a_guesser_is_slowed_down(tmp_path):
+    data = init_data(tmp_path)
+    with station(write_config(tmp_path, data)) as (_, ready):
+        uri = offer_code(data, ready["terminal_pairing"])
+        for attempt in range(5):
+            with pytest.raises(PairingFailed, match="403"):
+                TerminalClient(tmp_path / f"g{attempt}").pair(parse_offer(re.sub(r"code=\w+", f"code=GUESS{attempt}", uri)),
+                                                              officer_id="1")
+        with pytest.raises(PairingFailed, match="429"):  # even the right code, from this address, for now
+            TerminalClient(tmp_path / "right").pair(parse_offer(uri), officer_id="1")

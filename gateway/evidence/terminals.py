@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, fields
 
-__all__ = ["TerminalRecord", "CaseItem", "PairingRefused", "add_pairing_code", "use_pairing_code", "add_terminal",
+__all__ = ["TerminalRecord", "CaseItem", "PairingRefused", "add_pairing_code", "use_pairing_code", "forget_expired_codes", "add_terminal",
            "list_terminals", "get_terminal", "find_by_serial", "revoke_terminal", "add_case_item", "case_items"]
 
 
@@ -71,8 +71,12 @@ def use_pairing_code(db: sqlite3.Connection, code_sha256: str, *, terminal_id: s
         raise PairingRefused(code_sha256)
     db.execute("UPDATE terminal_pairing_codes SET used_at = ?, terminal_id = ? WHERE code_sha256 = ?",
                (now, terminal_id, code_sha256))
-    db.execute("DELETE FROM terminal_pairing_codes WHERE expires_at < ? AND used_at IS NULL", (now - 86400,))
     return None if row[0] is None else str(row[0])
+
+
+def forget_expired_codes(db: sqlite3.Connection, now: float) -> None:
+    """Drop codes that expired unused a day ago (spent ones stay: they name the terminal they paired)."""
+    db.execute("DELETE FROM terminal_pairing_codes WHERE expires_at < ? AND used_at IS NULL", (now - 86400,))
 
 
 def add_terminal(db: sqlite3.Connection, record: TerminalRecord) -> None:

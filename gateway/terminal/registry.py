@@ -36,8 +36,10 @@ def _code_digest(code: str) -> str:
 def offer_pairing(service: EvidenceService, *, officer_id: str | None, issued_by: str, ttl_s: float = PAIRING_TTL_S) -> str:
     """A fresh one-time pairing code, valid ``ttl_s`` seconds; only its SHA-256 is stored."""
     code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    now = time.time()
     with service.state.transaction() as db:
-        repo.add_pairing_code(db, _code_digest(code), officer_id=officer_id, issued_by=issued_by, expires_at=time.time() + ttl_s)
+        repo.forget_expired_codes(db, now)
+        repo.add_pairing_code(db, _code_digest(code), officer_id=officer_id, issued_by=issued_by, expires_at=now + ttl_s)
     return code
 
 

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -37,6 +38,26 @@ __all__ = ["TerminalServer", "build_api_app", "build_pairing_app", "pairing_payl
 
 log = logging.getLogger("egw.terminal")
 MAX_PAIRING_BODY = 64 * 1024
+REFUSALS_PER_WINDOW = 5  # refused pairing attempts one peer may make per window before it is told to wait
+REFUSAL_WINDOW_S = 60.0
+
+
+class _RefusalLimiter:
+    """Refused pairings per peer address: a guesser gets 5 tries a minute (80-bit codes make guessing hopeless
+    anyway; this keeps a flood from filling the log and the CPU with certificate signing)."""
+
+    def __init__(self) -> None:
+        self.refusals: dict[str, list[float]] = {}
+
+    def blocked_for(self, peer: str, now: float) -> float:
+        recent = [t for t in self.refusals.get(peer, []) if now - t < REFUSAL_WINDOW_S]
+        self.refusals[peer] = recent
+        return REFUSAL_WINDOW_S - (now - recent[0]) if len(recent) >= REFUSALS_PER_WINDOW else 0.0
+
+    def refused(self, peer: str, now: float) -> None:
+        if len(self.refusals) > 10_000:  # bounded whatever the number of peers
+            self.refusals.clear()
+        self.refusals.setdefault(peer, []).append(now)
 
 
 def _peer_certificate(transport: asyncio.BaseTransport | None) -> bytes | None:
@@ -131,8 +152,21 @@ def build_api_app(ctx: TerminalContext) -> web.Application:
 def build_pairing_app(ctx: TerminalContext) -> web.Application:
     app = web.Application(client_max_size=MAX_PAIRING_BODY)
     app[TERMINAL] = ctx
+    limiter = _RefusalLimiter()
 
     async def pair(request: web.Request) -> web.Response:
+        peer, now = request.remote or "?", time.monotonic()
+        wait = limiter.blocked_for(peer, now)
+        if wait > 0:
+            return error_response(429, "too many refused pairing attempts from this address",
+                                  f"wait {wait:.0f} s, then scan a fresh code from the station screen",
+                                  headers={"Retry-After": str(int(wait) + 1)})
+        answer = await _pair(request)
+        if answer.status in (400, 403):
+            limiter.refused(peer, now)
+        return answer
+
+    async def _pair(request: web.Request) -> web.Response:
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):

@@ -1,7 +1,8 @@
 """Serves the station screen: ``/`` (the page, rendered with the station as it is), ``/screen`` (the
 same, below the header: what the page swaps in on a change), ``/station.js`` and ``/station.css``,
 ``/api/state`` (snapshot JSON), ``/events`` (server-sent events, one per change), ``/healthz`` and, when
-mobile terminals are served, ``/pairing`` (a QR code with a fresh one-time pairing code).
+mobile terminals are served, ``/pairing`` (a QR code with a fresh one-time pairing code; only to a
+browser on the station itself: whoever can read a code can pair a terminal).
 
 aiohttp because it is a small, well-kept asyncio server that lives on the
 service's own event loop: no second process, no framework.
@@ -105,6 +106,9 @@ def build_app(station: Station, pairing: PairingOffer | None = None) -> web.Appl
         from gateway.terminal.pairing_page import render_pairing_page
 
         async def pairing_page(request: web.Request) -> web.Response:
+            if not _is_loopback(request.remote):  # a code is for whoever stands at the station, not for the LAN
+                return web.Response(status=403, text="The pairing code is shown only on the station's own screen.\n",
+                                    headers=SECURITY_HEADERS)
             offer = await asyncio.to_thread(pairing)  # each view issues a new code; the old ones simply expire
             with use_language(chosen_language(request)):
                 page = render_pairing_page(offer)
@@ -112,6 +116,15 @@ def build_app(station: Station, pairing: PairingOffer | None = None) -> web.Appl
 
         app.router.add_get("/pairing", pairing_page)
     return app
+
+
+def _is_loopback(remote: str | None) -> bool:
+    import ipaddress
+
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class ScreenServer:
