@@ -62,5 +62,10 @@ def custody_entries(data: Path) -> list[dict[str, Any]]:
     """Every custody entry, read beside the running service (read-only handle)."""
     from gateway.evidence.evidence_service import EvidenceService
 
+    from protos.schemas import schema_errors
+
     with EvidenceService(data, read_only=True) as service:
-        return [json.loads(service.custody.entry(seq)) for seq in range(service.custody.size)]
+        entries = [json.loads(service.custody.entry(seq)) for seq in range(service.custody.size)]
+    for entry in entries:  # every entry a terminal caused is one the published schema accepts
+        assert not schema_errors("custody-entry", entry), (entry, schema_errors("custody-entry", entry))
+    return entries

@@ -52,9 +52,9 @@ def test_pair_then_mutual_tls_with_the_terminal_role(tmp_path, running):
     assert me["terminal_id"] == terminal_id and me["officer_id"] == "100001"
     listing = json.loads(run_egw("terminal", "ls", "--data-dir", str(data), "--json", check=True).stdout)
     assert [(t["officer_id"], t["revoked_at"]) for t in listing if t["id"] == terminal_id] == [("100001", None)]
-    paired = [e for e in custody_entries(data) if e["event"] == "terminal_paired" and e["terminal_id"] == terminal_id]
+    paired = [e for e in custody_entries(data) if e["event"] == "terminal-paired" and e["terminal_id"] == terminal_id]
     assert [e["officer_id"] for e in paired] == ["100001"]
-    calls = [e for e in custody_entries(data) if e["event"] == "terminal_request" and e["terminal_id"] == terminal_id]
+    calls = [e for e in custody_entries(data) if e["event"] == "terminal-request" and e["terminal_id"] == terminal_id]
     assert [(e["action"], e["officer_id"]) for e in calls] == [("me", "100001")]
 
 
@@ -94,7 +94,7 @@ def test_revoked_terminal_is_refused_at_the_tls_layer_even_on_an_open_connection
     assert answer.status == 403 and b"revoked" in answer.read()
     listing = json.loads(run_egw("terminal", "ls", "--data-dir", str(data), "--json", check=True).stdout)
     assert [t["revoked_by"] for t in listing if t["id"] == terminal_id] == ["admin-7"]
-    revoked = [e for e in custody_entries(data) if e["event"] == "terminal_revoked"]
+    revoked = [e for e in custody_entries(data) if e["event"] == "terminal-revoked"]
     assert [(e["terminal_id"], e["officer_id"], e["revoked_by"]) for e in revoked] == [(terminal_id, "100002", "admin-7")]
 
 

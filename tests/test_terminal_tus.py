@@ -84,7 +84,7 @@ def test_a_photo_from_tuspy_becomes_evidence_of_the_terminal_and_its_officer(tmp
         assert (row.id, row.kind, row.media_type, row.device_id, row.officer_id) == (
             evidence_id, "photo", "image/jpeg", client.paired["terminal_id"], "200001")
         events = [e for e in custody_entries(data) if e.get("evidence_id") == evidence_id]
-        assert {"ingested", "terminal_request"} <= {e["event"] for e in events}
+        assert {"ingested", "terminal-request"} <= {e["event"] for e in events}
         assert any(e.get("action") == "upload_completed" and e["officer_id"] == "200001" for e in events)
 
 

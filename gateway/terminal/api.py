@@ -1,6 +1,6 @@
 """The terminal's JSON API under ``/api/v1`` (described in ``docs/terminal-api.json``).
 
-Every call is a custody event (``terminal_request``) under the calling terminal's officer, except the
+Every call is a custody event (``terminal-request``) under the calling terminal's officer, except the
 live results stream's keep-alives: opening the stream is one event, not each message.
 """
 
@@ -75,7 +75,7 @@ def _add_to_case(ctx: TerminalContext, terminal: repo.TerminalRecord, case_no: s
     with ctx.service.state.transaction() as db:
         for evidence_id in evidence_ids:
             if repo.add_case_item(db, repo.CaseItem(case_no, evidence_id, terminal.officer_id, terminal.id, now)):
-                ctx.service.custody.append(db, "case_item_added", evidence_id, {
+                ctx.service.custody.append(db, "case-item-added", evidence_id, {
                     "case_no": case_no, "officer_id": terminal.officer_id, "terminal_id": terminal.id})
     return _read_case(ctx, case_no)
 

@@ -1,8 +1,8 @@
 """Paired terminals: pairing with a one-time code, authentication of each connection, revocation.
 
 Every change is a custody event under the officer's id, committed in the same transaction as the change
-(``terminal_paired``, ``terminal_revoked``); every API call a terminal makes is one too
-(``terminal_request``), so the custody log says which officer's handheld did what, when.
+(``terminal-paired``, ``terminal-revoked``); every API call a terminal makes is one too
+(``terminal-request``), so the custody log says which officer's handheld did what, when.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def pair(service: EvidenceService, ca: TerminalCA, *, code: str, csr_pem: bytes,
                                      not_after=issued.not_after, paired_at=now, revoked_at=None, revoked_by=None,
                                      revoke_reason=None)
         repo.add_terminal(db, record)
-        service.custody.append(db, "terminal_paired", None, {
+        service.custody.append(db, "terminal-paired", None, {
             "terminal_id": terminal_id, "officer_id": officer, "cert_sha256": record.cert_sha256,
             "serial": record.serial, "label": record.label})
     return record, issued.pem()
@@ -86,7 +86,7 @@ def revoke(service: EvidenceService, terminal_id: str, *, by: str, reason: str) 
         if record is None:
             raise TerminalError(f"no terminal {terminal_id!r} is paired with this station", "list them with `egw terminal ls`")
         if repo.revoke_terminal(db, terminal_id, by=by, reason=reason, now=time.time()):
-            service.custody.append(db, "terminal_revoked", None, {
+            service.custody.append(db, "terminal-revoked", None, {
                 "terminal_id": terminal_id, "officer_id": record.officer_id, "revoked_by": by, "reason": reason,
                 "serial": record.serial})
         found = repo.get_terminal(db, terminal_id)
@@ -123,5 +123,5 @@ def authenticate(service: EvidenceService, der: bytes | None) -> repo.TerminalRe
 def audit(service: EvidenceService, terminal: repo.TerminalRecord, action: str, details: dict[str, Any] | None = None,
           evidence_id: str | None = None) -> None:
     """One custody event for a terminal's call, under its officer's id."""
-    service.record_event(evidence_id, "terminal_request", {
+    service.record_event(evidence_id, "terminal-request", {
         "terminal_id": terminal.id, "officer_id": terminal.officer_id, "action": action, **(details or {})})
