@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import TerminalError
+from gateway.errors import StoreError, StoreFullError, TerminalError
 from gateway.evidence.evidence_service import EvidenceService, IngestResult
 from gateway.evidence.manifest import ManifestInput, guess_media_type
 from gateway.evidence.store import CHUNK_SIZE
@@ -181,13 +182,21 @@ class UploadArea:
         if running.offset + len(data) > upload.length:
             raise TerminalError(f"the PATCH goes past Upload-Length ({upload.length} bytes)", "send only the declared bytes")
         view = memoryview(data)
-        fd = os.open(self._data(upload.id), os.O_WRONLY | os.O_APPEND)
         try:
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
-        finally:
-            os.close(fd)
+            fd = os.open(self._data(upload.id), os.O_WRONLY | os.O_APPEND)
+            try:
+                written = 0
+                while written < len(view):
+                    written += os.write(fd, view[written:])
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # What reached the file is kept and the digest is rebuilt from it on the next PATCH (the in-memory
+            # one no longer matches the file's length), so the client resumes from HEAD's offset.
+            if exc.errno == errno.ENOSPC:
+                raise StoreFullError(f"disk full while receiving upload {upload.id}",
+                                     "free disk space in the data directory; the terminal resumes where it stopped") from exc
+            raise StoreError(f"writing upload {upload.id} failed: {exc.strerror}") from exc
         self._update(running, view)
 
     def complete(self, upload: Upload) -> bool:
