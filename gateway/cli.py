@@ -39,6 +39,7 @@ COMMAND_MODULES = [
     "gateway.commands.platform",
     "gateway.commands.conformance",
     "gateway.commands.record",
+    "gateway.commands.terminal",
 ]
 
 
@@ -71,6 +72,10 @@ def writes(args: argparse.Namespace) -> bool:
         return bool(getattr(args, "record", False))
     if args.command == "record":  # `record draft` and `record templates` only read
         return getattr(args, "record_action", None) == "new"
+    if args.command == "terminal":
+        from gateway.commands.terminal import WRITING_ACTIONS
+
+        return args.terminal_command in WRITING_ACTIONS
     return args.command in WRITING_COMMANDS
 
 

@@ -57,6 +57,10 @@ class GatewayConfig:
     sm3: bool = False
     screen_listen: str | None = "127.0.0.1:8080"
     metrics_listen: str | None = "127.0.0.1:9108"
+    terminal_listen: str | None = None  # the mutual-TLS API for mobile terminals (off unless configured)
+    terminal_pairing_listen: str | None = None  # server-TLS only: where terminals pair
+    terminal_names: tuple[str, ...] = ()  # extra DNS names / IPs in the station's terminal TLS certificate
+    terminal_announce: bool = True  # DNS-SD _egw._tcp on the API's interface
     log_format: str = "auto"  # auto | json | human
     log_level: str = "info"  # debug | info | warning | error
     inspector_id: str | None = None
@@ -91,6 +95,12 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     },
     "screen": {"listen": ((str,), "HOST:PORT for the station screen, or \"\" to turn it off")},
     "metrics": {"listen": ((str,), "HOST:PORT for Prometheus metrics, or \"\" to turn them off")},
+    "terminal": {
+        "listen": ((str,), "HOST:PORT of the mutual-TLS API for mobile terminals, or \"\" to turn it off"),
+        "pairing_listen": ((str,), "HOST:PORT where terminals pair (server TLS only)"),
+        "names": ((str,), "comma-separated extra DNS names or IP addresses terminals reach the station by"),
+        "announce": ((bool,), "true to announce the station by DNS-SD (_egw._tcp), false not to"),
+    },
     "defaults": {
         "inspector_id": ((str,), "the inspector id recorded with results"),
         "site": ((str,), "the site or location name"),
@@ -192,7 +202,8 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
     release = get("release", "policy", "receipt")
     if release not in RELEASE_POLICIES:
         problems.append(f"release.policy: {release!r} is not one of {', '.join(RELEASE_POLICIES)}")
-    for section, key in (("platform", "address"), ("screen", "listen"), ("metrics", "listen")):
+    for section, key in (("platform", "address"), ("screen", "listen"), ("metrics", "listen"), ("terminal", "listen"),
+                         ("terminal", "pairing_listen")):
         value = get(section, key, None)
         if isinstance(value, str):
             _host_port(f"{section}.{key}", value, problems)
@@ -235,6 +246,10 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
         sm3=get("ingest", "sm3", False),
         screen_listen=get("screen", "listen", "127.0.0.1:8080") or None,
         metrics_listen=get("metrics", "listen", "127.0.0.1:9108") or None,
+        terminal_listen=get("terminal", "listen", None) or None,
+        terminal_pairing_listen=get("terminal", "pairing_listen", None) or None,
+        terminal_announce=get("terminal", "announce", True),
+        terminal_names=tuple(n.strip() for n in str(get("terminal", "names", "")).split(",") if n.strip()),
         log_format=log_format,
         log_level=log_level,
         inspector_id=get("defaults", "inspector_id", None),

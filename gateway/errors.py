@@ -13,6 +13,7 @@ prints ``error: <message>`` and, on the next line, ``hint: <hint>``.
     │   └── TransitionError    an evidence state change the state machine forbids
     ├── NotFoundError          no such evidence id
     ├── DeviceError            a device could not be reached or failed mid-way (wraps driver errors)
+    ├── TerminalError          a mobile terminal's pairing, certificate or request was refused
     ├── VerificationError      a signature, proof or digest does not hold
     └── SealingError           the platform's seal or time-stamp service refused or could not be reached
 """
@@ -30,6 +31,7 @@ __all__ = [
     "TransitionError",
     "NotFoundError",
     "DeviceError",
+    "TerminalError",
     "VerificationError",
     "SealingError",
 ]
@@ -79,6 +81,10 @@ class NotFoundError(GatewayError):
 
 class DeviceError(GatewayError):
     default_hint = "check the cable / URL and that the device is switched on; nothing it sent before the failure was lost"
+
+
+class TerminalError(GatewayError):
+    default_hint = "pair the terminal again from the station screen (or `egw terminal pair`); `egw terminal ls` lists paired ones"
 
 
 class VerificationError(GatewayError):

@@ -21,6 +21,7 @@ DATABASE_MODULES = frozenset({
     "gateway/evidence/link_status.py",  # what `egw status` shows of each uplink
     "gateway/evidence/nonces.py",       # nonces of signed MQTT commands already used
     "gateway/evidence/tree_head_stamps.py",  # RFC 3161 tokens over signed tree heads
+    "gateway/evidence/terminals.py",    # paired mobile terminals, pairing codes, cases
 })
 
 # What only code that talks to SQLite writes: a statement, a batch, the raw connection, a new one.

@@ -21,6 +21,7 @@ SIMULATORS: dict[str, str] = {
     "rapidtest": "simulators.rapidtest.cli",
     "strips": "simulators.strips.cli",
     "platform-mqtt": "simulators.platform_mqtt.cli",
+    "terminal": "simulators.terminal.cli",
 }
 
 

@@ -106,6 +106,20 @@ class EvidenceService:
         blob = self.store.put_stream(stream, expected_size=expected_size, with_sm3=self.with_sm3, progress=progress)
         return self._commit(blob, item, priority, source_mtime=source_mtime, enrich=enrich)
 
+    def ingest_staged(self, staged: Path, item: ManifestInput, *, sha256: str, sm3: str | None, size: int,
+                      priority: int = 0) -> IngestResult:
+        """Ingest bytes a receiver already wrote and hashed in the store's temporary area (a terminal's
+        upload): the file becomes the blob by rename, so a 200 MB upload is not copied a second time.
+        Called again after a crash (the file already gone into the store) it commits from the blob."""
+        if staged.exists():
+            blob = self.store.adopt(staged, sha256, sm3, size)
+        elif self.store.exists(sha256):
+            blob = StoredBlob(sha256, size, sm3, self.store.path_for(sha256), newly_stored=False)
+        else:
+            raise SourceError(f"staged upload {staged.name} is neither in the temporary area nor in the store",
+                              "the upload must be sent again")
+        return self._commit(blob, item, priority, source_mtime=None)
+
     def ingest_bytes(self, data: bytes, item: ManifestInput, *, priority: int = 0) -> IngestResult:
         return self.ingest_stream(io.BytesIO(data), item, expected_size=len(data), priority=priority)
 

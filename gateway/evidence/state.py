@@ -154,6 +154,39 @@ MIGRATIONS: list[str] = [
         at        REAL NOT NULL
     );
     """,
+    # 4: mobile terminals (gateway/terminal, see gateway/evidence/terminals.py): the terminals paired with
+    # this station and whether they are revoked, the one-time pairing codes (only their SHA-256), and
+    # cases (a case number grouping evidence ids, filled from the terminals).
+    """
+    CREATE TABLE terminals (
+        id            TEXT PRIMARY KEY,
+        officer_id    TEXT NOT NULL,
+        label         TEXT,
+        serial        TEXT NOT NULL UNIQUE,
+        cert_sha256   TEXT NOT NULL,
+        not_after     REAL NOT NULL,
+        paired_at     REAL NOT NULL,
+        revoked_at    REAL,
+        revoked_by    TEXT,
+        revoke_reason TEXT
+    );
+    CREATE TABLE terminal_pairing_codes (
+        code_sha256 TEXT PRIMARY KEY,
+        officer_id  TEXT,
+        issued_by   TEXT NOT NULL,
+        expires_at  REAL NOT NULL,
+        used_at     REAL,
+        terminal_id TEXT
+    );
+    CREATE TABLE case_items (
+        case_no     TEXT NOT NULL,
+        evidence_id TEXT NOT NULL REFERENCES evidence(id),
+        officer_id  TEXT NOT NULL,
+        terminal_id TEXT,
+        added_at    REAL NOT NULL,
+        PRIMARY KEY (case_no, evidence_id)
+    );
+    """,
 ]
 
 

@@ -222,6 +222,18 @@ class BlobStore:
             raise SourceError(f"source changed while it was read: expected {expected_size} bytes, read {size}")
         return self._publish(tmp_path, sha, sm3, size)
 
+    def adopt(self, staged: Path, sha: str, sm3: str | None, size: int) -> StoredBlob:
+        """Publish a file a receiver wrote and hashed itself in ``self.tmp`` (a terminal upload), by rename:
+        stored once, never copied again. The caller vouches for ``sha``/``size`` (it hashed the very bytes
+        it wrote); the file is flushed to disk here before it becomes visible."""
+        if self.read_only:
+            raise StoreError("this is a read-only handle on the store", "write through the data directory's writer")
+        if staged.stat().st_size != size:
+            raise StoreError(f"staged file {staged} has {staged.stat().st_size} bytes, not the {size} received")
+        with open(staged, "rb+") as fh:
+            os.fsync(fh.fileno())
+        return self._publish(staged, sha, sm3, size)
+
     def _publish(self, tmp_path: Path, sha: str, sm3: str | None, size: int) -> StoredBlob:
         final = self.path_for(sha)
         if final.is_file() and final.stat().st_size == size:

@@ -31,6 +31,7 @@ from gateway.station.supervisor import Backoff, Supervisor
 
 if TYPE_CHECKING:
     from gateway.station.records import RecordFeed
+    from gateway.terminal.server import TerminalServer
 
 __all__ = ["Runtime", "Component", "DEVICE_WATCHERS", "STOP_GRACE_S"]
 
@@ -98,6 +99,7 @@ class Runtime:
         self.thread_copy_slots = threading.Semaphore(config.parallel_copies)  # shared by every recorder's copies
         self.screen_url = ""
         self.metrics_url = ""
+        self.terminal: TerminalServer | None = None
         self._reload_requested = False
         self.control: ControlServer | None = None
 
@@ -118,6 +120,8 @@ class Runtime:
         refresher = asyncio.create_task(self._refresh_counts(), name="counts")
         info = {"gateway_id": self.station.gateway_id, "screen": self.screen_url, "metrics": self.metrics_url,
                 "devices": [d.name for d in self.config.devices]}
+        if self.terminal is not None:
+            info |= {"terminal_api": self.terminal.api_url, "terminal_pairing": self.terminal.pairing_url}
         log.info("egw running", extra={"fields": info})
         if ready:
             ready(info)
@@ -144,11 +148,19 @@ class Runtime:
             host, port = _split_host_port(self.config.metrics_listen)
             bound = self.metrics.serve(host, port)
             self.metrics_url = f"http://{host}:{bound}/metrics"
+        if self.config.terminal_listen:
+            from gateway.terminal.server import TerminalServer
+
+            pairing = self.config.terminal_pairing_listen or f"{_split_host_port(self.config.terminal_listen)[0]}:0"
+            self.terminal = TerminalServer(self.service, self.station, api_listen=_split_host_port(self.config.terminal_listen),
+                                           pairing_listen=_split_host_port(pairing), server_names=self.config.terminal_names,
+                                           announce=self.config.terminal_announce)
+            await self.terminal.start()
         if self.config.screen_listen:
             from gateway.web.screen import ScreenServer
 
             host, port = _split_host_port(self.config.screen_listen)
-            self.screen = ScreenServer(self.station, host, port)
+            self.screen = ScreenServer(self.station, host, port, pairing=self.terminal.pairing_offer if self.terminal else None)
             self.screen_url = await self.screen.start()
 
     async def _stop_everything(self) -> None:
@@ -165,6 +177,8 @@ class Runtime:
             log.warning("some work did not stop within %.0f s; it resumes at the next start", STOP_GRACE_S)
         if self.config.screen_listen:
             await self.screen.stop()
+        if self.terminal is not None:
+            await self.terminal.stop()
         self.metrics.stop()
         self.service.sign_tree_head()
         self.service.close()

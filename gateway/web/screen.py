@@ -1,6 +1,8 @@
 """Serves the station screen: ``/`` (the page, rendered with the station as it is), ``/screen`` (the
 same, below the header: what the page swaps in on a change), ``/station.js`` and ``/station.css``,
-``/api/state`` (snapshot JSON), ``/events`` (server-sent events, one per change) and ``/healthz``.
+``/api/state`` (snapshot JSON), ``/events`` (server-sent events, one per change), ``/healthz`` and, when
+mobile terminals are served, ``/pairing`` (a QR code with a fresh one-time pairing code; only to a
+browser on the station itself: whoever can read a code can pair a terminal).
 
 aiohttp because it is a small, well-kept asyncio server that lives on the
 service's own event loop: no second process, no framework.
@@ -35,6 +37,8 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'se
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 STATIC = {"station.js": "text/javascript", "station.css": "text/css"}
+# A fresh one-time pairing offer for a mobile terminal (gateway.terminal.server.TerminalServer.pairing_offer).
+PairingOffer = Callable[..., dict[str, str]]
 
 
 def chosen_language(request: web.Request) -> str:
@@ -43,7 +47,7 @@ def chosen_language(request: web.Request) -> str:
     return normalise_language(asked)
 
 
-def build_app(station: Station) -> web.Application:
+def build_app(station: Station, pairing: PairingOffer | None = None) -> web.Application:
     app = web.Application()
     static = {name: resources.files("gateway.web").joinpath(name).read_bytes() for name in STATIC}
 
@@ -98,19 +102,41 @@ def build_app(station: Station) -> web.Application:
     app.router.add_get("/api/state", state)
     app.router.add_get("/events", events)
     app.router.add_get("/healthz", health)
+    if pairing is not None:
+        from gateway.terminal.pairing_page import render_pairing_page
+
+        async def pairing_page(request: web.Request) -> web.Response:
+            if not _is_loopback(request.remote):  # a code is for whoever stands at the station, not for the LAN
+                return web.Response(status=403, text="The pairing code is shown only on the station's own screen.\n",
+                                    headers=SECURITY_HEADERS)
+            offer = await asyncio.to_thread(pairing)  # each view issues a new code; the old ones simply expire
+            with use_language(chosen_language(request)):
+                page = render_pairing_page(offer)
+            return web.Response(text=page, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+
+        app.router.add_get("/pairing", pairing_page)
     return app
+
+
+def _is_loopback(remote: str | None) -> bool:
+    import ipaddress
+
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class ScreenServer:
     """Runs the app on the current loop; ``url`` is known after ``start()``."""
 
-    def __init__(self, station: Station, host: str = "127.0.0.1", port: int = 8080) -> None:
-        self.station, self.host, self.port = station, host, port
+    def __init__(self, station: Station, host: str = "127.0.0.1", port: int = 8080, pairing: PairingOffer | None = None) -> None:
+        self.station, self.host, self.port, self.pairing = station, host, port, pairing
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> str:
-        self.runner = web.AppRunner(build_app(self.station), access_log=None, shutdown_timeout=1.0)
+        self.runner = web.AppRunner(build_app(self.station, self.pairing), access_log=None, shutdown_timeout=1.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()

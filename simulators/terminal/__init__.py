@@ -1,0 +1,1 @@
+"""A mobile enforcement terminal, simulated: pairs with a station, uploads over tus, follows results."""
