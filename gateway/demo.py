@@ -343,5 +343,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary.get("screen"):
         console.print(f"station screen was at {summary['screen']} · platform data in {summary['platform_data']} · "
                       f"gateway data in {summary['gateway_data']}")
-        console.print(f"verify the exported bundle yourself: egw verify {summary['verified_bundle']}")
+        console.print("verify the exported bundle yourself, believing the demo platform's CA: "
+                      f"egw verify {summary['verified_bundle']} --trust {summary['platform_data']}/pki/ca.pem")
     console.print(f"[bold green]demo OK[/] in {summary['seconds']} s" if summary["ok"] else f"[bold red]demo FAILED[/] after {summary['seconds']} s")
