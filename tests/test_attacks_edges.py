@@ -154,3 +154,164 @@ def test_a_data_directory_left_loose_by_an_older_release_is_tightened(tmp_path: 
     run_egw("ingest", str(src), "--data-dir", str(data), check=True)
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "state.db").stat().st_mode) == 0o600
+
+
+# ---- 3. DNS rebinding and the content security policy -------------------------------------------------
+
+def _get(url: str, path: str, host: str) -> tuple[int, dict[str, str], str]:
+    """GET with an explicit Host header (what a rebinding page's browser sends)."""
+    parts = url.split("//", 1)[1].split("/", 1)[0]
+    address, port = parts.rsplit(":", 1)
+    connection = http.client.HTTPConnection(address, int(port), timeout=10)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read(65536).decode("utf-8", "replace") if path != "/events" else ""
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    finally:
+        connection.close()
+
+
+def _start_station(tmp: Path, top_level: str = ""):
+    """``egw run`` with its screen and metrics on free loopback ports; yields (screen URL, metrics URL)."""
+    data = tmp / "data"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)
+    config = tmp / "gateway.toml"
+    config.write_text(f'data_dir = "{data}"\n{top_level}[screen]\nlisten = "127.0.0.1:0"\n[metrics]\nlisten = "127.0.0.1:0"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=REPO, env=egw_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line, f"egw run did not start: {proc.stderr.read()}"  # type: ignore[union-attr]
+        ready = json.loads(line)
+        yield ready["screen"], ready["metrics"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def station(tmp_path_factory: pytest.TempPathFactory):
+    yield from _start_station(tmp_path_factory.mktemp("station"))
+
+
+SCREEN_PATHS = ("/", "/screen", "/station.js", "/station.css", "/api/state", "/healthz", "/events", "/no-such-page")
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "localhost.evil.example",
+                                  "10.9.8.7", ""])
+def test_screen_and_metrics_refuse_a_host_that_is_not_this_station(station: tuple[str, str], host: str) -> None:
+    screen, metrics = station
+    for path in SCREEN_PATHS:
+        status, _, body = _get(screen, path, host)
+        assert status == 421, f"{path} answered {status} to Host {host!r}"
+        assert "egw_" not in body and "gateway_id" not in body
+    status, _, body = _get(metrics, "/metrics", host)
+    assert status == 421 and "egw_" not in body, f"/metrics answered {status} to Host {host!r}"
+    assert "hostnames" in body  # the 421 says how to reach the station properly
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LOCALHOST.", "127.0.0.2", "[::1]"])
+def test_screen_and_metrics_answer_the_names_of_this_station(station: tuple[str, str], host: str) -> None:
+    screen, metrics = station
+    port = screen.rstrip("/").rsplit(":", 1)[1]
+    status, _, body = _get(screen, "/healthz", f"{host}:{port}")
+    assert status == 200 and "gateway_id" in body
+    status, _, body = _get(metrics, "/metrics", host)
+    assert status == 200 and "egw_ingested_items" in body
+
+
+def test_names_configured_in_hostnames_are_answered_and_no_others(tmp_path: Path) -> None:
+    for screen, metrics in _start_station(tmp_path, 'hostnames = ["station7.local"]\n'):
+        for url, path in ((screen, "/healthz"), (metrics, "/metrics")):
+            assert _get(url, path, "station7.local")[0] == 200
+            assert _get(url, path, "Station7.Local:80")[0] == 200
+            assert _get(url, path, "station8.local")[0] == 421
+
+
+def test_every_screen_response_carries_the_strict_csp_and_html_has_no_inline_code(station: tuple[str, str]) -> None:
+    screen, _ = station
+    for path in SCREEN_PATHS:
+        status, headers, body = _get(screen, path, "127.0.0.1")
+        csp = headers.get("content-security-policy", "")
+        assert "script-src 'self'" in csp and "default-src 'none'" in csp, f"{path} ({status}) has CSP {csp!r}"
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert headers.get("x-content-type-options") == "nosniff", path
+        if headers.get("content-type", "").startswith("text/html"):
+            import re
+
+            assert not re.search(r"<script(?![^>]*\bsrc=)", body), f"inline script in {path}"
+            assert not re.search(r"\son[a-z]+=", body) and " style=" not in body, f"inline handler or style in {path}"
+
+
+# ---- 4. MQTT passwords in clear -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["mqtt://user:s3cret@broker.example:1883", "mqtt://user:s3cret@10.0.0.5",
+                                 "tcp://user:s3cret@[2001:db8::1]:1883"])
+def test_a_password_over_plain_mqtt_to_another_host_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_broker_url(url)
+    assert "s3cret" not in str(refused.value) and "mqtts://" in refused.value.hint
+    assert "allow_plaintext_password" in refused.value.hint and "--allow-plaintext-password" in refused.value.hint
+    assert parse_broker_url(url, allow_plaintext_password=True).password == "s3cret"
+
+
+@pytest.mark.parametrize("url", ["mqtt://user:s3cret@127.0.0.1:1883", "mqtt://user:s3cret@localhost", "mqtt://u:p@[::1]:1883",
+                                 "mqtts://user:s3cret@broker.example:8883", "mqtt://broker.example:1883"])
+def test_loopback_tls_or_no_password_is_accepted(url: str) -> None:
+    parse_broker_url(url)
+
+
+def test_egw_run_and_sync_refuse_a_plaintext_password_unless_allowed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'data_dir = "{data}"\n[screen]\nlisten = ""\n[metrics]\nlisten = ""\n'
+                      '[mqtt]\nurl = "mqtt://egw:s3cret@192.0.2.10:1883"\n')
+    refused = run_egw("run", "-c", str(config), timeout=60)
+    assert refused.returncode == 2 and "in clear" in refused.stderr and "s3cret" not in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    drained = run_egw("sync", "--once", "--no-upload", "--mqtt", "mqtt://egw:s3cret@192.0.2.10", "--data-dir", str(data))
+    assert drained.returncode == 2 and "in clear" in drained.stderr and "Traceback" not in drained.stderr, drained.stderr
+    for args in (("drain",), ("publish-test",)):
+        proc = run_egw("mqtt", *args, "--mqtt", "mqtt://egw:s3cret@192.0.2.10", "--data-dir", str(data))
+        assert proc.returncode == 2 and "in clear" in proc.stderr, proc.stderr
+
+
+# ---- 5. the enrolment token stays off the command line ---------------------------------------------------
+
+def _enrol_args(data: Path) -> list[str]:
+    # Port 9 on loopback: nothing listens, so enrolment fails after the token was read; what matters is
+    # which token reached the enrolment (the error quotes no token) and what was said about it.
+    return ["enroll", "--platform", "127.0.0.1:9", "--data-dir", str(data)]
+
+
+def test_enrol_token_from_file_stdin_or_environment_without_warning(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)
+    token_file = tmp_path / "token"
+    token_file.write_text("egw1.not-a-real-token\n")
+    for extra, env, stdin in ((["--token-file", str(token_file)], egw_env(), None),
+                              (["--token", "-"], egw_env(), b"egw1.not-a-real-token\n"),
+                              ([], egw_env(EGW_ENROLL_TOKEN="egw1.not-a-real-token"), None)):
+        proc = run_egw(*_enrol_args(data), *extra, env=env, input=stdin, timeout=60)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert "usage:" not in proc.stderr, (extra, proc.stderr)  # the way of passing it was accepted
+        assert "no enrolment token" not in proc.stderr and "visible to other users" not in proc.stderr, (extra, proc.stderr)
+
+
+def test_enrol_token_on_the_command_line_warns_and_none_at_all_is_a_usage_error(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    run_egw("keys", "init", "--data-dir", str(data), check=True)
+    warned = run_egw(*_enrol_args(data), "--token", "egw1.not-a-real-token", timeout=60)
+    assert "visible to other users" in warned.stderr and "--token-file" in warned.stderr, warned.stderr
+    missing = run_egw(*_enrol_args(data), timeout=60)
+    assert missing.returncode == 2 and "no enrolment token" in missing.stderr and "EGW_ENROLL_TOKEN" in missing.stderr
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    blank = run_egw(*_enrol_args(data), "--token-file", str(empty), timeout=60)
+    assert blank.returncode == 2 and "is empty" in blank.stderr, blank.stderr
+    absent = run_egw(*_enrol_args(data), "--token-file", str(tmp_path / "nope"), timeout=60)
+    assert absent.returncode == 2 and "cannot read" in absent.stderr and "Traceback" not in absent.stderr

@@ -15,6 +15,7 @@ from gateway.commands.common import add_data_dir, add_json, data_dir_of, print_j
 from gateway.evidence.identity import load_identity
 from gateway.evidence.state import State
 from gateway.uplink import outbox as ob
+from gateway.uplink.mqtt_config import PLAINTEXT_FLAG
 from gateway.uplink.mqtt_link import drain_outbox
 from protos.egw.v1 import events_pb2
 
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_json(drain)
     drain.add_argument("--mqtt", required=True, help="broker URL, mqtt://host:1883 or mqtts://host:8883")
     drain.add_argument("--timeout", type=float, default=60.0)
+    _add_plaintext_flag(drain)
     drain.set_defaults(func=_drain)
 
     requeue = actions.add_parser("requeue", help="put messages the broker refused back in line")
@@ -46,7 +48,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_data_dir(test)
     test.add_argument("--mqtt", required=True)
     test.add_argument("--timeout", type=float, default=10.0)
+    _add_plaintext_flag(test)
     test.set_defaults(func=_publish_test)
+
+
+def _add_plaintext_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(PLAINTEXT_FLAG, dest="allow_plaintext_password", action="store_true",
+                        help="accept mqtt://user:pass@ to a host that is not loopback (the password crosses the network in clear)")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -68,7 +76,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _drain(args: argparse.Namespace) -> int:
-    report = drain_outbox(data_dir_of(args), args.mqtt, args.timeout)
+    report = drain_outbox(data_dir_of(args), args.mqtt, args.timeout, allow_plaintext_password=args.allow_plaintext_password)
     if args.json:
         print_json(report.__dict__)
     else:

@@ -142,13 +142,13 @@ class Runtime:
     async def _start_outputs(self) -> None:
         if self.config.metrics_listen:
             host, port = _split_host_port(self.config.metrics_listen)
-            bound = self.metrics.serve(host, port)
+            bound = self.metrics.serve(host, port, self.config.hostnames)
             self.metrics_url = f"http://{host}:{bound}/metrics"
         if self.config.screen_listen:
             from gateway.web.screen import ScreenServer
 
             host, port = _split_host_port(self.config.screen_listen)
-            self.screen = ScreenServer(self.station, host, port)
+            self.screen = ScreenServer(self.station, host, port, self.config.hostnames)
             self.screen_url = await self.screen.start()
 
     async def _stop_everything(self) -> None:
