@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from protos.enrolment_token import format_token
+from simulators.controls import EPILOGS
 from simulators.platform.index import DEFAULT_TOKEN_TTL, Index
 from simulators.platform.pki import PlatformPKI, fingerprint
 from simulators.platform.server import DEFAULT_RESERVE, RECEIPT_FAULTS, PlatformServer
@@ -25,7 +26,8 @@ __all__ = ["main", "issue_token", "list_received"]
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="egw simulate platform", description="the reference evidence platform")
+    parser = argparse.ArgumentParser(prog="egw simulate platform", description="the reference evidence platform",
+                                     epilog=EPILOGS["platform"], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="directory for the CA, blobs and index (created)")
     parser.add_argument("--listen", default="127.0.0.1:0", help="ingest address, mutual TLS (default 127.0.0.1:0 = any free port)")
     parser.add_argument("--enroll-listen", default="127.0.0.1:0", help="enrolment address, server TLS only")
