@@ -259,3 +259,15 @@ def test_every_simulator_help_says_how_to_drive_it_and_the_docs_agree() -> None:
     with contextlib.redirect_stdout(help_text), contextlib.suppress(SystemExit):
         main(["simulate", "fingerprint", "--help"])
     assert "SIGUSR1" in help_text.getvalue() and "SIGUSR1" in docs
+
+
+def test_readme_command_tables_list_every_command() -> None:
+    """Every subcommand (and every action of a command that has actions) is in a README table row."""
+    rows = [line for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines() if line.startswith("| `egw ")]
+    missing = []
+    for path, _parser in _parser_paths(build_parser()):
+        if len(path) == 1 and not any(f"| `egw {path[0]}" in row for row in rows):
+            missing.append(" ".join(path))
+        if len(path) == 2 and not any(row.startswith(f"| `egw {path[0]}") and path[1] in row for row in rows):
+            missing.append(" ".join(path))
+    assert not missing, f"README.md's command tables do not list: {missing}"
