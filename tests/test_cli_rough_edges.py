@@ -85,7 +85,7 @@ def test_mqtt_publish_test_leaves_no_retained_fake_device(tmp_path: Path) -> Non
     try:
         proc = run_egw("mqtt", "publish-test", "--mqtt", broker.url, "--data-dir", str(data), "--timeout", "20",
                        env=egw_env())
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "sent and cleared" in proc.stdout, proc.stdout + proc.stderr
         devices = [(t, p) for t, p in _retained(broker.port, "egw/v1/#") if "/devices/" in t]
         assert devices == [], f"publish-test left retained device states: {devices}"
     finally:

@@ -110,13 +110,25 @@ def _requeue(args: argparse.Namespace) -> int:
 
 
 def _publish_test(args: argparse.Namespace) -> int:
+    """One test device state through the outbox, then the empty retained message that deletes it again.
+    Device states are retained, so without the second the broker would hand a fake device to every future
+    subscriber. Two drains: the outbox keeps only the newest queued state per device topic, so the clear
+    queued beside the state would replace it before it was ever sent."""
     data_dir = data_dir_of(args)
     gateway_id = load_identity(data_dir).gateway_id
+    topic = f"devices/{TEST_DEVICE}/state"
     with ob.Outbox(data_dir, gateway_id) as box:
         msg = events_pb2.DeviceState(device_id=TEST_DEVICE, kind="test", state="docked", detail="egw mqtt publish-test")
         msg.at.GetCurrentTime()
         box.put_device_state(msg)
-        # Device states are retained: without this empty retained message (MQTT's way to delete one), the
-        # broker would hand a fake device to every future subscriber.
-        box.put("device", f"devices/{TEST_DEVICE}/state", b"", retain=True)
-    return _drain(argparse.Namespace(**{**vars(args), "json": False}))
+    quiet = argparse.Namespace(**{**vars(args), "json": False})
+    sent = _drain(quiet)
+    with ob.Outbox(data_dir, gateway_id) as box:  # queued even when the first drain failed: it goes out with it
+        box.put("device", topic, b"", retain=True)
+    if sent != 0:
+        print(f"the retained test state on {topic} is cleared the next time the outbox drains")
+        return sent
+    cleared = _drain(quiet)
+    if cleared == 0:
+        print(f"test device state sent and cleared from the broker ({topic} retains nothing)")
+    return cleared
