@@ -8,7 +8,9 @@ new command is one line here and one module there.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -47,6 +49,11 @@ COMMAND_MODULES = [
 # that holds it (see gateway.evidence.writer_lock and gateway.station.control).
 WRITING_COMMANDS = frozenset({"ingest", "dock", "sign", "rapidtest", "sync", "export", "record"})
 BUSY_EXIT = 75  # EX_TEMPFAIL: another process writes to the data directory and we did not wait
+PIPE_CLOSED_EXIT = 141  # 128 + SIGPIPE: the reader of our output went away
+# An OSError with one of these means the operator pointed at the wrong thing (exit 2, a usage error, as
+# ConfigError); any other (EIO, ENOSPC…) is a failure of the machine (exit 1).
+OPERATOR_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                             errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.ENAMETOOLONG, errno.ELOOP})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +110,27 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=err())
         return 130
+    except BrokenPipeError:
+        raise  # the reader of our output has gone: main() ends quietly
+    except OSError as exc:  # a path that is missing, not a directory, not ours to write, a port in use…
+        print(f"error: {describe_os_error(exc)}\nhint: {os_error_hint(exc)}", file=err())
+        return 2 if exc.errno in OPERATOR_ERRNOS else 1
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``cannot open /x/y: No such file or directory`` rather than ``[Errno 2] …`` and a traceback."""
+    what = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {what}"
+    return what
+
+
+def os_error_hint(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "another program listens on that address: stop it, or choose another port (0 picks a free one where allowed)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "choose a path you may write to (or run as the user who owns it)"
+    return "check the path on the command line (or in the configuration): that it exists and is the kind of file asked for"
 
 
 def _run_as_writer(args: argparse.Namespace, argv: list[str]) -> int:
@@ -153,6 +181,26 @@ def _fail(exc: GatewayError, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``egw``; output piped into a reader that stops early (``egw ls | head``) ends quietly with 141
+    (128 + SIGPIPE, what a shell shows for a program killed by the closed pipe), never a traceback."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        _discard_stdout()
+        return PIPE_CLOSED_EXIT
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush has nowhere to fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout already closed or not a real file
+        pass
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(args_list)

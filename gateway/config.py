@@ -51,6 +51,7 @@ class GatewayConfig:
     bandwidth_bytes_per_s: int = 0
     parallel_uploads: int = 2
     mqtt_url: str | None = None
+    mqtt_allow_plaintext_password: bool = False  # mqtt://user:pass@ to a host that is not loopback
     release: str = "receipt"
     parallel_copies: int = 2
     reserve_mb: int = 256
@@ -61,6 +62,7 @@ class GatewayConfig:
     terminal_pairing_listen: str | None = None  # server-TLS only: where terminals pair
     terminal_names: tuple[str, ...] = ()  # extra DNS names / IPs in the station's terminal TLS certificate
     terminal_announce: bool = True  # DNS-SD _egw._tcp on the API's interface
+    hostnames: tuple[str, ...] = ()  # names the screen and /metrics answer to besides loopback and the bound address
     log_format: str = "auto"  # auto | json | human
     log_level: str = "info"  # debug | info | warning | error
     inspector_id: str | None = None
@@ -79,6 +81,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "data_dir": ((str,), "an absolute directory path such as \"/var/lib/egw\""),
         "log_format": ((str,), "\"auto\", \"json\" or \"human\""),
         "log_level": ((str,), "\"debug\", \"info\", \"warning\" or \"error\""),
+        "hostnames": ((list,), "a list of names the station screen and /metrics answer to, such as [\"station7.local\"]"),
     },
     "platform": {
         "address": ((str,), "HOST:PORT of the platform's EvidenceIngest service"),
@@ -86,7 +89,8 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "bandwidth_bytes_per_s": ((int,), "a whole number of bytes per second, 0 for no cap"),
         "parallel_uploads": ((int,), "a whole number from 1 to 16"),
     },
-    "mqtt": {"url": ((str,), "mqtt://HOST:PORT or mqtts://HOST:PORT")},
+    "mqtt": {"url": ((str,), "mqtt://HOST:PORT or mqtts://HOST:PORT"),
+             "allow_plaintext_password": ((bool,), "true only on a trusted network: mqtt://user:pass@ sends the password in clear")},
     "release": {"policy": ((str,), "\"receipt\" (default), \"ingest\" or \"never\"")},
     "ingest": {
         "parallel_copies": ((int,), "a whole number from 1 to 8"),
@@ -156,8 +160,8 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
         _check_table(f"{name}.", table, _SCHEMA[name], problems)
     lists = {k: v for k, v in raw.items() if isinstance(v, list)}
     for name in lists:
-        if name != "devices":
-            problems.append(f"{name}: unexpected list; only [[devices]] entries are lists")
+        if name not in ("devices", "hostnames"):
+            problems.append(f"{name}: unexpected list; only hostnames and [[devices]] entries are lists")
 
     def get(section: str, key: str, default: Any) -> Any:
         value = (raw if not section else raw.get(section, {})).get(key, default)
@@ -222,6 +226,9 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
     log_level = get("", "log_level", "info")
     if log_level not in LOG_LEVELS:
         problems.append(f"log_level: {log_level!r} is not {', '.join(LOG_LEVELS)}")
+    hostnames = get("", "hostnames", [])
+    if isinstance(hostnames, list) and not all(isinstance(n, str) and n.strip() for n in hostnames):
+        problems.append("hostnames: every entry must be a non-empty name, such as \"station7.local\"")
     data_dir = data_dir_override or (Path(raw["data_dir"]) if isinstance(raw.get("data_dir"), str) else None)
     if data_dir is None:
         problems.append("data_dir: missing; set data_dir = \"/var/lib/egw\" (or pass --data-dir)")
@@ -240,6 +247,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
         bandwidth_bytes_per_s=get("platform", "bandwidth_bytes_per_s", 0),
         parallel_uploads=parallel,
         mqtt_url=mqtt_url,
+        mqtt_allow_plaintext_password=get("mqtt", "allow_plaintext_password", False),
         release=release,
         parallel_copies=copies,
         reserve_mb=get("ingest", "reserve_mb", 256),
@@ -250,6 +258,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
         terminal_pairing_listen=get("terminal", "pairing_listen", None) or None,
         terminal_announce=get("terminal", "announce", True),
         terminal_names=tuple(n.strip() for n in str(get("terminal", "names", "")).split(",") if n.strip()),
+        hostnames=tuple(hostnames) if isinstance(hostnames, list) else (),
         log_format=log_format,
         log_level=log_level,
         inspector_id=get("defaults", "inspector_id", None),

@@ -45,7 +45,9 @@ def test_status_drain_requeue_and_publish_test(tmp_path: Path, capsys: pytest.Ca
         report = json.loads(capsys.readouterr().out)
         assert report["ok"] and report["delivered"] == 1
         assert egw_mqtt("publish-test", "--data-dir", str(data_dir), "--mqtt", SHARED_BROKER) == 0
-        wait_for(lambda: sub.json_on("devices/egw-test/state"), 5, "the test device state")
+        on_topic = lambda: [p for t, p, _r in sub.snapshot() if t.endswith("devices/egw-test/state")]  # noqa: E731
+        wait_for(lambda: len(on_topic()) == 2, 10, "the test device state and the message clearing it")
+        assert "egw-test" in json.loads(on_topic()[0]).values() and on_topic()[1] == b""
         capsys.readouterr()
         assert egw_mqtt("status", "--data-dir", str(data_dir), "--json") == 0
         status = json.loads(capsys.readouterr().out)

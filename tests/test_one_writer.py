@@ -302,7 +302,9 @@ def test_control_socket_is_owner_only_and_refuses_another_uid(tmp_path: Path, da
     as_nobody = dict(cwd=data, user=nobody, group=nobody, capture_output=True, text=True, timeout=60, env={})
     denied = subprocess.run(["/usr/bin/python3", "-c", client], **as_nobody)
     assert denied.stdout.strip() == "EACCES", denied.stderr
-    # Even if the socket's mode were widened by mistake, SO_PEERCRED refuses the other uid.
+    # Even if the socket's and the data directory's modes were widened by mistake (the data directory is
+    # 0700 since issue 15), SO_PEERCRED refuses the other uid.
+    os.chmod(data, 0o755)
     os.chmod(sock_path, 0o666)
     refused = subprocess.run(["/usr/bin/python3", "-c", client], **as_nobody)
     frames = [json.loads(line) for line in refused.stdout.splitlines() if line.strip()]

@@ -33,6 +33,9 @@ class TemplateLocator:
 
     template: str
 
+    def describe(self, serial: str) -> str:
+        return f"a directory at {self.template.format(serial=serial)} (from the template {self.template})"
+
     def locate(self, serial: str) -> Path | None:
         if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", serial):
             raise HostileEntryError(f"recorder serial {serial!r} is not safe to put in a path")
@@ -51,6 +54,9 @@ class LinuxMountLocator:
 
     by_id_dir: str = "/dev/disk/by-id"
     mounts_file: str = "/proc/mounts"
+
+    def describe(self, serial: str) -> str:
+        return f"a mount in {self.mounts_file} of a disk {self.by_id_dir}/usb-*_{serial}-*"
 
     def locate(self, serial: str) -> Path | None:
         try:
@@ -82,6 +88,12 @@ def _unescape_mount(text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
+def _describe(locator: VolumeLocator, serial: str) -> str:
+    """Where a locator looks, in words (a locator of our own has ``describe``; any other is named by its class)."""
+    describe = getattr(locator, "describe", None)
+    return str(describe(serial)) if callable(describe) else type(locator).__name__
+
+
 def open_storage(locator: VolumeLocator | str, serial: str, timeout: float = 30.0,
                  model: BodyCamModel = SIMULATOR_MODEL, poll: float = 0.05) -> "RecorderVolume":
     """Wait up to ``timeout`` seconds for the recorder's volume, then open it read-only."""
@@ -93,5 +105,6 @@ def open_storage(locator: VolumeLocator | str, serial: str, timeout: float = 30.
             return RecorderVolume(path, serial, model=model)
         if time.monotonic() >= deadline:
             raise VolumeNotFound(f"the volume of recorder {serial} did not appear within {timeout:g} s "
-                                 f"(looked with {loc!r}); check the recorder switched to mass storage and is mounted")
+                                 f"(looked for {_describe(loc, serial)}); check the recorder switched to mass storage "
+                                 "and where it is mounted")
         time.sleep(poll)

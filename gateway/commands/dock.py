@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -60,8 +61,35 @@ def _recorders(url: str) -> list[tuple[str, str]]:
             if lookup_model(d.vid, d.pid) is not None and (not busid or d.busid == busid)]
 
 
+def volumes_root(template: str) -> Path:
+    """The directory the recorders' volumes appear in: the template up to ``{serial}``."""
+    return Path(template.split("{serial}", 1)[0] or ".")
+
+
+def _check_volumes(template: str) -> None:
+    """Before any recorder is switched to mass storage: will its volume be found at all? A template
+    without ``{serial}`` or under a directory that does not exist would only fail after the wait
+    (30 s), for every recorder, with nothing copied."""
+    root = volumes_root(template)
+    if "{serial}" not in template:
+        raise ConfigError(_("--volumes {template} does not contain {{serial}}: each recorder's volume would be looked for "
+                            "in the same place").format(template=template),
+                          _("write the template with {serial} where the recorder's serial number goes, "
+                            "e.g. --volumes '/run/egw/volumes/{serial}'"))
+    if not root.is_dir():
+        raise ConfigError(
+            _("A recorder's files are read from its storage volume, which must appear as {example} once it is docked "
+              "(the --volumes template; <serial> is the recorder's serial number). The directory {root} does not "
+              "exist, so no volume could be found; nothing was done to the recorders.").format(
+                example=template.replace("{serial}", "<serial>"), root=root),
+            _("point --volumes at the directory where the recorders' volumes are mounted: for `egw simulate bodycam` it is "
+              "the directory in the volume=… lines it prints (e.g. --volumes '/tmp/…/{serial}'); on a station, where the "
+              "udev rule mounts them (default /run/egw/volumes/{serial})"))
+
+
 def _sources(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Recorders on the bus, then recorders already mounted (adopted exactly as ``egw run`` does)."""
+    _check_volumes(args.volumes)
     found = _recorders(args.usbip)
     present = {key for key, _url in found}
     found += [(serial, f"volume://{serial}") for serial in mounted_serials(args.volumes) if serial not in present]
@@ -249,7 +277,7 @@ def _table(console: Any, summaries: list[dict[str, Any]], failures: list[str], u
     console.print(escape(upload_note))
     for failure in failures:
         console.print(f"[red]{escape(failure)}[/]")
-    attention = any(summary["attention"] for summary in summaries)
+    attention = failures or any(summary["attention"] for summary in summaries)
     verdict = _("SAFE TO UNDOCK") if safe else _("NOT SAFE TO UNDOCK: see the messages in red above") if attention \
         else _("NOT SAFE TO UNDOCK: see the rows marked NO above")
     console.print(f"[bold {'green' if safe else 'red'}]{escape(verdict)}[/]")

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.commands.common import CommandCancelled, add_data_dir, add_json, check_cancelled, err, open_evidence, out, print_json
-from gateway.errors import GatewayError
-from gateway.evidence.evidence_service import path_as_data
+from gateway.errors import ConfigError, GatewayError
+from gateway.evidence.evidence_service import EvidenceService, IngestResult, path_as_data
 from gateway.evidence.manifest import KINDS, ManifestInput
 
 
@@ -44,12 +44,27 @@ def _stop_if_cancelled(_copied: int) -> None:
     check_cancelled()
 
 
+def _kind_conflict(service: EvidenceService, result: IngestResult, asked: str | None) -> ConfigError | None:
+    """When a file already stored is ingested again with another ``--kind``: what to tell the operator.
+    The stored item keeps its kind (its manifest is signed); silently returning the old id hid that."""
+    if not result.duplicate or asked is None:
+        return None
+    stored = service.state.get(result.evidence_id).kind
+    if stored == asked:
+        return None
+    return ConfigError(f"already evidence as {stored} with id {result.evidence_id}; it was not stored again as {asked}",
+                       f"a signed manifest cannot change: keep {result.evidence_id} (`egw ls` shows it) and record the "
+                       "right kind in the case file; run without --kind to get its id")
+
+
 def run(args: argparse.Namespace) -> int:
     results: list[dict[str, object]] = []
     failures = 0
+    seen = 0
     with open_evidence(args, with_sm3=args.sm3) as service:
         for given in args.paths:
             for path in _walk(given):
+                seen += 1
                 check_cancelled()
                 item = ManifestInput(
                     source_path=path_as_data(path.absolute()), kind=args.kind, device_id=args.device_id,
@@ -58,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     result = service.ingest_file(path, item, priority=1 if args.important else 0,
                                                  progress=_stop_if_cancelled)
+                    conflict = _kind_conflict(service, result, args.kind)
+                    if conflict is not None:
+                        raise conflict
                 except CommandCancelled:
                     raise
                 except GatewayError as exc:
@@ -70,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
                                 "size": result.size, "duplicate": result.duplicate, "state": result.state})
                 if not args.json:
                     print(result.evidence_id, file=out(), flush=True)
-        service.sign_tree_head()
+        if seen:
+            service.sign_tree_head()
+    if not seen:
+        raise ConfigError("no files to ingest in " + ", ".join(path_as_data(p) for p in args.paths) + " (empty directories)",
+                          "check the path: the recorder's files may be in a subdirectory not yet copied or mounted")
     if args.json:
         print_json({"items": results, "failed": failures})
     return 1 if failures else 0

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from gateway.commands.common import add_data_dir, add_json, cancelled, data_dir_of, err, in_service, open_evidence, out, print_json
 from gateway.errors import ConfigError, VerificationError
 from gateway.evidence.state import UNRECEIPTED, EvidenceRow, EvidenceState, State
+from gateway.uplink.mqtt_config import PLAINTEXT_FLAG
 from gateway.uplink.uploader import Uploader, UploadOutcome, UploadSettings, parse_rate
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--platform", default=None, help="override the platform address stored at enrolment")
     parser.add_argument("--mqtt", default=None, metavar="URL", help="also drain the MQTT outbox to this broker (mqtt:// or mqtts://), waiting for every PUBACK")
     parser.add_argument("--mqtt-timeout", type=float, default=60.0, help="seconds to wait for the broker")
+    parser.add_argument(PLAINTEXT_FLAG, dest="allow_plaintext_password", action="store_true",
+                        help="accept --mqtt mqtt://user:pass@ to a host that is not loopback (password in clear)")
     parser.add_argument("--no-upload", action="store_true", help="only drain the MQTT outbox")
     add_data_dir(parser)
     add_json(parser)
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.mqtt:
         from gateway.uplink.mqtt_link import drain_outbox
 
-        drain = drain_outbox(data_dir, args.mqtt, timeout=args.mqtt_timeout)
+        drain = drain_outbox(data_dir, args.mqtt, timeout=args.mqtt_timeout,
+                             allow_plaintext_password=args.allow_plaintext_password)
     if args.json:
         print_json({"outcomes": [o.__dict__ for o in outcomes],
                     "undelivered": [{"evidence_id": r.id, "state": r.state, "last_error": r.last_error} for r in left],

@@ -5,7 +5,8 @@ the gateway over mutual TLS. Until the platform CA issues a certificate the
 gateway uses a self-signed one, which proves integrity but not who signed.
 
 Files under ``DATA_DIR/identity/``:
-    gateway.key   PKCS#8 PEM, mode 0600, encrypted when EGW_KEY_PASSPHRASE is set
+    gateway.key   PKCS#8 PEM, mode 0600, encrypted when EGW_KEY_PASSPHRASE is set (PBES2:
+                  PBKDF2-HMAC-SHA256 at 600,000 iterations, AES-256-CBC; ``openssl pkey`` reads it)
     gateway.crt   the gateway certificate (self-signed, or issued at enrolment)
     ca.pem        the platform CA (only after enrolment)
     gateway.json  {"gateway_id": ..., "enrolled": bool, "platform": ...}
@@ -16,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +29,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import IdentityError, VerificationError
+from gateway.evidence import key_wrap
 from protos.pki_roles import Role, RoleError, identity_uri
 
 __all__ = ["Identity", "init_identity", "load_identity", "PASSPHRASE_ENV", "verify_certificate_chain", "load_pem_certificates"]
+
+log = logging.getLogger(__name__)
 
 PASSPHRASE_ENV = "EGW_KEY_PASSPHRASE"
 SELF_SIGNED_YEARS = 10
@@ -128,11 +133,7 @@ def init_identity(data_dir: Path, gateway_id: str | None = None, force: bool = F
     os.chmod(directory, 0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     gid = gateway_id or default_gateway_id(key.public_key())
-    passphrase = _passphrase()
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    )
-    _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    _write_private(key_path, key_wrap.key_to_pem(key, _passphrase()))
     cert = self_signed_certificate(key, gid)
     _write_public(directory / "gateway.crt", cert.public_bytes(serialization.Encoding.PEM))
     (directory / "ca.pem").unlink(missing_ok=True)
@@ -147,6 +148,34 @@ def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
         raise VerificationError(f"certificate file is not valid PEM: {exc}") from exc
 
 
+def _load_private(key_path: Path) -> ec.EllipticCurvePrivateKey:
+    """Read the gateway key; a key encrypted the old, cheap way (before PBES2 at 600,000 iterations) is
+    re-wrapped in place with the same passphrase, so a stolen copy of the file costs a guesser as much
+    as a new one. The key itself never changes: signatures and certificates stay valid."""
+    data = key_path.read_bytes()
+    passphrase = _passphrase()
+    try:
+        key = serialization.load_pem_private_key(data, passphrase)
+    except TypeError as exc:
+        raise IdentityError(
+            f"gateway key {key_path} is encrypted but {PASSPHRASE_ENV} is not set (or set but the key is not encrypted)",
+            f"export {PASSPHRASE_ENV} with the passphrase used at `egw keys init`",
+        ) from exc
+    except ValueError as exc:
+        raise IdentityError(f"cannot decrypt or parse gateway key {key_path}: wrong {PASSPHRASE_ENV}?") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise IdentityError(f"gateway key {key_path} is not an EC key")
+    if passphrase and key_wrap.needs_rewrap(data):
+        try:
+            _write_private(key_path, key_wrap.key_to_pem(key, passphrase))
+        except OSError as exc:  # a read-only copy still signs; say how to fix it where it can be written
+            log.warning("gateway key %s uses a weak key-derivation cost and could not be re-wrapped (%s); "
+                        "run any egw command as the key's owner where the file is writable", key_path, exc)
+        else:
+            log.info("gateway key %s re-wrapped: PBKDF2-HMAC-SHA256, %d iterations", key_path, key_wrap.ITERATIONS)
+    return key
+
+
 def load_identity(data_dir: Path) -> Identity:
     directory = _identity_dir(data_dir)
     key_path = directory / "gateway.key"
@@ -158,17 +187,7 @@ def load_identity(data_dir: Path) -> Identity:
             f"gateway key {key_path} is readable by others (mode {mode:o})",
             f"run `chmod 600 {key_path}` and check who could have read it",
         )
-    try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), _passphrase())
-    except TypeError as exc:
-        raise IdentityError(
-            f"gateway key {key_path} is encrypted but {PASSPHRASE_ENV} is not set (or set but the key is not encrypted)",
-            f"export {PASSPHRASE_ENV} with the passphrase used at `egw keys init`",
-        ) from exc
-    except ValueError as exc:
-        raise IdentityError(f"cannot decrypt or parse gateway key {key_path}: wrong {PASSPHRASE_ENV}?") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise IdentityError(f"gateway key {key_path} is not an EC key")
+    key = _load_private(key_path)
     try:
         meta = json.loads((directory / "gateway.json").read_text())
         cert = x509.load_pem_x509_certificate((directory / "gateway.crt").read_bytes())

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.errors import NotFoundError, StateError, TransitionError
+from gateway.evidence.private_files import create_private_file, private_dir, tighten
 
 __all__ = ["State", "EvidenceRow", "EvidenceListing", "EvidenceState", "STATES", "TRANSITIONS", "UNRECEIPTED",
            "MIGRATIONS"]
@@ -271,7 +272,7 @@ class State:
             if read_only:
                 self.db = self._connect_read_only()
             else:
-                data_dir.mkdir(parents=True, exist_ok=True)
+                self._prepare_private_files(data_dir)
                 self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
                 self._enable_wal()
                 self.db.execute("PRAGMA synchronous=FULL")
@@ -279,6 +280,14 @@ class State:
                 self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+
+    def _prepare_private_files(self, data_dir: Path) -> None:
+        """The data directory 0700 and the database 0600 before SQLite opens it (its -wal and -shm
+        files take the database's mode); files left looser by an older release are tightened."""
+        private_dir(data_dir)
+        create_private_file(self.path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            tighten(self.path.with_name(self.path.name + suffix))
 
     def _enable_wal(self, patience_s: float = 30.0) -> None:
         """Switch a new database to WAL. SQLite answers "database is locked" at once, without its busy

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from gateway.errors import SourceError, StoreError, StoreFullError
+from gateway.evidence.private_files import DIR_MODE, FILE_MODE, private_dir
 
 __all__ = ["BlobStore", "StoredBlob", "ProgressCallback", "sm3_available", "sha256_file"]
 
@@ -115,8 +116,8 @@ class BlobStore:
         self.reserve_bytes = reserve_bytes
         self.read_only = read_only
         if not read_only:
-            self.objects.mkdir(parents=True, exist_ok=True)
-            self.tmp.mkdir(parents=True, exist_ok=True)
+            for directory in (self.root, self.objects, self.tmp):
+                private_dir(directory)
 
     # ---- lookup -------------------------------------------------------
     def path_for(self, sha256_hex: str) -> Path:
@@ -239,7 +240,7 @@ class BlobStore:
         if final.is_file() and final.stat().st_size == size:
             tmp_path.unlink(missing_ok=True)  # identical content is stored once
             return StoredBlob(sha, size, sm3, final, newly_stored=False)
-        final.parent.mkdir(exist_ok=True)
+        final.parent.mkdir(mode=DIR_MODE, exist_ok=True)
         _fsync_dir(self.objects)
         os.replace(tmp_path, final)
         _fsync_dir(final.parent)
@@ -337,12 +338,12 @@ def _open_temp(path: Path) -> tuple[int, bool]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     if DIRECT_IO:
         try:
-            return os.open(path, flags | os.O_DIRECT, 0o640), True
+            return os.open(path, flags | os.O_DIRECT, FILE_MODE), True
         except OSError as exc:
             if exc.errno != errno.EINVAL:  # EINVAL: no O_DIRECT on this file system; anything else is real
                 raise
             path.unlink(missing_ok=True)  # Linux may have created it (our unique name) before refusing the flag
-    return os.open(path, flags, 0o640), False
+    return os.open(path, flags, FILE_MODE), False
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gateway.errors import GatewayError, StoreError
+from gateway.evidence.private_files import private_dir
 
 __all__ = ["LOCK_NAME", "Holder", "WriterBusyError", "WriterLock", "acquire", "held_here", "read_holder", "release"]
 
@@ -123,7 +124,7 @@ def held_here(data_dir: Path) -> WriterLock | None:
 
 def _try_lock(data_dir: Path, holder: Holder) -> WriterLock | None:
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         fd = os.open(_lock_path(data_dir), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise StoreError(f"cannot open the writer lock {_lock_path(data_dir)}: {exc.strerror or exc}",

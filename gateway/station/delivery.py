@@ -133,7 +133,8 @@ class MqttComponent:
 
         # No wiring of evidence or result messages here: the service queues them itself (so
         # `egw sync --once --mqtt URL` delivers the same messages after any standalone command).
-        link = MqttLink(config.data_dir, LinkConfig(config.mqtt_url), evidence_service=self.runtime.service)
+        link = MqttLink(config.data_dir, LinkConfig(config.mqtt_url, allow_plaintext_password=config.mqtt_allow_plaintext_password),
+                        evidence_service=self.runtime.service)
         await asyncio.to_thread(link.start)
         self.link = link
         self.runtime.station.listeners.append(self._device_event)

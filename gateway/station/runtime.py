@@ -9,6 +9,7 @@ reloads the device list from the config file.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -144,24 +145,40 @@ class Runtime:
                 await self.reload_devices()
 
     async def _start_outputs(self) -> None:
-        if self.config.metrics_listen:
-            host, port = _split_host_port(self.config.metrics_listen)
-            bound = self.metrics.serve(host, port)
-            self.metrics_url = f"http://{host}:{bound}/metrics"
-        if self.config.terminal_listen:
-            from gateway.terminal.server import TerminalServer
+        """Metrics, the terminal API and the station screen. A listen address another program holds is an
+        operator's configuration problem: said in one line naming the key, with everything started so far stopped."""
+        try:
+            if self.config.metrics_listen:
+                where = ("[metrics] listen", self.config.metrics_listen)
+                host, port = _split_host_port(self.config.metrics_listen)
+                bound = self.metrics.serve(host, port, self.config.hostnames)
+                self.metrics_url = f"http://{host}:{bound}/metrics"
+            if self.config.terminal_listen:
+                from gateway.terminal.server import TerminalServer
 
-            pairing = self.config.terminal_pairing_listen or f"{_split_host_port(self.config.terminal_listen)[0]}:0"
-            self.terminal = TerminalServer(self.service, self.station, api_listen=_split_host_port(self.config.terminal_listen),
-                                           pairing_listen=_split_host_port(pairing), server_names=self.config.terminal_names,
-                                           announce=self.config.terminal_announce)
-            await self.terminal.start()
-        if self.config.screen_listen:
-            from gateway.web.screen import ScreenServer
+                where = ("[terminal] listen", self.config.terminal_listen)
+                pairing = self.config.terminal_pairing_listen or f"{_split_host_port(self.config.terminal_listen)[0]}:0"
+                self.terminal = TerminalServer(self.service, self.station, api_listen=_split_host_port(self.config.terminal_listen),
+                                               pairing_listen=_split_host_port(pairing), server_names=self.config.terminal_names,
+                                               announce=self.config.terminal_announce)
+                await self.terminal.start()
+            if self.config.screen_listen:
+                from gateway.web.screen import ScreenServer
 
-            host, port = _split_host_port(self.config.screen_listen)
-            self.screen = ScreenServer(self.station, host, port, pairing=self.terminal.pairing_offer if self.terminal else None)
-            self.screen_url = await self.screen.start()
+                where = ("[screen] listen", self.config.screen_listen)
+                host, port = _split_host_port(self.config.screen_listen)
+                self.screen = ScreenServer(self.station, host, port, self.config.hostnames,
+                                           pairing=self.terminal.pairing_offer if self.terminal else None)
+                self.screen_url = await self.screen.start()
+        except OSError as exc:
+            self.metrics.stop()
+            if self.terminal is not None:
+                await self.terminal.stop()
+            self.service.close()
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise ConfigError(f"cannot listen on {where[1]} ({where[0]} in {self.config_path or 'the configuration'}): {reason}",
+                              f"stop the program using it (`ss -ltnp 'sport = :{where[1].rpartition(':')[2]}'` names it), "
+                              f"or set {where[0]} to a free port, or to \"\" to turn it off") from exc
 
     async def _stop_everything(self) -> None:
         async def stop_all() -> None:

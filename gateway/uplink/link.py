@@ -83,7 +83,7 @@ def load_link(data_dir: Path, address: str | None = None) -> PlatformLink:
     if not identity.enrolled or not platform_pem.exists():
         raise IdentityError(
             f"gateway {identity.gateway_id} in {data_dir} is not enrolled with a platform",
-            "run `egw enroll --platform HOST:PORT --token TOKEN` (token from `egw platform tokens`)",
+            "run `egw enroll --platform HOST:PORT --token-file FILE` (the token from `egw platform tokens`)",
         )
     target = address or meta.get("platform")
     if not target:

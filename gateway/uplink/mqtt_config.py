@@ -8,6 +8,7 @@ importing one another.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -19,8 +20,8 @@ from gateway.uplink.commands import PlatformKeySource
 from protos.egw.v1 import events_pb2
 
 __all__ = [
-    "BATCH_READ", "DELETE_BATCH", "LINK_NAME", "SEQ_PROPERTY", "BrokerUrl", "LinkConfig", "LinkStats", "gateway_state",
-    "parse_broker_url",
+    "BATCH_READ", "DELETE_BATCH", "LINK_NAME", "PLAINTEXT_FLAG", "PLAINTEXT_KEY", "SEQ_PROPERTY", "BrokerUrl", "LinkConfig",
+    "LinkStats", "gateway_state", "is_loopback", "parse_broker_url",
 ]
 
 LINK_NAME = "mqtt"
@@ -48,8 +49,26 @@ class BrokerUrl:
         return f"{self.scheme}://{user}{self.host}:{self.port}"
 
 
-def parse_broker_url(url: str) -> BrokerUrl:
-    """``mqtt://[user[:pass]@]host[:1883]`` or ``mqtts://…[:8883]`` (TLS, client certificate)."""
+PLAINTEXT_FLAG = "--allow-plaintext-password"
+PLAINTEXT_KEY = "allow_plaintext_password"
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP: a password sent there never crosses a network."""
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_broker_url(url: str, *, allow_plaintext_password: bool = False) -> BrokerUrl:
+    """``mqtt://[user[:pass]@]host[:1883]`` or ``mqtts://…[:8883]`` (TLS, client certificate).
+
+    A password over plain ``mqtt://`` to a host that is not loopback crosses the network in clear,
+    readable by anyone on the path, and is refused unless ``allow_plaintext_password`` says the
+    operator chose it (``[mqtt] allow_plaintext_password = true`` or ``--allow-plaintext-password``)."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
         raise ConfigError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
@@ -60,8 +79,14 @@ def parse_broker_url(url: str) -> BrokerUrl:
         port = parts.port or (8883 if scheme == "mqtts" else 1883)
     except ValueError as exc:
         raise ConfigError(f"broker URL {url!r} has a bad port") from exc
-    return BrokerUrl(scheme, parts.hostname, port, unquote(parts.username) if parts.username else None,
-                     unquote(parts.password) if parts.password else None)
+    broker = BrokerUrl(scheme, parts.hostname, port, unquote(parts.username) if parts.username else None,
+                       unquote(parts.password) if parts.password else None)
+    if broker.password and not broker.tls and not is_loopback(broker.host) and not allow_plaintext_password:
+        raise ConfigError(
+            f"broker URL {broker.redacted()} would send the MQTT password in clear over the network",
+            f"use mqtts:// (TLS with the enrolled certificate); only on a network you trust, set "
+            f"`{PLAINTEXT_KEY} = true` under [mqtt] in gateway.toml or pass {PLAINTEXT_FLAG}")
+    return broker
 
 
 @dataclass
@@ -82,6 +107,7 @@ class LinkConfig:
     sth_interval_s: float = 1.0     # custody tree heads: at most one per interval, only on change
     poll_interval_s: float = 0.2    # how soon rows queued by other processes are noticed
     client_id: str | None = None    # default: the gateway id
+    allow_plaintext_password: bool = False  # mqtt://user:pass@ to a non-loopback host (see parse_broker_url)
 
 
 @dataclass

@@ -90,7 +90,7 @@ class MqttLink(LinkSession, OutboxPump, CommandReplies):
                  evidence_service: Any = None) -> None:
         self.data_dir = Path(data_dir)
         self.config = config
-        self.url = parse_broker_url(config.broker_url)
+        self.url = parse_broker_url(config.broker_url, allow_plaintext_password=config.allow_plaintext_password)
         self.identity = identity or identity_mod.load_identity(self.data_dir)
         self.gateway_id = self.identity.gateway_id
         self.root = ob.topic_root(self.gateway_id)
@@ -212,7 +212,7 @@ class DrainReport:
 
 
 def drain_outbox(data_dir: Path | str, broker_url: str, timeout: float = 60.0, *,
-                 config: LinkConfig | None = None) -> DrainReport:
+                 config: LinkConfig | None = None, allow_plaintext_password: bool = False) -> DrainReport:
     """Connect, send every queued message, wait for each PUBACK, disconnect (for `egw sync --once --mqtt URL`).
 
     ``ok`` is False (exit non-zero) when anything is left (not delivered in
@@ -221,6 +221,8 @@ def drain_outbox(data_dir: Path | str, broker_url: str, timeout: float = 60.0, *
     """
     cfg = config or LinkConfig(broker_url, handle_commands=False)
     cfg.broker_url = broker_url
+    cfg.allow_plaintext_password = cfg.allow_plaintext_password or allow_plaintext_password
+    parse_broker_url(broker_url, allow_plaintext_password=cfg.allow_plaintext_password)  # refuse before touching anything
     started = time.monotonic()
     link = MqttLink(data_dir, cfg)
     link.start()

@@ -12,20 +12,24 @@ Simplified Chinese (the officers' language). The browser's Accept-Language is de
 followed: a kiosk's browser is often left in English, the station's officers are not.
 
 Security: a strict Content-Security-Policy (scripts and styles only from this origin, nothing inline,
-no framing), so text from a device (names, details) can at worst be shown, never run.
+no framing) on every response, errors included, so text from a device (names, details) can at worst
+be shown, never run. Only ``Host:`` values that name this station are answered (``421`` otherwise,
+see ``gateway.web.hosts``): a page elsewhere cannot read the station through DNS rebinding.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.i18n import LANGUAGES, normalise_language, use_language
 from gateway.station.live_state import Station
+from gateway.web.hosts import MISDIRECTED_STATUS, HostPolicy
 from gateway.web.render import render_page, render_screen
 
 __all__ = ["build_app", "ScreenServer", "CSP", "LANGUAGE_COOKIE"]
@@ -47,8 +51,36 @@ def chosen_language(request: web.Request) -> str:
     return normalise_language(asked)
 
 
-def build_app(station: Station, pairing: PairingOffer | None = None) -> web.Application:
-    app = web.Application()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _arrived_on(request: web.Request) -> tuple[str | None, int]:
+    """The local address and port this request's connection came in on."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) > 1:
+        return str(sockname[0]), int(sockname[1])
+    return None, 0
+
+
+def _host_guard(policy: HostPolicy) -> Middleware:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        address, port = _arrived_on(request)
+        if not policy.allows(request.headers.get("Host"), address):
+            return web.Response(status=MISDIRECTED_STATUS, text=policy.refusal(request.headers.get("Host"), port))
+        return await handler(request)
+    return guard
+
+
+async def _security_headers(_: web.Request, response: web.StreamResponse) -> None:
+    """Every response, HTML or not, errors and the event stream included, carries the same policy."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+def build_app(station: Station, policy: HostPolicy | None = None, pairing: PairingOffer | None = None) -> web.Application:
+    app = web.Application(middlewares=[_host_guard(policy or HostPolicy("127.0.0.1"))])
+    app.on_response_prepare.append(_security_headers)
     static = {name: resources.files("gateway.web").joinpath(name).read_bytes() for name in STATIC}
 
     async def index(request: web.Request) -> web.Response:
@@ -130,13 +162,15 @@ def _is_loopback(remote: str | None) -> bool:
 class ScreenServer:
     """Runs the app on the current loop; ``url`` is known after ``start()``."""
 
-    def __init__(self, station: Station, host: str = "127.0.0.1", port: int = 8080, pairing: PairingOffer | None = None) -> None:
+    def __init__(self, station: Station, host: str = "127.0.0.1", port: int = 8080, hostnames: Iterable[str] = (),
+                 pairing: PairingOffer | None = None) -> None:
         self.station, self.host, self.port, self.pairing = station, host, port, pairing
+        self.policy = HostPolicy(host, hostnames)
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> str:
-        self.runner = web.AppRunner(build_app(self.station, self.pairing), access_log=None, shutdown_timeout=1.0)
+        self.runner = web.AppRunner(build_app(self.station, self.policy, self.pairing), access_log=None, shutdown_timeout=1.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from simulators.controls import BODYCAM_STDIN, EPILOGS
+
 from .device import BodyCamFaults, BodyCamSimulator
 
 __all__ = ["main", "serve", "server_url", "build_parser", "build_recorders", "OFFICERS"]
@@ -38,7 +40,8 @@ OFFICERS = ["张三", "李四", "王五", "赵六", "陈七", "刘八", "周九"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="egw simulate bodycam", description="Serve simulated body-worn cameras over USB/IP.")
+    p = argparse.ArgumentParser(prog="egw simulate bodycam", description="Serve simulated body-worn cameras over USB/IP.",
+                                epilog=EPILOGS["bodycam"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=1, help="number of recorders (busids 1-1, 1-2, …)")
     p.add_argument("--listen", default="127.0.0.1:3240", help="HOST:PORT for the USB/IP server (port 0 = any free port)")
     p.add_argument("--volumes", help="directory where mounted volumes appear as <volumes>/<serial> (default: a temp dir)")
@@ -235,7 +238,7 @@ def _apply(verb: str, rest: list[str], sim: BodyCamSimulator, server: Any) -> No
     elif verb == "halt" and len(rest) == 2:
         sim.halt(int(rest[1], 0))
     else:
-        raise ValueError("unknown command (unplug|replug|eject BUSID, record BUSID [N], halt BUSID EP, quit)")
+        raise ValueError("unknown command; known: " + ", ".join(BODYCAM_STDIN))
 
 
 if __name__ == "__main__":

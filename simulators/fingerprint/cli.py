@@ -13,6 +13,7 @@ import signal
 import sys
 from types import FrameType
 
+from simulators.controls import EPILOGS
 from simulators.fingerprint.server import FingerprintSimulator
 
 __all__ = ["main", "build_parser"]
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="egw simulate fingerprint",
         description="Simulated R30x fingerprint module (ZFM-20/R307/AS608 protocol) on a pty or TCP.",
+        epilog=EPILOGS["fingerprint"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of a pty (0: any free port)")
     p.add_argument("--baud", type=int, default=57600, help="pace replies like a UART at this rate; 0 = no pacing (default 57600)")

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography import x509
 
 from protos.enrolment_token import format_token
+from simulators.controls import EPILOGS
 from simulators.platform.index import DEFAULT_TOKEN_TTL, Index
 from simulators.platform.pki import PlatformPKI, fingerprint
 from simulators.platform.revocation import publish_crl
@@ -31,7 +32,8 @@ _GW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="egw simulate platform", description="the reference evidence platform")
+    parser = argparse.ArgumentParser(prog="egw simulate platform", description="the reference evidence platform",
+                                     epilog=EPILOGS["platform"], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="directory for the CA, blobs and index (created)")
     parser.add_argument("--listen", default="127.0.0.1:0", help="ingest address, mutual TLS (default 127.0.0.1:0 = any free port)")
     parser.add_argument("--enroll-listen", default="127.0.0.1:0", help="enrolment address, server TLS only")

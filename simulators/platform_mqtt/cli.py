@@ -18,6 +18,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from simulators.controls import EPILOGS
 from simulators.platform_mqtt import PlatformMqtt, PlatformMqttError, TlsFiles, send_command
 
 __all__ = ["main"]
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> int:
             return 1
         print(json.dumps(json_format.MessageToDict(reply), indent=2, sort_keys=True))
         return 0 if reply.ok else 3
-    parser = argparse.ArgumentParser(prog="egw simulate platform-mqtt")
+    parser = argparse.ArgumentParser(prog="egw simulate platform-mqtt", epilog=EPILOGS["platform-mqtt"], formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(parser)
     parser.add_argument("--gateway-keys", type=Path, default=None, help="directory of <gateway_id>.pem certificates")
     ns = parser.parse_args(argv)

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from simulators.controls import EPILOGS
 from simulators.rapidtest.assays import GoldSettings, PesticideSettings
 from simulators.rapidtest.faults import FAULTS
 from simulators.rapidtest.simulator import KINDS, RapidTestSimulator
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="egw simulate rapidtest",
         description="Simulate a food-safety rapid-test analyzer that reports each test over ASTM E1381/E1394.",
+        epilog=EPILOGS["rapidtest"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--kind", choices=KINDS, default="pesticide",
                         help="pesticide-residue enzyme-inhibition analyzer or colloidal-gold strip reader")

@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Any
 
+from simulators.controls import EPILOGS
+
 from .model import StuPadModel
 from .signer import SignerScriptError, load_script, name_script
 
@@ -22,7 +24,7 @@ BUSID = "1-1"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="egw simulate signpad", description=__doc__,
+    parser = argparse.ArgumentParser(prog="egw simulate signpad", description=__doc__, epilog=EPILOGS["signpad"],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT",
                         help="USB/IP address to serve on (default 127.0.0.1:0 = any free port)")

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from simulators.controls import EPILOGS
 from simulators.strips.dataset import generate
 
 __all__ = ["main"]
@@ -20,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="egw simulate strips",
         description="Render synthetic colloidal-gold cassette photos with known C/T line intensities.",
+        epilog=EPILOGS["strips"], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, required=True, help="directory to write strip_NNNN.jpg/.json into")
     parser.add_argument("--count", type=int, default=10, help="number of photos (default 10)")
