@@ -49,5 +49,10 @@ EPILOGS: dict[str, str] = {
         "  one line per message received. `egw simulate platform-mqtt cmd …` sends one signed command and exits."
     ),
     "strips": "it writes the photos (and their expected readings) and exits; nothing to drive while it runs.",
+    "terminal": (
+        "while it runs:\n  no stdin commands: the options script it (pair once with --pair, then upload --photos,\n"
+        "  --video-seconds, --upload files into --case, follow results for --follow seconds); it exits when done.\n"
+        "  stdout: one JSON line per step (paired, uploaded with its evidence id and digest, result)."
+    ),
 }
 

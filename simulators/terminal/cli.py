@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simulators.controls import EPILOGS
 from simulators.terminal.client import PairingFailed, TerminalClient, UploadFailed, parse_offer, tus_upload
 
 
@@ -76,7 +77,8 @@ def follow_results(client: TerminalClient, seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="egw simulate terminal", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="egw simulate terminal", description=__doc__.split("\n\n")[0],
+                                     epilog=EPILOGS["terminal"], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, required=True, help="where the terminal keeps its key, certificate and pairing")
     parser.add_argument("--pair", metavar="URI", help="the QR code's egw-pair: URI (skipped when --dir is already paired)")
     parser.add_argument("--officer", help="the officer carrying the terminal (unless the code was issued for one)")
