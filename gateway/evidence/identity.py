@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import IdentityError, VerificationError
 from gateway.evidence import key_wrap
+from protos.files import write_atomically
 from protos.pki_roles import Role, RoleError, identity_uri
 
 __all__ = ["Identity", "init_identity", "load_identity", "PASSPHRASE_ENV", "verify_certificate_chain", "load_pem_certificates"]
@@ -70,22 +71,11 @@ def _passphrase() -> bytes | None:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Create with 0600 from the start: the key never exists world-readable, even briefly."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomically(path, data, 0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, data, 0o644)
 
 
 def default_gateway_id(public_key: ec.EllipticCurvePublicKey) -> str:

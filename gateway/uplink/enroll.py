@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from gateway.evidence.identity import load_identity, store_enrolled_chain, verif
 from gateway.uplink.link import CHANNEL_OPTIONS
 from protos.egw.v1 import ingest_pb2, ingest_pb2_grpc
 from protos.enrolment_token import TokenFormatError, parse_token
+from protos.files import write_atomically
 
 __all__ = ["EnrolmentResult", "enroll", "split_address", "fetch_pinned_ca"]
 
@@ -142,9 +142,4 @@ def _first_revocation_list(data_dir: Path) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, data, 0o644)

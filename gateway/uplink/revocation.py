@@ -9,7 +9,6 @@ platform (or a machine in the middle) cannot roll the list back.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import grpc
@@ -18,6 +17,7 @@ from cryptography import x509
 from gateway.errors import ConfigError, VerificationError
 from gateway.uplink.link import CHANNEL_OPTIONS, PlatformLink
 from protos.egw.v1 import ingest_pb2, ingest_pb2_grpc
+from protos.files import write_atomically
 
 __all__ = ["CRL_FILE", "refresh_revocation_list", "accept_revocation_list"]
 
@@ -49,12 +49,7 @@ def accept_revocation_list(identity_dir: Path, crl_pem: bytes, cas: list[x509.Ce
         if number < kept:
             raise VerificationError(f"the platform sent CRL number {number}, older than the kept number {kept}; it was not kept",
                                     "check that the gateway talks to its own platform")
-    tmp = path.with_suffix(".pem.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(crl_pem)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, crl_pem, 0o644)
     return number
 
 

@@ -10,14 +10,14 @@ from its own process while the platform runs, so publication holds a file lock.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import fcntl
-import os
+import math
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from protos.files import write_atomically
 from simulators.platform.index import Index
 from simulators.platform.pki import PlatformPKI
 
@@ -76,12 +76,7 @@ def publish_crl(pki: PlatformPKI, index: Index) -> tuple[bytes, int]:
         previous = _load(path)
         number = 1 if previous is None else crl_number(previous) + 1
         data = _build(pki, index, number)
-        tmp = path.with_suffix(".pem.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, data, 0o644)
         return data, number
 
 

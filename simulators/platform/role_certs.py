@@ -21,7 +21,6 @@ made in memory, signed by the CA, so that revocation data always exists.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protos.files import write_atomically
 from protos.pki_roles import Role, identity_uri
 from simulators.platform.pki import PlatformPKI, pem
 
@@ -64,14 +64,7 @@ def _now() -> dt.datetime:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomically(path, data, mode)
 
 
 def _builder(pki: PlatformPKI, subject: x509.Name, public: ec.EllipticCurvePublicKey, crl_url: str) -> x509.CertificateBuilder:
