@@ -3,8 +3,9 @@
 The platform checks manifests against them, ``egw verify`` checks what a bundle holds, and the
 conformance kit checks what a gateway publishes: one loader, so all three judge by the same
 documents an integrator reads. Schemas reference each other as ``urn:egw:schemas:<name>``.
-The files live in the repository's ``docs/schemas`` (this project runs from a checkout,
-``pip install -e .``); ``EGW_SCHEMAS_DIR`` points elsewhere.
+The files are the repository's ``docs/schemas``, shipped in the package as
+``protos/published_schemas`` (a link to it), so what is published is what is enforced;
+``EGW_SCHEMAS_DIR`` points elsewhere.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ SCHEMA_NS = "urn:egw:schemas:"
 
 
 def schema_dir() -> Path:
-    return Path(os.environ.get("EGW_SCHEMAS_DIR") or Path(__file__).resolve().parent.parent / "docs" / "schemas")
+    return Path(os.environ.get("EGW_SCHEMAS_DIR") or Path(__file__).resolve().parent / "published_schemas")
 
 
 @cache
@@ -33,7 +34,8 @@ def _schemas() -> dict[str, dict[str, Any]]:
     found = {path.name.removesuffix(".schema.json"): json.loads(path.read_text(encoding="utf-8"))
              for path in sorted(directory.glob("*.schema.json"))}
     if not found:
-        raise FileNotFoundError(f"no JSON Schemas in {directory}: run from a checkout of the repository or set EGW_SCHEMAS_DIR")
+        raise FileNotFoundError(f"no JSON Schemas in {directory}: reinstall egw (they ship in protos/published_schemas) "
+                                "or set EGW_SCHEMAS_DIR")
     return found
 
 

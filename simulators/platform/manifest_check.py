@@ -8,18 +8,17 @@ keys (the proto JSON style), ``size`` as a string (proto JSON's uint64), a ``dig
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-__all__ = ["SCHEMA_PATH", "SUPPORTED_VERSION", "ManifestRejected", "check_manifest"]
+from protos.schemas import validator
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "schemas" / "manifest.schema.json"
+__all__ = ["SUPPORTED_VERSION", "ManifestRejected", "check_manifest"]
+
 SUPPORTED_VERSION = "egw.manifest/1"
 _VERSION_RE = re.compile(r"^egw\.manifest/(\d+)(?:\.\d+)*$")
 _CAMEL_RE = re.compile(r"[a-z0-9][A-Z]")
@@ -29,9 +28,8 @@ class ManifestRejected(ValueError):
     """A manifest the platform does not accept; the message names the field and what to do."""
 
 
-@functools.cache
 def _validator() -> Draft202012Validator:
-    return Draft202012Validator(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    return validator("manifest")  # the published schema, one loader for everyone (protos/schemas.py)
 
 
 def _snake(key: str) -> str:
