@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     new.add_argument("--signed-draft", type=Path, metavar="FILE",
                      help="the draft the party signed (with --signing: it must be the document that session bound)")
     new.add_argument("--officer-id", help="the officer storing the document (default: the form's first officer)")
+    new.add_argument("--trust-services", metavar="URL", help="the platform's trust services https://HOST:PORT for the agency seal "
+                     "(default: EGW_TRUST_SERVICES, else what egw run's [platform] trust_services left in the data directory)")
 
 
 def _add_document_options(p: argparse.ArgumentParser) -> None:
@@ -179,7 +181,25 @@ def _seal(sealer: Sealer, rendered: Path) -> Path:
     return sealed
 
 
+def _sealed(service: EvidenceService, args: argparse.Namespace, sealer: Sealer | None, rendered: Path,
+            url: str | None) -> tuple[Path, str, str | None]:
+    """The document to store and how it is sealed: by the configured sealer (``sealer``), else with the agency
+    seal from the trust services at ``url`` when known (``agency``, or ``provisional`` when the platform cannot
+    seal now: then why), else not at all (``none``)."""
+    from gateway.documents.agency import remember_trust_services, seal_document
+
+    if sealer is not None:
+        return _seal(sealer, rendered), "sealer", None
+    if url is None or not service.identity.enrolled:
+        return rendered, "none", None
+    if args.trust_services:
+        remember_trust_services(service.data_dir, url)
+    outcome = seal_document(rendered, service.identity, url)
+    return outcome.path, outcome.seal, outcome.why
+
+
 def _new(args: argparse.Namespace) -> int:
+    from gateway.documents.agency import TRUST_SERVICES_SETTING, queue_for_counter_seal, trust_services_url
     from gateway.documents.render import render_document
     from gateway.documents.sealer import SEALER_SETTING, find_sealer
     from gateway.documents.sources import cite
@@ -195,24 +215,31 @@ def _new(args: argparse.Namespace) -> int:
         document_id = str(uuid7())
         rendered = render_document(template, form, args.output, document_id=document_id, citations=citations,
                                    signing=signing, signed_draft=draft)
-        final = _seal(sealer, args.output) if sealer is not None else args.output
+        url = trust_services_url(service.data_dir, args.trust_services, getenv(TRUST_SERVICES_SETTING))
+        final, seal, why = _sealed(service, args, sealer, args.output, url)
         check_cancelled()
         officer = args.officer_id or (form.officers[0].id if form.officers and form.officers[0].id else None)
+        sealed = seal in ("sealer", "agency")
         extra = {"document": {"id": document_id, "template": template.kind, "case_number": form.values.get("case_number"),
-                              "format": "PDF/A-3b", "sealed": sealer is not None, "cites": [c.evidence_id for c in citations],
+                              "format": "PDF/A-3b", "sealed": sealed, "seal": seal, "cites": [c.evidence_id for c in citations],
                               "signing_record": signing.evidence_id if signing is not None else None}}
         result = service.ingest_file(final, ManifestInput(
             source_path=f"documents/{document_id}/{final.name}", kind="document", media_type="application/pdf",
             officer_id=officer, extra=extra), priority=2)
+        if seal == "provisional" and url is not None and not result.duplicate:
+            queue_for_counter_seal(service, result.evidence_id, document_id, url)
         service.sign_tree_head()
     if args.json:
         print_json({"evidence_id": result.evidence_id, "document_id": document_id, "path": str(final), "sha256": result.sha256,
-                    "size": result.size, "sealed": sealer is not None, "embedded": rendered.embedded,
+                    "size": result.size, "sealed": sealed, "seal": seal, "embedded": rendered.embedded,
                     "citations": [c.as_json() for c in citations]})
     else:
         title = template.text(template.title, current_language())
         out().write(f"{result.evidence_id}  {title} {form.values.get('case_number', '')}  {final}  (sha256 {result.sha256})\n")
-    if sealer is None:
+    if seal == "none":
         err().write(_("Not sealed: no agency seal is configured on this gateway; the document was stored unsealed.") + "\n")
+    elif seal == "provisional":
+        err().write(_("Sealed provisionally with this station's key: the platform cannot seal now ({why}). "
+                      "The agency seal is added when the platform is reachable again (egw sync --once, or egw run).").format(why=why) + "\n")
     err().flush()
     return 0

@@ -111,7 +111,9 @@ class Runtime:
         await self._start_outputs()
         self.control = ControlServer(self.config.data_dir, self.service)
         self.control.start()
-        self.components[:0] = [MqttComponent(self), UploaderComponent(self)]
+        from gateway.station.trust import TrustComponent
+
+        self.components[:0] = [MqttComponent(self), UploaderComponent(self), TrustComponent(self)]
         for component in self.components:
             await component.start()
         self._start_devices(self.config.devices)
