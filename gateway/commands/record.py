@@ -49,8 +49,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     new.add_argument("--signed-draft", type=Path, metavar="FILE",
                      help="the draft the party signed (with --signing: it must be the document that session bound)")
     new.add_argument("--officer-id", help="the officer storing the document (default: the form's first officer)")
+    _add_deliver(actions)
     new.add_argument("--trust-services", metavar="URL", help="the platform's trust services https://HOST:PORT for the agency seal "
                      "(default: EGW_TRUST_SERVICES, else what egw run's [platform] trust_services left in the data directory)")
+
+
+def _add_deliver(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from gateway.workflows.delivery import DEFAULT_LINK_MINUTES, METHODS
+
+    p = actions.add_parser("deliver", help="record the delivery (送达) of a sealed document to the party; optionally a one-time link")
+    p.add_argument("document", metavar="EVIDENCE_ID", help="the sealed document (`egw record new` printed its evidence id)")
+    p.add_argument("--party", required=True, help="the party the document is delivered to")
+    p.add_argument("--how", action="append", choices=METHODS, required=True,
+                   help="station (shown on the station screen), link (one-time link / QR code), paper; repeatable")
+    p.add_argument("--receipt", metavar="EVIDENCE_ID", help="the party's signed, sealed delivery receipt (egw record new --template delivery)")
+    p.add_argument("--refused", action="store_true", help="the party refused to sign; needs --witness")
+    p.add_argument("--witness", help="the witness present when the party refused")
+    p.add_argument("--link-minutes", type=int, default=DEFAULT_LINK_MINUTES, help="how long the one-time link stays valid")
+    p.add_argument("--base-url", help="the station screen's address the party's phone reaches (default: the one egw run serves)")
+    p.add_argument("--qr", type=Path, metavar="FILE.png", help="also write the link as a QR code image")
+    p.add_argument("--officer-id", help="the officer delivering")
+    add_data_dir(p)
+    add_json(p)
+    p.set_defaults(func=run)
 
 
 def _add_document_options(p: argparse.ArgumentParser) -> None:
@@ -70,8 +91,33 @@ def _add_document_options(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.record_action == "templates":
         return _templates(args)
+    if args.record_action == "deliver":
+        return _deliver(args)
     with use_language(args.lang or current_language()):
         return _draft(args) if args.record_action == "draft" else _new(args)
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    from gateway.workflows.delivery import deliver, screen_base_url
+
+    with open_evidence(args) as service:
+        base = screen_base_url(service.data_dir, args.base_url) if "link" in args.how else None
+        result = deliver(service, args.document, party=args.party, methods=args.how, receipt_id=args.receipt,
+                         refused=args.refused, witness=args.witness, officer_id=args.officer_id, link_base=base,
+                         link_minutes=args.link_minutes)
+    if result.link and args.qr:
+        import segno
+
+        segno.make(result.link, error="m").save(str(args.qr), kind="png", scale=8, border=2)
+    if args.json:
+        print_json({"delivery_id": result.delivery_id, "evidence_id": result.evidence_id, "link": result.link,
+                    "record": result.record})
+    else:
+        out().write(f"{result.evidence_id}  delivery {result.delivery_id}  {result.record['outcome']}\n")
+        if result.link:
+            out().write(f"{result.link}\n")
+            err().write(_("One-time link: it opens once, until {expires}.").format(expires=result.record["link"]["expires_at"]) + "\n")
+    return 0
 
 
 def _templates(args: argparse.Namespace) -> int:

@@ -150,8 +150,11 @@ class Runtime:
             from gateway.web.screen import ScreenServer
 
             host, port = _split_host_port(self.config.screen_listen)
-            self.screen = ScreenServer(self.station, host, port)
+            self.screen = ScreenServer(self.station, host, port, service=self.service)
             self.screen_url = await self.screen.start()
+            from gateway.workflows.delivery import SCREEN_URL_FILE
+
+            (self.config.data_dir / SCREEN_URL_FILE).write_text(self.screen_url + "\n", encoding="utf-8")  # delivery links
 
     async def _stop_everything(self) -> None:
         async def stop_all() -> None:
