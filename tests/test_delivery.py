@@ -165,3 +165,33 @@ def test_one_time_link_opens_once_for_its_document_only_and_not_after_expiry(sta
         db.execute("UPDATE delivery_links SET expires_at = ? WHERE delivery_id = ?", (time.time() - 1, made["delivery_id"]))
     [(expired, text)] = _get_all(station["data_dir"], [made["link"].removeprefix("http://x")])
     assert expired == 410 and "链接" in text.decode()  # the party reads Chinese
+
+
+def test_the_document_is_shown_on_the_pad_screen_by_screen(station) -> None:
+    """In-process pad model (the simulator's, through the STU codec): every view arrives as uploaded, and the
+    first view is the top of the page pdftoppm renders; then the command against the real simulator process."""
+    from gateway.workflows.pad_display import page_views, show_on_pad
+    from simulators.signpad import STU540_CAPABILITY
+    from tests.signpad_helpers import pad_and_model
+
+    pdf = Path(station["document"]["path"])
+    views = page_views(pdf, STU540_CAPABILITY.screen_width, STU540_CAPABILITY.screen_height)
+    assert len(views) >= 2 and all(v.shape == (480, 800, 3) for v in views)
+    assert (views[0] < 128).mean() > 0.01  # text, not a blank screen
+    pad, model, clock = pad_and_model(None)
+    assert show_on_pad(pad, pdf, dwell_s=0, sleep=clock.sleep) == len(views) and model.uploads == len(views)
+    import numpy as np
+
+    assert np.abs(model.uploaded_image.astype(int) - views[-1].astype(int)).mean() < 8
+
+    (finger, _), (pad_proc, pad_url) = _simulators()
+    try:
+        code, made, err = _deliver(station, "--how", "pad", "--signpad", pad_url, "--pad-seconds", "0",
+                                   "--receipt", station["receipt"]["evidence_id"])
+    finally:
+        _stop(pad_proc, finger)
+    assert code == 0, err
+    assert made["record"]["pad"]["views"] == len(views) and made["record"]["pad"]["sha256"] == station["document"]["sha256"]
+    assert errors("mqtt-delivery", _outbox(station["data_dir"], station["document"]["evidence_id"])[-1]) == []
+    code, _, err = _deliver(station, "--how", "pad", "--receipt", station["receipt"]["evidence_id"])
+    assert code != 0 and "--signpad" in err

@@ -61,7 +61,10 @@ def _add_deliver(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("document", metavar="EVIDENCE_ID", help="the sealed document (`egw record new` printed its evidence id)")
     p.add_argument("--party", required=True, help="the party the document is delivered to")
     p.add_argument("--how", action="append", choices=METHODS, required=True,
-                   help="station (shown on the station screen), link (one-time link / QR code), paper; repeatable")
+                   help="station (shown on the station screen), pad (shown on the signature pad, needs --signpad), "
+                        "link (one-time link / QR code), paper; repeatable")
+    p.add_argument("--signpad", help="signature pad URL for --how pad (usbip://HOST:PORT/BUSID or usb://VID:PID)")
+    p.add_argument("--pad-seconds", type=float, default=None, help="seconds each screenful of the document stays on the pad")
     p.add_argument("--receipt", metavar="EVIDENCE_ID", help="the party's signed, sealed delivery receipt (egw record new --template delivery)")
     p.add_argument("--refused", action="store_true", help="the party refused to sign; needs --witness")
     p.add_argument("--witness", help="the witness present when the party refused")
@@ -98,13 +101,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _deliver(args: argparse.Namespace) -> int:
-    from gateway.workflows.delivery import deliver, screen_base_url
+    from gateway.workflows.delivery import deliver, screen_base_url, show_document_on_pad
+    from gateway.workflows.pad_display import DEFAULT_DWELL_S
 
+    if ("pad" in args.how) != bool(args.signpad):
+        raise ConfigError("--how pad and --signpad URL go together", "pass both to show the document on the pad, or neither")
     with open_evidence(args) as service:
         base = screen_base_url(service.data_dir, args.base_url) if "link" in args.how else None
+        shown = None
+        if args.signpad:
+            dwell = DEFAULT_DWELL_S if args.pad_seconds is None else max(0.0, args.pad_seconds)
+            shown = show_document_on_pad(service, args.document, args.signpad, dwell)
         result = deliver(service, args.document, party=args.party, methods=args.how, receipt_id=args.receipt,
                          refused=args.refused, witness=args.witness, officer_id=args.officer_id, link_base=base,
-                         link_minutes=args.link_minutes)
+                         link_minutes=args.link_minutes, shown_on_pad=shown)
     if result.link and args.qr:
         import segno
 

@@ -1,7 +1,7 @@
 """Electronic delivery (送达) of a sealed enforcement document to the party, recorded as evidence.
 
 A delivery says what (the document's evidence id and SHA-256), to whom (the party), how (``station``: shown
-on the station screen; ``link``: a one-time download link / QR code served by the station; ``paper``), when,
+on the station screen; ``pad``: shown on the signature pad's screen, view by view; ``link``: a one-time download link / QR code served by the station; ``paper``), when,
 and the outcome: ``acknowledged`` (the party signed a delivery receipt 送达回证, itself a sealed document of
 template ``delivery``) or ``refused`` (the party would not sign; a witness attests it: a refusal with a
 witness is a legal delivery too). It is stored as a signed evidence item
@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import json
 import secrets
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["METHODS", "DELIVERY_MEDIA_TYPE", "DeliveryResult", "deliver", "open_link", "LinkRefused", "LINK_PATH",
            "SCREEN_URL_FILE", "screen_base_url"]
 
-METHODS = ("station", "link", "paper")
+METHODS = ("station", "pad", "link", "paper")
 DELIVERY_MEDIA_TYPE = "application/vnd.egw.delivery.v1+json"
 LINK_PATH = "/delivery/{evidence_id}/{token}"
 SCREEN_URL_FILE = "screen.url"
@@ -94,7 +95,8 @@ def screen_base_url(data_dir: Path, explicit: str | None) -> str:
 
 def deliver(service: EvidenceService, document_id: str, *, party: str, methods: list[str], receipt_id: str | None = None,
             refused: bool = False, witness: str | None = None, officer_id: str | None = None,
-            link_base: str | None = None, link_minutes: int = DEFAULT_LINK_MINUTES) -> DeliveryResult:
+            link_base: str | None = None, link_minutes: int = DEFAULT_LINK_MINUTES,
+            shown_on_pad: dict[str, Any] | None = None) -> DeliveryResult:
     """Record one delivery of the sealed document ``document_id`` (an evidence id); with ``link`` among the
     methods also issue its one-time link (``link_base`` is the station screen's URL)."""
     row, document = _document_of(service, document_id, "document")
@@ -106,6 +108,8 @@ def deliver(service: EvidenceService, document_id: str, *, party: str, methods: 
     if not methods or unknown:
         raise ConfigError(f"delivery method(s) {unknown or methods!r} not understood", f"use --how with {', '.join(METHODS)}")
     receipt = _receipt(service, receipt_id, document_id, party, refused, witness)
+    if ("pad" in methods) != (shown_on_pad is not None):
+        raise ConfigError("--how pad means the document was shown on the pad", "pass --signpad URL with --how pad")
     if "link" in methods and not 1 <= link_minutes <= MAX_LINK_MINUTES:
         raise ConfigError(f"--link-minutes {link_minutes} is out of range", f"give 1 to {MAX_LINK_MINUTES} minutes")
     now = time.time()
@@ -120,6 +124,7 @@ def deliver(service: EvidenceService, document_id: str, *, party: str, methods: 
         "outcome": "refused" if refused else "acknowledged",
         "receipt": receipt, "witness": {"name": witness.strip()} if refused and witness else None,
         "link": {"expires_at": _iso(now + link_minutes * 60)} if token else None,
+        "pad": shown_on_pad,
         "officer_id": officer_id,
     }
     return _store(service, record, token, now + link_minutes * 60, link_base)
@@ -192,6 +197,37 @@ def _message(record: dict[str, Any], evidence_id: str) -> Any:
         officer_id=record.get("officer_id") or "")
     message.at.FromDatetime(dt.datetime.fromisoformat(record["at"].replace("Z", "+00:00")))
     return message
+
+
+def check_deliverable(service: EvidenceService, document_id: str) -> None:
+    """ConfigError unless ``document_id`` is a sealed document (before the party is shown anything)."""
+    _, document = _document_of(service, document_id, "document")
+    _check_sealed(document_id, document, "document")
+
+
+def show_document_on_pad(service: EvidenceService, document_id: str, signpad_url: str, dwell_s: float) -> dict[str, Any]:
+    """Show the stored document (its bytes checked against its digest) on the pad at ``signpad_url``; what was shown."""
+    from drivers.errors import DriverError
+    from drivers.signpad import SignaturePad
+    from gateway.workflows.pad_display import show_on_pad
+
+    check_deliverable(service, document_id)
+    row = service.state.get(document_id)
+    with tempfile.TemporaryDirectory(prefix="egw-deliver-") as work:
+        copy = Path(work) / "document.pdf"
+        with service.store.open(row.sha256) as blob, open(copy, "wb") as out:
+            while chunk := blob.read(1 << 20):
+                out.write(chunk)
+        if hashlib.sha256(copy.read_bytes()).hexdigest() != row.sha256:
+            raise VerificationError(f"document {document_id} no longer hashes to {row.sha256} in the store; not shown")
+        try:
+            with SignaturePad.open(signpad_url) as pad:
+                views = show_on_pad(pad, copy, dwell_s)
+                serial = pad.identity.serial_number
+        except DriverError as exc:
+            raise ConfigError(f"the signature pad {signpad_url} could not show the document: {exc}",
+                              "check the pad's URL and connection, or deliver with --how station") from exc
+    return {"views": views, "sha256": row.sha256, "pad_serial": serial, "dwell_s": dwell_s}
 
 
 class LinkRefused(Exception):
