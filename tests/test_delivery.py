@@ -120,6 +120,7 @@ def test_acknowledged_delivery_is_evidence_with_custody_event_and_mqtt_message(s
     assert made["link"].startswith(f"http://station.invalid:8080/delivery/{station['document']['evidence_id']}/")
     event = _custody(station["data_dir"], station["document"]["evidence_id"], "delivered")[-1]
     assert (event["delivery_evidence_id"], event["outcome"], event["party"]) == (made["evidence_id"], "acknowledged", "王小明")
+    assert errors("custody-entry", event) == []
     message = _outbox(station["data_dir"], station["document"]["evidence_id"])[-1]
     assert errors("mqtt-delivery", message) == [], message
     assert message["deliveryEvidenceId"] == made["evidence_id"] and message["receiptEvidenceId"] == station["receipt"]["evidence_id"]
@@ -157,7 +158,7 @@ def test_one_time_link_opens_once_for_its_document_only_and_not_after_expiry(sta
     assert second == 410
     used = [e for e in _custody(station["data_dir"], station["document"]["evidence_id"], "delivery-link-used")
             if e["delivery_id"] == made["delivery_id"]]
-    assert len(used) == 1 and used[0]["sha256"] == station["document"]["sha256"]
+    assert len(used) == 1 and used[0]["sha256"] == station["document"]["sha256"] and errors("custody-entry", used[0]) == []
 
     code, made, err = _deliver(station, "--how", "link", "--receipt", station["receipt"]["evidence_id"], "--base-url", "http://x")
     assert code == 0, err

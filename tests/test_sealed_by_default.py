@@ -81,6 +81,10 @@ def test_sealed_online_provisional_offline_and_counter_sealed_when_the_platform_
 
     linked = [e for e in _custody(data_dir, provisional["evidence_id"]) if e["event"] == "counter-sealed"]
     assert linked and linked[0]["counter_sealed_by"] == counter
+    from tests.test_schemas import errors
+
+    assert errors("custody-entry", linked[0]) == [] and all(
+        errors("custody-entry", e) == [] for e in _custody(data_dir, provisional["evidence_id"]) if e["event"] == "awaiting-counter-seal")
     export = tmp_path / "counter-sealed.pdf"
     with sqlite3.connect(data_dir / "state.db") as db:
         sha256, manifest = db.execute("SELECT sha256, manifest FROM evidence WHERE id = ?", (counter,)).fetchone()
