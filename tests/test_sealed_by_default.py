@@ -111,3 +111,34 @@ def test_sealed_online_provisional_offline_and_counter_sealed_when_the_platform_
                                "-data", str(tmp_path / "head.dsse"), "-CAfile", str(platform.ca), "-untrusted", str(platform.tsa)],
                               capture_output=True, text=True, timeout=30)
     assert tampered.returncode != 0
+
+
+def test_egw_run_counter_seals_and_stamps_on_its_own_when_the_platform_comes_back(tmp_path: Path, platform, monkeypatch) -> None:
+    """`egw run` with [platform] trust_services: a record stored through it while the platform is down is sealed
+    provisionally (the address comes from the configuration, through the data directory); the service's own trust
+    round counter-seals it and time-stamps the tree heads once the platform is back, with nobody running a command."""
+    import time
+
+    from tests.test_one_writer import egw_in, serve
+
+    data_dir = _gateway(tmp_path, platform)
+    platform.stop()
+    monkeypatch.setenv("EGW_TRUST_ROUND_S", "0.5")
+    (tmp_path / "form.toml").write_text(FORM, encoding="utf-8")
+    with serve(tmp_path, data_dir, f'[platform]\ntrust_services = "{platform.trust_url}"\n'):
+        made = egw_in(tmp_path, "--no-wait", "record", "new", "--template", "onsite", "--form", "form.toml", "-o", "r.pdf",
+                      "--data-dir", str(data_dir), "--json")
+        assert made.returncode == 0, made.stderr
+        provisional = json.loads(made.stdout)
+        assert provisional["seal"] == "provisional" and "临时签章" in made.stderr
+        platform.start()
+        deadline, sealed_by, stamps = time.monotonic() + 60, None, 0
+        while time.monotonic() < deadline and not (sealed_by and stamps):
+            time.sleep(0.5)
+            with sqlite3.connect(f"file:{data_dir / 'state.db'}?mode=ro", uri=True) as db:
+                sealed_by = db.execute("SELECT sealed_by FROM counter_seal_queue WHERE evidence_id = ?",
+                                       (provisional["evidence_id"],)).fetchone()[0]
+                stamps = db.execute("SELECT COUNT(*) FROM tree_head_timestamps").fetchone()[0]
+    assert sealed_by, "egw run did not counter-seal the provisional record within 60 s of the platform's return"
+    assert stamps > 0, "egw run did not time-stamp any tree head"
+    assert [e["counter_sealed_by"] for e in _custody(data_dir, provisional["evidence_id"]) if e["event"] == "counter-sealed"] == [sealed_by]
