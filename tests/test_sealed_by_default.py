@@ -77,6 +77,9 @@ def test_sealed_online_provisional_offline_and_counter_sealed_when_the_platform_
     assert code == 0, (err, [u["last_error"] for u in report["undelivered"]])
     counter = report["trust"]["counter_sealed"][provisional["evidence_id"]]
     assert report["trust"]["still_awaiting"] == 0 and not report["undelivered"]
+    from tests.test_schemas import errors as schema_errors
+
+    assert schema_errors("cli-sync", report) == []
     assert counter in {o["evidence_id"] for o in report["outcomes"] if o["status"] == "receipted"}  # reached the platform
 
     linked = [e for e in _custody(data_dir, provisional["evidence_id"]) if e["event"] == "counter-sealed"]
