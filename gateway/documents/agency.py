@@ -41,6 +41,16 @@ __all__ = ["TRUST_SERVICES_SETTING", "TRUST_FILE", "SealOutcome", "TrustRound", 
 
 log = logging.getLogger("egw.documents")
 
+
+def _unavailable() -> tuple[type[Exception], ...]:
+    """What a platform that goes away mid-seal raises: ours, and pyHanko's and aiohttp's own (a TSA request
+    inside pyHanko's signing does not pass through SealService)."""
+    import aiohttp
+    from pyhanko.sign.general import SigningError
+    from pyhanko.sign.timestamps.common_utils import TimestampRequestError
+
+    return (GatewayError, SigningError, TimestampRequestError, aiohttp.ClientError, TimeoutError, OSError)
+
 TRUST_SERVICES_SETTING = "EGW_TRUST_SERVICES"
 TRUST_FILE = "trust-services.url"
 SEAL_AGENCY = "agency"
@@ -108,11 +118,12 @@ async def _seal_or_fall_back(rendered: Path, identity: Identity, url: str) -> Se
         async with SealService(url, identity) as service:
             await seal_pdf(rendered, target, service)
         return SealOutcome(target, SEAL_AGENCY)
-    except SealingError as exc:
+    except _unavailable() as exc:
         log.warning("agency seal unavailable, sealing provisionally: %s", exc)
+        target.unlink(missing_ok=True)
         provisional = _sealed_name(rendered, "provisional")
         await seal_provisionally(rendered, provisional, identity)
-        return SealOutcome(provisional, SEAL_PROVISIONAL, str(exc))
+        return SealOutcome(provisional, SEAL_PROVISIONAL, str(exc) or type(exc).__name__)
 
 
 def seal_document(rendered: Path, identity: Identity, url: str) -> SealOutcome:
@@ -196,15 +207,15 @@ async def trust_round(service: EvidenceService, url: str | None, *, counter_seal
                     try:
                         report.counter_sealed[item.evidence_id] = await _counter_seal_one(service, seal_service, item.evidence_id,
                                                                                             item.document_id)
-                    except GatewayError as exc:
-                        report.problems.append(f"counter-seal of {item.evidence_id}: {exc}")
+                    except _unavailable() as exc:
+                        report.problems.append(f"counter-seal of {item.evidence_id}: {exc or type(exc).__name__}")
                         with service.state.transaction() as db:
                             counter_seals.mark_failed(db, item.evidence_id, str(exc))
                 if stamp and base == url:
                     service.sign_tree_head()  # the log as it is now, so the newest head gets its time
                     report.heads_stamped = await stamp_tree_heads(service.state, seal_service)
-        except GatewayError as exc:
-            report.problems.append(f"trust services {base}: {exc}")
+        except _unavailable() as exc:
+            report.problems.append(f"trust services {base}: {exc or type(exc).__name__}")
     with service.state.lock:
         report.still_awaiting = len(counter_seals.awaiting(service.state.db))
     return report
