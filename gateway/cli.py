@@ -78,7 +78,7 @@ def writes(args: argparse.Namespace) -> bool:
     if args.command == "strip":
         return bool(getattr(args, "record", False))
     if args.command == "record":  # `record draft` and `record templates` only read
-        return getattr(args, "record_action", None) == "new"
+        return getattr(args, "record_action", None) in ("new", "deliver")
     if args.command == "terminal":
         from gateway.commands.terminal import WRITING_ACTIONS
 

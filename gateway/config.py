@@ -48,6 +48,7 @@ class GatewayConfig:
     gateway_id: str | None = None
     platform_address: str | None = None
     platform_insecure: bool = False
+    trust_services: str | None = None
     bandwidth_bytes_per_s: int = 0
     parallel_uploads: int = 2
     mqtt_url: str | None = None
@@ -88,6 +89,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "insecure": ((bool,), "true only for local experiments without TLS"),
         "bandwidth_bytes_per_s": ((int,), "a whole number of bytes per second, 0 for no cap"),
         "parallel_uploads": ((int,), "a whole number from 1 to 16"),
+        "trust_services": ((str,), "https://HOST:PORT of the platform's trust services (agency seal, time-stamps)"),
     },
     "mqtt": {"url": ((str,), "mqtt://HOST:PORT or mqtts://HOST:PORT"),
              "allow_plaintext_password": ((bool,), "true only on a trusted network: mqtt://user:pass@ sends the password in clear")},
@@ -211,6 +213,9 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
         value = get(section, key, None)
         if isinstance(value, str):
             _host_port(f"{section}.{key}", value, problems)
+    trust_services = get("platform", "trust_services", None)
+    if isinstance(trust_services, str) and not trust_services.startswith("https://"):
+        problems.append(f"platform.trust_services: {trust_services!r} must be https://HOST:PORT")
     mqtt_url = get("mqtt", "url", None)
     if isinstance(mqtt_url, str) and not mqtt_url.startswith(("mqtt://", "mqtts://")):
         problems.append(f"mqtt.url: {mqtt_url!r} must start with mqtt:// or mqtts://")
@@ -244,6 +249,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None, data_dir_overr
         gateway_id=get("", "gateway_id", None),
         platform_address=get("platform", "address", None),
         platform_insecure=get("platform", "insecure", False),
+        trust_services=trust_services or None,
         bandwidth_bytes_per_s=get("platform", "bandwidth_bytes_per_s", 0),
         parallel_uploads=parallel,
         mqtt_url=mqtt_url,

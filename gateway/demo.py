@@ -5,9 +5,13 @@ MQTT broker (a private Mosquitto when one is installed, otherwise an embedded
 pure-Python broker), three body-worn cameras with short real videos on
 USB/IP, a rapid-test analyzer on TCP, a fingerprint reader and a signature
 pad; enrols the gateway and runs the station service in this process. Then
-it docks the recorders, takes five rapid tests and one signing session,
-waits until every item carries a verified platform receipt, exports one
-bundle and verifies it offline. Exit 0 only if all of that holds.
+it docks the recorders, takes five rapid tests, renders the on-site record
+(现场检查笔录) citing them, has the party sign it on the pad and the reader,
+stores it sealed with the agency seal by the platform's trust services,
+delivers it (the party signs a sealed delivery receipt 送达回证 and downloads
+the record once through a one-time link), waits until every item carries a
+verified platform receipt, exports one bundle and verifies it and the sealed
+record offline. Exit 0 only if all of that holds.
 """
 
 from __future__ import annotations
@@ -136,10 +140,45 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def _make_document(path: Path) -> Path:
-    path.write_text("ON-SITE INSPECTION RECORD\nMarket hall 3, stall 17\nFinding: pesticide residue above the limit in one sample\n"
-                    "The party present confirms the record by signature and fingerprint.\n", encoding="utf-8")
-    return path
+UNIT_CODE = "110105000000"
+UNIT_NAME = "北京市朝阳区市场监督管理局"
+PARTY = "李伟"
+RECORD_FORM = f"""\
+agency = "{UNIT_NAME}"
+case_number = "朝市监检〔2026〕017号"
+time = "2026年12月6日 09:30至10:15"
+place = "朝阳区农贸市场3号厅17号摊位"
+findings = \"\"\"经现场检查，当事人经营的散装芹菜经快速检测，有机磷农药残留一份样品超出限量。
+执法人员当场抽取样品，快速检测结果附后，执法记录仪全程记录。\"\"\"
+
+[[officers]]
+name = "张伟"
+id = "000042"
+
+[[officers]]
+name = "刘洋"
+id = "000043"
+
+[party]
+name = "{PARTY}"
+id_number = "110105199001011234"
+address = "朝阳区农贸市场3号厅17号摊位"
+"""
+RECEIPT_FORM = f"""\
+agency = "{UNIT_NAME}"
+case_number = "朝市监检〔2026〕017号"
+served_document = "现场检查笔录 朝市监检〔2026〕017号"
+time = "2026年12月6日 10:20"
+place = "朝阳区农贸市场3号厅17号摊位"
+method = "电子送达：站点屏幕阅读，一次性链接下载"
+
+[[officers]]
+name = "张伟"
+id = "000042"
+
+[party]
+name = "{PARTY}"
+"""
 
 
 def run_demo(workdir: Path | None, as_json: bool) -> int:
@@ -155,8 +194,10 @@ def run_demo(workdir: Path | None, as_json: bool) -> int:
         with console.status("starting the platform, the broker and the simulated devices…"):
             platform_data = workdir / "platform"
             broker_url, broker_kind, broker_stop = _start_broker(processes, workdir)
-            address, enroll_line = processes.start("platform", _egw("simulate", "platform", "--data", str(platform_data),
-                                                                      "--listen", "127.0.0.1:0", "--mqtt", broker_url), lines=2)
+            address, enroll_line, trust_line = processes.start(
+                "platform", _egw("simulate", "platform", "--data", str(platform_data), "--listen", "127.0.0.1:0", "--mqtt", broker_url,
+                                 "--agency-unit", UNIT_CODE, "--agency-name", UNIT_NAME), lines=3)
+            trust_url = trust_line.split()[1]
             volumes = workdir / "volumes"
             (usbip_url, *_) = processes.start("bodycams", _egw("simulate", "bodycam", "--count", "3", "--listen", "127.0.0.1:0",
                                                                 "--volumes", str(volumes), "--recordings", "3", "--minutes", "0.1",
@@ -166,7 +207,7 @@ def run_demo(workdir: Path | None, as_json: bool) -> int:
                                                                 "--retry-delay", "0.2"), finite=True)
             (fingerprint_url,) = processes.start("fingerprint", _egw("simulate", "fingerprint", "--tcp", "0", "--baud", "0",
                                                                      "--finger", "present", "--quality", "0.9"))
-            (signpad_url,) = processes.start("signpad", _egw("simulate", "signpad", "--listen", "127.0.0.1:0", "--signer", "Li Wei"))
+            (signpad_url,) = processes.start("signpad", _egw("simulate", "signpad", "--listen", "127.0.0.1:0", "--signer", PARTY))
         console.print(f"platform {address} · broker {broker_url} ({broker_kind}) · recorders {usbip_url} · analyzer {analyzer_url}")
 
         data_dir = workdir / "gateway"
@@ -178,8 +219,9 @@ def run_demo(workdir: Path | None, as_json: bool) -> int:
         token = issue_token(platform_data, gateway_id="gw-demo")["token"]
         enroll(data_dir, address, token)
         console.print("gateway gw-demo enrolled with the platform CA (mutual TLS from here on)")
-        return asyncio.run(_run_station(console, workdir, data_dir, platform_data, broker_url, usbip_url, analyzer_url,
-                                        fingerprint_url, signpad_url, volumes, started, as_json, processes.check_alive))
+        devices = Devices(usbip_url, analyzer_url, fingerprint_url, signpad_url, volumes)
+        return asyncio.run(_run_station(console, workdir, data_dir, platform_data, broker_url, trust_url, devices, started,
+                                        as_json, processes.check_alive))
     finally:
         processes.stop()
         if broker_stop is not None:
@@ -191,14 +233,96 @@ def run_demo(workdir: Path | None, as_json: bool) -> int:
             loop.call_soon_threadsafe(loop.stop)
 
 
-async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_data: Path, broker_url: str, usbip_url: str,
-                       analyzer_url: str, fingerprint_url: str, signpad_url: str, volumes: Path, started: float,
-                       as_json: bool, check_alive: Any) -> int:
+@dataclass(frozen=True)
+class Devices:
+    usbip_url: str
+    analyzer_url: str
+    fingerprint_url: str
+    signpad_url: str
+    volumes: Path
+
+
+def _cli(*args: str | Path) -> dict[str, Any]:
+    """``egw ARGS --json`` as an officer would type it (beside the running service: delegated to it when it writes)."""
+    proc = subprocess.run(_egw(*map(str, args), "--json"), capture_output=True, text=True, env=_env(), timeout=STEP_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise RuntimeError(f"egw {' '.join(map(str, args[:2]))} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+async def _sign(runtime: Any, document: Path, devices: Devices) -> str:
+    """The party signs ``document`` on the pad, then puts a finger on the reader; the signing record's evidence id."""
+    from gateway.workflows.signing import SigningSession
+
+    session = SigningSession(runtime.service, place="朝阳区农贸市场3号厅", officer_id="000042")
+    signed = await asyncio.to_thread(session.run, document, PARTY, "party", signpad_url=devices.signpad_url,
+                                     fingerprint_url=devices.fingerprint_url, pad_timeout=60)
+    runtime.station.add_signing({"at": time.time(), "document": document.name, "signer": PARTY, "role": "party",
+                                 "fingerprint_quality": signed.record.get("fingerprint", {}).get("quality"),
+                                 "delivery": "signed, queued"})
+    return signed.evidence_id
+
+
+async def _paperless(console: Any, runtime: Any, workdir: Path, data_dir: Path, platform_data: Path, devices: Devices) -> dict[str, Any]:
+    """Issue #16 end to end: the on-site record rendered, signed, sealed by the platform, delivered to the party."""
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    work = workdir / "record"
+    work.mkdir(exist_ok=True)
+    (work / "record.toml").write_text(RECORD_FORM, encoding="utf-8")
+    (work / "receipt.toml").write_text(RECEIPT_FORM, encoding="utf-8")
+    rows = runtime.service.state.all_evidence()
+    cited = [r.id for r in rows if r.kind == "result"][:1] + [r.id for r in rows if r.kind == "video"][:1]  # one page
+    cites = [a for evidence_id in cited for a in ("--cite", evidence_id)]
+    common = ("--data-dir", data_dir)
+    await asyncio.to_thread(_cli, "record", "draft", "--template", "onsite", "--form", work / "record.toml", *cites,
+                            "-o", work / "record-draft.pdf", *common)
+    signing = await _sign(runtime, work / "record-draft.pdf", devices)
+    record = await asyncio.to_thread(_cli, "record", "new", "--template", "onsite", "--form", work / "record.toml", *cites,
+                                     "--signing", signing, "--signed-draft", work / "record-draft.pdf", "-o", work / "record.pdf", *common)
+    console.print(f"on-site record {record['evidence_id']} stored, seal: {record['seal']}")
+    await asyncio.to_thread(_cli, "record", "draft", "--template", "delivery", "--form", work / "receipt.toml",
+                            "--cite", record["evidence_id"], "-o", work / "receipt-draft.pdf", *common)
+    receipt_signing = await _sign(runtime, work / "receipt-draft.pdf", devices)
+    receipt = await asyncio.to_thread(_cli, "record", "new", "--template", "delivery", "--form", work / "receipt.toml",
+                                      "--cite", record["evidence_id"], "--signing", receipt_signing, "--signed-draft",
+                                      work / "receipt-draft.pdf", "-o", work / "receipt.pdf", *common)
+    delivery = await asyncio.to_thread(_cli, "record", "deliver", record["evidence_id"], "--party", PARTY, "--how", "station",
+                                       "--how", "link", "--receipt", receipt["evidence_id"], "--qr", work / "link-qr.png", *common)
+    def fetch(url: str) -> tuple[int, bytes]:
+        """The party's phone opening the link (in a thread: the station screen answers on this event loop)."""
+        try:
+            with urlopen(url, timeout=10) as response:  # noqa: S310 - our own station screen on loopback
+                return int(response.status), bytes(response.read())
+        except HTTPError as exc:
+            return exc.code, b""
+
+    _, downloaded = await asyncio.to_thread(fetch, delivery["link"])
+    second, _ = await asyncio.to_thread(fetch, delivery["link"])
+    console.print(f"delivered to {PARTY}: receipt {receipt['evidence_id']} signed and sealed; one-time link served "
+                  f"{len(downloaded)} B, then {second}")
+    from cryptography import x509
+
+    from gateway.documents.verify_pdf import verify_pdf
+
+    ca = x509.load_pem_x509_certificate((platform_data / "pki" / "ca.pem").read_bytes())
+    verdict = (await asyncio.to_thread(verify_pdf, Path(record["path"]), [ca])).verdict
+    return {"record": record, "receipt": receipt, "delivery": delivery, "link_first_bytes": len(downloaded),
+            "link_second_status": second, "record_verdict": verdict}
+
+
+async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_data: Path, broker_url: str, trust_url: str,
+                       devices: Devices, started: float, as_json: bool, check_alive: Any) -> int:
     from gateway.config import parse_config
     from gateway.station.runtime import Runtime
 
+    usbip_url, analyzer_url, fingerprint_url, signpad_url, volumes = (devices.usbip_url, devices.analyzer_url, devices.fingerprint_url,
+                                                                      devices.signpad_url, devices.volumes)
     config = parse_config({
         "data_dir": str(data_dir), "log_format": "json",
+        "platform": {"trust_services": trust_url},
         "mqtt": {"url": broker_url},
         "screen": {"listen": "127.0.0.1:0"}, "metrics": {"listen": "127.0.0.1:0"},
         "defaults": {"inspector_id": "inspector-7", "site": "Market hall 3"},
@@ -224,17 +348,12 @@ async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_dat
             await _until(lambda: len([d for d in snapshot()["devices"] if d["kind"] == "bodycam" and d["files_total"]]) == 3
                          and len(snapshot()["results"]) >= 5, STEP_TIMEOUT_S, "3 docked recorders and 5 results", check_alive)
         console.print(f"3 recorders docked · {len(snapshot()['results'])} rapid-test results signed")
-        with console.status("signing session: signature pad, then fingerprint…"):
-            from gateway.workflows.signing import SigningSession
-
-            document = _make_document(workdir / "inspection-record.txt")
-            session = SigningSession(runtime.service, place="Market hall 3", officer_id="000042")
-            signed = await asyncio.to_thread(session.run, document, "Li Wei", "party", signpad_url=signpad_url,
-                                             fingerprint_url=fingerprint_url, pad_timeout=60)
-            runtime.station.add_signing({"at": time.time(), "document": document.name, "signer": "Li Wei", "role": "party",
-                                         "fingerprint_quality": signed.record.get("fingerprint", {}).get("quality"),
-                                         "delivery": "signed, queued"})
-        console.print(f"signing record {signed.evidence_id} binds {document.name}")
+        with console.status("the on-site record: signed on the pad, sealed by the platform, delivered to the party…"):
+            paperless = await _paperless(console, runtime, workdir, data_dir, platform_data, devices)
+        if paperless["record_verdict"] != "VERIFIED" or paperless["record"]["seal"] != "agency":
+            failures.append(f"the on-site record is {paperless['record']['seal']}-sealed and {paperless['record_verdict']}")
+        if paperless["link_second_status"] != 410:
+            failures.append(f"the one-time link opened twice (second answer {paperless['link_second_status']})")
         with console.status("waiting for the platform's receipts and for every recorder to be safe to undock…"):
             def all_receipted() -> bool:
                 counts = runtime.service.state.counts_by_state()
@@ -271,6 +390,7 @@ async def _run_station(console: Any, workdir: Path, data_dir: Path, platform_dat
             "platform_data": str(platform_data),
             "gateway_data": str(data_dir),
             "broker": broker_url,
+            "record": paperless,
         }
     except Exception as exc:  # noqa: BLE001 - reported, then the demo fails
         summary = {"ok": False, "seconds": round(time.monotonic() - started, 1), "failures": [f"{type(exc).__name__}: {exc}"],
@@ -345,4 +465,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
                       f"gateway data in {summary['gateway_data']}")
         console.print("verify the exported bundle yourself, believing the demo platform's CA: "
                       f"egw verify {summary['verified_bundle']} --trust {summary['platform_data']}/pki/ca.pem")
+        record = summary.get("record") or {}
+        if record:
+            console.print(f"the sealed on-site record: {record['record']['path']} ({record['record_verdict']}); check it yourself: "
+                          f"egw verify {record['record']['path']} --trust {summary['platform_data']}/pki/ca.pem")
     console.print(f"[bold green]demo OK[/] in {summary['seconds']} s" if summary["ok"] else f"[bold red]demo FAILED[/] after {summary['seconds']} s")

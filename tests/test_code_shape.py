@@ -22,6 +22,8 @@ DATABASE_MODULES = frozenset({
     "gateway/evidence/nonces.py",       # nonces of signed MQTT commands already used
     "gateway/evidence/tree_head_stamps.py",  # RFC 3161 tokens over signed tree heads
     "gateway/evidence/terminals.py",    # paired mobile terminals, pairing codes, cases
+    "gateway/evidence/counter_seals.py",  # provisionally sealed documents awaiting the agency counter-seal
+    "gateway/evidence/delivery_links.py",  # one-time download links of delivered documents
 })
 
 # What only code that talks to SQLite writes: a statement, a batch, the raw connection, a new one.

@@ -20,6 +20,12 @@ def test_demo_receipts_and_verifies_everything(tmp_path, broker):
     assert all(item["receipt_id"] for item in summary["items"])
     assert any("ok   receipt" in line for line in summary["bundle_checks"])
     assert run_egw("verify", summary["verified_bundle"], "--data-dir", summary["gateway_data"]).returncode == 0
+    record = summary["record"]  # issue #16: one sealed, delivered on-site record
+    assert record["record"]["seal"] == "agency" and record["record_verdict"] == "VERIFIED"
+    assert record["receipt"]["seal"] == "agency" and record["delivery"]["record"]["outcome"] == "acknowledged"
+    assert record["link_first_bytes"] == record["record"]["size"] and record["link_second_status"] == 410
+    ca = summary["platform_data"] + "/pki/ca.pem"
+    assert run_egw("verify", record["record"]["path"], "--trust", ca).returncode == 0
 
 
 def test_demo_stops_at_once_naming_a_part_that_died(tmp_path):

@@ -49,6 +49,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     new.add_argument("--signed-draft", type=Path, metavar="FILE",
                      help="the draft the party signed (with --signing: it must be the document that session bound)")
     new.add_argument("--officer-id", help="the officer storing the document (default: the form's first officer)")
+    _add_deliver(actions)
+    new.add_argument("--trust-services", metavar="URL", help="the platform's trust services https://HOST:PORT for the agency seal "
+                     "(default: EGW_TRUST_SERVICES, else what egw run's [platform] trust_services left in the data directory)")
+
+
+def _add_deliver(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from gateway.workflows.delivery import DEFAULT_LINK_MINUTES, METHODS
+
+    p = actions.add_parser("deliver", help="record the delivery (送达) of a sealed document to the party; optionally a one-time link")
+    p.add_argument("document", metavar="EVIDENCE_ID", help="the sealed document (`egw record new` printed its evidence id)")
+    p.add_argument("--party", required=True, help="the party the document is delivered to")
+    p.add_argument("--how", action="append", choices=METHODS, required=True,
+                   help="station (shown on the station screen), pad (shown on the signature pad, needs --signpad), "
+                        "link (one-time link / QR code), paper; repeatable")
+    p.add_argument("--signpad", help="signature pad URL for --how pad (usbip://HOST:PORT/BUSID or usb://VID:PID)")
+    p.add_argument("--pad-seconds", type=float, default=None, help="seconds each screenful of the document stays on the pad")
+    p.add_argument("--receipt", metavar="EVIDENCE_ID", help="the party's signed, sealed delivery receipt (egw record new --template delivery)")
+    p.add_argument("--refused", action="store_true", help="the party refused to sign; needs --witness")
+    p.add_argument("--witness", help="the witness present when the party refused")
+    p.add_argument("--link-minutes", type=int, default=DEFAULT_LINK_MINUTES, help="how long the one-time link stays valid")
+    p.add_argument("--base-url", help="the station screen's address the party's phone reaches (default: the one egw run serves)")
+    p.add_argument("--qr", type=Path, metavar="FILE.png", help="also write the link as a QR code image")
+    p.add_argument("--officer-id", help="the officer delivering")
+    add_data_dir(p)
+    add_json(p)
+    p.set_defaults(func=run)
 
 
 def _add_document_options(p: argparse.ArgumentParser) -> None:
@@ -68,8 +94,40 @@ def _add_document_options(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.record_action == "templates":
         return _templates(args)
+    if args.record_action == "deliver":
+        return _deliver(args)
     with use_language(args.lang or current_language()):
         return _draft(args) if args.record_action == "draft" else _new(args)
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    from gateway.workflows.delivery import deliver, screen_base_url, show_document_on_pad
+    from gateway.workflows.pad_display import DEFAULT_DWELL_S
+
+    if ("pad" in args.how) != bool(args.signpad):
+        raise ConfigError("--how pad and --signpad URL go together", "pass both to show the document on the pad, or neither")
+    with open_evidence(args) as service:
+        base = screen_base_url(service.data_dir, args.base_url) if "link" in args.how else None
+        shown = None
+        if args.signpad:
+            dwell = DEFAULT_DWELL_S if args.pad_seconds is None else max(0.0, args.pad_seconds)
+            shown = show_document_on_pad(service, args.document, args.signpad, dwell)
+        result = deliver(service, args.document, party=args.party, methods=args.how, receipt_id=args.receipt,
+                         refused=args.refused, witness=args.witness, officer_id=args.officer_id, link_base=base,
+                         link_minutes=args.link_minutes, shown_on_pad=shown)
+    if result.link and args.qr:
+        import segno
+
+        segno.make(result.link, error="m").save(str(args.qr), kind="png", scale=8, border=2)
+    if args.json:
+        print_json({"delivery_id": result.delivery_id, "evidence_id": result.evidence_id, "link": result.link,
+                    "record": result.record})
+    else:
+        out().write(f"{result.evidence_id}  delivery {result.delivery_id}  {result.record['outcome']}\n")
+        if result.link:
+            out().write(f"{result.link}\n")
+            err().write(_("One-time link: it opens once, until {expires}.").format(expires=result.record["link"]["expires_at"]) + "\n")
+    return 0
 
 
 def _templates(args: argparse.Namespace) -> int:
@@ -179,7 +237,25 @@ def _seal(sealer: Sealer, rendered: Path) -> Path:
     return sealed
 
 
+def _sealed(service: EvidenceService, args: argparse.Namespace, sealer: Sealer | None, rendered: Path,
+            url: str | None) -> tuple[Path, str, str | None]:
+    """The document to store and how it is sealed: by the configured sealer (``sealer``), else with the agency
+    seal from the trust services at ``url`` when known (``agency``, or ``provisional`` when the platform cannot
+    seal now: then why), else not at all (``none``)."""
+    from gateway.documents.agency import remember_trust_services, seal_document
+
+    if sealer is not None:
+        return _seal(sealer, rendered), "sealer", None
+    if url is None or not service.identity.enrolled:
+        return rendered, "none", None
+    if args.trust_services:
+        remember_trust_services(service.data_dir, url)
+    outcome = seal_document(rendered, service.identity, url)
+    return outcome.path, outcome.seal, outcome.why
+
+
 def _new(args: argparse.Namespace) -> int:
+    from gateway.documents.agency import TRUST_SERVICES_SETTING, queue_for_counter_seal, trust_services_url
     from gateway.documents.render import render_document
     from gateway.documents.sealer import SEALER_SETTING, find_sealer
     from gateway.documents.sources import cite
@@ -195,24 +271,31 @@ def _new(args: argparse.Namespace) -> int:
         document_id = str(uuid7())
         rendered = render_document(template, form, args.output, document_id=document_id, citations=citations,
                                    signing=signing, signed_draft=draft)
-        final = _seal(sealer, args.output) if sealer is not None else args.output
+        url = trust_services_url(service.data_dir, args.trust_services, getenv(TRUST_SERVICES_SETTING))
+        final, seal, why = _sealed(service, args, sealer, args.output, url)
         check_cancelled()
         officer = args.officer_id or (form.officers[0].id if form.officers and form.officers[0].id else None)
+        sealed = seal in ("sealer", "agency")
         extra = {"document": {"id": document_id, "template": template.kind, "case_number": form.values.get("case_number"),
-                              "format": "PDF/A-3b", "sealed": sealer is not None, "cites": [c.evidence_id for c in citations],
+                              "format": "PDF/A-3b", "sealed": sealed, "seal": seal, "cites": [c.evidence_id for c in citations],
                               "signing_record": signing.evidence_id if signing is not None else None}}
         result = service.ingest_file(final, ManifestInput(
             source_path=f"documents/{document_id}/{final.name}", kind="document", media_type="application/pdf",
             officer_id=officer, extra=extra), priority=2)
+        if seal == "provisional" and url is not None and not result.duplicate:
+            queue_for_counter_seal(service, result.evidence_id, document_id, url)
         service.sign_tree_head()
     if args.json:
         print_json({"evidence_id": result.evidence_id, "document_id": document_id, "path": str(final), "sha256": result.sha256,
-                    "size": result.size, "sealed": sealer is not None, "embedded": rendered.embedded,
+                    "size": result.size, "sealed": sealed, "seal": seal, "embedded": rendered.embedded,
                     "citations": [c.as_json() for c in citations]})
     else:
         title = template.text(template.title, current_language())
         out().write(f"{result.evidence_id}  {title} {form.values.get('case_number', '')}  {final}  (sha256 {result.sha256})\n")
-    if sealer is None:
+    if seal == "none":
         err().write(_("Not sealed: no agency seal is configured on this gateway; the document was stored unsealed.") + "\n")
+    elif seal == "provisional":
+        err().write(_("Sealed provisionally with this station's key: the platform cannot seal now ({why}). "
+                      "The agency seal is added when the platform is reachable again (egw sync --once, or egw run).").format(why=why) + "\n")
     err().flush()
     return 0

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.commands.common import add_data_dir, add_json, cancelled, data_dir_of, err, in_service, open_evidence, out, print_json
+from gateway.commands.common import add_data_dir, add_json, cancelled, data_dir_of, err, getenv, in_service, open_evidence, out, print_json
+from gateway.documents.agency import TrustRound, describe
 from gateway.errors import ConfigError, VerificationError
 from gateway.evidence.state import UNRECEIPTED, EvidenceRow, EvidenceState, State
 from gateway.uplink.mqtt_config import PLAINTEXT_FLAG
@@ -32,6 +34,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(PLAINTEXT_FLAG, dest="allow_plaintext_password", action="store_true",
                         help="accept --mqtt mqtt://user:pass@ to a host that is not loopback (password in clear)")
     parser.add_argument("--no-upload", action="store_true", help="only drain the MQTT outbox")
+    parser.add_argument("--trust-services", metavar="URL", default=None,
+                        help="the platform's trust services https://HOST:PORT: counter-seal provisionally sealed documents "
+                             "and time-stamp tree heads (default: EGW_TRUST_SERVICES, else the one remembered in the data directory)")
     add_data_dir(parser)
     add_json(parser)
     parser.set_defaults(func=run)
@@ -59,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
     data_dir = data_dir_of(args)
     outcomes: list[UploadOutcome] = []
     left: list[EvidenceRow] = []
+    trust = None
     if not args.no_upload:
         from gateway.uplink.link import load_link
         from gateway.uplink.revocation import refresh_revocation_list
         link = load_link(data_dir, args.platform)
+        trust_url = _trust_url(args, data_dir)
+        before = _trust(args, trust_url, counter_seal=True, stamp=False)  # counter-sealed copies go out in this run too
         uploader = Uploader(data_dir, settings, link=link,
                             on_outcome=None if args.json else lambda o: print(_line(o), file=out(), flush=True))
         outcomes = asyncio.run(uploader.run_once())
@@ -72,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {exc} ({exc.hint})", file=err(), flush=True)
         with State(data_dir) as state:
             left = [r for r in state.all_evidence() if r.state in UNRECEIPTED]
+        trust = _trust(args, trust_url, counter_seal=False, stamp=True)  # the newest tree head, receipts included
+        if trust is not None and before is not None:
+            trust.counter_sealed, trust.still_awaiting = before.counter_sealed, before.still_awaiting
+            trust.problems[:0] = before.problems
     drain = None
     if args.mqtt:
         from gateway.uplink.mqtt_link import drain_outbox
@@ -81,11 +93,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"outcomes": [o.__dict__ for o in outcomes],
                     "undelivered": [{"evidence_id": r.id, "state": r.state, "last_error": r.last_error} for r in left],
-                    "mqtt": None if drain is None else {k: getattr(drain, k) for k in ("ok", "delivered", "remaining", "parked", "error", "link_state")}})
+                    "mqtt": None if drain is None else {k: getattr(drain, k) for k in ("ok", "delivered", "remaining", "parked", "error", "link_state")},
+                    "trust": None if trust is None else describe(trust)})
     else:
         if not args.no_upload:
             done = sum(o.status == EvidenceState.RECEIPTED for o in outcomes)
             print(f"{done} receipted, {len(outcomes) - done} failed, {len(left)} left undelivered", file=out())
+        if trust is not None:
+            _print_trust(trust)
         if drain is not None:
             print(f"mqtt: {drain.delivered} delivered, {drain.remaining} left, {drain.parked} refused by the broker"
                   + (f" ({drain.error})" if drain.error else ""), file=out())
@@ -93,10 +108,45 @@ def run(args: argparse.Namespace) -> int:
     if left:
         print(f"error: {len(left)} item(s) not delivered; see last_error above or in `egw status`", file=err())
         failed = True
+    if trust is not None and trust.still_awaiting:
+        print(f"error: {trust.still_awaiting} document(s) still await the agency's counter-seal: "
+              + ("; ".join(trust.problems) or "the platform's trust services did not answer"), file=err())
+        failed = True
     if drain is not None and not drain.ok:
         print(f"error: the MQTT outbox is not empty ({drain.remaining} left, {drain.parked} parked): {drain.error or drain.link_state}", file=err())
         failed = True
     return 1 if failed else 0
+
+
+def _trust_url(args: argparse.Namespace, data_dir: Path) -> str | None:
+    from gateway.documents.agency import TRUST_SERVICES_SETTING, remember_trust_services, trust_services_url
+
+    url = trust_services_url(data_dir, args.trust_services, getenv(TRUST_SERVICES_SETTING))
+    if args.trust_services and url:
+        remember_trust_services(data_dir, url)
+    return url
+
+
+def _trust(args: argparse.Namespace, url: str | None, *, counter_seal: bool, stamp: bool) -> TrustRound | None:
+    """One trust round (gateway/documents/agency.py), or None when there is nothing to do it with."""
+    from gateway.documents.agency import run_trust_round
+    from gateway.evidence import counter_seals
+
+    with open_evidence(args) as service:
+        with service.state.lock:
+            owed = bool(counter_seals.awaiting(service.state.db, 1))
+        if url is None and not owed or not service.identity.enrolled:
+            return None
+        return run_trust_round(service, url, counter_seal=counter_seal, stamp=stamp)
+
+
+def _print_trust(trust: TrustRound) -> None:
+    for provisional, sealed in trust.counter_sealed.items():
+        print(f"counter-sealed {provisional} -> {sealed}", file=out())
+    print(f"trust: {len(trust.counter_sealed)} counter-sealed, {trust.still_awaiting} awaiting the agency seal, "
+          f"{trust.heads_stamped} tree head(s) time-stamped", file=out())
+    for problem in trust.problems:
+        print(f"warning: {problem}", file=err())
 
 
 STALL_S = 30.0  # no pending item moved for this long: report them instead of waiting on

@@ -188,6 +188,28 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (case_no, evidence_id)
     );
     """,
+    # 5: documents sealed provisionally (platform unreachable) waiting for the agency's counter-seal, and the
+    # one-time links a party downloads a delivered document with (docs/documents-sealing.md, docs/delivery.md).
+    """
+    CREATE TABLE counter_seal_queue (
+        evidence_id    TEXT PRIMARY KEY REFERENCES evidence(id),
+        document_id    TEXT NOT NULL,
+        trust_services TEXT NOT NULL,
+        queued_at      REAL NOT NULL,
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        last_error     TEXT,
+        sealed_by      TEXT
+    );
+    CREATE TABLE delivery_links (
+        token_sha256 TEXT PRIMARY KEY,
+        delivery_id  TEXT NOT NULL,
+        evidence_id  TEXT NOT NULL REFERENCES evidence(id),
+        created_at   REAL NOT NULL,
+        expires_at   REAL NOT NULL,
+        used_at      REAL,
+        used_by      TEXT
+    );
+    """,
 ]
 
 

@@ -114,7 +114,9 @@ class Runtime:
         await self._start_outputs()
         self.control = ControlServer(self.config.data_dir, self.service)
         self.control.start()
-        self.components[:0] = [MqttComponent(self), UploaderComponent(self)]
+        from gateway.station.trust import TrustComponent
+
+        self.components[:0] = [MqttComponent(self), UploaderComponent(self), TrustComponent(self)]
         for component in self.components:
             await component.start()
         self._start_devices(self.config.devices)
@@ -168,8 +170,11 @@ class Runtime:
                 where = ("[screen] listen", self.config.screen_listen)
                 host, port = _split_host_port(self.config.screen_listen)
                 self.screen = ScreenServer(self.station, host, port, self.config.hostnames,
-                                           pairing=self.terminal.pairing_offer if self.terminal else None)
+                                           pairing=self.terminal.pairing_offer if self.terminal else None, service=self.service)
                 self.screen_url = await self.screen.start()
+                from gateway.workflows.delivery import SCREEN_URL_FILE
+
+                (self.config.data_dir / SCREEN_URL_FILE).write_text(self.screen_url + "\n", encoding="utf-8")  # delivery links
         except OSError as exc:
             self.metrics.stop()
             if self.terminal is not None:

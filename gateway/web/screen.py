@@ -1,8 +1,10 @@
 """Serves the station screen: ``/`` (the page, rendered with the station as it is), ``/screen`` (the
 same, below the header: what the page swaps in on a change), ``/station.js`` and ``/station.css``,
-``/api/state`` (snapshot JSON), ``/events`` (server-sent events, one per change), ``/healthz`` and, when
-mobile terminals are served, ``/pairing`` (a QR code with a fresh one-time pairing code; only to a
-browser on the station itself: whoever can read a code can pair a terminal).
+``/api/state`` (snapshot JSON), ``/events`` (server-sent events, one per change), ``/healthz``;
+when mobile terminals are served, ``/pairing`` (a QR code with a fresh one-time pairing code; only to a
+browser on the station itself: whoever can read a code can pair a terminal); and
+``/delivery/<evidence id>/<token>``: a delivered document's one-time link (gateway/workflows/delivery.py;
+the PDF once, then 410; 404 for a token of another document).
 
 aiohttp because it is a small, well-kept asyncio server that lives on the
 service's own event loop: no second process, no framework.
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -31,6 +35,11 @@ from gateway.i18n import LANGUAGES, normalise_language, use_language
 from gateway.station.live_state import Station
 from gateway.web.hosts import MISDIRECTED_STATUS, HostPolicy
 from gateway.web.render import render_page, render_screen
+
+if TYPE_CHECKING:
+    from gateway.evidence.evidence_service import EvidenceService
+
+log = logging.getLogger("egw.screen")
 
 __all__ = ["build_app", "ScreenServer", "CSP", "LANGUAGE_COOKIE"]
 
@@ -78,9 +87,40 @@ async def _security_headers(_: web.Request, response: web.StreamResponse) -> Non
         response.headers.setdefault(name, value)
 
 
-def build_app(station: Station, policy: HostPolicy | None = None, pairing: PairingOffer | None = None) -> web.Application:
+def _delivery_route(app: web.Application, service: EvidenceService) -> None:
+    """``GET /delivery/{evidence_id}/{token}``: the sealed PDF once per link (docs/delivery.md)."""
+    from gateway.errors import GatewayError
+    from gateway.i18n import _
+    from gateway.workflows.delivery import LinkRefused, open_link
+
+    async def delivery(request: web.Request) -> web.Response:
+        evidence_id, token = request.match_info["evidence_id"], request.match_info["token"]
+        client = request.remote or "?"
+        with use_language(chosen_language(request)):
+            try:
+                data, name = await asyncio.to_thread(open_link, service, evidence_id, token, client)
+            except LinkRefused as refused:
+                log.warning("delivery link for %s refused to %s: %s", evidence_id, client, refused)
+                text = (_("This link has already been used or has expired. Ask the officer for a new one.") if refused.status == 410
+                        else _("There is no such document link."))
+                return web.Response(status=refused.status, text=text, charset="utf-8", headers=SECURITY_HEADERS)
+            except GatewayError as exc:
+                log.error("delivery link for %s not served: %s", evidence_id, exc)
+                return web.Response(status=500, text=_("The document cannot be served; ask the officer."), charset="utf-8",
+                                    headers=SECURITY_HEADERS)
+        log.info("delivery link for %s used by %s", evidence_id, client)
+        return web.Response(body=data, content_type="application/pdf", headers={
+            **SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}"'})
+
+    app.router.add_get("/delivery/{evidence_id}/{token}", delivery)
+
+
+def build_app(station: Station, policy: HostPolicy | None = None, pairing: PairingOffer | None = None,
+              service: EvidenceService | None = None) -> web.Application:
     app = web.Application(middlewares=[_host_guard(policy or HostPolicy("127.0.0.1"))])
     app.on_response_prepare.append(_security_headers)
+    if service is not None:
+        _delivery_route(app, service)
     static = {name: resources.files("gateway.web").joinpath(name).read_bytes() for name in STATIC}
 
     async def index(request: web.Request) -> web.Response:
@@ -163,14 +203,15 @@ class ScreenServer:
     """Runs the app on the current loop; ``url`` is known after ``start()``."""
 
     def __init__(self, station: Station, host: str = "127.0.0.1", port: int = 8080, hostnames: Iterable[str] = (),
-                 pairing: PairingOffer | None = None) -> None:
-        self.station, self.host, self.port, self.pairing = station, host, port, pairing
+                 pairing: PairingOffer | None = None, service: EvidenceService | None = None) -> None:
+        self.station, self.host, self.port, self.pairing, self.service = station, host, port, pairing, service
         self.policy = HostPolicy(host, hostnames)
         self.runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> str:
-        self.runner = web.AppRunner(build_app(self.station, self.policy, self.pairing), access_log=None, shutdown_timeout=1.0)
+        self.runner = web.AppRunner(build_app(self.station, self.policy, self.pairing, self.service), access_log=None,
+                                    shutdown_timeout=1.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
         await site.start()

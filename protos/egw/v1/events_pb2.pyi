@@ -5,7 +5,7 @@ from protos.egw.v1 import evidence_pb2 as _evidence_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -159,3 +159,31 @@ class CommandReply(_message.Message):
     result: _containers.ScalarMap[str, str]
     at: _timestamp_pb2.Timestamp
     def __init__(self, name: _Optional[str] = ..., nonce: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., result: _Optional[_Mapping[str, str]] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DocumentDelivery(_message.Message):
+    __slots__ = ("message_id", "delivery_id", "delivery_evidence_id", "document_evidence_id", "document_sha256", "party", "methods", "outcome", "receipt_evidence_id", "witness", "officer_id", "at")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_EVIDENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_EVIDENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_EVIDENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    WITNESS_FIELD_NUMBER: _ClassVar[int]
+    OFFICER_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    delivery_id: str
+    delivery_evidence_id: str
+    document_evidence_id: str
+    document_sha256: str
+    party: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    outcome: str
+    receipt_evidence_id: str
+    witness: str
+    officer_id: str
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, message_id: _Optional[str] = ..., delivery_id: _Optional[str] = ..., delivery_evidence_id: _Optional[str] = ..., document_evidence_id: _Optional[str] = ..., document_sha256: _Optional[str] = ..., party: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., outcome: _Optional[str] = ..., receipt_evidence_id: _Optional[str] = ..., witness: _Optional[str] = ..., officer_id: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
