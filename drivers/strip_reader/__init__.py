@@ -75,23 +75,35 @@ cassette design; find, straighten, orient), ``measure`` (window, lines, verdict)
 ``judgement`` (thresholds, the rule, the reading), ``errors``.
 """
 
-from .errors import StripCaptureError, StripImageError, StripLinesError, StripNotFoundError, StripReadError
-from .geometry import CassetteDesign
+from .errors import (
+    StripCaptureError,
+    StripImageError,
+    StripLinesError,
+    StripNotFoundError,
+    StripProfileError,
+    StripReadError,
+)
 from .judgement import Judgement, StripReading, StripThresholds, judge
+from .profile import CassetteProfile, Orientation, builtin_profiles, load_profile, profile_to_toml
 from .reader import StripReader, capture_from, jpeg_quality_estimate
 
 __all__ = [
-    "CassetteDesign",
+    "CassetteProfile",
+    "Orientation",
     "Judgement",
     "StripCaptureError",
     "StripImageError",
     "StripLinesError",
     "StripNotFoundError",
+    "StripProfileError",
     "StripReadError",
     "StripReader",
     "StripReading",
     "StripThresholds",
+    "builtin_profiles",
     "capture_from",
+    "load_profile",
+    "profile_to_toml",
     "jpeg_quality_estimate",
     "judge",
 ]
