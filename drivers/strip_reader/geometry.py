@@ -25,6 +25,8 @@ MARGIN = 60
 MIN_WINDOW_PX = 90
 # Work size for the search (longest side, px): enough for a window of MIN_WINDOW_PX, fast.
 SEARCH_SIDE = 900
+# A candidate scoring above this (rim depth less flatness and aspect penalties) ends the search early.
+GOOD_WINDOW_SCORE = 0.3
 # The mark (sample well) must be this much darker than the plastic around it (the simulated well: 0.4-0.5).
 MIN_MARK_CONTRAST = 0.12
 
@@ -67,10 +69,13 @@ def find_window(bgr: np.ndarray, profile: CassetteProfile) -> Geometry:
     if float(np.percentile(gray, 99)) < 25:
         raise StripNotFoundError("the photo is almost black; add light and re-take it", reason="dark")
     best: tuple[float, np.ndarray] | None = None
-    for quad in _candidates(gray, profile):
-        score = window_score(gray, quad, profile)
-        if score is not None and (best is None or score > best[0]):
-            best = (score, quad)
+    for view in (dark_view, bright_view):  # the bright view only when the dark one found no clear window
+        for quad in view(gray, profile):
+            score = window_score(gray, quad, profile)
+            if score is not None and (best is None or score > best[0]):
+                best = (score, quad)
+        if best is not None and best[0] > GOOD_WINDOW_SCORE:
+            break
     if best is None:
         raise StripNotFoundError(
             f"no result window of the {profile.name} cassette (a bright membrane {profile.window_aspect:.1f} times "
@@ -86,26 +91,45 @@ def find_window(bgr: np.ndarray, profile: CassetteProfile) -> Geometry:
     return Geometry(corners=corners, window_px=length)
 
 
-def _candidates(gray: np.ndarray, profile: CassetteProfile) -> list[np.ndarray]:
-    """Quadrilaterals of the window's aspect bounded by thin dark structures, at a few scales and levels."""
+def dark_view(gray: np.ndarray, profile: CassetteProfile) -> list[np.ndarray]:
+    """Window-shaped outer boundaries of the thin dark structures (rim shadow + lines) a black top-hat isolates."""
     side = min(gray.shape)
-    area = float(gray.size)
     quads: list[np.ndarray] = []
     for frac in (0.03, 0.07):
-        k = max(5, int(frac * side) | 1)
-        closed = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-        dark = (closed - gray) / np.maximum(closed, 1.0)
-        for level in (0.04, 0.08, 0.15):
-            mask = (dark > level).astype(np.uint8) * 255
-            contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-            if hierarchy is None:
+        closed = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, _disc(frac * side))
+        quads += _shapes((closed - gray) / np.maximum(closed, 1.0), (0.04, 0.08, 0.15), profile)
+    return quads
+
+
+def bright_view(gray: np.ndarray, profile: CassetteProfile) -> list[np.ndarray]:
+    """Window-shaped regions brighter than their surroundings once the lines and rim are closed over
+    (a white membrane on coloured plastic with a faint rim)."""
+    side = min(gray.shape)
+    no_lines = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, _disc(0.03 * side))
+    opened = cv2.morphologyEx(no_lines, cv2.MORPH_OPEN, _disc(0.13 * side))
+    return _shapes((no_lines - opened) / np.maximum(no_lines, 1.0), (0.06, 0.12, 0.2), profile)
+
+
+def _disc(size: float) -> np.ndarray:
+    k = max(5, int(size) | 1)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+
+
+def _shapes(strength: np.ndarray, levels: tuple[float, ...], profile: CassetteProfile) -> list[np.ndarray]:
+    """Outer boundaries of the regions above each level that are shaped like the window."""
+    area = float(strength.size)
+    quads = []
+    for level in levels:
+        mask = (strength > level).astype(np.uint8) * 255
+        contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        if hierarchy is None:
+            continue
+        for cnt, link in zip(contours, hierarchy[0], strict=True):
+            if link[3] != -1 or cv2.contourArea(cnt) < 0.0015 * area:
                 continue
-            for cnt, link in zip(contours, hierarchy[0], strict=True):
-                if link[3] != -1 or cv2.contourArea(cnt) < 0.0015 * area:
-                    continue
-                quad = _quad_if_window_shaped(cnt, profile)
-                if quad is not None:
-                    quads.append(quad)
+            quad = _quad_if_window_shaped(cnt, profile)
+            if quad is not None:
+                quads.append(quad)
     return quads
 
 
@@ -161,6 +185,20 @@ def window_homography(corners: np.ndarray, profile: CassetteProfile, px_per_leng
     return cv2.getPerspectiveTransform(corners.astype(np.float32), dst)
 
 
+def window_affine(corners: np.ndarray, profile: CassetteProfile, px_per_length: float,
+                  origin: tuple[float, float]) -> np.ndarray:
+    """Like ``window_homography`` but affine (least squares over the 4 corners), as a 3 x 3 matrix.
+
+    For points well outside the window: a perspective fitted to a small quad extrapolates its corner
+    errors into large ones (1.5 px on the window's short side moved a point one window length away by
+    30 px); an affine map grows them only in proportion to the distance."""
+    H = window_homography(corners, profile, px_per_length, origin)
+    dst = cv2.perspectiveTransform(corners.reshape(1, 4, 2).astype(np.float32), H)[0].astype(np.float64)
+    src = np.hstack([corners.astype(np.float64), np.ones((4, 1))])
+    A = np.linalg.lstsq(src, dst, rcond=None)[0].T
+    return np.vstack([A, [0.0, 0.0, 1.0]])
+
+
 def warp_window(bgr: np.ndarray, geo: Geometry, profile: CassetteProfile) -> np.ndarray:
     """The window and MARGIN px around it, upright, sample end left: ``WIN_LEN`` px along the flow."""
     size = (WIN_LEN + 2 * MARGIN, round(WIN_LEN / profile.window_aspect) + 2 * MARGIN)
@@ -200,52 +238,57 @@ def _darkest(values: np.ndarray, nominal: float, reach: float) -> float | None:
     return lo + 1 + i + (0.5 * (a - c) / denom if denom > 1e-9 else 0.0)
 
 
-def _probe(bgr: np.ndarray, geo: Geometry, profile: CassetteProfile, u: float, v: float,
-           radius: float) -> np.ndarray | None:
-    """Linear luma of a square patch (2 x ``radius`` window lengths wide) centred at window coordinates (u, v)."""
-    px = 48.0 / radius  # the patch is 96 px across whatever its size on the cassette
-    size = 97
-    origin = (size / 2 - u * px, size / 2 - v * px / profile.window_aspect)
-    H = window_homography(geo.corners, profile, px, origin)
-    back = cv2.perspectiveTransform(np.array([[[size / 2, size / 2]]], np.float32), np.linalg.inv(H))[0, 0]
+def _along(bgr: np.ndarray, geo: Geometry, profile: CassetteProfile, u_to: float) -> np.ndarray | None:
+    """Linear luma along the window's axis (band v 0.3..0.7) from its sample end out to ``u_to`` (< 0),
+    one sample per 1/100 window length; None if that far point is off the photo."""
+    px = 100.0
+    n = int(round(-u_to * px))
+    band = max(3, round(0.4 * px / profile.window_aspect))
+    origin = (float(n), -0.3 * px / profile.window_aspect)  # u = 0 at x = n, u = u_to at x = 0
+    H = window_affine(geo.corners, profile, px, origin)
+    back = cv2.perspectiveTransform(np.array([[[0.0, band / 2]]], np.float32), np.linalg.inv(H))[0, 0]
     h, w = bgr.shape[:2]
     if not (0 <= back[0] < w and 0 <= back[1] < h):
         return None
-    patch = cv2.warpPerspective(bgr, H, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT)
-    lin = (patch.astype(np.float32) / 255.0) ** profile.gamma
-    return np.asarray(lin @ LUMA_RGB[::-1].astype(np.float32), dtype=np.float32)
+    strip = cv2.warpPerspective(bgr, H, (n, band), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+    lin = (strip.astype(np.float32) / 255.0) ** profile.gamma
+    return np.asarray(np.median(lin @ LUMA_RGB[::-1].astype(np.float32), axis=0)[::-1], dtype=np.float64)
 
 
 def mark_contrast(bgr: np.ndarray, geo: Geometry, profile: CassetteProfile) -> float | None:
-    """How much darker the profile's mark is than the plastic around it, beyond this window's start.
+    """How much darker than the plastic the profile's mark is, beyond this window's sample end.
 
-    0 when the ring around the mark is not plastic (its level differs from the plastic just outside the
-    window's end): a cassette end or the background there is not a mark. None if the spot is off the photo."""
+    Read along the window's axis: plastic just outside the window, a dip where the mark is (its
+    darkest part within half a radius of where the profile puts it), and plastic again beyond it.
+    The last condition tells a mark from the cassette's end and the background behind it. Tolerant
+    of ~10 % error in the window's scale, which grows with the distance from the window."""
     o = profile.orientation
-    outward = -1.0 if o.mark_u < 0 else 1.0
-    spot = _probe(bgr, geo, profile, o.mark_u, o.mark_v, 1.6 * o.mark_radius)
-    plastic = _probe(bgr, geo, profile, 0.5 + outward * 0.65, 0.5, 0.05)
-    beyond = [_probe(bgr, geo, profile, o.mark_u + outward * k * o.mark_radius, o.mark_v, 0.12 * o.mark_radius)
-              for k in (1.35, 1.6)]
-    if spot is None or plastic is None or beyond[0] is None or beyond[1] is None:
+    r = o.mark_radius
+    prof = _along(bgr, geo, profile, o.mark_u - 2.0 * r)
+    if prof is None:
         return None
-    yy, xx = np.mgrid[0:spot.shape[0], 0:spot.shape[1]]
-    r = np.hypot(xx - spot.shape[1] / 2, yy - spot.shape[0] / 2) / (spot.shape[0] / 2) * 1.6  # in mark radii
-    disc, ring = float(spot[r < 0.75].mean()), float(np.median(spot[(r > 1.25) & (r < 1.6)]))
-    reference = float(np.median(plastic))
-    outer = min((float(np.median(b)) for b in beyond if b is not None), key=lambda v: abs(v - reference))
-    if not all(0.6 * reference <= level <= 1.4 * reference for level in (ring, outer)):
-        return 0.0  # not plastic around and beyond it: the cassette's end or the background, not a mark
-    return max(0.0, 1.0 - disc / ring)
+    prof = np.convolve(prof, np.ones(3) / 3, mode="same")
+
+    def at(u0: float, u1: float) -> np.ndarray:
+        return prof[int(round(-u1 * 100)): int(round(-u0 * 100)) + 1]
+
+    plastic = float(np.median(at(-0.25, -0.08)))
+    dip = float(at(o.mark_u - 0.5 * r, o.mark_u + 0.5 * r).min())
+    beyond = at(o.mark_u - 1.9 * r, o.mark_u - 1.05 * r)
+    restored = bool(np.any((beyond > 0.75 * plastic) & (beyond < 1.3 * plastic)))
+    if plastic <= 0 or not restored:
+        return 0.0
+    return max(0.0, 1.0 - dip / plastic)
 
 
 def orient_by_mark(bgr: np.ndarray, geo: Geometry, profile: CassetteProfile) -> Geometry:
     """Turn the window so the profile's mark (e.g. the sample well) is beyond its sample end."""
-    here, there = mark_contrast(bgr, geo, profile), mark_contrast(bgr, geo.turned(), profile)
-    if here is None or there is None:
+    seen = mark_contrast(bgr, geo, profile), mark_contrast(bgr, geo.turned(), profile)
+    if seen[0] is None and seen[1] is None:
         raise StripNotFoundError(
-            "an end of the cassette is outside the photo, so its sample end cannot be told; re-take the photo "
+            "both ends of the cassette are outside the photo, so its sample end cannot be told; re-take the photo "
             "with the whole cassette in the frame", reason="no_orientation")
+    here, there = (level or 0.0 for level in seen)  # a spot off the photo shows no mark
     if max(here, there) < MIN_MARK_CONTRAST or min(here, there) > 0.5 * max(here, there):
         raise StripNotFoundError(
             f"the {profile.name} cassette's sample-end mark (the sample well) is not seen at one end of the "
