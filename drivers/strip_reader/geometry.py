@@ -122,9 +122,8 @@ def _shapes(strength: np.ndarray, levels: tuple[float, ...], profile: CassettePr
     for level in levels:
         mask = (strength > level).astype(np.uint8) * 255
         contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-        if hierarchy is None:
-            continue
-        for cnt, link in zip(contours, hierarchy[0], strict=True):
+        links = hierarchy[0] if len(contours) else []  # OpenCV returns no hierarchy when nothing is found
+        for cnt, link in zip(contours, links, strict=True):
             if link[3] != -1 or cv2.contourArea(cnt) < 0.0015 * area:
                 continue
             quad = _quad_if_window_shaped(cnt, profile)
@@ -238,7 +237,7 @@ def _darkest(values: np.ndarray, nominal: float, reach: float) -> float | None:
     return lo + 1 + i + (0.5 * (a - c) / denom if denom > 1e-9 else 0.0)
 
 
-def _along(bgr: np.ndarray, geo: Geometry, profile: CassetteProfile, u_to: float) -> np.ndarray | None:
+def along_axis(bgr: np.ndarray, geo: Geometry, profile: CassetteProfile, u_to: float) -> np.ndarray | None:
     """Linear luma along the window's axis (band v 0.3..0.7) from its sample end out to ``u_to`` (< 0),
     one sample per 1/100 window length; None if that far point is off the photo."""
     px = 100.0
@@ -264,7 +263,7 @@ def mark_contrast(bgr: np.ndarray, geo: Geometry, profile: CassetteProfile) -> f
     of ~10 % error in the window's scale, which grows with the distance from the window."""
     o = profile.orientation
     r = o.mark_radius
-    prof = _along(bgr, geo, profile, o.mark_u - 2.0 * r)
+    prof = along_axis(bgr, geo, profile, o.mark_u - 2.0 * r)
     if prof is None:
         return None
     prof = np.convolve(prof, np.ones(3) / 3, mode="same")

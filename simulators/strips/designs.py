@@ -114,10 +114,12 @@ class DesignPhoto:
                 "tc_margin": round(margin, 6), "c_margin": round(abs(self.c - c_min), 6), "render": asdict(self)}
 
 
-def design_photo(design: str, seed: int, index: int, *, level: bool = False) -> DesignPhoto:
+def design_photo(design: str, seed: int, index: int, *, level: bool = False,
+                 truth: tuple[float, float] | None = None) -> DesignPhoto:
     """Photo ``index`` of ``seed`` for ``design``: its truth drawn across the judgement range, then nuisances.
 
-    ``level`` draws a calibration photo: sample end left, within 10 degrees of level, no shadow."""
+    ``level`` draws a calibration photo: sample end left, within 10 degrees of level, no shadow;
+    ``truth`` gives its (C, T) instead of drawing them (a control card of known result)."""
     d = DESIGNS[design]
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, sum(map(ord, design))]))
     c_min, _, b = d.thresholds
@@ -126,6 +128,8 @@ def design_photo(design: str, seed: int, index: int, *, level: bool = False) -> 
     else:
         c = float(rng.uniform(0.35, 1.0))
         t = min(1.0, c * float(rng.uniform(0.0, 1.35 * b)))
+    if truth is not None:
+        c, t = truth
     width, height = [(1024, 768), (960, 720), (768, 1024), (1200, 900)][int(rng.integers(4))]
     short = min(width, height)
     length = float(rng.uniform(0.55, 0.85)) * short
