@@ -300,3 +300,27 @@ def test_any_profile_values_load_or_raise_profile_error(aspect: float, t: float,
     else:
         assert isinstance(profile, CassetteProfile)
         assert 0.15 <= profile.line_t < profile.line_c <= 0.85
+
+
+def test_calibration_finds_the_sample_well_when_the_lines_are_symmetric(tmp_path: Path) -> None:
+    # the first simulator's cassette: T and C symmetric in the window, so only its well tells the ends apart
+    from simulators.strips import StripTruth, generate, photo_spec, render_jpeg
+    from simulators.strips.render import judge as sim_judge
+
+    cards = [(0.8, 0.8 * 0.64), (0.7, 0.7 * 0.76), (0.75, 0.75 * 0.94), (0.85, 0.85 * 1.06), (0.9, 0.9 * 1.4),
+             (0.02, 0.5), (0.6, 0.0)]
+    photos = []
+    for i, (c, t) in enumerate(cards):
+        _, params = photo_spec(3, i + 1)
+        level = dataclasses.replace(params, angle_deg=float(np.random.default_rng(i).uniform(-8, 8)))
+        photos.append(CalibrationPhoto(f"c{i}", _decode(render_jpeg(StripTruth(c, t), level)), sim_judge(c, t)))
+    profile = calibrate(photos, "sim-calibrated")
+    shipped = load_profile("egw-sim").orientation
+    assert profile.orientation.cue == "mark"
+    assert profile.orientation.mark_u == pytest.approx(shipped.mark_u, abs=0.1)
+    reader = StripReader(profile=profile)
+    for jpg in generate(tmp_path, 12, seed=41):
+        truth = __import__("json").loads(jpg.with_suffix(".json").read_text())
+        reading = reader.read_file(jpg)
+        if abs(truth["t_over_c"] - 0.7) > 0.07 and abs(truth["t_over_c"] - 1.0) > 0.1 and abs(truth["c"] - 0.1) > 0.05:
+            assert reading.judgement.value == truth["judgement"], (jpg.name, truth["format"], reading.format())

@@ -125,22 +125,41 @@ def _orientation(profile: CassetteProfile, found: list[tuple[CalibrationPhoto, G
         if along is None:
             continue
         smooth = np.convolve(along, np.ones(5) / 5, mode="same")
-        plastic = float(np.median(smooth[5:20]))
-        i = 20 + int(np.argmin(smooth[20:-5]))
-        dark = smooth < plastic - 0.5 * (plastic - smooth[i])
-        lo, hi = i, i
-        while lo > 0 and dark[lo - 1]:
-            lo -= 1
-        while hi < len(dark) - 1 and dark[hi + 1]:
-            hi += 1
-        if smooth[i] < 0.8 * plastic:
-            dips.append((-(lo + hi) / 200.0, (hi - lo) / 200.0))
+        dip = _widest_dip(smooth, float(np.median(smooth[5:20])))
+        if dip is not None:
+            dips.append(dip)
     if len(dips) < max(2, len(found) // 2):
         raise StripProfileError("T and C sit symmetrically in the window and no sample well was found beyond its "
                                 "left end; photograph the cassettes sample end left with the whole cassette visible")
     u = float(np.median([d[0] for d in dips]))
     radius = float(np.clip(np.median([d[1] for d in dips]), 0.04, 0.6))
     return Orientation(cue="mark", mark_u=u, mark_v=0.5, mark_radius=radius)
+
+
+def _widest_dip(smooth: np.ndarray, plastic: float) -> tuple[float, float] | None:
+    """The widest dark run beyond the window (samples 1/100 window length apart) that plastic follows
+    again: (centre u, radius). A run that never recovers is the cassette's end, not a mark; the widest
+    is the sample well rather than a printed letter."""
+    runs: list[tuple[int, int]] = []
+    i = 20
+    while i < len(smooth):
+        if smooth[i] >= 0.8 * plastic:
+            i += 1
+            continue
+        lo = i
+        while lo > 0 and smooth[lo - 1] < 0.9 * plastic:
+            lo -= 1
+        j = i
+        while j < len(smooth) and smooth[j] < 0.9 * plastic:
+            j += 1
+        if j >= len(smooth) - 3:
+            break
+        runs.append((lo, j))
+        i = j + 1
+    if not runs:
+        return None
+    lo, hi = max(runs, key=lambda run: run[1] - run[0])
+    return -(lo + hi) / 200.0, (hi - lo) / 200.0
 
 
 def _thresholds(profile: CassetteProfile, photos: list[CalibrationPhoto]) -> StripThresholds:
