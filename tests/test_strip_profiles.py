@@ -324,3 +324,13 @@ def test_calibration_finds_the_sample_well_when_the_lines_are_symmetric(tmp_path
         reading = reader.read_file(jpg)
         if abs(truth["t_over_c"] - 0.7) > 0.07 and abs(truth["t_over_c"] - 1.0) > 0.1 and abs(truth["c"] - 0.1) > 0.05:
             assert reading.judgement.value == truth["judgement"], (jpg.name, truth["format"], reading.format())
+
+
+def test_cli_says_a_card_without_control_line_is_invalid(tmp_path: Path) -> None:
+    photo = design_photo("arrow-green", 5, 2, truth=(0.0, 0.6))
+    jpg = tmp_path / "no-c.jpg"
+    jpg.write_bytes(render_design_jpeg(photo))
+    proc = run_egw("strip", "read", str(jpg), "--profile", "arrow-green", env={**egw_env(), "EGW_LANG": "zh_CN"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "invalid"
+    assert "没有质控线" in proc.stderr

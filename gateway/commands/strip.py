@@ -128,7 +128,10 @@ def read_photos(photos: list[Path], thresholds: StripThresholds | None = None,
             results.append({"photo": str(photo), "ok": False, "error": str(exc), "error_type": type(exc).__name__,
                             "reason": exc.reason, "message": refusal_text(exc.reason)})
             continue
-        results.append({"photo": str(photo), "ok": True, **reading.to_json()})
+        item = {"photo": str(photo), "ok": True, **reading.to_json()}
+        if reading.judgement.value == "invalid":  # a reading, not a refusal: the card itself failed
+            item["officer_note"] = _("No control line (C): the test is invalid. Test the sample again with a new card.")
+        results.append(item)
     return results
 
 
@@ -168,6 +171,8 @@ def run_read(args: argparse.Namespace) -> int:
             if item["ok"]:
                 recorded = f"  evidence {item['evidence_id']}" if "evidence_id" in item else ""
                 print(f"{item['photo']}  {item['format']}  {item['judgement']}{recorded}", file=out(), flush=True)
+                if "officer_note" in item:
+                    print(f"note: {item['photo']}: {item['officer_note']}", file=err())
     failed = [item for item in results if not item["ok"]]
     for item in failed:
         print(f"error: {item['photo']}: {item['message']}\n  ({item['error']})", file=err())
