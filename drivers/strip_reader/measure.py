@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import StripLinesError
-from .geometry import LUMA_RGB, CassetteDesign, Geometry
+from .geometry import MARGIN, WIN_LEN, Geometry
 from .judgement import Judgement, StripReading, StripThresholds, judge
+from .profile import LUMA_RGB, CassetteProfile
 
 # Spread of the membrane's absorbance between the lines above which a reading
 # is refused: about 3x the worst seen on photos within the simulator's
@@ -24,6 +25,11 @@ MAX_NOISE = 0.015
 # halves of the window (along the lines): 1.5x the worst over 300 photos in the
 # default ranges (0.08); a shadow edge across the window gave 0.30.
 MAX_SPLIT = 0.12
+# How far (window lengths) the lines may sit from the profile's positions: the window's ends are found
+# to about 1 %, a cassette's print tolerance adds about 1 %.
+MAX_SHIFT = 0.04
+# A C line whose equivalent width exceeds this many line widths is too blurred to measure.
+MAX_BLUR_WIDTH = 2.2
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,9 @@ class Window:
     x1: float
     span: float  # measured length / designed length
 
-    def to_px(self, u: float, design: CassetteDesign) -> float:
-        """A body-unit position along the flow, in pixels, by the window's measured edges."""
-        return self.x0 + (u - design.window_x[0]) / (design.window_x[1] - design.window_x[0]) * (self.x1 - self.x0)
+    def to_px(self, u: float) -> float:
+        """A position along the window (0 sample end, 1 far end), in pixels, by the window's measured ends."""
+        return self.x0 + u * (self.x1 - self.x0)
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,8 @@ class LineFit:
         keep = (np.abs(xs - lines.t_pos) > 1.3 * w_px) & (np.abs(xs - lines.c_pos) > 1.3 * w_px)
         if keep.sum() < 10:
             raise StripLinesError(
-                "too little clean membrane around the lines to set a baseline; re-take the photo closer and sharper"
-            )
+                "too little clean membrane around the lines to set a baseline; re-take the photo closer and sharper",
+                reason="too_small")
         u = (xs - xs.mean()) / (float(np.ptp(xs)) or 1.0)
         return cls(u=u, keep=keep, sel_c=np.abs(xs - lines.c_pos) <= 1.0 * w_px,
                    sel_t=np.abs(xs - lines.t_pos) <= 1.0 * w_px, scale=scale)
@@ -80,58 +86,88 @@ class LineFit:
                 float(np.std(absorb[self.keep])))
 
 
-def measure(body: np.ndarray, lin: np.ndarray, geo: Geometry, design: CassetteDesign,
-            thresholds: StripThresholds) -> StripReading:
-    """C, T, T/C, the verdict and its confidence from the upright cassette (``body`` BGR, ``lin`` linear)."""
-    length = lin.shape[1]
-    # lin is RGB-reversed (BGR); mix to luma-weighted linear light
-    light = lin @ LUMA_RGB[::-1].astype(np.float32)
-    window = find_window(light, design)
-    w_px = design.line_width * length * window.span
+def window_light(body: np.ndarray, profile: CassetteProfile) -> np.ndarray:
+    """Luma-weighted linear light of the upright window (``body`` is BGR)."""
+    lin = (body.astype(np.float32) / 255.0) ** profile.gamma
+    return np.asarray(lin @ LUMA_RGB[::-1].astype(np.float32), dtype=np.float32)
+
+
+def measure(body: np.ndarray, geo: Geometry, profile: CassetteProfile, thresholds: StripThresholds) -> StripReading:
+    """C, T, T/C, the verdict and its confidence from the upright window (``body`` BGR, sample end left)."""
+    light = window_light(body, profile)
+    window = find_edges(light, profile)
+    w_px = profile.line_width * (window.x1 - window.x0)
     region, xs = membrane_region(body, light, window)
     prof = region.mean(axis=0).astype(np.float64)
-    lines = locate_lines(prof, xs, window, design, w_px, length)
-    fit = LineFit.around(xs, lines, w_px, float(design.luma_absorption * w_px))
+    lines = locate_lines(prof, xs, window, profile, w_px)
+    fit = LineFit.around(xs, lines, w_px, float(profile.luma_absorption * w_px))
     c, t, noise = fit.lines_in(prof)
     if noise > MAX_NOISE:
         raise StripLinesError(
             f"the membrane is too noisy or uneven to measure lines (noise {noise:.3f}); hold the camera still, "
-            "add even light, clean the window and re-take the photo"
+            "add even light, clean the window and re-take the photo", reason="uneven"
         )
+    check_sharpness(prof, xs, fit, lines, w_px, c)
     split = halves_disagreement(region, fit)
     return reading_of(c, t, noise, split, lines, geo, thresholds)
 
 
-def find_window(light: np.ndarray, design: CassetteDesign) -> Window:
-    """The window's edges: the rim shadow is the darkest column near each nominal edge."""
-    d = design
-    length = light.shape[1]
-    wy0, wy1 = d.window_y
-    ys0 = int(round((wy0 + 0.15 * (wy1 - wy0)) * length))
-    ys1 = int(round((wy1 - 0.15 * (wy1 - wy0)) * length))
+def line_score(body: np.ndarray, profile: CassetteProfile) -> float:
+    """How strongly lines sit at the profile's T and C positions in this upright window (for orientation)."""
+    light = window_light(body, profile)
+    try:
+        window = find_edges(light, profile)
+    except StripLinesError:
+        return -1.0
+    w_px = profile.line_width * (window.x1 - window.x0)
+    ys0, ys1 = window.ys0, window.ys1
+    px0, px1 = int(window.x0 + 0.1 * (window.x1 - window.x0)), int(window.x1 - 0.1 * (window.x1 - window.x0))
+    prof = light[ys0:ys1, px0:px1].mean(axis=0).astype(np.float64)
+    xs = np.arange(px0, px1, dtype=np.float64)
+    box = _box_absorbance(prof, w_px)
+    t_nom, c_nom = window.to_px(profile.line_t), window.to_px(profile.line_c)
+    shifts = np.arange(-MAX_SHIFT, MAX_SHIFT + 1e-9, 0.005) * (window.x1 - window.x0)
+    return max(float(np.interp(t_nom + s, xs, box) + np.interp(c_nom + s, xs, box)) for s in shifts)
+
+
+def check_sharpness(prof: np.ndarray, xs: np.ndarray, fit: LineFit, lines: LinePositions, w_px: float,
+                    c: float) -> None:
+    """Refuse a photo so blurred that the C line spreads over more than twice its width.
+
+    The integrated absorbance does not change with blur, but a line spread that far runs into its
+    neighbour and into the baseline, so the reading would be a guess."""
+    if c < 0.25:
+        return
+    coef = np.polyfit(fit.u[fit.keep], prof[fit.keep], 2)
+    absorb = 1.0 - prof / np.maximum(np.polyval(coef, fit.u), 1e-9)
+    near = np.abs(xs - lines.c_pos) <= 1.5 * w_px
+    peak = float(absorb[near].max())
+    width = float(absorb[near].sum()) / max(peak, 1e-9)
+    if width > MAX_BLUR_WIDTH * w_px:
+        raise StripLinesError(
+            f"the photo is too blurred to measure the lines (the C line spreads to {width / w_px:.1f} x its width); "
+            "hold the camera still, let it focus on the cassette and re-take the photo", reason="blurred")
+
+
+def find_edges(light: np.ndarray, profile: CassetteProfile) -> Window:
+    """The window's ends along the flow: the rim shadow is the darkest column near each nominal end."""
+    width = round(WIN_LEN / profile.window_aspect)
+    ys0, ys1 = MARGIN + round(0.15 * width), MARGIN + round(0.85 * width)
     col = light[ys0:ys1].mean(axis=0)
     col_s = np.convolve(col, np.ones(3) / 3, mode="same")
     edges = []
-    for nominal in d.window_x:
-        lo, hi = int((nominal - 0.025) * length), int((nominal + 0.025) * length)
+    for end, nominal in (("sample", MARGIN), ("far", MARGIN + WIN_LEN)):
+        lo, hi = int(nominal - 0.08 * WIN_LEN), int(nominal + 0.08 * WIN_LEN)
         seg = col_s[lo:hi]
         idx = int(np.argmin(seg)) + lo
         depth = 1.0 - seg.min() / max(float(np.median(seg)), 1e-6)
-        if depth <= 0.07 or idx in (lo, hi - 1):
+        if depth <= 0.04 or idx in (lo, hi - 1):
             raise StripLinesError(
-                f"the test window's {'left' if nominal == d.window_x[0] else 'right'} edge is not where the "
-                "cassette design puts it, so the cassette's outline was probably misjudged (light background, "
-                "shadow or glare); re-take the photo on a plain darker background without glare"
-            )
+                f"the result window's {end} end has no clear rim, so the window's outline was probably misjudged "
+                "(glare, a shadow edge or a smudge); re-take the photo in even light without glare", reason="no_window")
         edges.append(float(idx))
     x0, x1 = edges
-    span = (x1 - x0) / ((d.window_x[1] - d.window_x[0]) * length)
-    if not 0.9 < span < 1.1:
-        raise StripLinesError(
-            f"the test window measures {span:.2f} x its designed length, so the cassette's outline was "
-            "misjudged; re-take the photo from straight above on a plain darker background"
-        )
-    return Window(ys0=ys0, ys1=ys1, x0=x0, x1=x1, span=span)
+    return Window(ys0=ys0, ys1=ys1, x0=x0, x1=x1, span=(x1 - x0) / WIN_LEN)
 
 
 def membrane_region(body: np.ndarray, light: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -144,43 +180,50 @@ def membrane_region(body: np.ndarray, light: np.ndarray, window: Window) -> tupl
     if level < 40:
         raise StripLinesError(
             f"the test window is too dark to measure (green level {level:.0f}/255); add light or move the "
-            "lamp and re-take the photo"
+            "lamp and re-take the photo", reason="dark"
         )
     saturated = float((body[ys0:ys1, px0:px1] >= 254).any(axis=2).mean())
     if saturated > 0.2:
         raise StripLinesError(
             f"{saturated:.0%} of the test window is overexposed (white clipped); reduce the light or avoid "
-            "glare on the window and re-take the photo"
+            "glare on the window and re-take the photo", reason="overexposed"
         )
     return region, np.arange(px0, px1, dtype=np.float64)
 
 
-def locate_lines(prof: np.ndarray, xs: np.ndarray, window: Window, design: CassetteDesign, w_px: float,
-                 length: int) -> LinePositions:
+def locate_lines(prof: np.ndarray, xs: np.ndarray, window: Window, profile: CassetteProfile,
+                 w_px: float) -> LinePositions:
     """C and T found together at their known spacing, on a first baseline (the membrane's upper envelope).
 
-    ``length`` is the upright cassette's length in pixels; the search spans ±1.2 % of it."""
-    t_nom, c_nom = window.to_px(design.t_x, design), window.to_px(design.c_x, design)
-    env_k = int(3 * w_px) | 1
-    envelope = running_percentile(prof, env_k, 90)
-    absorb0 = 1.0 - prof / np.maximum(envelope, 1e-9)
-    box = np.convolve(absorb0, np.ones(int(round(w_px))) / round(w_px), mode="same")
+    The search spans ±``MAX_SHIFT`` of the window's length."""
+    t_nom, c_nom = window.to_px(profile.line_t), window.to_px(profile.line_c)
+    box = _box_absorbance(prof, w_px)
 
     def score_at(x: float) -> float:
         return float(np.interp(x, xs, box))
 
-    max_shift = 0.012 * length
+    length = window.x1 - window.x0
+    max_shift = MAX_SHIFT * length
     shifts = np.arange(-max_shift, max_shift + 0.5, 1.0)
     scores = [score_at(t_nom + s) + score_at(c_nom + s) for s in shifts]
     shift = float(shifts[int(np.argmax(scores))])
-    if max(scores) < 0.05:  # both lines faint: keep the design's positions
+    if max(scores) < 0.05:  # both lines faint: keep the profile's positions
         shift = 0.0
     if abs(shift) > 0.8 * max_shift:
         raise StripLinesError(
-            f"the lines sit {shift / length:+.3f} of the cassette length away from where the design puts them; "
-            "this is not the expected cassette or the photo is distorted: re-take it from straight above"
+            f"the lines sit {shift / length:+.3f} of the window's length away from where the {profile.name} profile "
+            "puts them; this is another kind of cassette (choose its profile) or the photo is distorted: re-take it "
+            "from straight above", reason="lines"
         )
     return LinePositions(t_pos=t_nom + shift, c_pos=c_nom + shift, shift=shift, max_shift=max_shift)
+
+
+def _box_absorbance(prof: np.ndarray, w_px: float) -> np.ndarray:
+    """Absorbance against the membrane's upper envelope, averaged over one line width."""
+    envelope = running_percentile(prof, int(3 * w_px) | 1, 90)
+    absorb0 = 1.0 - prof / np.maximum(envelope, 1e-9)
+    k = max(1, round(w_px))
+    return np.convolve(absorb0, np.ones(k) / k, mode="same")
 
 
 def halves_disagreement(region: np.ndarray, fit: LineFit) -> float:
@@ -195,7 +238,8 @@ def halves_disagreement(region: np.ndarray, fit: LineFit) -> float:
     if split > MAX_SPLIT:
         raise StripLinesError(
             f"the two halves of the test window read differently (by {split:.3f} in line intensity): a shadow "
-            "edge or glare crosses the window; re-take the photo in even light without shadows or reflections"
+            "edge or glare crosses the window; re-take the photo in even light without shadows or reflections",
+            reason="uneven"
         )
     return split
 

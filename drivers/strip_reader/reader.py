@@ -14,21 +14,22 @@ import cv2
 import numpy as np
 
 from .errors import StripCaptureError, StripImageError
-from .geometry import CassetteDesign, as_bgr, find_cassette, orient, warp
+from .geometry import as_bgr, find_window, orient_by_mark, refine, warp_window
 from .judgement import StripReading, StripThresholds
-from .measure import measure
+from .measure import line_score, measure
+from .profile import DEFAULT_PROFILE, CassetteProfile, load_profile
 
 
 class StripReader:
     """Reads C, T and T/C from a photo of a test cassette (any rotation, uneven light).
 
-    Thresholds decide the judgement; the design describes the cassette. One
-    reader may be shared: ``read`` keeps no state between calls.
+    The profile describes the cassette (``profile.py``) and brings its thresholds; ``thresholds``
+    overrides them. One reader may be shared: ``read`` keeps no state between calls.
     """
 
-    def __init__(self, thresholds: StripThresholds | None = None, design: CassetteDesign | None = None) -> None:
-        self.thresholds = thresholds or StripThresholds()
-        self.design = design or CassetteDesign()
+    def __init__(self, thresholds: StripThresholds | None = None, profile: CassetteProfile | None = None) -> None:
+        self.profile = profile or load_profile(DEFAULT_PROFILE)
+        self.thresholds = thresholds or self.profile.thresholds
 
     # -- public ---------------------------------------------------------------
     def read_file(self, path: str | Path) -> StripReading:
@@ -38,7 +39,8 @@ class StripReader:
             with open(p, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
-            raise StripImageError(f"cannot open photo {p}: {exc.strerror or exc}; check the path and permissions") from exc
+            raise StripImageError(f"cannot open photo {p}: {exc.strerror or exc}; check the path and permissions",
+                                  reason="image") from exc
         buf = np.frombuffer(data, np.uint8)
         image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
         if image is None:
@@ -49,7 +51,7 @@ class StripReader:
         if quality is not None and quality < _MIN_JPEG_QUALITY:
             raise StripImageError(
                 f"{p} is compressed too hard to measure line intensities (JPEG quality about {quality}); set the "
-                "camera or app to high quality (90 or more) and re-take the photo"
+                "camera or app to high quality (90 or more) and re-take the photo", reason="compressed"
             )
         reading = self.read(image)
         notes = reading.notes
@@ -60,14 +62,17 @@ class StripReader:
     def read(self, image: np.ndarray) -> StripReading:
         """Read one BGR (OpenCV order) 8-bit photo."""
         bgr = as_bgr(image)
-        corners, geo = find_cassette(bgr, self.design)
-        body = warp(bgr, corners, self.design)
-        lin = (body.astype(np.float32) / 255.0) ** self.design.gamma
-        orient(lin, geo, self.design)
-        if geo.upside_down:  # turn the sample well to the left
-            body = np.ascontiguousarray(body[::-1, ::-1])
-            lin = np.ascontiguousarray(lin[::-1, ::-1])
-        return measure(body, lin, geo, self.design, self.thresholds)
+        profile = self.profile
+        geo = refine(bgr, find_window(bgr, profile), profile)
+        if profile.orientation.cue == "mark":
+            geo = orient_by_mark(bgr, geo, profile)
+            body = warp_window(bgr, geo, profile)
+        else:  # the line pattern is asymmetric: the end that fits it better is the sample end
+            turned = geo.turned()
+            body, other = warp_window(bgr, geo, profile), warp_window(bgr, turned, profile)
+            if line_score(other, profile) > line_score(body, profile):
+                geo, body = turned, other
+        return measure(body, geo, profile, self.thresholds)
 
 
 # Below this JPEG quality the block and chroma errors reach 0.04-0.05 in line

@@ -1,5 +1,7 @@
 """Colloidal-gold test-strip photo simulator: synthetic cassette photos with known line intensities.
 
+``designs.py`` is a second, independent generator of several other cassette designs (for the profiles).
+
 ``egw simulate strips --out DIR --count N [--seed S]`` writes ``strip_0001.jpg``
 … and beside each ``strip_0001.json`` holding the truth (C, T, T/C, the
 judgement under the default thresholds) and every rendering parameter.
