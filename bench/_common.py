@@ -109,13 +109,19 @@ volumes = "{volumes}/{{serial}}"
 
 def fill_disk(path: Path) -> int:
     """Write zeros to ``path`` until its file system is full (a real ENOSPC, not an injected one);
-    the bytes written. Used by the campaign's disk fault and the full-disk tests."""
+    the bytes written. Used by the campaign's disk fault and the full-disk tests.
+
+    Unbuffered on purpose: a buffered file keeps the tail of the write that hit ENOSPC and raises it
+    again from ``close()``, whenever the free space is not a multiple of the block written."""
     written = 0
-    with open(path, "wb") as fh:
+    zeros = bytes(65536)
+    with open(path, "wb", buffering=0) as fh:
         try:
             while True:
-                written += fh.write(b"\0" * 65536)
-                fh.flush()
+                n = fh.write(zeros)
+                if not n:
+                    break
+                written += n
         except OSError:  # ENOSPC: the disk is full, which is the point
             pass
     return written
