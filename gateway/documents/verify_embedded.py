@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from typing import Any
+
+from pyhanko.pdf_utils.misc import PdfError
 
 from gateway.documents.approvals import OFFICER_FIELD, PARTY_FIELD
 
@@ -57,10 +60,12 @@ def embedded_files(root: Any, problems: list[str]) -> dict[str, bytes]:
     _name_tree(tree.get_object(), entries)
     files: dict[str, bytes] = {}
     for name, spec in entries:
-        stream = spec.get_object()["/EF"]["/F"].get_object()
         if name in files:
             problems.append(f"two embedded files are named {name!r}: a reader cannot tell which one is meant")
-        files[name] = stream.data
+        try:
+            files[name] = spec.get_object()["/EF"]["/F"].get_object().data
+        except (zlib.error, PdfError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"the embedded file {name!r} cannot be read: it is damaged ({type(exc).__name__}: {exc})")
     return files
 
 
