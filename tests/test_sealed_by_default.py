@@ -29,7 +29,7 @@ def platform(tmp_path: Path):
 def _gateway(tmp_path: Path, platform: PlatformProcess) -> Path:
     data_dir = tmp_path / "gw"
     init_identity(data_dir, "gw-seal-default")
-    enroll(data_dir, platform.address, issue_token(platform.data)["token"])
+    enroll(data_dir, platform.address, issue_token(platform.data, gateway_id="gw-seal-default")["token"])
     return data_dir
 
 
