@@ -200,6 +200,10 @@ def test_an_approval_signature_added_after_the_seal_fails(made: dict[str, Any], 
     assert report.verdict == "FAILED"
     assert any("[LateSignature] party's handwritten signature was added after the agency seal: the seal does not cover it" in p
                for p in report.problems), _problems(report)
+    seal_finding = next(f for f in report.findings if f.field == "AgencySeal")
+    assert any("changed after it was signed" in p for p in seal_finding.problems), _problems(report)  # the seal's /Lock, per pyHanko
+    pdfsig = subprocess.run(["pdfsig", str(after)], capture_output=True, text=True).stdout
+    assert "Signature Field Name: LateSignature" in pdfsig
 
 
 def test_the_approvals_are_declared_in_document_json(made: dict[str, Any], tmp_path: Path) -> None:
