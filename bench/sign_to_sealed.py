@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
         try:
             data_dir = root / "gw"
             init_identity(data_dir, "gw-bench")
-            enroll(data_dir, platform.address, issue_token(platform.data)["token"])
+            enroll(data_dir, platform.address, issue_token(platform.data, gateway_id="gw-bench")["token"])
             (root / "form.toml").write_text(FORM, encoding="utf-8")
             draft, signing = _signed_draft(root, data_dir)
             common = ("--template", "onsite", "--form", root / "form.toml", "--signing", signing, "--signed-draft", draft,
