@@ -14,6 +14,11 @@ their own too. On top of the cryptography, the roles of docs/trust.md:
 * the last signature or time-stamp must cover the whole file, and nothing
   added after an earlier signature may be more than LTA updates (validation
   data, time-stamps) or the filling of a further signature field.
+* an approval signature (the party's or the officer's, made by a station:
+  gateway/documents/approvals.py) is reported with what it binds, and nothing
+  but time-stamps and further agency seals may be signed after the agency seal;
+* what the document embeds is checked against itself and the approvals
+  (``verify_embedded``): the signing record, its items, the declared approvals.
 
 Exit codes as in docs/trust.md: 0 VERIFIED, 1 FAILED, 3 CONSISTENT, UNTRUSTED.
 """
