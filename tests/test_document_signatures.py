@@ -217,3 +217,19 @@ def test_the_approvals_are_declared_in_document_json(made: dict[str, Any], tmp_p
     assert verify_pdf(made["approved"], anchors).problems == [  # before the seal: consistent, but not the agency's
         "no agency seal: the document is signed only provisionally (or by a certificate with no document role); "
         "it is sealed once the platform adds the agency's seal"]
+
+
+def test_a_party_signature_made_by_another_station_than_it_names_fails(made: dict[str, Any], tmp_path: Path) -> None:
+    """Another enrolled station (a valid certificate of the same CA) cannot pass its signature off as this one's."""
+    other = enrolled_gateway(tmp_path / "other", made["platform"], "gw-other")
+    station = load_identity(made["data_dir"]).gateway_id
+    first = _parts(made["data_dir"], made["first"]["evidence_id"])
+    forged = tmp_path / "forged.pdf"
+    _render(made, forged, first, "forged-station")
+    asyncio.run(sign_approvals(forged, forged, other, [party_approval(first, "forged-station", station),
+                                                       officer_approval("31010001", "forged-station", station)]))
+    report = verify_pdf(_seal_for(made, forged, tmp_path / "forged-sealed.pdf"), made["anchors"])
+    assert report.verdict == "FAILED"
+    assert any(f"[{PARTY_FIELD}] names station '{station}', but was signed by station gw-other" in p for p in report.problems), \
+        _problems(report)
+    assert all(f.ok for f in report.findings)  # each signature is valid and trusted on its own: only the binding catches it
