@@ -114,8 +114,8 @@ def _catalogue_and_filespecs(pdf: bytes) -> tuple[int, list[bytes]]:
     (fpdf2 writes them uncompressed, one object per ``N 0 obj … endobj``)."""
     objects = [m.group(1) for m in re.finditer(rb"\d+ 0 obj\n(<<.*?>>)\n(?:stream|endobj)", pdf, re.S)]
     catalogue = [o for o in objects if b"/Type /Catalog" in o]
-    assert len(catalogue) == 1
-    af = re.search(rb"/AF \[([^\]]*)\]", catalogue[0])
+    assert catalogue  # one per revision: the render's, then one per approval signature's incremental update
+    af = re.search(rb"/AF \[([^\]]*)\]", catalogue[-1])
     assert af, "the catalogue has no /AF (associated files) array"
     return len(re.findall(rb"\d+ 0 R", af.group(1))), [o for o in objects if b"/Type /Filespec" in o]
 
@@ -165,7 +165,9 @@ def test_signed_onsite_record_is_pdfa3_with_its_evidence_embedded(tmp_path, data
 
     # PDF/A-3b: identification in XMP, an output intent, every font embedded.
     xmp = _tool("pdfinfo", "-meta", str(out))
-    assert re.search(r"<pdfaid:part>3</pdfaid:part>", xmp) and re.search(r"<pdfaid:conformance>B</pdfaid:conformance>", xmp)
+    # (element form as fpdf2 writes it, attribute form once pyHanko has rewritten the XMP for a signature: same RDF)
+    assert re.search(r'<pdfaid:part>3</pdfaid:part>|pdfaid:part="3"', xmp), xmp
+    assert re.search(r'<pdfaid:conformance>B</pdfaid:conformance>|pdfaid:conformance="B"', xmp), xmp
     raw = out.read_bytes()
     assert b"/OutputIntents" in raw and b"/S /GTS_PDFA1" in raw and b"/DestOutputProfile" in raw
     fonts = _tool("pdffonts", str(out)).splitlines()[2:]

@@ -256,6 +256,7 @@ def _sealed(service: EvidenceService, args: argparse.Namespace, sealer: Sealer |
 
 def _new(args: argparse.Namespace) -> int:
     from gateway.documents.agency import TRUST_SERVICES_SETTING, queue_for_counter_seal, trust_services_url
+    from gateway.documents.approvals import approve_document
     from gateway.documents.render import render_document
     from gateway.documents.sealer import SEALER_SETTING, find_sealer
     from gateway.documents.sources import cite
@@ -269,12 +270,13 @@ def _new(args: argparse.Namespace) -> int:
         citations = [cite(service, evidence_id) for evidence_id in _unique(args.cite)]
         signing, draft = _signing(service, args, form)
         document_id = str(uuid7())
+        officer = args.officer_id or (form.officers[0].id if form.officers and form.officers[0].id else None)
         rendered = render_document(template, form, args.output, document_id=document_id, citations=citations,
-                                   signing=signing, signed_draft=draft)
+                                   signing=signing, signed_draft=draft, officer_id=officer)
         url = trust_services_url(service.data_dir, args.trust_services, getenv(TRUST_SERVICES_SETTING))
+        approve_document(args.output, service.identity, rendered.description, signing, url if url and service.identity.enrolled else None)
         final, seal, why = _sealed(service, args, sealer, args.output, url)
         check_cancelled()
-        officer = args.officer_id or (form.officers[0].id if form.officers and form.officers[0].id else None)
         sealed = seal in ("sealer", "agency")
         extra = {"document": {"id": document_id, "template": template.kind, "case_number": form.values.get("case_number"),
                               "format": "PDF/A-3b", "sealed": sealed, "seal": seal, "cites": [c.evidence_id for c in citations],

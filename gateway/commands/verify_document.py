@@ -1,7 +1,8 @@
 """``egw verify FILE.pdf``: the PDF half of ``egw verify`` (the bundle half is ``verify.py``).
 
 Prints one line per signature and time-stamp (who signed or sealed, in which
-role, when and by which time-stamp), then the verdict; exit codes as in
+role, what a party's or officer's signature binds, when and by which
+time-stamp), then what is wrong with the embedded files, then the verdict; exit codes as in
 docs/trust.md. The trust anchors are ``--trust`` only: a PDF carries its CA,
 which is never believed.
 """

@@ -2,9 +2,10 @@
 
 ``templates`` (one JSON data file per kind) say what a kind contains; ``form`` checks what was filled in;
 ``sources`` looks up the evidence a document cites and the signing session it carries; ``render`` writes the
-PDF/A-3b; ``sealer`` is the seam where a seal is applied and ``seal`` the PAdES seal itself (agency seal from
-the platform's sealing service, or provisional with the gateway's key); ``verify_pdf`` checks sealed
-documents offline. ``egw record`` (gateway/commands/record.py) stores the result as evidence. Formats:
+PDF/A-3b; ``approvals`` adds the party's and the officer's signatures (made by the station, binding the
+handwriting record and the officer id); ``sealer`` is the seam where a seal is applied and ``seal`` the PAdES
+seal itself (agency seal from the platform's sealing service, or provisional with the gateway's key);
+``verify_pdf`` checks sealed documents offline, ``verify_embedded`` what they embed against the approvals. ``egw record`` (gateway/commands/record.py) stores the result as evidence. Formats:
 docs/formats/document.md, docs/documents-sealing.md.
 """
 

@@ -246,10 +246,25 @@ def _embed_all(pdf: FPDF, description: dict[str, Any], citations: Sequence[Citat
     return embedded
 
 
+def _declared_approvals(signing: SigningParts | None, officer_id: str | None) -> dict[str, Any]:
+    from gateway.documents.approvals import OFFICER_FIELD, PARTY_FIELD
+
+    approvals: dict[str, Any] = {}
+    if signing is not None and "signature.iso19794-7" in signing.parts:
+        approvals[PARTY_FIELD] = {"role": "party", "signer": signing.signer["name"]}
+    if officer_id:
+        approvals[OFFICER_FIELD] = {"role": "officer", "officer_id": officer_id}
+    return approvals
+
+
 def render_document(template: Template, form: Form, output: Path, *, document_id: str, citations: Sequence[Citation] = (),
                     signing: SigningParts | None = None, signed_draft: bytes | None = None, draft: bool = False,
-                    language: str | None = None) -> RenderedDocument:
-    """Write the document to ``output`` (through a temporary file: a reader never sees half a PDF)."""
+                    language: str | None = None, officer_id: str | None = None) -> RenderedDocument:
+    """Write the document to ``output`` (through a temporary file: a reader never sees half a PDF).
+
+    ``approvals`` in document.json names the approval signatures the station adds next (gateway/documents/approvals.py):
+    the party's when there is a signing session with handwriting, the officer's when ``officer_id`` is known. Declared
+    inside the signed bytes, so a verifier notices one that was removed."""
     import hashlib
 
     language = language or current_language()
@@ -262,6 +277,8 @@ def render_document(template: Template, form: Form, output: Path, *, document_id
             "evidence_id": signing.evidence_id, "record_sha256": hashlib.sha256(signing.record_bytes).hexdigest(),
             "signer": signing.signer, "signed_document_sha256": (signing.record.get("document") or {}).get("sha256")},
     }
+    if not draft:
+        description["approvals"] = _declared_approvals(signing, officer_id)
     writer = _Writer(template, form, language, document_id, draft)
     writer.pdf.creation_date = now
     writer.header()

@@ -180,8 +180,14 @@ def _validation_context(anchors: list[x509.Certificate], others: list[x509.Certi
                              revocation_mode="hard-fail")
 
 
-def _field_spec(name: str, box: tuple[int, int, int, int]) -> fields.SigFieldSpec:
-    return fields.SigFieldSpec(sig_field_name=name, on_page=-1, box=box)
+def _field_spec(name: str, box: tuple[int, int, int, int], lock: bool = False) -> fields.SigFieldSpec:
+    """A signature field on the last page. ``lock`` (the agency seal): once it is signed, no form field may change
+    and nothing may be added but validation data and time-stamps (a /Lock with /P 1, ISO 32000-2 12.7.5.5): a
+    signature made after the seal breaks it in any validator that honours locks, not only in ``egw verify``."""
+    if not lock:
+        return fields.SigFieldSpec(sig_field_name=name, on_page=-1, box=box)
+    return fields.SigFieldSpec(sig_field_name=name, on_page=-1, box=box, field_mdp_spec=fields.FieldMDPSpec(fields.FieldMDPAction.ALL),
+                               doc_mdp_update_value=fields.MDPPerm.NO_CHANGES)
 
 
 def _has_empty_field(writer: IncrementalPdfFileWriter, name: str) -> bool:
@@ -213,7 +219,7 @@ def _agency_signer(profile: SealProfile, context: ValidationContext, service: Se
     return signers.PdfSigner(meta, signer=placeholder, timestamper=service.timestamper(),
                              stamp_style=StaticStampStyle(background=PdfImage(draw_stamp(profile.unit_name))),
                              # a field the renderer reserved for the seal is used as it is; otherwise one is added
-                             new_field_spec=None if reserved else _field_spec(AGENCY_SEAL_FIELD, SEAL_BOX))
+                             new_field_spec=None if reserved else _field_spec(AGENCY_SEAL_FIELD, SEAL_BOX, lock=True))
 
 
 async def seal_pdf(source: Path, target: Path, service: SealService, reason: str = "电子印章") -> SealResult:

@@ -14,6 +14,11 @@ their own too. On top of the cryptography, the roles of docs/trust.md:
 * the last signature or time-stamp must cover the whole file, and nothing
   added after an earlier signature may be more than LTA updates (validation
   data, time-stamps) or the filling of a further signature field.
+* an approval signature (the party's or the officer's, made by a station:
+  gateway/documents/approvals.py) is reported with what it binds, and nothing
+  but time-stamps and further agency seals may be signed after the agency seal;
+* what the document embeds is checked against itself and the approvals
+  (``verify_embedded``): the signing record, its items, the declared approvals.
 
 Exit codes as in docs/trust.md: 0 VERIFIED, 1 FAILED, 3 CONSISTENT, UNTRUSTED.
 """
@@ -52,6 +57,8 @@ from pyhanko_certvalidator.policy_decl import CertRevTrustPolicy, RevocationChec
 from pyhanko_certvalidator.registry import SimpleTrustManager
 from pyhanko_certvalidator.revinfo.archival import CRLContainer
 
+from gateway.documents.approvals import binding_of
+from gateway.documents.verify_embedded import BoundSignature, check_document, describe_binding, embedded_files
 from protos.pki_roles import Role, RoleError, require_role
 
 __all__ = ["PdfFinding", "PdfReport", "verify_pdf", "EXIT_VERIFIED", "EXIT_FAILED", "EXIT_UNTRUSTED"]
@@ -73,6 +80,7 @@ class PdfFinding:
     trusted: bool
     problems: list[str] = dataclasses.field(default_factory=list)
     existed_by: str | None = None
+    binding: dict[str, Any] | None = None  # an approval signature's binding (gateway/documents/approvals.py)
     """For a signature without its own time-stamp: when a later time-stamp proves it existed."""
 
     @property
@@ -85,7 +93,8 @@ class PdfFinding:
             when += f", existed by {self.existed_by} (a later time-stamp covers it)"
         state = "ok" if self.ok else "FAILED: " + "; ".join(self.problems)
         trust = "" if self.trusted else " (no trust anchor vouches for it)"
-        return f"[{self.field}] {self.kind} {self.signer}, {when}: {state}{trust}"
+        binds = f", binds {describe_binding(self.binding)}" if self.binding is not None else ""
+        return f"[{self.field}] {self.kind} {self.signer}{binds}, {when}: {state}{trust}"
 
 
 @dataclass
@@ -111,7 +120,7 @@ class PdfReport:
         return {"file": str(self.path), "verdict": self.verdict, "exit_code": self.exit_code, "problems": self.problems,
                 "signatures": [{"field": f.field, "kind": f.kind, "signer": f.signer, "signed_at": f.signed_at,
                                 "time_source": f.time_source, "existed_by": f.existed_by, "intact": f.intact, "trusted": f.trusted, "ok": f.ok,
-                                "problems": f.problems} for f in self.findings]}
+                                "binding": f.binding, "problems": f.problems} for f in self.findings]}
 
 
 def _asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
@@ -140,6 +149,38 @@ def _signer_role(cert: asn1_x509.Certificate) -> tuple[str, str, bool]:
     if _is_legacy_gateway(crypto):
         return "provisional gateway signature", f"gateway {cert.subject.native.get('common_name', '')} (certificate without roles)", False
     return "signature without a document role", crypto.subject.rfc4514_string(), False
+
+
+def _approval_role(sig: Any, problems: list[str]) -> tuple[str, str, dict[str, Any] | None]:
+    """(kind, who, binding): an approval signature (one whose signed attributes carry a binding) is the party's
+    or the officer's, made by a station; any other signature is judged by its certificate's role alone."""
+    kind, signer, _ = _signer_role(sig.signer_cert)
+    try:
+        binding = binding_of(sig.signed_data)
+    except (ValueError, KeyError, TypeError) as exc:
+        problems.append(f"its signature binding cannot be read: {exc}")
+        return kind, signer, None
+    if binding is None:
+        return kind, signer, None
+    station = _station(sig.signer_cert)
+    made_by = f"station urn:egw:gateway:{station}" if station else f"a certificate that is no station's ({signer})"
+    if station is None:
+        problems.append("an approval signature not made with a station's (gateway) certificate")
+    if binding.get("role") == "party":
+        return "party's handwritten signature", f"{binding.get('signer')}, handwriting captured by {made_by}", binding
+    if binding.get("role") == "officer":
+        return "officer's signature", f"officer {binding.get('officer_id')}, signed by {made_by} (no handwriting)", binding
+    problems.append(f"a binding for an unknown role {binding.get('role')!r}")
+    return "approval signature", signer, binding
+
+
+def _station(cert: asn1_x509.Certificate) -> str | None:
+    """The gateway id of a station's certificate, or None."""
+    crypto = _crypto(cert)
+    try:
+        return require_role(crypto, Role.GATEWAY)
+    except RoleError:
+        return str(cert.subject.native.get("common_name", "")) if _is_legacy_gateway(crypto) else None
 
 
 def _is_legacy_gateway(cert: x509.Certificate) -> bool:
@@ -186,8 +227,8 @@ class _Checker:
     async def signature(self, sig: Any) -> PdfFinding:
         result = await ades.ades_lta_validation(sig, self.spec)
         status = result.api_status
-        kind, signer, _ = _signer_role(sig.signer_cert)
         problems: list[str] = []
+        kind, signer, binding = _approval_role(sig, problems)
         if status is None:
             problems.append(f"the signature could not be evaluated: {result.failure_msg or result.ades_subindic}")
             return PdfFinding(sig.field_name, kind, signer, None, None, False, False, problems)
@@ -211,7 +252,8 @@ class _Checker:
         trusted = bool(status.trusted) and (ts is None or bool(ts.trusted))
         if self.anchors and status.intact and status.valid and not status.trusted and not status.revoked:
             problems.append(f"the signer's certificate does not chain to the trust anchors ({result.ades_subindic})")
-        finding = PdfFinding(sig.field_name, kind, signer, signed_at, time_source, bool(status.intact and status.valid), trusted, problems)
+        finding = PdfFinding(sig.field_name, kind, signer, signed_at, time_source, bool(status.intact and status.valid), trusted, problems,
+                             binding=binding)
         if ts is None and proven is not None:
             finding.existed_by = _iso(proven)
         return finding
@@ -252,6 +294,21 @@ class _Checker:
             problems.append(f"the document was changed after it was signed ({level.name if level is not None else 'unknown'})")
 
 
+def _signed_after_the_seal(signatures: list[Any], findings: list[PdfFinding]) -> list[str]:
+    """A signature made after the agency seal is not covered by it: it must not pass as part of the sealed document.
+    (Time-stamps and further agency seals may follow: that is how PAdES-LTA and a counter-seal work.)"""
+    sealed_in: int | None = None
+    problems: list[str] = []
+    for sig, finding in sorted(zip(signatures, findings, strict=True), key=lambda pair: pair[0].signed_revision):
+        if finding.kind in ("agency seal", "document time-stamp"):
+            if finding.kind == "agency seal" and sealed_in is None:
+                sealed_in = sig.signed_revision
+            continue
+        if sealed_in is not None:
+            problems.append(f"[{finding.field}] {finding.kind} was added after the agency seal: the seal does not cover it")
+    return problems
+
+
 def _embedded_roots(signatures: list[Any]) -> list[x509.Certificate]:
     """Self-signed certificates the document carries: used to check consistency when no anchor was chosen, never trusted."""
     roots: dict[bytes, x509.Certificate] = {}
@@ -287,6 +344,11 @@ async def _verify_readable(path: Path, anchors: list[x509.Certificate], crls: li
                 findings.append(await checker.signature(sig))
         if signatures and signatures[-1].coverage != SignatureCoverageLevel.ENTIRE_FILE:
             problems.append("bytes were added after the last signature or time-stamp: they are covered by nothing")
+        problems += _signed_after_the_seal(signatures, findings)
+        files = embedded_files(reader.root, problems)
+    bound = [BoundSignature(f.field, f.binding, _station(sig.signer_cert)) for sig, f in zip(signatures, findings, strict=True)
+             if f.binding is not None]
+    problems += check_document(files, bound)
     if signatures and not any(f.kind == "agency seal" for f in findings):
         problems.append("no agency seal: the document is signed only provisionally (or by a certificate with no document "
                         "role); it is sealed once the platform adds the agency's seal")
