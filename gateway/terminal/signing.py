@@ -43,6 +43,9 @@ log = logging.getLogger("egw.terminal.signing")
 MAX_SESSIONS_KEPT = 200
 STATES = ("rendering", "waiting_for_party", "signed", "sealed", "stored", "delivered", "failed")
 MAX_CITES = 50
+# what a step found that the session shows at its top level (GET /api/v1/signing-sessions/{id})
+RESULT_KEYS = frozenset({"draft_sha256", "signing_evidence_id", "seal", "provisional_because", "evidence_id", "sha256",
+                         "document_id", "link_expires_at"})
 DEFAULT_LINK_MINUTES = 30
 DevicesSource = Callable[[], Sequence[DeviceConfig]]
 
@@ -320,7 +323,7 @@ class SigningSessions:
         with job.lock:
             job.state, job.prompt = state, prompt
             job.steps.append({"state": state, "at": time.time(), **details})
-            job.result.update({k: v for k, v in details.items() if k.endswith(("evidence_id", "_sha256", "seal", "expires_at"))})
+            job.result.update({k: v for k, v in details.items() if k in RESULT_KEYS})
             job.result.update(result)
             job.version += 1
         self._audit(job, f"signing_session_{state}", details, evidence_id)
