@@ -147,3 +147,60 @@ def test_bad_requests_are_refused_before_the_party_is_called(signed):
                                          {"Content-Type": "application/json"})
         refusal = json.loads(answer)
         assert code == status and words in refusal["error"] and refusal["hint"], (body, code, refusal)
+
+
+async def _sign_in_the_page(client: TerminalClient, shots) -> dict[str, str]:
+    """The mobile page's "签字" flow in headless Chromium (through the mutual-TLS forwarder of test_terminal_mobile)."""
+    import asyncio
+
+    from tests.chromium import Chromium
+    from tests.test_terminal_mobile import HEIGHT, WIDTH, _forwarder
+
+    runner, base = await _forwarder(client.api_url, client.ssl_context())
+    browser = Chromium()
+    try:
+        await browser.open()
+        await browser.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT, deviceScaleFactor=2, mobile=True)
+        await browser.load(base + "/m/")
+        await browser.wait_for_text(lambda text: "签字" in text and "当事人" in text, 10, "the sign section in Chinese")
+        await browser.evaluate("""(() => {
+            const set = document.querySelector('fieldset[data-template="onsite"]');
+            const put = (selector, value) => { set.querySelector(selector).value = value; };
+            put('[data-key="case_number"]', '市监检〔2026〕018号'); put('[data-key="time"]', '2026年12月6日 11:00');
+            put('[data-key="place"]', '某市某区农贸市场3号摊位'); put('[data-key="findings"]', '当事人经营的散装大米未标明产地。');
+            put('[data-officer-name]', '张伟'); put('[data-party="name"]', '王小明');
+            document.getElementById('case-no').value = 'A-18';
+            document.getElementById('sign-start').click();
+        })()""")
+        found = ""
+        for _ in range(600):  # the pad simulator signs within seconds; a wedged session fails the test, not the suite
+            found = await browser.evaluate("(document.getElementById('sign-result').dataset.evidenceId || '') + "
+                                           "(document.querySelector('#sign-qr svg') ? ' qr' : '') + "
+                                           "(document.getElementById('sign-state').className === 'bad' ? ' failed' : '')")
+            if found.endswith((" qr", " failed")):
+                break
+            await asyncio.sleep(0.2)
+        state = await browser.evaluate("document.getElementById('sign-state').innerText")
+        overflow = await browser.evaluate("document.documentElement.scrollWidth")
+        await browser.screenshot(shots / "mobile-sign-zh_CN.png", full_page=True)
+        return {"found": found, "state": state, "overflow": str(overflow)}
+    finally:
+        await browser.close()
+        await runner.cleanup()
+
+
+def test_the_mobile_page_signs_and_shows_the_qr_code(signing_station, signed, tmp_path):
+    import asyncio
+
+    home, data, _ = signing_station
+    client = signed[1]
+    seen = asyncio.run(_sign_in_the_page(client, tmp_path))
+    evidence_id, _, qr = seen["found"].partition(" ")
+    assert qr == "qr" and evidence_id, seen
+    assert "扫码" in seen["state"] and int(seen["overflow"]) <= 390, seen
+    case = client.get_json("/api/v1/cases/A-18")
+    assert [i["evidence_id"] for i in case["items"]] == [evidence_id]
+    with EvidenceService(data, read_only=True) as service:
+        row = service.state.get(evidence_id)
+    document = dsse.Envelope.from_bytes(row.manifest).payload_json()["extra"]["document"]
+    assert row.kind == "document" and document["seal"] == "agency" and document["case_number"] == "市监检〔2026〕018号"

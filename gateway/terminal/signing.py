@@ -368,5 +368,5 @@ def _qr_svg(link: str) -> str:
     import segno
 
     buffer = io.BytesIO()
-    segno.make(link, error="m").save(buffer, kind="svg", scale=4, border=2, xmldecl=False)
+    segno.make(link, error="m").save(buffer, kind="svg", scale=4, border=2, xmldecl=False, omitsize=True)  # viewBox: scales to the screen
     return buffer.getvalue().decode("utf-8")
