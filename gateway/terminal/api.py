@@ -192,6 +192,7 @@ def add_api_routes(app: web.Application) -> None:
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
+            await _audit(request, "signing_session_refused", {"error": "the body is not JSON"})
             return error_response(400, "the body is not JSON", "send the session request as JSON (docs/terminal.md)")
         terminal = terminal_of(request)
         sessions = context_of(request).signing

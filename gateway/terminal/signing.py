@@ -275,11 +275,11 @@ class SigningSessions:
             stored = store_document(self.service, template, form, work / "record.pdf", citations=citations,
                                     signing=signing_parts(self.service, signed.evidence_id), draft=draft.read_bytes(),
                                     sealer=sealer, officer_id=job.officer_id)
-        self._step(job, "sealed", {"seal": stored.seal, "provisional_because": stored.why}, evidence_id=stored.evidence_id)
         if stored.seal == "none":
-            raise ConfigError(f"the record {stored.evidence_id} was stored unsealed: this station has no agency seal configured, "
-                              "and an unsealed document is not delivered",
-                              "configure the platform's trust services ([platform] trust_services) and enrol the station")
+            raise ConfigError(f"the signed record was stored as evidence {stored.evidence_id}, but unsealed: this station has no "
+                              "agency seal configured, and an unsealed document is not handed to the party",
+                              "enrol the station and configure the platform's trust services ([platform] trust_services)")
+        self._step(job, "sealed", {"seal": stored.seal, "provisional_because": stored.why}, evidence_id=stored.evidence_id)
         self._step(job, "stored", {"evidence_id": stored.evidence_id, "sha256": stored.sha256, "document_id": stored.document_id},
                    evidence_id=stored.evidence_id)
         if request.case_no is not None:
