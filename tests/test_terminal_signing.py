@@ -2,6 +2,7 @@
 signature pad and fingerprint simulators configured as its devices and the platform's trust services (agency seal)
 on loopback; ``egw simulate terminal --sign`` uploads a photo, starts the session and follows it; the pad simulator
 signs as 王小明; the terminal gets the sealed record's evidence id and a one-time link that serves the PDF once.
+The mobile page does the same in headless Chromium. A station without the agency seal hands nothing out.
 
 Attacks: another officer's terminal cannot read the session (GET or stream: 404, as for an unknown id); a revoked
 terminal cannot start one (refused at the TLS layer); a station without a pad says so (409) before anyone waits."""
@@ -18,7 +19,7 @@ import pytest
 
 from gateway.evidence import dsse
 from gateway.evidence.evidence_service import EvidenceService
-from simulators.terminal.client import SigningFailed, TerminalClient, start_signing
+from simulators.terminal.client import SigningFailed, TerminalClient, follow_signing, start_signing
 from tests.conftest import run_egw
 from tests.seal_support import enrolled_gateway, trust_platform
 from tests.terminal_support import custody_entries, offer_code, paired_terminal, station, write_config
@@ -42,6 +43,7 @@ def signing_station(tmp_path_factory):
                               f'[[devices]]\nkind = "fingerprint"\nname = "reader"\nport = "{finger_url}"\n',
                               encoding="utf-8")
             with station(config) as (_, ready):
+                ready["devices_toml"] = config.read_text().partition("[[devices]]")[1] + config.read_text().partition("[[devices]]")[2]
                 yield home, data, ready
         finally:
             _stop(pad, finger)
@@ -204,3 +206,34 @@ def test_the_mobile_page_signs_and_shows_the_qr_code(signing_station, signed, tm
         row = service.state.get(evidence_id)
     document = dsse.Envelope.from_bytes(row.manifest).payload_json()["extra"]["document"]
     assert row.kind == "document" and document["seal"] == "agency" and document["case_number"] == "市监检〔2026〕018号"
+
+
+def test_a_station_without_the_agency_seal_hands_out_nothing(signing_station, signed, tmp_path):
+    """The same pad and reader, a station that is not enrolled: the party signs, the record is stored (evidence is never
+    dropped), but unsealed, and the session fails there: no link, no QR code, the error names the stored record."""
+    import tomllib
+
+    from tests.terminal_support import init_data
+
+    _, _, first = signing_station
+    # (runs after the sessions above have finished: the pad simulator is free for this second station)
+    data = init_data(tmp_path, "gw-unsealed")
+    config = write_config(tmp_path, data)
+    config.write_text(config.read_text() + first["devices_toml"], encoding="utf-8")
+    form = tomllib.loads(FORM)
+    party = form.pop("party")
+    with station(config) as (_, ready):
+        client = paired_terminal(tmp_path, data, ready, officer=OFFICER)
+        started = start_signing(client, {"template": "onsite", "form": form, "party": party})
+        final = list(follow_signing(client, started["session_id"]))[-1]
+    assert final["state"] == "failed" and "unsealed" in final["error"]["error"] and final["error"]["hint"]
+    assert "link" not in final and "qr_svg" not in final
+    assert [step["state"] for step in final["steps"]] == ["waiting_for_party", "signed", "failed"]
+    stored = final["error"]["error"].split("evidence ")[1].split(",")[0]
+    with EvidenceService(data, read_only=True) as service:
+        document = dsse.Envelope.from_bytes(service.state.get(stored).manifest).payload_json()["extra"]["document"]
+    assert document["seal"] == "none" and not document["sealed"]
+    import sqlite3
+
+    with sqlite3.connect(data / "state.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM delivery_links").fetchone()[0] == 0
