@@ -126,6 +126,7 @@
 
   // ---- signing: the party signs on the station's pad; the sealed record's one-time link comes back as a QR code ----
   const $ = (id) => document.getElementById(id);
+  const english = document.documentElement.lang === "en";  // the devices' prompts are English; the state line says it in Chinese
 
   function chosenTemplate() {
     const kind = $("sign-template").value;
@@ -153,7 +154,7 @@
     const state = $("sign-state");
     state.className = session.state === "failed" ? "bad" : session.state === "delivered" ? "ok" : "wait";
     state.textContent = session.state === "failed" ? t("state-failed") + ": " + session.error.error + " — " + session.error.hint
-                                                   : t("state-" + session.state) + (session.prompt ? " · " + session.prompt : "");
+                                                   : t("state-" + session.state) + (session.prompt && english ? " · " + session.prompt : "");
     if (session.state !== "delivered") return;
     const svg = new DOMParser().parseFromString(session.qr_svg, "image/svg+xml").documentElement;
     $("sign-qr").replaceChildren(document.importNode(svg, true));
