@@ -43,4 +43,8 @@ def test_simulated_terminal_pairs_uploads_files_a_case_and_follows(tmp_path):
         status, _, body = client.request("POST", "/api/v1/strips/read", b"not a photo", {"Content-Type": "image/jpeg"})
         answer = json.loads(body)
         assert status == 201 and not answer["ok"] and answer["photo_evidence_id"]  # kept as evidence, no reading
-        assert client.request("POST", "/api/v1/signing-sessions")[0] == 501
+        # this station has no signature pad configured: the terminal is told so, and what to do, before anyone waits
+        status, _, body = client.request("POST", "/api/v1/signing-sessions", json.dumps(
+            {"template": "onsite", "form": {}, "party": {"name": "王小明"}}).encode(), {"Content-Type": "application/json"})
+        refusal = json.loads(body)
+        assert status == 409 and "no signature pad is configured" in refusal["error"] and 'kind = "signpad"' in refusal["hint"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from gateway.documents.templates import Template
     from gateway.evidence.evidence_service import EvidenceService
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "store_document", "StoredDocument"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -237,7 +239,7 @@ def _seal(sealer: Sealer, rendered: Path) -> Path:
     return sealed
 
 
-def _sealed(service: EvidenceService, args: argparse.Namespace, sealer: Sealer | None, rendered: Path,
+def _sealed(service: EvidenceService, explicit_url: str | None, sealer: Sealer | None, rendered: Path,
             url: str | None) -> tuple[Path, str, str | None]:
     """The document to store and how it is sealed: by the configured sealer (``sealer``), else with the agency
     seal from the trust services at ``url`` when known (``agency``, or ``provisional`` when the platform cannot
@@ -248,20 +250,68 @@ def _sealed(service: EvidenceService, args: argparse.Namespace, sealer: Sealer |
         return _seal(sealer, rendered), "sealer", None
     if url is None or not service.identity.enrolled:
         return rendered, "none", None
-    if args.trust_services:
+    if explicit_url:
         remember_trust_services(service.data_dir, url)
     outcome = seal_document(rendered, service.identity, url)
     return outcome.path, outcome.seal, outcome.why
 
 
-def _new(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document `egw record new` stored: its evidence, how it is sealed (``why`` when only provisionally)."""
+
+    evidence_id: str
+    document_id: str
+    path: Path
+    sha256: str
+    size: int
+    seal: str
+    why: str | None
+    embedded: dict[str, str]
+    citations: list[Citation]
+
+    @property
+    def sealed(self) -> bool:
+        return self.seal in ("sealer", "agency")
+
+
+def store_document(service: EvidenceService, template: Template, form: Form, output: Path, *, citations: list[Citation],
+                   signing: SigningParts | None, draft: bytes | None, sealer: Sealer | None, officer_id: str | None,
+                   trust_services: str | None = None, before_storing: Callable[[], None] = lambda: None) -> StoredDocument:
+    """Render, seal and store one document: the ``egw record new`` path, shared with the terminal's signing sessions
+    (gateway/terminal/signing.py) so both store the same thing the same way."""
     from gateway.documents.agency import TRUST_SERVICES_SETTING, queue_for_counter_seal, trust_services_url
     from gateway.documents.approvals import approve_document
     from gateway.documents.render import render_document
-    from gateway.documents.sealer import SEALER_SETTING, find_sealer
-    from gateway.documents.sources import cite
     from gateway.evidence.ids import uuid7
     from gateway.evidence.manifest import ManifestInput
+
+    document_id = str(uuid7())
+    officer = officer_id or (form.officers[0].id if form.officers and form.officers[0].id else None)
+    rendered = render_document(template, form, output, document_id=document_id, citations=citations,
+                               signing=signing, signed_draft=draft, officer_id=officer)
+    url = trust_services_url(service.data_dir, trust_services, getenv(TRUST_SERVICES_SETTING))
+    # the party's and the officer's signatures on the document (station key), before the agency seal covers them
+    approve_document(output, service.identity, rendered.description, signing, url if url and service.identity.enrolled else None)
+    final, seal, why = _sealed(service, trust_services, sealer, output, url)
+    before_storing()
+    extra = {"document": {"id": document_id, "template": template.kind, "case_number": form.values.get("case_number"),
+                          "format": "PDF/A-3b", "sealed": seal in ("sealer", "agency"), "seal": seal,
+                          "cites": [c.evidence_id for c in citations],
+                          "signing_record": signing.evidence_id if signing is not None else None}}
+    result = service.ingest_file(final, ManifestInput(
+        source_path=f"documents/{document_id}/{final.name}", kind="document", media_type="application/pdf",
+        officer_id=officer, extra=extra), priority=2)
+    if seal == "provisional" and url is not None and not result.duplicate:
+        queue_for_counter_seal(service, result.evidence_id, document_id, url)
+    service.sign_tree_head()
+    return StoredDocument(result.evidence_id, document_id, final, result.sha256, result.size, seal, why,
+                          dict(rendered.embedded), citations)
+
+
+def _new(args: argparse.Namespace) -> int:
+    from gateway.documents.sealer import SEALER_SETTING, find_sealer
+    from gateway.documents.sources import cite
 
     template, form = _form(args)
     _check_output(args.output)
@@ -269,35 +319,20 @@ def _new(args: argparse.Namespace) -> int:
     with open_evidence(args) as service:
         citations = [cite(service, evidence_id) for evidence_id in _unique(args.cite)]
         signing, draft = _signing(service, args, form)
-        document_id = str(uuid7())
-        officer = args.officer_id or (form.officers[0].id if form.officers and form.officers[0].id else None)
-        rendered = render_document(template, form, args.output, document_id=document_id, citations=citations,
-                                   signing=signing, signed_draft=draft, officer_id=officer)
-        url = trust_services_url(service.data_dir, args.trust_services, getenv(TRUST_SERVICES_SETTING))
-        approve_document(args.output, service.identity, rendered.description, signing, url if url and service.identity.enrolled else None)
-        final, seal, why = _sealed(service, args, sealer, args.output, url)
-        check_cancelled()
-        sealed = seal in ("sealer", "agency")
-        extra = {"document": {"id": document_id, "template": template.kind, "case_number": form.values.get("case_number"),
-                              "format": "PDF/A-3b", "sealed": sealed, "seal": seal, "cites": [c.evidence_id for c in citations],
-                              "signing_record": signing.evidence_id if signing is not None else None}}
-        result = service.ingest_file(final, ManifestInput(
-            source_path=f"documents/{document_id}/{final.name}", kind="document", media_type="application/pdf",
-            officer_id=officer, extra=extra), priority=2)
-        if seal == "provisional" and url is not None and not result.duplicate:
-            queue_for_counter_seal(service, result.evidence_id, document_id, url)
-        service.sign_tree_head()
+        stored = store_document(service, template, form, args.output, citations=citations, signing=signing, draft=draft,
+                                sealer=sealer, officer_id=args.officer_id, trust_services=args.trust_services,
+                                before_storing=check_cancelled)
     if args.json:
-        print_json({"evidence_id": result.evidence_id, "document_id": document_id, "path": str(final), "sha256": result.sha256,
-                    "size": result.size, "sealed": sealed, "seal": seal, "embedded": rendered.embedded,
-                    "citations": [c.as_json() for c in citations]})
+        print_json({"evidence_id": stored.evidence_id, "document_id": stored.document_id, "path": str(stored.path),
+                    "sha256": stored.sha256, "size": stored.size, "sealed": stored.sealed, "seal": stored.seal,
+                    "embedded": stored.embedded, "citations": [c.as_json() for c in citations]})
     else:
         title = template.text(template.title, current_language())
-        out().write(f"{result.evidence_id}  {title} {form.values.get('case_number', '')}  {final}  (sha256 {result.sha256})\n")
-    if seal == "none":
+        out().write(f"{stored.evidence_id}  {title} {form.values.get('case_number', '')}  {stored.path}  (sha256 {stored.sha256})\n")
+    if stored.seal == "none":
         err().write(_("Not sealed: no agency seal is configured on this gateway; the document was stored unsealed.") + "\n")
-    elif seal == "provisional":
+    elif stored.seal == "provisional":
         err().write(_("Sealed provisionally with this station's key: the platform cannot seal now ({why}). "
-                      "The agency seal is added when the platform is reachable again (egw sync --once, or egw run).").format(why=why) + "\n")
+                      "The agency seal is added when the platform is reachable again (egw sync --once, or egw run).").format(why=stored.why) + "\n")
     err().flush()
     return 0

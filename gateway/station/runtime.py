@@ -162,7 +162,8 @@ class Runtime:
                 pairing = self.config.terminal_pairing_listen or f"{_split_host_port(self.config.terminal_listen)[0]}:0"
                 self.terminal = TerminalServer(self.service, self.station, api_listen=_split_host_port(self.config.terminal_listen),
                                                pairing_listen=_split_host_port(pairing), server_names=self.config.terminal_names,
-                                               announce=self.config.terminal_announce)
+                                               announce=self.config.terminal_announce,
+                                               signing_devices=lambda: self.config.devices)  # as reloaded by SIGHUP
                 await self.terminal.start()
             if self.config.screen_listen:
                 from gateway.web.screen import ScreenServer

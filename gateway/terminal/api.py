@@ -14,11 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import NotFoundError, TerminalError
+from gateway.errors import ConfigError, NotFoundError, TerminalError
 from gateway.evidence import terminals as repo
 from gateway.evidence.manifest import ManifestInput
 from gateway.terminal import registry
 from gateway.terminal.context import TerminalContext, context_of, error_response, terminal_of
+from gateway.terminal.signing import SessionBusy, SigningJob, parse_request
 
 __all__ = ["add_api_routes", "CASE_NO", "MAX_STRIP_PHOTO_BYTES"]
 
@@ -27,8 +28,6 @@ EVIDENCE_ID = re.compile(r"^[0-9a-f-]{36}$")
 MAX_STRIP_PHOTO_BYTES = 25 << 20
 RECENT_LIMIT = 50
 HEARTBEAT_S = 15.0
-SIGNING_NOT_YET = ("signing sessions cannot be started from a terminal yet: the station's signing workflow drives a "
-                   "signature pad and fingerprint reader attached to the station and returns no sealed document")
 
 
 async def _audit(request: web.Request, action: str, details: dict[str, Any] | None = None, evidence_id: str | None = None) -> None:
@@ -189,9 +188,66 @@ def add_api_routes(app: web.Application) -> None:
                      result["evidence_id"])
         return web.json_response(result, status=201)
 
-    async def signing_session(request: web.Request) -> web.Response:
-        await _audit(request, "signing_session_refused")
-        return error_response(501, SIGNING_NOT_YET, "sign at the station (`egw sign`) for now; this endpoint is reserved for it")
+    async def start_signing(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            await _audit(request, "signing_session_refused", {"error": "the body is not JSON"})
+            return error_response(400, "the body is not JSON", "send the session request as JSON (docs/terminal.md)")
+        terminal = terminal_of(request)
+        sessions = context_of(request).signing
+        try:
+            checked = parse_request(body, CASE_NO, EVIDENCE_ID)
+            job = await asyncio.to_thread(sessions.start, terminal, checked, asyncio.get_running_loop())
+        except (ConfigError, SessionBusy) as exc:
+            await _audit(request, "signing_session_refused", {"error": str(exc)})
+            return error_response(409, exc)
+        except NotFoundError as exc:
+            await _audit(request, "signing_session_refused", {"error": str(exc)})
+            return error_response(404, exc)
+        except TerminalError as exc:
+            await _audit(request, "signing_session_refused", {"error": str(exc)})
+            return error_response(400, exc)
+        return web.json_response(job.as_json(), status=202, headers={"Location": f"/api/v1/signing-sessions/{job.id}"})
+
+    def session_of(request: web.Request) -> SigningJob:
+        return context_of(request).signing.find(request.match_info["session_id"], terminal_of(request).officer_id)
+
+    async def get_signing(request: web.Request) -> web.Response:
+        try:
+            job = session_of(request)
+        except NotFoundError as exc:
+            await _audit(request, "signing_session_read_refused", {"session_id": request.match_info["session_id"][:64]})
+            return error_response(404, exc)
+        await _audit(request, "signing_session_read", {"session_id": job.id})
+        return web.json_response(job.as_json())
+
+    async def signing_events(request: web.Request) -> web.StreamResponse:
+        try:
+            job = session_of(request)
+        except NotFoundError as exc:
+            await _audit(request, "signing_session_read_refused", {"session_id": request.match_info["session_id"][:64]})
+            return error_response(404, exc)
+        await _audit(request, "signing_session_stream", {"session_id": job.id})
+        sessions = context_of(request).signing
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        sent = -1
+        try:
+            while True:
+                wakeup = sessions.wakeup  # taken before reading the version: a change in between wakes us at once
+                if job.version != sent:
+                    sent = job.version
+                    await response.write(b"event: session\ndata: " + json.dumps(job.as_json(), ensure_ascii=False).encode() + b"\n\n")
+                    if job.finished:
+                        break
+                try:
+                    await asyncio.wait_for(wakeup.wait(), HEARTBEAT_S)
+                except TimeoutError:
+                    await response.write(b": heartbeat\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return response
 
     app.router.add_get("/api/v1/me", me)
     app.router.add_get("/api/v1/station", station)
@@ -200,4 +256,6 @@ def add_api_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/cases/{case_no}/items", add_items)
     app.router.add_get("/api/v1/results/events", results)
     app.router.add_post("/api/v1/strips/read", read_strip)
-    app.router.add_post("/api/v1/signing-sessions", signing_session)
+    app.router.add_post("/api/v1/signing-sessions", start_signing)
+    app.router.add_get("/api/v1/signing-sessions/{session_id}", get_signing)
+    app.router.add_get("/api/v1/signing-sessions/{session_id}/events", signing_events)

@@ -11,6 +11,7 @@ from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.terminals import TerminalRecord
 from gateway.station.live_state import Station
 from gateway.terminal.ca import TerminalCA
+from gateway.terminal.signing import SigningSessions
 from gateway.terminal.tus import UploadArea
 
 __all__ = ["TERMINAL", "TerminalContext", "error_response", "terminal_of", "context_of"]
@@ -22,6 +23,7 @@ class TerminalContext:
     station: Station
     ca: TerminalCA
     uploads: UploadArea
+    signing: SigningSessions
     api_url: str = ""
     pairing_url: str = ""
 

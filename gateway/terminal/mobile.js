@@ -1,4 +1,4 @@
-// The terminal's mobile page: tus uploads (resumed after a cut), strip reading, live results, cases.
+// The terminal's mobile page: tus uploads (resumed after a cut), strip reading, live results, cases, signing sessions.
 // No inline script anywhere (strict CSP); the words come from the page's data-t-* attributes.
 "use strict";
 (function () {
@@ -124,6 +124,68 @@
     if (r.ok) await showCase();
   }
 
+  // ---- signing: the party signs on the station's pad; the sealed record's one-time link comes back as a QR code ----
+  const $ = (id) => document.getElementById(id);
+  const english = document.documentElement.lang === "en";  // the devices' prompts are English; the state line says it in Chinese
+
+  function chosenTemplate() {
+    const kind = $("sign-template").value;
+    for (const set of document.querySelectorAll("fieldset[data-template]")) {
+      const on = set.dataset.template === kind;
+      set.hidden = !on; set.disabled = !on;
+    }
+    return document.querySelector('fieldset[data-template="' + kind + '"]');
+  }
+
+  function signRequest() {
+    const set = chosenTemplate();
+    const form = {}, party = {};
+    for (const input of set.querySelectorAll("[data-key]")) if (input.value.trim()) form[input.dataset.key] = input.value.trim();
+    const officer = set.querySelector("[data-officer-name]");
+    if (officer) form.officers = [{ name: officer.value.trim(), id: set.querySelector("[data-officer-id]").value }];
+    for (const input of set.querySelectorAll("[data-party]")) if (input.value.trim()) party[input.dataset.party] = input.value.trim();
+    const request = { template: set.dataset.template, form, party, cites: mine.slice() };
+    const caseNo = $("case-no").value.trim();
+    if (caseNo) request.case_no = caseNo;
+    return request;
+  }
+
+  function showSigning(session) {
+    const state = $("sign-state");
+    state.className = session.state === "failed" ? "bad" : session.state === "delivered" ? "ok" : "wait";
+    state.textContent = session.state === "failed" ? t("state-failed") + ": " + session.error.error + " — " + session.error.hint
+                                                   : t("state-" + session.state) + (session.prompt && english ? " · " + session.prompt : "");
+    if (session.state !== "delivered") return;
+    const svg = new DOMParser().parseFromString(session.qr_svg, "image/svg+xml").documentElement;
+    $("sign-qr").replaceChildren(document.importNode(svg, true));
+    $("sign-result").replaceChildren(el("span", "", session.evidence_id), el("br"), el("span", "", t("scan") + " · " + session.link_expires_at));
+    $("sign-result").dataset.evidenceId = session.evidence_id;
+  }
+
+  async function startSigning(event) {
+    event.preventDefault();
+    const button = $("sign-start");
+    button.disabled = true;
+    $("sign-qr").replaceChildren(); $("sign-result").replaceChildren();
+    try {
+      const r = await fetch("/api/v1/signing-sessions", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(signRequest()) });
+      const answer = await r.json();
+      if (r.status !== 202) { showSigning({ state: "failed", error: answer }); button.disabled = false; return; }
+      showSigning(answer);
+      const events = new EventSource("/api/v1/signing-sessions/" + encodeURIComponent(answer.session_id) + "/events");
+      events.addEventListener("session", (e) => {
+        const session = JSON.parse(e.data);
+        showSigning(session);
+        if (session.finished) { events.close(); button.disabled = false; }
+      });
+    } catch (err) {
+      showSigning({ state: "failed", error: { error: err.message, hint: t("offline") } });
+      button.disabled = false;
+    }
+  }
+
+  $("sign-template").addEventListener("change", chosenTemplate);
+  $("sign-form").addEventListener("submit", startSigning);
   document.getElementById("file").addEventListener("change", (e) => { for (const f of e.target.files) send(f); e.target.value = ""; });
   document.getElementById("case-show").addEventListener("click", showCase);
   document.getElementById("case-add").addEventListener("click", addToCase);

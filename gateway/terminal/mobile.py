@@ -1,7 +1,8 @@
 """The mobile web page for terminals without the app: ``/m/`` on the terminal API port (mutual TLS).
 
 Laid out for 360-412 px wide screens: take a photo or a video (or read a test strip), see rapid-test
-results live, look at a case and put the uploads in it. Server-rendered in the officer's language
+results live, look at a case and put the uploads in it, and have the party sign a record on the station's
+pad ("签字 / Sign": start, follow, show the sealed record's one-time link as a QR code the party scans). Server-rendered in the officer's language
 (Simplified Chinese by default; ``?lang=en`` switches and a cookie remembers); the script
 (``/m/app.js``) only sends and fetches, under a strict Content-Security-Policy (nothing inline). Uploads
 use tus like every other client, so a cut connection resumes.
@@ -33,7 +34,43 @@ def _script_strings() -> dict[str, str]:
     """Words the script shows, in the page's language (data-t-* attributes: no inline script)."""
     return {"uploading": _("Uploading"), "stored": _("Stored as evidence"), "failed": _("Upload failed; try again"),
             "resuming": _("Connection lost: resuming"), "reading": _("Reading the strip"), "no-reading": _("No reading"),
-            "added": _("Added to the case"), "empty": _("Nothing yet"), "live": _("live"), "offline": _("reconnecting…")}
+            "added": _("Added to the case"), "empty": _("Nothing yet"), "live": _("live"), "offline": _("reconnecting…"),
+            "state-rendering": _("Preparing the record"), "state-waiting_for_party": _("Waiting for the party to sign on the pad"),
+            "state-signed": _("Signed"), "state-sealed": _("Sealed"), "state-stored": _("Stored as evidence"),
+            "state-delivered": _("Ready: let the party scan the code"), "state-failed": _("Not signed"),
+            "scan": _("One-time link: it opens once")}
+
+
+def _field_inputs(officer_id: str, language: str) -> str:
+    """One fieldset per template (the script shows the chosen one): its text fields, the officer, the party."""
+    from gateway.documents.form import PARTY_KEYS
+    from gateway.documents.templates import load_template, template_kinds
+
+    party_labels = {"name": _("Name"), "id_number": _("ID number"), "address": _("Address"), "phone": _("Phone"),
+                    "representative": _("Representative")}
+    sets = []
+    for kind in template_kinds():
+        template = load_template(kind)
+        inputs = []
+        for field in template.fields:
+            label = escape(field.label.get(language) or field.label["zh_CN"])
+            required = " required" if field.required else ""
+            if field.type == "officers":
+                inputs.append(f'<label>{label}<input data-officer-name autocomplete="name"{required}></label>'
+                              f'<input data-officer-id type="hidden" value="{escape(officer_id)}">')
+            elif field.type == "party":
+                inputs += [f'<label>{label} · {escape(party_labels[key])}<input data-party="{key}"'
+                           f'{" required" if key == "name" else ""}></label>' for key in PARTY_KEYS]
+            elif field.type == "text":
+                inputs.append(f'<label>{label}<textarea data-key="{escape(field.key)}" rows="3"{required}></textarea></label>')
+            else:
+                inputs.append(f'<label>{label}<input data-key="{escape(field.key)}"{required}></label>')
+        hidden = "" if kind == "onsite" else " hidden disabled"  # disabled: a hidden form's required fields do not block
+        sets.append(f'<fieldset data-template="{kind}"{hidden}>{"".join(inputs)}</fieldset>')
+    options = "".join(f'<option value="{kind}"{" selected" if kind == "onsite" else ""}>'
+                      f'{escape(load_template(kind).title.get(language) or load_template(kind).title["zh_CN"])}</option>'
+                      for kind in template_kinds())
+    return f'<label>{escape(_("Document"))}<select id="sign-template">{options}</select></label>' + "".join(sets)
 
 
 def render_mobile_page(officer_id: str, language: str) -> str:
@@ -58,7 +95,12 @@ def render_mobile_page(officer_id: str, language: str) -> str:
             f'<div class="row"><input id="case-no" inputmode="text" autocomplete="off" placeholder="{escape(_("Case number"))}">'
             f'<button id="case-show" type="button">{escape(_("Show"))}</button></div>'
             f'<button id="case-add" class="big" type="button">{escape(_("Add my uploads to this case"))}</button>'
-            '<ul id="case"></ul></section>\n</main>\n</body>\n</html>\n')
+            '<ul id="case"></ul></section>\n'
+            f'<section id="sign-box"><h2>{escape(_("Sign"))}</h2><form id="sign-form">{_field_inputs(officer_id, language)}'
+            f'<p class="note">{escape(_("The record cites your uploads and goes into the case above."))}</p>'
+            f'<button id="sign-start" class="big" type="submit">{escape(_("Start signing on the station pad"))}</button></form>'
+            '<p id="sign-state" role="status"></p><div id="sign-qr"></div><p id="sign-result" class="id"></p></section>\n'
+            '</main>\n</body>\n</html>\n')
 
 
 def add_mobile_routes(app: web.Application) -> None:

@@ -31,6 +31,7 @@ from gateway.terminal.api import add_api_routes
 from gateway.terminal.ca import TerminalCA
 from gateway.terminal.context import TERMINAL, TerminalContext, error_response
 from gateway.terminal.mobile import add_mobile_routes
+from gateway.terminal.signing import DevicesSource, SigningSessions
 from gateway.terminal.tus import UploadArea
 from gateway.terminal.tus_http import add_tus_routes
 
@@ -194,10 +195,12 @@ class TerminalServer:
     """Both listeners; ``api_url``/``pairing_url`` are known after ``start()``."""
 
     def __init__(self, service: EvidenceService, station: Station, *, api_listen: tuple[str, int],
-                 pairing_listen: tuple[str, int], server_names: tuple[str, ...] = (), announce: bool = False) -> None:
+                 pairing_listen: tuple[str, int], server_names: tuple[str, ...] = (), announce: bool = False,
+                 signing_devices: DevicesSource = tuple) -> None:
         hosts = tuple(h for h in (api_listen[0], pairing_listen[0]) if h not in ("", "0.0.0.0", "::"))
         self.ctx = TerminalContext(service, station, TerminalCA(service.data_dir, service.identity.gateway_id,
-                                                                (*hosts, *server_names)), UploadArea(service))
+                                                                (*hosts, *server_names)), UploadArea(service),
+                                   SigningSessions(service, signing_devices))
         self.api_listen, self.pairing_listen = api_listen, pairing_listen
         self.runners: list[web.AppRunner] = []
         self.servers: list[asyncio.Server] = []

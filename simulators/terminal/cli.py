@@ -1,10 +1,15 @@
-"""``egw simulate terminal``: a mobile terminal that pairs, uploads photos and a short video, follows results.
+"""``egw simulate terminal``: a mobile terminal that pairs, uploads photos and a short video, follows results, and has a party sign a record.
 
-Scriptable: one JSON object per line on stdout (``paired``, ``uploaded``, ``result``, ``case``, ``done``);
+Scriptable: one JSON object per line on stdout (``paired``, ``uploaded``, ``result``, ``case``, ``signing``, ``signed``, ``done``);
 ``--dir`` keeps the terminal's key and certificate, so a second run uses the same pairing.
 
     egw simulate terminal --pair 'egw-pair:?url=…&code=…&sha256=…' --officer 100001 --dir /tmp/t1 \\
         --photos 3 --video-seconds 2 --case A-17 --follow 5
+    egw simulate terminal --dir /tmp/t1 --photos 1 --case A-17 --sign form.toml --qr link.svg
+
+``--sign FORM`` (a .toml or .json form with a ``[party]`` table) starts a signing session on the station's pad and
+fingerprint reader for a record citing this run's uploads, prints each state (``signing``) and finally the sealed
+document's evidence id and one-time link (``signed``); ``--qr`` writes the link's QR code (SVG).
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from simulators.controls import EPILOGS
-from simulators.terminal.client import PairingFailed, TerminalClient, UploadFailed, parse_offer, tus_upload
+from simulators.terminal.client import (
+    PairingFailed,
+    SigningFailed,
+    TerminalClient,
+    UploadFailed,
+    follow_signing,
+    parse_offer,
+    start_signing,
+    tus_upload,
+)
 
 
 def _say(event: str, **fields: Any) -> None:
@@ -76,6 +90,38 @@ def follow_results(client: TerminalClient, seconds: float) -> None:
         conn.close()
 
 
+def load_form(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    text = path.read_text(encoding="utf-8")
+    form = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    if not isinstance(form, dict) or not isinstance(form.get("party"), dict):
+        raise SigningFailed(f"the form {path} has no [party] table naming who signs")
+    return form
+
+
+def sign(client: TerminalClient, form_path: Path, template: str, case: str | None, cites: list[str], qr: Path | None) -> None:
+    """Start a signing session for the form, print each state, end with the sealed document and its link."""
+    form = load_form(form_path)
+    request: dict[str, Any] = {"template": template, "form": {k: v for k, v in form.items() if k != "party"},
+                               "party": form["party"], "cites": cites}
+    if case:
+        request["case_no"] = case
+    session = start_signing(client, request)
+    _say("signing", session_id=session["session_id"], state=session["state"])
+    last = session
+    for last in follow_signing(client, session["session_id"]):
+        _say("signing", session_id=last["session_id"], state=last["state"], prompt=last.get("prompt"))
+    if last["state"] != "delivered":
+        error = last.get("error") or {}
+        raise SigningFailed(f"signing session {last['session_id']} ended {last['state']}: {error.get('error')} ({error.get('hint')})")
+    if qr is not None:
+        qr.write_text(last["qr_svg"], encoding="utf-8")
+    _say("signed", session_id=last["session_id"], evidence_id=last["evidence_id"], signing_evidence_id=last["signing_evidence_id"],
+         seal=last["seal"], sha256=last["sha256"], link=last["link"], link_expires_at=last["link_expires_at"],
+         case_no=last["case_no"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="egw simulate terminal", description=__doc__.split("\n\n")[0],
                                      epilog=EPILOGS["terminal"], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upload", type=Path, action="append", default=[], help="upload this file too (repeatable)")
     parser.add_argument("--case", help="put everything uploaded into this case number")
     parser.add_argument("--follow", type=float, default=0, metavar="SECONDS", help="print live results for this long")
+    parser.add_argument("--sign", type=Path, metavar="FORM", help="have the party sign this record form (.toml/.json) on the station's pad")
+    parser.add_argument("--template", default="onsite", help="the record's template for --sign (default: onsite)")
+    parser.add_argument("--qr", type=Path, metavar="FILE.svg", help="with --sign: write the one-time link's QR code here")
     args = parser.parse_args(argv)
     client = TerminalClient(args.dir)
     started = time.monotonic()
@@ -117,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             _say("case", status=status, case=json.loads(body))
         if args.follow:
             follow_results(client, args.follow)
+        if args.sign:
+            sign(client, args.sign, args.template, args.case, uploaded, args.qr)
+    except SigningFailed as exc:
+        print(f"error: {exc}\nhint: the station's answer above says what to do", file=sys.stderr)
+        return 1
     except (PairingFailed, UploadFailed, OSError) as exc:
         print(f"error: {exc}\nhint: check the station address and that this terminal is paired and not revoked", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["PairingOffer", "TerminalClient", "parse_offer", "PairingFailed"]
+__all__ = ["PairingOffer", "TerminalClient", "parse_offer", "PairingFailed", "SigningFailed", "start_signing", "follow_signing"]
 
 
 class PairingFailed(Exception):
@@ -199,5 +200,44 @@ def _patch(client: TerminalClient, location: str, path: Path, offset: int, lengt
         if response.status != 204:
             raise UploadFailed(f"PATCH at {offset} refused ({response.status})")
         return {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+class SigningFailed(Exception):
+    """The station refused to start the signing session, or the session ended without a sealed document."""
+
+
+def start_signing(client: TerminalClient, request: dict[str, Any]) -> dict[str, Any]:
+    """``POST /api/v1/signing-sessions``: the session as started (202), else SigningFailed with the station's words."""
+    status, _, body = client.request("POST", "/api/v1/signing-sessions", json.dumps(request, ensure_ascii=False).encode("utf-8"),
+                                     {"Content-Type": "application/json"})
+    answer = json.loads(body) if body.startswith(b"{") else {"error": body[:200].decode("utf-8", "replace"), "hint": ""}
+    if status != 202:
+        raise SigningFailed(f"the station answered {status}: {answer.get('error')} ({answer.get('hint')})")
+    return dict(answer)
+
+
+def follow_signing(client: TerminalClient, session_id: str, timeout: float = 300) -> Iterator[dict[str, Any]]:
+    """Each state of the session from its event stream, until it is finished (the last one yielded)."""
+    conn = _connection(client.api_url, client.ssl_context(), timeout)
+    try:
+        conn.request("GET", f"/api/v1/signing-sessions/{session_id}/events")
+        response = conn.getresponse()
+        if response.status != 200:
+            raise SigningFailed(f"cannot follow signing session {session_id}: {response.status} {response.read()[:200]!r}")
+        event = ""
+        while True:
+            line = response.readline().decode("utf-8")
+            if not line:
+                raise SigningFailed(f"the station closed the event stream of signing session {session_id} before it finished")
+            line = line.rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "session":
+                session = json.loads(line[6:])
+                yield session
+                if session["finished"]:
+                    return
     finally:
         conn.close()
