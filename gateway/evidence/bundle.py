@@ -71,13 +71,12 @@ def export_bundle(service: EvidenceService, evidence_id: str, out_dir: Path) -> 
     with service.state.lock:
         stamps = tree_head_stamps.stamped_heads(service.state.db)
     index = _write_item(service, evidence_id, out_dir, head, stamps)
-    if parts:
-        index["parts"] = []
-        for part in parts:
-            part_index = _write_item(service, part, out_dir / PARTS_DIR / part, head, stamps)
-            _write_json(out_dir / PARTS_DIR / part / "bundle.json", part_index)
-            index["parts"].append({"evidence_id": part, "sha256": service.state.get(part).sha256,
-                                   "bundle": f"{PARTS_DIR}/{part}"})
+    index["parts"] = []  # always in the top index: absent means "written before parts were carried"
+    for part in parts:
+        part_index = _write_item(service, part, out_dir / PARTS_DIR / part, head, stamps)
+        _write_json(out_dir / PARTS_DIR / part / "bundle.json", part_index)
+        index["parts"].append({"evidence_id": part, "sha256": service.state.get(part).sha256,
+                               "bundle": f"{PARTS_DIR}/{part}"})
     _write_json(out_dir / "bundle.json", index)
     return index
 
