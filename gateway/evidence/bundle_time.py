@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import json
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,10 +121,26 @@ def check_time_stamp(proof: TimeStampProof, *, entry: bytes, leaf_index: int, ga
     merkle.verify_inclusion(merkle.leaf_hash(entry), leaf_index, size, proof.path, root_hash)
     if not anchors:
         raise VerificationError("cannot check: no certificate to chain the TSA to")
-    checked = check_token_sync(proof.token, proof.head, anchors)
+    with _quiet_validator_logs():
+        checked = check_token_sync(proof.token, proof.head, anchors)
     signer = _signer_certificate(proof.token)
     when = dt.datetime.fromisoformat(checked.gen_time.replace("Z", "+00:00"))
     return when, checked.tsa, signer, f"tree head of size {size} (covers entry {leaf_index})"
+
+
+@contextlib.contextmanager
+def _quiet_validator_logs() -> Iterator[None]:
+    """pyHanko logs a refused path with its traceback before raising; the refusal is reported as a check line,
+    so an operator must not see a traceback for a bundle that merely fails."""
+    loggers = [logging.getLogger(name) for name in ("pyhanko", "pyhanko_certvalidator")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _signer_certificate(token: bytes) -> x509.Certificate:
