@@ -20,6 +20,7 @@ from gateway.evidence.bundle_verify import judge_bundle
 from gateway.evidence.trust import load_anchor_paths
 from tests.conftest import run_egw, spawn_egw
 from tests.test_documents import FORM, egw_here
+from tests.test_schemas import errors
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -117,8 +118,12 @@ def test_a_document_carries_what_it_cites_its_signing_record_and_the_records_ite
 def test_a_signing_record_carries_its_signature_and_fingerprint(signed, tmp_path):
     index = signed.export(signed.signing, tmp_path / "record")
     assert {p["evidence_id"] for p in index["parts"]} == set(signed.signing_items.values())
-    verdict, checks = signed.judge(tmp_path / "record")
-    assert verdict == "VERIFIED", checks
+    code, out, err = egw_here("verify", tmp_path / "record", "--trust", signed.trust, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["verdict"] == "VERIFIED", out + err
+    assert errors("cli-verify", report) == [] and errors("bundle-index", _index(tmp_path / "record")) == []
+    assert all(errors("bundle-index", _index(tmp_path / "record" / p["bundle"])) == [] for p in index["parts"])
+    assert errors("cli-export", index) == []
     plain = signed.export(signed.photo, tmp_path / "photo")
     assert plain["parts"] == [] and not (tmp_path / "photo" / "parts").exists()
     assert signed.judge(tmp_path / "photo")[1]["parts"] == (True, "the item references no other evidence")

@@ -27,6 +27,7 @@ from simulators.platform.role_certs import TrustMaterial
 from simulators.platform.tsa import TimeStampAuthority, TimeStampResponse
 from tests.pki_support import Issued, issue, make_ca, make_crl, now, pem, sign_receipt
 from tests.test_attacks_verify import Station, egw, station, verdict
+from tests.test_schemas import errors
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -93,6 +94,7 @@ def test_a_token_over_a_covering_head_is_carried_and_is_the_signing_time(tmp_pat
     index = json.loads((bundle / "bundle.json").read_text())
     assert index["time_stamp"] == "time-stamp.json" and index["tsa_certificate"] == "tsa.pem"
     proof = json.loads((bundle / "time-stamp.json").read_text())
+    assert errors("time-stamp-proof", proof) == [] and errors("bundle-index", index) == []
     custody = json.loads((bundle / "custody-proof.json").read_text())
     assert proof["leaf_index"] == custody["leaf_index"] and proof["tree_size"] < custody["tree_size"]
     assert (bundle / "tsa.pem").read_bytes() == pem(tsa.certificate)
