@@ -5,7 +5,9 @@ build a chain; proof of origin needs a trust anchor the person verifying chose. 
 best verdict is "CONSISTENT, UNTRUSTED" (every signature and digest agrees with the others, but
 anyone could have made the whole set). Each signature counts only from a certificate with the role
 for it, naming the identity the payload claims, valid and not revoked at the signing time — the
-earliest independent proof of when it was made, never the signer's own clock.
+earliest independent proof of when it was made (a receipt, or a time-stamp token over a tree head that
+includes the item: ``bundle_time.py``), never the signer's own clock. The parts a bundle carries are judged
+by ``bundle_parts_verify.py``.
 
 Every check runs whatever the others found and names what it compared, so each kind of tampering
 fails a check of its own; a check whose input did not load says "cannot check".
