@@ -255,3 +255,18 @@ def test_a_part_forged_with_the_gateway_key_still_differs_from_the_digest_its_re
                                   f"{original} (signing record item fingerprint.png), but the part "
                                   f"carried is {digest}")
 
+
+
+def test_a_bundle_without_parts_says_its_references_are_not_proven_here(signed, document_bundle, tmp_path):
+    """Bundles written before parts were carried (no `parts` key) still verify, and say what they do not prove."""
+    bundle = _copy(document_bundle, tmp_path)
+    index = _index(bundle)
+    del index["parts"]
+    shutil.rmtree(bundle / "parts")
+    _write_index(bundle, index)
+    verdict, checks = signed.judge(bundle)
+    assert verdict == "VERIFIED"
+    assert checks["parts"][1].startswith("not carried (this bundle.json lists no parts")
+    assert "the 3 item(s) this one references" in checks["parts"][1]
+    alone = signed.judge(document_bundle / "parts" / signed.signing)[1]["parts"][1]
+    assert f"the {len(signed.signing_items)} item(s) this one references" in alone

@@ -16,7 +16,7 @@ from gateway.evidence.bundle_parts import MAX_RECORD_BYTES, Reference, reference
 from gateway.evidence.bundle_verify import PARTS_DIR, Check, Report, judge_bundle
 from gateway.evidence.trust import Anchors
 
-__all__ = ["judge_parts"]
+__all__ = ["judge_parts", "parts_not_carried"]
 
 
 def judge_parts(root: Path, index: dict[str, Any], report: Report, anchors: Anchors,
@@ -39,6 +39,23 @@ def judge_parts(root: Path, index: dict[str, Any], report: Report, anchors: Anch
     except VerificationError as exc:
         checks.append(Check("parts", False, str(exc)))
     return checks
+
+
+def parts_not_carried(report: Report, is_part: bool) -> list[Check]:
+    """A bundle without ``parts`` (a part verified on its own, or one written before parts were carried) whose item
+    references other evidence: say that those items are not proven here, so nobody reads VERIFIED as covering
+    them. Nothing for a part judged inside its bundle: the top bundle's ``parts`` check covers it."""
+    if is_part or report.manifest is None:
+        return []
+    try:
+        ids = sorted({ref.evidence_id for ref in references(report.manifest, lambda: _read_record(report))})
+    except VerificationError:
+        return []
+    if not ids:
+        return []
+    return [Check("parts", True, "not carried (this bundle.json lists no parts: written before parts were carried, "
+                  f"or a part verified on its own): the {len(ids)} item(s) this one references "
+                  f"({', '.join(ids)}) are not proven by this directory; verify them from their own bundles")]
 
 
 def _part_directory(root: Path, listed: dict[str, Any]) -> Path | None:

@@ -133,12 +133,14 @@ def judge_bundle(root: Path, *, anchors: Anchors | None = None, crls: list[tuple
     except VerificationError as exc:
         return Report([Check("bundle", False, str(exc))], anchors)
     report = _Verification(bundle, anchors, list(crls or []), document).run_all()
+    from gateway.evidence.bundle_parts_verify import judge_parts, parts_not_carried
+
     if is_part and "parts" in bundle.index:
         report.checks.append(Check("bundle", False, "a part lists parts of its own; only the top bundle.json lists them"))
     elif "parts" in bundle.index:
-        from gateway.evidence.bundle_parts_verify import judge_parts
-
         report.checks.extend(judge_parts(bundle.root, bundle.index, report, anchors, list(crls or [])))
+    else:
+        report.checks.extend(parts_not_carried(report, is_part))
     return report
 
 
