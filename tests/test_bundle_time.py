@@ -198,3 +198,39 @@ def test_a_back_dated_manifest_whose_only_proof_of_time_is_after_the_revocation_
     _replace_token(early, DatedTSA(ca, at=revoked_at - dt.timedelta(hours=6)).token(base64.b64decode(head)))
     proc = egw(tmp_path, "verify", str(early), "--trust", str(ca_file))
     assert proc.returncode == 0 and verdict(proc) == "VERIFIED", proc.stdout
+
+
+def test_a_token_from_the_reference_platforms_tsa_verifies_end_to_end(tmp_path):
+    """The real path: the gateway's trust round asks the platform TSA over HTTPS (mutual TLS) for tokens over its
+    signed tree heads; `egw export` carries one; `egw verify --trust <platform CA>` counts it."""
+    import asyncio
+
+    from gateway.documents.seal import SealService
+    from gateway.evidence.manifest import ManifestInput
+    from gateway.evidence.state import State
+    from gateway.uplink.time_stamps import stamp_tree_heads
+    from tests.seal_support import enrolled_gateway, trust_platform
+
+    data = tmp_path / "gw"
+    with trust_platform(tmp_path / "platform") as platform:
+        identity = enrolled_gateway(data, platform)
+        sample = tmp_path / "statement.txt"
+        sample.write_text("statement taken at the scene\n")
+        with EvidenceService(data) as service:
+            evidence_id = service.ingest_file(sample, ManifestInput(source_path=sample.name)).evidence_id
+            service.sign_tree_head()
+        state = State(data)
+
+        async def stamp() -> int:
+            async with SealService(platform.url, identity) as seal:
+                return await stamp_tree_heads(state, seal)
+
+        assert asyncio.run(stamp()) >= 1
+        state.close()
+        ca_file = platform.ca_file()
+        tsa_name = platform.services.roles.tsa.certificate.subject.rfc4514_string()
+    bundle = tmp_path / "bundle"
+    assert export(data, evidence_id, bundle)["time_stamp"] == "time-stamp.json"
+    proc = egw(tmp_path, "verify", str(bundle), "--trust", str(ca_file))
+    assert proc.returncode == 0 and verdict(proc) == "VERIFIED", proc.stdout
+    assert "signing time: " in proc.stdout and f"from RFC 3161 time-stamp by {tsa_name}" in proc.stdout
