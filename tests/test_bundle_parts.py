@@ -270,3 +270,28 @@ def test_a_bundle_without_parts_says_its_references_are_not_proven_here(signed, 
     assert "the 3 item(s) this one references" in checks["parts"][1]
     alone = signed.judge(document_bundle / "parts" / signed.signing)[1]["parts"][1]
     assert f"the {len(signed.signing_items)} item(s) this one references" in alone
+
+
+def test_what_each_kind_of_record_references():
+    """The rules export and verify share (gateway/evidence/bundle_parts.py), for the records not made above."""
+    from gateway.errors import VerificationError
+    from gateway.evidence.bundle_parts import DELIVERY_RECORD_TYPE, SIGNING_RECORD_TYPE, references
+
+    doc, receipt, photo = "01a249db-ea3f-7a61-ab15-c1f3770a9269", "01a249db-ea3f-7a61-ab15-c1f3770a9270", "01a249db-0000-7000-8000-000000000001"
+    delivery = json.dumps({"document": {"evidence_id": doc, "sha256": "a" * 64},
+                           "receipt": {"evidence_id": receipt, "sha256": "b" * 64, "party": {"name": "王小明"}}}).encode()
+    found = references({"media_type": DELIVERY_RECORD_TYPE, "kind": "document", "extra": {"delivery": {"document": doc}}},
+                       lambda: delivery)
+    assert [(r.evidence_id, r.sha256) for r in found] == [(doc, "a" * 64), (receipt, "b" * 64)]
+    refused = json.dumps({"document": {"evidence_id": doc, "sha256": "a" * 64}, "receipt": None}).encode()
+    assert len(references({"media_type": DELIVERY_RECORD_TYPE}, lambda: refused)) == 1  # a witnessed refusal
+    reading = references({"kind": "result", "extra": {"photo": {"evidence_id": photo, "sha256": "c" * 64}}}, bytes)
+    assert [(r.evidence_id, r.where) for r in reading] == [(photo, "strip reading photo")]
+    counter_sealed = references({"kind": "document", "extra": {"document": {"cites": [], "signing_record": None,
+                                                                           "counter_seal_of": doc}}}, bytes)
+    assert [r.evidence_id for r in counter_sealed] == [doc]
+    assert references({"kind": "photo", "media_type": "image/jpeg"}, lambda: pytest.fail("content read")) == []
+    with pytest.raises(VerificationError, match="not JSON"):
+        references({"media_type": SIGNING_RECORD_TYPE}, lambda: b"\xff not a record")
+    with pytest.raises(VerificationError, match="more than a record can be"):
+        references({"media_type": SIGNING_RECORD_TYPE}, lambda: b" " * (2 * 1024 * 1024))
