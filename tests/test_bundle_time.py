@@ -35,8 +35,10 @@ pytestmark = pytest.mark.timeout(180)
 class DatedTSA(TimeStampAuthority):
     """The platform's TSA with its clock set to ``at`` (a test must say when a token was made)."""
 
-    def __init__(self, ca: Issued, name: str = "egw test TSA", at: dt.datetime | None = None) -> None:
-        tsa = issue(ca, Role.TIME_STAMPING, name.replace(" ", "-"), not_before=now() - dt.timedelta(days=30))
+    def __init__(self, ca: Issued, name: str = "egw test TSA", at: dt.datetime | None = None,
+                 valid: tuple[dt.datetime, dt.datetime] | None = None) -> None:
+        not_before, not_after = valid or (now() - dt.timedelta(days=30), now() + dt.timedelta(days=397))
+        tsa = issue(ca, Role.TIME_STAMPING, name.replace(" ", "-"), not_before=not_before, not_after=not_after)
         super().__init__(TrustMaterial(tsa.key, tsa.cert), ca.cert)
         self.at = at or now()
 
@@ -234,3 +236,30 @@ def test_a_token_from_the_reference_platforms_tsa_verifies_end_to_end(tmp_path):
     proc = egw(tmp_path, "verify", str(bundle), "--trust", str(ca_file))
     assert proc.returncode == 0 and verdict(proc) == "VERIFIED", proc.stdout
     assert "signing time: " in proc.stdout and f"from RFC 3161 time-stamp by {tsa_name}" in proc.stdout
+
+
+def test_a_token_outlives_its_tsa_certificate(tmp_path, platform):
+    """Years later the TSA's certificate has expired: the token is judged at its genTime, when it was valid."""
+    ca, ca_file = platform
+    gw = station(tmp_path, ca, "gw", "gw-old", not_before=now() - dt.timedelta(days=400))
+    old_tsa = DatedTSA(ca, "retired TSA", at=now() - dt.timedelta(days=300),
+                       valid=(now() - dt.timedelta(days=365), now() - dt.timedelta(days=30)))
+    stamp_all(gw.data, old_tsa)
+    bundle = tmp_path / "old"
+    export(gw.data, gw.evidence_id, bundle)
+    proc = egw(tmp_path, "verify", str(bundle), "--trust", str(ca_file))
+    assert proc.returncode == 0 and verdict(proc) == "VERIFIED", proc.stdout
+    assert "from RFC 3161 time-stamp by CN=retired-TSA" in proc.stdout
+
+
+def test_a_revoked_tsa_is_not_believed_even_for_tokens_dated_before_its_revocation(tmp_path, platform):
+    """A stolen TSA key dates its tokens as it likes: once its certificate is revoked, none of its tokens count."""
+    ca, ca_file = platform
+    tsa = DatedTSA(ca, at=now() - dt.timedelta(days=2))
+    gw = station(tmp_path, ca, "gw", "gw-tsa", not_before=now() - dt.timedelta(days=10))
+    stamp_all(gw.data, tsa)
+    (gw.data / "identity" / "crl.pem").write_bytes(make_crl(ca, [(tsa.certificate, now() - dt.timedelta(hours=1))], number=4))
+    bundle = tmp_path / "revoked-tsa"
+    export(gw.data, gw.evidence_id, bundle)
+    proc = egw(tmp_path, "verify", str(bundle), "--trust", str(ca_file))
+    assert proc.returncode == 1 and "FAIL time-stamp" in proc.stdout and "was revoked at" in proc.stdout, proc.stdout

@@ -121,11 +121,25 @@ def check_time_stamp(proof: TimeStampProof, *, entry: bytes, leaf_index: int, ga
     merkle.verify_inclusion(merkle.leaf_hash(entry), leaf_index, size, proof.path, root_hash)
     if not anchors:
         raise VerificationError("cannot check: no certificate to chain the TSA to")
-    with _quiet_validator_logs():
-        checked = check_token_sync(proof.token, proof.head, anchors)
+    with _quiet_validator_logs():  # the TSA is judged when it stamped, so a token outlives its certificate
+        checked = check_token_sync(proof.token, proof.head, anchors, at=_claimed_gen_time(proof.token))
     signer = _signer_certificate(proof.token)
     when = dt.datetime.fromisoformat(checked.gen_time.replace("Z", "+00:00"))
     return when, checked.tsa, signer, f"tree head of size {size} (covers entry {leaf_index})"
+
+
+def _claimed_gen_time(token: bytes) -> dt.datetime:
+    """The genTime the token states (believed only once its signature and TSA check out)."""
+    from asn1crypto import cms
+
+    try:
+        info = cms.ContentInfo.load(token)["content"]["encap_content_info"]["content"].parsed
+        when = info["gen_time"].native
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise VerificationError(f"not a usable RFC 3161 time-stamp token: {exc}") from exc
+    if not isinstance(when, dt.datetime):
+        raise VerificationError("the time-stamp token states no genTime")
+    return when
 
 
 @contextlib.contextmanager

@@ -285,7 +285,9 @@ class _Verification:
         when, tsa, tsa_cert, covered = check_time_stamp(
             proof, entry=material["entry"], leaf_index=material["index"], gateway_key=bundle_certs[0].public_key(),
             gateway_id=manifest["gateway_id"], anchors=self._chain_anchors(bundle_certs))
-        self.report.revocation.check(tsa_cert, SigningTime(when, f"its own token at {when.isoformat()}"))
+        # genTime is the TSA's own statement, as receivedAt is the platform's: a TSA revoked at all is not believed
+        # (a stolen TSA key would date its tokens before the revocation).
+        self.report.revocation.check(tsa_cert, SigningTime.from_proofs(None))
         return (f"token by {tsa} at {when.isoformat()} over the gateway's {covered}; the TSA certificate "
                 f"{tsa_cert.subject.rfc4514_string()} holds the time-stamping role and chains to the "
                 f"{'trust anchor' if self.anchors.chosen else 'bundle CA'}"), (when, tsa)
