@@ -295,3 +295,23 @@ def test_what_each_kind_of_record_references():
         references({"media_type": SIGNING_RECORD_TYPE}, lambda: b"\xff not a record")
     with pytest.raises(VerificationError, match="more than a record can be"):
         references({"media_type": SIGNING_RECORD_TYPE}, lambda: b" " * (2 * 1024 * 1024))
+
+
+def test_an_item_referencing_evidence_this_gateway_lacks_is_not_exported_half(tmp_path):
+    """A strip reading whose photo is not in this data directory: refused with both ids, nothing written or recorded."""
+    from gateway.evidence.evidence_service import EvidenceService
+    from gateway.evidence.manifest import ManifestInput
+
+    data = tmp_path / "data"
+    assert egw_here("keys", "init", "--data-dir", data)[0] == 0
+    absent = "01a249db-0000-7000-8000-00000000abcd"
+    with EvidenceService(data) as service:
+        reading = service.ingest_bytes(b'{"judgement": "negative"}\n', ManifestInput(
+            source_path="strip/reading.json", kind="result", media_type="application/json",
+            extra={"photo": {"evidence_id": absent, "sha256": "c" * 64}})).evidence_id
+        before = service.custody.size
+    code, _, err = egw_here("export", reading, tmp_path / "bundle", "--data-dir", data)
+    assert code == 2 and f"evidence {reading} references {absent} (strip reading photo)" in err and "Traceback" not in err
+    assert not (tmp_path / "bundle").exists() or not any((tmp_path / "bundle").iterdir())
+    with EvidenceService(data) as service:
+        assert service.custody.size == before  # no "exported" entry for an export that did not happen
