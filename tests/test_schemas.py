@@ -219,7 +219,7 @@ MQTT_SAMPLES = {
 
 
 # Schemas whose real output is produced and checked by a test of their own (named here, so it cannot vanish).
-CHECKED_ELSEWHERE = {"mqtt-delivery": "tests/test_delivery.py"}
+CHECKED_ELSEWHERE = {"mqtt-delivery": "tests/test_delivery.py", "time-stamp-proof": "tests/test_bundle_time.py"}
 
 
 def _command_payloads(request: pytest.FixtureRequest) -> list[Any]:

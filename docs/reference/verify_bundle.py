@@ -6,6 +6,9 @@ formats/manifest.md, formats/custody.md, formats/receipt.md, formats/dsse.md and
 Exit 0 and "VERIFIED" when every rule holds against the chosen trust anchor; 1 and the first rule
 broken otherwise; 3 ("CONSISTENT, UNTRUSTED") when the bundle is consistent but no --trust was
 given. The test suite runs this file as it stands against real `egw export` bundles.
+
+Not checked here (egw verify does): the parts a bundle carries (parts/<id>/, bundle.json "parts") and the
+RFC 3161 time-stamp token (time-stamp.json), so the signing time is the receipt's or unproven.
 """
 
 import argparse

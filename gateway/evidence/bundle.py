@@ -10,6 +10,9 @@ Layout of a bundle directory::
     receipt.dsse.json      the platform's signed receipt (once uploaded)
     platform.pem           the certificate that signed the receipt
     crl.pem                the newest platform CRL the gateway held (when it had one)
+    time-stamp.json        an RFC 3161 token over a signed tree head covering the item, with its proof
+    tsa.pem                the certificates the token carries (the TSA's)
+    parts/<evidence id>/   each item the exported one references, laid out as above (no parts of its own)
 
 Verification is ``gateway/evidence/bundle_verify.py`` (re-exported here).
 """
@@ -24,8 +27,12 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigError
-from gateway.evidence.bundle_verify import BUNDLE_FORMAT, Check, Report, judge_bundle, verify_bundle
+from gateway.errors import ConfigError, NotFoundError, VerificationError
+from gateway.evidence import dsse, tree_head_stamps
+from gateway.evidence.bundle_parts import MAX_RECORD_BYTES, Reference, references
+from gateway.evidence.bundle_time import export_time_stamp
+from gateway.evidence.bundle_verify import BUNDLE_FORMAT, PARTS_DIR, Check, Report, judge_bundle, verify_bundle
+from gateway.evidence.custody import TreeHead
 from gateway.evidence.evidence_service import EvidenceService
 
 __all__ = ["export_bundle", "verify_bundle", "judge_bundle", "Check", "Report", "safe_file_name", "BUNDLE_FORMAT"]
@@ -51,12 +58,69 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def export_bundle(service: EvidenceService, evidence_id: str, out_dir: Path) -> dict[str, Any]:
-    row = service.state.get(evidence_id)
+    """Write ``evidence_id`` and every part it references (``parts/<id>/``, each laid out like a bundle) to ``out_dir``."""
+    service.state.get(evidence_id)  # NotFoundError before anything is recorded
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"export directory {out_dir} is not empty", "choose a new or empty directory")
-    # The export itself is a custody event; the proof covers the head signed after it.
+    parts = _parts_of(service, evidence_id)
+    # The export itself is a custody event of every item in it; the proofs cover the head signed after them.
     service.record_event(evidence_id, "exported", {"to": str(out_dir)})
+    for part in parts:
+        service.record_event(part, "exported", {"to": str(out_dir / PARTS_DIR / part)})
     head = service.sign_tree_head()
+    with service.state.lock:
+        stamps = tree_head_stamps.stamped_heads(service.state.db)
+    index = _write_item(service, evidence_id, out_dir, head, stamps)
+    index["parts"] = []  # always in the top index: absent means "written before parts were carried"
+    for part in parts:
+        part_index = _write_item(service, part, out_dir / PARTS_DIR / part, head, stamps)
+        _write_json(out_dir / PARTS_DIR / part / "bundle.json", part_index)
+        index["parts"].append({"evidence_id": part, "sha256": service.state.get(part).sha256,
+                               "bundle": f"{PARTS_DIR}/{part}"})
+    _write_json(out_dir / "bundle.json", index)
+    return index
+
+
+def _parts_of(service: EvidenceService, evidence_id: str) -> list[str]:
+    """Every item ``evidence_id`` references, directly or through another part, in the order first found."""
+    found: list[str] = []
+    pending = [evidence_id]
+    while pending:
+        current = pending.pop(0)
+        for ref in _references_in_store(service, current):
+            if ref.evidence_id != evidence_id and ref.evidence_id not in found:
+                found.append(ref.evidence_id)
+                pending.append(ref.evidence_id)
+    return found
+
+
+def _references_in_store(service: EvidenceService, evidence_id: str) -> list[Reference]:
+    row = service.state.get(evidence_id)
+    manifest = dsse.Envelope.from_bytes(row.manifest).payload_json()
+
+    def content() -> bytes:  # bounded: one byte more than a record may be, so references() can refuse it
+        with service.store.open(row.sha256) as src:
+            return bytes(src.read(MAX_RECORD_BYTES + 1))
+
+    try:
+        refs = references(manifest, content)
+    except VerificationError as exc:
+        raise ConfigError(f"evidence {evidence_id} names its parts in a form egw cannot read: {exc}",
+                          "export the items it references by their own ids") from exc
+    for ref in refs:
+        try:
+            service.state.get(ref.evidence_id)
+        except NotFoundError as exc:
+            raise ConfigError(f"evidence {evidence_id} references {ref.evidence_id} ({ref.where}), which is not in "
+                              f"this data directory, so the bundle could not carry it",
+                              "export from the gateway that holds both, or export the items by their own ids") from exc
+    return refs
+
+
+def _write_item(service: EvidenceService, evidence_id: str, out_dir: Path, head: TreeHead,
+                stamps: list[tree_head_stamps.StampedHead]) -> dict[str, Any]:
+    """One item's files (content, manifest, proofs, certificates) in ``out_dir``; returns its index (not yet written)."""
+    row = service.state.get(evidence_id)
     seq = service.custody.first_event(evidence_id, "ingested")
     entry = service.custody.entry(seq)
     path = service.custody.inclusion(seq, head.tree_size)
@@ -92,7 +156,7 @@ def export_bundle(service: EvidenceService, evidence_id: str, out_dir: Path) -> 
             shutil.copyfile(platform_pem, out_dir / "platform.pem")
             index["platform_certificate"] = "platform.pem"
     index["crl"] = _export_crl(service.identity.directory, out_dir)
-    _write_json(out_dir / "bundle.json", index)
+    index.update(export_time_stamp(service, seq, stamps, out_dir))
     return index
 
 

@@ -5,7 +5,9 @@ build a chain; proof of origin needs a trust anchor the person verifying chose. 
 best verdict is "CONSISTENT, UNTRUSTED" (every signature and digest agrees with the others, but
 anyone could have made the whole set). Each signature counts only from a certificate with the role
 for it, naming the identity the payload claims, valid and not revoked at the signing time — the
-earliest independent proof of when it was made, never the signer's own clock.
+earliest independent proof of when it was made (a receipt, or a time-stamp token over a tree head that
+includes the item: ``bundle_time.py``), never the signer's own clock. The parts a bundle carries are judged
+by ``bundle_parts_verify.py``.
 
 Every check runs whatever the others found and names what it compared, so each kind of tampering
 fails a check of its own; a check whose input did not load says "cannot check".
@@ -27,6 +29,7 @@ from cryptography import x509
 
 from gateway.errors import VerificationError
 from gateway.evidence import dsse, merkle
+from gateway.evidence.bundle_time import check_time_stamp, read_time_stamp
 from gateway.evidence.custody import verify_tree_head
 from gateway.evidence.identity import load_pem_certificates
 from gateway.evidence.manifest import MANIFEST_TYPE, parse_manifest
@@ -36,9 +39,10 @@ from gateway.evidence.store import sha256_file
 from gateway.evidence.trust import Anchors, Revocations, SigningTime, check_signer, select_crl
 from protos.pki_roles import Role
 
-__all__ = ["BUNDLE_FORMAT", "Check", "Report", "judge_bundle", "verify_bundle"]
+__all__ = ["BUNDLE_FORMAT", "PARTS_DIR", "Check", "Report", "judge_bundle", "verify_bundle"]
 
 BUNDLE_FORMAT = "egw.bundle/1"
+PARTS_DIR = "parts"
 VERIFIED, FAILED, UNTRUSTED = "VERIFIED", "FAILED", "CONSISTENT, UNTRUSTED"
 EXIT_CODES = {VERIFIED: 0, FAILED: 1, UNTRUSTED: 3}
 
@@ -63,6 +67,9 @@ class Report:
     platform: str = "none (no receipt in the bundle)"
     signing_time: SigningTime = field(default_factory=lambda: SigningTime.from_proofs(None))
     revocation: Revocations = field(default_factory=Revocations)
+    # What a parent bundle needs of a part to see what it references (None when it did not load).
+    manifest: dict[str, Any] | None = None
+    content: Path | None = None
 
     @property
     def verdict(self) -> str:
@@ -117,14 +124,24 @@ class _Bundle:
 
 
 def judge_bundle(root: Path, *, anchors: Anchors | None = None, crls: list[tuple[str, bytes]] | None = None,
-                 document: Path | None = None) -> Report:
-    """Run every check against the chosen ``anchors``; ``crls`` are (origin, bytes) beyond the bundle's own."""
+                 document: Path | None = None, is_part: bool = False) -> Report:
+    """Run every check against the chosen ``anchors``; ``crls`` are (origin, bytes) beyond the bundle's own.
+    ``is_part``: judging ``parts/<id>/`` of another bundle, which lists no parts of its own."""
     anchors = anchors or Anchors()
     try:
         bundle = _Bundle(root)
     except VerificationError as exc:
         return Report([Check("bundle", False, str(exc))], anchors)
-    return _Verification(bundle, anchors, list(crls or []), document).run_all()
+    report = _Verification(bundle, anchors, list(crls or []), document).run_all()
+    from gateway.evidence.bundle_parts_verify import judge_parts, parts_not_carried
+
+    if is_part and "parts" in bundle.index:
+        report.checks.append(Check("bundle", False, "a part lists parts of its own; only the top bundle.json lists them"))
+    elif "parts" in bundle.index:
+        report.checks.extend(judge_parts(bundle.root, bundle.index, report, anchors, list(crls or [])))
+    else:
+        report.checks.extend(parts_not_carried(report, is_part))
+    return report
 
 
 def verify_bundle(root: Path, *, anchors: Anchors | None = None, document: Path | None = None) -> list[Check]:
@@ -170,19 +187,27 @@ class _Verification:
         if self.bundle.index.get("receipt") is not None:
             self.report.platform = "unknown (the receipt did not check out)"
             self.run("receipt", lambda: self.receipt(bundle_certs))
-        # The signing time is what the receipt (or, later, a time-stamp token) proves, never the manifest's own clock.
-        when = self.receipt_time
-        self.report.signing_time = SigningTime.from_proofs(when[0] if when else None, when[1] if when else "")
-        self.certs = self.run("signer certificate", lambda: self.certificates(bundle_certs))
-        self.run("manifest signature", self.manifest_signature)
         try:
             self.material = self.proof_material()
         except VerificationError as exc:
             self.report.checks.append(Check("inclusion proof", False, str(exc)))
+        stamp = self.run("time-stamp", lambda: self.time_stamp(bundle_certs)) \
+            if self.bundle.index.get("time_stamp") is not None else None
+        # The signing time is the earliest of what the receipt and the time-stamp token prove, never the
+        # manifest's own clock.
+        when = self.receipt_time
+        self.report.signing_time = SigningTime.from_proofs(when[0] if when else None, when[1] if when else "", stamp)
+        self.certs = self.run("signer certificate", lambda: self.certificates(bundle_certs))
+        self.run("manifest signature", self.manifest_signature)
         self.head = self.run("tree-head signature", self.tree_head)
         self.run("inclusion proof", self.inclusion)
         if self.document is not None:
             self.run("document", self.binds_document)
+        self.report.manifest = self.manifest
+        try:
+            self.report.content = self.bundle.path("content")
+        except VerificationError:
+            self.report.content = None
         return self.report
 
     # ---- inputs ---------------------------------------------------------------------------------------
@@ -250,6 +275,22 @@ class _Verification:
         return (f"receipt {receipt.receipt_id} from platform {receipt.platform_id} for gateway {receipt.gateway_id}, "
                 f"received {when.isoformat()}; signer {signer.subject.rfc4514_string()} holds the receipt-signer role, "
                 f"valid at receivedAt"), None
+
+    def time_stamp(self, bundle_certs: list[x509.Certificate] | None) -> tuple[str, tuple[dt.datetime, str] | None]:
+        """An RFC 3161 token over a signed tree head that includes the item's entry (bundle_time.py)."""
+        material, manifest = self.material, self.manifest
+        if material is None or manifest is None or not bundle_certs:
+            raise VerificationError("cannot check: the manifest, the custody proof or the gateway certificate did not load")
+        proof = read_time_stamp(self.bundle.read("time_stamp"))
+        when, tsa, tsa_cert, covered = check_time_stamp(
+            proof, entry=material["entry"], leaf_index=material["index"], gateway_key=bundle_certs[0].public_key(),
+            gateway_id=manifest["gateway_id"], anchors=self._chain_anchors(bundle_certs))
+        # genTime is the TSA's own statement, as receivedAt is the platform's: a TSA revoked at all is not believed
+        # (a stolen TSA key would date its tokens before the revocation).
+        self.report.revocation.check(tsa_cert, SigningTime.from_proofs(None))
+        return (f"token by {tsa} at {when.isoformat()} over the gateway's {covered}; the TSA certificate "
+                f"{tsa_cert.subject.rfc4514_string()} holds the time-stamping role and chains to the "
+                f"{'trust anchor' if self.anchors.chosen else 'bundle CA'}"), (when, tsa)
 
     def certificates(self, certs: list[x509.Certificate] | None) -> tuple[str, list[x509.Certificate]]:
         if not certs:

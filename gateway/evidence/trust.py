@@ -3,8 +3,8 @@
 The rules are those of ``docs/trust.md``: a signature counts only from a certificate that chains to a
 trust anchor the person verifying chose, holds the role for what it signed, names the identity the
 payload claims, and was valid and not revoked at the signing time. A signer's own clock proves
-nothing, so the signing time is the earliest independent proof (a platform receipt's ``receivedAt``;
-an RFC 3161 time-stamp token once one is carried, see ``SigningTime.from_proofs``).
+nothing, so the signing time is the earliest independent proof (a platform receipt's ``receivedAt``, or
+the ``genTime`` of an RFC 3161 token over a tree head covering the item: ``SigningTime.from_proofs``).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
 import aiohttp
 from asn1crypto import cms
@@ -47,12 +48,13 @@ def _asn1_cert(cert: x509.Certificate) -> asn1_x509.Certificate:
 
 
 async def check_token(token: bytes, data: bytes, anchors: list[x509.Certificate],
-                      crls: list[x509.CertificateRevocationList] | None = None) -> TokenCheck:
-    """VerificationError unless ``token`` time-stamps exactly ``data`` and its TSA chains to ``anchors`` in its role."""
+                      crls: list[x509.CertificateRevocationList] | None = None, at: datetime | None = None) -> TokenCheck:
+    """VerificationError unless ``token`` time-stamps exactly ``data`` and its TSA chains to ``anchors`` in its role.
+    ``at``: judge the TSA's certificate path at that moment (a verifier years later: the token's genTime), else now."""
     try:
         signed_data = cms.ContentInfo.load(token)["content"]
         context = ValidationContext(
-            trust_roots=[_asn1_cert(a) for a in anchors], allow_fetching=False,
+            trust_roots=[_asn1_cert(a) for a in anchors], allow_fetching=False, moment=at,
             crls=[asn1_crl.CertificateList.load(c.public_bytes(serialization.Encoding.DER)) for c in crls or []],
             revocation_mode="soft-fail" if not crls else "hard-fail")
         status = await validate_tst_signed_data(signed_data, context, lambda algorithm: hashlib.new(algorithm, data).digest())
@@ -72,8 +74,8 @@ async def check_token(token: bytes, data: bytes, anchors: list[x509.Certificate]
 
 
 def check_token_sync(token: bytes, data: bytes, anchors: list[x509.Certificate],
-                     crls: list[x509.CertificateRevocationList] | None = None) -> TokenCheck:
-    return asyncio.run(check_token(token, data, anchors, crls))
+                     crls: list[x509.CertificateRevocationList] | None = None, at: datetime | None = None) -> TokenCheck:
+    return asyncio.run(check_token(token, data, anchors, crls, at))
 
 
 async def request_token(service: SealService, data: bytes) -> bytes:
