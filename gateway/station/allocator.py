@@ -6,10 +6,11 @@ instead of returning it. ``egw run`` has a changing crowd of threads: gRPC's eve
 threads, a thread per dock, SQLite and uplink pools, and the asyncio executor, which grows a worker at a
 time (up to CPU count + 4) whenever a burst of work finds every worker busy. Each first-time thread
 brought a new arena and its few MB of retained memory, so RSS rose in steps that came when the load
-peaked, hours into a run as well as in the first minute: a 30-minute soak measured +14.6 MB/h from one
-such step (a new worker thread at 26 min). With two arenas threads share: a new thread costs its stack,
-not a new heap. The service's heavy lifting (copies, hashing, TLS) runs in C without malloc locks in its
-hot loops, and Python objects come from Python's own allocator, so two arenas cost no measurable speed.
+peaked, late in a run as well as in the first minute. Two 30-minute soaks side by side under the same
+load (bench/results/soak-30min-arena-cap.txt, soak-30min-glibc-default-arenas.txt): +11.4 MB/h with the
+cap, +41.3 MB/h without (15 arena heaps holding 15 MB by 25 min). With two arenas threads share: a new
+thread costs its stack, not a new heap. Speed is expected to stay: copies and hashing reuse their buffers
+and Python objects come from Python's own allocator (the throughput benchmarks were not re-run).
 
 An operator's own ``MALLOC_ARENA_MAX`` or ``GLIBC_TUNABLES=glibc.malloc.arena_max=…`` wins: nothing is
 changed then. On a C library other than glibc (musl has no arenas) nothing is done either.
