@@ -34,8 +34,10 @@ a traceback. The last line is the one-line summary with the load average beside 
 The lead's run: ``python bench/soak.py --minutes 30`` (about 31 minutes with start-up and settle).
 ``--record 0`` docks recorders that the gateway emptied (every file released): they must still mount.
 ``--gateway-env`` sets variables for ``egw run`` only, to look into a drift: ``EGW_DEBUG_TRACEMALLOC=path``
-(with ``EGW_DEBUG_TRACEMALLOC_EVERY=seconds``) appends the growing allocation sites, object types and
-threads to ``path``; ``MALLOC_ARENA_MAX=2`` or ``GLIBC_TUNABLES=...`` try the allocator's settings.
+(with ``EGW_DEBUG_TRACEMALLOC_EVERY=seconds``) appends the growing allocation sites, object types,
+threads and malloc arenas to ``path``; ``MALLOC_ARENA_MAX=N`` or ``GLIBC_TUNABLES=...`` try the
+allocator's settings (``egw run`` caps the arenas at 2 itself; ``MALLOC_ARENA_MAX=16`` is glibc's
+default on 2 CPUs, for a comparison).
 ``tests/test_soak.py`` runs a short one (2 recorders, a replug every ~15 s) through ``run()``.
 """
 

@@ -26,12 +26,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gateway.station.allocator import ARENA_MAX, limit_malloc_arenas
+
+    arenas = limit_malloc_arenas()  # first, before any thread allocates: see gateway/station/allocator.py
     config = load_config(args.config, data_dir_override=args.data_dir)
     if args.allow_plaintext_password:
         config = dataclasses.replace(config, mqtt_allow_plaintext_password=True)
     if config.mqtt_url:  # refused here, before anything starts, rather than by the link later
         parse_broker_url(config.mqtt_url, allow_plaintext_password=config.mqtt_allow_plaintext_password)
     setup_logging(config.log_format, getattr(logging, config.log_level.upper()))
+    logging.getLogger("egw.run").info("malloc arenas: %s", f"at most {ARENA_MAX}" if arenas == "set" else arenas,
+                                      extra={"fields": {"malloc_arenas": arenas}})
     from gateway.station.runtime import Runtime
 
     async def main() -> int:

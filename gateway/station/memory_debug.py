@@ -15,6 +15,8 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+from gateway.station.allocator import malloc_arena_count
+
 TOP = 15
 
 
@@ -51,6 +53,7 @@ def _report(start: tracemalloc.Snapshot, types0: Counter[str], began: float) -> 
     traced, peak = tracemalloc.get_traced_memory()
     lines = [f"=== {time.monotonic() - began:.0f} s: traced {traced >> 10} KiB (peak {peak >> 10} KiB)"]
     lines += [f"  {line}" for line in _rss_lines()]
+    lines.append(f"  malloc arenas {malloc_arena_count()}")
     lines.append(f"  threads {threading.active_count()}: {dict(_thread_names())}")
     lines.append(f"  OS threads: {dict(_os_thread_names())}")
     types = _type_counts()
