@@ -213,9 +213,13 @@ def test_upload_is_paced_at_the_configured_baud(reader_for: Callable[..., Finger
         start = time.monotonic()
         image = reader.download_image()
         elapsed = time.monotonic() - start
+        expected = 12 + 288 * (11 + 128)  # ack + 288 data packets of 128 bytes
+        settle = time.monotonic() + 5  # the simulator counts a packet after writing it: the reader may be faster
+        while sim.bytes_sent - sent_before < expected and time.monotonic() < settle:
+            time.sleep(0.01)
         wire_bytes = sim.bytes_sent - sent_before
         assert image.shape == (288, 256)
-        assert wire_bytes == 12 + 288 * (11 + 128)  # ack + 288 data packets of 128 bytes
+        assert wire_bytes == expected
         assert elapsed >= wire_bytes * 10 / baud  # 10 bits per byte on a UART: ≥ 0.434 s
 
 

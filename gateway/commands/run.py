@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if config.mqtt_url:  # refused here, before anything starts, rather than by the link later
         parse_broker_url(config.mqtt_url, allow_plaintext_password=config.mqtt_allow_plaintext_password)
     setup_logging(config.log_format, getattr(logging, config.log_level.upper()))
-    logging.getLogger("egw.run").info("malloc arenas: %s", f"at most {ARENA_MAX}" if arenas == "set" else arenas,
+    logging.getLogger("egw.run").debug("malloc arenas: %s", f"at most {ARENA_MAX}" if arenas == "set" else arenas,
                                       extra={"fields": {"malloc_arenas": arenas}})
     from gateway.station.runtime import Runtime
 

@@ -140,9 +140,10 @@ class _FrameStream(io.TextIOBase):
 
     def write(self, text: str) -> int:
         self.pending += text
-        if "\n" in self.pending:
-            complete, _, self.pending = self.pending.rpartition("\n")
-            self.connection.send({self.kind: complete + "\n"})
+        if "\n" in self.pending:  # one frame per line: the client prints each as soon as it arrives
+            *lines, self.pending = self.pending.split("\n")
+            for line in lines:
+                self.connection.send({self.kind: line + "\n"})
         return len(text)
 
     def flush(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -75,7 +76,17 @@ async def check_token(token: bytes, data: bytes, anchors: list[x509.Certificate]
 
 def check_token_sync(token: bytes, data: bytes, anchors: list[x509.Certificate],
                      crls: list[x509.CertificateRevocationList] | None = None, at: datetime | None = None) -> TokenCheck:
-    return asyncio.run(check_token(token, data, anchors, crls, at))
+    """``check_token`` for synchronous callers, also when one runs inside an event loop (``egw demo``
+    verifies a bundle from its own loop): then the check gets a loop of its own on a helper thread."""
+    def run() -> TokenCheck:
+        return asyncio.run(check_token(token, data, anchors, crls, at))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsa-check") as pool:
+        return pool.submit(run).result()
 
 
 async def request_token(service: SealService, data: bytes) -> bytes:
