@@ -203,21 +203,30 @@ def test_missing_port_is_device_gone(tmp_path: Path) -> None:
         FingerprintReader("socket://127.0.0.1:9", timeout=0.5)
 
 
+def _settled(sim: FingerprintSimulator) -> int:
+    """The simulator's byte count once it stopped changing for 0.1 s (at most 5 s)."""
+    deadline, last = time.monotonic() + 5, -1
+    while time.monotonic() < deadline:
+        now = sim.bytes_sent
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.1)
+    return sim.bytes_sent
+
+
 def test_upload_is_paced_at_the_configured_baud(reader_for: Callable[..., FingerprintReader]) -> None:
     """Correctness of pacing (not a speed test): the image cannot arrive faster than the line allows."""
     baud = 921600
     with FingerprintSimulator(baud=baud, finger="present") as sim:
         reader = reader_for(sim.serve_pty(), baudrate=baud)
         assert reader.read_image()
-        sent_before = sim.bytes_sent
+        sent_before = _settled(sim)  # the simulator counts a packet after writing it: the reader can be faster
         start = time.monotonic()
         image = reader.download_image()
         elapsed = time.monotonic() - start
         expected = 12 + 288 * (11 + 128)  # ack + 288 data packets of 128 bytes
-        settle = time.monotonic() + 5  # the simulator counts a packet after writing it: the reader may be faster
-        while sim.bytes_sent - sent_before < expected and time.monotonic() < settle:
-            time.sleep(0.01)
-        wire_bytes = sim.bytes_sent - sent_before
+        wire_bytes = _settled(sim) - sent_before
         assert image.shape == (288, 256)
         assert wire_bytes == expected
         assert elapsed >= wire_bytes * 10 / baud  # 10 bits per byte on a UART: ≥ 0.434 s
