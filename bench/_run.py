@@ -70,7 +70,8 @@ SPECS = [
          ("--tests", "1000"), ("--tests", "200")),
 ]
 
-RATIO = re.compile(r"^\s*([\w./-]+)\s*=\s*([-\d.]+|nan|inf)\s*$")
+# "name = R", optionally followed by context the benchmark prints beside it (the load average)
+RATIO = re.compile(r"^\s*([\w./-]+)\s*=\s*([-\d.]+|nan|inf)(?:\s+.*)?$")
 RSS = re.compile(r"peak RSS[^:]*:\s*([\d.]+)\s*MB", re.IGNORECASE)
 RSS_LIMIT = re.compile(r"(?:limit|target\s*<?=?)\s*([\d.]+)\s*MB", re.IGNORECASE)
 
