@@ -30,6 +30,7 @@ from gateway.evidence.evidence_service import EvidenceService, IngestResult
 from gateway.evidence.manifest import ManifestInput, guess_media_type
 from gateway.evidence.store import CHUNK_SIZE
 from gateway.evidence.terminals import TerminalRecord
+from protos.files import write_atomically
 
 __all__ = ["TUS_VERSION", "Running", "Upload", "UploadArea", "UploadNotFound", "OffsetMismatch", "parse_metadata", "MAX_UPLOAD_BYTES"]
 
@@ -94,12 +95,7 @@ class Running:
 
 
 def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(value, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(value).encode("utf-8"), 0o600)
 
 
 class UploadArea:
