@@ -17,7 +17,6 @@ very buffers that are written — exactly the bytes stored.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import mmap
 import os
@@ -32,6 +31,8 @@ from typing import BinaryIO, Protocol
 
 from gateway.errors import SourceError, StoreError, StoreFullError
 from gateway.evidence.private_files import DIR_MODE, FILE_MODE, private_dir
+from protos import direct_io
+from protos.direct_io import ALIGN, DirectReader, open_direct, set_direct
 
 __all__ = ["BlobStore", "StoredBlob", "ProgressCallback", "sm3_available", "sha256_file"]
 
@@ -46,8 +47,8 @@ RING_BUFFERS = 8  # 4 MiB in flight at most, whatever the file size
 # measured here, CPU the hash stage then has. Durability is unchanged: fsync (device cache flush and
 # metadata) still comes before the rename. Where the file system refuses it, or a read comes back short
 # and misaligns the offset, the copy carries on with ordinary buffered writes. EGW_STORE_DIRECT_IO=0 turns it off.
-DIRECT_IO = os.environ.get("EGW_STORE_DIRECT_IO", "1") != "0" and hasattr(os, "O_DIRECT")
-DIRECT_ALIGN = 4096  # offsets and lengths of O_DIRECT writes: a multiple of any logical block size
+DIRECT_IO = os.environ.get("EGW_STORE_DIRECT_IO", "1") != "0" and direct_io.DIRECT_IO
+DIRECT_ALIGN = ALIGN  # offsets and lengths of O_DIRECT writes: a multiple of any logical block size
 WRITEBACK_EVERY = 32 * 1024 * 1024  # start writeback as we go so the final fsync is short
 DEFAULT_RESERVE = 64 * 1024 * 1024  # keep this much free for the database and logs
 
@@ -131,6 +132,17 @@ class BlobStore:
     def open(self, sha256_hex: str) -> BinaryIO:
         try:
             return open(self.path_for(sha256_hex), "rb")
+        except FileNotFoundError as exc:
+            raise StoreError(f"blob {sha256_hex} is missing from the store", "restore the data directory from backup") from exc
+
+    def reader(self, sha256_hex: str, chunk_size: int) -> DirectReader:
+        """Chunked reads of a blob into two reused buffers, past the page cache where the file system allows.
+
+        The upload reads every blob once, long after it was written (with ``O_DIRECT``, so it is not
+        cached): through the page cache each read would fill pages nobody reads again, which on this
+        kind of virtual machine cost more CPU than the upload's TLS (``protos.direct_io``)."""
+        try:
+            return DirectReader(self.path_for(sha256_hex), chunk_size)
         except FileNotFoundError as exc:
             raise StoreError(f"blob {sha256_hex} is missing from the store", "restore the data directory from backup") from exc
 
@@ -269,7 +281,7 @@ class BlobStore:
 
         def buffered_from_now() -> None:
             direct_on[0] = False
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            set_direct(fd, False)
 
         def write(view: memoryview) -> None:
             if direct_on[0] and (written[0] % DIRECT_ALIGN or len(view) % DIRECT_ALIGN):
@@ -335,15 +347,7 @@ class BlobStore:
 
 def _open_temp(path: Path) -> tuple[int, bool]:
     """Create the temp copy, with O_DIRECT where allowed; returns (fd, direct)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    if DIRECT_IO:
-        try:
-            return os.open(path, flags | os.O_DIRECT, FILE_MODE), True
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # EINVAL: no O_DIRECT on this file system; anything else is real
-                raise
-            path.unlink(missing_ok=True)  # Linux may have created it (our unique name) before refusing the flag
-    return os.open(path, flags, FILE_MODE), False
+    return open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE, direct=DIRECT_IO)
 
 
 def _load_sync_file_range() -> Callable[[int, int, int], None] | None:

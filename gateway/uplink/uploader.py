@@ -45,6 +45,7 @@ from gateway.evidence import dsse
 from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.state import EvidenceRow, EvidenceState
 from gateway.uplink.link import PlatformLink, load_link
+from protos.direct_io import DirectReader
 from protos.egw.v1 import evidence_pb2, ingest_pb2, ingest_pb2_grpc
 from protos.upload_wire import encode_chunk_request
 
@@ -455,30 +456,47 @@ class Uploader:
             return
         loop = asyncio.get_running_loop()
         chunk = self.settings.chunk_size
-        fh = self.service.store.open(item.sha256)
+        reader = self.service.store.reader(item.sha256, chunk)  # two buffers: one read ahead while one is sent
+        pending: asyncio.Future[memoryview] | None = None
         try:
-            fh.seek(offset)
             pos = offset
-            pending = loop.run_in_executor(self._io_pool, fh.read, min(chunk, item.size - pos))
+            pending = loop.run_in_executor(self._io_pool, reader.read_at, pos, min(chunk, item.size - pos))
             while pos < item.size:
-                data = await pending
-                if not data:
+                view = await pending
+                if not view:
                     raise OSError(f"blob {item.sha256} ended at {pos} of {item.size} bytes; the store is damaged")
-                nxt = pos + len(data)
+                nxt = pos + len(view)
                 if nxt < item.size:  # read one chunk ahead while this one is sent
-                    pending = loop.run_in_executor(self._io_pool, fh.read, min(chunk, item.size - nxt))
+                    pending = loop.run_in_executor(self._io_pool, reader.read_at, nxt, min(chunk, item.size - nxt))
                 if self.bucket is not None:
                     if express:
-                        self.bucket.charge(len(data))
+                        self.bucket.charge(len(view))
                     else:
-                        await self.bucket.take(len(data))
+                        await self.bucket.take(len(view))
+                data: bytes | memoryview = view
                 if self.chunk_filter is not None:
-                    data = self.chunk_filter(item, pos, data)
+                    data = self.chunk_filter(item, pos, bytes(view))
                 out.bytes_sent += len(data)
-                yield encode_chunk_request(pos, data)
+                yield encode_chunk_request(pos, data)  # the one copy: into the message gRPC sends
                 pos = nxt
         finally:
-            fh.close()
+            _close_after(pending, reader)
+
+
+def _close_after(pending: asyncio.Future[memoryview] | None, reader: DirectReader) -> None:
+    """Close the reader once no read runs into its buffers: a stream cut short may leave one in flight,
+    and closing its file under it could let the read land in a file opened later with the same number."""
+    def close(done: asyncio.Future[memoryview]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: the stream already failed or ended for its own reason
+        reader.close()
+
+    if pending is None:
+        reader.close()
+    elif pending.done():
+        close(pending)
+    else:
+        pending.add_done_callback(close)
 
 
 def pending_count(service: EvidenceService) -> int:
