@@ -24,7 +24,7 @@ __all__ = ["register", "run"]
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("sync", help="deliver queued evidence to the platform now")
     parser.add_argument("--once", action="store_true", help="drain the queue and exit (continuous delivery runs inside `egw run`)")
-    parser.add_argument("--concurrency", type=int, default=None, help="general upload slots (env EGW_UPLOAD_CONCURRENCY, default 2)")
+    parser.add_argument("--concurrency", type=int, default=None, help="general upload slots (env EGW_UPLOAD_CONCURRENCY, default 3)")
     parser.add_argument("--express-slots", type=int, default=None, help="slots reserved for flagged/small items (default 1)")
     parser.add_argument("--bandwidth", default=None, help="cap in bytes/s, e.g. 2M, 500k, 1MiB (env EGW_UPLOAD_BANDWIDTH; default none)")
     parser.add_argument("--max-attempts", type=int, default=None, help="attempts per item in this run (default 6)")
