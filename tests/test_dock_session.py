@@ -41,8 +41,12 @@ def test_ctrl_c_reports_each_recorder_and_the_next_dock_adopts_the_mounted_volum
     try:
         first = spawn_egw(*dock_args(data, url, volumes), env=ENGLISH)
         wait_for(lambda: _copy_in_progress(data / "blobs" / "tmp") or first.poll() is not None, 60, "a copy in progress")
+        # Held still while Ctrl-C is queued: at 500 MB/s a loaded machine could otherwise let the copy
+        # finish between seeing it and interrupting it (the signal is handled the moment it continues).
+        first.send_signal(signal.SIGSTOP)
         assert first.poll() is None, "the dock finished before the copy could be interrupted"
         first.send_signal(signal.SIGINT)
+        first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=60)
         err = " ".join(err.split())  # the console wraps long lines
         assert first.returncode == 130, err

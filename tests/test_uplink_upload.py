@@ -153,7 +153,8 @@ def test_platform_killed_mid_upload_resumes_at_committed_offset(tmp_path: Path) 
 def test_small_items_overtake_a_large_upload_in_progress(tmp_path: Path) -> None:
     with platform_server(tmp_path / "p") as server:
         gw = make_gateway(tmp_path, "g", tmp_path / "p", server.address)
-        large = ingest_random(gw, 128 * CHUNK_SIZE, "shift.mp4")  # 8 s at the cap: a stand-in for 1 GiB at a real uplink rate
+        # 12 s at the cap: a stand-in for 1 GiB at a real uplink rate (200 small items take ~3 s quiet, 6+ under load)
+        large = ingest_random(gw, 192 * CHUNK_SIZE, "shift.mp4")
         # one general slot (busy with the video all along) + the reserved express slots
         uploader = Uploader(gw.data_dir, UploadSettings(concurrency=1, express_slots=2, bandwidth=16 * CHUNK_SIZE))
         result: list = []  # type: ignore[type-arg]
