@@ -80,3 +80,23 @@ def no_leaked_threads():
         t.join(timeout=5)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"test leaked threads: {still}"
+
+
+@pytest.fixture(autouse=True)
+def children_can_be_interrupted(request: pytest.FixtureRequest):
+    """Fail a test that leaves SIGINT ignored or blocked in this (worker) process.
+
+    Children inherit an ignored or blocked SIGINT across exec, so every later test in the same worker
+    that Ctrl-Cs an egw it started would wait for it forever (seen once: two Ctrl-C tests timed out
+    on one xdist worker only). The state is put back, so only the culprit fails, by name."""
+    import signal
+
+    yield
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    assert not (ignored or blocked), (f"{request.node.nodeid} left SIGINT {'ignored' if ignored else 'blocked'} in the test "
+                                      "process: processes started by later tests could not be interrupted")
