@@ -82,21 +82,32 @@ def no_leaked_threads():
     assert not still, f"test leaked threads: {still}"
 
 
+def _interruptible() -> None:
+    """SIGINT handled and unblocked in this process, so the egw processes tests start can be Ctrl-C'd.
+
+    Started as a background job of a non-interactive shell (``./scripts/test &``, as a CI runner or
+    ``nohup`` may do), a process begins with SIGINT ignored (POSIX), and every child inherits that
+    across exec: each test that Ctrl-Cs an egw it started then waits for it forever (seen: two
+    Ctrl-C tests hung 120 s and 300 s on one xdist worker)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
+_interruptible()  # every xdist worker imports this file before its first test
+
+
 @pytest.fixture(autouse=True)
 def children_can_be_interrupted(request: pytest.FixtureRequest):
-    """Fail a test that leaves SIGINT ignored or blocked in this (worker) process.
-
-    Children inherit an ignored or blocked SIGINT across exec, so every later test in the same worker
-    that Ctrl-Cs an egw it started would wait for it forever (seen once: two Ctrl-C tests timed out
-    on one xdist worker only). The state is put back, so only the culprit fails, by name."""
+    """Fail a test that leaves SIGINT ignored or blocked in this (worker) process, by name, and put it back:
+    otherwise every later test in the worker that Ctrl-Cs an egw it started would hang (see ``_interruptible``)."""
     import signal
 
     yield
     ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    if ignored:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if blocked:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    _interruptible()
     assert not (ignored or blocked), (f"{request.node.nodeid} left SIGINT {'ignored' if ignored else 'blocked'} in the test "
                                       "process: processes started by later tests could not be interrupted")
