@@ -20,13 +20,16 @@ from gateway.uplink.commands import PlatformKeySource
 from protos.egw.v1 import events_pb2
 
 __all__ = [
-    "BATCH_READ", "DELETE_BATCH", "LINK_NAME", "PLAINTEXT_FLAG", "PLAINTEXT_KEY", "SEQ_PROPERTY", "BrokerUrl", "LinkConfig",
+    "BATCH_READ", "DELETE_BATCH", "LINK_NAME", "PLAINTEXT_FLAG", "PLAINTEXT_KEY", "REFILL_AT", "SEQ_PROPERTY", "BrokerUrl", "LinkConfig",
     "LinkStats", "gateway_state", "is_loopback", "parse_broker_url",
 ]
 
 LINK_NAME = "mqtt"
 SEQ_PROPERTY = "egw-seq"  # MQTT 5 user property: the message's outbox id (see gateway.uplink.mqtt_link)
 BATCH_READ = 500
+# A lane's buffer is read further when fewer rows than this are left in it: paho's network thread
+# publishes from the buffers, and the supervisor reads ahead so they never run dry mid-flood.
+REFILL_AT = 128
 # PUBACKed ids are deleted in batches of this many (or when nothing is in flight): a crash
 # re-sends at most window + DELETE_BATCH messages, each a duplicate detectable by message id.
 DELETE_BATCH = 64

@@ -123,6 +123,8 @@ class MqttLink(LinkSession, OutboxPump, CommandReplies):
         self._exhausted: dict[str, bool] = {lane: False for lane in ob.LANES}
         self._dirty: set[str] = set()  # lanes with rows committed since they were last read to the end
         self._dirty_lock = threading.Lock()
+        self._pump_lock = threading.Lock()
+        self._refill_asked = False
         self._sent_before: set[int] = set()
         self._rr = 0
         self._to_delete: list[int] = []
