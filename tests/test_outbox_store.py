@@ -174,3 +174,39 @@ def test_the_prepacked_sequence_property_is_what_paho_packs(seq):
     decoded = Properties(PacketTypes.PUBLISH)
     decoded.unpack(SeqProperties(seq).pack())
     assert decoded.UserProperty == [("egw-seq", str(seq))]
+
+
+def _settle_puback(client_class: type, protocol: object, packet: bytes) -> list[tuple[int, int, str, bool, bytes]]:
+    """What ``on_publish`` hears when ``packet`` (a PUBACK's body) arrives for the one message in flight."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = client_class(CallbackAPIVersion.VERSION2, protocol=protocol)
+    heard: list[tuple[int, int, str, bool, bytes]] = []
+    client.on_publish = lambda _c, _u, mid, rc, props: heard.append(
+        (mid, int(rc.value), str(rc), rc.is_failure, props.pack() if protocol == mqtt.MQTTv5 else b""))
+    info = client.publish("egw/v1/x/results/rapidtest", b"{}", qos=1)  # not connected: kept in paho's queue
+    assert info.mid == 1
+    client._in_packet = {"command": 0x40, "packet": bytearray(packet)}
+    client._handle_pubackcomp("PUBACK")
+    return heard
+
+
+@pytest.mark.parametrize(("protocol", "packet"), [
+    ("5", b"\x00\x01"), ("5", b"\x00\x01\x00"), ("5", b"\x00\x01\x10"), ("5", b"\x00\x01\x10\x00"),
+    ("5", b"\x00\x01\x00\x00"), ("5", b"\x00\x01\x87"), ("5", b"\x00\x01\x80\x00"),
+    ("5", b"\x00\x01\x87\x05\x1f\x00\x02no"),  # a refusal with a reason string
+    ("5", b"\x00\x01\x00\x05\x1f\x00\x02ok"),  # accepted, with a property: paho's path
+    ("5", b"\x00\x02"),                         # an id nothing waits for: nobody is told
+    ("3.1.1", b"\x00\x01"),
+])
+def test_the_fast_puback_path_tells_on_publish_what_paho_would(protocol, packet):
+    """FastAckClient settles plain PUBACKs itself for speed; on_publish must hear exactly paho's values."""
+    import paho.mqtt.client as mqtt
+
+    from gateway.uplink.mqtt_pump import FastAckClient
+
+    proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
+    expected = _settle_puback(mqtt.Client, proto, packet)
+    assert _settle_puback(FastAckClient, proto, packet) == expected
+    assert len(expected) == (0 if packet[:2] == b"\x00\x02" else 1)

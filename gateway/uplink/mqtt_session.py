@@ -23,6 +23,7 @@ from gateway.evidence import identity as identity_mod
 from gateway.uplink import outbox as ob
 from gateway.uplink.mqtt_config import gateway_state
 from gateway.uplink.mqtt_core import LinkCore
+from gateway.uplink.mqtt_pump import FastAckClient
 
 __all__ = ["LinkSession"]
 
@@ -119,7 +120,7 @@ class LinkSession(LinkCore):
             self._gen += 1
             gen = self._gen
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
-        client = mqtt.Client(
+        client = FastAckClient(
             CallbackAPIVersion.VERSION2, client_id=self.config.client_id or self.gateway_id,
             protocol=self._protocol, reconnect_on_failure=False, clean_session=None if v5 else True,
         )
