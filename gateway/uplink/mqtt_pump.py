@@ -12,7 +12,7 @@ import time
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -74,15 +74,22 @@ class SeqProperties(Properties):
 
 
 class FastAckClient(mqtt.Client):
-    """paho's client, with the common PUBACK (accepted, no properties) settled without decoding objects.
+    """paho's client, with the common PUBACK (accepted, no properties) settled in a few steps.
 
-    Why: paho decodes every PUBACK into a fresh ``ReasonCode`` and ``Properties`` (dictionaries and
-    a linear name lookup each), ~25 µs a message on the network thread, the largest single cost of
-    a QoS 1 flood (#18). A PUBACK that is only the packet id, or the id and a reason code below
-    0x80 (MQTT 5 §3.4.2.1: 0x00 Success, 0x10 No matching subscribers, which Mosquitto sends), with
-    no properties, is answered with the values paho would build, made once, shared and read-only.
-    Any other PUBACK (a refusal, properties) goes through paho unchanged.
-    tests/test_outbox_store.py compares both paths with paho's own decoding.
+    Why (#18): on every PUBACK paho builds a fresh ``ReasonCode`` and ``Properties`` (dictionaries
+    and a linear name lookup each, ~25 µs), calls ``on_publish`` while the message still counts as
+    in flight, so the next message published from that callback is queued, and then scans every
+    message in flight to find it and send it. A QoS 1 flood pays all three once per message on the
+    network thread, which is our bottleneck.
+
+    Here, a PUBACK that is the packet id alone, or the id and a reason code below 0x80 (MQTT 5
+    §3.4.2.1: 0x00 Success, 0x10 No matching subscribers, which Mosquitto sends) with no
+    properties, settles the message first (published, one fewer in flight), then calls
+    ``on_publish`` (VERSION2) with the values paho would build (made once, shared, read-only), so
+    what the callback publishes goes straight out; paho's own queue is scanned only if it holds
+    something (a command reply or the birth message waiting for a slot). Any other PUBACK (a
+    refusal, properties) or callback API goes through paho unchanged.
+    tests/test_outbox_store.py compares both paths with paho's own.
     """
 
     _NO_PROPERTIES = Properties(PacketTypes.PUBACK)
@@ -92,16 +99,37 @@ class FastAckClient(mqtt.Client):
         packet = self._in_packet["packet"]
         size = len(packet)
         reason = None
-        if cmd == "PUBACK" and (size == 2 or (size == 4 and packet[3] == 0) or size == 3):
+        if cmd == "PUBACK" and (size == 2 or size == 3 or (size == 4 and packet[3] == 0)):
             reason = self._REASONS.get(packet[2] if size > 2 else 0)
-        if reason is None:
+        if reason is None or self._callback_api_version != CallbackAPIVersion.VERSION2:
             return super()._handle_pubackcomp(cmd)
         mid = (packet[0] << 8) | packet[1]
         self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
         with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, reason, self._NO_PROPERTIES)
+            msg = self._out_messages.pop(mid, None)
+            if msg is None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS  # unknown or already settled: nobody is told
+            msg.info._set_as_published()  # noqa: SLF001
+            if msg.qos > 0:
+                self._inflight_messages -= 1
+            self._tell_published(mid, reason)
+            if self._max_inflight_messages > 0 and len(self._out_messages) > self._inflight_messages:
+                return self._update_inflight()  # paho holds queued messages of its own
+        if self._out_packet and self._thread is None and self._on_socket_register_write is None:
+            return self.loop_write()  # what paho does after a publish outside a callback
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _tell_published(self, mid: int, reason: ReasonCode) -> None:
+        on_publish = self.on_publish
+        if on_publish is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_publish(self, self._userdata, mid, reason, self._NO_PROPERTIES)  # type: ignore[call-arg]
+            except Exception as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
+                if not self.suppress_exceptions:
+                    raise
 
 
 class OutboxPump(LinkCore):
