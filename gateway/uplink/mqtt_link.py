@@ -3,18 +3,22 @@
 Threads and who owns what::
 
     producers ──submit──► OutboxWriter ──commit (fsync)──► outbox table
-                                 │ wake
-                                 ▼
-    supervisor thread  (owns the paho client, the in-flight map, the lane cursors,
-        │               its own SQLite connection; connects, reconnects with
-        │               backoff + jitter, feeds paho, deletes on PUBACK, runs commands)
-        │  publish() while in flight < window          ▲ acks / messages / disconnects
+                                 │ wake            ▲ deletes (batched)
+                                 ▼                 │
+    supervisor thread  (owns the paho client, the lane cursors, its own SQLite
+        │               connection; connects, reconnects with backoff + jitter,
+        │               reads committed rows ahead into the lane buffers, starts
+        │               the flow when nothing is in flight, parks refusals, runs commands)
+        │  lane buffers (committed rows)               ▲ refusals / messages / disconnects
         ▼                                              │ (queued, then wake)
-    network thread  (client.loop_forever(); one per connection; if it dies the
+    network thread  (client.loop_forever(); one per connection; on each PUBACK it
+                     settles the message and publishes the next from the buffers,
+                     in on_publish: no hand-off per PUBACK (#18); if it dies the
                      supervisor notices, drops the client and connects a new one)
 
 Delivery rules:
-- A message is read from the table, so it was committed before paho sees it.
+- A message is read from the table, so it was committed before paho sees it
+  (the buffers the network thread publishes from hold only rows read back from it).
 - At most ``window`` messages are handed to paho un-acknowledged (paho's own
   in-flight limit is set to ``max_inflight``; more in flight makes paho slower
   and it refuses > 65,535 queued), so a long backlog never builds up in memory.

@@ -196,17 +196,19 @@ class OutboxPump(LinkCore):
 
     # ---- supervisor: read committed rows, start the flow -----------------------
     def _feed(self) -> None:
-        """Top up the lane buffers from the table, then fill free slots if no PUBACK will."""
+        """Top up the lane buffers from the table; start the flow if nothing is in flight to carry it."""
         self._refill()
         client = self._client
         if client is None:
             return
         with self._pump_lock:
-            if len(self._inflight) >= self.window or not any(self._buffers.values()):
-                return
+            if self._inflight or not any(self._buffers.values()):
+                return  # a PUBACK is coming, and the network thread will publish on it
         # paho's lock first: the order the network thread takes them in (see the class docstring)
         with client._out_message_mutex, self._pump_lock:  # noqa: SLF001
+            before = self.stats.published
             self._publish_ready(client, self._gen)
+            self.stats.fed_by_supervisor += self.stats.published - before
 
     def _refill(self) -> None:
         """Read the next rows of every lane running low (they were committed: they come from the table)."""
@@ -225,10 +227,12 @@ class OutboxPump(LinkCore):
 
     # ---- network thread (and the supervisor, under both locks) -----------------
     def _publish_ready(self, client: mqtt.Client, gen: int) -> None:
-        """Hand paho buffered messages while fewer than ``window`` are un-acknowledged (``_pump_lock`` held)."""
-        inflight, buffers, lanes = self._inflight, self._buffers, ob.LANES
+        """Hand paho buffered messages while fewer than ``window`` are un-acknowledged (``_pump_lock`` held).
+
+        Nothing new once the link is stopping: ``stop`` waits only for what is already in flight."""
+        inflight, buffers, lanes, stopping = self._inflight, self._buffers, ob.LANES, self._stopping
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
-        while len(inflight) < self.window and gen == self._gen:
+        while len(inflight) < self.window and gen == self._gen and not stopping.is_set():
             for i in range(len(lanes)):  # round-robin over the lanes, each in id order
                 lane = lanes[(self._rr + i) % len(lanes)]
                 buf = buffers[lane]
