@@ -139,3 +139,43 @@ def test_stopping_mid_flood_keeps_the_rest_for_the_next_start(gw, tmp_path):
         sub.stop()
         broker.kill()
     assert _rows_left(data_dir) == 0
+
+
+def test_only_the_loop_thread_writes_to_the_socket_once_it_runs(tmp_path):
+    """paho under loop_forever writes another thread's publish on that thread, beside its own writes;
+    FastAckClient.run_loop queues it and wakes the loop instead, which writes it."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.uplink.mqtt_pump import FastAckClient
+
+    class Recording(FastAckClient):
+        writers: set[int]
+
+        def _sock_send(self, buf: bytes | bytearray) -> int:
+            self.writers.add(threading.get_ident())
+            return super()._sock_send(buf)
+
+    broker = Mosquitto(tmp_path, extra=NO_DROPS).start()
+    client = Recording(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.writers = set()
+    connected = threading.Event()
+    client.on_connect = lambda *_a: connected.set()
+    client.connect("127.0.0.1", broker.port)  # CONNECT written here, before the loop runs: paho's way
+    loop = threading.Thread(target=client.run_loop, daemon=True)
+    try:
+        loop.start()
+        assert connected.wait(10)
+        client.writers.clear()
+        infos = [client.publish("egw/v1/t/results/rapidtest", b"x" * 900, qos=1) for _ in range(200)]
+        for info in infos:
+            info.wait_for_publish(10)  # acknowledged: written, and the loop woke up for it
+        assert all(info.is_published() for info in infos)
+        assert client.writers == {loop.ident}
+    finally:
+        client.disconnect()  # queued too: the loop writes DISCONNECT and ends
+        loop.join(5)
+        broker.kill()
+    assert not loop.is_alive()

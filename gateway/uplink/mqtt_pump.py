@@ -8,6 +8,8 @@ order (see ``gateway.uplink.mqtt_link`` for the delivery rules).
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from typing import Any, Literal
 
@@ -104,6 +106,45 @@ class FastAckClient(mqtt.Client):
 
     _NO_PROPERTIES = Properties(PacketTypes.PUBACK)
     _REASONS = {code: ReasonCode(PacketTypes.PUBACK, identifier=code) for code in (0x00, 0x10)}
+    _loop_ident: int | None = None
+
+    def run_loop(self) -> MQTTErrorCode:
+        """``loop_forever`` on this thread, which from now on is the only one writing to the socket.
+
+        Why: paho run by ``loop_forever`` on a thread of our own (not ``loop_start``) believes it is
+        single-threaded and writes a packet published from another thread (the supervisor's birth
+        message, a command reply, the start of a flow) on that thread, at the same time as its own
+        thread may be writing: two writers of one stream. Here such a packet is queued and the loop
+        woken (``_packet_queue``), as ``loop_start`` would, but without a wake-up per packet the
+        loop publishes itself from ``on_publish``.
+        """
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        self._sockpairR, self._sockpairW = wake_r, wake_w
+        self._loop_ident = threading.get_ident()
+        try:
+            return self.loop_forever()
+        finally:
+            wake_w.close()  # a late publish from another thread finds it closed and is dropped with the client
+            wake_r.close()
+
+    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
+                      info: mqtt.MQTTMessageInfo | None = None) -> MQTTErrorCode:
+        if self._loop_ident is None:
+            return super()._packet_queue(command, packet, mid, qos, info)  # before the loop runs: paho's way
+        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0, "to_process": len(packet),
+                                 "packet": packet, "info": info})
+        if threading.get_ident() != self._loop_ident:
+            try:
+                self._sockpairW.send(b"0")  # type: ignore[union-attr] # the loop writes it; wake it from select
+            except OSError:
+                pass  # already awake (full), or the loop is gone and the client with it
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        if self._in_callback_mutex.acquire(False):  # the loop's thread, outside a callback: now, as paho does
+            self._in_callback_mutex.release()
+            return self.loop_write()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS  # in a callback: the loop writes it once it has read what waits
 
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         packet = self._in_packet["packet"]

@@ -172,9 +172,9 @@ class LinkSession(LinkCore):
             raise ConfigError(f"cannot set up TLS for {self.url.redacted()}: {exc}",
                               "check identity/gateway.crt, gateway.key, ca.pem and EGW_KEY_PASSPHRASE") from exc
 
-    def _network_main(self, client: mqtt.Client, gen: int) -> None:
+    def _network_main(self, client: FastAckClient, gen: int) -> None:
         try:
-            client.loop_forever()
+            client.run_loop()
             self._push("net-exit", gen, None)
         except BaseException as exc:  # noqa: BLE001 - report, the supervisor restarts the client
             log.error("MQTT network thread died: %s: %s; the link will reconnect", type(exc).__name__, exc)
