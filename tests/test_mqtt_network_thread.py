@@ -63,7 +63,7 @@ def _rows_left(data_dir: Path) -> int:
 
 
 def test_a_backlog_goes_out_from_the_network_thread_within_the_window(gw, tmp_path):
-    """The supervisor only starts the flow; every other message is published on a PUBACK."""
+    """The supervisor fills the window when it reads rows; every other message is published on a PUBACK."""
     data_dir, gid = gw
     root = _backlog(data_dir, gid, N)
     total = N + len(range(0, N, 3))
@@ -79,7 +79,7 @@ def test_a_backlog_goes_out_from_the_network_thread_within_the_window(gw, tmp_pa
         broker.kill()
     assert link.stats.acked == total and link.stats.max_in_flight == WINDOW
     assert _rows_left(data_dir) == 0
-    # Each start of the flow is at most a window; with the buffers read ahead there are few of them.
+    # The window at the start (20 of 4,000 here); the buffers are read ahead, so later reads find it full.
     assert 0 < link.stats.fed_by_supervisor <= total // 10, link.stats
 
 

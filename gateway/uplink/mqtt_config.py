@@ -125,7 +125,7 @@ class LinkStats:
     parked: int = 0
     network_restarts: int = 0
     max_in_flight: int = 0  # never above the window: the proof of back-pressure
-    fed_by_supervisor: int = 0  # published by the supervisor to start the flow; the rest on a PUBACK, by paho's thread
+    fed_by_supervisor: int = 0  # published by the supervisor (new rows, free slots); the rest on a PUBACK, by paho's thread
     last_ack_ns: int = 0    # time.monotonic_ns() of the last PUBACK for an outbox message
     commands_ok: int = 0
     commands_rejected: int = 0
