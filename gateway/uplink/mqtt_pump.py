@@ -228,8 +228,8 @@ class OutboxPump(LinkCore):
 
     Who does what (#18): the supervisor reads committed rows into the lane buffers (its SQLite
     connection), paho's network thread publishes them, one per PUBACK, from ``on_publish``. A PUBACK
-    therefore costs no thread hand-off, and paho's ``_out_message_mutex`` is only ever contended
-    when the supervisor itself has to start the flow (nothing in flight to carry it).
+    therefore costs no thread hand-off, and paho's ``_out_message_mutex`` is only contended when the
+    supervisor finds room in the window after reading rows (the start of a flow, a quiet link).
     ``_pump_lock`` guards the in-flight map, the buffers' heads and the acknowledged ids; it is
     always taken after paho's ``_out_message_mutex`` (which paho holds around ``on_publish``), never
     before it, so the two threads cannot deadlock.
