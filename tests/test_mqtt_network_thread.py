@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.evidence.identity import init_identity
 from gateway.evidence.state import State
 from gateway.uplink import outbox as ob
 from gateway.uplink.mqtt_config import LinkConfig
 from gateway.uplink.mqtt_link import MqttLink
-from tests.mqtt_support import Gate, Mosquitto, Subscriber, wait_for
+from tests.mqtt_support import Gate, MiniCA, Mosquitto, Subscriber, enrol_for_tls, wait_for, write_cert, write_key
 
 N = 3000
 WINDOW = 20
@@ -81,6 +82,32 @@ def test_a_backlog_goes_out_from_the_network_thread_within_the_window(gw, tmp_pa
     assert _rows_left(data_dir) == 0
     # The window at the start (20 of 4,000 here); the buffers are read ahead, so later reads find it full.
     assert 0 < link.stats.fed_by_supervisor <= total // 10, link.stats
+
+
+def test_a_backlog_over_mutual_tls_arrives_whole_and_in_order(gw, tmp_path):
+    """Many PUBLISHes in one TLS write, partial writes and retries included: the stream stays whole."""
+    data_dir, gid = gw
+    root = _backlog(data_dir, gid, N)
+    ca = MiniCA.create()
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    write_key(tmp_path / "server.key", server_key)
+    write_cert(tmp_path / "server.crt", ca.issue("localhost", server_key.public_key(), server=True))
+    write_cert(tmp_path / "ca.crt", ca.cert)
+    broker = Mosquitto(tmp_path, extra=(
+        f"user root\n{NO_DROPS}cafile {tmp_path / 'ca.crt'}\ncertfile {tmp_path / 'server.crt'}\n"
+        f"keyfile {tmp_path / 'server.key'}\nrequire_certificate true\n")).start()
+    enrol_for_tls(data_dir, ca)
+    sub = Subscriber(broker.port, f"{root}#", tls=ca.client_files(tmp_path, "platform")).start()
+    link = MqttLink(data_dir, LinkConfig(f"mqtts://127.0.0.1:{broker.port}", max_inflight=WINDOW,
+                                         handle_commands=False)).start()
+    try:
+        assert link.wait_drained(60)
+        _assert_all_arrived_in_order(sub, N)
+    finally:
+        link.stop()
+        sub.stop()
+        broker.kill()
+    assert _rows_left(data_dir) == 0 and link.stats.connects == 1
 
 
 def test_connections_cut_mid_flood_lose_nothing_and_keep_the_order(gw, tmp_path):
