@@ -48,6 +48,9 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+_SEQ_PREFIX = bytes([_USER_PROPERTY]) + _utf8(SEQ_PROPERTY)
+
+
 class SeqProperties(Properties):
     """The PUBLISH properties of a lane message: only ``egw-seq``, packed once, by hand.
 
@@ -62,10 +65,12 @@ class SeqProperties(Properties):
     _seq: int
 
     def __init__(self, seq: int) -> None:  # Properties.__init__ is skipped on purpose
-        body = bytes([_USER_PROPERTY]) + _utf8(SEQ_PROPERTY) + _utf8(str(seq))
-        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
-        object.__setattr__(self, "_packed", _varint(len(body)) + body)
-        object.__setattr__(self, "_seq", seq)
+        body = _SEQ_PREFIX + _utf8(str(seq))
+        # straight into __dict__: Properties.__setattr__ would look each name up (and refuse these)
+        attributes = self.__dict__
+        attributes["packetType"] = PacketTypes.PUBLISH
+        attributes["_packed"] = _varint(len(body)) + body
+        attributes["_seq"] = seq
 
     def pack(self) -> bytes:
         return self._packed
