@@ -176,7 +176,7 @@ def test_only_the_loop_thread_writes_to_the_socket_once_it_runs(tmp_path):
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from gateway.uplink.mqtt_pump import FastAckClient
+    from gateway.uplink.mqtt_client import FastAckClient
 
     class Recording(FastAckClient):
         writers: set[int]

@@ -166,7 +166,7 @@ def test_the_prepacked_sequence_property_is_what_paho_packs(seq):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from gateway.uplink.mqtt_pump import SeqProperties
+    from gateway.uplink.mqtt_client import SeqProperties
 
     reference = Properties(PacketTypes.PUBLISH)
     reference.UserProperty = ("egw-seq", str(seq))
@@ -205,7 +205,7 @@ def test_the_fast_puback_path_tells_on_publish_what_paho_would(protocol, packet)
     """FastAckClient settles plain PUBACKs itself for speed; on_publish must hear exactly paho's values."""
     import paho.mqtt.client as mqtt
 
-    from gateway.uplink.mqtt_pump import FastAckClient
+    from gateway.uplink.mqtt_client import FastAckClient
 
     proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
     expected = _settle_puback(mqtt.Client, proto, packet)
@@ -257,7 +257,7 @@ def test_coalesced_writes_send_paho_s_bytes_in_paho_s_order(spec):
     partial writes included, and QoS 0 publishes must still be reported once written."""
     import paho.mqtt.client as mqtt
 
-    from gateway.uplink.mqtt_pump import FastAckClient
+    from gateway.uplink.mqtt_client import FastAckClient
 
     # each packet's bytes differ from its neighbours', so a reordering or a lost piece shows
     packets = [(command, bytes([command]) + i.to_bytes(2, "big") * (size // 2 + 1),

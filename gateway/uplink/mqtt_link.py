@@ -46,6 +46,7 @@ outbox, not the broker session, is the memory of what is still owed.
 The link is one object in parts: ``mqtt_config`` (settings, counters), ``mqtt_core`` (the state the
 parts share), ``mqtt_session`` (connection and session), ``mqtt_pump`` (the outbox pump) and
 ``mqtt_replies`` (commands); this module puts them together and adds ``drain_outbox``.
+``mqtt_client`` is paho made cheaper per message (the client the session connects with).
 """
 
 from __future__ import annotations

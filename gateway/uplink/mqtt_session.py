@@ -21,9 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from gateway.errors import ConfigError
 from gateway.evidence import identity as identity_mod
 from gateway.uplink import outbox as ob
+from gateway.uplink.mqtt_client import FastAckClient
 from gateway.uplink.mqtt_config import gateway_state
 from gateway.uplink.mqtt_core import LinkCore
-from gateway.uplink.mqtt_pump import FastAckClient
 
 __all__ = ["LinkSession"]
 
