@@ -24,10 +24,24 @@ from tests.mqtt_support import Gate, Mosquitto, Subscriber, wait_for
 N = 1500
 
 
+def _wait_quiet(sub: Subscriber, quiet_s: float = 0.3, timeout: float = 15.0) -> None:
+    """Until nothing new arrived for ``quiet_s``: the broker has delivered everything it took."""
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while time.monotonic() < deadline:
+        now_seen = len(sub.snapshot())
+        if now_seen == seen:
+            return
+        seen = now_seen
+        time.sleep(quiet_s)
+    raise AssertionError(f"the subscriber was still receiving after {timeout} s")
+
+
 def test_broker_killed_and_restarted_mid_stream_loses_nothing(tmp_path: Path):
     data_dir = tmp_path / "gw"
     gid = init_identity(data_dir).gateway_id
-    broker = Mosquitto(tmp_path).start()
+    # max_queued_messages 0: the broker never drops what it owes a subscriber that falls behind
+    broker = Mosquitto(tmp_path, extra="allow_anonymous true\nmax_queued_messages 0\n").start()
     gate = Gate(broker.port)
     sub = Subscriber(broker.port, f"egw/v1/{gid}/#")
     link = MqttLink(data_dir, LinkConfig(f"mqtt://127.0.0.1:{gate.port}", backoff_min_s=0.05, backoff_max_s=0.3,
@@ -51,7 +65,9 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(tmp_path: Path):
         producer.start()
         wait_for(lambda: len(sub.json_on("rapidtest")) >= N // 4, 10, "a quarter of the stream")
         gate.flowing.clear()          # stall the gateway's connection: PUBLISHes pile up un-acked
-        time.sleep(0.2)
+        # Kill only once the broker delivered all it acknowledged (a fixed 0.2 s was too short once
+        # the gateway outran this subscriber, which shares its process: #18 made the link faster).
+        _wait_quiet(sub)
         in_flight_at_kill = len(link._inflight)
         broker.kill()
         gate.open.clear()

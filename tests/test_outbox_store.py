@@ -166,7 +166,7 @@ def test_the_prepacked_sequence_property_is_what_paho_packs(seq):
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from gateway.uplink.mqtt_pump import SeqProperties
+    from gateway.uplink.mqtt_client import SeqProperties
 
     reference = Properties(PacketTypes.PUBLISH)
     reference.UserProperty = ("egw-seq", str(seq))
@@ -174,3 +174,95 @@ def test_the_prepacked_sequence_property_is_what_paho_packs(seq):
     decoded = Properties(PacketTypes.PUBLISH)
     decoded.unpack(SeqProperties(seq).pack())
     assert decoded.UserProperty == [("egw-seq", str(seq))]
+
+
+def _settle_puback(client_class: type, protocol: object, packet: bytes) -> tuple[object, ...]:
+    """What ``on_publish`` hears when ``packet`` (a PUBACK's body) arrives for the one message in flight,
+    and what paho's state is afterwards."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = client_class(CallbackAPIVersion.VERSION2, protocol=protocol)
+    heard: list[tuple[int, int, str, bool, bytes]] = []
+    client.on_publish = lambda _c, _u, mid, rc, props: heard.append(
+        (mid, int(rc.value), str(rc), rc.is_failure, props.pack() if protocol == mqtt.MQTTv5 else b""))
+    info = client.publish("egw/v1/x/results/rapidtest", b"{}", qos=1)  # not connected: kept in paho's queue
+    assert info.mid == 1
+    client._in_packet = {"command": 0x40, "packet": bytearray(packet)}
+    rc = client._handle_pubackcomp("PUBACK")
+    return heard, rc, info._published, len(client._out_messages), client._inflight_messages
+
+
+@pytest.mark.parametrize(("protocol", "packet"), [
+    ("5", b"\x00\x01"), ("5", b"\x00\x01\x00"), ("5", b"\x00\x01\x10"), ("5", b"\x00\x01\x10\x00"),
+    ("5", b"\x00\x01\x00\x00"), ("5", b"\x00\x01\x87"), ("5", b"\x00\x01\x80\x00"),
+    ("5", b"\x00\x01\x87\x05\x1f\x00\x02no"),  # a refusal with a reason string
+    ("5", b"\x00\x01\x00\x05\x1f\x00\x02ok"),  # accepted, with a property: paho's path
+    ("5", b"\x00\x02"),                         # an id nothing waits for: nobody is told
+    ("3.1.1", b"\x00\x01"),
+])
+def test_the_fast_puback_path_tells_on_publish_what_paho_would(protocol, packet):
+    """FastAckClient settles plain PUBACKs itself for speed; on_publish must hear exactly paho's values."""
+    import paho.mqtt.client as mqtt
+
+    from gateway.uplink.mqtt_client import FastAckClient
+
+    proto = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
+    expected = _settle_puback(mqtt.Client, proto, packet)
+    assert _settle_puback(FastAckClient, proto, packet) == expected
+    assert len(expected[0]) == (0 if packet[:2] == b"\x00\x02" else 1)
+
+
+def _write_all(client_class: type, packets: list[tuple[int, bytes, int]]) -> tuple[bytes, list[int]]:
+    """Queue ``(command, bytes, qos)`` packets on a client whose socket is tiny, write until done;
+    return what the other end read and which QoS 0 publishes ``on_publish`` heard of."""
+    import socket
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = client_class(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    heard: list[int] = []
+    client.on_publish = lambda _c, _u, mid, _rc, _p: heard.append(mid)
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # partial writes and a full socket, often
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    client._sock = ours
+    client._thread = object()  # queue only: the test decides when to write
+    for mid, (command, data, qos) in enumerate(packets, 1):
+        client._packet_queue(command, bytearray(data), mid, qos, mqtt.MQTTMessageInfo(mid))
+    received = bytearray()
+    for _ in range(100_000):
+        if not client._out_packet:
+            break
+        client._packet_write()
+        try:
+            received += theirs.recv(1 << 20)
+        except BlockingIOError:
+            pass
+    try:
+        received += theirs.recv(1 << 20)
+    except BlockingIOError:
+        pass
+    ours.close()
+    theirs.close()
+    return bytes(received), heard
+
+
+@given(st.lists(st.tuples(st.sampled_from([0x30, 0x32, 0x34, 0xC0]), st.integers(min_value=1, max_value=9000)),
+                min_size=1, max_size=40))
+def test_coalesced_writes_send_paho_s_bytes_in_paho_s_order(spec):
+    """FastAckClient writes consecutive QoS 1/2 PUBLISHes in one send; the stream must be paho's,
+    partial writes included, and QoS 0 publishes must still be reported once written."""
+    import paho.mqtt.client as mqtt
+
+    from gateway.uplink.mqtt_client import FastAckClient
+
+    # each packet's bytes differ from its neighbours', so a reordering or a lost piece shows
+    packets = [(command, bytes([command]) + i.to_bytes(2, "big") * (size // 2 + 1),
+                (command >> 1) & 3 if command & 0xF0 == 0x30 else 0)
+               for i, (command, size) in enumerate(spec)]
+    expected = _write_all(mqtt.Client, packets)
+    assert expected[0] == b"".join(p[1] for p in packets)
+    assert _write_all(FastAckClient, packets) == expected

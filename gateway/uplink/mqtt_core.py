@@ -59,6 +59,8 @@ class LinkCore:
     _exhausted: dict[str, bool]
     _dirty: set[str]  # lanes with rows committed since they were last read to the end
     _dirty_lock: threading.Lock
+    _pump_lock: threading.Lock  # the in-flight map, the buffers' heads, the acknowledged ids (see mqtt_pump)
+    _refill_asked: bool  # the network thread asked the supervisor to read more rows
     _sent_before: set[int]
     _rr: int
     _to_delete: list[int]
@@ -87,7 +89,10 @@ class LinkCore:
     def _feed(self) -> None:
         raise NotImplementedError
 
-    def _process_acks(self, acks: list[tuple[int, Any]]) -> None:
+    def _on_puback(self, client: mqtt.Client, gen: int, mid: int, reason_code: Any) -> None:
+        raise NotImplementedError
+
+    def _park_refused(self, refused: list[tuple[ob.OutboxMessage, Any]]) -> None:
         raise NotImplementedError
 
     def _flush_deletes(self, wait: bool = False) -> None:

@@ -3,18 +3,22 @@
 Threads and who owns what::
 
     producers ──submit──► OutboxWriter ──commit (fsync)──► outbox table
-                                 │ wake
-                                 ▼
-    supervisor thread  (owns the paho client, the in-flight map, the lane cursors,
-        │               its own SQLite connection; connects, reconnects with
-        │               backoff + jitter, feeds paho, deletes on PUBACK, runs commands)
-        │  publish() while in flight < window          ▲ acks / messages / disconnects
+                                 │ wake            ▲ deletes (batched)
+                                 ▼                 │
+    supervisor thread  (owns the paho client, the lane cursors, its own SQLite
+        │               connection; connects, reconnects with backoff + jitter,
+        │               reads committed rows ahead into the lane buffers, starts
+        │               the flow when nothing is in flight, parks refusals, runs commands)
+        │  lane buffers (committed rows)               ▲ refusals / messages / disconnects
         ▼                                              │ (queued, then wake)
-    network thread  (client.loop_forever(); one per connection; if it dies the
+    network thread  (client.loop_forever(); one per connection; on each PUBACK it
+                     settles the message and publishes the next from the buffers,
+                     in on_publish: no hand-off per PUBACK (#18); if it dies the
                      supervisor notices, drops the client and connects a new one)
 
 Delivery rules:
-- A message is read from the table, so it was committed before paho sees it.
+- A message is read from the table, so it was committed before paho sees it
+  (the buffers the network thread publishes from hold only rows read back from it).
 - At most ``window`` messages are handed to paho un-acknowledged (paho's own
   in-flight limit is set to ``max_inflight``; more in flight makes paho slower
   and it refuses > 65,535 queued), so a long backlog never builds up in memory.
@@ -42,6 +46,7 @@ outbox, not the broker session, is the memory of what is still owed.
 The link is one object in parts: ``mqtt_config`` (settings, counters), ``mqtt_core`` (the state the
 parts share), ``mqtt_session`` (connection and session), ``mqtt_pump`` (the outbox pump) and
 ``mqtt_replies`` (commands); this module puts them together and adds ``drain_outbox``.
+``mqtt_client`` is paho made cheaper per message (the client the session connects with).
 """
 
 from __future__ import annotations
@@ -123,6 +128,8 @@ class MqttLink(LinkSession, OutboxPump, CommandReplies):
         self._exhausted: dict[str, bool] = {lane: False for lane in ob.LANES}
         self._dirty: set[str] = set()  # lanes with rows committed since they were last read to the end
         self._dirty_lock = threading.Lock()
+        self._pump_lock = threading.Lock()
+        self._refill_asked = False
         self._sent_before: set[int] = set()
         self._rr = 0
         self._to_delete: list[int] = []

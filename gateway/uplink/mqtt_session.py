@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from gateway.errors import ConfigError
 from gateway.evidence import identity as identity_mod
 from gateway.uplink import outbox as ob
+from gateway.uplink.mqtt_client import FastAckClient
 from gateway.uplink.mqtt_config import gateway_state
 from gateway.uplink.mqtt_core import LinkCore
 
@@ -45,7 +46,7 @@ class LinkSession(LinkCore):
             self._push("disconnect", gen, reason_code)
 
         def on_publish(_c: Any, _u: Any, mid: int, reason_code: Any, properties: Any) -> None:
-            self._push("ack", gen, mid, reason_code)
+            self._on_puback(client, gen, mid, reason_code)  # settles it and sends the next, right here (#18)
 
         def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
             self._push("message", gen, message)
@@ -115,10 +116,11 @@ class LinkSession(LinkCore):
 
     def _connect(self) -> None:
         assert self._state is not None
-        self._gen += 1
-        gen = self._gen
+        with self._pump_lock:
+            self._gen += 1
+            gen = self._gen
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
-        client = mqtt.Client(
+        client = FastAckClient(
             CallbackAPIVersion.VERSION2, client_id=self.config.client_id or self.gateway_id,
             protocol=self._protocol, reconnect_on_failure=False, clean_session=None if v5 else True,
         )
@@ -170,26 +172,27 @@ class LinkSession(LinkCore):
             raise ConfigError(f"cannot set up TLS for {self.url.redacted()}: {exc}",
                               "check identity/gateway.crt, gateway.key, ca.pem and EGW_KEY_PASSPHRASE") from exc
 
-    def _network_main(self, client: mqtt.Client, gen: int) -> None:
+    def _network_main(self, client: FastAckClient, gen: int) -> None:
         try:
-            client.loop_forever()
+            client.run_loop()
             self._push("net-exit", gen, None)
         except BaseException as exc:  # noqa: BLE001 - report, the supervisor restarts the client
             log.error("MQTT network thread died: %s: %s; the link will reconnect", type(exc).__name__, exc)
             self._push("net-exit", gen, exc)
 
     def _handle_events(self) -> None:
-        acks: list[tuple[int, Any]] = []
+        refused: list[tuple[ob.OutboxMessage, Any]] = []
         while self._events:
             event = self._events.popleft()
             kind, gen = event[0], event[1]
             if gen != self._gen:
                 continue  # from a connection already torn down
-            if kind == "ack":
-                acks.append((event[2], event[3]))
-            elif kind == "connack":
-                self._process_acks(acks)
-                acks = []
+            if kind == "refused":
+                refused.append((event[2], event[3]))
+                continue
+            self._park_refused(refused)
+            refused = []
+            if kind == "connack":
                 self._on_connack(event[2])
             elif kind == "suback":
                 codes = event[2] or []
@@ -199,12 +202,8 @@ class LinkSession(LinkCore):
                     self._set_status("connected", "connected, but commands are refused by the broker ACL", error=why)
                 self.ready.set()
             elif kind == "message":
-                self._process_acks(acks)
-                acks = []
                 self._on_message(event[2])
             elif kind in ("disconnect", "net-exit"):
-                self._process_acks(acks)
-                acks = []
                 if kind == "net-exit" and event[2] is not None:
                     self.stats.network_restarts += 1
                     self._teardown(f"network thread died: {type(event[2]).__name__}: {event[2]}", failed=True)
@@ -222,7 +221,7 @@ class LinkSession(LinkCore):
                     why = f"connection to {self.url.redacted()} lost" + (f" ({rc})" if code else "")
                     self._teardown(why, failed=True)
                 return
-        self._process_acks(acks)
+        self._park_refused(refused)
 
     def _fall_back_to_311(self, what: str) -> bool:
         """Some 3.1.1-only brokers (amqtt, old Mosquitto) drop an MQTT 5 CONNECT without a CONNACK.
@@ -287,7 +286,8 @@ class LinkSession(LinkCore):
         was_connected = self.connected.is_set()
         self.connected.clear()
         self.ready.clear()
-        self._gen += 1  # events still queued from that client are ignored
+        with self._pump_lock:
+            self._gen += 1  # events still queued from that client are ignored; its on_publish sends nothing
         if client is not None:
             sock = client.socket()
             try:
@@ -300,12 +300,13 @@ class LinkSession(LinkCore):
             net.join(2.0)
         self._flush_deletes(wait=True)  # acknowledged rows must be gone before the cursors rewind
         # Everything un-acknowledged goes out again, oldest first.
-        self._sent_before.update(m.id for m in self._inflight.values())
-        self._inflight.clear()
-        for lane in ob.LANES:
-            self._buffers[lane].clear()
-            self._cursor[lane] = 0
-            self._exhausted[lane] = False
+        with self._pump_lock:
+            self._sent_before.update(m.id for m in self._inflight.values())
+            self._inflight.clear()
+            for lane in ob.LANES:
+                self._buffers[lane].clear()
+                self._cursor[lane] = 0
+                self._exhausted[lane] = False
         if failed:
             if was_connected:
                 self._failures = 1
