@@ -63,14 +63,8 @@ def _rows_left(data_dir: Path) -> int:
         return ob.usage(state.db).count
 
 
-def test_a_backlog_goes_out_from_the_network_thread_within_the_window(gw, tmp_path):
-    """The supervisor fills the window when it reads rows; every other message is published on a PUBACK."""
-    data_dir, gid = gw
-    root = _backlog(data_dir, gid, N)
-    total = N + len(range(0, N, 3))
-    broker = Mosquitto(tmp_path, extra=NO_DROPS).start()
-    sub = Subscriber(broker.port, f"{root}#").start()
-    link = MqttLink(data_dir, LinkConfig(broker.url, max_inflight=WINDOW, handle_commands=False)).start()
+def _drain_then_stop(link: MqttLink, sub: Subscriber, broker: Mosquitto) -> None:
+    """Every row acknowledged and seen once, in order, by the subscriber; then everything stopped."""
     try:
         assert link.wait_drained(60)
         _assert_all_arrived_in_order(sub, N)
@@ -78,6 +72,22 @@ def test_a_backlog_goes_out_from_the_network_thread_within_the_window(gw, tmp_pa
         link.stop()
         sub.stop()
         broker.kill()
+
+
+def _flood_setup(data_dir: Path, gid: str, tmp_path: Path) -> tuple[int, Mosquitto, Subscriber]:
+    """A backlog of N messages (plus every third one's result) in the outbox, our own broker that drops
+    nothing, and a subscriber on the gateway's topics: (messages expected, broker, subscriber)."""
+    root = _backlog(data_dir, gid, N)
+    broker = Mosquitto(tmp_path, extra=NO_DROPS).start()
+    return N + len(range(0, N, 3)), broker, Subscriber(broker.port, f"{root}#").start()
+
+
+def test_a_backlog_goes_out_from_the_network_thread_within_the_window(gw, tmp_path):
+    """The supervisor fills the window when it reads rows; every other message is published on a PUBACK."""
+    data_dir, gid = gw
+    total, broker, sub = _flood_setup(data_dir, gid, tmp_path)
+    link = MqttLink(data_dir, LinkConfig(broker.url, max_inflight=WINDOW, handle_commands=False)).start()
+    _drain_then_stop(link, sub, broker)
     assert link.stats.acked == total and link.stats.max_in_flight == WINDOW
     assert _rows_left(data_dir) == 0
     # The window at the start (20 of 4,000 here); the buffers are read ahead, so later reads find it full.
@@ -100,13 +110,7 @@ def test_a_backlog_over_mutual_tls_arrives_whole_and_in_order(gw, tmp_path):
     sub = Subscriber(broker.port, f"{root}#", tls=ca.client_files(tmp_path, "platform")).start()
     link = MqttLink(data_dir, LinkConfig(f"mqtts://127.0.0.1:{broker.port}", max_inflight=WINDOW,
                                          handle_commands=False)).start()
-    try:
-        assert link.wait_drained(60)
-        _assert_all_arrived_in_order(sub, N)
-    finally:
-        link.stop()
-        sub.stop()
-        broker.kill()
+    _drain_then_stop(link, sub, broker)
     assert _rows_left(data_dir) == 0 and link.stats.connects == 1
 
 
@@ -138,10 +142,7 @@ def test_connections_cut_mid_flood_lose_nothing_and_keep_the_order(gw, tmp_path)
 def test_stopping_mid_flood_keeps_the_rest_for_the_next_start(gw, tmp_path):
     """``stop`` waits for what is in flight, publishes nothing new; the next link sends the rest."""
     data_dir, gid = gw
-    root = _backlog(data_dir, gid, N)
-    total = N + len(range(0, N, 3))
-    broker = Mosquitto(tmp_path, extra=NO_DROPS).start()
-    sub = Subscriber(broker.port, f"{root}#").start()
+    total, broker, sub = _flood_setup(data_dir, gid, tmp_path)
     first = MqttLink(data_dir, LinkConfig(broker.url, max_inflight=WINDOW, handle_commands=False)).start()
     second = None
     try:
