@@ -163,7 +163,7 @@ def run_one(spec: Spec, python: str, quick: bool, extra: list[str], timeout: flo
     return result
 
 
-def table(results: list[Result], info: dict[str, str]) -> None:
+def table(results: list[Result], info: dict[str, str], detail: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -193,6 +193,9 @@ def table(results: list[Result], info: dict[str, str]) -> None:
     for r in results:
         if r.status != "ok":
             console.print(f"[red]{r.name}: {r.status}[/]")
+        elif detail:
+            console.print(f"{r.name}:")
+        if r.status != "ok" or detail:
             for line in r.tail:
                 console.print(f"    {line}", markup=False)
 
@@ -203,6 +206,8 @@ def main() -> int:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(names)}")
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run, not a figure to quote")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--detail", action="store_true",
+                        help="also print each benchmark's last lines (e.g. the dock's CPU s/GB and dock/limit)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the benchmarks")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     parser.add_argument("--arg", action="append", default=[], metavar="NAME=ARG",
@@ -234,7 +239,7 @@ def main() -> int:
         print(json.dumps({"machine": info, "load_average_end": load_average(), "results": [asdict(r) for r in results]},
                          indent=2, ensure_ascii=False))
     else:
-        table(results, info)
+        table(results, info, args.detail)
     return 0 if results and all(r.status == "ok" for r in results) else 1
 
 
