@@ -360,6 +360,7 @@ def test_retry_schedule_backs_off_per_item_and_wakes_what_waited_for_the_platfor
     assert "refused" in schedule  # a bad item keeps its back-off: no spinning on it
 
 
+@pytest.mark.timeout(150)  # 7-13 s alone; one four-worker run took over 60 s (two platform starts, 20 quick tries)
 def test_item_that_failed_while_the_platform_was_down_goes_as_soon_as_the_platform_is_back(tmp_path: Path) -> None:
     """A platform restart used to park failed items for a fixed 60 s after it was back (bench/faults.py saw a
     77 s settle after a 10 s outage). The retry wait is set far beyond this test's timeout, so only the
