@@ -360,7 +360,7 @@ def test_retry_schedule_backs_off_per_item_and_wakes_what_waited_for_the_platfor
     assert "refused" in schedule  # a bad item keeps its back-off: no spinning on it
 
 
-@pytest.mark.timeout(150)  # 7-13 s alone; one four-worker run took over 60 s (two platform starts, 20 quick tries)
+@pytest.mark.timeout(150)  # ~15-20 s alone: up to 60 quick tries while the platform is down, two platform starts
 def test_item_that_failed_while_the_platform_was_down_goes_as_soon_as_the_platform_is_back(tmp_path: Path) -> None:
     """A platform restart used to park failed items for a fixed 60 s after it was back (bench/faults.py saw a
     77 s settle after a 10 s outage). The retry wait is set far beyond this test's timeout, so only the
@@ -374,8 +374,10 @@ def test_item_that_failed_while_the_platform_was_down_goes_as_soon_as_the_platfo
 
     async def scenario() -> None:
         stop = asyncio.Event()
-        # quick tries within one delivery span ~10 s: the second item gets through once the channel reconnects
-        uploader = Uploader(gw.data_dir, UploadSettings(max_attempts=20, backoff_base_s=0.2, backoff_max_s=0.5),
+        # Quick tries within one delivery: the second item must outlast the channel's reconnect back-off
+        # (up to 4 s + jitter, gateway.uplink.link). 20 tries with full jitter capped at 0.5 s spanned only
+        # ~5 s: when they all failed first, both items were parked for the 600 s retry (a rare CI hang).
+        uploader = Uploader(gw.data_dir, UploadSettings(max_attempts=60, backoff_base_s=0.2, backoff_max_s=0.5),
                             on_outcome=outcomes.append)
         task = asyncio.ensure_future(uploader.run(stop, idle_poll_s=0.05, first_retry_s=600, retry_after_s=600))
         try:
