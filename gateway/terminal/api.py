@@ -213,21 +213,25 @@ def add_api_routes(app: web.Application) -> None:
     def session_of(request: web.Request) -> SigningJob:
         return context_of(request).signing.find(request.match_info["session_id"], terminal_of(request).officer_id)
 
-    async def get_signing(request: web.Request) -> web.Response:
+    async def found_session(request: web.Request) -> SigningJob | web.Response:
+        """This terminal's officer's session, or the 404 (audited) to answer instead."""
         try:
-            job = session_of(request)
+            return session_of(request)
         except NotFoundError as exc:
             await _audit(request, "signing_session_read_refused", {"session_id": request.match_info["session_id"][:64]})
             return error_response(404, exc)
+
+    async def get_signing(request: web.Request) -> web.Response:
+        job = await found_session(request)
+        if isinstance(job, web.Response):
+            return job
         await _audit(request, "signing_session_read", {"session_id": job.id})
         return web.json_response(job.as_json())
 
     async def signing_events(request: web.Request) -> web.StreamResponse:
-        try:
-            job = session_of(request)
-        except NotFoundError as exc:
-            await _audit(request, "signing_session_read_refused", {"session_id": request.match_info["session_id"][:64]})
-            return error_response(404, exc)
+        job = await found_session(request)
+        if isinstance(job, web.Response):
+            return job
         await _audit(request, "signing_session_stream", {"session_id": job.id})
         sessions = context_of(request).signing
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
