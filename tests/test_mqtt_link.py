@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,50 @@ def test_signed_results_verify_at_the_platform_and_a_tampered_one_does_not(gw, t
         assert verdict == {"good": True, "bad": False}
     finally:
         platform.stop()
+
+
+def test_a_message_queued_inside_an_evidence_transaction_goes_out_at_once_not_at_the_next_poll(gw):
+    """A rapid-test result, a delivery record or an evidence state is queued inside the evidence transaction,
+    not through the link: the link hears of it when that transaction commits (the commit bell), so it does
+    not wait for its poll. Here the poll is a minute: without the bell the message would not arrive in time."""
+    data_dir, gid = gw
+    sub = Subscriber(1883, f"egw/v1/{gid}/evidence/#").start()
+    link = MqttLink(data_dir, LinkConfig(SHARED_BROKER, poll_interval_s=60.0)).start()
+    try:
+        assert link.wait_connected(10)
+        time.sleep(0.5)  # past the link's first look at the outbox, so only the bell can bring the row
+        with EvidenceService(data_dir) as service:
+            ob.attach_to_service(service)
+            evidence_id = service.ingest_bytes(b"clip", ManifestInput(source_path="c.mp4", device_id="cam1")).evidence_id
+            wait_for(lambda: any(t.endswith(evidence_id) for t, _, _ in sub.snapshot()), 10,
+                     "the evidence message, long before the minute's poll")
+    finally:
+        link.stop()
+        sub.stop()
+
+
+def test_the_commit_bell_rings_for_committed_transactions_only(tmp_path: Path):
+    from gateway.evidence.outbox import COMMIT_BELL, enqueue, topic_root
+
+    heard: list[set[str]] = []
+    unlisten = COMMIT_BELL.listen(heard.append)
+    root = topic_root("gw-bell")
+    try:
+        with State(tmp_path) as state:
+            with pytest.raises(RuntimeError):
+                with state.transaction() as db:
+                    enqueue(db, root, "results", root + "results/rapidtest", b"{}")
+                    raise RuntimeError("the evidence write failed: the message must not be announced")
+            with state.transaction() as db:
+                db.execute("SELECT 1")
+            assert heard == [], "a rolled-back row (or none at all) was announced"
+            with state.transaction() as db:
+                enqueue(db, root, "results", root + "results/rapidtest", b"{}")
+                enqueue(db, root, "device", root + "devices/cam1/state", b"{}")
+            assert heard == [{"results", "device"}]
+            assert ob.usage(state.db).count == 1 + 1
+    finally:
+        unlisten()
+    with State(tmp_path) as state, state.transaction() as db:
+        enqueue(db, root, "results", root + "results/rapidtest", b"{}")
+    assert heard == [{"results", "device"}], "a listener heard a ring after it stopped listening"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,11 +41,11 @@ from google.protobuf.message import Message
 
 from gateway.errors import StateError, StoreFullError
 from gateway.evidence.ids import uuid7
-from gateway.evidence.state import EvidenceRow, State
+from gateway.evidence.state import AFTER_TRANSACTION, EvidenceRow, State
 from protos.egw.v1 import events_pb2, evidence_pb2
 
 __all__ = [
-    "LANES", "NEVER_DROP", "LATEST_ONLY", "DEFAULT_QUOTA_BYTES", "MAX_PAYLOAD_BYTES", "MAX_TOPIC_BYTES",
+    "COMMIT_BELL", "LANES", "NEVER_DROP", "LATEST_ONLY", "DEFAULT_QUOTA_BYTES", "MAX_PAYLOAD_BYTES", "MAX_TOPIC_BYTES",
     "OutboxError", "OutboxFullError", "OutboxMessage", "OutboxUsage",
     "topic_root", "check_topic", "to_json_bytes", "enqueue", "fetch", "pending", "count_sendable", "insert_batch", "delete", "park", "requeue_parked",
     "usage", "outbox_full", "evidence_state_message", "evidence_hook", "attach_outbox", "timestamp_now",
@@ -136,11 +137,60 @@ def timestamp_now() -> Any:
 
 # ---- the table, inside the caller's transaction -------------------------------
 
+class _CommitBell:
+    """Wakes this process's MQTT sender the moment a transaction that queued a message commits.
+
+    Why: rows queued inside evidence transactions (a rapid-test result, a delivery record, an evidence
+    state) were found only by the sender's poll, every 200 ms, which was most of a result's latency from
+    instrument to platform. The poll stays for rows other processes queue (``egw rapidtest`` beside
+    ``egw run``). A transaction's body runs on one thread, so the lanes it queued are kept per thread
+    until it ends: rung when it commits, forgotten when it rolls back (those rows never existed). A
+    ring is only a wake-up: one too many costs a query, none at all costs the poll's wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queued = threading.local()
+        self._listeners: list[Callable[[set[str]], None]] = []
+
+    def note(self, lane: str) -> None:
+        lanes: set[str] | None = getattr(self._queued, "lanes", None)
+        if lanes is None:
+            lanes = self._queued.lanes = set()
+        lanes.add(lane)
+
+    def transaction_ended(self, _db: sqlite3.Connection, committed: bool) -> None:
+        lanes: set[str] | None = getattr(self._queued, "lanes", None)
+        if not lanes:
+            return
+        self._queued.lanes = None
+        if committed:
+            with self._lock:
+                listeners = list(self._listeners)
+            for listener in listeners:
+                listener(lanes)
+
+    def listen(self, listener: Callable[[set[str]], None]) -> Callable[[], None]:
+        """Call ``listener(lanes)`` after every commit in this process that queued messages; returns the undo."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def forget() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+        return forget
+
+
+COMMIT_BELL = _CommitBell()
+AFTER_TRANSACTION.append(COMMIT_BELL.transaction_ended)
+
+
 def enqueue(db: sqlite3.Connection, root: str, lane: str, topic: str, payload: bytes, *, retain: bool = False,
             qos: int = 1) -> int:
     """Insert one message inside the caller's transaction; returns its id.
 
-    ``device``/``custody`` lanes replace any queued message for the same topic.
+    ``device``/``custody`` lanes replace any queued message for the same topic. Listeners of
+    :data:`COMMIT_BELL` in this process hear of it once the transaction commits.
     """
     if lane not in LANES:
         raise OutboxError(f"unknown outbox lane {lane!r}; expected one of {', '.join(LANES)}")
@@ -158,6 +208,7 @@ def enqueue(db: sqlite3.Connection, root: str, lane: str, topic: str, payload: b
         "INSERT INTO outbox (lane, topic, payload, qos, retain, dedupe_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (lane, topic, bytes(payload), qos, int(retain), dedupe, time.time()),
     )
+    COMMIT_BELL.note(lane)
     return int(cur.lastrowid or 0)
 
 

@@ -27,7 +27,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from gateway.errors import NotFoundError, StateError, TransitionError
 from gateway.evidence.private_files import create_private_file, private_dir, tighten
 
-__all__ = ["State", "EvidenceRow", "EvidenceListing", "EvidenceState", "STATES", "TRANSITIONS", "UNRECEIPTED",
+__all__ = ["AFTER_TRANSACTION", "State", "EvidenceRow", "EvidenceListing", "EvidenceState", "STATES", "TRANSITIONS", "UNRECEIPTED",
            "MIGRATIONS"]
 
 
@@ -268,6 +268,11 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+# Called after every State.transaction, outside its lock, with (connection, committed). Process-local: how
+# the outbox wakes its sender in the same process the moment a row is committed (gateway.evidence.outbox).
+AFTER_TRANSACTION: list[Callable[[sqlite3.Connection, bool], None]] = []
+
+
 def _locked(method: Callable[Concatenate[State, _P], _R]) -> Callable[Concatenate[State, _P], _R]:
     """Serialise use of the one connection across the service's threads."""
 
@@ -380,23 +385,32 @@ class State:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT: one writer at a time, all or nothing."""
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                if self.db.in_transaction:  # SQLite may have rolled back already (full disk, I/O error)
-                    self.db.execute("ROLLBACK")
-                raise
-            if not self.db.in_transaction:
-                # SQLite rolls a transaction back by itself on SQLITE_FULL / SQLITE_IOERR; a caller that
-                # caught that error and went on would otherwise meet only "cannot commit - no transaction
-                # is active", and what it did afterwards ran outside any transaction.
-                raise StateError("the state database ended a transaction early (it rolls back by itself when the "
-                                 "disk is full or an I/O error occurs); the change was not recorded as one unit",
-                                 "free disk space under the data directory and retry; `egw custody verify` checks the log")
-            self.db.execute("COMMIT")
+        """BEGIN IMMEDIATE … COMMIT: one writer at a time, all or nothing.
+
+        The listeners in :data:`AFTER_TRANSACTION` hear how it ended, once the lock is released."""
+        committed = False
+        try:
+            with self.lock:
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                except BaseException:
+                    if self.db.in_transaction:  # SQLite may have rolled back already (full disk, I/O error)
+                        self.db.execute("ROLLBACK")
+                    raise
+                if not self.db.in_transaction:
+                    # SQLite rolls a transaction back by itself on SQLITE_FULL / SQLITE_IOERR; a caller that
+                    # caught that error and went on would otherwise meet only "cannot commit - no transaction
+                    # is active", and what it did afterwards ran outside any transaction.
+                    raise StateError("the state database ended a transaction early (it rolls back by itself when "
+                                     "the disk is full or an I/O error occurs); the change was not recorded as one "
+                                     "unit", "free disk space under the data directory and retry; "
+                                     "`egw custody verify` checks the log")
+                self.db.execute("COMMIT")
+                committed = True
+        finally:
+            for listener in AFTER_TRANSACTION:
+                listener(self.db, committed)
 
     # ---- evidence ------------------------------------------------------
     @_locked

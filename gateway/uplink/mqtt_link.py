@@ -140,6 +140,7 @@ class MqttLink(LinkSession, OutboxPump, CommandReplies):
         self._sth_due = 0.0
         self._last_poll = 0.0
         self._state: State | None = None
+        self._unlisten: Callable[[], None] = lambda: None
 
     # ---- public API ---------------------------------------------------------
     def start(self) -> MqttLink:
@@ -148,6 +149,8 @@ class MqttLink(LinkSession, OutboxPump, CommandReplies):
         # Open (and migrate) the database here, before any thread: concurrent first opens race.
         self._state = State(self.data_dir)
         self.writer = ob.OutboxWriter(self.data_dir, self.gateway_id, on_commit=self._on_commit)
+        # rows this process queues inside evidence transactions (rapid-test results…) wake us at once
+        self._unlisten = ob.COMMIT_BELL.listen(self._on_commit)
         self._thread = threading.Thread(target=self._supervise, name=f"egw-mqtt-{self.gateway_id}", daemon=True)
         self._thread.start()
         return self
@@ -158,6 +161,7 @@ class MqttLink(LinkSession, OutboxPump, CommandReplies):
         Messages handed to ``publish`` are committed before this returns (they
         go out on the next start or ``drain_outbox``).
         """
+        self._unlisten()
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:

@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 
 from gateway.evidence.link_status import read_link_status, set_link_status
 from gateway.evidence.outbox import (
+    COMMIT_BELL,
     DEFAULT_QUOTA_BYTES,
     LANES,
     LATEST_ONLY,
@@ -66,7 +67,7 @@ from gateway.evidence.state import State
 from protos.egw.v1 import events_pb2
 
 __all__ = [
-    "LANES", "NEVER_DROP", "LATEST_ONLY", "DEFAULT_QUOTA_BYTES", "MAX_PAYLOAD_BYTES", "MAX_TOPIC_BYTES",
+    "COMMIT_BELL", "LANES", "NEVER_DROP", "LATEST_ONLY", "DEFAULT_QUOTA_BYTES", "MAX_PAYLOAD_BYTES", "MAX_TOPIC_BYTES",
     "OutboxError", "OutboxFullError", "OutboxMessage", "OutboxUsage", "Outbox", "OutboxWriter", "OutboxTicket",
     "topic_root", "check_topic", "to_json_bytes", "enqueue", "fetch", "pending", "count_sendable", "insert_batch", "delete",
     "park", "requeue_parked",
