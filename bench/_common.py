@@ -10,10 +10,26 @@ import threading
 import time
 from pathlib import Path
 
+# Measure egw as it is installed: pip compiles its bytecode once, so a process does not compile our
+# source at every start. With PYTHONDONTWRITEBYTECODE (set in some shells and images) every egw a
+# benchmark starts compiled ~0.1 s of source first, part of what a dock was timed for. Children inherit.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 MB = 1_000_000
-# glibc malloc for processes that move bytes through gRPC (README, "Operations"): without raised trim and
-# mmap thresholds every received 1 MiB message is returned to the kernel and faulted in again.
+REPO = Path(__file__).resolve().parent.parent
+# glibc malloc for the processes of bench/upload.py's raw-TLS reference, so that it runs with what the
+# reference platform sets for itself (simulators/platform/cli.py, LARGE_MESSAGE_MALLOC): without raised
+# trim and mmap thresholds every received 1 MiB message is returned to the kernel and faulted in again.
 GRPC_MALLOC_TUNABLES = "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for an ``egw`` a benchmark starts: this checkout first on the path, and nothing
+    else changed, so the gateway runs with the settings it ships with."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
 
 
 def make_files(directory: Path, count: int, size: int) -> list[Path]:

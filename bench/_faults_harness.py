@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench._common import child_env as common_child_env
+
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))),
@@ -112,10 +114,8 @@ def faketime_env(*, timestamp_file: Path | None = None, offset: str | None = Non
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env = common_child_env(**extra)
     env.pop("EGW_KEY_PASSPHRASE", None)
-    env.update(extra)
     return env
 
 

@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import (  # noqa: E402
-    GRPC_MALLOC_TUNABLES,
     MB,
     PeakRss,
+    child_env,
     load_average,
     openssl_sha256_mbps,
     unavoidable_cpu_s_per_gb,
@@ -50,20 +50,14 @@ LIMIT_RSS_MB = 250
 TARGET = 0.4
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("GLIBC_TUNABLES", GRPC_MALLOC_TUNABLES)
-    return env
-
 
 def egw(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], env=_env(), text=True, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gateway", *args], env=child_env(), text=True, capture_output=True,
                           check=True, **kwargs)  # type: ignore[call-overload]
 
 
 def spawn(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "gateway", *args], env=_env(), text=True, stdin=stdin,
+    return subprocess.Popen([sys.executable, "-m", "gateway", *args], env=child_env(), text=True, stdin=stdin,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
@@ -136,7 +130,7 @@ def main() -> int:
         started = time.time()
         dock = subprocess.Popen([sys.executable, "-m", "gateway", "dock", "--usbip", url, "--volumes",
                                  str(volumes / "{serial}"), "--data-dir", str(data), "--json", "--release", args.release],
-                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         peak_rss = PeakRss(dock.pid)
         out, err = dock.communicate(timeout=3600)
         exited = time.time()

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import PeakRss, load_average, write_bodycam_station_config  # noqa: E402
+from bench._common import PeakRss, child_env, load_average, write_bodycam_station_config  # noqa: E402
 from bench.dock import egw, read_lines, spawn, stop  # noqa: E402
 
 RSS_LIMIT_MB = 250
@@ -158,7 +158,7 @@ def run(workdir: Path, files: int, log=print) -> Outcome:
         started = time.monotonic()
         dock = subprocess.Popen([sys.executable, "-m", "gateway", "dock", "--usbip", url, "--volumes",
                                  str(volumes / "{serial}"), "--data-dir", str(data), "--json"],
-                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         procs.append(dock)
         dock_rss = PeakRss(dock.pid)
         out, err = _communicate(dock, 3600)
@@ -174,18 +174,13 @@ def run(workdir: Path, files: int, log=print) -> Outcome:
         outcome.delivered = len(json.loads(egw("platform", "ls", "--data", str(platform_data), "--json").stdout))
         outcome.left_on_recorder = sum(len(names) for _, _, names in os.walk(volumes / "1000001"))
         verify = subprocess.run([sys.executable, "-m", "gateway", "custody", "verify", "--data-dir", str(data)],
-                                env=_env(), capture_output=True)
+                                env=child_env(), capture_output=True)
         outcome.custody_ok = verify.returncode == 0
         return outcome
     finally:
         for proc in reversed(procs):
             stop(proc)
 
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def _spawn_run(workdir: Path, data: Path, url: str, volumes: Path) -> subprocess.Popen:

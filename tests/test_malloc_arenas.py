@@ -104,3 +104,49 @@ def _run_station(tmp_path: Path, **env: str) -> int:
 def test_egw_run_keeps_to_two_arenas(tmp_path: Path) -> None:
     assert _run_station(tmp_path, MALLOC_ARENA_MAX="16") >= 2  # the control: glibc's default on 2 CPUs
     assert _run_station(tmp_path) <= 1  # the main arena plus at most one more
+
+
+# The reference platform raises glibc's mmap threshold so that gRPC's 1 MiB messages come from the heap
+# and are reused, instead of being mapped, faulted in and returned to the kernel one by one. Seen from
+# malloc_info: a 4 MiB block counts as an mmap before the setting and not after it.
+MMAP_PROBE = """
+import ctypes, re, sys, tempfile
+from pathlib import Path
+from protos.glibc_malloc import glibc
+from simulators.platform.cli import LARGE_MESSAGE_MALLOC
+from protos.glibc_malloc import set_unless_operator_chose
+libc = glibc()
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+def mmapped_blocks():
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "info.xml"
+        stream = libc.fopen(str(path).encode(), b"w")
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        return int(re.search(r'<total type="mmap" count="(\\d+)"', path.read_text()).group(1))
+mapped_before = mmapped_blocks()
+before = libc.malloc(4 << 20)
+assert mmapped_blocks() == mapped_before + 1, "glibc's default should map a 4 MiB block"
+mapped_before += 1
+print(set_unless_operator_chose(LARGE_MESSAGE_MALLOC))
+after = libc.malloc(4 << 20)
+print(mapped_before, mmapped_blocks())
+"""
+
+
+def test_the_reference_platform_keeps_large_messages_on_the_heap_unless_the_operator_chose():
+    env = {k: v for k, v in egw_env().items() if k not in ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_")}
+    out = subprocess.run([sys.executable, "-c", MMAP_PROBE], env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "set"
+    mapped_before, mapped_after = map(int, out[1].split())
+    assert mapped_after == mapped_before, "the 4 MiB block after the setting was mapped, not taken from the heap"
+
+    from protos.glibc_malloc import M_MMAP_THRESHOLD, set_unless_operator_chose
+    assert set_unless_operator_chose({M_MMAP_THRESHOLD: 1 << 25}, {"MALLOC_MMAP_THRESHOLD_": "65536"}) == "operator"
+    assert set_unless_operator_chose({M_MMAP_THRESHOLD: 1 << 25},
+                                     {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}) == "operator"

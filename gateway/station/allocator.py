@@ -24,20 +24,11 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from protos.glibc_malloc import M_ARENA_MAX, glibc, set_unless_operator_chose
+
 __all__ = ["ARENA_MAX", "limit_malloc_arenas", "malloc_arena_count"]
 
 ARENA_MAX = 2
-_M_ARENA_MAX = -8  # mallopt parameter number in glibc's <malloc.h>
-
-
-def _glibc() -> ctypes.CDLL | None:
-    """The process's own C library when it is glibc (it has ``gnu_get_libc_version``), else None."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - probe: only glibc has it
-    except (OSError, AttributeError):
-        return None
-    return libc
 
 
 def limit_malloc_arenas(limit: int = ARENA_MAX, environ: Mapping[str, str] = os.environ) -> str:
@@ -47,12 +38,7 @@ def limit_malloc_arenas(limit: int = ARENA_MAX, environ: Mapping[str, str] = os.
     chooses: left alone), ``"not glibc"`` or ``"refused"`` (mallopt said no). Must run before many
     threads have allocated: glibc fixes its arena limit when the ninth arena is wanted.
     """
-    if "MALLOC_ARENA_MAX" in environ or "malloc.arena_max" in environ.get("GLIBC_TUNABLES", ""):
-        return "operator"
-    libc = _glibc()
-    if libc is None:
-        return "not glibc"
-    return "set" if libc.mallopt(_M_ARENA_MAX, limit) == 1 else "refused"
+    return set_unless_operator_chose({M_ARENA_MAX: limit}, environ)
 
 
 def malloc_arena_count() -> int | None:
@@ -60,7 +46,7 @@ def malloc_arena_count() -> int | None:
 
     For the memory reports of ``EGW_DEBUG_TRACEMALLOC`` and for tests.
     """
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return None
     libc.fopen.restype = ctypes.c_void_p

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography import x509
 
 from protos.enrolment_token import format_token
+from protos.glibc_malloc import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, set_unless_operator_chose
 from simulators.controls import EPILOGS
 from simulators.platform.index import DEFAULT_TOKEN_TTL, Index
 from simulators.platform.pki import PlatformPKI, fingerprint
@@ -29,6 +30,11 @@ from simulators.platform.server import DEFAULT_ENROL_FAILURES, DEFAULT_RESERVE, 
 __all__ = ["main", "issue_token", "revoke_gateway", "list_received", "platform_status", "PlatformAdminError"]
 
 _GW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# gRPC hands every received 1 MiB upload message to Python as a fresh allocation. With glibc's defaults
+# the freed memory goes back to the kernel (trim) and the next message faults it in again: measured in
+# bench/dock.py, 1.64-1.74 CPU s per GB received against 1.48-1.53 with these, on the same runs. The
+# platform keeps up to 256 MiB of freed heap per arena instead; an operator's own setting wins.
+LARGE_MESSAGE_MALLOC = {M_MMAP_THRESHOLD: 32 * 1024 * 1024, M_TRIM_THRESHOLD: 256 * 1024 * 1024}
 
 
 def main(argv: list[str]) -> int:
@@ -57,6 +63,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--agency-name", default="电子印章测试单位", help="the unit's name on its seal (with --agency-unit)")
     parser.add_argument("--trust-listen", default="127.0.0.1:0", help="trust services address (with --agency-unit)")
     args = parser.parse_args(argv)
+    set_unless_operator_chose(LARGE_MESSAGE_MALLOC)  # before the server's threads allocate
     server = PlatformServer(args.data, listen=args.listen, enroll_listen=args.enroll_listen, insecure=args.insecure,
                             receipt_fault=args.receipt_fault, reserve_bytes=args.reserve_bytes,
                             enrol_failures=args.enrol_failures, workers=args.workers,
