@@ -50,6 +50,9 @@ class Outcome:
     progress: list[tuple[int, int, int, int]] = field(default_factory=list)  # card: files done/total, bytes done/total
     evidence_at_kill: int = 0
     released_at_kill: int = 0  # released by egw run (each after its receipt) before the kill: gone from the recorder
+    on_recorder_at_kill: int = -1  # files on the recorder after the kill (a deletion the kill interrupted is gone too)
+    released_entries: dict[str, int] = field(default_factory=dict)  # evidence id -> its released-from-device entries
+    interrupted: int = 0  # of those, deletions the kill interrupted, recorded at the re-dock
     rss_run_mb: float = 0.0  # egw run, SIGKILLed a third of the way
     rss_dock_mb: float = 0.0  # egw dock, the re-dock to the end
     dock_exit: int | None = None
@@ -75,10 +78,16 @@ class Outcome:
         rows = self.rows
         if self.dock_exit != 0 or not (self.report and self.report["safe"]):
             out.append(f"egw dock exited {self.dock_exit}, safe={self.report and self.report['safe']}")
-        on_recorder = self.files - self.released_at_kill
+        on_recorder = self.on_recorder_at_kill
         if len(rows) != on_recorder or len({r["sha256"] for r in rows}) != on_recorder:
             out.append(f"re-dock listed {len(rows)} recordings with {len({r['sha256'] for r in rows})} digests, "
-                       f"expected {on_recorder} ({self.released_at_kill} released before the kill)")
+                       f"expected the {on_recorder} on the recorder ({self.released_at_kill} released before the kill)")
+        if self.released_at_kill + self.interrupted != self.files - on_recorder:
+            out.append(f"{self.files - on_recorder} files were gone from the recorder after the kill, but custody had "
+                       f"{self.released_at_kill} released and the re-dock found {self.interrupted} interrupted")
+        if len(self.released_entries) != self.files or set(self.released_entries.values()) != {1}:
+            out.append(f"custody has released-from-device for {len(self.released_entries)} of {self.files} recordings "
+                       f"({sum(n > 1 for n in self.released_entries.values())} of them more than once)")
         if self.copied_again != self.files - self.evidence_at_kill:
             out.append(f"re-dock copied {self.copied_again}, expected {self.files - self.evidence_at_kill} "
                        f"({self.evidence_at_kill} were evidence before the kill)")
@@ -147,6 +156,7 @@ def run(workdir: Path, files: int, log=print) -> Outcome:
         outcome.seconds["egw run until killed"] = time.monotonic() - started
         outcome.evidence_at_kill = _count_evidence(data)
         outcome.released_at_kill = _count_evidence(data, "released")
+        outcome.on_recorder_at_kill = sum(len(names) for _, _, names in os.walk(volumes / "1000001"))
         log(f"egw run SIGKILLed with {outcome.evidence_at_kill} of {outcome.files} recordings as evidence")
 
         started = time.monotonic()
@@ -176,6 +186,9 @@ def run(workdir: Path, files: int, log=print) -> Outcome:
         verify = subprocess.run([sys.executable, "-m", "gateway", "custody", "verify", "--data-dir", str(data)],
                                 env=child_env(), capture_output=True)
         outcome.custody_ok = verify.returncode == 0
+        for entry in _custody_entries(data, "released-from-device"):
+            outcome.released_entries[entry["evidence_id"]] = outcome.released_entries.get(entry["evidence_id"], 0) + 1
+            outcome.interrupted += bool(entry.get("interrupted"))
         return outcome
     finally:
         for proc in reversed(procs):
@@ -205,6 +218,14 @@ def _watch_until(screen: str, stop_when, timeout: float) -> list[tuple[int, int,
                 return samples
         time.sleep(0.05)
     raise TimeoutError(f"egw run did not get a third of the way within {timeout:.0f} s (last card: {samples[-1:]})")
+
+
+def _custody_entries(data: Path, event: str) -> list[dict]:
+    db = sqlite3.connect(f"file:{data / 'state.db'}?mode=ro", uri=True)
+    try:
+        return [json.loads(entry) for (entry,) in db.execute("SELECT entry FROM custody WHERE event = ?", (event,))]
+    finally:
+        db.close()
 
 
 def _count_evidence(data: Path, state: str | None = None) -> int:
@@ -261,6 +282,8 @@ def main() -> int:
     print(f"evidence at the kill      {outcome.evidence_at_kill} of {outcome.files}")
     print(f"re-dock copied            {outcome.copied_again} (confirmed by digest: {outcome.files - outcome.copied_again})")
     print(f"store / platform / left   {outcome.status_total} / {outcome.delivered} / {outcome.left_on_recorder}")
+    print(f"released                  {len(outcome.released_entries)} in custody, {outcome.released_at_kill} before "
+          f"the kill, {outcome.interrupted} interrupted by it and recorded at the re-dock")
     print(f"peak RSS                  egw run {outcome.rss_run_mb:.0f} MB, egw dock {outcome.rss_dock_mb:.0f} MB")
     problems = outcome.problems()
     for problem in problems:

@@ -344,6 +344,33 @@ class RecorderVolume:
             for d in opened:
                 os.close(d)
 
+    @_holding_lock
+    def holds(self, device_path: str) -> bool:
+        """Whether a regular file is at ``device_path`` (as ``VolumeFile.device_path`` names it) now.
+
+        For the dock's recovery of a deletion that a kill interrupted: False only when the path is
+        cleanly absent from a volume that is still there; anything unclear raises BodyCamError."""
+        parts = tuple(device_path.split("/"))
+        for part in parts:
+            reason = unsafe_name_reason(part)
+            if reason is not None:
+                raise HostileEntryError(f"refusing to look up {display_name(device_path)}: {reason}")
+        fd = self._root_fd()
+        opened: list[int] = []
+        try:
+            for part in parts[:-1]:
+                fd = os.open(part, _OPEN_DIR, dir_fd=fd)
+                opened.append(fd)
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and self.present():
+                return False
+            raise BodyCamError(f"cannot tell whether {display_name(device_path)} is on recorder {self.serial}: {exc}") from exc
+        finally:
+            for d in opened:
+                os.close(d)
+        return stat.S_ISREG(st.st_mode)
+
     def check_container(self, item: VolumeFile) -> ContainerCheck:
         """Cheap structural check of the container (RIFF size, JPEG end marker, MP4 boxes).
         Truncated media is still evidence: this informs, it does not filter."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import sqlite3
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from gateway.errors import NotFoundError, StateError, TransitionError
 from gateway.evidence.private_files import create_private_file, private_dir, tighten
 
-__all__ = ["AFTER_TRANSACTION", "State", "EvidenceRow", "EvidenceListing", "EvidenceState", "STATES", "TRANSITIONS", "UNRECEIPTED",
+__all__ = ["AFTER_TRANSACTION", "State", "EvidenceRow", "ReleaseIntent", "EvidenceListing", "EvidenceState", "STATES", "TRANSITIONS", "UNRECEIPTED",
            "MIGRATIONS"]
 
 
@@ -210,7 +211,31 @@ MIGRATIONS: list[str] = [
         used_by      TEXT
     );
     """,
+    # 6: write-ahead intents of the dock's deletions from a recorder. A row exists from just before a
+    # recording is deleted from the device until its "released-from-device" is committed (same
+    # transaction), so a kill between the two is found and finished at the recorder's next dock.
+    """
+    CREATE TABLE release_intents (
+        evidence_id TEXT PRIMARY KEY REFERENCES evidence(id),
+        device_id   TEXT NOT NULL,
+        device_path TEXT NOT NULL,
+        details     TEXT NOT NULL,
+        started_at  REAL NOT NULL
+    );
+    CREATE INDEX release_intents_device ON release_intents(device_id);
+    """,
 ]
+
+
+@dataclass(frozen=True)
+class ReleaseIntent:
+    """A deletion from a recorder that was about to happen: what ``released-from-device`` will record."""
+
+    evidence_id: str
+    device_id: str
+    device_path: str
+    details: dict[str, Any]
+    started_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -437,6 +462,29 @@ class State:
         )
         found = cur.fetchone()
         return _evidence_row(found) if found else None
+
+    # ---- write-ahead intents of deletions from a recorder (see the dock workflow) ----------
+    @_locked
+    def add_release_intents(self, intents: list[ReleaseIntent]) -> None:
+        """Record, durably and in one transaction, that these recordings are about to be deleted."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO release_intents (evidence_id, device_id, device_path, details, started_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(i.evidence_id, i.device_id, i.device_path, json.dumps(i.details, sort_keys=True), now) for i in intents])
+
+    @_locked
+    def release_intents_for(self, device_id: str) -> list[ReleaseIntent]:
+        rows = self.db.execute(
+            "SELECT evidence_id, device_id, device_path, details, started_at FROM release_intents WHERE device_id = ? "
+            "ORDER BY started_at, evidence_id", (device_id,)).fetchall()
+        return [ReleaseIntent(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+
+    @_locked
+    def drop_release_intent(self, evidence_id: str) -> None:
+        """Inside the caller's transaction, or as one of its own."""
+        self.db.execute("DELETE FROM release_intents WHERE evidence_id = ?", (evidence_id,))
 
     @_locked
     def first_from_source(self, device_id: str | None, source_path: str) -> EvidenceRow | None:

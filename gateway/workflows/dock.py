@@ -11,7 +11,9 @@ evidence (same device, path, size, mtime — confirmed by digest).
 
 Release policy (``receipt`` by default): a recording is deleted from the
 recorder only after the platform's verified receipt for a digest equal to a
-fresh re-hash of the device's copy; every deletion is a custody event. A
+fresh re-hash of the device's copy; every deletion is a custody event, even
+one that a kill interrupted before it was recorded (a write-ahead intent is
+committed before each round of deletions and finished at the next dock). A
 device copy that no longer matches what was ingested is kept, and the
 recorder is not safe to undock (the newer bytes are not evidence yet).
 
@@ -54,7 +56,7 @@ from gateway.errors import DeviceError, GatewayError
 from gateway.evidence.evidence_service import EvidenceService
 from gateway.evidence.manifest import ManifestInput
 from gateway.evidence.media import probe_image, probe_video, thumbnail_jpeg
-from gateway.evidence.state import EvidenceState
+from gateway.evidence.state import EvidenceRow, EvidenceState, ReleaseIntent
 from gateway.evidence.store import StoredBlob
 
 __all__ = ["DockWorkflow", "DockState", "DockedRecording", "DockCancelled", "RELEASE_POLICIES", "mounted_serials"]
@@ -230,6 +232,7 @@ class DockWorkflow:
         self._emit(session, "identified", 0)
 
     def _ingest_volume(self, session: DockState, volume: RecorderVolume) -> None:
+        self._finish_interrupted_releases(session, volume)
         scan = volume.scan()
         self._report_hostile(session, volume, scan)
         ordered = sorted(scan.recordings, key=lambda f: (not f.recording.important, f.recording.start, f.parts))  # type: ignore[union-attr]  # scan.recordings: parsed names only
@@ -389,52 +392,125 @@ class DockWorkflow:
 
     def release(self, session: DockState) -> int:
         """Release every recording the policy allows now; how many were released."""
-        released = sum(self.release_one(session, recording) for recording in session.recordings)
+        released = self.release_many(session, session.recordings)
         if released:
             self.service.sign_tree_head()
         return released
 
     def release_one(self, session: DockState, recording: DockedRecording) -> bool:
-        """Delete one recording from the recorder if the policy allows it and a fresh re-hash of the
-        device's copy equals the evidence. A copy that changed is kept (it is not evidence yet); a
-        volume that went away is "unplugged", never "changed" (a yanked volume reads short or empty)."""
+        return self.release_many(session, [recording]) == 1
+
+    def release_many(self, session: DockState, recordings: list[DockedRecording]) -> int:
+        """Delete from the recorder each recording the policy allows and whose fresh re-hash equals the
+        evidence; how many were deleted. A copy that changed is kept (it is not evidence yet); a volume
+        that went away is "unplugged", never "changed" (a yanked volume reads short or empty).
+
+        Crash-safe: the intents of the whole round are committed first (one transaction), then each file
+        is deleted and its ``released-from-device`` committed. A kill in between is finished at the
+        recorder's next dock (:meth:`_finish_interrupted_releases`), so no deletion goes unrecorded."""
+        verified: list[tuple[DockedRecording, EvidenceRow, str]] = []
+        for recording in recordings:
+            try:
+                checked = self._verified_for_release(session, recording)
+            except Exception as exc:  # noqa: BLE001 - a failed release (full disk…) keeps the file: said, not fatal
+                self._release_failed(session, recording, exc)
+                continue
+            if checked is not None:
+                verified.append((recording, *checked))
+        volume = session.volume
+        if not verified or volume is None:
+            return 0
+        details = {row.id: self._release_details(session, recording, fresh) for recording, row, fresh in verified}
+        try:
+            self.service.begin_releases([ReleaseIntent(row.id, session.device_id, recording.device_path, details[row.id])
+                                         for recording, row, _ in verified])
+        except Exception as exc:  # noqa: BLE001 - nothing is deleted that the log could not record
+            for recording, _, _ in verified:
+                self._release_failed(session, recording, exc)
+            return 0
+        released = 0
+        for recording, row, _ in verified:
+            try:
+                released += self._delete_and_record(session, volume, recording, row, details[row.id])
+            except Exception as exc:  # noqa: BLE001 - its intent stays: the next dock finds out what happened
+                self._release_failed(session, recording, exc)
+        return released
+
+    @staticmethod
+    def _release_failed(session: DockState, recording: DockedRecording, exc: Exception) -> None:
+        recording.error = f"not released: {type(exc).__name__}: {exc}"
+        log.warning("recorder %s: releasing %s failed: %s", session.serial, recording.device_path, exc)
+
+    def _verified_for_release(self, session: DockState, recording: DockedRecording) -> tuple[EvidenceRow, str] | None:
+        """(row, fresh device digest) when this recording may be deleted now, else None (reason on the recording)."""
         volume = session.volume
         if (volume is None or recording.released or recording.changed_on_device or recording.evidence_id is None
                 or not self.may_delete(recording)):
-            return False
+            return None
         row = self.service.state.get(recording.evidence_id)
         if not volume.present():
-            return self._unplugged(session, recording)
+            self._unplugged(session, recording)
+            return None
         try:
             fresh, read = self._device_digest(volume, recording.item)
         except BodyCamError as exc:
             if not self._still_present(volume):
-                return self._unplugged(session, recording)
+                self._unplugged(session, recording)
+                return None
             recording.error = f"not released: {exc}"
-            return False
+            return None
         if fresh != row.sha256 and (read != row.size or not volume.present()) and not self._still_present(volume):
-            return self._unplugged(session, recording)
+            self._unplugged(session, recording)
+            return None
         if fresh != row.sha256:
             recording.changed_on_device = True
             recording.error = (f"device copy changed since ingest (now {fresh[:12]}…, evidence {row.sha256[:12]}…): "
                                "kept on the recorder; re-dock it later to copy the new version")
             self.service.record_event(row.id, "release-refused", {"reason": "digest mismatch", "device_sha256": fresh})
-            return False
+            return None
+        return row, fresh
+
+    def _release_details(self, session: DockState, recording: DockedRecording, fresh: str) -> dict[str, Any]:
+        return {"device_id": session.device_id, "device_path": recording.device_path, "device_sha256": fresh,
+                "policy": self.release_policy}
+
+    def _delete_and_record(self, session: DockState, volume: RecorderVolume, recording: DockedRecording,
+                           row: EvidenceRow, details: dict[str, Any]) -> bool:
         try:
             volume.delete(recording.item)
         except BodyCamError as exc:
             if not self._still_present(volume):
-                return self._unplugged(session, recording)
+                return self._unplugged(session, recording)  # deleted or not, the next dock finds out
+            self.service.abandon_release(row.id)
             recording.error = f"not released: {exc}"
             return False
-        details = {"device_id": session.device_id, "device_path": recording.device_path, "device_sha256": fresh,
-                   "policy": self.release_policy, "at": datetime.now(UTC).isoformat()}
-        if row.state == EvidenceState.RECEIPTED:
-            self.service.transition(row.id, EvidenceState.RELEASED, custody_event="released-from-device", details=details)
-        else:
-            self.service.record_event(row.id, "released-from-device", details)
+        self.service.record_release(row.id, {**details, "at": datetime.now(UTC).isoformat()})
         recording.released, recording.error = True, None
         return True
+
+    def _finish_interrupted_releases(self, session: DockState, volume: RecorderVolume) -> None:
+        """Deletions from this recorder that a kill interrupted before they were recorded: a file that is
+        gone was deleted by that release (its intent was committed after the re-hash matched, just before
+        the deletion), so its ``released-from-device`` is recorded now, saying so; a file still there was
+        never deleted, and is decided again like any other."""
+        finished = 0
+        for intent in self.service.interrupted_releases(session.device_id):
+            try:
+                still_there = volume.holds(intent.device_path)
+            except BodyCamError as exc:
+                log.warning("recorder %s: cannot tell whether %s was deleted (%s); asking again at the next dock",
+                            session.serial, intent.device_path, exc)
+                continue
+            if still_there:
+                self.service.abandon_release(intent.evidence_id)
+                continue
+            self.service.record_release(intent.evidence_id, {
+                **intent.details, "at": datetime.now(UTC).isoformat(), "interrupted": True,
+                "release_started_at": datetime.fromtimestamp(intent.started_at, UTC).isoformat()})
+            finished += 1
+        if finished:
+            log.warning("recorder %s: %d deletion(s) interrupted at an earlier dock were found done and are now "
+                        "recorded", session.serial, finished)
 
     @staticmethod
     def _still_present(volume: RecorderVolume) -> bool:

@@ -420,13 +420,7 @@ class DockSession:
         if self.state.volume is None:
             return
         chosen = [r for r in self.state.recordings if all_recordings or (ids and r.evidence_id in ids)]
-        released = 0
-        for recording in chosen:
-            try:
-                released += self.workflow.release_one(self.state, recording)
-            except Exception as exc:  # noqa: BLE001 - a failed release (full disk…) keeps the file; said, not fatal
-                recording.error = f"not released: {type(exc).__name__}: {exc}"
-                log.warning("recorder %s: releasing %s failed: %s", self.state.serial, recording.device_path, exc)
+        released = self.workflow.release_many(self.state, chosen)  # a failed release keeps its file: said, not fatal
         if released:
             self.workflow.service.sign_tree_head()
             log.info("recorder %s: released %d recording%s from the recorder", self.state.serial, released,
