@@ -5,6 +5,7 @@ is followed (``O_NOFOLLOW``), special files are never opened; names are checked 
 ``names.unsafe_name_reason`` first. A file that changes while it is read is an error, never
 a silently different copy."""
 
+import contextlib
 import errno
 import functools
 import os
@@ -279,29 +280,15 @@ class RecorderVolume:
     @_holding_lock
     def open(self, item: VolumeFile) -> "RecordingReader":
         """Open a listed file read-only, without following links, checking it is the file listed."""
-        for part in item.parts:
-            reason = unsafe_name_reason(part)
-            if reason is not None:
-                raise HostileEntryError(f"refusing to open {display_name('/'.join(item.parts))}: {reason}")
-        fd = self._root_fd()
-        opened: list[int] = []
         try:
-            for part in item.parts[:-1]:
-                fd = os.open(part, _OPEN_DIR, dir_fd=fd)
-                opened.append(fd)
-            part = item.parts[-1]
-            file_fd = os.open(part, _OPEN_FILE, dir_fd=fd)
+            with self._parent_dir(item.parts, "open") as parent:
+                file_fd = os.open(item.parts[-1], _OPEN_FILE, dir_fd=parent)
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
-                raise HostileEntryError(f"{display_name(item.device_path)} goes through a symbolic link; not followed") from exc
             if exc.errno == errno.ELOOP:
                 raise HostileEntryError(f"{display_name(item.device_path)} is a symbolic link; not followed") from exc
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EIO, errno.ENODEV):
                 raise DeviceGone(f"{item.device_path} is no longer on recorder {self.serial}'s volume ({exc})") from exc
             raise BodyCamError(f"cannot open {item.device_path}: {exc}") from exc
-        finally:
-            for d in opened:
-                os.close(d)
         st = os.fstat(file_fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(file_fd)
@@ -317,22 +304,14 @@ class RecorderVolume:
         """Remove one recording from the recorder: the dock's "release", the only write this
         class makes. Call it only after the platform's receipt for this exact file verified.
         Refuses when the entry is no longer the file listed (inode, size, mtime)."""
-        for part in item.parts:
-            reason = unsafe_name_reason(part)
-            if reason is not None:
-                raise HostileEntryError(f"refusing to delete {display_name('/'.join(item.parts))}: {reason}")
-        fd = self._root_fd()
-        opened: list[int] = []
         try:
-            for part in item.parts[:-1]:
-                fd = os.open(part, _OPEN_DIR, dir_fd=fd)
-                opened.append(fd)
-            st = os.stat(item.parts[-1], dir_fd=fd, follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode):
-                raise HostileEntryError(f"{item.device_path} is now a {_kind(st.st_mode)}; not deleted")
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (item.dev, item.ino, item.size, item.mtime_ns):
-                raise RecordingChanged(f"{item.device_path} changed since it was listed; not deleted")
-            os.unlink(item.parts[-1], dir_fd=fd)
+            with self._parent_dir(item.parts, "delete") as parent:
+                st = os.stat(item.parts[-1], dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise HostileEntryError(f"{item.device_path} is now a {_kind(st.st_mode)}; not deleted")
+                if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (item.dev, item.ino, item.size, item.mtime_ns):
+                    raise RecordingChanged(f"{item.device_path} changed since it was listed; not deleted")
+                os.unlink(item.parts[-1], dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise BodyCamError(f"recorder {self.serial} does not let the host delete {item.device_path} ({exc}); "
@@ -340,9 +319,6 @@ class RecorderVolume:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EIO, errno.ENODEV):
                 raise DeviceGone(f"{item.device_path} is no longer on recorder {self.serial}'s volume ({exc})") from exc
             raise BodyCamError(f"cannot delete {item.device_path}: {exc}") from exc
-        finally:
-            for d in opened:
-                os.close(d)
 
     @_holding_lock
     def holds(self, device_path: str) -> bool:
@@ -351,25 +327,39 @@ class RecorderVolume:
         For the dock's recovery of a deletion that a kill interrupted: False only when the path is
         cleanly absent from a volume that is still there; anything unclear raises BodyCamError."""
         parts = tuple(device_path.split("/"))
-        for part in parts:
-            reason = unsafe_name_reason(part)
-            if reason is not None:
-                raise HostileEntryError(f"refusing to look up {display_name(device_path)}: {reason}")
-        fd = self._root_fd()
-        opened: list[int] = []
         try:
-            for part in parts[:-1]:
-                fd = os.open(part, _OPEN_DIR, dir_fd=fd)
-                opened.append(fd)
-            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            with self._parent_dir(parts, "look up") as parent:
+                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
         except OSError as exc:
             if exc.errno == errno.ENOENT and self.present():
                 return False
             raise BodyCamError(f"cannot tell whether {display_name(device_path)} is on recorder {self.serial}: {exc}") from exc
+        return stat.S_ISREG(st.st_mode)
+
+    @contextlib.contextmanager
+    def _parent_dir(self, parts: tuple[str, ...], doing: str) -> Iterator[int]:
+        """The directory holding ``parts[-1]``, reached from the volume's root one checked name at a time and
+        never through a link (each level opened by descriptor); closed again on leaving."""
+        for part in parts:
+            reason = unsafe_name_reason(part)
+            if reason is not None:
+                raise HostileEntryError(f"refusing to {doing} {display_name('/'.join(parts))}: {reason}")
+        fd = self._root_fd()
+        opened: list[int] = []
+        try:
+            for part in parts[:-1]:
+                try:
+                    fd = os.open(part, _OPEN_DIR, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
+                        raise HostileEntryError(f"{display_name('/'.join(parts))} goes through a symbolic link; "
+                                                "not followed") from exc
+                    raise
+                opened.append(fd)
+            yield fd
         finally:
             for d in opened:
                 os.close(d)
-        return stat.S_ISREG(st.st_mode)
 
     def check_container(self, item: VolumeFile) -> ContainerCheck:
         """Cheap structural check of the container (RIFF size, JPEG end marker, MP4 boxes).
