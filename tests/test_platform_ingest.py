@@ -305,3 +305,69 @@ def test_after_a_reboot_a_partial_is_cut_back_to_its_last_synced_offset(tmp_path
             reply = stub.Upload(iter([header, ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=300_000, data=data[300_000:]))]), timeout=5)
             assert reply.HasField("receipt")
     assert (tmp_path / "p" / "blobs" / "sha256" / item.sha256[:2] / item.sha256[2:]).read_bytes() == data
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 24 MiB tmpfs for the platform's data, so ENOSPC comes from the kernel, not from a mock."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True, capture_output=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_mid_upload_keeps_exactly_what_was_hashed_and_the_upload_resumes(tmp_path: Path, small_disk: Path) -> None:
+    """The platform writes on a thread of the upload's own while the handler receives the next chunk. When
+    the disk fills mid-stream: RESOURCE_EXHAUSTED naming the write, the partial cut back to what was written
+    and hashed (QueryUpload's offset), nothing stored; with room again the upload resumes there and the
+    blob verifies."""
+    import os
+    import time
+
+    mib = 1 << 20
+    with platform_server(small_disk / "p", reserve_bytes=0) as server:
+        gw = make_gateway(tmp_path, "g", small_disk / "p", server.address)
+        data = os.urandom(6 * mib)
+        item = ingest_random(gw, len(data), "x.bin", data=data)
+        header = _header(gw, item)
+        chunk = lambda off, d: ingest_pb2.UploadRequest(chunk=ingest_pb2.UploadChunk(offset=off, data=d))  # noqa: E731
+        partial = small_disk / "p" / "partial"
+        filler = small_disk / "filler"
+
+        def then_the_disk_fills():  # type: ignore[no-untyped-def]
+            yield header
+            yield chunk(0, data[:2 * mib])
+            deadline = time.monotonic() + 10
+            while sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) < 2 * mib:
+                assert time.monotonic() < deadline, "the first chunk never reached the partial file"
+                time.sleep(0.01)
+            with open(filler, "wb") as out:  # every byte the tmpfs has left but 256 KiB: the next write is cut short
+                try:
+                    while True:
+                        out.write(b"\0" * 65536)
+                        out.flush()
+                except OSError:
+                    pass
+            os.truncate(filler, filler.stat().st_size - 256 * 1024)
+            yield chunk(2 * mib, data[2 * mib:4 * mib])
+            yield chunk(4 * mib, data[4 * mib:])
+
+        query = ingest_pb2.QueryUploadRequest(sha256=item.sha256, evidence_id=item.evidence_id)
+        with stub_for(gw.link) as stub:
+            with pytest.raises(grpc.RpcError) as full:
+                stub.Upload(then_the_disk_fills(), timeout=20)
+            assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "storage full while writing" in full.value.details(), full.value.details()
+            committed = stub.QueryUpload(query, timeout=5).committed_offset
+            assert committed == 2 * mib, "the partial does not end where the hash ended"
+            assert list_received(small_disk / "p") == []
+
+            filler.unlink()
+            header.header.start_offset = committed
+            reply = stub.Upload(iter([header, chunk(committed, data[committed:4 * mib]), chunk(4 * mib, data[4 * mib:])]),
+                                timeout=20)
+            assert reply.HasField("receipt"), reply
+        assert [r["sha256"] for r in list_received(small_disk / "p")] == [hashlib.sha256(data).hexdigest()]

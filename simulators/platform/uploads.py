@@ -20,7 +20,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from simulators.platform.index import Index
 __all__ = ["SYNC_EVERY", "Hasher", "PartialUploads", "UploadLimits", "boot_id"]
 
 SYNC_EVERY = 64 * 1024 * 1024
+CHUNK_STAGING = 2 * 1024 * 1024  # one gateway chunk (gateway.uplink.uploader.CHUNK_SIZE) per O_DIRECT write
 
 
 @dataclass(frozen=True)
@@ -295,20 +296,28 @@ class PartialUploads:
         """Write and hash the chunks in order, syncing every ``SYNC_EVERY`` bytes; (committed offset, complete).
 
         Chunks are written through an aligned staging buffer, with ``O_DIRECT`` where the file system
-        takes it (``protos.direct_io``: page-cache writes were the platform's largest cost in a dock)."""
+        takes it (``protos.direct_io``: page-cache writes were the platform's largest cost in a dock), on a
+        writer thread of this upload's own, so that receiving the next chunk overlaps writing this one."""
         activity = self._watch(context)
-        appender = DirectAppender(fd, committed, direct=direct)
+        appender = DirectAppender(fd, committed, direct=direct, buffer_size=CHUNK_STAGING)
+        writer = _ChunkWriter(appender, hasher, lambda synced: self.index.save_partial(
+            gateway_id, header.sha256, header.size, synced, self.boot))
         try:
-            return self._write_stream(appender, gateway_id, header, requests, hasher, context, activity)
+            received = self._read_stream(writer, header, requests, context, activity)
         finally:
+            committed, error = writer.finish()  # what was received is on the file (or cut back) before we go on
             appender.close()
             self._unwatch(activity)
+        if error is not None:
+            _abort_on_write_error(error, header.sha256, committed, context)
+        return committed, received == header.size
 
-    def _write_stream(self, appender: DirectAppender, gateway_id: str, header: ingest_pb2.UploadHeader,
-                      requests: Iterator[ingest_pb2.UploadRequest | ChunkView], hasher: Hasher,
-                      context: grpc.ServicerContext, activity: list[float]) -> tuple[int, bool]:
-        sha, size = header.sha256, header.size
-        committed = synced = appender.offset
+    def _read_stream(self, writer: _ChunkWriter, header: ingest_pb2.UploadHeader,
+                     requests: Iterator[ingest_pb2.UploadRequest | ChunkView], context: grpc.ServicerContext,
+                     activity: list[float]) -> int:
+        """Check each chunk and hand it to the writer; how many bytes of the content were received."""
+        size = header.size
+        received = writer.committed  # all of it when the item is empty or every byte was already committed
         for request in requests:
             activity[0] = time.monotonic()
             if isinstance(request, ChunkView):
@@ -317,24 +326,20 @@ class PartialUploads:
                 chunk = ChunkView(request.chunk.offset, memoryview(request.chunk.data))
             else:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only the first Upload message may be a header")
-            if chunk.offset != committed:
+            if chunk.offset != received:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"offset gap: chunk at {chunk.offset} but {committed} bytes are committed; "
+                              f"offset gap: chunk at {chunk.offset} but {received} bytes are committed; "
                               "call QueryUpload and resume at the committed offset")
             data = chunk.data
-            if committed + len(data) > size:
+            if received + len(data) > size:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"size mismatch: chunk at {chunk.offset} with {len(data)} bytes runs past the declared size {size}")
-            _write_at(appender, data, committed, sha, context)
-            hasher.feed(data)
-            committed += len(data)
-            if committed - synced >= SYNC_EVERY:
-                os.fdatasync(appender.fd)
-                synced = committed
-                self.index.save_partial(gateway_id, sha, size, synced, self.boot)
-            if committed == size:
-                return committed, True
-        return committed, committed == size  # complete: a zero-length item, or all bytes were already committed
+            if not writer.put(data):
+                break  # the writer failed: said by the caller once what was written is known
+            received += len(data)
+            if received == size:
+                break
+        return received
 
     def _discard_mismatch(self, gateway_id: str, header: ingest_pb2.UploadHeader, digest: str,
                           context: grpc.ServicerContext) -> None:
@@ -361,17 +366,64 @@ class PartialUploads:
             self.index.drop_partial(db, gateway_id, sha)
 
 
-def _write_at(appender: DirectAppender, data: bytes | memoryview, committed: int, sha: str,
-              context: grpc.ServicerContext) -> None:
-    """Write one chunk at the committed offset; on failure cut the file back to it (the committed offset stays
-    exactly what was fed to the hash) and abort the call."""
-    try:
-        appender.append(data)
-    except OSError as exc:
-        os.ftruncate(appender.fd, committed)  # the committed offset stays exactly what was fed to the hash
-        if exc.errno == errno.ENOSPC:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"platform storage full while writing {sha} at {committed}; retry later "
-                          "(the operator must free space); the committed part is kept")
-        context.abort(grpc.StatusCode.INTERNAL,
-                      f"platform storage error writing {sha} at {committed}: {exc.strerror}; retry later")
+class _ChunkWriter:
+    """One upload's chunks written and hashed in order on a thread of its own.
+
+    Why a thread: the handler thread receiving chunks used to write each one before asking gRPC for the
+    next, so the network waited for the disk and the disk for the network; bench/upload.py's like-for-like
+    raw-TLS reference writes on a thread of its own, and so does this now. The invariant is kept: a byte is
+    fed to the hash only once it is on the file, and ``committed`` (the partial's length, what QueryUpload
+    answers) is exactly what was hashed; a failed write cuts the file back to it. At most ``DEPTH`` received
+    chunks wait, so memory stays bounded."""
+
+    DEPTH = 4
+
+    def __init__(self, appender: DirectAppender, hasher: Hasher, on_synced: Callable[[int], None]) -> None:
+        self.appender = appender
+        self.hasher = hasher
+        self.on_synced = on_synced
+        self.committed = appender.offset
+        self.error: OSError | None = None
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=self.DEPTH)
+        self._thread = threading.Thread(target=self._run, name="platform-write", daemon=True)
+        self._thread.start()
+
+    def put(self, data: bytes | memoryview) -> bool:
+        """Queue a chunk; False once a write has failed (nothing more is taken)."""
+        if self.error is not None:
+            return False
+        self._queue.put(data)
+        return True
+
+    def finish(self) -> tuple[int, OSError | None]:
+        """Write what was queued, stop; (committed offset, the write error if one happened)."""
+        self._queue.put(None)
+        self._thread.join()
+        return self.committed, self.error
+
+    def _run(self) -> None:
+        synced = self.committed
+        while (data := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain: nothing after a failed write goes on the file
+            try:
+                self.appender.append(data)
+            except OSError as exc:
+                os.ftruncate(self.appender.fd, self.committed)  # the committed offset stays exactly what was hashed
+                self.error = exc
+                continue
+            self.hasher.feed(data)
+            self.committed += len(data)
+            if self.committed - synced >= SYNC_EVERY:
+                os.fdatasync(self.appender.fd)
+                synced = self.committed
+                self.on_synced(synced)
+
+
+def _abort_on_write_error(exc: OSError, sha: str, committed: int, context: grpc.ServicerContext) -> None:
+    if exc.errno == errno.ENOSPC:
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"platform storage full while writing {sha} at {committed}; retry later "
+                      "(the operator must free space); the committed part is kept")
+    context.abort(grpc.StatusCode.INTERNAL,
+                  f"platform storage error writing {sha} at {committed}: {exc.strerror}; retry later")
