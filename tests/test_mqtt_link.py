@@ -297,3 +297,22 @@ def test_the_commit_bell_rings_for_committed_transactions_only(tmp_path: Path):
     with State(tmp_path) as state, state.transaction() as db:
         enqueue(db, root, "results", root + "results/rapidtest", b"{}")
     assert heard == [{"results", "device"}], "a listener heard a ring after it stopped listening"
+
+
+def test_a_failing_commit_listener_does_not_turn_a_commit_into_an_error(tmp_path: Path):
+    """The bell rings after COMMIT: a listener that raises must not make the caller believe its evidence
+    was not recorded (the dock would then report a release as failed that happened)."""
+    from gateway.evidence.outbox import COMMIT_BELL, enqueue, topic_root
+
+    def broken(_lanes: set[str]) -> None:
+        raise RuntimeError("a listener with a bug")
+
+    unlisten = COMMIT_BELL.listen(broken)
+    root = topic_root("gw-bell")
+    try:
+        with State(tmp_path) as state:
+            with state.transaction() as db:
+                enqueue(db, root, "results", root + "results/rapidtest", b"{}")
+            assert ob.usage(state.db).count == 1
+    finally:
+        unlisten()

@@ -167,7 +167,10 @@ class _CommitBell:
             with self._lock:
                 listeners = list(self._listeners)
             for listener in listeners:
-                listener(lanes)
+                try:
+                    listener(lanes)
+                except Exception:  # noqa: BLE001 - the transaction committed: a wake-up that failed must not say otherwise
+                    log.exception("a listener of the outbox's commits failed; its poll will find the rows")
 
     def listen(self, listener: Callable[[set[str]], None]) -> Callable[[], None]:
         """Call ``listener(lanes)`` after every commit in this process that queued messages; returns the undo."""
