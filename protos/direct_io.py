@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import mmap
 import os
 from pathlib import Path
@@ -65,21 +66,21 @@ class DirectReader:
     """Reads ranges of one file into reused page-aligned buffers, ``O_DIRECT`` where possible.
 
     ``read_at`` returns a view into one of ``buffers`` buffers, valid until that buffer comes round
-    again: with two, a caller may read one chunk ahead while it still uses the previous one."""
+    again: with two, a caller may read one chunk ahead while it still uses the previous one, or run two
+    reads at once from two threads (each call takes the next buffer atomically)."""
 
     def __init__(self, path: Path | str, chunk_size: int, *, buffers: int = 2, direct: bool = DIRECT_IO) -> None:
         self.fd, self.direct = open_direct(path, os.O_RDONLY, direct=direct)
         # room for a chunk that starts mid-block: one block before it and the rounding after it
         self._size = _aligned_size(chunk_size) + ALIGN
         self._buffers = [mmap.mmap(-1, self._size) for _ in range(max(1, buffers))]
-        self._next = 0
+        self._turns = itertools.count()  # next() of a C iterator is atomic: two threads never share a buffer
 
     def read_at(self, offset: int, length: int) -> memoryview:
         """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
         if length > self._size - ALIGN:
             raise ValueError(f"read of {length} bytes exceeds this reader's chunk size {self._size - ALIGN}")
-        buffer = self._buffers[self._next]
-        self._next = (self._next + 1) % len(self._buffers)
+        buffer = self._buffers[next(self._turns) % len(self._buffers)]
         start = align_down(offset) if self.direct else offset
         skip = offset - start
         want = _aligned_size(skip + length) if self.direct else length

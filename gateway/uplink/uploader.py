@@ -29,9 +29,11 @@ so the event loop never blocks on disk.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ __all__ = ["Uploader", "UploadOutcome", "RetrySchedule", "TokenBucket", "UploadS
 CHUNK_SIZE = 2 * 1024 * 1024
 SMALL_THRESHOLD = 8 * 1024 * 1024
 POLL_S = 0.05
+READ_AHEAD = 2  # blob reads in flight while a chunk is sent (BlobStore.reader has a buffer for each)
 RPC_TIMEOUT_S = 30.0
 NON_RETRYABLE = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ALREADY_EXISTS,
                  grpc.StatusCode.UNIMPLEMENTED}
@@ -463,47 +466,59 @@ class Uploader:
             return
         loop = asyncio.get_running_loop()
         chunk = self.settings.chunk_size
-        reader = self.service.store.reader(item.sha256, chunk)  # two buffers: one read ahead while one is sent
-        pending: asyncio.Future[memoryview] | None = None
+        reader = self.service.store.reader(item.sha256, chunk)  # one buffer per read in flight (READ_AHEAD)
+
+        def read(pos: int) -> memoryview:
+            length = min(chunk, item.size - pos)
+            view = reader.read_at(pos, length)
+            if len(view) != length:
+                raise OSError(f"blob {item.sha256} ended at {pos + len(view)} of {item.size} bytes; the store is damaged")
+            return view
+
+        # READ_AHEAD reads in flight while the loop sends: with one, the loop waited for every read, and the
+        # read's thread then waited for the GIL the loop held (py-spy: five times longer than the read itself).
+        # A chunk is encoded (copied out of its buffer) before the read that reuses the buffer is started.
+        starts = iter(range(offset, item.size, chunk))
+        in_flight: deque[tuple[int, asyncio.Future[memoryview]]] = deque(
+            (pos, loop.run_in_executor(self._io_pool, read, pos)) for pos in itertools.islice(starts, READ_AHEAD))
         try:
-            pos = offset
-            pending = loop.run_in_executor(self._io_pool, reader.read_at, pos, min(chunk, item.size - pos))
-            while pos < item.size:
+            while in_flight:
+                pos, pending = in_flight[0]
                 view = await pending
-                if not view:
-                    raise OSError(f"blob {item.sha256} ended at {pos} of {item.size} bytes; the store is damaged")
-                nxt = pos + len(view)
-                if nxt < item.size:  # read one chunk ahead while this one is sent
-                    pending = loop.run_in_executor(self._io_pool, reader.read_at, nxt, min(chunk, item.size - nxt))
+                in_flight.popleft()
                 if self.bucket is not None:
                     if express:
                         self.bucket.charge(len(view))
                     else:
                         await self.bucket.take(len(view))
-                data: bytes | memoryview = view
-                if self.chunk_filter is not None:
-                    data = self.chunk_filter(item, pos, bytes(view))
+                data: bytes | memoryview = view if self.chunk_filter is None else self.chunk_filter(item, pos, bytes(view))
+                message = encode_chunk_request(pos, data)  # the one copy: into the message gRPC sends
+                following = next(starts, None)
+                if following is not None:  # its buffer is free now
+                    in_flight.append((following, loop.run_in_executor(self._io_pool, read, following)))
                 out.bytes_sent += len(data)
-                yield encode_chunk_request(pos, data)  # the one copy: into the message gRPC sends
-                pos = nxt
+                yield message
         finally:
-            _close_after(pending, reader)
+            _close_after([pending for _, pending in in_flight], reader)
 
 
-def _close_after(pending: asyncio.Future[memoryview] | None, reader: DirectReader) -> None:
-    """Close the reader once no read runs into its buffers: a stream cut short may leave one in flight,
-    and closing its file under it could let the read land in a file opened later with the same number."""
-    def close(done: asyncio.Future[memoryview]) -> None:
+def _close_after(pending: list[asyncio.Future[memoryview]], reader: DirectReader) -> None:
+    """Close the reader once no read runs into its buffers: a stream cut short may leave reads in flight,
+    and closing its file under them could let a read land in a file opened later with the same number."""
+    if not pending:
+        reader.close()
+        return
+    left = [len(pending)]
+
+    def one_done(done: asyncio.Future[memoryview]) -> None:
         if not done.cancelled():
             done.exception()  # retrieved: the stream already failed or ended for its own reason
-        reader.close()
+        left[0] -= 1
+        if not left[0]:
+            reader.close()
 
-    if pending is None:
-        reader.close()
-    elif pending.done():
-        close(pending)
-    else:
-        pending.add_done_callback(close)
+    for future in pending:
+        future.add_done_callback(one_done)
 
 
 def pending_count(service: EvidenceService) -> int:
