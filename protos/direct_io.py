@@ -17,6 +17,7 @@ flush the device cache; callers still ``fdatasync`` where they did before.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -193,7 +194,5 @@ class DirectAppender:
 
 def _close_quietly(buffer: mmap.mmap) -> None:
     """Unmap now, unless a view the caller still holds pins it (then it goes with the last view)."""
-    try:
+    with contextlib.suppress(BufferError):
         buffer.close()
-    except BufferError:
-        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -344,13 +345,10 @@ def test_disk_full_mid_upload_keeps_exactly_what_was_hashed_and_the_upload_resum
             while sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) < 2 * mib:
                 assert time.monotonic() < deadline, "the first chunk never reached the partial file"
                 time.sleep(0.01)
-            with open(filler, "wb") as out:  # every byte the tmpfs has left but 256 KiB: the next write is cut short
-                try:
-                    while True:
-                        out.write(b"\0" * 65536)
-                        out.flush()
-                except OSError:
-                    pass
+            with open(filler, "wb") as out, contextlib.suppress(OSError):  # all the tmpfs has left, then 256 KiB back
+                while True:
+                    out.write(b"\0" * 65536)
+                    out.flush()
             os.truncate(filler, filler.stat().st_size - 256 * 1024)
             yield chunk(2 * mib, data[2 * mib:4 * mib])
             yield chunk(4 * mib, data[4 * mib:])

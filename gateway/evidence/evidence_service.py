@@ -25,7 +25,7 @@ from gateway.evidence.custody import CustodyLog, TreeHead
 from gateway.evidence.ids import uuid7
 from gateway.evidence.manifest import ManifestInput, build_manifest, sign_manifest
 from gateway.evidence.outbox import attach_outbox
-from gateway.evidence.state import EvidenceRow, EvidenceState, ReleaseIntent, State
+from gateway.evidence.state import EvidenceRow, EvidenceState, State
 from gateway.evidence.store import DEFAULT_RESERVE, BlobStore, ProgressCallback, Readable, StoredBlob
 
 __all__ = ["EvidenceService", "IngestResult", "TransitionHook", "path_as_data"]
@@ -166,39 +166,26 @@ class EvidenceService:
     def transition(self, evidence_id: str, to_state: str, *, custody_event: str | None = None,
                    details: dict[str, Any] | None = None, **fields: Any) -> None:
         """Change state, optionally with a custody event, in one durable transaction."""
-        to_state = str(to_state)  # an EvidenceState goes on as its plain value (hooks put it in JSON and protobuf)
         with self.state.transaction() as db:
-            self.state.transition(evidence_id, to_state, **fields)
-            if custody_event:
-                self.custody.append(db, custody_event, evidence_id, details or {})
-            self._run_hooks(db, evidence_id, {"event": custody_event or to_state, **(details or {})})
+            self._transition(db, evidence_id, to_state, custody_event, details or {}, **fields)
 
-    # ---- deletions from a recorder, crash-safe -------------------------------------
-    # A recording is deleted from the device between two commits: its intent (before) and its
-    # "released-from-device" (after). A kill in between leaves the intent, and the recorder's next dock
-    # finishes it (the file is gone: the release is recorded, saying so) or drops it (the file is still
-    # there: the release is decided again). Without the intent, such a deletion left no trace in custody.
-    def begin_releases(self, intents: list[ReleaseIntent]) -> None:
-        self.state.add_release_intents(intents)
+    def _transition(self, db: sqlite3.Connection, evidence_id: str, to_state: str, custody_event: str | None,
+                    details: dict[str, Any], **fields: Any) -> None:
+        to_state = str(to_state)  # an EvidenceState goes on as its plain value (hooks put it in JSON and protobuf)
+        self.state.transition(evidence_id, to_state, **fields)
+        if custody_event:
+            self.custody.append(db, custody_event, evidence_id, details)
+        self._run_hooks(db, evidence_id, {"event": custody_event or to_state, **details})
 
     def record_release(self, evidence_id: str, details: dict[str, Any]) -> None:
-        """``released-from-device`` (and the RELEASED state once receipted), ending its intent, in one transaction."""
+        """``released-from-device`` (and the RELEASED state once receipted) and the end of the deletion's
+        write-ahead intent (``State.add_release_intents``), in one transaction: see the dock workflow."""
         with self.state.transaction() as db:
             if self.state.get(evidence_id).state == EvidenceState.RECEIPTED:
-                self.state.transition(evidence_id, EvidenceState.RELEASED.value)
-                self.custody.append(db, "released-from-device", evidence_id, details)
-                self._run_hooks(db, evidence_id, {"event": "released-from-device", **details})
+                self._transition(db, evidence_id, EvidenceState.RELEASED, "released-from-device", details)
             else:
                 self.custody.append(db, "released-from-device", evidence_id, details)
             self.state.drop_release_intent(evidence_id)
-
-    def abandon_release(self, evidence_id: str) -> None:
-        """The deletion did not happen: the recording is still on the recorder."""
-        with self.state.transaction():
-            self.state.drop_release_intent(evidence_id)
-
-    def interrupted_releases(self, device_id: str) -> list[ReleaseIntent]:
-        return self.state.release_intents_for(device_id)
 
     def record_event(self, evidence_id: str | None, event: str, details: dict[str, Any]) -> int:
         with self.state.transaction() as db:

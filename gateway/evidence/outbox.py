@@ -142,8 +142,8 @@ class _CommitBell:
 
     Why: rows queued inside evidence transactions (a rapid-test result, a delivery record, an evidence
     state) were found only by the sender's poll, every 200 ms, which was most of a result's latency from
-    instrument to platform. The poll stays for rows other processes queue (``egw rapidtest`` beside
-    ``egw run``). A transaction's body runs on one thread, so the lanes it queued are kept per thread
+    instrument to platform. The poll stays as the fallback for rows another process queued (the writing
+    commands run inside ``egw run`` when it serves the directory). A transaction's body runs on one thread, so the lanes it queued are kept per thread
     until it ends: rung when it commits, forgotten when it rolls back (those rows never existed). A
     ring is only a wake-up: one too many costs a query, none at all costs the poll's wait."""
 
@@ -158,7 +158,7 @@ class _CommitBell:
             lanes = self._queued.lanes = set()
         lanes.add(lane)
 
-    def transaction_ended(self, _db: sqlite3.Connection, committed: bool) -> None:
+    def transaction_ended(self, committed: bool) -> None:
         lanes: set[str] | None = getattr(self._queued, "lanes", None)
         if not lanes:
             return

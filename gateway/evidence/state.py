@@ -293,9 +293,9 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-# Called after every State.transaction, outside its lock, with (connection, committed). Process-local: how
+# Called after every State.transaction, outside its lock, with whether it committed. Process-local: how
 # the outbox wakes its sender in the same process the moment a row is committed (gateway.evidence.outbox).
-AFTER_TRANSACTION: list[Callable[[sqlite3.Connection, bool], None]] = []
+AFTER_TRANSACTION: list[Callable[[bool], None]] = []
 
 
 def _locked(method: Callable[Concatenate[State, _P], _R]) -> Callable[Concatenate[State, _P], _R]:
@@ -435,7 +435,7 @@ class State:
                 committed = True
         finally:
             for listener in AFTER_TRANSACTION:
-                listener(self.db, committed)
+                listener(committed)
 
     # ---- evidence ------------------------------------------------------
     @_locked
@@ -483,7 +483,7 @@ class State:
 
     @_locked
     def drop_release_intent(self, evidence_id: str) -> None:
-        """Inside the caller's transaction, or as one of its own."""
+        """The deletion was recorded (inside that transaction) or did not happen (on its own: the file is still there)."""
         self.db.execute("DELETE FROM release_intents WHERE evidence_id = ?", (evidence_id,))
 
     @_locked

@@ -504,21 +504,12 @@ class Uploader:
 
 def _close_after(pending: list[asyncio.Future[memoryview]], reader: DirectReader) -> None:
     """Close the reader once no read runs into its buffers: a stream cut short may leave reads in flight,
-    and closing its file under them could let a read land in a file opened later with the same number."""
+    and closing its file under them could let a read land in a file opened later with the same number.
+    Their outcomes are collected (``return_exceptions``): the stream already ended for its own reason."""
     if not pending:
         reader.close()
         return
-    left = [len(pending)]
-
-    def one_done(done: asyncio.Future[memoryview]) -> None:
-        if not done.cancelled():
-            done.exception()  # retrieved: the stream already failed or ended for its own reason
-        left[0] -= 1
-        if not left[0]:
-            reader.close()
-
-    for future in pending:
-        future.add_done_callback(one_done)
+    asyncio.gather(*pending, return_exceptions=True).add_done_callback(lambda _: reader.close())
 
 
 def pending_count(service: EvidenceService) -> int:

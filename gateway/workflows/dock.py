@@ -397,9 +397,6 @@ class DockWorkflow:
             self.service.sign_tree_head()
         return released
 
-    def release_one(self, session: DockState, recording: DockedRecording) -> bool:
-        return self.release_many(session, [recording]) == 1
-
     def release_many(self, session: DockState, recordings: list[DockedRecording]) -> int:
         """Delete from the recorder each recording the policy allows and whose fresh re-hash equals the
         evidence; how many were deleted. A copy that changed is kept (it is not evidence yet); a volume
@@ -422,7 +419,7 @@ class DockWorkflow:
             return 0
         details = {row.id: self._release_details(session, recording, fresh) for recording, row, fresh in verified}
         try:
-            self.service.begin_releases([ReleaseIntent(row.id, session.device_id, recording.device_path, details[row.id])
+            self.service.state.add_release_intents([ReleaseIntent(row.id, session.device_id, recording.device_path, details[row.id])
                                          for recording, row, _ in verified])
         except Exception as exc:  # noqa: BLE001 - nothing is deleted that the log could not record
             for recording, _, _ in verified:
@@ -481,7 +478,7 @@ class DockWorkflow:
         except BodyCamError as exc:
             if not self._still_present(volume):
                 return self._unplugged(session, recording)  # deleted or not, the next dock finds out
-            self.service.abandon_release(row.id)
+            self.service.state.drop_release_intent(row.id)
             recording.error = f"not released: {exc}"
             return False
         self.service.record_release(row.id, {**details, "at": datetime.now(UTC).isoformat()})
@@ -494,7 +491,7 @@ class DockWorkflow:
         the deletion), so its ``released-from-device`` is recorded now, saying so; a file still there was
         never deleted, and is decided again like any other."""
         finished = 0
-        for intent in self.service.interrupted_releases(session.device_id):
+        for intent in self.service.state.release_intents_for(session.device_id):
             try:
                 still_there = volume.holds(intent.device_path)
             except BodyCamError as exc:
@@ -502,7 +499,7 @@ class DockWorkflow:
                             session.serial, intent.device_path, exc)
                 continue
             if still_there:
-                self.service.abandon_release(intent.evidence_id)
+                self.service.state.drop_release_intent(intent.evidence_id)
                 continue
             self.service.record_release(intent.evidence_id, {
                 **intent.details, "at": datetime.now(UTC).isoformat(), "interrupted": True,
