@@ -1,6 +1,7 @@
 """Dock throughput: 4 recorders docked at once, ingested and delivered, against the SHA-256 limit.
 
-    python bench/dock.py [--count 4] [--fill-mb 1024] [--repeat N] [--workdir DIR] [--release receipt|ingest|never]
+    python bench/dock.py [--count 4] [--fill-mb 1024] [--parallel P] [--repeat N] [--workdir DIR]
+                         [--release receipt|ingest|never]
 
 Starts the reference platform and ``--count`` simulated body-worn cameras
 (USB/IP control, one ``--fill-mb`` bulk file each plus a small video), enrols
@@ -152,6 +153,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=4, help="recorders docked at once")
     parser.add_argument("--fill-mb", type=float, default=1024, help="bulk file per recorder, MB")
     parser.add_argument("--release", choices=["receipt", "ingest", "never"], default="receipt")
+    parser.add_argument("--parallel", type=int, help="egw dock --parallel: recordings copied at once (default: egw's)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="docks in a row, each from scratch; with more than one, the last lines are the medians")
     parser.add_argument("--workdir", type=Path)
@@ -199,7 +201,8 @@ def dock_once(args: argparse.Namespace, workdir: Path) -> DockRun:
         recorders_cpu_before = _proc_cpu_s(recorders.pid)
         started = time.time()
         dock = subprocess.Popen([sys.executable, "-m", "gateway", "dock", "--usbip", url, "--volumes",
-                                 str(volumes / "{serial}"), "--data-dir", str(data), "--json", "--release", args.release],
+                                 str(volumes / "{serial}"), "--data-dir", str(data), "--json", "--release", args.release,
+                                 *(["--parallel", str(args.parallel)] if args.parallel else [])],
                                 env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         peak_rss = PeakRss(dock.pid)
         out, err = dock.communicate(timeout=3600)
