@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,74 @@ def test_recover_removes_leftover_partial_copies(tmp_path):
     store = BlobStore(tmp_path)
     (store.tmp / "dead.part").write_bytes(b"half")
     assert store.recover() == 1 and not any(store.tmp.iterdir())
+
+
+class ThreadWatchingSource(io.RawIOBase):
+    """Serves ``data`` and notes which copy threads of the store are alive while it is read."""
+
+    def __init__(self, data: bytes):
+        self.inner = io.BytesIO(data)
+        self.stage_threads: set[str] = set()
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        self.stage_threads |= {t.name for t in threading.enumerate() if t.name.startswith("blob-")}
+        return self.inner.readinto(buffer)
+
+
+@pytest.mark.parametrize("size", [1, 52, 4096 * 3 + 77, store_mod.CHUNK_SIZE])
+def test_a_small_source_is_copied_on_the_calling_thread(tmp_path, size):
+    """A tiny recording must not pay for two stage threads; its bytes and digests are the same."""
+    data = os.urandom(size)
+    source = ThreadWatchingSource(data)
+    blob = BlobStore(tmp_path).put_stream(source, expected_size=size, with_sm3=store_mod.sm3_available())
+    assert source.stage_threads == set()
+    assert blob.sha256 == hashlib.sha256(data).hexdigest() and blob.path.read_bytes() == data
+    if store_mod.sm3_available():
+        assert blob.sm3 == hashlib.new("sm3", data).hexdigest()
+
+
+def test_a_large_or_unsized_source_still_hashes_and_writes_on_stage_threads(tmp_path):
+    store = BlobStore(tmp_path)
+    large = ThreadWatchingSource(os.urandom(store_mod.CHUNK_SIZE + 1))
+    store.put_stream(large, expected_size=store_mod.CHUNK_SIZE + 1)
+    unsized = ThreadWatchingSource(b"size not known in advance")
+    store.put_stream(unsized)
+    assert large.stage_threads == unsized.stage_threads == {"blob-hash", "blob-write"}
+
+
+def test_a_small_source_that_fails_or_shrinks_leaves_nothing(tmp_path):
+    store = BlobStore(tmp_path)
+    with pytest.raises(SourceError, match="reading the source failed after 100 bytes"):
+        store.put_stream(VanishingSource(100), expected_size=1000)
+    with pytest.raises(SourceError, match="changed while it was read"):
+        store.put_stream(ShrinkingSource(b"a" * 10), expected_size=50)
+    assert not any(store.objects.glob("??/*")) and not any(store.tmp.iterdir())
+
+
+def test_each_fan_out_directory_is_made_durable_before_the_first_blob_goes_in(tmp_path, monkeypatch):
+    """The rename of every blob is synced in its directory; that directory's own entry in ``objects``
+    is synced once per store handle, before the first blob this handle renames into it."""
+    synced: list[str] = []
+    real_fsync_dir = store_mod._fsync_dir
+    monkeypatch.setattr(store_mod, "_fsync_dir", lambda path: (synced.append(path.name), real_fsync_dir(path)))
+
+    def same_fan_out(n: int) -> list[bytes]:
+        found: list[bytes] = []
+        i = 0
+        while len(found) < n:
+            data = b"recording %d" % i
+            if hashlib.sha256(data).hexdigest()[:2] == "00":
+                found.append(data)
+            i += 1
+        return found
+
+    first, second, third = same_fan_out(3)
+    store = BlobStore(tmp_path)
+    store.put_stream(io.BytesIO(first), expected_size=len(first))
+    store.put_stream(io.BytesIO(second), expected_size=len(second))
+    BlobStore(tmp_path).put_stream(io.BytesIO(third), expected_size=len(third))  # another handle: syncs it itself
+    assert synced == ["sha256", "00", "00", "sha256", "00"]
+    assert len(list((tmp_path / "blobs" / "sha256" / "00").iterdir())) == 3
