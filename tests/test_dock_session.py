@@ -138,17 +138,25 @@ def test_unplug_then_redock_through_the_station_keeps_one_card_and_honest_bytes(
         cams = lambda: [d for d in state(screen)["devices"] if d["kind"] == "bodycam"]  # noqa: E731
         samples: list[tuple[int, int]] = []
 
-        def copying() -> bool:
-            cards = cams()
-            samples.extend((c["bytes_ingested"], c["bytes_total"]) for c in cards)
-            return any(0 < c["bytes_ingested"] for c in cards) and _copy_in_progress(data / "blobs" / "tmp")
-
-        wait_for(copying, 60, "a copy in progress on the card")
-        recorders.stdin.write("unplug 1-1\n")
-        recorders.stdin.flush()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _copy_in_progress(data / "blobs" / "tmp"):
+            time.sleep(0.002)
+        # Watched from the start and frozen mid-copy until the recorder has really gone: on a quiet machine
+        # the three 300 MB copies take under a second, less than waiting for the card and then polling the
+        # screen took (the test failed every time when run alone).
+        os.kill(gateway.pid, signal.SIGSTOP)
+        try:
+            recorders.stdin.write("unplug 1-1\n")
+            recorders.stdin.flush()
+            gone = time.monotonic() + 30
+            while time.monotonic() < gone and mounted(volumes):
+                time.sleep(0.01)
+        finally:
+            os.kill(gateway.pid, signal.SIGCONT)
         card = wait_for(lambda: next((c for c in cams() if c["state"] in ("error", "undocked")), None), 60,
                         "the card to say the recorder was unplugged")
         assert "changed" not in card["detail"] and not card["safe_to_undock"], card
+        assert card["files_ingested"] < card["files_total"], f"the unplug came after the copies: nothing tested {card}"
         recorders.stdin.write("replug 1-1\n")
         recorders.stdin.flush()
 
