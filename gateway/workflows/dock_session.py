@@ -23,6 +23,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,6 +42,10 @@ __all__ = ["Verdict", "RecordingReport", "RecorderReport", "DockSession", "Deliv
 
 log = logging.getLogger("egw.dock")
 UNPLUG_POLL_S = 1.0  # the fallback check that the volume is still mounted
+# While a recorder is still being copied, what was receipted meanwhile is released at most this often: a
+# round between every two copies meant, for tiny recordings, a round (intents, deletions, a signed tree
+# head: two more commits) per three recordings. After the copies, every wake still releases at once.
+COPY_ROUND_EVERY_S = 0.5
 UNREACHABLE_TODO = "The platform is unreachable: copies stored and queued; the recorder keeps its files."
 Listener = Callable[["DockSession", str, int], None]  # (session, event, n): identified/scanned/bytes/ingested/report
 
@@ -295,6 +300,9 @@ class DockSession:
         self._cond = threading.Condition()
         self._pending: dict[str, Any] = {}
         self._poked = False
+        self._last_copy_round = float("-inf")  # time.monotonic() of the last round between two copies
+        self._watched_upto = 0  # recordings before this index are copied (or failed) and watched
+        self._by_evidence: dict[str, list[DockedRecording]] = {}  # two files with the same bytes share an item
         self._done = threading.Event()
         self.attached = threading.Event()  # attach/adopt and ingest are over (delivery may stop waiting for copies)
         self._last: RecorderReport | None = None
@@ -339,6 +347,7 @@ class DockSession:
             finally:
                 self.attached.set()
             if attached:
+                self._watch_copied(self.state)  # also what the last copy made evidence if no event followed it
                 self._release_round(all_recordings=True)
                 self._wait_and_release()
             report = self.report()
@@ -399,10 +408,7 @@ class DockSession:
             if not self._pending and not self._poked:
                 self._cond.wait(self.poll_s)
             pending, self._pending, self._poked = self._pending, {}, False
-        for committer in pending.values():
-            if committer is not None:
-                with committer:  # that transaction has ended: what we read now is what it committed
-                    pass
+        _after_commits(pending)
         return pending
 
     def _wake(self, evidence_id: str | None, committer: Any, unreachable: bool | None) -> None:
@@ -419,7 +425,10 @@ class DockSession:
         """Release the recordings whose items changed (or all), then sign the log once."""
         if self.state.volume is None:
             return
-        chosen = [r for r in self.state.recordings if all_recordings or (ids and r.evidence_id in ids)]
+        if all_recordings:
+            chosen = list(self.state.recordings)
+        else:
+            chosen = [r for evidence_id in ids or () for r in self._by_evidence.get(evidence_id, ())]
         released = self.workflow.release_many(self.state, chosen)  # a failed release keeps its file: said, not fatal
         if released:
             self.workflow.service.sign_tree_head()
@@ -433,19 +442,36 @@ class DockSession:
         elif event == "scanned":
             self.bytes_done = 0
         elif event == "ingested":
-            for recording in state.recordings:
-                if recording.evidence_id is not None:
-                    transitions._watch(self, recording.evidence_id)
-            # between two copies: release what was receipted meanwhile (uploads overlap the copying)
-            with self._cond:
-                pending, self._pending = self._pending, {}
-            if pending:
-                for committer in pending.values():
-                    if committer is not None:
-                        with committer:
-                            pass
-                self._release_round(ids=pending)
+            self._watch_copied(state)
+            self._release_between_copies()
         self._emit(event, n)
+
+    def _watch_copied(self, state: DockState) -> None:
+        """Be woken for what the copies made evidence. Copies finish in list order, so only the recordings
+        after the last one seen are looked at: looking at every recording after every copy made a dock
+        of 10,000 tiny recordings O(n²), 50 million calls."""
+        recordings = state.recordings
+        while self._watched_upto < len(recordings):
+            recording = recordings[self._watched_upto]
+            if recording.evidence_id is None and recording.error is None:
+                return  # not copied yet
+            if recording.evidence_id is not None:
+                transitions._watch(self, recording.evidence_id)
+                self._by_evidence.setdefault(recording.evidence_id, []).append(recording)
+            self._watched_upto += 1
+
+    def _release_between_copies(self) -> None:
+        """Release what was receipted while the copies go on (uploads overlap them), at most every
+        COPY_ROUND_EVERY_S; what waits stays pending for the next round."""
+        now = time.monotonic()
+        if now - self._last_copy_round < COPY_ROUND_EVERY_S:
+            return
+        with self._cond:
+            pending, self._pending = self._pending, {}
+        if pending:
+            self._last_copy_round = now
+            _after_commits(pending)
+            self._release_round(ids=pending)
 
     def _emit(self, event: str, n: int) -> None:
         for listener in list(self.listeners):
@@ -536,3 +562,11 @@ class DockSession:
         todo = _("Do not put this recorder back into service: hand it to the evidence administrator.") if s.attention \
             else _("Not everything was copied: dock it again later to copy what is left.")
         return Verdict.ATTENTION, todo, " ".join([*problems, copied]).strip()
+
+
+def _after_commits(pending: dict[str, Any]) -> None:
+    """Wait until each transaction that woke us has ended: what is read afterwards is what it committed."""
+    for committer in pending.values():
+        if committer is not None:
+            with committer:
+                pass
