@@ -191,6 +191,7 @@ class OutboxWriter:
         self._delete_waiters: list[Future[None]] = []
         self._cond = threading.Condition()
         self._closing = False
+        self._committing = False  # a batch taken from the queue is being committed (and announced)
         # Opened here, not in the thread: two first opens racing would both run the migrations.
         self._state = State(self.data_dir)
         self._thread = threading.Thread(target=self._run, name="egw-outbox-writer", daemon=True)
@@ -229,9 +230,13 @@ class OutboxWriter:
 
     @property
     def busy(self) -> bool:
-        """Messages or deletions handed over but not yet committed."""
+        """Messages or deletions handed over but not yet committed and announced.
+
+        A batch being committed counts: while it was neither queued nor visible in the database, the
+        link could see nothing to send and call itself drained with 51 messages on their way (a CI
+        failure of test_everything_queued_arrives_with_retained_state_and_a_verified_tree_head)."""
         with self._cond:
-            return bool(self._batch.items or self._deletes)
+            return bool(self._batch.items or self._deletes or self._committing)
 
     def close(self, timeout: float = 10.0) -> None:
         with self._cond:
@@ -251,26 +256,35 @@ class OutboxWriter:
                     batch, self._batch = self._batch, _Batch()
                     deletes, self._deletes = self._deletes, []
                     waiters, self._delete_waiters = self._delete_waiters, []
-                only_deletes = not batch.items
+                    self._committing = True
                 try:
-                    # Deletions only: losing one to a power cut means a duplicate, not a loss,
-                    # so this transaction need not wait for an fsync.
-                    with state.synchronous_normal() if only_deletes else contextlib.nullcontext(), state.transaction() as db:
-                        ids = insert_batch(db, batch.items) if batch.items else []
-                        if deletes:
-                            delete(db, deletes)
-                except Exception as exc:  # noqa: BLE001 - every producer must hear about it
-                    log.error("outbox commit of %d message(s) and %d deletion(s) failed: %s", len(batch.items), len(deletes), exc)
-                    batch.error = exc
-                    batch.done.set()
-                    for waiter in waiters:
-                        waiter.set_exception(exc)
-                    continue
-                batch.ids = ids
-                batch.done.set()
-                for waiter in waiters:
-                    waiter.set_result(None)
-                if batch.items and self.on_commit is not None:
-                    self.on_commit({item[0] for item in batch.items})
+                    self._commit(state, batch, deletes, waiters)
+                finally:
+                    with self._cond:
+                        self._committing = False
         finally:
             state.close()
+
+    def _commit(self, state: State, batch: _Batch, deletes: list[int], waiters: list[Future[None]]) -> None:
+        """One transaction for a batch of messages and deletions; then tell producers and ``on_commit``."""
+        only_deletes = not batch.items
+        try:
+            # Deletions only: losing one to a power cut means a duplicate, not a loss,
+            # so this transaction need not wait for an fsync.
+            with state.synchronous_normal() if only_deletes else contextlib.nullcontext(), state.transaction() as db:
+                ids = insert_batch(db, batch.items) if batch.items else []
+                if deletes:
+                    delete(db, deletes)
+        except Exception as exc:  # noqa: BLE001 - every producer must hear about it
+            log.error("outbox commit of %d message(s) and %d deletion(s) failed: %s", len(batch.items), len(deletes), exc)
+            batch.error = exc
+            batch.done.set()
+            for waiter in waiters:
+                waiter.set_exception(exc)
+            return
+        batch.ids = ids
+        batch.done.set()
+        for waiter in waiters:
+            waiter.set_result(None)
+        if batch.items and self.on_commit is not None:
+            self.on_commit({item[0] for item in batch.items})
