@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,27 @@ def test_coalesced_writes_send_paho_s_bytes_in_paho_s_order(spec):
     expected = _write_all(mqtt.Client, packets)
     assert expected[0] == b"".join(p[1] for p in packets)
     assert _write_all(FastAckClient, packets) == expected
+
+
+def test_a_batch_waiting_for_its_commit_keeps_the_writer_busy(gw):
+    """The link calls itself drained when the writer is not busy and nothing is sendable in the database.
+    A batch taken off the writer's queue but not yet committed is in neither place: it must count as
+    busy until its commit has been announced, or a drain could report done with messages on their way."""
+    data_dir, gid = gw
+    busy_when_announced: list[bool] = []
+    writer = ob.OutboxWriter(data_dir, gid, on_commit=lambda lanes: busy_when_announced.append(writer.busy))
+    try:
+        with State(data_dir) as other:
+            other.db.execute("BEGIN IMMEDIATE")  # a real write lock: the writer's commit has to wait for it
+            ticket = writer.submit("results", "results/rapidtest", b"on its way")
+            time.sleep(0.5)  # the writer has taken the batch and waits for the lock
+            assert not ticket.done() and writer.busy
+            assert ob.count_sendable(other.db) == 0
+            other.db.execute("COMMIT")
+        assert ticket.result(10) > 0
+        deadline = time.monotonic() + 5
+        while writer.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not writer.busy and busy_when_announced == [True]
+    finally:
+        writer.close()
