@@ -287,17 +287,6 @@ class BlobStore:
         # anonymous mmaps: page-aligned, as O_DIRECT wants; freed with the last reference
         buffers: list[bytearray | mmap.mmap] = [mmap.mmap(-1, CHUNK_SIZE) if direct else bytearray(CHUNK_SIZE)
                                                 for _ in range(1 if inline else RING_BUFFERS)]
-        free: queue.Queue[int] = queue.Queue()
-        pending = [0] * RING_BUFFERS
-        lock = threading.Lock()
-
-        def release(index: int) -> None:
-            with lock:
-                pending[index] -= 1
-                done = pending[index] == 0
-            if done:
-                free.put(index)
-
         written = [0, 0]  # bytes written, bytes handed to writeback
         direct_on = [direct]
 
@@ -342,6 +331,17 @@ class BlobStore:
                 if progress is not None:
                     progress(n)
             return result(size)
+
+        free: queue.Queue[int] = queue.Queue()
+        pending = [0] * RING_BUFFERS
+        lock = threading.Lock()
+
+        def release(index: int) -> None:
+            with lock:
+                pending[index] -= 1
+                done = pending[index] == 0
+            if done:
+                free.put(index)
 
         stages = [_Stage("blob-hash", digest, release), _Stage("blob-write", write, release)]
         for stage in stages:

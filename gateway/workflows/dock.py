@@ -368,16 +368,11 @@ class DockWorkflow:
         with volume.open(item) as reader:
             # 512 KiB fits in L2 between read and hash (see gateway.evidence.store); an anonymous mmap is
             # page-aligned, and the kernel copies into it faster than into a bytearray: 0.69 against 0.74
-            # CPU s per GiB read and hashed from the page cache, measured here.
-            buffer = mmap.mmap(-1, 512 << 10)
-            view = memoryview(buffer)
-            try:
-                while n := reader.readinto(view):
-                    digest.update(view[:n])
-                    total += n
-            finally:
-                view.release()
-                buffer.close()
+            # CPU s per GiB read and hashed from the page cache, measured here. Unmapped with its last reference.
+            view = memoryview(mmap.mmap(-1, 512 << 10))
+            while n := reader.readinto(view):
+                digest.update(view[:n])
+                total += n
         return digest.hexdigest(), total
 
     # ---- release -------------------------------------------------------------

@@ -567,6 +567,6 @@ class DockSession:
 def _after_commits(pending: dict[str, Any]) -> None:
     """Wait until each transaction that woke us has ended: what is read afterwards is what it committed."""
     for committer in pending.values():
-        if committer is not None:
-            with committer:
-                pass
+        if committer is not None:  # held by a transaction until it ends: taking it once is the wait
+            committer.acquire()
+            committer.release()
